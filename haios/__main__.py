@@ -1,0 +1,5 @@
+"""``python -m haios``."""
+
+from haios.cli import main
+
+main()

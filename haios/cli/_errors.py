@@ -1,0 +1,119 @@
+"""The one central error handler: every exception of a command run becomes an exit code here.
+
+``HaiosError`` → its own exit code and a one-line message with its hint; usage errors → exit 1;
+Ctrl-C → 130; anything else is a bug: one line naming a log file that holds the traceback
+(``--debug`` prints the traceback instead).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from ..errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ConfigError, HaiosError
+from ..fsutil import atomic_write, makedirs_durable
+from . import _render
+from ._options import Output, current
+
+
+def log_dir() -> Path:
+    """Where crash logs go: $HAIOS_LOG_DIR, else $XDG_STATE_HOME/haios, else ~/.local/state/haios."""
+    if os.environ.get("HAIOS_LOG_DIR"):
+        return Path(os.environ["HAIOS_LOG_DIR"])
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "haios"
+
+
+def _write_crash_log(exc: BaseException) -> Path | None:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for directory in (log_dir(), Path(os.environ.get("TMPDIR", "/tmp"))):
+        path = directory / f"haios-crash-{stamp}-{os.getpid()}.log"
+        try:
+            makedirs_durable(directory)
+            atomic_write(path, f"haios {' '.join(sys.argv[1:])}\n{text}".encode())
+            return path
+        except HaiosError:
+            continue
+    return None
+
+
+def _report(kind: str, message: str, hint: str, code: int, extra: dict[str, Any] | None = None) -> int:
+    line = f"error: {message}" + (f" (hint: {hint})" if hint else "")
+    if current.get().output in (Output.json, Output.ndjson):
+        _render.emit_json(
+            {"error": {"type": kind, "message": message, "hint": hint, "exit_code": code, **(extra or {})}}
+        )
+    _render.err(line)
+    return code
+
+
+def handle(exc: BaseException, debug: bool) -> int:
+    """Turn ``exc`` into output on stderr (and stdout for JSON) and return the exit code."""
+    if isinstance(exc, HaiosError):
+        if debug:
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        extra = None
+        if isinstance(exc, ConfigError) and exc.problems:
+            extra = {"problems": [getattr(p, "as_dict", lambda p=p: str(p))() for p in exc.problems]}
+        return _report(type(exc).__name__, " ".join(exc.message.split()), exc.hint, exc.exit_code, extra)
+    if isinstance(exc, KeyboardInterrupt):
+        return _report("Interrupted", "interrupted", "", EXIT_INTERRUPTED)
+    if isinstance(exc, typer.Abort):
+        return _report("Aborted", "aborted", "", EXIT_ERROR)
+    if isinstance(exc, typer.TyperException):  # click usage errors and the like
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "haios"
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # The help page itself is the message (rich help is printed while the error is built).
+            if exc.format_message().strip():
+                _render.console(stderr=True).print(exc.format_message(), markup=False)
+            return EXIT_ERROR
+        return _report("UsageError", " ".join(exc.format_message().split()), f"see '{where} --help'", EXIT_ERROR)
+    if debug:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        return EXIT_ERROR
+    log = _write_crash_log(exc)
+    where = f"the traceback is in {log}" if log else "run again with --debug for the traceback"
+    return _report(
+        "InternalError", f"internal error: {type(exc).__name__}: {exc}", f"{where}; please report this bug", EXIT_ERROR
+    )
+
+
+class HaiosGroup(TyperGroup):
+    """The root command group: runs the command without click's own error handling and maps the result."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        debug = "--debug" in argv[: argv.index("--")] if "--" in argv else "--debug" in argv
+        token = current.set(current.get())
+        try:
+            rv = super().main(
+                args=argv, prog_name=prog_name or "haios", complete_var=complete_var, standalone_mode=False, **extra
+            )
+            code = rv if isinstance(rv, int) else EXIT_OK
+        except BaseException as exc:  # noqa: BLE001 - this is the central handler
+            if isinstance(exc, SystemExit):
+                code = exc.code if isinstance(exc.code, int) else EXIT_ERROR
+            else:
+                code = handle(exc, debug)
+        finally:
+            current.reset(token)
+        if standalone_mode:
+            sys.exit(code)
+        return code

@@ -1,0 +1,50 @@
+"""Rendering: text to a terminal (rich), JSON for scripts. Commands never print any other way."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+
+from ._options import GlobalOptions, current
+
+
+def console(*, stderr: bool = False, opts: GlobalOptions | None = None) -> Console:
+    o = opts or current.get()
+    return Console(
+        file=sys.stderr if stderr else sys.stdout,
+        no_color=not o.color,
+        highlight=False,
+        soft_wrap=True,
+        emoji=False,
+    )
+
+
+def out(text: str = "", *, style: str | None = None) -> None:
+    """A line of result text on stdout (user data is never parsed as markup)."""
+    console().print(text, style=style, markup=False)
+
+
+def info(text: str, *, style: str | None = None) -> None:
+    """A progress or summary line on stderr; suppressed by -q."""
+    if not current.get().quiet:
+        console(stderr=True).print(text, style=style, markup=False)
+
+
+def err(text: str) -> None:
+    """An error line on stderr."""
+    console(stderr=True).print(text, style="red", markup=False)
+
+
+def emit_json(value: Any) -> None:
+    """One JSON document on stdout."""
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def emit_ndjson(event: dict[str, Any]) -> None:
+    """One event as a line of JSON on stdout."""
+    sys.stdout.write(json.dumps(event, separators=(",", ":"), default=str) + "\n")
+    sys.stdout.flush()

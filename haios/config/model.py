@@ -1,0 +1,390 @@
+"""The desired-state repo as frozen dataclasses, built only from files that passed validation.
+
+Defaults are the seed values of SPEC §3–§6; every duration is held in seconds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PHASES: tuple[str, ...] = ("ANALYZE", "BLUEPRINT", "CONSTRUCT", "VALIDATE", "IDLE")
+
+RUNTIME_MODE_K = {"STRICT": 1.2, "NORMAL": 1.6, "DEV_FAST": 2.0}  # SPEC §3
+
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: str | float | int) -> float:
+    """A duration in seconds from a number of seconds or a string such as ``'15s'`` or ``'10m'``.
+
+    >>> parse_duration("10m"), parse_duration("250ms"), parse_duration(3)
+    (600.0, 0.25, 3.0)
+    """
+    if isinstance(value, bool):
+        raise ValueError("a duration is not a boolean")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration is never negative")
+        return float(value)
+    match = _DURATION.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(f"not a duration: {value!r} (use e.g. '15s', '10m', '2h')")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact duration string for ``seconds`` (``600.0`` → ``'10m'``)."""
+    for unit in ("d", "h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and float(seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    return f"{round(seconds * 1000)}ms" if seconds < 1 else f"{seconds:g}s"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    transport: str
+    root: str
+    address: str | None = None
+    port: int = 22
+    user: str = "haios"
+    host_key: str | None = None
+    region: str | None = None
+
+    def local_root(self, repo: Path) -> Path:
+        """The node root of a local node (relative roots are relative to the repo)."""
+        root = Path(self.root)
+        return root if root.is_absolute() else repo / root
+
+
+@dataclass(frozen=True)
+class Coordination:
+    backend: str = "git"
+    etcd_endpoints: tuple[str, ...] = ()
+    etcd_prefix: str = "/haios/"
+    etcd_dial_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class Replication:
+    mode: str = "off"
+    replicas: int = 3
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    nodes: tuple[NodeSpec, ...]
+    coordination: Coordination = Coordination()
+    replication: Replication = Replication()
+
+    def node(self, name: str) -> NodeSpec:
+        for spec in self.nodes:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class Member:
+    status: str
+    since: str | None = None
+
+
+@dataclass(frozen=True)
+class PhasePolicy:
+    on_partial: str = "auto"
+    sla: float | None = None
+    resume_playbook: str | None = None
+    max_resume_attempts: int = 2
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    membership: dict[str, Member]
+    phases: dict[str, PhasePolicy]
+    suspend: bool = False
+    max_g: int | None = None
+
+    def active_members(self) -> list[str]:
+        return [name for name, m in self.membership.items() if m.status == "active"]
+
+
+@dataclass(frozen=True)
+class Phi:
+    k: float
+    window: int = 100
+    outlier_cap: float = 3.0
+    blend_samples: int = 10
+    prior_sigma_ratio: float = 0.5
+    priors: dict[str, float] = field(
+        default_factory=lambda: {"ANALYZE": 15.0, "BLUEPRINT": 20.0, "CONSTRUCT": 120.0, "VALIDATE": 30.0, "IDLE": 10.0}
+    )
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    runtime_mode: str
+    phi: Phi
+    heartbeat_interval: float = 15.0
+    heartbeat_unhealthy_after: int = 3
+    partition_window: float = 45.0
+    eviction_ttl: float = 1800.0
+    eviction_grace: float = 900.0
+    lease_ttl: float = 300.0
+    max_auto_attempts: int = 2
+    t_blocked: float = 3600.0
+    sel_max_attempts: int = 5
+    sel_backoff_base: float = 2.0
+    sel_backoff_cap: float = 900.0
+    sel_breaker_failures: int = 3
+    sel_breaker_open_for: float = 1800.0
+    sticky_window: float = 300.0
+    max_migration_fraction: float = 0.25
+    write_timeout_factor: float = 2.0
+    permit_async_for: float = 1800.0
+    max_clock_skew: float = 2.0
+    vclock_retention: float = 90 * 86400.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values (durations in seconds), as pushed to nodes in the ``policy`` control file."""
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, Phi):
+                value = {k: getattr(value, k) for k in value.__dataclass_fields__}
+            out[name] = value
+        return out
+
+
+@dataclass(frozen=True)
+class Limit:
+    currency: str
+    limit_per_trace: float
+
+
+@dataclass(frozen=True)
+class Budget:
+    default: Limit
+    regions: dict[str, Limit]
+    swing_limit: int = 3
+    swing_window: float = 600.0
+    fx_max_age: float = 4 * 86400.0
+
+    def for_region(self, region: str | None) -> Limit:
+        return self.regions.get(region or "", self.default)
+
+
+@dataclass(frozen=True)
+class FxRates:
+    base: str
+    date: str
+    rates: dict[str, float]
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Supervisor:
+    name: str
+    keys: tuple[str, ...]
+    active: bool = True
+    valid_after: str | None = None
+    valid_before: str | None = None
+
+
+@dataclass(frozen=True)
+class Rbac:
+    policy_version: int
+    supervisors: tuple[Supervisor, ...]
+
+
+@dataclass(frozen=True)
+class Playbook:
+    name: str
+    run_command: tuple[str, ...] | None
+    run_python: str | None
+    compensates: str | None = None
+    resumes: str | None = None
+    description: str = ""
+    timeout: float = 300.0
+    retryable_exit_codes: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Signature:
+    principal: str
+    sig: str
+
+
+@dataclass(frozen=True)
+class Override:
+    file: str
+    payload: str
+    signatures: tuple[Signature, ...]
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    """Everything in a valid desired-state repo."""
+
+    path: Path
+    cluster: Cluster
+    desired: DesiredState
+    thresholds: Thresholds
+    budget: Budget
+    fx: FxRates
+    rbac: Rbac
+    playbooks: dict[str, Playbook]
+    overrides: tuple[Override, ...]
+
+    def compile_policy(self, desired_commit: str | None = None) -> dict[str, Any]:
+        """The compiled desired state pushed to every node's ``policy`` control file (SPEC §2.1)."""
+        return {
+            "cluster": self.cluster.name,
+            "desired_commit": desired_commit,
+            "membership": {name: m.status for name, m in self.desired.membership.items()},
+            "max_g": self.desired.max_g,
+            "suspend": self.desired.suspend,
+            "thresholds": self.thresholds.as_dict(),
+        }
+
+
+# -- building from validated documents ----------------------------------------------------------
+
+
+def _dur(section: dict[str, Any], key: str, default: float) -> float:
+    return parse_duration(section[key]) if key in section else default
+
+
+def build_cluster(v: dict[str, Any]) -> Cluster:
+    nodes = tuple(
+        NodeSpec(
+            name=n["name"],
+            transport=n["transport"],
+            root=n["root"],
+            address=n.get("address"),
+            port=n.get("port", 22),
+            user=n.get("user", "haios"),
+            host_key=n.get("host_key"),
+            region=n.get("region"),
+        )
+        for n in v["nodes"]
+    )
+    c = v.get("coordination", {})
+    etcd = c.get("etcd", {})
+    coordination = Coordination(
+        backend=c.get("backend", "git"),
+        etcd_endpoints=tuple(etcd.get("endpoints", ())),
+        etcd_prefix=etcd.get("prefix", "/haios/"),
+        etcd_dial_timeout=_dur(etcd, "dial_timeout", 5.0),
+    )
+    r = v.get("replication", {})
+    return Cluster(v["name"], nodes, coordination, Replication(r.get("mode", "off"), r.get("replicas", 3)))
+
+
+def build_desired(v: dict[str, Any]) -> DesiredState:
+    membership = {name: Member(m["status"], m.get("since")) for name, m in v["membership"].items()}
+    phases = {}
+    for phase in PHASES:
+        p = v.get("phases", {}).get(phase, {})
+        phases[phase] = PhasePolicy(
+            on_partial=p.get("on_partial", "auto"),
+            sla=parse_duration(p["sla"]) if "sla" in p else None,
+            resume_playbook=p.get("resume_playbook"),
+            max_resume_attempts=p.get("max_resume_attempts", 2),
+        )
+    return DesiredState(membership, phases, v.get("suspend", False), v.get("max_g"))
+
+
+def build_thresholds(v: dict[str, Any]) -> Thresholds:
+    mode = v.get("runtime_mode", "NORMAL")
+    p = v.get("phi", {})
+    defaults = Phi(k=RUNTIME_MODE_K[mode])
+    priors = dict(defaults.priors)
+    priors.update({phase: parse_duration(d) for phase, d in p.get("priors", {}).items()})
+    phi = Phi(
+        k=float(p.get("k", RUNTIME_MODE_K[mode])),
+        window=p.get("window", defaults.window),
+        outlier_cap=float(p.get("outlier_cap", defaults.outlier_cap)),
+        blend_samples=p.get("blend_samples", defaults.blend_samples),
+        prior_sigma_ratio=float(p.get("prior_sigma_ratio", defaults.prior_sigma_ratio)),
+        priors=priors,
+    )
+    hb, pa, rc = v.get("heartbeat", {}), v.get("partition", {}), v.get("recovery", {})
+    sel, rp, ck = v.get("sel", {}), v.get("replication", {}), v.get("clocks", {})
+    d = Thresholds(runtime_mode=mode, phi=phi)
+    return Thresholds(
+        runtime_mode=mode,
+        phi=phi,
+        heartbeat_interval=_dur(hb, "interval", d.heartbeat_interval),
+        heartbeat_unhealthy_after=hb.get("unhealthy_after", d.heartbeat_unhealthy_after),
+        partition_window=_dur(pa, "window", d.partition_window),
+        eviction_ttl=_dur(pa, "eviction_ttl", d.eviction_ttl),
+        eviction_grace=_dur(pa, "eviction_grace", d.eviction_grace),
+        lease_ttl=_dur(rc, "lease_ttl", d.lease_ttl),
+        max_auto_attempts=rc.get("max_auto_attempts", d.max_auto_attempts),
+        t_blocked=_dur(rc, "t_blocked", d.t_blocked),
+        sel_max_attempts=sel.get("max_attempts", d.sel_max_attempts),
+        sel_backoff_base=_dur(sel, "backoff_base", d.sel_backoff_base),
+        sel_backoff_cap=_dur(sel, "backoff_cap", d.sel_backoff_cap),
+        sel_breaker_failures=sel.get("breaker_failures", d.sel_breaker_failures),
+        sel_breaker_open_for=_dur(sel, "breaker_open_for", d.sel_breaker_open_for),
+        sticky_window=_dur(rp, "sticky_window", d.sticky_window),
+        max_migration_fraction=float(rp.get("max_migration_fraction", d.max_migration_fraction)),
+        write_timeout_factor=float(rp.get("write_timeout_factor", d.write_timeout_factor)),
+        permit_async_for=_dur(rp, "permit_async_for", d.permit_async_for),
+        max_clock_skew=_dur(ck, "max_skew", d.max_clock_skew),
+        vclock_retention=_dur(ck, "vclock_retention", d.vclock_retention),
+    )
+
+
+def build_budget(v: dict[str, Any]) -> Budget:
+    def limit(x: dict[str, Any]) -> Limit:
+        return Limit(x["currency"], float(x["limit_per_trace"]))
+
+    swing = v.get("swing", {})
+    return Budget(
+        default=limit(v["default"]),
+        regions={name: limit(x) for name, x in v.get("regions", {}).items()},
+        swing_limit=swing.get("limit", 3),
+        swing_window=_dur(swing, "window", 600.0),
+        fx_max_age=_dur(v, "fx_max_age", 4 * 86400.0),
+    )
+
+
+def build_fx(v: dict[str, Any]) -> FxRates:
+    return FxRates(v["base"], v["date"], {c: float(r) for c, r in v["rates"].items()}, v.get("source", ""))
+
+
+def build_rbac(v: dict[str, Any]) -> Rbac:
+    return Rbac(
+        v["policy_version"],
+        tuple(
+            Supervisor(s["name"], tuple(s["keys"]), s.get("active", True), s.get("valid_after"), s.get("valid_before"))
+            for s in v["supervisors"]
+        ),
+    )
+
+
+def build_playbook(v: dict[str, Any]) -> Playbook:
+    run = v["run"]
+    codes = v.get("retryable_exit_codes")
+    return Playbook(
+        name=v["name"],
+        run_command=tuple(run["command"]) if "command" in run else None,
+        run_python=run.get("python"),
+        compensates=v.get("compensates"),
+        resumes=v.get("resumes"),
+        description=v.get("description", ""),
+        timeout=_dur(v, "timeout", 300.0),
+        retryable_exit_codes=tuple(codes) if codes is not None else None,
+    )
+
+
+def build_override(file: str, v: dict[str, Any]) -> Override:
+    return Override(file, v["payload"], tuple(Signature(s["principal"], s["sig"]) for s in v["signatures"]))

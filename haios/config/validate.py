@@ -1,0 +1,456 @@
+"""Validation of the whole desired-state repo: every file, every key, and the links between files.
+
+``validate_repo`` reports **all** problems in one run (never stopping at the first), each with the
+file, line, column and key path; ``load_repo`` returns the frozen model of a valid repo or raises
+:class:`~haios.errors.ConfigError` carrying the same problems.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..resources import schema
+from . import model
+from .problems import KeyPath, Problem
+from .yamlload import MAX_BYTES, YamlDoc, YamlRejected, load_yaml
+
+# SPEC §1: the files of the repo, their kinds and the schema each is checked against.
+FIXED_FILES: dict[str, tuple[str, str]] = {
+    "haios.yaml": ("Cluster", "cluster"),
+    "desired/state.yaml": ("DesiredState", "desired-state"),
+    "policies/thresholds.yaml": ("Thresholds", "thresholds"),
+    "policies/budget.yaml": ("Budget", "budget"),
+    "policies/fx.yaml": ("FxRates", "fx"),
+    "policies/rbac.yaml": ("Rbac", "rbac"),
+}
+FILE_DIRS: dict[str, tuple[str, str]] = {
+    "playbooks": ("Playbook", "playbook"),
+    "overrides": ("Override", "override"),
+}
+SSH_ONLY_KEYS = ("address", "port", "user", "host_key")
+
+
+@dataclass
+class ValidationReport:
+    """The outcome of validating a repo: every problem found and every file looked at."""
+
+    repo: Path
+    problems: list[Problem] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+# -- loading and schema checks -------------------------------------------------------------------
+
+
+def _read(repo: Path, rel: str) -> bytes:
+    path = repo / rel
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > MAX_BYTES:
+            raise YamlRejected(Problem(rel, 1, 1, "(root)", f"file is {size} bytes; the limit is {MAX_BYTES} bytes"))
+        return fh.read(MAX_BYTES + 1)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "a mapping"
+
+
+_TYPE_WORDS = {
+    "string": "a string",
+    "number": "a number",
+    "integer": "an integer",
+    "boolean": "true or false",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "null",
+}
+
+
+# What the schemas' shared patterns mean, for messages (the property's own description says what it is for).
+_PATTERN_MEANING = {
+    r"^[0-9]+(\.[0-9]+)?(ms|s|m|h|d)$": "not a duration (use a number of seconds or a string such as "
+    "'250ms', '15s', '10m', '2h', '90d')",
+    r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$": "not a name (1-63 lowercase letters, digits and '-', "
+    "not starting or ending with '-')",
+    r"^[A-Z]{3}$": "not a currency code (three capital letters, such as EUR)",
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$": "not a date (YYYY-MM-DD)",
+}
+
+
+def _schema_problems(doc: YamlDoc, schema_name: str) -> Iterator[Problem]:
+    from jsonschema import Draft202012Validator, FormatChecker
+
+    validator = Draft202012Validator(schema(schema_name), format_checker=FormatChecker())
+    for err in validator.iter_errors(doc.value):
+        yield from _translate(doc, err)
+
+
+def _translate(doc: YamlDoc, err: Any) -> Iterator[Problem]:
+    path: KeyPath = tuple(err.absolute_path)
+    kind = err.validator
+    inst = err.instance
+    if "propertyNames" in err.relative_schema_path:
+        # The offending key itself is the instance; point at the key.
+        reason = err.schema.get("description") or err.message
+        yield doc.problem((*path, inst), f"invalid key '{inst}': {reason}", prefer_key=True)
+    elif kind == "additionalProperties" and isinstance(inst, dict):
+        allowed = sorted(err.schema.get("properties", {}))
+        for key in sorted(set(inst) - set(allowed)):
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(allowed)})"
+            yield doc.problem((*path, key), f"unknown key '{key}'{hint}", prefer_key=True)
+    elif kind == "required" and isinstance(inst, dict):
+        for key in err.validator_value:
+            if key not in inst:
+                yield doc.problem(path, f"missing required key '{key}'")
+    elif kind == "const":
+        yield doc.problem(path, f"must be {err.validator_value!r} (found {inst!r})")
+    elif kind == "enum":
+        options = ", ".join("null" if o is None else str(o) for o in err.validator_value)
+        yield doc.problem(path, f"must be one of {options} (found {inst!r})")
+    elif kind == "type":
+        wanted = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+        words = " or ".join(_TYPE_WORDS.get(str(t), str(t)) for t in wanted)
+        yield doc.problem(path, f"must be {words} (found {_json_type(inst)}: {inst!r})")
+    elif kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        words = {
+            "minimum": "at least",
+            "exclusiveMinimum": "greater than",
+            "maximum": "at most",
+            "exclusiveMaximum": "less than",
+        }[kind]
+        yield doc.problem(path, f"must be {words} {err.validator_value} (found {inst!r})")
+    elif kind == "pattern":
+        what = (
+            _PATTERN_MEANING.get(err.validator_value)
+            or err.schema.get("description")
+            or f"must match {err.validator_value}"
+        )
+        yield doc.problem(path, f"invalid value {inst!r}: {what}")
+    elif kind == "format":
+        yield doc.problem(path, f"{inst!r} is not a valid {err.validator_value}")
+    elif kind in ("minItems", "minProperties") and not inst:
+        yield doc.problem(path, "must not be empty")
+    elif kind in ("minItems", "maxItems", "minProperties", "maxProperties"):
+        what = "items" if kind.endswith("Items") else "keys"
+        words = "at least" if kind.startswith("min") else "at most"
+        yield doc.problem(path, f"must have {words} {err.validator_value} {what} (found {len(inst)})")
+    elif kind == "oneOf" and all(set(s) == {"required"} for s in err.validator_value):
+        names = " or ".join(f"'{s['required'][0]}'" for s in err.validator_value)
+        yield doc.problem(path, f"needs exactly one of {names}")
+    else:
+        yield doc.problem(path, " ".join(err.message.split()))
+
+
+def _load_file(repo: Path, rel: str, kind: str, schema_name: str, report: ValidationReport) -> YamlDoc | None:
+    """Load and schema-check one file; return it when it is fully valid, else record problems."""
+    report.files.append(rel)
+    try:
+        doc = load_yaml(_read(repo, rel), rel)
+    except YamlRejected as exc:
+        report.problems.append(exc.problem)
+        return None
+    except OSError as exc:
+        report.problems.append(Problem(rel, 1, 1, "(root)", f"cannot read: {os.strerror(exc.errno or 0)}"))
+        return None
+    if not isinstance(doc.value, dict):
+        report.problems.append(doc.problem((), f"must be a mapping with apiVersion: haios/v1 and kind: {kind}"))
+        return None
+    if doc.value.get("kind") not in (None, kind) and doc.value.get("apiVersion") == "haios/v1":
+        report.problems.append(doc.problem(("kind",), f"this file must hold kind {kind} (found {doc.value['kind']!r})"))
+        return None
+    problems = sorted(set(_schema_problems(doc, schema_name)))
+    report.problems.extend(problems)
+    return None if problems else doc
+
+
+# -- cross-file checks ---------------------------------------------------------------------------
+
+
+def _check_cluster(repo: Path, doc: YamlDoc) -> Iterator[Problem]:
+    seen: dict[str, int] = {}
+    local_roots: dict[str, int] = {}
+    ssh_targets: dict[tuple[str, int, str], int] = {}
+    for i, node in enumerate(doc.value["nodes"]):
+        name = node["name"]
+        if name in seen:
+            yield doc.problem(("nodes", i, "name"), f"duplicate node name '{name}' (also nodes[{seen[name]}])")
+        seen.setdefault(name, i)
+        if node["transport"] == "local":
+            for key in SSH_ONLY_KEYS:
+                if key in node:
+                    yield doc.problem(("nodes", i, key), f"'{key}' applies only to transport: ssh", prefer_key=True)
+            root = os.path.normpath(repo / node["root"])
+            if root in local_roots:
+                yield doc.problem(("nodes", i, "root"), f"node root is also used by nodes[{local_roots[root]}]")
+            local_roots.setdefault(root, i)
+        else:
+            if not node["root"].startswith("/"):
+                yield doc.problem(("nodes", i, "root"), "an ssh node's root must be an absolute path")
+            target = (node["address"], node.get("port", 22), os.path.normpath(node["root"]))
+            if target in ssh_targets:
+                yield doc.problem(("nodes", i, "root"), f"same host, port and root as nodes[{ssh_targets[target]}]")
+            ssh_targets.setdefault(target, i)
+    coordination = doc.value.get("coordination", {})
+    if coordination.get("backend") == "etcd" and "etcd" not in coordination:
+        yield doc.problem(("coordination", "backend"), "backend etcd needs coordination.etcd.endpoints")
+
+
+def _check_desired(desired: YamlDoc, cluster: YamlDoc | None, playbooks: dict[str, YamlDoc]) -> Iterator[Problem]:
+    membership: dict[str, Any] = desired.value["membership"]
+    if cluster is not None:
+        names = [n["name"] for n in cluster.value["nodes"]]
+        for name in membership:
+            if name not in names:
+                yield desired.problem(
+                    ("membership", name), f"node '{name}' is not defined in haios.yaml", prefer_key=True
+                )
+        for i, name in enumerate(names):
+            if name not in membership:
+                yield cluster.problem(
+                    ("nodes", i, "name"), f"node '{name}' has no membership entry in desired/state.yaml"
+                )
+    for name, member in membership.items():
+        if member["status"] == "decommissioned" and "since" not in member:
+            yield desired.problem(("membership", name), "a decommissioned node needs 'since' (its date)")
+    if not any(m["status"] == "active" for m in membership.values()):
+        yield desired.problem(("membership",), "no node is active; at least one must be")
+    for phase, policy in desired.value.get("phases", {}).items():
+        book = policy.get("resume_playbook")
+        if policy.get("on_partial") == "resume" and book is None:
+            yield desired.problem(("phases", phase, "on_partial"), "on_partial: resume needs a resume_playbook")
+        if book is None:
+            continue
+        if policy.get("on_partial") != "resume":
+            yield desired.problem(
+                ("phases", phase, "resume_playbook"), "resume_playbook is only used with on_partial: resume"
+            )
+        if book not in playbooks:
+            yield desired.problem(("phases", phase, "resume_playbook"), f"no playbook named '{book}' in playbooks/")
+        elif playbooks[book].value.get("resumes") != phase:
+            yield desired.problem(
+                ("phases", phase, "resume_playbook"),
+                f"playbook '{book}' does not resume {phase} (it has no 'resumes: {phase}')",
+            )
+
+
+def _check_playbooks(playbooks: dict[str, YamlDoc]) -> Iterator[Problem]:
+    kinds: dict[str, str] = {}
+    for stem, doc in sorted(playbooks.items()):
+        if doc.value["name"] != stem:
+            yield doc.problem(("name",), f"name '{doc.value['name']}' must equal the file name '{stem}'")
+        kind = doc.value.get("compensates")
+        if kind is not None:
+            if kind in kinds:
+                yield doc.problem(
+                    ("compensates",), f"side-effect kind '{kind}' is already compensated by playbook '{kinds[kind]}'"
+                )
+            kinds.setdefault(kind, stem)
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text if "T" in text else f"{text}T00:00:00+00:00")
+
+
+def _check_rbac(doc: YamlDoc) -> Iterator[Problem]:
+    from ..overrides.keys import parse_public_key
+
+    names: dict[str, int] = {}
+    owners: dict[bytes, str] = {}
+    for i, sup in enumerate(doc.value["supervisors"]):
+        name = sup["name"]
+        if name in names:
+            yield doc.problem(
+                ("supervisors", i, "name"), f"duplicate supervisor '{name}' (also supervisors[{names[name]}])"
+            )
+        names.setdefault(name, i)
+        for j, line in enumerate(sup["keys"]):
+            try:
+                key = parse_public_key(line)
+            except ValueError as exc:
+                yield doc.problem(("supervisors", i, "keys", j), f"not a usable SSH public key: {exc}")
+                continue
+            if owners.setdefault(key.blob, name) != name:
+                yield doc.problem(
+                    ("supervisors", i, "keys", j),
+                    f"key {key.fingerprint} is also listed for '{owners[key.blob]}'; one key belongs to one person",
+                )
+        try:
+            after = _parse_time(sup["valid_after"]) if "valid_after" in sup else None
+            before = _parse_time(sup["valid_before"]) if "valid_before" in sup else None
+        except ValueError as exc:
+            yield doc.problem(("supervisors", i), f"invalid validity time: {exc}")
+            continue
+        if after and before and after >= before:
+            yield doc.problem(("supervisors", i, "valid_before"), "valid_before must be later than valid_after")
+
+
+def _check_budget(budget: YamlDoc, fx: YamlDoc | None) -> Iterator[Problem]:
+    if fx is None:
+        return
+    known = {fx.value["base"], *fx.value["rates"]}
+    limits: list[tuple[KeyPath, str]] = [(("default", "currency"), budget.value["default"]["currency"])]
+    limits += [(("regions", r, "currency"), x["currency"]) for r, x in budget.value.get("regions", {}).items()]
+    for path, currency in limits:
+        if currency not in known:
+            yield budget.problem(path, f"unknown currency {currency}: policies/fx.yaml has no rate for it")
+
+
+def _check_thresholds(doc: YamlDoc) -> Iterator[Problem]:
+    t = model.build_thresholds(doc.value)
+    if t.heartbeat_interval >= t.partition_window:
+        yield doc.problem(("partition", "window"), "the partition window must be longer than the heartbeat interval")
+    if t.eviction_ttl <= t.partition_window:
+        yield doc.problem(("partition", "eviction_ttl"), "eviction_ttl must be longer than the partition window")
+    if t.sel_backoff_base > t.sel_backoff_cap:
+        yield doc.problem(("sel", "backoff_base"), "backoff_base must not exceed backoff_cap")
+    if t.heartbeat_interval <= 0:
+        yield doc.problem(("heartbeat", "interval"), "the heartbeat interval must be positive")
+
+
+def _check_override(stem: str, doc: YamlDoc, cluster: YamlDoc | None) -> Iterator[Problem]:
+    from jsonschema import Draft202012Validator
+
+    text = doc.value["payload"]
+    try:
+        payload = json.loads(text)
+    except ValueError as exc:
+        yield doc.problem(("payload",), f"payload is not JSON: {exc}")
+        return
+    if not isinstance(payload, dict):
+        yield doc.problem(("payload",), "payload must be a JSON object")
+        return
+    for err in Draft202012Validator(schema("override-payload")).iter_errors(payload):
+        where = ".".join(str(p) for p in err.absolute_path) or "payload"
+        yield doc.problem(("payload",), f"payload field {where}: {' '.join(err.message.split())}")
+    if json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False) != text:
+        yield doc.problem(("payload",), "payload is not canonical JSON (keys sorted, no whitespace)")
+    if payload.get("trace_id") not in (None, stem):
+        yield doc.problem(
+            ("payload",), f"payload trace_id '{payload['trace_id']}' does not match the file name '{stem}'"
+        )
+    if cluster is not None and payload.get("cluster") not in (None, cluster.value["name"]):
+        yield doc.problem(("payload",), f"payload is for cluster '{payload['cluster']}', not '{cluster.value['name']}'")
+
+
+# -- entry points --------------------------------------------------------------------------------
+
+
+def _list_dir(repo: Path, folder: str, report: ValidationReport) -> Iterable[str]:
+    directory = repo / folder
+    if not directory.is_dir():
+        return []
+    names = []
+    for entry in sorted(os.listdir(directory)):
+        if entry.endswith(".yml"):
+            report.problems.append(
+                Problem(f"{folder}/{entry}", 1, 1, "(root)", "rename it to .yaml; .yml files are ignored")
+            )
+        elif entry.endswith(".yaml"):
+            names.append(entry)
+    return names
+
+
+def _validate(repo: Path) -> tuple[ValidationReport, dict[str, YamlDoc], dict[str, YamlDoc], dict[str, YamlDoc]]:
+    report = ValidationReport(repo)
+    if not (repo / "haios.yaml").is_file():
+        raise ConfigError(
+            f"{repo}: not a haios desired-state repo (no haios.yaml)",
+            hint="pass --repo DIR, or create one with 'haios init DIR'",
+        )
+    docs: dict[str, YamlDoc] = {}
+    for rel, (kind, schema_name) in FIXED_FILES.items():
+        if not (repo / rel).is_file():
+            report.files.append(rel)
+            report.problems.append(
+                Problem(
+                    rel, 1, 1, "(root)", "file is missing (restore it from git or copy the default from 'haios init')"
+                )
+            )
+            continue
+        doc = _load_file(repo, rel, kind, schema_name, report)
+        if doc is not None:
+            docs[rel] = doc
+    for rel in _list_dir(repo, "policies", report):
+        if f"policies/{rel}" not in FIXED_FILES:
+            report.problems.append(
+                Problem(
+                    f"policies/{rel}", 1, 1, "(root)", "unknown policy file (expected thresholds, budget, fx or rbac)"
+                )
+            )
+    per_dir: dict[str, dict[str, YamlDoc]] = {}
+    for folder, (kind, schema_name) in FILE_DIRS.items():
+        per_dir[folder] = {}
+        for name in _list_dir(repo, folder, report):
+            doc = _load_file(repo, f"{folder}/{name}", kind, schema_name, report)
+            if doc is not None:
+                per_dir[folder][name[: -len(".yaml")]] = doc
+    playbooks, overrides = per_dir["playbooks"], per_dir["overrides"]
+
+    cluster = docs.get("haios.yaml")
+    checks: list[Iterable[Problem]] = []
+    if cluster is not None:
+        checks.append(_check_cluster(repo, cluster))
+    if "desired/state.yaml" in docs:
+        checks.append(_check_desired(docs["desired/state.yaml"], cluster, playbooks))
+    checks.append(_check_playbooks(playbooks))
+    if "policies/rbac.yaml" in docs:
+        checks.append(_check_rbac(docs["policies/rbac.yaml"]))
+    if "policies/budget.yaml" in docs:
+        checks.append(_check_budget(docs["policies/budget.yaml"], docs.get("policies/fx.yaml")))
+    if "policies/thresholds.yaml" in docs:
+        checks.append(_check_thresholds(docs["policies/thresholds.yaml"]))
+    for stem, doc in sorted(overrides.items()):
+        checks.append(_check_override(stem, doc, cluster))
+    for check in checks:
+        report.problems.extend(check)
+    report.problems.sort(key=lambda p: (p.file, p.line, p.column, p.key, p.message))
+    return report, docs, playbooks, overrides
+
+
+def validate_repo(repo: Path | str) -> ValidationReport:
+    """Check every file of the desired-state repo at ``repo``; return every problem found."""
+    return _validate(Path(repo))[0]
+
+
+def load_repo(repo: Path | str) -> model.RepoConfig:
+    """Load a valid desired-state repo; raise :class:`ConfigError` listing its problems if invalid."""
+    path = Path(repo)
+    report, docs, playbooks, overrides = _validate(path)
+    if report.problems:
+        first = report.problems[0]
+        more = f" and {len(report.problems) - 1} more" if len(report.problems) > 1 else ""
+        raise ConfigError(f"{path}: invalid desired-state repo: {first}{more}", problems=list(report.problems))
+    return model.RepoConfig(
+        path=path,
+        cluster=model.build_cluster(docs["haios.yaml"].value),
+        desired=model.build_desired(docs["desired/state.yaml"].value),
+        thresholds=model.build_thresholds(docs["policies/thresholds.yaml"].value),
+        budget=model.build_budget(docs["policies/budget.yaml"].value),
+        fx=model.build_fx(docs["policies/fx.yaml"].value),
+        rbac=model.build_rbac(docs["policies/rbac.yaml"].value),
+        playbooks={name: model.build_playbook(doc.value) for name, doc in playbooks.items()},
+        overrides=tuple(model.build_override(f"overrides/{n}.yaml", d.value) for n, d in sorted(overrides.items())),
+    )

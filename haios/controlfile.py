@@ -1,0 +1,191 @@
+"""Control files (SPEC §2.2, fixed format): small integrity-protected, versioned state files.
+
+A control file is strict UTF-8 text (no BOM) followed by exactly one footer line::
+
+    #haios v=<decimal version> sha256=<64 lowercase hex>\\n
+
+where the hash is SHA-256 over the body bytes followed by the ASCII text ``v=<version>``. A file
+without a valid footer is corrupt and is never silently accepted.
+
+Every write states the version it expects (``None``: the file must not exist yet) and produces the
+next one; a mismatch raises :class:`~haios.errors.VersionConflict`. The check and the replacement
+happen under the directory lock of :mod:`haios.fsutil`, so two writers can never both succeed from
+the same version.
+
+>>> data = encode(b"node: n1\\n", 3)
+>>> decode(data, "state.txt").version
+3
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ControlFileError, ControlFileMissing, IntegrityError, VersionConflict
+from .fsutil import locked_dir, replace_in_dir
+
+MAX_SIZE = 16 * 1024 * 1024
+"""Largest control file haios reads; anything bigger is refused before it is read."""
+
+MAX_VERSION = 10**18 - 1
+"""Versions have at most 18 decimal digits."""
+
+_FOOTER = re.compile(rb"#haios v=(0|[1-9][0-9]{0,17}) sha256=([0-9a-f]{64})\n")
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True)
+class ControlFile:
+    """A verified control file: its body and its version."""
+
+    path: Path
+    body: bytes
+    version: int
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8")
+
+
+def _digest(body: bytes, version: int) -> str:
+    return hashlib.sha256(body + b"v=" + str(version).encode("ascii")).hexdigest()
+
+
+def encode(body: bytes, version: int) -> bytes:
+    """Return the bytes of a control file holding ``body`` at ``version``."""
+    if not 0 <= version <= MAX_VERSION:
+        raise ValueError(f"a control file version is between 0 and {MAX_VERSION}")
+    if body and not body.endswith(b"\n"):
+        raise ValueError("a control file body must end with a newline")
+    if body.startswith(_BOM):
+        raise ValueError("a control file body must not start with a byte-order mark")
+    body.decode("utf-8")  # strict: raises UnicodeDecodeError on invalid bytes
+    return body + b"#haios v=%d sha256=%s\n" % (version, _digest(body, version).encode("ascii"))
+
+
+def decode(data: bytes, path: Path | str) -> ControlFile:
+    """Verify ``data`` as a control file; raise :class:`IntegrityError` naming ``path`` if not."""
+    if not data.endswith(b"\n"):
+        raise IntegrityError(path, "no integrity footer (the file is truncated or not a control file)")
+    cut = data.rfind(b"\n", 0, len(data) - 1) + 1
+    body, footer = data[:cut], data[cut:]
+    match = _FOOTER.fullmatch(footer)
+    if match is None:
+        raise IntegrityError(path, "integrity footer is missing or malformed")
+    version = int(match.group(1))
+    if _digest(body, version) != match.group(2).decode("ascii"):
+        raise IntegrityError(path, f"integrity check failed: sha256 does not match the body (v={version})")
+    if body.startswith(_BOM):
+        raise IntegrityError(path, "body starts with a byte-order mark")
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise IntegrityError(path, f"body is not valid UTF-8 at byte {exc.start}") from exc
+    return ControlFile(Path(path), body, version)
+
+
+def _read_bytes(path: Path, dir_fd: int | None = None) -> bytes | None:
+    """The file's bytes, or ``None`` when it does not exist. Refuses files over :data:`MAX_SIZE`."""
+    try:
+        fd = os.open(path.name if dir_fd is not None else path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ControlFileError(path, f"cannot open: {os.strerror(exc.errno or 0)}") from exc
+    try:
+        size = os.fstat(fd).st_size
+        if size > MAX_SIZE:
+            raise IntegrityError(path, f"file is {size} bytes, larger than any control file ({MAX_SIZE})")
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+            size -= len(chunk)
+            if size < -MAX_SIZE:
+                raise IntegrityError(path, "file keeps growing while it is read")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ControlFileError(path, f"cannot read: {os.strerror(exc.errno or 0)}") from exc
+    finally:
+        os.close(fd)
+
+
+def read(path: Path | str) -> ControlFile:
+    """Read and verify the control file at ``path``."""
+    p = Path(path)
+    data = _read_bytes(p)
+    if data is None:
+        raise ControlFileMissing(p, "no such control file")
+    return decode(data, p)
+
+
+def current_version(path: Path | str) -> int | None:
+    """The verified version of the file at ``path``, or ``None`` if it does not exist."""
+    p = Path(path)
+    data = _read_bytes(p)
+    return None if data is None else decode(data, p).version
+
+
+def write(path: Path | str, body: bytes | str, *, expected_version: int | None) -> int:
+    """Replace the control file at ``path`` with ``body``; return the new version.
+
+    ``expected_version`` is the version the caller read (``None``: the file must not exist). The
+    comparison and the replacement are atomic with respect to other haios writers. A corrupt
+    existing file raises :class:`IntegrityError` rather than being overwritten unseen.
+    """
+    p = Path(path)
+    raw = body.encode("utf-8") if isinstance(body, str) else body
+    with locked_dir(p.parent) as dir_fd:
+        data = _read_bytes(p, dir_fd)
+        actual = None if data is None else decode(data, p).version
+        if actual != expected_version:
+            raise VersionConflict(p, expected=expected_version, actual=actual)
+        new_version = 1 if actual is None else actual + 1
+        replace_in_dir(dir_fd, p.parent, p.name, encode(raw, new_version))
+    return new_version
+
+
+# -- YAML mapping bodies (haios's own control files) ---------------------------------------------
+
+
+def dump_mapping(mapping: dict[str, Any]) -> bytes:
+    """Serialise a mapping as the YAML body of a control file (block style, key order kept)."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]
+    buf = io.StringIO()
+    yaml.dump(mapping, buf)
+    return buf.getvalue().encode("utf-8")
+
+
+def load_mapping(cf: ControlFile) -> dict[str, Any]:
+    """Parse a verified control file's body as a YAML mapping."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    yaml = YAML(typ="safe", pure=True)
+    try:
+        value = yaml.load(cf.text) if cf.body else {}
+    except YAMLError as exc:
+        raise ControlFileError(cf.path, f"body is not valid YAML: {' '.join(str(exc).split())}") from exc
+    if not isinstance(value, dict):
+        raise ControlFileError(cf.path, "body is not a YAML mapping")
+    return value
+
+
+def read_mapping(path: Path | str) -> tuple[dict[str, Any], int]:
+    """Read a haios control file and return its mapping and version."""
+    cf = read(path)
+    return load_mapping(cf), cf.version
+
+
+def write_mapping(path: Path | str, mapping: dict[str, Any], *, expected_version: int | None) -> int:
+    """Write ``mapping`` as a haios control file; see :func:`write`."""
+    return write(path, dump_mapping(mapping), expected_version=expected_version)

@@ -1,0 +1,56 @@
+"""Git operations on the desired-state repo (GitPython), with errors translated to RepoError."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import ModuleType
+
+from .errors import RepoError
+
+FALLBACK_NAME = "haios"
+FALLBACK_EMAIL = "haios@localhost"
+
+
+def _git() -> ModuleType:
+    try:
+        import git
+    except ImportError as exc:  # GitPython raises ImportError when no git executable is found
+        raise RepoError(f"git is not available: {' '.join(str(exc).split())}", hint="install git") from exc
+    return git
+
+
+def _identity_env(reader: object) -> dict[str, str]:
+    """Author/committer variables when git has no identity configured (cron, CI, fresh machines)."""
+    env: dict[str, str] = {}
+    get = reader.get_value  # type: ignore[attr-defined]
+    if not os.environ.get("GIT_AUTHOR_NAME") and not get("user", "name", ""):
+        env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = FALLBACK_NAME
+    if not os.environ.get("GIT_AUTHOR_EMAIL") and not get("user", "email", ""):
+        env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = FALLBACK_EMAIL
+    return env
+
+
+def init_and_commit(path: Path, message: str) -> str:
+    """``git init`` (branch main) at ``path``, add everything not ignored, commit; return the commit id."""
+    git = _git()
+    try:
+        repo = git.Repo.init(path, initial_branch="main")
+        env = _identity_env(repo.config_reader())
+        repo.git.add("--all")
+        repo.git.commit("--no-verify", "--quiet", "-m", message, env={**os.environ, **env})
+        sha: str = repo.head.commit.hexsha
+        return sha
+    except git.GitError as exc:
+        detail = " ".join(str(getattr(exc, "stderr", "") or exc).split())
+        raise RepoError(f"{path}: git failed: {detail}") from exc
+
+
+def head_commit(path: Path) -> str | None:
+    """The commit id of HEAD in the repo at ``path``, or None if it is not a git repo or has no commit."""
+    git = _git()
+    try:
+        sha: str = git.Repo(path).head.commit.hexsha
+        return sha
+    except (git.GitError, ValueError):
+        return None

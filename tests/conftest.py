@@ -1,0 +1,136 @@
+"""Test harness: every test runs in its own temporary directory and may not write outside it.
+
+The environment is made hermetic (HOME, XDG dirs, git's global config, haios's log directory all
+point into the test's tmp dir), the working directory is the tmp dir, and an audit hook makes any
+file write by this process outside the tmp dir fail the test.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
+
+sys.dont_write_bytecode = True  # imports during a test must not write __pycache__ outside tmp
+
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="haios-hypothesis-")
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)  # never .hypothesis/ in the checkout
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, True)
+settings.register_profile(
+    "haios",
+    database=None,  # no .hypothesis/ directory in the checkout
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.load_profile("haios")
+
+_allowed: list[str] | None = None
+_violations: list[str] = []
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_PATH_EVENTS = {
+    "os.remove": 1,
+    "os.rmdir": 1,
+    "os.mkdir": 1,
+    "os.rename": 2,
+    "os.replace": 2,
+    "os.symlink": 2,
+    "os.link": 2,
+    "os.truncate": 1,
+    "os.chmod": 1,
+    "shutil.rmtree": 1,
+}
+
+
+def _outside(path: object) -> bool:
+    if not isinstance(path, str | bytes | os.PathLike):
+        return False
+    full = os.path.abspath(os.fsdecode(path))
+    assert _allowed is not None
+    return not any(full == root or full.startswith(root + os.sep) for root in _allowed)
+
+
+def _audit(event: str, args: tuple[object, ...]) -> None:
+    if _allowed is None:
+        return
+    if event == "open":
+        path, mode, flags = args
+        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+            isinstance(flags, int) and flags & _WRITE_FLAGS
+        )
+        targets = [path] if writing else []
+    elif event in _PATH_EVENTS:
+        targets = list(args[: _PATH_EVENTS[event]])
+        if event in ("os.symlink", "os.link"):
+            targets = targets[1:]  # only the new name is written; the first argument is the link's content
+    else:
+        return
+    for target in targets:
+        if _outside(target):
+            _violations.append(f"{event} {target!r}")
+            raise PermissionError(f"test wrote outside its tmp dir: {event} {target!r}")
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.fixture(autouse=True)
+def hermetic(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """Isolate the test: own HOME, XDG dirs, git config, log dir and cwd; no writes outside tmp."""
+    global _allowed
+    home = tmp_path / "home"
+    home.mkdir()
+    for var, value in {
+        "HOME": home,
+        "XDG_STATE_HOME": home / ".local" / "state",
+        "XDG_CONFIG_HOME": home / ".config",
+        "XDG_CACHE_HOME": home / ".cache",
+        "HAIOS_LOG_DIR": tmp_path / "logs",
+        "GIT_CONFIG_GLOBAL": home / ".gitconfig",
+        "TMPDIR": tmp_path,
+    }.items():
+        monkeypatch.setenv(var, str(value))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for var in ("NO_COLOR", "GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    roots = [str(tmp_path_factory.getbasetemp()), _HYPOTHESIS_HOME, "/dev", "/proc"]
+    _allowed = [os.path.realpath(r) for r in roots] + [os.path.abspath(r) for r in roots]
+    _violations.clear()
+    try:
+        yield tmp_path
+    finally:
+        _allowed = None
+    assert not _violations, f"test wrote outside its tmp dir: {_violations}"
+
+
+@pytest.fixture
+def outside_writes() -> list[str]:
+    """The writes outside the tmp dir refused so far in this test (a test may clear it)."""
+    return _violations
+
+
+@pytest.fixture(scope="session")
+def repo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A desired-state repo made once by ``haios init`` (3 local nodes); copy it, never modify it."""
+    from haios import init_repo
+
+    base = tmp_path_factory.mktemp("template")
+    return init_repo(base / "demo-repo", nodes=3).path
+
+
+@pytest.fixture
+def repo(tmp_path: Path, repo_template: Path) -> Path:
+    """A fresh copy of the template repo in this test's tmp dir."""
+    target = tmp_path / "demo-repo"
+    shutil.copytree(repo_template, target, symlinks=True)
+    return target

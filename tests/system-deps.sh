@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install the Debian packages the test suite needs, when they are missing (CI runs on fresh machines).
+set -euo pipefail
+
+# command -> Debian package
+declare -A needs=(
+  [git]=git
+)
+
+missing=()
+for cmd in "${!needs[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${needs[$cmd]}")
+done
+((${#missing[@]} == 0)) && exit 0
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "tests need these Debian packages: ${missing[*]} (run as root, or install them)" >&2
+  exit 1
+fi
+echo "installing Debian packages for the tests: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,246 @@
+"""Control files (SPEC §2.2): format, integrity, versioned atomic writes, crash safety."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from haios import controlfile
+from haios.errors import (
+    ControlFileMissing,
+    HaiosError,
+    IntegrityError,
+    StorageError,
+    VersionConflict,
+)
+from haios.fsutil import temp_name
+
+HELPERS = Path(__file__).parent / "helpers"
+PROJECT = Path(__file__).parent.parent
+
+
+def test_encode_footer_is_the_fixed_format() -> None:
+    body = b"node: n1\ng: 3\n"
+    data = controlfile.encode(body, 7)
+    digest = hashlib.sha256(body + b"v=7").hexdigest()
+    assert data == body + f"#haios v=7 sha256={digest}\n".encode()
+
+
+def test_decode_roundtrip_gives_body_and_version() -> None:
+    cf = controlfile.decode(controlfile.encode(b"a: 1\n", 12), "x")
+    assert (cf.body, cf.version, cf.text) == (b"a: 1\n", 12, "a: 1\n")
+
+
+def test_decode_empty_body_is_valid() -> None:
+    assert controlfile.decode(controlfile.encode(b"", 1), "x").body == b""
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "no integrity footer"),
+        (b"a: 1\n", "integrity footer is missing or malformed"),
+        (b"a: 1\n#haios v=1 sha256=" + b"0" * 64 + b"\n", "sha256 does not match"),
+        (b"a: 1\n#haios v=01 sha256=" + b"0" * 64 + b"\n", "malformed"),
+        (b"a: 1\n#haios v=1 sha256=" + b"A" * 64 + b"\n", "malformed"),
+        (b"a: 1\n#haios  v=1 sha256=" + b"0" * 64 + b"\n", "malformed"),
+        (b"a: 1\n#haios v=1 sha256=" + b"0" * 64, "no integrity footer"),
+    ],
+)
+def test_decode_bad_footer_is_integrity_error(data: bytes, reason: str) -> None:
+    with pytest.raises(IntegrityError, match=reason) as info:
+        controlfile.decode(data, "node/state.txt")
+    assert str(info.value).startswith("node/state.txt: ")
+    assert info.value.exit_code == 5
+
+
+def test_decode_body_not_utf8_is_refused_even_with_valid_hash() -> None:
+    body = b"a: \xff\n"
+    digest = hashlib.sha256(body + b"v=1").hexdigest()
+    with pytest.raises(IntegrityError, match="not valid UTF-8 at byte 3"):
+        controlfile.decode(body + f"#haios v=1 sha256={digest}\n".encode(), "f")
+
+
+def test_decode_bom_is_refused() -> None:
+    body = b"\xef\xbb\xbfa: 1\n"
+    digest = hashlib.sha256(body + b"v=1").hexdigest()
+    with pytest.raises(IntegrityError, match="byte-order mark"):
+        controlfile.decode(body + f"#haios v=1 sha256={digest}\n".encode(), "f")
+
+
+def test_read_flipped_byte_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.txt"
+    controlfile.write_mapping(path, {"node": "n1", "g": 4}, expected_version=None)
+    data = bytearray(path.read_bytes())
+    for i in range(len(data)):
+        flipped = bytearray(data)
+        flipped[i] ^= 0x01
+        path.write_bytes(bytes(flipped))
+        with pytest.raises(IntegrityError) as info:
+            controlfile.read(path)
+        assert str(path) in info.value.one_line()
+
+
+def test_read_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ControlFileMissing, match="no such control file"):
+        controlfile.read(tmp_path / "nope")
+
+
+def test_read_oversized_file_refused_before_reading(tmp_path: Path) -> None:
+    path = tmp_path / "big"
+    with open(path, "wb") as fh:
+        fh.truncate(controlfile.MAX_SIZE + 1)
+    with pytest.raises(IntegrityError, match="larger than any control file"):
+        controlfile.read(path)
+
+
+def test_write_versions_increase_from_one(tmp_path: Path) -> None:
+    path = tmp_path / "fence"
+    assert controlfile.write(path, b"a: 1\n", expected_version=None) == 1
+    assert controlfile.write(path, b"a: 2\n", expected_version=1) == 2
+    assert controlfile.read(path).version == 2
+    assert controlfile.current_version(tmp_path / "other") is None
+
+
+def test_write_with_stale_version_is_conflict_and_keeps_file(tmp_path: Path) -> None:
+    path = tmp_path / "fence"
+    controlfile.write(path, b"a: 1\n", expected_version=None)
+    controlfile.write(path, b"a: 2\n", expected_version=1)
+    before = path.read_bytes()
+    with pytest.raises(VersionConflict, match="expected v1, found v2"):
+        controlfile.write(path, b"a: 3\n", expected_version=1)
+    with pytest.raises(VersionConflict, match="expected absent, found v2"):
+        controlfile.write(path, b"a: 3\n", expected_version=None)
+    assert path.read_bytes() == before
+
+
+def test_write_over_corrupt_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.txt"
+    path.write_bytes(b"garbage\n")
+    with pytest.raises(IntegrityError):
+        controlfile.write(path, b"a: 1\n", expected_version=None)
+    assert path.read_bytes() == b"garbage\n"
+
+
+def test_write_body_without_newline_is_a_programming_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="end with a newline"):
+        controlfile.write(tmp_path / "f", b"a: 1", expected_version=None)
+
+
+def test_write_io_error_keeps_old_file_and_leaves_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "state.txt"
+    controlfile.write(path, b"a: 1\n", expected_version=None)
+    before = path.read_bytes()
+
+    def full_disk(fd: int, data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(StorageError, match="could not write: No space left on device") as info:
+        controlfile.write(path, b"a: 2\n", expected_version=1)
+    assert "disk is full" in info.value.hint
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert not (tmp_path / temp_name("state.txt")).exists()
+
+
+def test_write_fsync_error_is_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "state.txt"
+    calls: list[int] = []
+
+    def failing_fsync(fd: int) -> None:
+        calls.append(fd)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(StorageError, match="Input/output error"):
+        controlfile.write(path, b"a: 1\n", expected_version=None)
+    monkeypatch.undo()
+    assert len(calls) == 1
+    assert not path.exists()
+
+
+def test_mapping_roundtrip_keeps_order_and_types(tmp_path: Path) -> None:
+    path = tmp_path / "state.txt"
+    mapping = {"node": "n1", "g": 3, "ph": None, "status": "READY", "nested": {"z": [1, 2], "a": True}}
+    version = controlfile.write_mapping(path, mapping, expected_version=None)
+    loaded, read_version = controlfile.read_mapping(path)
+    assert loaded == mapping and list(loaded) == list(mapping) and read_version == version
+
+
+@given(
+    body=st.text().map(lambda s: s.replace("\ufeff", "")),
+    version=st.integers(min_value=0, max_value=controlfile.MAX_VERSION),
+)
+def test_property_roundtrip(body: str, version: int) -> None:
+    raw = body.encode("utf-8")
+    if raw and not raw.endswith(b"\n"):
+        raw += b"\n"
+    cf = controlfile.decode(controlfile.encode(raw, version), "p")
+    assert (cf.body, cf.version) == (raw, version)
+
+
+@given(data=st.binary(max_size=4096))
+def test_property_any_bytes_verdict_or_haios_error(data: bytes) -> None:
+    try:
+        cf = controlfile.decode(data, "fuzz")
+    except HaiosError:
+        return
+    assert controlfile.encode(cf.body, cf.version) == data
+
+
+@given(data=st.binary(max_size=512))
+def test_property_any_bytes_through_read_mapping(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "fuzz"
+    path.write_bytes(data)
+    with contextlib.suppress(HaiosError):
+        controlfile.read_mapping(path)
+
+
+def _run_crash_trial(path: Path, rng: random.Random, env: dict[str, str]) -> None:
+    from helpers.cf_writer import body_for
+
+    proc = subprocess.Popen(
+        [sys.executable, str(HELPERS / "cf_writer.py"), str(path)],
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    time.sleep(rng.uniform(0, 0.03))
+    proc.send_signal(signal.SIGKILL)
+    acknowledged = [int(line) for line in proc.stdout.read().split()]
+    proc.wait(timeout=30)
+    proc.stdout.close()
+    cf = controlfile.read(path)  # must verify: never a mix of two versions
+    assert cf.body == body_for(cf.version)
+    if acknowledged:
+        assert acknowledged[-1] <= cf.version <= acknowledged[-1] + 1
+    # A later write must never trip on anything the killed writer left behind.
+    controlfile.write(path, body_for(cf.version + 1), expected_version=cf.version)
+    assert not (path.parent / temp_name(path.name)).exists()
+
+
+@pytest.mark.slow
+def test_crash_sigkill_writer_leaves_old_or_new(tmp_path: Path) -> None:
+    trials = int(os.environ.get("HAIOS_CRASH_TRIALS", "200"))
+    rng = random.Random(20261126)
+    env = {**os.environ, "PYTHONPATH": f"{PROJECT}{os.pathsep}{PROJECT / 'tests'}", "PYTHONDONTWRITEBYTECODE": "1"}
+    path = tmp_path / "state.txt"
+    from helpers.cf_writer import body_for
+
+    controlfile.write(path, body_for(1), expected_version=None)
+    for _ in range(trials):
+        _run_crash_trial(path, rng, env)
