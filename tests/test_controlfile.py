@@ -146,11 +146,11 @@ def test_write_io_error_keeps_old_file_and_leaves_no_temp(tmp_path: Path, monkey
     def full_disk(fd: int, data: object) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "write", full_disk)
-    with pytest.raises(StorageError, match="could not write: No space left on device") as info:
-        controlfile.write(path, b"a: 2\n", expected_version=1)
+    with monkeypatch.context() as mp:
+        mp.setattr(os, "write", full_disk)
+        with pytest.raises(StorageError, match="could not write: No space left on device") as info:
+            controlfile.write(path, b"a: 2\n", expected_version=1)
     assert "disk is full" in info.value.hint
-    monkeypatch.undo()
     assert path.read_bytes() == before
     assert not (tmp_path / temp_name("state.txt")).exists()
 
@@ -163,10 +163,10 @@ def test_write_fsync_error_is_not_retried(tmp_path: Path, monkeypatch: pytest.Mo
         calls.append(fd)
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(os, "fsync", failing_fsync)
-    with pytest.raises(StorageError, match="Input/output error"):
-        controlfile.write(path, b"a: 1\n", expected_version=None)
-    monkeypatch.undo()
+    with monkeypatch.context() as mp:
+        mp.setattr(os, "fsync", failing_fsync)
+        with pytest.raises(StorageError, match="Input/output error"):
+            controlfile.write(path, b"a: 1\n", expected_version=None)
     assert len(calls) == 1
     assert not path.exists()
 

@@ -48,10 +48,11 @@ def _write_crash_log(exc: BaseException) -> Path | None:
 
 def _report(kind: str, message: str, hint: str, code: int, extra: dict[str, Any] | None = None) -> int:
     line = f"error: {message}" + (f" (hint: {hint})" if hint else "")
-    if current.get().output in (Output.json, Output.ndjson):
-        _render.emit_json(
-            {"error": {"type": kind, "message": message, "hint": hint, "exit_code": code, **(extra or {})}}
-        )
+    error = {"error": {"type": kind, "message": message, "hint": hint, "exit_code": code, **(extra or {})}}
+    if current.get().output is Output.json:
+        _render.emit_json(error)
+    elif current.get().output is Output.ndjson:
+        _render.emit_ndjson(error)  # one more line of the stream
     _render.err(line)
     return code
 

@@ -175,12 +175,9 @@ def test_init_failure_leaves_nothing_behind(cli: Invoke, tmp_path: Path, monkeyp
     def broken_git(path: Path, message: str) -> str:
         raise RepoError(f"{path}: git failed: simulated")
 
-    mp = pytest.MonkeyPatch()
-    mp.setattr(scaffold, "init_and_commit", broken_git)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scaffold, "init_and_commit", broken_git)
         result = cli("init", tmp_path / "r")
-    finally:
-        mp.undo()
     assert result.exit_code == 1
     assert "git failed: simulated" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]

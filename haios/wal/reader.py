@@ -1,0 +1,455 @@
+"""Reading and verifying a WAL in constant memory, over any number of segments.
+
+Each record is checked in this order (SPEC §2.3): the length against the maximum and the bytes left
+(before anything is allocated), the CRC, the salt, the Lamport index, the ``prev_crc`` link, and the
+lz4 decoded length. The first failure stops the scan and is classified:
+
+* **torn tail** — a *physical* failure (short record, length past the end, CRC or salt mismatch)
+  in the last segment, with no valid record of that segment's salt anywhere after it: what a crash
+  in the middle of an append leaves. ``repair`` truncates it.
+* **mid-log corruption** — anything else, including a record whose CRC is valid but whose Lamport
+  index or link is wrong (a deleted or reordered record), and any damage followed by valid records.
+  Truncating would lose acknowledged records, so ``repair`` refuses it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import VerificationError
+from .format import (
+    FLAG_JUMP,
+    FLAG_LZ4,
+    KNOWN_FLAGS,
+    MAX_PAYLOAD,
+    RECORD_HEADER,
+    RECORD_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
+    SEGMENT_NAME,
+    RecordType,
+    SegmentHeader,
+    SegmentHeaderError,
+    decode_payload,
+    decode_segment_header,
+    parse_json,
+)
+
+CHUNK = 4 * 1024 * 1024
+SECTOR = 512
+_TYPES = frozenset(int(t) for t in RecordType)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One verified record."""
+
+    lamport: int
+    type: RecordType
+    segment: str
+    offset: int
+    crc: int
+    flags: int
+    raw: bytes  # the JSON payload bytes
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return parse_json(self.raw)
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """The first bad place in a WAL."""
+
+    segment: str
+    offset: int
+    lamport: int | None  # the Lamport index expected there
+    reason: str
+    torn_tail: bool
+
+    @property
+    def kind(self) -> str:
+        return "torn tail" if self.torn_tail else "mid-log corruption"
+
+    def describe(self) -> str:
+        where = f"segment {self.segment} offset {self.offset}"
+        if self.lamport is not None:
+            where += f" (lamport {self.lamport})"
+        return f"{where}: {self.reason} [{self.kind}]"
+
+
+class WalCorruptError(VerificationError):
+    """The WAL has a bad record; ``corruption`` says where and whether it is a torn tail."""
+
+    def __init__(self, directory: Path, corruption: Corruption) -> None:
+        hint = (
+            f"a crash left a partial record; run 'haios wal repair {directory}'"
+            if corruption.torn_tail
+            else f"records after this point would be lost by a repair; restore the node from a replica, "
+            f"or run 'haios wal repair --force {directory}' to keep only the valid prefix"
+        )
+        super().__init__(f"{directory}: {corruption.describe()}", hint=hint)
+        self.directory = directory
+        self.corruption = corruption
+
+
+@dataclass(frozen=True)
+class Segment:
+    seq: int
+    first_lamport: int
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclass
+class Cursor:
+    """Where a reader stopped: segment, byte offset and the chain state (last Lamport and CRC)."""
+
+    seq: int
+    offset: int
+    lamport: int
+    crc: int
+
+
+def wal_dir(path: Path | str) -> Path:
+    """``path`` itself, or ``path/wal`` when ``path`` is a node root."""
+    p = Path(path)
+    return p / "wal" if (p / "wal").is_dir() and not list_segments(p) else p
+
+
+def list_segments(directory: Path) -> list[Segment]:
+    """The segment files of the WAL in ``directory``, by sequence number."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        m = SEGMENT_NAME.fullmatch(name)
+        if m:
+            out.append(Segment(int(m.group(1), 16), int(m.group(2), 16), directory / name))
+    return sorted(out, key=lambda s: s.seq)
+
+
+class _Bad(Exception):
+    def __init__(self, offset: int, reason: str, physical: bool, lamport: int | None) -> None:
+        super().__init__(reason)
+        self.offset = offset
+        self.reason = reason
+        self.physical = physical
+        self.lamport = lamport
+
+
+class _File:
+    """Buffered random-ish access to a segment file in bounded memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the reader
+        self.size = os.fstat(self.fh.fileno()).st_size
+        self.base = 0
+        self.buf = b""
+
+    def get(self, offset: int, length: int) -> memoryview:
+        end = offset + length
+        if offset < self.base or end > self.base + len(self.buf):
+            self.fh.seek(offset)
+            self.buf = self.fh.read(max(length, CHUNK))
+            self.base = offset
+        start = offset - self.base
+        return memoryview(self.buf)[start : start + length]
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _zero_sector(f: _File, start: int, end: int) -> int | None:
+    """The offset of an all-zero aligned 512-byte sector overlapping [start, end), if any."""
+    sector = start // SECTOR * SECTOR
+    zero = bytes(SECTOR)
+    while sector < end and sector + SECTOR <= f.size:
+        if f.get(sector, SECTOR) == zero:
+            return sector
+        sector += SECTOR
+    return None
+
+
+def _valid_record_at(f: _File, pos: int, salt: int) -> bool:
+    if pos + RECORD_HEADER_SIZE > f.size:
+        return False
+    crc, length, rtype, flags, reserved, rsalt, _lamport, _prev, raw_length = RECORD_HEADER.unpack(
+        f.get(pos, RECORD_HEADER_SIZE)
+    )
+    if rsalt != salt or reserved or flags & ~KNOWN_FLAGS or rtype not in _TYPES:
+        return False
+    if length > MAX_PAYLOAD or raw_length > MAX_PAYLOAD or length > f.size - pos - RECORD_HEADER_SIZE:
+        return False
+    return zlib.crc32(f.get(pos + 4, RECORD_HEADER_SIZE - 4 + length)) == crc
+
+
+def valid_record_after(path: Path, start: int, salt: int) -> bool:
+    """Whether any valid record with ``salt`` begins at an offset >= ``start`` of the segment."""
+    f = _File(path)
+    try:
+        needle = struct.pack("<I", salt)
+        scan = start + 12  # the salt sits 12 bytes into a record header
+        while scan < f.size:
+            window = f.get(scan, min(CHUNK, f.size - scan))
+            hit = bytes(window).find(needle)
+            if hit < 0:
+                scan += max(len(window) - 3, 1)
+                continue
+            candidate = scan + hit - 12
+            if candidate >= start and _valid_record_at(f, candidate, salt):
+                return True
+            scan += hit + 1
+        return False
+    finally:
+        f.close()
+
+
+def _fast_scan(view: memoryview, salt: int, lamport: int, crc: int) -> tuple[int, int, int, int, int]:
+    """Verify the whole records at the start of ``view`` with as little work per record as possible.
+
+    Stops at the first record that is incomplete in ``view`` or fails any check (the caller's slow
+    path then finds out which). Returns (bytes consumed, last Lamport, last CRC, records, first Lamport).
+    """
+    import lz4.block
+
+    unpack = RECORD_HEADER.unpack_from
+    crc32 = zlib.crc32
+    decompress = lz4.block.decompress
+    end = len(view)
+    pos = count = first = 0
+    while pos + RECORD_HEADER_SIZE <= end:
+        rcrc, length, rtype, flags, reserved, rsalt, rlamport, rprev, raw_length = unpack(view, pos)
+        nxt = pos + RECORD_HEADER_SIZE + length
+        if nxt > end or rsalt != salt or rprev != crc or reserved or flags & ~KNOWN_FLAGS or rtype not in _TYPES:
+            break
+        if rlamport != lamport + 1 and not (flags & FLAG_JUMP and rlamport > lamport):
+            break
+        if crc32(view[pos + 4 : nxt]) != rcrc:
+            break
+        if flags & FLAG_LZ4:
+            if raw_length > MAX_PAYLOAD:
+                break
+            try:
+                if len(decompress(view[pos + RECORD_HEADER_SIZE : nxt], uncompressed_size=raw_length)) != raw_length:
+                    break
+            except Exception:  # lz4's own error type; the slow path reports it
+                break
+        elif raw_length != length:
+            break
+        if not count:
+            first = rlamport
+        lamport, crc, pos = rlamport, rcrc, nxt
+        count += 1
+    return pos, lamport, crc, count, first
+
+
+class WalReader:
+    """Iterate the records of a WAL, verifying everything; ``cursor`` says where it got to.
+
+    ``from_lamport`` skips records below that index (starting in the right segment);
+    ``cursor`` resumes exactly where an earlier reader stopped. ``verify_only`` checks every record
+    without yielding any (a much faster loop; the slow path still names the first bad record). With
+    ``partial_ok`` a short or
+    unfinished record at the very end of the last segment ends the iteration quietly (a writer may
+    be appending it right now) instead of being reported.
+    """
+
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        from_lamport: int | None = None,
+        cursor: Cursor | None = None,
+        decode: bool = True,
+        partial_ok: bool = False,
+        verify_only: bool = False,
+    ) -> None:
+        self.directory = Path(directory)
+        self.from_lamport = from_lamport
+        self.cursor = cursor
+        self.decode = decode
+        self.partial_ok = partial_ok
+        self.verify_only = verify_only
+        self.records = 0
+        self.segments_read = 0
+        self.bytes_read = 0
+        self.first_lamport: int | None = None
+
+    def __iter__(self) -> Iterator[Record]:
+        segments = list_segments(self.directory)
+        if self.cursor is not None:
+            segments = [s for s in segments if s.seq >= self.cursor.seq]
+        elif self.from_lamport is not None:
+            start = 0
+            for i, seg in enumerate(segments):
+                if seg.first_lamport <= self.from_lamport:
+                    start = i
+            segments = segments[start:]
+        prev: SegmentHeader | None = None
+        wal_id: int | None = None
+        for index, seg in enumerate(segments):
+            last = index == len(segments) - 1
+            yield from self._segment(seg, last, prev, wal_id)
+            prev = self._header
+            wal_id = self._header.wal_id
+
+    _header: SegmentHeader
+
+    def _fail(self, seg: Segment, bad: _Bad, last: bool, salt: int | None) -> WalCorruptError:
+        torn = bad.physical and last and salt is not None and not valid_record_after(seg.path, bad.offset + 1, salt)
+        return WalCorruptError(self.directory, Corruption(seg.name, bad.offset, bad.lamport, bad.reason, torn))
+
+    def _segment(
+        self, seg: Segment, last: bool, prev: SegmentHeader | None, wal_id: int | None
+    ) -> Iterator[Record]:
+        f = _File(seg.path)
+        try:
+            try:
+                header = decode_segment_header(bytes(f.get(0, SEGMENT_HEADER_SIZE)))
+            except SegmentHeaderError as exc:
+                raise self._fail(seg, _Bad(0, str(exc), False, None), last, None) from None
+            self._check_header(seg, header, prev, wal_id)
+            self._header = header
+            self.segments_read += 1
+            if self.cursor is not None and self.cursor.seq == seg.seq:
+                pos, lamport, crc = self.cursor.offset, self.cursor.lamport, self.cursor.crc
+            else:
+                pos, lamport, crc = SEGMENT_HEADER_SIZE, header.prev_lamport, header.prev_crc
+            salt = header.salt
+            while pos < f.size:
+                if self.verify_only:
+                    fast = _fast_scan(f.get(pos, min(CHUNK, f.size - pos)), salt, lamport, crc)
+                    if fast[3]:
+                        consumed, lamport, crc, count, first = fast
+                        pos += consumed
+                        self.records += count
+                        self.bytes_read += consumed
+                        if self.first_lamport is None:
+                            self.first_lamport = first
+                        self.cursor = Cursor(seg.seq, pos, lamport, crc)
+                        continue
+                try:
+                    record = self._record(f, seg, pos, salt, lamport, crc)
+                except _Bad as bad:
+                    if self.partial_ok and last and bad.physical and bad.reason.startswith(("incomplete", "record runs")):
+                        return
+                    raise self._fail(seg, bad, last, salt) from None
+                pos += RECORD_HEADER_SIZE + len(record[1])
+                lamport, crc = record[0].lamport, record[0].crc
+                self.cursor = Cursor(seg.seq, pos, lamport, crc)
+                self.records += 1
+                self.bytes_read += RECORD_HEADER_SIZE + len(record[1])
+                if self.first_lamport is None:
+                    self.first_lamport = lamport
+                if self.from_lamport is None or lamport >= self.from_lamport:
+                    yield record[0]
+            if self.cursor is None or self.cursor.seq != seg.seq:
+                self.cursor = Cursor(seg.seq, pos, lamport, crc)
+        finally:
+            f.close()
+
+    def _check_header(self, seg: Segment, header: SegmentHeader, prev: SegmentHeader | None, wal_id: int | None) -> None:
+        problem = None
+        if header.seq != seg.seq or header.first_lamport != seg.first_lamport:
+            problem = "segment header does not match the file name"
+        elif prev is not None and header.seq != prev.seq + 1:
+            problem = f"segment(s) missing before this one (sequence {prev.seq} is followed by {header.seq})"
+        elif wal_id is not None and header.wal_id != wal_id:
+            problem = "segment belongs to another WAL (its WAL id differs)"
+        elif prev is not None and (header.prev_crc, header.prev_lamport) != self._chain_end():
+            problem = "segment does not link to the end of its predecessor (prev_crc/prev_lamport)"
+        if problem:
+            raise WalCorruptError(self.directory, Corruption(seg.name, 0, None, problem, False))
+
+    def _chain_end(self) -> tuple[int, int]:
+        assert self.cursor is not None
+        return (self.cursor.crc, self.cursor.lamport)
+
+    def _record(self, f: _File, seg: Segment, pos: int, salt: int, lamport: int, prev_crc: int) -> tuple[Record, memoryview]:
+        expected = lamport + 1
+        left = f.size - pos
+        if left < RECORD_HEADER_SIZE:
+            raise _Bad(pos, f"incomplete record header ({left} bytes before the end of the file)", True, expected)
+        head = f.get(pos, RECORD_HEADER_SIZE)
+        crc, length, rtype, flags, reserved, rsalt, rlamport, rprev, raw_length = RECORD_HEADER.unpack(head)
+        if length > MAX_PAYLOAD:
+            raise _Bad(pos, self._physical(f, pos, f"length {length} exceeds the maximum {MAX_PAYLOAD}"), True, expected)
+        if length > left - RECORD_HEADER_SIZE:
+            reason = f"record runs past the end of the file (claims {length} bytes, {left - RECORD_HEADER_SIZE} left)"
+            raise _Bad(pos, self._physical(f, pos, reason, pos + RECORD_HEADER_SIZE + length), True, expected)
+        body = f.get(pos + 4, RECORD_HEADER_SIZE - 4 + length)
+        if zlib.crc32(body) != crc:
+            end = pos + RECORD_HEADER_SIZE + length
+            raise _Bad(pos, self._physical(f, pos, "CRC mismatch", end), True, expected)
+        if rsalt != salt:
+            raise _Bad(pos, "salt mismatch: a stale record from another segment", True, expected)
+        if reserved or flags & ~KNOWN_FLAGS or rtype not in _TYPES:
+            raise _Bad(pos, f"unknown record type {rtype} or flags {flags:#x} (CRC is valid)", False, expected)
+        if rlamport != expected and not (flags & FLAG_JUMP and rlamport > lamport):
+            raise _Bad(pos, f"Lamport index {rlamport}, expected {expected}: a record is missing or out of order", False, expected)
+        if rprev != prev_crc:
+            raise _Bad(pos, "prev_crc does not link to the previous record: a record is missing or out of order", False, expected)
+        stored = body[RECORD_HEADER_SIZE - 4 :]
+        try:
+            raw = decode_payload(stored, raw_length, flags)
+            if self.decode:
+                parse_json(raw)
+        except ValueError as exc:
+            raise _Bad(pos, f"payload: {exc}", False, expected) from None
+        return Record(rlamport, RecordType(rtype), seg.name, pos, crc, flags, raw), stored
+
+    @staticmethod
+    def _physical(f: _File, pos: int, reason: str, end: int | None = None) -> str:
+        sector = _zero_sector(f, pos, end if end is not None else f.size)
+        return f"{reason}; all-zero sector at offset {sector}" if sector is not None else reason
+
+
+def read_records(
+    directory: Path | str, *, from_lamport: int | None = None, cursor: Cursor | None = None
+) -> Iterator[Record]:
+    """Every record of the WAL in ``directory`` in order, verified; raises WalCorruptError at the first bad one."""
+    return iter(WalReader(wal_dir(directory), from_lamport=from_lamport, cursor=cursor))
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    directory: Path
+    segments: int
+    records: int
+    bytes: int
+    first_lamport: int | None
+    last_lamport: int | None
+    corruption: Corruption | None
+
+    @property
+    def ok(self) -> bool:
+        return self.corruption is None
+
+
+def verify(directory: Path | str) -> VerifyReport:
+    """Verify the whole WAL; report the first bad record (if any) and what was read before it.
+
+    Checks the framing of every record (length, CRC, salt, Lamport index, ``prev_crc`` link, lz4
+    decoded length) and of every segment; payloads are parsed as JSON by the readers that use them.
+    """
+    path = wal_dir(directory)
+    reader = WalReader(path, decode=False, verify_only=True)
+    corruption = None
+    try:
+        for _ in reader:
+            pass
+    except WalCorruptError as exc:
+        corruption = exc.corruption
+    last = reader.cursor.lamport if reader.cursor is not None and reader.records else None
+    return VerifyReport(path, reader.segments_read, reader.records, reader.bytes_read, reader.first_lamport, last, corruption)

@@ -1,0 +1,330 @@
+"""The WAL writer: one per node (an exclusive ``flock``), with group commit.
+
+``append`` encodes the record and writes it under a mutex (so Lamport indexes and bytes are in the
+same order); a durable append then waits until an ``fdatasync`` covering its bytes has returned.
+Concurrent appenders share syncs: whichever thread finds no sync running starts one covering
+everything written so far, the others wait for it (group commit). An error from write or fsync is
+fatal: the writer refuses every later append and never retries an fsync on the same descriptor;
+reopening repairs the torn tail (nothing acknowledged is lost).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ..errors import HaiosError, LockHeldError, StorageError
+from ..fsutil import TEMP_SUFFIX, fsync_dir, makedirs_durable, temp_name
+from . import format as fmt
+from .reader import Cursor, WalReader, list_segments
+
+log = logging.getLogger("haios.wal")
+
+LOCK_NAME = ".writer.lock"
+
+
+class WalReadOnlyError(HaiosError):
+    """The WAL is open read-only (for example while the node is PARTITIONED); appends are refused."""
+
+    default_hint = "the node refuses writes while it is partitioned or read-only; wait for it to heal"
+
+
+class WalFailedError(StorageError):
+    """An earlier write or fsync failed; this writer refuses to continue."""
+
+    default_hint = "close the WAL and open it again: opening repairs the tail, no acknowledged record is lost"
+
+
+class WalLockedError(LockHeldError):
+    """Another process holds the WAL's writer lock."""
+
+    default_hint = "only one writer per node: stop the other writer first"
+
+
+class Wal:
+    """A node's write-ahead log. Use :meth:`open`; close it, or use it as a context manager."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        lock_fd: int | None,
+        read_only: bool,
+        segment_size: int,
+        clock: Callable[[], float],
+        sync: Callable[[int], None],
+    ) -> None:
+        self.directory = directory
+        self.read_only = read_only
+        self.segment_size = segment_size
+        self._lock_fd = lock_fd
+        self._clock = clock
+        self._sync = sync
+        self._mutex = threading.Lock()  # order of Lamport indexes and bytes
+        self._cond = threading.Condition()  # group commit state below
+        self._written = 0  # bytes written by this writer (a running total across segments)
+        self._synced = 0  # bytes known durable
+        self._syncing = False
+        self._failed: BaseException | None = None
+        self._fd: int | None = None
+        self._seq = 0
+        self._offset = 0
+        self._salt = 0
+        self._wal_id = 0
+        self._lamport = 0
+        self._crc = 0
+        self.syncs = 0  # fdatasync calls made (group commit shares them)
+        self.bytes_written = 0
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path | str,
+        *,
+        read_only: bool = False,
+        segment_size: int = fmt.DEFAULT_SEGMENT_SIZE,
+        clock: Callable[[], float] = time.time,
+        sync: Callable[[int], None] = os.fdatasync,
+        repair_torn_tail: bool = True,
+    ) -> Wal:
+        """Open (creating if needed) the WAL in ``directory``.
+
+        Takes the exclusive writer lock unless ``read_only``. A torn tail left by a crash is repaired
+        (the cut bytes kept in ``<segment>.broken``); mid-log corruption raises WalCorruptError.
+        """
+        path = Path(directory)
+        if segment_size < fmt.SEGMENT_HEADER_SIZE + fmt.RECORD_HEADER_SIZE:
+            raise ValueError("segment_size is too small")
+        lock_fd = None
+        if not read_only:
+            makedirs_durable(path)
+            lock_fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(lock_fd)
+                raise WalLockedError(f"{path}: another process is writing this WAL") from None
+        wal = cls(path, lock_fd=lock_fd, read_only=read_only, segment_size=segment_size, clock=clock, sync=sync)
+        try:
+            wal._recover(repair_torn_tail and not read_only)
+        except BaseException:
+            wal.close()
+            raise
+        return wal
+
+    def _recover(self, repair: bool) -> None:
+        from .repair import repair as repair_wal
+        from .reader import WalCorruptError
+
+        if not self.read_only:
+            # A crash during rotation can leave a temp segment that was never renamed into place.
+            for name in os.listdir(self.directory):
+                if name.startswith(".") and name.endswith(".wal" + TEMP_SUFFIX):
+                    os.unlink(self.directory / name)
+        segments = list_segments(self.directory)
+        if not segments:
+            self._wal_id = secrets.randbits(63)
+            return
+        reader = WalReader(self.directory, from_lamport=segments[-1].first_lamport, decode=False)
+        try:
+            for _ in reader:
+                pass
+        except WalCorruptError as exc:
+            if not (repair and exc.corruption.torn_tail):
+                raise
+            report = repair_wal(self.directory)
+            log.warning("repaired torn WAL tail: %s", report.summary())
+            reader = WalReader(self.directory, from_lamport=segments[-1].first_lamport, decode=False)
+            for _ in reader:
+                pass
+        last = segments[-1]
+        header = reader._header
+        cursor = reader.cursor or Cursor(last.seq, fmt.SEGMENT_HEADER_SIZE, header.prev_lamport, header.prev_crc)
+        self._wal_id = header.wal_id
+        self._seq, self._offset, self._salt = last.seq, cursor.offset, header.salt
+        self._lamport, self._crc = cursor.lamport, cursor.crc
+        if not self.read_only:
+            self._fd = os.open(last.path, os.O_WRONLY | os.O_CLOEXEC)
+            os.lseek(self._fd, self._offset, os.SEEK_SET)
+
+    # -- appending -------------------------------------------------------------------------------
+
+    @property
+    def last_lamport(self) -> int:
+        return self._lamport
+
+    def append(
+        self, rtype: fmt.RecordType, payload: dict[str, Any], *, durable: bool = True, observed_lamport: int | None = None
+    ) -> int:
+        """Append a record; return its Lamport index. Durable types are synced before returning.
+
+        ``observed_lamport`` is a peer event's index: the record then gets max(local, remote) + 1.
+        """
+        if self.read_only:
+            raise WalReadOnlyError(f"{self.directory}: WAL is read-only; {rtype.name} refused")
+        rtype = fmt.RecordType(rtype)
+        missing = [f for f in fmt.REQUIRED_FIELDS[rtype] if f not in payload]
+        if missing:
+            raise ValueError(f"{rtype.name} record lacks {', '.join(missing)}")
+        if "ts" not in payload:
+            payload = {**payload, "ts": self._clock()}
+        stored, raw_length, flags = fmt.encode_payload(payload)
+        durable = durable or rtype in fmt.DURABLE_TYPES
+        with self._mutex:
+            self._check_usable()
+            lamport = self._lamport + 1
+            if observed_lamport is not None and observed_lamport >= lamport:
+                lamport = observed_lamport + 1
+                flags |= fmt.FLAG_JUMP
+            size = fmt.RECORD_HEADER_SIZE + len(stored)
+            if self._fd is None or (self._offset + size > self.segment_size and self._offset > fmt.SEGMENT_HEADER_SIZE):
+                self._rotate(lamport)
+            data, crc = fmt.encode_record(rtype, stored, raw_length, flags, self._salt, lamport, self._crc)
+            assert self._fd is not None
+            try:
+                _write_all(self._fd, data)
+            except OSError as exc:
+                raise self._fatal(exc, "write") from exc
+            self._offset += len(data)
+            self._lamport, self._crc = lamport, crc
+            self.bytes_written += len(data)
+            with self._cond:
+                self._written += len(data)
+                target = self._written
+        if durable:
+            self._sync_to(target)
+        return lamport
+
+    def sync(self) -> None:
+        """Make everything appended so far durable."""
+        with self._cond:
+            target = self._written
+        self._sync_to(target)
+
+    def _sync_to(self, target: int) -> None:
+        with self._cond:
+            while self._synced < target:
+                if self._failed is not None:
+                    raise WalFailedError(f"{self.directory}: an earlier WAL write failed ({self._failed})")
+                if self._syncing:
+                    self._cond.wait()
+                    continue
+                self._syncing = True
+                goal = self._written
+                fd = self._fd
+                self._cond.release()
+                error: OSError | None = None
+                try:
+                    if fd is not None:
+                        self._sync(fd)
+                        self.syncs += 1
+                except OSError as exc:
+                    error = exc
+                finally:
+                    self._cond.acquire()
+                    self._syncing = False
+                    if error is None:
+                        self._synced = max(self._synced, goal)
+                    else:
+                        self._failed = error
+                    self._cond.notify_all()
+                if error is not None:
+                    raise self._fatal(error, "fsync") from error
+
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise WalFailedError(f"{self.directory}: an earlier WAL write failed ({self._failed})")
+        if self._lock_fd is None:
+            raise WalFailedError(f"{self.directory}: the WAL is closed")
+
+    def _fatal(self, exc: OSError, action: str) -> WalFailedError:
+        with self._cond:
+            if self._failed is None:
+                self._failed = exc
+            self._cond.notify_all()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        hint = "the disk is full; free space, then reopen the WAL" if exc.errno == errno.ENOSPC else None
+        return WalFailedError(f"{self.directory}: WAL {action} failed: {reason}; the writer stops", hint=hint)
+
+    def _rotate(self, first_lamport: int) -> None:
+        """Start a new segment (called with the mutex held): sync the old one, create the new one durably."""
+        with self._cond:
+            while self._syncing:
+                self._cond.wait()
+            self._syncing = True
+        try:
+            if self._fd is not None:
+                try:
+                    self._sync(self._fd)
+                    self.syncs += 1
+                except OSError as exc:
+                    with self._cond:
+                        self._failed = exc
+                    raise self._fatal(exc, "fsync") from exc
+                with self._cond:
+                    self._synced = self._written
+                os.close(self._fd)
+                self._fd = None
+            seq = self._seq + 1 if list_segments(self.directory) else 0
+            salt = secrets.randbits(32)
+            header = fmt.SegmentHeader(seq, first_lamport, self._wal_id, salt, self._crc, self._lamport)
+            name = fmt.segment_name(seq, first_lamport)
+            tmp = self.directory / temp_name(name)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                try:
+                    _write_all(fd, header.encode())
+                    self._sync(fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                os.rename(tmp, self.directory / name)
+                fsync_dir(self.directory)
+            except OSError as exc:
+                raise self._fatal(exc, "segment rotation") from exc
+            self._fd = fd
+            self._seq, self._offset, self._salt = seq, fmt.SEGMENT_HEADER_SIZE, salt
+            self.bytes_written += fmt.SEGMENT_HEADER_SIZE
+        finally:
+            with self._cond:
+                self._syncing = False
+                self._cond.notify_all()
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Sync what was appended and release the writer lock. Safe to call twice."""
+        try:
+            if self._fd is not None and self._failed is None:
+                self.sync()
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def __enter__(self) -> Wal:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
