@@ -19,11 +19,12 @@ from ._options import Output, OutputOpt, resolve
 app = typer.Typer(help="Read, verify and repair a node's write-ahead log.", no_args_is_help=True)
 
 DirArg = Annotated[
-    Path, typer.Argument(help="The WAL directory, or a node root holding wal/.", show_default=False, exists=True, file_okay=False)
+    Path,
+    typer.Argument(
+        help="The WAL directory, or a node root holding wal/.", show_default=False, exists=True, file_okay=False
+    ),
 ]
-FromOpt = Annotated[
-    int | None, typer.Option("--from", help="Start at this Lamport index.", min=1, show_default=False)
-]
+FromOpt = Annotated[int | None, typer.Option("--from", help="Start at this Lamport index.", min=1, show_default=False)]
 
 
 def _ts(value: Any) -> str | None:
@@ -168,13 +169,21 @@ def tail(
     directory: DirArg,
     lines: Annotated[int, typer.Option("--lines", "-n", help="Show this many records before following.", min=0)] = 10,
     from_lamport: FromOpt = None,
-    follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Keep printing records as they are appended.")] = True,
-    interval: Annotated[float, typer.Option("--interval", help="Seconds between polls while following.", min=0.01)] = 0.2,
+    follow: Annotated[
+        bool, typer.Option("--follow/--no-follow", help="Keep printing records as they are appended.")
+    ] = True,
+    interval: Annotated[
+        float, typer.Option("--interval", help="Seconds between polls while following.", min=0.01)
+    ] = 0.2,
     timeout: Annotated[
-        float | None, typer.Option("--timeout", help="Stop following after this many seconds.", min=0, show_default=False)
+        float | None,
+        typer.Option("--timeout", help="Stop following after this many seconds.", min=0, show_default=False),
     ] = None,
     until: Annotated[
-        int | None, typer.Option("--until", help="Stop once a record with this Lamport index is printed.", min=1, show_default=False)
+        int | None,
+        typer.Option(
+            "--until", help="Stop once a record with this Lamport index is printed.", min=1, show_default=False
+        ),
     ] = None,
     output: OutputOpt = None,
 ) -> int:
@@ -192,7 +201,11 @@ def tail(
     deadline = None if timeout is None else time.monotonic() + timeout
     while follow and (deadline is None or time.monotonic() < deadline):
         time.sleep(interval)
-        reader = WalReader(path, cursor=reader.cursor, partial_ok=True) if reader.cursor else WalReader(path, partial_ok=True)
+        reader = (
+            WalReader(path, cursor=reader.cursor, partial_ok=True)
+            if reader.cursor
+            else WalReader(path, partial_ok=True)
+        )
         for record in reader:
             _emit(record, fmt, False)
             if until is not None and record.lamport >= until:

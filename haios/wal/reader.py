@@ -18,7 +18,7 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from .format import (
     parse_json,
 )
 
-CHUNK = 4 * 1024 * 1024
+CHUNK = 1024 * 1024
 SECTOR = 512
 _TYPES = frozenset(int(t) for t in RecordType)
 
@@ -139,6 +139,25 @@ def list_segments(directory: Path) -> list[Segment]:
     return sorted(out, key=lambda s: s.seq)
 
 
+def _header_problem(
+    seg: Segment,
+    header: SegmentHeader,
+    prev: SegmentHeader | None,
+    wal_id: int | None,
+    prev_end: tuple[int, int] | None,
+) -> str | None:
+    """What is wrong with how a segment's header names itself and links to its predecessor, if anything."""
+    if header.seq != seg.seq or header.first_lamport != seg.first_lamport:
+        return "segment header does not match the file name"
+    if prev is not None and header.seq != prev.seq + 1:
+        return f"segment(s) missing before this one (sequence {prev.seq} is followed by {header.seq})"
+    if wal_id is not None and header.wal_id != wal_id:
+        return "segment belongs to another WAL (its WAL id differs)"
+    if prev_end is not None and (header.prev_crc, header.prev_lamport) != prev_end:
+        return "segment does not link to the end of its predecessor (prev_crc/prev_lamport)"
+    return None
+
+
 class _Bad(Exception):
     def __init__(self, offset: int, reason: str, physical: bool, lamport: int | None) -> None:
         super().__init__(reason)
@@ -191,7 +210,7 @@ def _valid_record_at(f: _File, pos: int, salt: int) -> bool:
         return False
     if length > MAX_PAYLOAD or raw_length > MAX_PAYLOAD or length > f.size - pos - RECORD_HEADER_SIZE:
         return False
-    return zlib.crc32(f.get(pos + 4, RECORD_HEADER_SIZE - 4 + length)) == crc
+    return bool(zlib.crc32(f.get(pos + 4, RECORD_HEADER_SIZE - 4 + length)) == crc)
 
 
 def valid_record_after(path: Path, start: int, salt: int) -> bool:
@@ -215,6 +234,10 @@ def valid_record_after(path: Path, start: int, salt: int) -> bool:
         f.close()
 
 
+_FAST_HEADER = struct.Struct("<IIIIQII")  # RECORD_HEADER with type, flags and reserved read as one u32
+_VALID_TFR = frozenset(t | (f << 8) for t in _TYPES for f in range(KNOWN_FLAGS + 1))
+
+
 def _fast_scan(view: memoryview, salt: int, lamport: int, crc: int) -> tuple[int, int, int, int, int]:
     """Verify the whole records at the start of ``view`` with as little work per record as possible.
 
@@ -223,21 +246,23 @@ def _fast_scan(view: memoryview, salt: int, lamport: int, crc: int) -> tuple[int
     """
     import lz4.block
 
-    unpack = RECORD_HEADER.unpack_from
+    unpack = _FAST_HEADER.unpack_from
     crc32 = zlib.crc32
     decompress = lz4.block.decompress
+    valid = _VALID_TFR
     end = len(view)
+    limit = end - RECORD_HEADER_SIZE
     pos = count = first = 0
-    while pos + RECORD_HEADER_SIZE <= end:
-        rcrc, length, rtype, flags, reserved, rsalt, rlamport, rprev, raw_length = unpack(view, pos)
+    while pos <= limit:
+        rcrc, length, tfr, rsalt, rlamport, rprev, raw_length = unpack(view, pos)
         nxt = pos + RECORD_HEADER_SIZE + length
-        if nxt > end or rsalt != salt or rprev != crc or reserved or flags & ~KNOWN_FLAGS or rtype not in _TYPES:
+        if nxt > end or rsalt != salt or rprev != crc or tfr not in valid:
             break
-        if rlamport != lamport + 1 and not (flags & FLAG_JUMP and rlamport > lamport):
+        if rlamport != lamport + 1 and not (tfr & (FLAG_JUMP << 8) and rlamport > lamport):
             break
         if crc32(view[pos + 4 : nxt]) != rcrc:
             break
-        if flags & FLAG_LZ4:
+        if tfr & (FLAG_LZ4 << 8):
             if raw_length > MAX_PAYLOAD:
                 break
             try:
@@ -274,6 +299,8 @@ class WalReader:
         decode: bool = True,
         partial_ok: bool = False,
         verify_only: bool = False,
+        segments: list[Segment] | None = None,
+        ends_wal: bool = True,
     ) -> None:
         self.directory = Path(directory)
         self.from_lamport = from_lamport
@@ -281,13 +308,15 @@ class WalReader:
         self.decode = decode
         self.partial_ok = partial_ok
         self.verify_only = verify_only
+        self.only = segments
+        self.ends_wal = ends_wal
         self.records = 0
         self.segments_read = 0
         self.bytes_read = 0
         self.first_lamport: int | None = None
 
     def __iter__(self) -> Iterator[Record]:
-        segments = list_segments(self.directory)
+        segments = self.only if self.only is not None else list_segments(self.directory)
         if self.cursor is not None:
             segments = [s for s in segments if s.seq >= self.cursor.seq]
         elif self.from_lamport is not None:
@@ -299,7 +328,7 @@ class WalReader:
         prev: SegmentHeader | None = None
         wal_id: int | None = None
         for index, seg in enumerate(segments):
-            last = index == len(segments) - 1
+            last = self.ends_wal and index == len(segments) - 1
             yield from self._segment(seg, last, prev, wal_id)
             prev = self._header
             wal_id = self._header.wal_id
@@ -310,9 +339,7 @@ class WalReader:
         torn = bad.physical and last and salt is not None and not valid_record_after(seg.path, bad.offset + 1, salt)
         return WalCorruptError(self.directory, Corruption(seg.name, bad.offset, bad.lamport, bad.reason, torn))
 
-    def _segment(
-        self, seg: Segment, last: bool, prev: SegmentHeader | None, wal_id: int | None
-    ) -> Iterator[Record]:
+    def _segment(self, seg: Segment, last: bool, prev: SegmentHeader | None, wal_id: int | None) -> Iterator[Record]:
         f = _File(seg.path)
         try:
             try:
@@ -342,7 +369,12 @@ class WalReader:
                 try:
                     record = self._record(f, seg, pos, salt, lamport, crc)
                 except _Bad as bad:
-                    if self.partial_ok and last and bad.physical and bad.reason.startswith(("incomplete", "record runs")):
+                    if (
+                        self.partial_ok
+                        and last
+                        and bad.physical
+                        and bad.reason.startswith(("incomplete", "record runs"))
+                    ):
                         return
                     raise self._fail(seg, bad, last, salt) from None
                 pos += RECORD_HEADER_SIZE + len(record[1])
@@ -359,16 +391,10 @@ class WalReader:
         finally:
             f.close()
 
-    def _check_header(self, seg: Segment, header: SegmentHeader, prev: SegmentHeader | None, wal_id: int | None) -> None:
-        problem = None
-        if header.seq != seg.seq or header.first_lamport != seg.first_lamport:
-            problem = "segment header does not match the file name"
-        elif prev is not None and header.seq != prev.seq + 1:
-            problem = f"segment(s) missing before this one (sequence {prev.seq} is followed by {header.seq})"
-        elif wal_id is not None and header.wal_id != wal_id:
-            problem = "segment belongs to another WAL (its WAL id differs)"
-        elif prev is not None and (header.prev_crc, header.prev_lamport) != self._chain_end():
-            problem = "segment does not link to the end of its predecessor (prev_crc/prev_lamport)"
+    def _check_header(
+        self, seg: Segment, header: SegmentHeader, prev: SegmentHeader | None, wal_id: int | None
+    ) -> None:
+        problem = _header_problem(seg, header, prev, wal_id, self._chain_end() if prev is not None else None)
         if problem:
             raise WalCorruptError(self.directory, Corruption(seg.name, 0, None, problem, False))
 
@@ -376,7 +402,9 @@ class WalReader:
         assert self.cursor is not None
         return (self.cursor.crc, self.cursor.lamport)
 
-    def _record(self, f: _File, seg: Segment, pos: int, salt: int, lamport: int, prev_crc: int) -> tuple[Record, memoryview]:
+    def _record(
+        self, f: _File, seg: Segment, pos: int, salt: int, lamport: int, prev_crc: int
+    ) -> tuple[Record, memoryview]:
         expected = lamport + 1
         left = f.size - pos
         if left < RECORD_HEADER_SIZE:
@@ -384,7 +412,9 @@ class WalReader:
         head = f.get(pos, RECORD_HEADER_SIZE)
         crc, length, rtype, flags, reserved, rsalt, rlamport, rprev, raw_length = RECORD_HEADER.unpack(head)
         if length > MAX_PAYLOAD:
-            raise _Bad(pos, self._physical(f, pos, f"length {length} exceeds the maximum {MAX_PAYLOAD}"), True, expected)
+            raise _Bad(
+                pos, self._physical(f, pos, f"length {length} exceeds the maximum {MAX_PAYLOAD}"), True, expected
+            )
         if length > left - RECORD_HEADER_SIZE:
             reason = f"record runs past the end of the file (claims {length} bytes, {left - RECORD_HEADER_SIZE} left)"
             raise _Bad(pos, self._physical(f, pos, reason, pos + RECORD_HEADER_SIZE + length), True, expected)
@@ -397,9 +427,19 @@ class WalReader:
         if reserved or flags & ~KNOWN_FLAGS or rtype not in _TYPES:
             raise _Bad(pos, f"unknown record type {rtype} or flags {flags:#x} (CRC is valid)", False, expected)
         if rlamport != expected and not (flags & FLAG_JUMP and rlamport > lamport):
-            raise _Bad(pos, f"Lamport index {rlamport}, expected {expected}: a record is missing or out of order", False, expected)
+            raise _Bad(
+                pos,
+                f"Lamport index {rlamport}, expected {expected}: a record is missing or out of order",
+                False,
+                expected,
+            )
         if rprev != prev_crc:
-            raise _Bad(pos, "prev_crc does not link to the previous record: a record is missing or out of order", False, expected)
+            raise _Bad(
+                pos,
+                "prev_crc does not link to the previous record: a record is missing or out of order",
+                False,
+                expected,
+            )
         stored = body[RECORD_HEADER_SIZE - 4 :]
         try:
             raw = decode_payload(stored, raw_length, flags)
@@ -431,25 +471,158 @@ class VerifyReport:
     first_lamport: int | None
     last_lamport: int | None
     corruption: Corruption | None
+    end: tuple[int, int] | None = field(default=None, compare=False)  # chain state after the last good record
 
     @property
     def ok(self) -> bool:
         return self.corruption is None
 
+    def plus(self, later: VerifyReport) -> VerifyReport:
+        """This report followed by one for the segments after it."""
+        return VerifyReport(
+            self.directory,
+            self.segments + later.segments,
+            self.records + later.records,
+            self.bytes + later.bytes,
+            self.first_lamport if self.first_lamport is not None else later.first_lamport,
+            later.last_lamport if later.last_lamport is not None else self.last_lamport,
+            later.corruption,
+            later.end if later.end is not None else self.end,
+        )
 
-def verify(directory: Path | str) -> VerifyReport:
-    """Verify the whole WAL; report the first bad record (if any) and what was read before it.
+    def to_json(self) -> dict[str, Any]:
+        c = self.corruption
+        return {
+            "segments": self.segments,
+            "records": self.records,
+            "bytes": self.bytes,
+            "first_lamport": self.first_lamport,
+            "last_lamport": self.last_lamport,
+            "end": self.end,
+            "corruption": None if c is None else [c.segment, c.offset, c.lamport, c.reason, c.torn_tail],
+        }
 
-    Checks the framing of every record (length, CRC, salt, Lamport index, ``prev_crc`` link, lz4
-    decoded length) and of every segment; payloads are parsed as JSON by the readers that use them.
+    @classmethod
+    def from_json(cls, directory: Path, data: dict[str, Any]) -> VerifyReport:
+        c = data["corruption"]
+        return cls(
+            directory,
+            data["segments"],
+            data["records"],
+            data["bytes"],
+            data["first_lamport"],
+            data["last_lamport"],
+            None if c is None else Corruption(*c),
+            (data["end"][0], data["end"][1]) if data["end"] is not None else None,
+        )
+
+
+PARALLEL_MIN_BYTES = 128 * 1024 * 1024
+"""WALs smaller than this are verified in-process; larger ones by worker processes, a run of segments each."""
+
+
+def verify_segments(directory: Path, segments: list[Segment], *, ends_wal: bool) -> VerifyReport:
+    """Verify a run of consecutive segments on its own, anchored at the first one's header.
+
+    ``ends_wal`` says whether the run's last segment is the WAL's last (only then can damage be a torn tail).
     """
-    path = wal_dir(directory)
-    reader = WalReader(path, decode=False, verify_only=True)
+    reader = WalReader(directory, decode=False, verify_only=True, segments=segments, ends_wal=ends_wal)
     corruption = None
     try:
         for _ in reader:
             pass
     except WalCorruptError as exc:
         corruption = exc.corruption
-    last = reader.cursor.lamport if reader.cursor is not None and reader.records else None
-    return VerifyReport(path, reader.segments_read, reader.records, reader.bytes_read, reader.first_lamport, last, corruption)
+    end = reader.cursor
+    return VerifyReport(
+        directory,
+        reader.segments_read,
+        reader.records,
+        reader.bytes_read,
+        reader.first_lamport,
+        end.lamport if end is not None and reader.records else None,
+        corruption,
+        end=None if end is None else (end.lamport, end.crc),
+    )
+
+
+def _verify_parallel(path: Path, segments: list[Segment], jobs: int) -> VerifyReport:
+    """Split the segments into ``jobs`` runs of about equal size, verify each in a worker process, stitch."""
+    import json
+    import subprocess
+    import sys
+
+    sizes = [s.path.stat().st_size for s in segments]
+    share, acc = sum(sizes) / jobs, 0
+    runs: list[list[Segment]] = []
+    current: list[Segment] = []
+    for seg, size in zip(segments, sizes, strict=True):
+        current.append(seg)
+        acc += size
+        if acc >= share * (len(runs) + 1) and len(runs) < jobs - 1:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "haios.wal._worker",
+                str(path),
+                "1" if i == len(runs) - 1 else "0",
+                *[s.name for s in run],
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, run in enumerate(runs)
+    ]
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise VerificationError(f"{path}: a verify worker failed: {' '.join(err.split())[-300:]}")
+        outputs.append(json.loads(out))
+    total = VerifyReport(path, 0, 0, 0, None, None, None)
+    prev_end: tuple[int, int] | None = None
+    prev_header: SegmentHeader | None = None
+    for run, data in zip(runs, outputs, strict=True):
+        part = VerifyReport.from_json(path, data)
+        if prev_header is not None:
+            try:
+                with open(run[0].path, "rb") as fh:
+                    header = decode_segment_header(fh.read(SEGMENT_HEADER_SIZE))
+            except (OSError, SegmentHeaderError):
+                header = None  # the worker reports it
+            link = (prev_end[1], prev_end[0]) if prev_end is not None else None  # (crc, lamport)
+            problem = header and _header_problem(run[0], header, prev_header, prev_header.wal_id, link)
+            if problem:
+                return total.plus(
+                    VerifyReport(path, 0, 0, 0, None, None, Corruption(run[0].name, 0, None, problem, False))
+                )
+        total = total.plus(part)
+        if part.corruption is not None:
+            return total
+        prev_end = part.end
+        with open(run[-1].path, "rb") as fh:
+            prev_header = decode_segment_header(fh.read(SEGMENT_HEADER_SIZE))
+    return total
+
+
+def verify(directory: Path | str, *, jobs: int | None = None) -> VerifyReport:
+    """Verify the whole WAL; report the first bad record (if any) and what was read before it.
+
+    Checks the framing of every record (length, CRC, salt, Lamport index, ``prev_crc`` link, lz4
+    decoded length) and of every segment; payloads are parsed as JSON by the readers that use them.
+    A large WAL is split into ``jobs`` runs of segments (default: one per CPU) verified by worker
+    processes and stitched together through the segment headers; the verdict is the same.
+    """
+    path = wal_dir(directory)
+    segments = list_segments(path)
+    workers = min(jobs or os.cpu_count() or 1, len(segments))
+    if workers > 1 and sum(s.path.stat().st_size for s in segments) >= PARALLEL_MIN_BYTES:
+        return _verify_parallel(path, segments, workers)
+    return verify_segments(path, segments, ends_wal=True)

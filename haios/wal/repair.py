@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..errors import VerificationError
 from ..fsutil import atomic_write, fsync_dir
-from .format import RECORD_HEADER, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE
-from .reader import Corruption, _File, _valid_record_at, decode_segment_header, list_segments, verify, wal_dir
+from .format import RECORD_HEADER, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, decode_segment_header
+from .reader import Corruption, _File, _valid_record_at, list_segments, verify, wal_dir
 
 
 class RepairRefused(VerificationError):

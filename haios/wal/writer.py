@@ -124,8 +124,8 @@ class Wal:
         return wal
 
     def _recover(self, repair: bool) -> None:
-        from .repair import repair as repair_wal
         from .reader import WalCorruptError
+        from .repair import repair as repair_wal
 
         if not self.read_only:
             # A crash during rotation can leave a temp segment that was never renamed into place.
@@ -165,7 +165,12 @@ class Wal:
         return self._lamport
 
     def append(
-        self, rtype: fmt.RecordType, payload: dict[str, Any], *, durable: bool = True, observed_lamport: int | None = None
+        self,
+        rtype: fmt.RecordType,
+        payload: dict[str, Any],
+        *,
+        durable: bool = True,
+        observed_lamport: int | None = None,
     ) -> int:
         """Append a record; return its Lamport index. Durable types are synced before returning.
 
@@ -319,7 +324,9 @@ class Wal:
     def __enter__(self) -> Wal:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 

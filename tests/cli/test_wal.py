@@ -47,7 +47,9 @@ def test_wal_torn_tail_acceptance(cli: Invoke, wal_10k: Path, tmp_path: Path) ->
     assert "[torn tail]" in result.stderr and f"run 'haios wal repair {directory}'" in result.stderr
     result = cli("wal", "repair", directory)
     assert result.exit_code == 0
-    assert result.stdout.startswith(f"{directory}: torn tail cut at segment {last.segment} offset {last.offset}: kept 9999 records")
+    assert result.stdout.startswith(
+        f"{directory}: torn tail cut at segment {last.segment} offset {last.offset}: kept 9999 records"
+    )
     result = cli("wal", "verify", directory)
     assert (result.exit_code, result.stdout) == (0, f"{directory}: ok: 9999 records in 1 segment, lamport 1..9999\n")
     result = cli("wal", "inspect", directory, "--output", "ndjson")
@@ -69,7 +71,9 @@ def test_wal_bit_flip_acceptance(cli: Invoke, wal_10k: Path, tmp_path: Path) -> 
     )
     result = cli("wal", "repair", directory)
     assert result.exit_code == 5
-    assert result.stderr.startswith(f"error: {directory}: refusing to repair segment {target.segment} offset {target.offset}")
+    assert result.stderr.startswith(
+        f"error: {directory}: refusing to repair segment {target.segment} offset {target.offset}"
+    )
     assert seg.read_bytes() == before
     result = cli("wal", "repair", "--force", directory)
     assert result.exit_code == 0
@@ -90,7 +94,9 @@ def test_wal_verify_json(cli: Invoke, wal_10k: Path, tmp_path: Path) -> None:
 
 def test_wal_inspect_text_and_json(cli: Invoke, tmp_path: Path) -> None:
     with Wal.open(tmp_path / "wal", clock=lambda: 1_790_000_000.0) as wal:
-        wal.append(RecordType.BEGIN_PHASE, {"g": 1, "phase": "ANALYZE", "snapshot": "1-ANALYZE", "participants": ["n1"]})
+        wal.append(
+            RecordType.BEGIN_PHASE, {"g": 1, "phase": "ANALYZE", "snapshot": "1-ANALYZE", "participants": ["n1"]}
+        )
         wal.append(RecordType.COMMIT_PHASE, {"g": 1, "phase": "ANALYZE", "digest": "abc"})
     result = cli("wal", "inspect", tmp_path / "wal")
     seg = segments(tmp_path / "wal")[0].name
@@ -101,7 +107,16 @@ def test_wal_inspect_text_and_json(cli: Invoke, tmp_path: Path) -> None:
     assert result.stderr == "2 records\n"
     data = json.loads(cli("wal", "inspect", tmp_path / "wal", "--from", "2", "-o", "json").stdout)
     assert data == [
-        {"lamport": 2, "type": "COMMIT_PHASE", "segment": seg, "offset": data[0]["offset"], "ts": "2026-09-21T14:13:20.000Z", "g": 1, "phase": "ANALYZE", "digest": "abc"}
+        {
+            "lamport": 2,
+            "type": "COMMIT_PHASE",
+            "segment": seg,
+            "offset": data[0]["offset"],
+            "ts": "2026-09-21T14:13:20.000Z",
+            "g": 1,
+            "phase": "ANALYZE",
+            "digest": "abc",
+        }
     ]
 
 
@@ -122,7 +137,10 @@ def test_wal_inspect_stops_at_corruption_with_exit_5(cli: Invoke, wal_10k: Path,
 def test_wal_node_root_and_missing_dir(cli: Invoke, tmp_path: Path) -> None:
     with Wal.open(tmp_path / "node/wal") as wal:
         wal.append(RecordType.STEP, {"name": "a", "outcome": "ok"})
-    assert cli("wal", "verify", tmp_path / "node").stdout == f"{tmp_path / 'node/wal'}: ok: 1 records in 1 segment, lamport 1..1\n"
+    assert (
+        cli("wal", "verify", tmp_path / "node").stdout
+        == f"{tmp_path / 'node/wal'}: ok: 1 records in 1 segment, lamport 1..1\n"
+    )
     result = cli("wal", "verify", tmp_path / "nope")
     assert result.exit_code == 1 and "does not exist" in result.stderr
 
@@ -133,8 +151,24 @@ def test_wal_tail_follows_a_live_writer(tmp_path: Path) -> None:
         for i in range(5):
             wal.append(RecordType.STEP, {"name": f"before-{i}", "outcome": "ok"})
         proc = subprocess.Popen(
-            [sys.executable, "-m", "haios", "wal", "tail", str(directory), "-n", "2", "-o", "ndjson",
-             "--interval", "0.05", "--until", "60", "--timeout", "60"],
+            [
+                sys.executable,
+                "-m",
+                "haios",
+                "wal",
+                "tail",
+                str(directory),
+                "-n",
+                "2",
+                "-o",
+                "ndjson",
+                "--interval",
+                "0.05",
+                "--until",
+                "60",
+                "--timeout",
+                "60",
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -18,7 +18,9 @@ def make_wal(tmp_path: Path) -> MakeWal:
         directory = tmp_path / (name or f"wal{counter[0]}")
         with Wal.open(directory, segment_size=segment_size) as wal:
             for i in range(n):
-                wal.append(RecordType.STEP, {"name": f"step-{i}", "outcome": "ok", "blob": "b" * (blob + i % 7)}, durable=False)
+                wal.append(
+                    RecordType.STEP, {"name": f"step-{i}", "outcome": "ok", "blob": "b" * (blob + i % 7)}, durable=False
+                )
         return directory, list(read_records(directory))
 
     return make

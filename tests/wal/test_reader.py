@@ -274,3 +274,33 @@ def test_property_any_bytes_after_a_valid_header_give_a_verdict(tmp_path: Path, 
     seg.write_bytes(_segment_with([b'{"x":1}']) + tail)
     report = verify(tmp_path)
     assert report.records >= 1 and (report.ok or report.corruption is not None)
+
+
+@pytest.mark.parametrize("damage", ["none", "flip", "torn", "missing", "foreign", "header", "garbage-tail"])
+def test_reader_parallel_verify_gives_the_same_verdict(
+    make_wal: MakeWal, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    from haios.wal import reader as reader_module
+
+    directory, records = make_wal(400, segment_size=4096)
+    segs = segments(directory)
+    if damage == "flip":
+        flip(segs[3], 200)
+    elif damage == "torn":
+        with open(segs[-1], "r+b") as fh:
+            fh.truncate(segs[-1].stat().st_size - 5)
+    elif damage == "missing":
+        segs[4].unlink()
+    elif damage == "foreign":
+        other, _ = make_wal(400, segment_size=4096, name="other")
+        segs[2].write_bytes(segments(other)[2].read_bytes())
+    elif damage == "header":
+        flip(segs[5], 3)
+    elif damage == "garbage-tail":
+        with open(segs[-1], "ab") as fh:
+            fh.write(os.urandom(333))
+    inline = verify(directory)
+    monkeypatch.setattr(reader_module, "PARALLEL_MIN_BYTES", 0)
+    parallel = verify(directory, jobs=3)
+    assert parallel == inline
+    assert (inline.corruption is None) == (damage == "none")

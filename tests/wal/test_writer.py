@@ -149,7 +149,10 @@ def test_writer_incompressible_payloads_are_stored_raw(tmp_path: Path) -> None:
 def test_writer_lamport_merge_with_peer_event(tmp_path: Path) -> None:
     with Wal.open(tmp_path) as wal:
         wal.append(RecordType.STEP, STEP)
-        assert wal.append(RecordType.EVENT, {"name": "phase_transition.started", "vc": {"n2": 4}}, observed_lamport=41) == 42
+        assert (
+            wal.append(RecordType.EVENT, {"name": "phase_transition.started", "vc": {"n2": 4}}, observed_lamport=41)
+            == 42
+        )
         assert wal.append(RecordType.STEP, STEP) == 43
         assert wal.append(RecordType.STEP, STEP, observed_lamport=10) == 44  # an older peer event changes nothing
     assert [r.lamport for r in read_records(tmp_path)] == [1, 42, 43, 44]
@@ -157,7 +160,9 @@ def test_writer_lamport_merge_with_peer_event(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("failing_call", [1, 3, 7])
-def test_writer_enospc_on_write_loses_nothing_acknowledged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing_call: int) -> None:
+def test_writer_enospc_on_write_loses_nothing_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing_call: int
+) -> None:
     real = writer_module._write_all
     calls = [0]
 
@@ -231,7 +236,9 @@ def test_writer_crash_after_rename_before_record(tmp_path: Path) -> None:
             wal.append(RecordType.STEP, {"name": f"s{i}", "outcome": "x" * 50}, durable=False)
         last, crc, seq = wal.last_lamport, wal._crc, wal._seq
     # a new segment that got its header but no record before the crash
-    header = fmt.SegmentHeader(seq + 1, last + 1, fmt.decode_segment_header(segments(tmp_path)[0].read_bytes()[:64]).wal_id, 5, crc, last)
+    header = fmt.SegmentHeader(
+        seq + 1, last + 1, fmt.decode_segment_header(segments(tmp_path)[0].read_bytes()[:64]).wal_id, 5, crc, last
+    )
     (tmp_path / fmt.segment_name(seq + 1, last + 1)).write_bytes(header.encode())
     assert verify(tmp_path).ok
     with Wal.open(tmp_path, segment_size=1024) as wal:
