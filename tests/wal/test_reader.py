@@ -304,3 +304,38 @@ def test_reader_parallel_verify_gives_the_same_verdict(
     parallel = verify(directory, jobs=3)
     assert parallel == inline
     assert (inline.corruption is None) == (damage == "none")
+
+
+@settings(max_examples=60)
+@given(
+    action=st.sampled_from(["flip", "truncate", "zero", "append"]),
+    where=st.floats(min_value=0.0, max_value=1.0),
+    size=st.integers(min_value=1, max_value=700),
+    mask=st.integers(min_value=1, max_value=255),
+)
+def test_property_fast_verify_and_reading_agree(
+    make_wal: MakeWal, action: str, where: float, size: int, mask: int
+) -> None:
+    directory, _ = make_wal(60, segment_size=2048)
+    seg = segments(directory)[min(int(where * 3), len(segments(directory)) - 1)]
+    data = bytearray(seg.read_bytes())
+    pos = int(where * (len(data) - 1))
+    if action == "flip":
+        data[pos] ^= mask
+    elif action == "truncate":
+        del data[pos:]
+    elif action == "zero":
+        data[pos : pos + size] = bytes(len(data[pos : pos + size]))
+    else:
+        data += os.urandom(size)
+    seg.write_bytes(bytes(data))
+    report = verify(directory)
+    try:
+        count = sum(1 for _ in read_records(directory))
+    except WalCorruptError as exc:
+        assert report.corruption == exc.corruption
+    else:
+        assert report.ok and report.records == count
+    for path in directory.iterdir():
+        if path.name.endswith(".wal"):
+            path.unlink()
