@@ -13,14 +13,11 @@ import contextlib
 import errno
 import fcntl
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
 
 from .errors import StorageError
-
-T = TypeVar("T")
 
 TEMP_SUFFIX = ".tmp"
 
@@ -63,7 +60,8 @@ def locked_dir(directory: Path | str) -> Iterator[int]:
         os.close(fd)  # closing the last descriptor releases the lock
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written (a short write is not an error)."""
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
@@ -88,7 +86,7 @@ def replace_in_dir(dir_fd: int, directory: Path, name: str, data: bytes, mode: i
         raise _storage_error(target, "create a temporary file", exc) from exc
     try:
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             # An fsync error is never retried on the same descriptor: the temp file is dropped.
             os.fsync(fd)
         finally:
@@ -113,13 +111,6 @@ def atomic_write(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
     target = Path(path)
     with locked_dir(target.parent) as dir_fd:
         replace_in_dir(dir_fd, target.parent, target.name, data, mode)
-
-
-def locked_update(path: Path | str, update: Callable[[int, Path], T]) -> T:
-    """Run ``update(dir_fd, path)`` while holding the lock of ``path``'s directory."""
-    target = Path(path)
-    with locked_dir(target.parent) as dir_fd:
-        return update(dir_fd, target)
 
 
 def makedirs_durable(directory: Path | str) -> None:

@@ -44,13 +44,3 @@ def init_and_commit(path: Path, message: str) -> str:
     except git.GitError as exc:
         detail = " ".join(str(getattr(exc, "stderr", "") or exc).split())
         raise RepoError(f"{path}: git failed: {detail}") from exc
-
-
-def head_commit(path: Path) -> str | None:
-    """The commit id of HEAD in the repo at ``path``, or None if it is not a git repo or has no commit."""
-    git = _git()
-    try:
-        sha: str = git.Repo(path).head.commit.hexsha
-        return sha
-    except (git.GitError, ValueError):
-        return None

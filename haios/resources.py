@@ -24,9 +24,3 @@ def schema(name: str) -> dict[str, Any]:
     """The JSON Schema ``schemas/<name>.schema.json`` as a dict."""
     loaded: dict[str, Any] = json.loads((data_dir("schemas") / f"{name}.schema.json").read_text("utf-8"))
     return loaded
-
-
-def schema_names() -> list[str]:
-    """Names of every shipped schema (without ``.schema.json``)."""
-    suffix = ".schema.json"
-    return sorted(p.name[: -len(suffix)] for p in data_dir("schemas").iterdir() if p.name.endswith(suffix))

@@ -36,15 +36,6 @@ def parse_duration(value: str | float | int) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
-def format_duration(seconds: float) -> str:
-    """The shortest exact duration string for ``seconds`` (``600.0`` → ``'10m'``)."""
-    for unit in ("d", "h", "m", "s"):
-        size = _UNIT_SECONDS[unit]
-        if seconds >= size and float(seconds / size).is_integer():
-            return f"{int(seconds / size)}{unit}"
-    return f"{round(seconds * 1000)}ms" if seconds < 1 else f"{seconds:g}s"
-
-
 @dataclass(frozen=True)
 class NodeSpec:
     name: str

@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from ..errors import HaiosError, LockHeldError, StorageError
-from ..fsutil import TEMP_SUFFIX, fsync_dir, makedirs_durable, temp_name
+from ..fsutil import TEMP_SUFFIX, fsync_dir, makedirs_durable, temp_name, write_all
 from . import format as fmt
 from .reader import Cursor, WalReader, list_segments
 
@@ -198,7 +198,7 @@ class Wal:
             data, crc = fmt.encode_record(rtype, stored, raw_length, flags, self._salt, lamport, self._crc)
             assert self._fd is not None
             try:
-                _write_all(self._fd, data)
+                write_all(self._fd, data)
             except OSError as exc:
                 raise self._fatal(exc, "write") from exc
             self._offset += len(data)
@@ -289,7 +289,7 @@ class Wal:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
                 try:
-                    _write_all(fd, header.encode())
+                    write_all(fd, header.encode())
                     self._sync(fd)
                 except BaseException:
                     os.close(fd)
@@ -328,10 +328,3 @@ class Wal:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]

@@ -163,7 +163,7 @@ def test_writer_lamport_merge_with_peer_event(tmp_path: Path) -> None:
 def test_writer_enospc_on_write_loses_nothing_acknowledged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing_call: int
 ) -> None:
-    real = writer_module._write_all
+    real = writer_module.write_all
     calls = [0]
 
     def flaky(fd: int, data: bytes) -> None:
@@ -175,7 +175,7 @@ def test_writer_enospc_on_write_loses_nothing_acknowledged(
 
     acknowledged = []
     with monkeypatch.context() as mp:
-        mp.setattr(writer_module, "_write_all", flaky)
+        mp.setattr(writer_module, "write_all", flaky)
         wal = Wal.open(tmp_path)
         with pytest.raises(WalFailedError, match="No space left on device") as info:
             for i in range(20):
