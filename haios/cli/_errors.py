@@ -108,6 +108,8 @@ class HaiosGroup(TyperGroup):
                 args=argv, prog_name=prog_name or "haios", complete_var=complete_var, standalone_mode=False, **extra
             )
             code = rv if isinstance(rv, int) else EXIT_OK
+            if code == EXIT_INTERRUPTED:  # Ctrl-C: the command line turned it into exit 130 already
+                _report("Interrupted", "interrupted", "", EXIT_INTERRUPTED)
         except BaseException as exc:  # noqa: BLE001 - this is the central handler
             if isinstance(exc, SystemExit):
                 code = exc.code if isinstance(exc.code, int) else EXIT_ERROR

@@ -125,3 +125,13 @@ def test_console_script_runs_and_maps_exit_code(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"error: {tmp_path}: not a haios desired-state repo")
     assert "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_is_exit_130_with_a_message(cli: Invoke, repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def raiser(path: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(validate_cmd, "validate_repo", raiser)
+    result = cli("--repo", repo, "validate")
+    assert result.exit_code == 130
+    assert result.stderr == "error: interrupted\n"
