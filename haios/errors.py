@@ -9,6 +9,7 @@ code; anything that is not a ``HaiosError`` is a bug and is reported as such (wi
 
     HaiosError                      1  error: bad input or a failure
     ├── UsageError                  1  a command was called with arguments that make no sense
+    │   └── PathEscapeError         1  a path would leave the node's data/ directory
     ├── ConfigError                 1  the desired-state repo is missing, malformed or invalid
     ├── ControlFileError            1  a control file could not be read or written
     │   ├── ControlFileMissing      1  the file does not exist
@@ -16,8 +17,10 @@ code; anything that is not a ``HaiosError`` is a bug and is reported as such (wi
     │   └── IntegrityError          5  footer missing, hash mismatch, not UTF-8 (also a VerificationError)
     ├── StorageError                1  an I/O error (full disk, read-only filesystem) while writing state
     ├── RepoError                   1  a git operation on the desired-state repo failed
+    ├── BarrierError                1  a phase out of order (PHASE_ORDER_BARRIER) or beyond max_g
     ├── VerificationError           5  signatures, integrity, refused repair
     ├── BlockedError                3  needs a human: AWAITING_ACK, BLOCKED_COMPENSATOR, minority view
+    │   └── PartitionError          3  the node is PARTITIONED: its WAL is read-only until it heals
     ├── LockHeldError               4  another reconciler holds the lock
     ├── FencedError                 4  a stale fencing token was refused
     └── Interrupted               130  the user interrupted the command (Ctrl-C)
@@ -120,6 +123,18 @@ class StorageError(HaiosError):
     default_hint = "free space or fix permissions, then run the command again; nothing was replaced"
 
 
+class PathEscapeError(UsageError):
+    """A path supplied by a caller or a record would leave the node's ``data/`` directory."""
+
+    default_hint = "paths are relative to data/, without '..', absolute parts or symlinks"
+
+
+class BarrierError(HaiosError):
+    """The requested (g, phase) would break PHASE_ORDER_BARRIER or exceed max_g."""
+
+    default_hint = "phases run in order ANALYZE, BLUEPRINT, CONSTRUCT, VALIDATE, IDLE; check the node's state.txt"
+
+
 class RepoError(HaiosError):
     """A git operation on the desired-state repo failed."""
 
@@ -145,6 +160,12 @@ class BlockedError(HaiosError):
     """Automation must stop here and a human must decide."""
 
     exit_code = EXIT_BLOCKED
+
+
+class PartitionError(BlockedError):
+    """The node is PARTITIONED (a majority of its peers is silent): no phase may begin, no WAL append."""
+
+    default_hint = "wait for the partition to heal; the node refuses writes while it is in the minority"
 
 
 class LockHeldError(HaiosError):

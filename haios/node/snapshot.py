@@ -1,0 +1,129 @@
+"""Hard-link snapshots of ``data/`` (SPEC §2.1, §2.4): constant in bytes, linear only in file count.
+
+Files in ``data/`` are only ever replaced (written to a temporary file and renamed), never modified in
+place, so a hard link keeps the old content for as long as the snapshot lives.
+
+A snapshot is built in ``snapshots/.<name>.tmp`` and renamed into place once every directory in it
+is fsynced, so ``snapshots/<name>`` exists only when complete. Restoring makes ``data/`` equal to the
+snapshot file by file (by inode), which is idempotent: a restore interrupted by a crash is simply
+run again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import StorageError
+from ..fsutil import fsync_dir
+
+
+def snapshot_name(g: int, phase: str) -> str:
+    return f"{g}-{phase}"
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Recreate ``src`` under ``dst`` with directories made and files hard-linked (symlinks copied as links)."""
+    dst.mkdir()
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = Path(dirpath).relative_to(src)
+        target_dir = dst / rel
+        for name in dirnames:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                os.symlink(os.readlink(path), target_dir / name)
+            else:
+                (target_dir / name).mkdir()
+        for name in filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                os.symlink(os.readlink(path), target_dir / name)
+            else:
+                os.link(path, target_dir / name, follow_symlinks=False)
+        dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
+        fsync_dir(target_dir)
+
+
+def take(root: Path, name: str) -> Path:
+    """Snapshot ``root/data`` as ``root/snapshots/<name>``, replacing an incomplete or stale one."""
+    snapshots = root / "snapshots"
+    final = snapshots / name
+    tmp = snapshots / f".{name}.tmp"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if final.exists():
+            shutil.rmtree(final)
+        _link_tree(root / "data", tmp)
+        os.rename(tmp, final)
+        fsync_dir(snapshots)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StorageError(f"{final}: snapshot failed: {os.strerror(exc.errno or 0)}") from exc
+    return final
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except FileNotFoundError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def restore(root: Path, name: str) -> int:
+    """Make ``root/data`` equal to ``root/snapshots/<name>``; return how many entries changed."""
+    snap = root / "snapshots" / name
+    data = root / "data"
+    if not snap.is_dir():
+        raise StorageError(f"{snap}: snapshot is missing; cannot roll back data/ without it")
+    changed = 0
+    try:
+        # 1. everything in data/ that the snapshot does not have goes (deepest first)
+        for dirpath, dirnames, filenames in os.walk(data, topdown=False):
+            rel = Path(dirpath).relative_to(data)
+            for name_ in filenames:
+                if not os.path.lexists(snap / rel / name_) or (snap / rel / name_).is_dir():
+                    os.unlink(Path(dirpath) / name_)
+                    changed += 1
+            for name_ in dirnames:
+                path = Path(dirpath) / name_
+                if path.is_symlink():
+                    if not os.path.lexists(snap / rel / name_):
+                        os.unlink(path)
+                        changed += 1
+                elif not (snap / rel / name_).is_dir() or (snap / rel / name_).is_symlink():
+                    shutil.rmtree(path)
+                    changed += 1
+            fsync_dir(dirpath)
+        # 2. everything in the snapshot is linked back where it is not the same inode already
+        for dirpath, dirnames, filenames in os.walk(snap):
+            rel = Path(dirpath).relative_to(snap)
+            target_dir = data / rel
+            for name_ in dirnames:
+                if not (target_dir / name_).is_dir():
+                    (target_dir / name_).mkdir()
+                    changed += 1
+            for name_ in filenames:
+                src, dst = Path(dirpath) / name_, target_dir / name_
+                if _same_file(src, dst):
+                    continue
+                tmp = target_dir / f".{name_}.restore"
+                if os.path.lexists(tmp):
+                    os.unlink(tmp)
+                if src.is_symlink():
+                    os.symlink(os.readlink(src), tmp)
+                else:
+                    os.link(src, tmp, follow_symlinks=False)
+                os.rename(tmp, dst)
+                changed += 1
+            fsync_dir(target_dir)
+    except OSError as exc:
+        raise StorageError(f"{data}: restore from {snap} failed: {os.strerror(exc.errno or 0)}") from exc
+    return changed
+
+
+def drop(root: Path, name: str) -> None:
+    """Delete a snapshot that is no longer needed (after the phase committed or was rolled back)."""
+    shutil.rmtree(root / "snapshots" / name, ignore_errors=True)
+    fsync_dir(root / "snapshots")

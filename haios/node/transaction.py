@@ -1,0 +1,404 @@
+"""The phase transaction, participant side (SPEC §2.4).
+
+::
+
+    node = Node(root)
+    with node.begin(g, "CONSTRUCT", participants=["n1", "n2"]) as tx:   # guards, snapshot, BEGIN_PHASE
+        tx.intent("etc/app.conf", b"...")                              # logged before it is applied
+        tx.side_effect("vm-1", "fakecloud.vm", {...}, "fakecloud-vm", cost)  # logged before the call
+        tx.side_effect_done("vm-1", {"id": "i-123"})
+        tx.step("download", "ok")                                       # a resumable sub-step
+        tx.prepare()                                                    # PREPARE, then apply to data/
+        tx.commit()                                                     # when the coordinator says so
+
+Every record is appended to the node's WAL before the change it describes happens, and the
+snapshot of ``data/`` exists before BEGIN_PHASE is durable, so whatever instant a crash hits, what is
+on disk allows exactly one of: roll forward (PREPARE is in the WAL: replay the intents) or roll back
+(no PREPARE: the snapshot is intact, no intent was applied). ``Node.resume`` reopens a phase after
+an executor restart and tells it what is already logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .. import controlfile
+from ..errors import BarrierError, HaiosError, PartitionError, VersionConflict
+from ..fsutil import fsync_dir, makedirs_durable
+from ..vclock import VClock
+from ..wal import Record, RecordType, Wal, read_records
+from . import snapshot
+from .paths import confine
+
+PHASES = ("ANALYZE", "BLUEPRINT", "CONSTRUCT", "VALIDATE", "IDLE")
+_END = (RecordType.COMMIT_PHASE, RecordType.ABORT_PHASE)
+
+
+def next_transition(g: int, ph: str | None) -> tuple[int, str]:
+    """The (g, phase) that follows the last committed one; a node that committed nothing starts at (g+1, ANALYZE)."""
+    if ph is None or ph == "IDLE":
+        return g + 1, "ANALYZE"
+    return g, PHASES[PHASES.index(ph) + 1]
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
+@dataclass
+class PhaseLog:
+    """What the WAL holds for one (g, phase) since its last BEGIN_PHASE."""
+
+    g: int
+    phase: str
+    trace_id: str
+    snapshot: str
+    participants: list[str]
+    begin_lamport: int
+    intents: list[dict[str, Any]] = field(default_factory=list)
+    side_effects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    done: dict[str, Any] = field(default_factory=dict)
+    steps: dict[str, Any] = field(default_factory=dict)
+    prepared: str | None = None  # the PREPARE digest
+    ended: str | None = None  # "COMMIT_PHASE" or "ABORT_PHASE"
+
+
+def scan_phases(root: Path) -> dict[tuple[int, str], PhaseLog]:
+    """The latest attempt of every (g, phase) in the node's WAL."""
+    logs: dict[tuple[int, str], PhaseLog] = {}
+    current: PhaseLog | None = None
+    for record in read_records(root / "wal"):
+        p = record.payload
+        if record.type is RecordType.BEGIN_PHASE:
+            current = PhaseLog(
+                p["g"], p["phase"], p.get("trace_id", ""), p["snapshot"], list(p["participants"]), record.lamport
+            )
+            logs[(current.g, current.phase)] = current
+            continue
+        if current is None or (p.get("g"), p.get("phase")) != (current.g, current.phase):
+            continue
+        if record.type is RecordType.INTENT:
+            current.intents.append(p)
+        elif record.type is RecordType.SIDE_EFFECT:
+            current.side_effects[p["key"]] = p
+        elif record.type is RecordType.SIDE_EFFECT_DONE:
+            current.done[p["key"]] = p["result"]
+        elif record.type is RecordType.STEP:
+            current.steps[p["name"]] = p["outcome"]
+        elif record.type is RecordType.PREPARE:
+            current.prepared = p["digest"]
+        elif record.type in _END:
+            current.ended = record.type.name
+    return logs
+
+
+def intents_digest(intents: list[dict[str, Any]]) -> str:
+    """SHA-256 over the canonical JSON of the intents' identifying fields, in order."""
+    keys = ("seq", "op", "path", "expected_version", "sha256")
+    canon = [{k: i.get(k) for k in keys} for i in intents]
+    return hashlib.sha256(json.dumps(canon, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class Node:
+    """One node root: its state, policy, WAL and phase transactions."""
+
+    def __init__(self, root: Path | str, *, clock: Callable[[], float] = time.time) -> None:
+        self.root = Path(root)
+        self.clock = clock
+        state, _ = controlfile.read_mapping(self.root / "state.txt")
+        self.name: str = state["node"]
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def state(self) -> tuple[dict[str, Any], int]:
+        return controlfile.read_mapping(self.root / "state.txt")
+
+    def partitioned(self) -> bool:
+        path = self.root / "gossip"
+        if not path.exists():
+            return False
+        body, _ = controlfile.read_mapping(path)
+        return body.get("partition_status") == "PARTITIONED"
+
+    def max_g(self) -> int | None:
+        body, _ = controlfile.read_mapping(self.root / "policy")
+        value = body.get("max_g")
+        return int(value) if value is not None else None
+
+    def open_phase(self) -> PhaseLog | None:
+        """The phase this node began and neither committed nor aborted, if any."""
+        open_logs = [log for log in scan_phases(self.root).values() if log.ended is None]
+        return max(open_logs, key=lambda log: log.begin_lamport) if open_logs else None
+
+    def _wal(self) -> Wal:
+        return Wal.open(self.root / "wal", read_only=self.partitioned())
+
+    def _vclock(self) -> VClock:
+        last: Record | None = None
+        for record in read_records(self.root / "wal"):
+            last = record
+        return VClock.from_json(last.payload.get("vc", {})) if last is not None else VClock()
+
+    def begin(self, g: int, phase: str, *, participants: list[str], trace_id: str | None = None) -> PhaseTx:
+        """Enter (g, phase): guards, snapshot of data/, BEGIN_PHASE (durable), exec_status IN_PROGRESS."""
+        if phase not in PHASES:
+            raise BarrierError(f"{self.root}: unknown phase {phase!r}")
+        if self.partitioned():
+            raise PartitionError(f"{self.root}: node {self.name} is PARTITIONED; {phase} of g={g} refused")
+        state, version = self.state()
+        expected = next_transition(state["g"], state["ph"])
+        opened = self.open_phase()
+        if opened is not None:
+            raise BarrierError(
+                f"{self.root}: (g={opened.g}, {opened.phase}) is still open on {self.name}",
+                hint="resume it (Node.resume / haios node begin --resume) or let recovery finish it",
+            )
+        if (g, phase) != expected:
+            raise BarrierError(
+                f"{self.root}: (g={g}, {phase}) would break the phase order on {self.name}: "
+                f"last committed (g={state['g']}, {state['ph']}), next is (g={expected[0]}, {expected[1]})"
+            )
+        limit = self.max_g()
+        if limit is not None and g > limit:
+            raise BarrierError(f"{self.root}: g={g} is beyond max_g={limit} (the desired state freezes the cluster)")
+        name = snapshot.snapshot_name(g, phase)
+        snapshot.take(self.root, name)  # before BEGIN_PHASE: a logged BEGIN always has its snapshot
+        trace = trace_id or uuid.uuid4().hex
+        wal = self._wal()
+        tx = PhaseTx(self, wal, PhaseLog(g, phase, trace, name, list(participants), 0), self._vclock())
+        try:
+            tx.log.begin_lamport = tx._append(
+                RecordType.BEGIN_PHASE, {"snapshot": name, "participants": list(participants)}
+            )
+            now = self.clock()
+            controlfile.write_mapping(
+                self.root / f"exec_status_{g}.txt",
+                {"g": g, "phase": phase, "status": "IN_PROGRESS", "started_at": _utc(now), "updated_at": _utc(now)},
+                expected_version=controlfile.current_version(self.root / f"exec_status_{g}.txt"),
+            )
+            controlfile.write_mapping(
+                self.root / "state.txt", {**state, "status": "IN_PHASE"}, expected_version=version
+            )
+        except BaseException:
+            wal.close()
+            raise
+        return tx
+
+    def resume(self, g: int, phase: str) -> PhaseTx:
+        """Reopen the open (g, phase) after an executor restart; the transaction knows what is logged."""
+        log = scan_phases(self.root).get((g, phase))
+        if log is None or log.ended is not None:
+            raise BarrierError(f"{self.root}: (g={g}, {phase}) is not open on {self.name}; nothing to resume")
+        if self.partitioned():
+            raise PartitionError(f"{self.root}: node {self.name} is PARTITIONED; cannot resume {phase} of g={g}")
+        return PhaseTx(self, self._wal(), log, self._vclock())
+
+
+class PhaseTx:
+    """An open phase on one node. Use it as a context manager; leaving it does not commit or abort."""
+
+    def __init__(self, node: Node, wal: Wal, log: PhaseLog, vc: VClock) -> None:
+        self.node = node
+        self.wal = wal
+        self.log = log
+        self.vc = vc
+
+    # what is already logged (for resuming)
+    @property
+    def g(self) -> int:
+        return self.log.g
+
+    @property
+    def phase(self) -> str:
+        return self.log.phase
+
+    @property
+    def completed_steps(self) -> dict[str, Any]:
+        return dict(self.log.steps)
+
+    @property
+    def intents(self) -> list[dict[str, Any]]:
+        return list(self.log.intents)
+
+    @property
+    def prepared(self) -> bool:
+        return self.log.prepared is not None
+
+    def _append(self, rtype: RecordType, fields: dict[str, Any], *, durable: bool = True) -> int:
+        self.vc = self.vc.tick(self.node.name)
+        payload = {
+            "node": self.node.name,
+            "g": self.log.g,
+            "phase": self.log.phase,
+            "trace_id": self.log.trace_id,
+            "ts": self.node.clock(),
+            "vc": self.vc.to_json(),
+            **fields,
+        }
+        return self.wal.append(rtype, payload, durable=durable)
+
+    def _check_open(self, *, before_prepare: bool = False) -> None:
+        if self.log.ended is not None:
+            raise BarrierError(f"(g={self.g}, {self.phase}) already ended with {self.log.ended}")
+        if before_prepare and self.prepared:
+            raise BarrierError(f"(g={self.g}, {self.phase}) is prepared: no more intents or side effects")
+
+    def intent(self, path: str, content: bytes | None, *, expected_version: int | None | str = "current") -> int:
+        """Log a change to ``data/<path>`` (``content`` None: delete); returns its sequence number.
+
+        ``expected_version`` defaults to the file's version now (None: it must not exist).
+        """
+        self._check_open(before_prepare=True)
+        target = confine(self.node.data, path)
+        if expected_version == "current":
+            expected_version = controlfile.current_version(target)
+        seq = len(self.log.intents) + 1
+        fields: dict[str, Any] = {"seq": seq, "path": path, "expected_version": expected_version}
+        if content is None:
+            fields.update(op="delete", sha256=None)
+        else:
+            fields.update(
+                op="write",
+                sha256=hashlib.sha256(content).hexdigest(),
+                content_b64=base64.b64encode(content).decode("ascii"),
+            )
+        self._append(RecordType.INTENT, fields, durable=False)
+        self.log.intents.append(fields)
+        return seq
+
+    def side_effect(self, key: str, kind: str, params: dict[str, Any], compensator: str, cost: dict[str, Any]) -> None:
+        """Log an external call **before** it is made (durable: its outcome may never be known)."""
+        self._check_open(before_prepare=True)
+        if key in self.log.side_effects:
+            if self.log.side_effects[key]["params"] != params:
+                raise HaiosError(f"side effect {key!r} was logged with other parameters", hint="use a new key")
+            return
+        fields = {"key": key, "kind": kind, "params": params, "compensator": compensator, "cost": cost}
+        self._append(RecordType.SIDE_EFFECT, fields)
+        self.log.side_effects[key] = fields
+
+    def side_effect_done(self, key: str, result: Any) -> None:
+        self._check_open()
+        if key not in self.log.side_effects:
+            raise HaiosError(f"side effect {key!r} was never logged", hint="log it with side_effect() before the call")
+        self._append(RecordType.SIDE_EFFECT_DONE, {"key": key, "result": result})
+        self.log.done[key] = result
+
+    def step(self, name: str, outcome: Any) -> None:
+        """Record a completed sub-step, so that a restarted executor can skip it."""
+        self._check_open()
+        self._append(RecordType.STEP, {"name": name, "outcome": outcome})
+        self.log.steps[name] = outcome
+
+    def prepare(self) -> str:
+        """Log PREPARE (everything is now in the WAL), then apply the intents to data/. Returns the digest."""
+        self._check_open()
+        digest = intents_digest(self.log.intents)
+        if not self.prepared:
+            self._append(RecordType.PREPARE, {"intent_count": len(self.log.intents), "digest": digest})
+            self.log.prepared = digest
+        apply_intents(self.node.data, self.log.intents)
+        return digest
+
+    def commit(self) -> None:
+        """COMMIT_PHASE, then state.txt (g, ph) and exec_status DONE."""
+        self._check_open()
+        if not self.prepared:
+            raise BarrierError(f"(g={self.g}, {self.phase}) cannot commit before PREPARE")
+        self._append(RecordType.COMMIT_PHASE, {"digest": self.log.prepared})
+        self.log.ended = "COMMIT_PHASE"
+        state, version = self.node.state()
+        controlfile.write_mapping(
+            self.node.root / "state.txt",
+            {**state, "g": self.g, "ph": self.phase, "status": "READY"},
+            expected_version=version,
+        )
+        self._exec_status("DONE")
+        snapshot.drop(self.node.root, self.log.snapshot)
+        self.close()
+
+    def abort(self, reason: str) -> None:
+        """Roll data/ back to the BEGIN snapshot and log ABORT_PHASE.
+
+        Side effects are not undone here: recovery compensates every SIDE_EFFECT of an aborted phase
+        that has no COMPENSATED record (SPEC §4.3).
+        """
+        self._check_open()
+        snapshot.restore(self.node.root, self.log.snapshot)
+        self._append(RecordType.ABORT_PHASE, {"reason": reason})
+        self.log.ended = "ABORT_PHASE"
+        state, version = self.node.state()
+        controlfile.write_mapping(self.node.root / "state.txt", {**state, "status": "READY"}, expected_version=version)
+        self._exec_status("FAILED")
+        self.close()
+
+    def _exec_status(self, status: str) -> None:
+        path = self.node.root / f"exec_status_{self.g}.txt"
+        body, version = controlfile.read_mapping(path)
+        body.update(status=status, updated_at=_utc(self.node.clock()))
+        controlfile.write_mapping(path, body, expected_version=version)
+
+    def close(self) -> None:
+        self.wal.close()
+
+    def __enter__(self) -> PhaseTx:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def intent_applied(data: Path, intent: dict[str, Any]) -> bool:
+    """Whether ``intent`` is already in effect in ``data`` (idempotent replay skips it)."""
+    target = confine(data, intent["path"])
+    if intent["op"] == "delete":
+        return not os.path.lexists(target)
+    try:
+        cf = controlfile.read(target)
+    except HaiosError:
+        return False
+    expected = intent["expected_version"]
+    return (
+        cf.version == (1 if expected is None else expected + 1)
+        and hashlib.sha256(cf.body).hexdigest() == intent["sha256"]
+    )
+
+
+def apply_intents(data: Path, intents: list[dict[str, Any]]) -> int:
+    """Apply logged intents to ``data`` with atomic versioned writes, skipping those already applied.
+
+    Returns how many were applied now. A target whose version is neither the expected one nor the
+    intended one raises VersionConflict (someone else changed data/).
+    """
+    applied = 0
+    for intent in intents:
+        if intent_applied(data, intent):
+            continue
+        target = confine(data, intent["path"])
+        expected = intent["expected_version"]
+        if intent["op"] == "delete":
+            actual = controlfile.current_version(target)
+            if actual != expected:
+                raise VersionConflict(target, expected=expected, actual=actual)
+            os.unlink(target)
+            fsync_dir(target.parent)
+        else:
+            makedirs_durable(target.parent)
+            content = base64.b64decode(intent["content_b64"])
+            controlfile.write(target, content, expected_version=expected)
+        applied += 1
+    return applied
