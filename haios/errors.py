@@ -16,6 +16,7 @@ code; anything that is not a ``HaiosError`` is a bug and is reported as such (wi
     │   ├── VersionConflict         1  optimistic concurrency: someone else wrote first
     │   └── IntegrityError          5  footer missing, hash mismatch, not UTF-8 (also a VerificationError)
     ├── StorageError                1  an I/O error (full disk, read-only filesystem) while writing state
+    ├── TransportError              1  a node could not be reached or read
     ├── RepoError                   1  a git operation on the desired-state repo failed
     ├── BarrierError                1  a phase out of order (PHASE_ORDER_BARRIER) or beyond max_g
     ├── VerificationError           5  signatures, integrity, refused repair
@@ -133,6 +134,12 @@ class BarrierError(HaiosError):
     """The requested (g, phase) would break PHASE_ORDER_BARRIER or exceed max_g."""
 
     default_hint = "phases run in order ANALYZE, BLUEPRINT, CONSTRUCT, VALIDATE, IDLE; check the node's state.txt"
+
+
+class TransportError(HaiosError):
+    """A node could not be reached, or a file on it could not be read."""
+
+    default_hint = "check that the node is up and reachable ('haios doctor' tests every node)"
 
 
 class RepoError(HaiosError):

@@ -1,0 +1,78 @@
+"""Heartbeats and gossip (SPEC §2.5): liveness of each node and its view of its peers.
+
+Each node rewrites ``heartbeat`` every interval (``seq``, wall time). Its ``gossip`` file records when
+it last heard each peer (the wall time of the newest heartbeat it read from that peer) and its
+partition status: PARTITIONED while a majority of its peers has been silent for longer than the
+partition window; a partitioned node refuses every phase and WAL append until it hears them again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .. import controlfile
+from ..errors import HaiosError, VersionConflict
+from ..transport import Transport
+
+
+def utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_utc(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def beat(root: Path, node: str, now: float | None = None) -> dict[str, Any]:
+    """Write the next heartbeat of ``node``; returns it."""
+    ts = time.time() if now is None else now
+    path = root / "heartbeat"
+    for _ in range(10):
+        version = controlfile.current_version(path)
+        seq = 0 if version is None else int(controlfile.read_mapping(path)[0]["seq"])
+        body = {"node": node, "seq": seq + 1, "wall_time": utc(ts)}
+        try:
+            controlfile.write_mapping(path, body, expected_version=version)
+            return body
+        except VersionConflict:
+            continue
+    raise HaiosError(f"{root}: could not write the heartbeat (another writer keeps changing it)")
+
+
+def partition_status(peers: dict[str, str | None], now: float, window: float) -> str:
+    """PARTITIONED when more than half of ``peers`` have been silent for longer than ``window``."""
+    silent = sum(1 for heard in peers.values() if heard is None or now - parse_utc(heard) > window)
+    return "PARTITIONED" if peers and silent * 2 > len(peers) else "NORMAL"
+
+
+def update_gossip(
+    root: Path, node: str, peers: Iterable[str], transport: Transport, now: float, window: float
+) -> dict[str, Any]:
+    """Read every peer's heartbeat through ``transport``, record when each was last heard, set the status.
+
+    An unreachable peer or an unreadable heartbeat counts as silence, never as an error.
+    """
+    path = root / "gossip"
+    version = controlfile.current_version(path)
+    previous: dict[str, Any] = controlfile.read_mapping(path)[0] if version is not None else {}
+    heard: dict[str, str | None] = {}
+    for peer in sorted(set(peers) - {node}):
+        last = (previous.get("peers") or {}).get(peer)
+        try:
+            data = transport.read_file(peer, "heartbeat")
+            if data is not None:
+                wall = controlfile.load_mapping(controlfile.decode(data, f"{peer}:heartbeat"))["wall_time"]
+                if last is None or parse_utc(wall) > parse_utc(last):
+                    last = wall
+        except (HaiosError, KeyError, ValueError):
+            pass  # silence
+        heard[peer] = last
+    status = partition_status(heard, now, window)
+    since = previous.get("since") if previous.get("partition_status") == status else utc(now)
+    body = {"node": node, "peers": heard, "partition_status": status, "since": since or utc(now)}
+    controlfile.write_mapping(path, body, expected_version=version)
+    return body

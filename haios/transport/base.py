@@ -1,0 +1,17 @@
+"""The Transport protocol: everything above it is the same whether a node is local or remote."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Transport(Protocol):
+    """Reads files of a node root. Implementations translate their own errors to TransportError."""
+
+    def nodes(self) -> list[str]:
+        """The nodes this transport reaches."""
+        ...
+
+    def read_file(self, node: str, relpath: str) -> bytes | None:
+        """The bytes of ``<root of node>/relpath``, or None when the file does not exist."""
+        ...
