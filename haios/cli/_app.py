@@ -64,10 +64,11 @@ def main_options(
 
 
 def _register() -> None:
-    from . import init, validate, wal
+    from . import init, node, validate, wal
 
     app.command(name="init")(init.init)
     app.command(name="validate")(validate.validate)
+    app.add_typer(node.app, name="node")
     app.add_typer(wal.app, name="wal")
 
 

@@ -1,0 +1,205 @@
+"""``haios node ...``: the participant commands for shell-based phase executors (each prints JSON)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..config import load_repo, parse_duration
+from ..errors import UsageError
+from ..node import Node
+from ..node.heartbeat import beat, update_gossip
+from ..transport import LocalTransport
+from . import _render
+from ._options import RepoOpt, resolve
+
+app = typer.Typer(
+    help="Run a phase transaction on a node, step by step (for shell-based executors).", no_args_is_help=True
+)
+
+RootArg = Annotated[Path, typer.Argument(help="The node root.", exists=True, file_okay=False, show_default=False)]
+GOpt = Annotated[int, typer.Option("--g", help="The iteration.", min=0, show_default=False)]
+PhaseOpt = Annotated[
+    str, typer.Option("--phase", help="ANALYZE, BLUEPRINT, CONSTRUCT, VALIDATE or IDLE.", show_default=False)
+]
+
+
+def _json_arg(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{what} is not valid JSON: {exc}") from exc
+
+
+@app.command()
+def begin(
+    root: RootArg,
+    g: GOpt,
+    phase: PhaseOpt,
+    participants: Annotated[str, typer.Option("--participants", help="Comma-separated node names.")],
+    trace_id: Annotated[
+        str | None, typer.Option("--trace-id", help="Trace id (default: a new one).", show_default=False)
+    ] = None,
+) -> int:
+    """Enter (g, phase): guards, snapshot of data/, BEGIN_PHASE."""
+    names = [p for p in participants.split(",") if p]
+    tx = Node(root).begin(g, phase, participants=names, trace_id=trace_id)
+    tx.close()
+    _render.emit_ndjson(
+        {
+            "node": tx.node.name,
+            "g": g,
+            "phase": phase,
+            "trace_id": tx.log.trace_id,
+            "snapshot": tx.log.snapshot,
+            "lamport": tx.log.begin_lamport,
+        }
+    )
+    return 0
+
+
+@app.command()
+def intent(
+    root: RootArg,
+    g: GOpt,
+    phase: PhaseOpt,
+    path: Annotated[str, typer.Argument(help="The file, relative to data/.", show_default=False)],
+    content_file: Annotated[
+        Path | None,
+        typer.Option("--content-file", help="Read the new content from this file ('-': stdin).", show_default=False),
+    ] = None,
+    delete: Annotated[bool, typer.Option("--delete", help="The intent deletes the file.")] = False,
+) -> int:
+    """Log a change to a data/ file (applied at prepare)."""
+    if delete == (content_file is not None):
+        raise UsageError("give exactly one of --content-file and --delete")
+    content = None
+    if content_file is not None:
+        content = typer.get_binary_stream("stdin").read() if str(content_file) == "-" else content_file.read_bytes()
+    with Node(root).resume(g, phase) as tx:
+        seq = tx.intent(path, content)
+    _render.emit_ndjson({"g": g, "phase": phase, "seq": seq, "path": path, "op": "delete" if delete else "write"})
+    return 0
+
+
+@app.command(name="side-effect")
+def side_effect(
+    root: RootArg,
+    g: GOpt,
+    phase: PhaseOpt,
+    key: Annotated[str, typer.Option("--key", help="Idempotency key.")],
+    kind: Annotated[
+        str | None, typer.Option("--kind", help="Side-effect kind (its compensating playbook).", show_default=False)
+    ] = None,
+    params: Annotated[str, typer.Option("--params", help="Parameters as a JSON object.")] = "{}",
+    compensator: Annotated[
+        str | None, typer.Option("--compensator", help="The playbook that undoes it.", show_default=False)
+    ] = None,
+    cost: Annotated[
+        str, typer.Option("--cost", help='Cost as JSON, e.g. {"amount": 3, "currency": "EUR"}.')
+    ] = '{"amount": 0, "currency": "EUR"}',
+    done: Annotated[
+        str | None,
+        typer.Option("--done", help="Log that the call returned, with this JSON result.", show_default=False),
+    ] = None,
+) -> int:
+    """Log an external call before it is made (or, with --done, that it returned)."""
+    with Node(root).resume(g, phase) as tx:
+        if done is not None:
+            tx.side_effect_done(key, _json_arg(done, "--done"))
+        else:
+            if kind is None or compensator is None:
+                raise UsageError("--kind and --compensator are required unless --done is given")
+            tx.side_effect(key, kind, _json_arg(params, "--params"), compensator, _json_arg(cost, "--cost"))
+    _render.emit_ndjson(
+        {"g": g, "phase": phase, "key": key, "logged": "SIDE_EFFECT_DONE" if done is not None else "SIDE_EFFECT"}
+    )
+    return 0
+
+
+@app.command()
+def step(
+    root: RootArg,
+    g: GOpt,
+    phase: PhaseOpt,
+    name: Annotated[str, typer.Argument(help="The sub-step's name.", show_default=False)],
+    outcome: Annotated[str, typer.Option("--outcome", help="Outcome as JSON.")] = '"ok"',
+) -> int:
+    """Record a completed sub-step of a long phase (a restarted executor skips it)."""
+    with Node(root).resume(g, phase) as tx:
+        tx.step(name, _json_arg(outcome, "--outcome"))
+        steps = tx.completed_steps
+    _render.emit_ndjson({"g": g, "phase": phase, "steps": steps})
+    return 0
+
+
+@app.command()
+def prepare(root: RootArg, g: GOpt, phase: PhaseOpt) -> int:
+    """Log PREPARE, then apply the logged intents to data/."""
+    with Node(root).resume(g, phase) as tx:
+        digest = tx.prepare()
+        count = len(tx.intents)
+    _render.emit_ndjson({"g": g, "phase": phase, "digest": digest, "intents": count})
+    return 0
+
+
+@app.command()
+def commit(root: RootArg, g: GOpt, phase: PhaseOpt) -> int:
+    """Log COMMIT_PHASE and record (g, phase) as committed in state.txt."""
+    tx = Node(root).resume(g, phase)
+    tx.commit()
+    _render.emit_ndjson({"g": g, "phase": phase, "committed": True})
+    return 0
+
+
+@app.command()
+def abort(
+    root: RootArg, g: GOpt, phase: PhaseOpt, reason: Annotated[str, typer.Option("--reason", help="Why.")]
+) -> int:
+    """Restore data/ from the BEGIN snapshot and log ABORT_PHASE."""
+    tx = Node(root).resume(g, phase)
+    tx.abort(reason)
+    _render.emit_ndjson({"g": g, "phase": phase, "aborted": True, "reason": reason})
+    return 0
+
+
+@app.command()
+def heartbeat(
+    ctx: typer.Context,
+    nodes: Annotated[
+        list[str] | None, typer.Argument(help="Local nodes to beat for (default: all).", show_default=False)
+    ] = None,
+    every: Annotated[
+        str | None, typer.Option("--every", help="Keep beating at this interval, e.g. 15s.", show_default=False)
+    ] = None,
+    count: Annotated[
+        int | None, typer.Option("--count", help="Stop after this many beats.", min=1, show_default=False)
+    ] = None,
+    repo: RepoOpt = None,
+) -> int:
+    """Write a heartbeat for local nodes of the repo and update their gossip (partition status)."""
+    opts = resolve(ctx, repo=repo)
+    config = load_repo(opts.repo)
+    roots = {n.name: n.local_root(opts.repo) for n in config.cluster.nodes if n.transport == "local"}
+    chosen = nodes or sorted(roots)
+    unknown = [n for n in chosen if n not in roots]
+    if unknown:
+        raise UsageError(f"not local nodes of {opts.repo}: {', '.join(unknown)}")
+    members = config.desired.active_members()
+    interval = parse_duration(every) if every else None
+    transport = LocalTransport(roots)
+    beats = 0
+    while True:
+        now = time.time()
+        seqs = {name: beat(roots[name], name, now)["seq"] for name in chosen}  # every beat first, then gossip
+        for name in chosen:
+            gossip = update_gossip(roots[name], name, members, transport, now, config.thresholds.partition_window)
+            _render.emit_ndjson({"node": name, "seq": seqs[name], "partition_status": gossip["partition_status"]})
+        beats += 1
+        if interval is None or (count is not None and beats >= count):
+            return 0
+        time.sleep(interval)
