@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import Invoke
 from hypothesis import HealthCheck, settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
@@ -134,3 +135,18 @@ def repo(tmp_path: Path, repo_template: Path) -> Path:
     target = tmp_path / "demo-repo"
     shutil.copytree(repo_template, target, symlinks=True)
     return target
+
+
+@pytest.fixture
+def cli() -> Invoke:
+    """Run ``haios ARGS`` in-process; returns typer's Result (exit_code, stdout, stderr)."""
+    from typer.testing import CliRunner, Result
+
+    from haios.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str | Path, env: dict[str, str] | None = None) -> Result:
+        return runner.invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+
+    return invoke

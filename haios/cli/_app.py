@@ -64,11 +64,12 @@ def main_options(
 
 
 def _register() -> None:
-    from . import init, node, validate, wal
+    from . import init, node, sim, validate, wal
 
     app.command(name="init")(init.init)
     app.command(name="validate")(validate.validate)
     app.add_typer(node.app, name="node")
+    app.add_typer(sim.app, name="sim")
     app.add_typer(wal.app, name="wal")
 
 

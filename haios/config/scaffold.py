@@ -128,7 +128,12 @@ def _populate(root: Path, cluster: str, nodes: list[str], transport: str) -> Non
             _write_text(root, f"{SCHEMA_DIR}/{schema_file.name}", schema_file.read_text("utf-8"))
     _write_text(root, "overrides/.gitkeep", "")
     _write_text(root, "status/.gitkeep", "")
-    _write_text(root, ".gitignore", "# node roots of local nodes hold live state, not desired state\nnodes/\n")
+    _write_text(
+        root,
+        ".gitignore",
+        "# node roots of local nodes hold live state, not desired state\nnodes/\n"
+        "# the simulator's scratch (fake cloud, fault log)\n.sim/\n",
+    )
 
 
 def init_repo(

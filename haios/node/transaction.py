@@ -112,9 +112,16 @@ def intents_digest(intents: list[dict[str, Any]]) -> str:
 class Node:
     """One node root: its state, policy, WAL and phase transactions."""
 
-    def __init__(self, root: Path | str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        clock: Callable[[], float] = time.time,
+        sync: Callable[[int], None] = os.fdatasync,
+    ) -> None:
         self.root = Path(root)
         self.clock = clock
+        self.sync = sync  # the WAL's fdatasync (the simulator slows it down)
         state, _ = controlfile.read_mapping(self.root / "state.txt")
         self.name: str = state["node"]
 
@@ -143,7 +150,7 @@ class Node:
         return max(open_logs, key=lambda log: log.begin_lamport) if open_logs else None
 
     def _wal(self) -> Wal:
-        return Wal.open(self.root / "wal", read_only=self.partitioned())
+        return Wal.open(self.root / "wal", read_only=self.partitioned(), sync=self.sync)
 
     def _vclock(self) -> VClock:
         last: Record | None = None
@@ -255,6 +262,14 @@ class PhaseTx:
         if before_prepare and self.prepared:
             raise BarrierError(f"(g={self.g}, {self.phase}) is prepared: no more intents or side effects")
 
+    def observe(self, vc: VClock) -> None:
+        """Merge a clock received from another process (the coordinator) into this phase's clock."""
+        self.vc = self.vc.merge(vc)
+
+    def event(self, name: str, **fields: Any) -> int:
+        """Append an EVENT record (``phase_transition.started`` / ``finished``) carrying the vector clock."""
+        return self._append(RecordType.EVENT, {"name": name, **fields}, durable=False)
+
     def intent(self, path: str, content: bytes | None, *, expected_version: int | None | str = "current") -> int:
         """Log a change to ``data/<path>`` (``content`` None: delete); returns its sequence number.
 
@@ -262,6 +277,9 @@ class PhaseTx:
         """
         self._check_open(before_prepare=True)
         target = confine(self.node.data, path)
+        if any(i["path"] == path for i in self.log.intents):
+            # One intent per file and phase keeps replay idempotent: log the file's final content once.
+            raise HaiosError(f"{path}: this phase already has an intent for it", hint="log the final content once")
         if expected_version == "current":
             expected_version = controlfile.current_version(target)
         seq = len(self.log.intents) + 1

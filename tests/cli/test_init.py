@@ -30,7 +30,7 @@ def test_init_then_validate_exits_zero(cli: Invoke, tmp_path: Path) -> None:
     assert cli("init", tmp_path / "demo-repo", "--nodes", "3").exit_code == 0
     result = cli("--repo", tmp_path / "demo-repo", "validate")
     assert result.exit_code == 0
-    assert result.stdout == f"{tmp_path / 'demo-repo'}: valid (7 files)\n"
+    assert result.stdout == f"{tmp_path / 'demo-repo'}: valid (9 files)\n"
 
 
 def test_init_layout_and_node_roots(cli: Invoke, tmp_path: Path) -> None:

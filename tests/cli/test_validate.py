@@ -25,7 +25,7 @@ def test_validate_invalid_lists_problems_and_exits_one(cli: Invoke, repo: Path) 
 def test_validate_repo_option_after_command(cli: Invoke, repo: Path) -> None:
     result = cli("validate", "--repo", repo)
     assert result.exit_code == 0
-    assert result.stdout == f"{repo}: valid (7 files)\n"
+    assert result.stdout == f"{repo}: valid (9 files)\n"
 
 
 def test_validate_json(cli: Invoke, repo: Path) -> None:

@@ -40,6 +40,8 @@ def test_validate_fresh_repo_is_valid(repo: Path) -> None:
         "policies/budget.yaml",
         "policies/fx.yaml",
         "policies/rbac.yaml",
+        "playbooks/fakecloud-dns.yaml",
+        "playbooks/fakecloud-vm.yaml",
         "playbooks/notify.yaml",
     ]
 

@@ -247,3 +247,18 @@ def test_crash_at_each_step_leaves_exactly_one_way_out(tmp_path: Path, point: st
         assert point in ("after_begin", "after_first_intent", "after_intents", "after_side_effect")
     if point == "after_side_effect":
         assert set(log.side_effects) == {"vm-1"}  # logged before the call: recovery will compensate it
+
+
+def test_transaction_one_intent_per_file(node_root: Path) -> None:
+    from haios.errors import HaiosError
+
+    with Node(node_root).begin(1, "ANALYZE", participants=["n1"]) as tx:
+        tx.intent("a", b"1\n")
+        with pytest.raises(HaiosError, match="already has an intent"):
+            tx.intent("a", None)
+
+
+def test_transaction_delete_of_a_missing_file_is_a_no_op(node_root: Path) -> None:
+    node = Node(node_root)
+    _run(node, 1, "ANALYZE", {"never-there": None})
+    assert not (node_root / "data/never-there").exists()

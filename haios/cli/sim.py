@@ -1,0 +1,114 @@
+"""``haios sim init|run|check`` and the fake cloud's ``haios sim cloud delete``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..sim.check import sim_check
+from ..sim.cloud import FakeCloud
+from ..sim.simulator import parse_faults, sim_init, sim_run
+from . import _render
+from ._options import Output, OutputOpt, resolve
+
+app = typer.Typer(
+    help="Rehearse: a simulated local cluster with real processes and injected faults.", no_args_is_help=True
+)
+cloud_app = typer.Typer(help="The simulator's fake cloud (what compensating playbooks call).", no_args_is_help=True)
+app.add_typer(cloud_app, name="cloud")
+
+DirArg = Annotated[Path, typer.Argument(help="The simulator's directory (a desired-state repo).", show_default=False)]
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    directory: DirArg,
+    nodes: Annotated[int, typer.Option("--nodes", help="Number of nodes.", min=1, max=1000)] = 5,
+    output: OutputOpt = None,
+) -> int:
+    """Create a desired-state repo with N local node roots and a fake cloud."""
+    opts = resolve(ctx, output=output)
+    path = sim_init(directory, nodes)
+    if opts.output is not Output.text:
+        _render.emit_json({"directory": str(path), "nodes": nodes})
+    else:
+        _render.out(f"Created simulator {path} with {nodes} local nodes")
+        _render.info(f"next: haios sim run {path} --iterations 20 --seed 1 --faults none")
+    return 0
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    directory: DirArg,
+    iterations: Annotated[int, typer.Option("--iterations", help="Iterations to run (5 transitions each).", min=1)] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed: the same seed, the same run.")] = 0,
+    faults: Annotated[
+        str,
+        typer.Option(
+            "--faults",
+            help="'none' or name=probability,... of kill, torn, bitflip, partition, slowfsync, compfail, cost.",
+        ),
+    ] = "none",
+    output: OutputOpt = None,
+) -> int:
+    """Drive real phase transactions through the PhaseDriver, injecting faults; stops at the first half-done transition."""
+    opts = resolve(ctx, output=output)
+    report = sim_run(directory, iterations=iterations, seed=seed, faults=parse_faults(faults))
+    data = {
+        "directory": str(report.directory),
+        "seed": report.seed,
+        "transitions": report.transitions,
+        "committed": report.committed,
+        "last_committed": {"g": report.last[0], "phase": report.last[1]},
+        "stopped_at": None if report.stopped_at is None else {"g": report.stopped_at[0], "phase": report.stopped_at[1]},
+        "reason": report.reason,
+        "faults": report.faults,
+    }
+    if opts.output is not Output.text:
+        _render.emit_json(data)
+    else:
+        _render.out(
+            f"{report.committed} of {report.transitions} transitions committed; last committed g={report.last[0]} {report.last[1]}"
+        )
+        for fault in report.faults:
+            _render.out("  fault: " + " ".join(f"{k}={v}" for k, v in fault.items() if k not in ("start", "end")))
+        if report.stopped_at is not None:
+            _render.out(f"stopped at g={report.stopped_at[0]} {report.stopped_at[1]}: {report.reason}")
+    return 0
+
+
+@app.command()
+def check(ctx: typer.Context, directory: DirArg, output: OutputOpt = None) -> int:
+    """Verify the invariants from what is on disk; exit 0 clean, 2 with each violation and its evidence."""
+    opts = resolve(ctx, output=output)
+    violations = sim_check(directory)
+    if opts.output is not Output.text:
+        _render.emit_json(
+            {"directory": str(directory), "ok": not violations, "violations": [v.as_dict() for v in violations]}
+        )
+    else:
+        for v in violations:
+            _render.out(str(v))
+        if not violations:
+            _render.out(f"{directory}: every invariant holds")
+        else:
+            _render.info(f"{len(violations)} violation{'s' if len(violations) != 1 else ''}")
+    return 2 if violations else 0
+
+
+@cloud_app.command()
+def delete(
+    directory: Annotated[Path, typer.Option("--dir", help="The fake cloud's directory.")],
+    kind: Annotated[str, typer.Option("--kind", help="fakecloud.vm or fakecloud.dns.")],
+    resource: Annotated[str, typer.Option("--resource", help="The resource's id.")],
+    key: Annotated[str, typer.Option("--key", help="The side effect's idempotency key.")],
+    node: Annotated[str, typer.Option("--node", help="The node the compensation runs for.")] = "",
+) -> int:
+    """Delete a fake-cloud resource (succeeds for one that never existed)."""
+    entry = FakeCloud(directory).delete(kind, resource, key, node)
+    _render.emit_ndjson(entry)
+    return 0
