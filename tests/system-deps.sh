@@ -5,6 +5,7 @@ set -euo pipefail
 # command -> Debian package
 declare -A needs=(
   [git]=git
+  [rsync]=rsync   # benchmarks/snapshot_bench.py compares against rsync --link-dest
 )
 
 missing=()

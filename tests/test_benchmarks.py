@@ -24,3 +24,18 @@ def test_benchmarks_wal_bench_quick_run_prints_its_table(tmp_path: Path) -> None
     assert any(line.startswith("durable append p50") for line in lines)
     assert any(line.startswith("verify peak RSS") for line in lines)
     assert list(work.iterdir()) == []  # cleaned up
+
+
+def test_benchmarks_snapshot_bench_quick_run_prints_its_table(tmp_path: Path) -> None:
+    work = tmp_path / "bench"
+    work.mkdir()
+    proc = subprocess.run(
+        [sys.executable, str(PROJECT / "benchmarks/snapshot_bench.py"), "--quick", "--dir", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode in (0, 1), proc.stderr  # toy sizes: cp -a may well win, which is not a failure here
+    assert proc.stdout.splitlines()[0].startswith("method")
+    assert "rsync -a --link-dest" in proc.stdout and "cp -a" in proc.stdout
+    assert list(work.iterdir()) == []

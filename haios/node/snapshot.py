@@ -24,25 +24,30 @@ def snapshot_name(g: int, phase: str) -> str:
 
 
 def _link_tree(src: Path, dst: Path) -> None:
-    """Recreate ``src`` under ``dst`` with directories made and files hard-linked (symlinks copied as links)."""
-    dst.mkdir()
-    for dirpath, dirnames, filenames in os.walk(src):
-        rel = Path(dirpath).relative_to(src)
-        target_dir = dst / rel
-        for name in dirnames:
-            path = Path(dirpath) / name
-            if path.is_symlink():
-                os.symlink(os.readlink(path), target_dir / name)
-            else:
-                (target_dir / name).mkdir()
-        for name in filenames:
-            path = Path(dirpath) / name
-            if path.is_symlink():
-                os.symlink(os.readlink(path), target_dir / name)
-            else:
-                os.link(path, target_dir / name, follow_symlinks=False)
-        dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
-        fsync_dir(target_dir)
+    """Recreate ``src`` under ``dst``: directories made, files hard-linked, symlinks copied as links.
+
+    Works on directory descriptors (no path lookups per file) and fsyncs every directory it fills.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    os.mkdir(dst)
+    stack = [(str(src), str(dst))]
+    while stack:
+        source, target = stack.pop()
+        sfd, dfd = os.open(source, flags), os.open(target, flags)
+        try:
+            with os.scandir(sfd) as entries:
+                for entry in entries:
+                    if entry.is_symlink():
+                        os.symlink(os.readlink(entry.name, dir_fd=sfd), entry.name, dir_fd=dfd)
+                    elif entry.is_dir(follow_symlinks=False):
+                        os.mkdir(entry.name, dir_fd=dfd)
+                        stack.append((os.path.join(source, entry.name), os.path.join(target, entry.name)))
+                    else:
+                        os.link(entry.name, entry.name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+            os.fsync(dfd)
+        finally:
+            os.close(sfd)
+            os.close(dfd)
 
 
 def take(root: Path, name: str) -> Path:
