@@ -232,6 +232,7 @@ class RepoConfig:
     rbac: Rbac
     playbooks: dict[str, Playbook]
     overrides: tuple[Override, ...]
+    data_schemas: tuple[Any, ...] = ()  # DataSchema from haios.config.dataschemas
 
     def compile_policy(self, desired_commit: str | None = None) -> dict[str, Any]:
         """The compiled desired state pushed to every node's ``policy`` control file (SPEC §2.1)."""
@@ -242,6 +243,7 @@ class RepoConfig:
             "max_g": self.desired.max_g,
             "suspend": self.desired.suspend,
             "thresholds": self.thresholds.as_dict(),
+            "data_schemas": [s.as_dict() for s in self.data_schemas],
         }
 
 

@@ -19,6 +19,9 @@ from typing import Any
 from ..errors import ConfigError
 from ..resources import schema
 from . import model
+from .dataschemas import FOLDER as DATA_SCHEMA_FOLDER
+from .dataschemas import SUFFIX as DATA_SCHEMA_SUFFIX
+from .dataschemas import load_data_schemas
 from .problems import KeyPath, Problem
 from .yamlload import MAX_BYTES, YamlDoc, YamlRejected, load_yaml
 
@@ -426,6 +429,9 @@ def _validate(repo: Path) -> tuple[ValidationReport, dict[str, YamlDoc], dict[st
         checks.append(_check_override(stem, doc, cluster))
     for check in checks:
         report.problems.extend(check)
+    data_schemas, schema_problems = load_data_schemas(repo)
+    report.problems.extend(schema_problems)
+    report.files.extend(f"{DATA_SCHEMA_FOLDER}/{s.name}{DATA_SCHEMA_SUFFIX}" for s in data_schemas)
     report.problems.sort(key=lambda p: (p.file, p.line, p.column, p.key, p.message))
     return report, docs, playbooks, overrides
 
@@ -453,4 +459,5 @@ def load_repo(repo: Path | str) -> model.RepoConfig:
         rbac=model.build_rbac(docs["policies/rbac.yaml"].value),
         playbooks={name: model.build_playbook(doc.value) for name, doc in playbooks.items()},
         overrides=tuple(model.build_override(f"overrides/{n}.yaml", d.value) for n, d in sorted(overrides.items())),
+        data_schemas=tuple(load_data_schemas(path)[0]),
     )

@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Any
 
 from .. import controlfile
+from ..config.dataschemas import DataSchema, validate_data
 from ..errors import BarrierError, HaiosError, PartitionError, VersionConflict
 from ..fsutil import fsync_dir, makedirs_durable
 from ..vclock import VClock
@@ -138,6 +139,11 @@ class Node:
             return False
         body, _ = controlfile.read_mapping(path)
         return body.get("partition_status") == "PARTITIONED"
+
+    def data_schemas(self) -> list[DataSchema]:
+        """The schemas for data/ files that reconcile pushed in the policy file."""
+        body, _ = controlfile.read_mapping(self.root / "policy")
+        return [DataSchema.from_dict(s) for s in body.get("data_schemas") or []]
 
     def max_g(self) -> int | None:
         body, _ = controlfile.read_mapping(self.root / "policy")
@@ -323,11 +329,14 @@ class PhaseTx:
     def prepare(self) -> str:
         """Log PREPARE (everything is now in the WAL), then apply the intents to data/. Returns the digest."""
         self._check_open()
+        schemas = self.node.data_schemas()
+        if not self.prepared:  # never PREPARE what cannot be applied: a bad file is an abort, not a commit
+            check_intents(self.log.intents, schemas)
         digest = intents_digest(self.log.intents)
         if not self.prepared:
             self._append(RecordType.PREPARE, {"intent_count": len(self.log.intents), "digest": digest})
             self.log.prepared = digest
-        apply_intents(self.node.data, self.log.intents)
+        apply_intents(self.node.data, self.log.intents, schemas)
         return digest
 
     def commit(self) -> None:
@@ -396,12 +405,21 @@ def intent_applied(data: Path, intent: dict[str, Any]) -> bool:
     )
 
 
-def apply_intents(data: Path, intents: list[dict[str, Any]]) -> int:
+def check_intents(intents: list[dict[str, Any]], schemas: list[DataSchema]) -> None:
+    """Validate every file the intents write against the data schemas that cover it (DataSchemaError)."""
+    for intent in intents:
+        if intent["op"] == "write":
+            validate_data(intent["path"], base64.b64decode(intent["content_b64"]), schemas)
+
+
+def apply_intents(data: Path, intents: list[dict[str, Any]], schemas: list[DataSchema] | None = None) -> int:
     """Apply logged intents to ``data`` with atomic versioned writes, skipping those already applied.
 
-    Returns how many were applied now. A target whose version is neither the expected one nor the
-    intended one raises VersionConflict (someone else changed data/).
+    Every written file is validated first against ``schemas`` (a replay validates too). Returns how
+    many were applied now. A target whose version is neither the expected one nor the intended one
+    raises VersionConflict (someone else changed data/).
     """
+    check_intents(intents, schemas or [])
     applied = 0
     for intent in intents:
         if intent_applied(data, intent):

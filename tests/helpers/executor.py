@@ -42,9 +42,9 @@ def main() -> None:
                 die("mid_apply", stop)
         return real_write(path, body, expected_version=expected_version)  # type: ignore[arg-type]
 
-    def apply(data: Path, intents: list[dict[str, object]]) -> int:
+    def apply(data: Path, intents: list[dict[str, object]], schemas: object = None) -> int:
         die("after_prepare_record", stop)
-        applied = real_apply(data, intents)
+        applied = real_apply(data, intents, schemas)  # type: ignore[arg-type]
         die("after_apply", stop)
         return applied
 

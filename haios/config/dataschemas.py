@@ -1,0 +1,112 @@
+"""User schemas for ``data/`` files (the desired-state repo's ``schemas/`` folder).
+
+Each ``schemas/NAME.schema.json`` is a JSON Schema (draft 2020-12) with one extra top-level key,
+``x-haios-paths``: globs relative to a node's ``data/`` (``fnmatch`` syntax; ``*`` also matches
+``/``). A phase that writes a matching file is validated against it (SPEC §2.4): the content is read
+as YAML (JSON is YAML) with the same strict rules as the desired-state files.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import HaiosError
+from .problems import Problem
+from .yamlload import MAX_BYTES, YamlRejected, load_yaml
+
+FOLDER = "schemas"
+SUFFIX = ".schema.json"
+
+
+class DataSchemaError(HaiosError):
+    """A data/ file a phase writes does not match the schema registered for it."""
+
+    default_hint = "fix the executor's output, or the schema in the desired-state repo's schemas/ folder"
+
+
+@dataclass(frozen=True)
+class DataSchema:
+    name: str
+    paths: tuple[str, ...]
+    schema: dict[str, Any]
+
+    def matches(self, path: str) -> bool:
+        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.paths)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "paths": list(self.paths), "schema": self.schema}
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> DataSchema:
+        return cls(str(value["name"]), tuple(value["paths"]), dict(value["schema"]))
+
+
+def load_data_schemas(repo: Path) -> tuple[list[DataSchema], list[Problem]]:
+    """Every schema in ``repo/schemas/``, and the problems of those that are not usable."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    folder = repo / FOLDER
+    schemas: list[DataSchema] = []
+    problems: list[Problem] = []
+    if not folder.is_dir():
+        return schemas, problems
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(SUFFIX):
+            continue
+        rel = f"{FOLDER}/{name}"
+        try:
+            raw = (folder / name).read_bytes()
+            if len(raw) > MAX_BYTES:
+                raise ValueError(f"file is {len(raw)} bytes; the limit is {MAX_BYTES} bytes")
+            value = json.loads(raw.decode("utf-8"))
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(rel, exc.lineno, exc.colno, "(root)", f"not valid JSON: {exc.msg}"))
+            continue
+        except (UnicodeDecodeError, ValueError, OSError) as exc:
+            problems.append(Problem(rel, 1, 1, "(root)", f"cannot be read: {exc}"))
+            continue
+        if not isinstance(value, dict):
+            problems.append(Problem(rel, 1, 1, "(root)", "a schema is a JSON object"))
+            continue
+        paths = value.get("x-haios-paths")
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
+            problems.append(Problem(rel, 1, 1, "x-haios-paths", "needs a list of globs relative to data/"))
+            continue
+        bad = [p for p in paths if p.startswith("/") or ".." in p.split("/")]
+        if bad:
+            problems.append(Problem(rel, 1, 1, "x-haios-paths", f"globs must stay inside data/ (found {bad[0]!r})"))
+            continue
+        try:
+            Draft202012Validator.check_schema(value)
+        except SchemaError as exc:
+            problems.append(Problem(rel, 1, 1, "(root)", f"not a valid JSON Schema: {' '.join(exc.message.split())}"))
+            continue
+        schemas.append(DataSchema(name[: -len(SUFFIX)], tuple(paths), value))
+    return schemas, problems
+
+
+def validate_data(path: str, content: bytes, schemas: list[DataSchema]) -> None:
+    """Raise DataSchemaError if ``content`` written to ``data/<path>`` breaks a schema that covers it."""
+    from jsonschema import Draft202012Validator
+
+    covering = [s for s in schemas if s.matches(path)]
+    if not covering:
+        return
+    try:
+        doc = load_yaml(content, path)
+    except YamlRejected as exc:
+        raise DataSchemaError(f"data/{path}: {exc.problem}") from exc
+    for schema in covering:
+        errors = sorted(Draft202012Validator(schema.schema).iter_errors(doc.value), key=lambda e: list(e.absolute_path))
+        if errors:
+            first = errors[0]
+            where = ".".join(str(p) for p in first.absolute_path) or "(root)"
+            raise DataSchemaError(
+                f"data/{path}: does not match schema {schema.name}: {where}: {' '.join(first.message.split())}"
+            )
