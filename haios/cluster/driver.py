@@ -83,11 +83,11 @@ class PhaseDriver:
         self, g: int, phase: str, *, trace_id: str | None = None, stop_after_commits: int | None = None
     ) -> TransitionResult:
         """Run (g, phase). ``stop_after_commits`` simulates the coordinator dying after that many COMMITs."""
-        if phase not in PHASES or (g, phase) != self.next():
-            raise BarrierError(f"(g={g}, {phase}) is out of order: the next transition is {self.next()}")
         if self.history and self.history[-1].outcome == "interrupted":
             last = self.history[-1]
             raise BarrierError(f"(g={last.g}, {last.phase}) is half done on the cluster; recover it first")
+        if phase not in PHASES or (g, phase) != self.next():
+            raise BarrierError(f"(g={g}, {phase}) is out of order: the next transition is {self.next()}")
         names = [p.name for p in self.participants]
         result = TransitionResult(g, phase, trace_id or uuid.uuid4().hex, "interrupted", started=self.clock())
         self.history.append(result)
