@@ -315,6 +315,8 @@ def sim_run(directory: Path | str, *, iterations: int, seed: int, faults: dict[s
                 }
                 fault_entries.append(partition_entry)
             if drawn["kill"]:
+                if point == "before_side_effect_call" and not workers[victim].plan["effects"]:
+                    point = "after_intent_1"  # the victim calls no API this time: crash mid-intents instead
                 if point == "after_some_commits":
                     stop_after = rng.randrange(0, len(names))
                 else:
