@@ -152,26 +152,13 @@ def sim_check(directory: Path | str) -> list[Violation]:
         for a in items:
             for key in a.effects or {}:
                 count = deletes.get(key, 0)
+                problem = None
                 if a.ended == "ABORT_PHASE" and count != 1:
-                    violations.append(
-                        Violation(
-                            "compensation",
-                            node,
-                            a.g,
-                            a.phase,
-                            f"side effect {key} of a rolled-back phase compensated {count} times",
-                        )
-                    )
-                if a.ended == "COMMIT_PHASE" and count:
-                    violations.append(
-                        Violation(
-                            "compensation",
-                            node,
-                            a.g,
-                            a.phase,
-                            f"side effect {key} of a committed phase was compensated",
-                        )
-                    )
+                    problem = f"side effect {key} of a rolled-back phase compensated {count} times"
+                elif a.ended == "COMMIT_PHASE" and count:
+                    problem = f"side effect {key} of a committed phase was compensated"
+                if problem:
+                    violations.append(Violation("compensation", node, a.g, a.phase, problem))
 
     # 3. barrier: a transition begins only after the previous one ended everywhere
     ends: dict[tuple[int, str], float] = {}

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.executor import POINTS
 
 from haios import controlfile
 from haios.errors import BarrierError, FencedError, PartitionError, PathEscapeError, VersionConflict
@@ -201,20 +202,7 @@ def _files(data: Path) -> dict[str, bytes]:
     return {str(p.relative_to(data)): controlfile.read(p).body for p in data.rglob("*") if p.is_file()}
 
 
-@pytest.mark.parametrize(
-    "point",
-    [
-        "after_begin",
-        "after_first_intent",
-        "after_intents",
-        "after_side_effect",
-        "after_prepare_record",
-        "mid_apply",
-        "after_apply",
-        "after_commit_record",
-        "none",
-    ],
-)
+@pytest.mark.parametrize("point", POINTS)
 def test_crash_at_each_step_leaves_exactly_one_way_out(tmp_path: Path, point: str) -> None:
     root = tmp_path / "n1"
     init_node_root(root, "n1", {"cluster": "c", "max_g": None})
