@@ -1,0 +1,173 @@
+"""The adaptive Φ-accrual phase timeout (SPEC §3).
+
+One estimator per phase type keeps the last ``window`` (100) completed durations; aborted runs are
+not recorded, and a sample is capped at ``outlier_cap`` (3) × the current P95 so one outlier cannot
+poison the window. It starts from a prior per phase — a normal distribution with mean
+ANALYZE 15 s, BLUEPRINT 20 s, CONSTRUCT 120 s, VALIDATE 30 s, IDLE 10 s and standard deviation
+0.5 × mean — and blends it with the samples by weight ``w = min(n, 10) / 10``: the blended normal
+has mean ``(1 − w)·μ₀ + w·m`` and variance ``(1 − w)·σ₀² + w·s²`` (``m``, ``s``: the window's mean and
+population standard deviation). From 10 samples on, the window alone drives it.
+
+``P95 = mean + 1.6449·sd`` of the blended normal, the **timeout is k × P95** (k in [1.2, 2.0]), and
+``φ(t) = −log10 P(duration > t)`` is computed exactly with ``math.erfc``, switching to the
+asymptotic expansion of log erfc far in the tail so that φ stays finite and never NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Z95 = 1.6448536269514722  # the standard normal's 95th percentile
+MIN_SIGMA_RATIO = 0.01  # identical samples: the spread never falls below 1 % of the mean ...
+MIN_SIGMA = 0.001  # ... nor below a millisecond
+_TAIL_Z = 26.0  # beyond this, 0.5·erfc(z) is below 1e-300: use the expansion of log erfc
+_MAX_Z = 1e150  # z² stays finite
+
+PRIOR_MEANS = {"ANALYZE": 15.0, "BLUEPRINT": 20.0, "CONSTRUCT": 120.0, "VALIDATE": 30.0, "IDLE": 10.0}
+
+
+def phi_of(elapsed: float, mean: float, sigma: float) -> float:
+    """−log10 P(X > elapsed) for X ~ N(mean, sigma): 0 when the phase is young, growing without bound."""
+    z = (elapsed - mean) / (sigma * math.sqrt(2.0))
+    if z < _TAIL_Z:
+        q = 0.5 * math.erfc(z)
+        return max(0.0, -math.log10(q)) if q > 0 else math.inf  # q > 0 always holds for z < 26
+    z = min(z, _MAX_Z)
+    z2 = z * z
+    # log erfc(z) = −z² − log(z·√π) + log(1 − 1/(2z²) + 3/(4z⁴) − 15/(8z⁶) + …)
+    series = 1.0 - 1.0 / (2 * z2) + 3.0 / (4 * z2 * z2) - 15.0 / (8 * z2 * z2 * z2)
+    ln_q = math.log(0.5) - z2 - math.log(z * math.sqrt(math.pi)) + math.log(series)
+    return -ln_q / math.log(10.0)
+
+
+@dataclass
+class Estimator:
+    """The duration estimator of one phase type."""
+
+    phase: str
+    prior_mean: float
+    k: float = 1.6
+    window: int = 100
+    outlier_cap: float = 3.0
+    blend_samples: int = 10
+    prior_sigma_ratio: float = 0.5
+    samples: deque[float] = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        self.samples = deque(self.samples, maxlen=self.window)
+
+    @property
+    def n(self) -> int:
+        return len(self.samples)
+
+    def add(self, duration: float, *, aborted: bool = False) -> None:
+        """Record a completed run (aborted runs are not recorded); capped at outlier_cap × P95."""
+        if aborted or not math.isfinite(duration) or duration < 0:
+            return
+        self.samples.append(min(duration, self.outlier_cap * self.p95()))
+
+    def weight(self) -> float:
+        return min(self.n, self.blend_samples) / self.blend_samples
+
+    def distribution(self) -> tuple[float, float]:
+        """(mean, standard deviation) of the blended normal."""
+        w = self.weight()
+        prior_sigma = self.prior_sigma_ratio * self.prior_mean
+        if self.n:
+            m = math.fsum(self.samples) / self.n
+            var_s = math.fsum((x - m) ** 2 for x in self.samples) / self.n
+        else:
+            m = var_s = 0.0
+        mean = (1 - w) * self.prior_mean + w * m
+        sigma = math.sqrt((1 - w) * prior_sigma**2 + w * var_s)
+        return mean, max(sigma, MIN_SIGMA_RATIO * abs(mean), MIN_SIGMA)
+
+    def p95(self) -> float:
+        mean, sigma = self.distribution()
+        return mean + Z95 * sigma
+
+    def timeout(self) -> float:
+        return self.k * self.p95()
+
+    def phi(self, elapsed: float) -> float:
+        mean, sigma = self.distribution()
+        return phi_of(elapsed, mean, sigma)
+
+    def describe(self, elapsed: float) -> dict[str, Any]:
+        """What a finding shows as evidence: the numbers behind the verdict."""
+        mean, sigma = self.distribution()
+        return {
+            "elapsed_s": round(elapsed, 3),
+            "timeout_s": round(self.timeout(), 3),
+            "phi": round(self.phi(elapsed), 3),
+            "p95_s": round(self.p95(), 3),
+            "k": self.k,
+            "samples": self.n,
+            "mean_s": round(mean, 3),
+            "sigma_s": round(sigma, 3),
+        }
+
+
+class Estimators:
+    """One estimator per phase type, configured from the thresholds."""
+
+    def __init__(
+        self,
+        *,
+        k: float = 1.6,
+        priors: Mapping[str, float] | None = None,
+        window: int = 100,
+        outlier_cap: float = 3.0,
+        blend_samples: int = 10,
+        prior_sigma_ratio: float = 0.5,
+    ) -> None:
+        means = {**PRIOR_MEANS, **(priors or {})}
+        self.by_phase = {
+            phase: Estimator(phase, mean, k, window, outlier_cap, blend_samples, prior_sigma_ratio)
+            for phase, mean in means.items()
+        }
+
+    @classmethod
+    def from_thresholds(cls, thresholds: Any) -> Estimators:
+        phi = thresholds.phi
+        return cls(
+            k=phi.k,
+            priors=phi.priors,
+            window=phi.window,
+            outlier_cap=phi.outlier_cap,
+            blend_samples=phi.blend_samples,
+            prior_sigma_ratio=phi.prior_sigma_ratio,
+        )
+
+    def __getitem__(self, phase: str) -> Estimator:
+        return self.by_phase[phase]
+
+    def feed(self, durations: Mapping[str, Iterable[float]]) -> None:
+        for phase, values in durations.items():
+            for value in values:
+                self.by_phase[phase].add(value)
+
+
+def durations_from_records(records: Iterable[Any]) -> dict[str, list[float]]:
+    """Completed durations per phase, BEGIN_PHASE → COMMIT_PHASE, from a node's WAL records in order.
+
+    Aborted attempts are not durations of the phase and are skipped.
+    """
+    from ..wal import RecordType
+
+    began: dict[tuple[int, str], float] = {}
+    out: dict[str, list[float]] = {}
+    for record in records:
+        p = record.payload
+        key = (p.get("g"), p.get("phase"))
+        if record.type is RecordType.BEGIN_PHASE:
+            began[key] = p["ts"]
+        elif record.type is RecordType.COMMIT_PHASE and key in began:
+            out.setdefault(key[1], []).append(p["ts"] - began.pop(key))
+        elif record.type is RecordType.ABORT_PHASE:
+            began.pop(key, None)
+    return out
