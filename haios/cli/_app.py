@@ -64,10 +64,12 @@ def main_options(
 
 
 def _register() -> None:
-    from . import init, node, sim, validate, wal
+    from . import doctor, init, node, sim, validate, wal
 
     app.command(name="init")(init.init)
     app.command(name="validate")(validate.validate)
+    app.command(name="doctor")(doctor.doctor)
+    app.command(name="status")(doctor.status)
     app.add_typer(node.app, name="node")
     app.add_typer(sim.app, name="sim")
     app.add_typer(wal.app, name="wal")

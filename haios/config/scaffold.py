@@ -132,7 +132,8 @@ def _populate(root: Path, cluster: str, nodes: list[str], transport: str) -> Non
         root,
         ".gitignore",
         "# node roots of local nodes hold live state, not desired state\nnodes/\n"
-        "# the simulator's scratch (fake cloud, fault log)\n.sim/\n",
+        "# the simulator's scratch (fake cloud, fault log)\n.sim/\n"
+        "# what doctor remembers between passes (WAL read positions, first-seen times)\nstatus/observed/\n",
     )
 
 

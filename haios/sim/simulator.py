@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -30,8 +31,9 @@ from ..cluster import ParticipantFailed, PhaseDriver
 from ..config import load_repo
 from ..config.scaffold import init_repo
 from ..errors import BlockedError, HaiosError, UsageError
-from ..fsutil import makedirs_durable
-from ..node.heartbeat import utc
+from ..fsutil import atomic_write, makedirs_durable
+from ..gitrepo import init_and_commit
+from ..node.heartbeat import beat, utc
 from ..node.transaction import PHASES, scan_phases
 from ..vclock import VClock
 from ..wal import read_records
@@ -80,10 +82,20 @@ def log_fault(directory: Path, **entry: Any) -> None:
         os.fsync(fh.fileno())
 
 
+# Simulated phases take milliseconds, not minutes: priors that make the detectors' timeouts fit.
+SIM_PRIORS = {"ANALYZE": "500ms", "BLUEPRINT": "500ms", "CONSTRUCT": "1s", "VALIDATE": "500ms", "IDLE": "500ms"}
+
+
 def sim_init(directory: Path | str, nodes: int) -> Path:
     """A desired-state repo for a local cluster of ``nodes`` nodes, plus the simulator's scratch."""
     path = Path(directory)
     init_repo(path, cluster="sim", nodes=nodes, transport="local")
+    thresholds = path / "policies/thresholds.yaml"
+    text = thresholds.read_text()
+    for phase, prior in SIM_PRIORS.items():
+        text = re.sub(rf"(\n    {phase}: )\S+", rf"\g<1>{prior}", text, count=1)
+    atomic_write(thresholds, text.encode())
+    init_and_commit(path, "haios sim init: phase priors for simulated (sub-second) phases")
     FakeCloud(sim_dir(path) / "cloud").set_faults({})
     return path
 
@@ -282,6 +294,9 @@ def sim_run(directory: Path | str, *, iterations: int, seed: int, faults: dict[s
     try:
         for _ in range(iterations * len(PHASES)):
             g, phase = driver.next()
+            now = time.time()
+            for n in names:  # the nodes' agents beat as the cluster works
+                beat(roots[n], n, now)
             drawn = {kind: rng.random() < faults.get(kind, 0.0) for kind in FAULT_KINDS if kind != "slowfsync"}
             victim = rng.choice(names)
             point = rng.choice(KILL_POINTS)

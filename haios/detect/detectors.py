@@ -1,0 +1,294 @@
+"""The detectors of SPEC §3, each a pure function of (observations, now).
+
+=====================  ==========================================================  ============================
+detector               mechanism                                                   detects
+=====================  ==========================================================  ============================
+``wal_gap``            BEGIN_PHASE without COMMIT/ABORT after the Φ timeout        crash or kill mid-phase
+``exec_sla``           ``exec_status_<g>`` IN_PROGRESS past the phase SLA           a stuck executor
+``heartbeat_loss``     heartbeat older than ``unhealthy_after`` intervals          silent node or agent death
+``partial_commit``     one participant finished (g, phase), others not within Φ    partial commit across nodes
+``partition``          a majority of peers silent past the window (gossip)         network split
+=====================  ==========================================================  ============================
+
+The local-pause rule (Cassandra's): when the previous pass is older than the heartbeat window, the
+observer itself was stalled, and silence it measured may be its own; such a pass reports what it
+sees but convicts nobody (``convicted`` is False).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..node.heartbeat import parse_utc
+from .phi import Estimators
+
+TIMING_KINDS = frozenset({"wal_gap", "exec_sla", "heartbeat_loss", "partial_commit", "partition"})
+
+
+@dataclass(frozen=True)
+class PhaseSummary:
+    """What a node's WAL says of its latest attempt at (g, phase)."""
+
+    g: int
+    phase: str
+    trace_id: str
+    participants: tuple[str, ...]
+    begin_ts: float
+    begin_lamport: int
+    prepared: bool = False
+    ended: str | None = None  # "COMMIT_PHASE" | "ABORT_PHASE"
+    end_ts: float | None = None
+    end_lamport: int | None = None
+
+
+@dataclass
+class NodeObservation:
+    """Everything one pass saw of one node."""
+
+    node: str
+    reachable: bool = True
+    error: str | None = None
+    state: dict[str, Any] | None = None
+    exec_status: dict[int, dict[str, Any]] = field(default_factory=dict)
+    heartbeat: dict[str, Any] | None = None
+    gossip: dict[str, Any] | None = None
+    control_errors: list[str] = field(default_factory=list)
+    wal_error: dict[str, Any] | None = None
+    phases: dict[tuple[int, str], PhaseSummary] = field(default_factory=dict)
+    last_lamport: int = 0
+    records: int = 0
+    bytes_read: int = 0
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    severity: str  # "critical" | "warning"
+    nodes: tuple[str, ...]
+    g: int | None
+    phase: str | None
+    summary: str
+    evidence: dict[str, Any]
+    fix: str
+    first_seen: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{','.join(self.nodes)}:{self.g}:{self.phase}"
+
+
+@dataclass
+class Thresholds:
+    """The numbers the detectors need (from policies/thresholds.yaml)."""
+
+    heartbeat_interval: float = 15.0
+    unhealthy_after: int = 3
+    partition_window: float = 45.0
+    sla: Mapping[str, float | None] = field(default_factory=dict)
+
+    @property
+    def heartbeat_window(self) -> float:
+        return self.heartbeat_interval * self.unhealthy_after
+
+
+def _fix_for_open(node: str, s: PhaseSummary, others_committed: bool) -> str:
+    if s.prepared and others_committed:
+        return f"haios node commit <root of {node}> --g {s.g} --phase {s.phase}   # roll forward: PREPARE is logged"
+    return f"haios node abort <root of {node}> --g {s.g} --phase {s.phase} --reason 'half done'   # roll back"
+
+
+def wal_gap(obs: Mapping[str, NodeObservation], estimators: Estimators, now: float) -> list[Finding]:
+    findings = []
+    for node, o in obs.items():
+        for s in o.phases.values():
+            if s.ended is not None:
+                continue
+            est = estimators[s.phase]
+            elapsed = now - s.begin_ts
+            if elapsed <= est.timeout():
+                continue
+            findings.append(
+                Finding(
+                    "wal_gap",
+                    "critical",
+                    (node,),
+                    s.g,
+                    s.phase,
+                    f"BEGIN_PHASE without COMMIT/ABORT for {elapsed:.1f} s (timeout {est.timeout():.1f} s)",
+                    {
+                        "begin_lamport": s.begin_lamport,
+                        "trace_id": s.trace_id,
+                        "prepared": s.prepared,
+                        **est.describe(elapsed),
+                    },
+                    _fix_for_open(node, s, others_committed=False),
+                )
+            )
+    return findings
+
+
+def exec_sla(
+    obs: Mapping[str, NodeObservation], estimators: Estimators, thresholds: Thresholds, now: float
+) -> list[Finding]:
+    findings = []
+    for node, o in obs.items():
+        for g, status in o.exec_status.items():
+            if status.get("status") != "IN_PROGRESS":
+                continue
+            phase = status["phase"]
+            sla = thresholds.sla.get(phase) or estimators[phase].timeout()
+            started = parse_utc(status["started_at"])
+            if now - started <= sla:
+                continue
+            findings.append(
+                Finding(
+                    "exec_sla",
+                    "warning",
+                    (node,),
+                    g,
+                    phase,
+                    f"exec_status_{g}.txt IN_PROGRESS for {now - started:.1f} s, past the SLA of {sla:.1f} s",
+                    {
+                        "started_at": status["started_at"],
+                        "updated_at": status.get("updated_at"),
+                        "sla_s": round(sla, 3),
+                    },
+                    f"haios wal tail <root of {node}> -n 20   # what the executor logged last",
+                )
+            )
+    return findings
+
+
+def heartbeat_loss(obs: Mapping[str, NodeObservation], thresholds: Thresholds, now: float) -> list[Finding]:
+    findings = []
+    for node, o in obs.items():
+        if not o.reachable:
+            continue
+        if o.heartbeat is None:
+            age = None
+        else:
+            age = now - parse_utc(o.heartbeat["wall_time"])
+            if age <= thresholds.heartbeat_window:
+                continue
+        summary = "no heartbeat has ever been written" if age is None else f"last heartbeat {age:.0f} s ago"
+        findings.append(
+            Finding(
+                "heartbeat_loss",
+                "warning",
+                (node,),
+                None,
+                None,
+                f"UNHEALTHY: {summary} (limit {thresholds.heartbeat_window:.0f} s)",
+                {"heartbeat": o.heartbeat, "age_s": None if age is None else round(age, 1)},
+                f"haios node heartbeat {node} --every {thresholds.heartbeat_interval:g}s   # (re)start the node's heartbeat",
+            )
+        )
+    return findings
+
+
+def partial_commit(obs: Mapping[str, NodeObservation], estimators: Estimators, now: float) -> list[Finding]:
+    """Once one participant finished (g, phase), every other must finish within the Φ timeout."""
+    findings = []
+    keys = {k for o in obs.values() for k in o.phases}
+    for g, phase in sorted(keys, key=lambda k: (k[0], k[1])):
+        summaries = {n: o.phases[(g, phase)] for n, o in obs.items() if (g, phase) in o.phases}
+        finished = {n: s for n, s in summaries.items() if s.ended == "COMMIT_PHASE"}
+        if not finished:
+            continue
+        participants = sorted({p for s in summaries.values() for p in s.participants})
+        first_end = min(s.end_ts or now for s in finished.values())
+        timeout = estimators[phase].timeout()
+        lagging = [p for p in participants if p not in finished]
+        if not lagging or now - first_end <= timeout:
+            continue
+        missing = {}
+        for p in lagging:
+            s = summaries.get(p)
+            if s is None:
+                missing[p] = "no BEGIN_PHASE" if p in obs and obs[p].reachable else "unreachable"
+            elif s.ended == "ABORT_PHASE":
+                missing[p] = "ABORT_PHASE while others committed"
+            else:
+                missing[p] = "PREPARE present, no COMMIT_PHASE" if s.prepared else "no PREPARE"
+        findings.append(
+            Finding(
+                "partial_commit",
+                "critical",
+                tuple(lagging),
+                g,
+                phase,
+                f"committed on {', '.join(sorted(finished))} {now - first_end:.1f} s ago but not on {', '.join(lagging)}",
+                {
+                    "committed": sorted(finished),
+                    "missing": missing,
+                    "since_first_commit_s": round(now - first_end, 3),
+                    "timeout_s": round(timeout, 3),
+                },
+                " ; ".join(
+                    _fix_for_open(p, summaries[p], True)
+                    for p in lagging
+                    if p in summaries and summaries[p].ended is None
+                )
+                or "haios sim check / inspect the nodes: a participant has no record of the phase",
+            )
+        )
+    return findings
+
+
+def partition(obs: Mapping[str, NodeObservation], thresholds: Thresholds, now: float) -> list[Finding]:
+    findings = []
+    for node, o in obs.items():
+        if o.gossip is None:
+            continue
+        peers: dict[str, str | None] = o.gossip.get("peers") or {}
+        silent = sorted(
+            p for p, heard in peers.items() if heard is None or now - parse_utc(heard) > thresholds.partition_window
+        )
+        if o.gossip.get("partition_status") == "PARTITIONED" or (peers and 2 * len(silent) > len(peers)):
+            findings.append(
+                Finding(
+                    "partition",
+                    "critical",
+                    (node,),
+                    None,
+                    None,
+                    f"PARTITIONED: {len(silent)} of {len(peers)} peers silent for more than {thresholds.partition_window:.0f} s",
+                    {"silent_peers": silent, "gossip": o.gossip},
+                    "check the network between the nodes; the node refuses phases until it hears a majority again",
+                )
+            )
+    return findings
+
+
+@dataclass
+class DetectionPass:
+    findings: list[Finding]
+    convicted: bool
+    reason: str = ""
+
+
+def run_detectors(
+    obs: Mapping[str, NodeObservation],
+    estimators: Estimators,
+    thresholds: Thresholds,
+    now: float,
+    *,
+    last_pass: float | None,
+) -> DetectionPass:
+    """Every detector over one pass; applies the local-pause rule."""
+    partial = partial_commit(obs, estimators, now)
+    covered = {(n, f.g, f.phase) for f in partial for n in f.nodes}
+    gaps = [f for f in wal_gap(obs, estimators, now) if (f.nodes[0], f.g, f.phase) not in covered]
+    covered |= {(f.nodes[0], f.g, f.phase) for f in gaps}
+    slow = [f for f in exec_sla(obs, estimators, thresholds, now) if (f.nodes[0], f.g, f.phase) not in covered]
+    findings = gaps + slow + heartbeat_loss(obs, thresholds, now) + partial + partition(obs, thresholds, now)
+    if last_pass is not None and now - last_pass > thresholds.heartbeat_window:
+        return DetectionPass(
+            findings,
+            convicted=False,
+            reason=f"the previous pass was {now - last_pass:.0f} s ago (over the {thresholds.heartbeat_window:.0f} s heartbeat window): "
+            "the observer was paused, so this pass convicts nobody",
+        )
+    return DetectionPass(findings, convicted=True)

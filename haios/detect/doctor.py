@@ -1,0 +1,308 @@
+"""``haios doctor`` and ``haios status``: every detector and every integrity check, as one report.
+
+The report's JSON form is versioned (``schema: haios-doctor/v1``, described by
+``schemas/doctor-report.schema.json``). Each finding names its kind, severity, node(s), g and phase,
+the evidence it rests on, when it was first seen, and the command that fixes it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..config import load_repo, validate_repo
+from ..fsutil import atomic_write, makedirs_durable
+from ..node.heartbeat import parse_utc, utc
+from ..wal import verify
+from .detectors import TIMING_KINDS, Finding, NodeObservation, Thresholds, run_detectors
+from .observe import CACHE_DIR, observe
+from .phi import Estimators
+
+SCHEMA = "haios-doctor/v1"
+
+
+@dataclass
+class NodeRow:
+    node: str
+    health: str
+    g: int | None
+    ph: str | None
+    heartbeat_age_s: float | None
+    wal: str
+    last_lamport: int
+    records: int
+
+
+@dataclass
+class DoctorReport:
+    repo: Path
+    generated_at: float
+    convicted: bool
+    pause_reason: str
+    nodes: list[NodeRow] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    bytes_read: int = 0
+
+    @property
+    def counted(self) -> list[Finding]:
+        """The findings that make the cluster unhealthy (timing ones only when this pass convicts)."""
+        return [f for f in self.findings if self.convicted or f.kind not in TIMING_KINDS]
+
+    @property
+    def healthy(self) -> bool:
+        return not self.counted
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "repo": str(self.repo),
+            "generated_at": utc(self.generated_at),
+            "healthy": self.healthy,
+            "convicted": self.convicted,
+            "pause_reason": self.pause_reason or None,
+            "bytes_read": self.bytes_read,
+            "nodes": [row.__dict__ for row in self.nodes],
+            "findings": [
+                {
+                    "kind": f.kind,
+                    "severity": f.severity,
+                    "nodes": list(f.nodes),
+                    "g": f.g,
+                    "phase": f.phase,
+                    "summary": f.summary,
+                    "evidence": f.evidence,
+                    "fix": f.fix,
+                    "first_seen": utc(f.first_seen),
+                    "counted": self.convicted or f.kind not in TIMING_KINDS,
+                }
+                for f in self.findings
+            ],
+        }
+
+
+def _integrity(obs: NodeObservation, root: Path, full: bool) -> list[Finding]:
+    out = []
+    if not obs.reachable:
+        out.append(
+            Finding(
+                "unreachable",
+                "critical",
+                (obs.node,),
+                None,
+                None,
+                obs.error or "not reachable",
+                {},
+                f"check that {root} exists and is readable",
+            )
+        )
+        return out
+    for message in obs.control_errors:
+        out.append(
+            Finding(
+                "control_file",
+                "critical",
+                (obs.node,),
+                None,
+                None,
+                message,
+                {"root": str(root)},
+                "restore the file from the node's snapshot or a peer; never edit a control file by hand",
+            )
+        )
+    wal_error = obs.wal_error
+    if full and wal_error is None:
+        report = verify(root / "wal")
+        if report.corruption is not None:
+            c = report.corruption
+            wal_error = {
+                "segment": c.segment,
+                "offset": c.offset,
+                "lamport": c.lamport,
+                "reason": c.reason,
+                "torn_tail": c.torn_tail,
+            }
+    if wal_error is not None:
+        torn = wal_error["torn_tail"]
+        out.append(
+            Finding(
+                "wal_torn_tail" if torn else "wal_corrupt",
+                "warning" if torn else "critical",
+                (obs.node,),
+                None,
+                None,
+                f"WAL {'torn tail' if torn else 'mid-log corruption'} at segment {wal_error['segment']} offset {wal_error['offset']}: {wal_error['reason']}",
+                wal_error,
+                f"haios wal repair {root / 'wal'}"
+                if torn
+                else f"restore {root / 'wal'} from a replica (or: haios wal repair --force {root / 'wal'})",
+            )
+        )
+    return out
+
+
+def _health(obs: NodeObservation, findings: list[Finding]) -> str:
+    kinds = {f.kind for f in findings if obs.node in f.nodes}
+    for kind, label in (
+        ("unreachable", "UNREACHABLE"),
+        ("wal_corrupt", "CORRUPT"),
+        ("control_file", "CORRUPT"),
+        ("partition", "PARTITIONED"),
+        ("partial_commit", "HALF-DONE"),
+        ("wal_gap", "HALF-DONE"),
+        ("wal_torn_tail", "TORN-TAIL"),
+        ("heartbeat_loss", "UNHEALTHY"),
+        ("exec_sla", "SLOW"),
+    ):
+        if kind in kinds:
+            return label
+    return "OK"
+
+
+def run_doctor(
+    repo: Path | str, *, now: float | None = None, full: bool = False, parallelism: int = 16, timeout: float = 60.0
+) -> DoctorReport:
+    """Diagnose the cluster of the desired-state repo at ``repo``."""
+    path = Path(repo)
+    at = time.time() if now is None else now
+    report = DoctorReport(path, at, convicted=True, pause_reason="")
+    problems = validate_repo(path).problems
+    if problems:
+        for p in problems:
+            report.findings.append(
+                Finding(
+                    "config",
+                    "critical",
+                    (),
+                    None,
+                    None,
+                    str(p),
+                    {"file": p.file, "line": p.line, "key": p.key},
+                    f"haios --repo {path} validate",
+                )
+            )
+        return report
+    config = load_repo(path)
+    local = {n.name: n.local_root(path) for n in config.cluster.nodes if n.transport == "local"}
+    for spec in config.cluster.nodes:
+        if spec.transport != "local":
+            report.findings.append(
+                Finding(
+                    "unreachable",
+                    "warning",
+                    (spec.name,),
+                    None,
+                    None,
+                    f"{spec.name}: ssh nodes cannot be observed by this version",
+                    {"address": spec.address},
+                    "observe it with a local root, or wait for the SSH transport",
+                )
+            )
+    observations, durations = observe(path, local, parallelism=parallelism, timeout=timeout)
+    report.bytes_read = sum(o.bytes_read for o in observations.values())
+    estimators = Estimators.from_thresholds(config.thresholds)
+    estimators.feed(durations)
+    t = config.thresholds
+    thresholds = Thresholds(
+        heartbeat_interval=t.heartbeat_interval,
+        unhealthy_after=t.heartbeat_unhealthy_after,
+        partition_window=t.partition_window,
+        sla={phase: policy.sla for phase, policy in config.desired.phases.items()},
+    )
+    pass_file = path / CACHE_DIR / "pass.json"
+    try:
+        last_pass = float(json.loads(pass_file.read_text())["at"])
+    except (OSError, ValueError, KeyError):
+        last_pass = None
+    active = set(config.desired.active_members())
+    detection = run_detectors(
+        {n: o for n, o in observations.items() if n in active}, estimators, thresholds, at, last_pass=last_pass
+    )
+    report.convicted, report.pause_reason = detection.convicted, detection.reason
+    findings = list(detection.findings)
+    for node, obs in observations.items():
+        findings += _integrity(obs, local[node], full)
+        if obs.heartbeat is not None:
+            ahead = parse_utc(obs.heartbeat["wall_time"]) - at
+            if ahead > t.max_clock_skew:
+                findings.append(
+                    Finding(
+                        "clock_skew",
+                        "warning",
+                        (node,),
+                        None,
+                        None,
+                        f"heartbeat written {ahead:.1f} s in the future (limit {t.max_clock_skew:g} s)",
+                        {"heartbeat": obs.heartbeat},
+                        f"synchronise {node}'s clock (NTP)",
+                    )
+                )
+    fx_age = at - datetime.fromisoformat(f"{config.fx.date}T00:00:00+00:00").timestamp()
+    if fx_age > config.budget.fx_max_age:
+        findings.append(
+            Finding(
+                "fx_stale",
+                "warning",
+                (),
+                None,
+                None,
+                f"policies/fx.yaml rates are from {config.fx.date}, {fx_age / 86400:.0f} days old (limit {config.budget.fx_max_age / 86400:g} days)",
+                {"date": config.fx.date},
+                "update policies/fx.yaml with current rates",
+            )
+        )
+    for override in config.overrides:
+        payload = json.loads(override.payload)
+        if payload.get("expires_at", at) < at:
+            findings.append(
+                Finding(
+                    "override_expired",
+                    "warning",
+                    (),
+                    None,
+                    None,
+                    f"{override.file} expired at {utc(payload['expires_at'])}",
+                    {"trace_id": payload.get("trace_id")},
+                    f"git rm {override.file}   # or ask the supervisors for a new one",
+                )
+            )
+    # first seen: remembered between passes
+    seen_file = path / CACHE_DIR / "findings.json"
+    try:
+        seen: dict[str, float] = json.loads(seen_file.read_text())
+    except (OSError, ValueError):
+        seen = {}
+
+    def concrete(fix: str) -> str:  # detectors do not know where roots are; the report does
+        for node, root in local.items():
+            fix = fix.replace(f"<root of {node}>", str(root))
+        return fix
+
+    report.findings = [
+        Finding(**{**f.__dict__, "first_seen": seen.get(f.key, at), "fix": concrete(f.fix)}) for f in findings
+    ]
+    makedirs_durable(path / CACHE_DIR)
+    atomic_write(seen_file, json.dumps({f.key: f.first_seen for f in report.findings}, sort_keys=True).encode())
+    atomic_write(pass_file, json.dumps({"at": at}).encode())
+    for node in sorted(observations):
+        obs = observations[node]
+        age = at - parse_utc(obs.heartbeat["wall_time"]) if obs.heartbeat else None
+        wal = "ok"
+        if obs.wal_error is not None:
+            wal = "torn tail" if obs.wal_error["torn_tail"] else "CORRUPT"
+        report.nodes.append(
+            NodeRow(
+                node,
+                _health(obs, report.findings),
+                (obs.state or {}).get("g"),
+                (obs.state or {}).get("ph"),
+                None if age is None else round(age, 1),
+                wal,
+                obs.last_lamport,
+                obs.records,
+            )
+        )
+    return report

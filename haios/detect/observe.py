@@ -1,0 +1,194 @@
+"""Observation gathering: what each node's root says now, reading its WAL incrementally.
+
+Per node, the pass reads ``state.txt``, every ``exec_status_<g>.txt``, ``heartbeat``, ``gossip`` and
+``fence`` (each verified), and the WAL **from where the previous pass stopped** — the cursor and the
+summaries it built are kept in ``status/observed/<node>.json`` — so a second pass reads only new
+bytes. If the WAL no longer continues from the saved cursor (it was repaired or replaced), the node is
+read again from the start. Nodes are observed in parallel (bounded), each within a timeout; a node
+that cannot be read is an observation (``reachable: False``), never a crash.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .. import controlfile
+from ..errors import HaiosError
+from ..fsutil import atomic_write, makedirs_durable
+from ..wal import Cursor, RecordType, WalCorruptError, WalReader
+from ..wal.writer import LOCK_NAME
+from .detectors import NodeObservation, PhaseSummary
+
+CACHE_DIR = "status/observed"
+KEEP_COMPLETED = 20  # completed phase summaries kept per node (open ones are always kept)
+STATE_VERSION = 1
+
+
+def _cache_path(repo: Path, node: str) -> Path:
+    return repo / CACHE_DIR / f"{node}.json"
+
+
+def _load_cache(repo: Path, node: str) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(_cache_path(repo, node).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if data.get("version") == STATE_VERSION else None
+
+
+def _summaries_from(data: list[dict[str, Any]]) -> dict[tuple[int, str], PhaseSummary]:
+    out = {}
+    for item in data:
+        item = {**item, "participants": tuple(item["participants"])}
+        s = PhaseSummary(**item)
+        out[(s.g, s.phase)] = s
+    return out
+
+
+def writer_active(wal: Path) -> bool:
+    """Whether a process holds the WAL's writer lock right now."""
+    try:
+        fd = os.open(wal / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases a lock taken just now
+    return False
+
+
+def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any], int, dict[str, Any] | None]:
+    """Fold the WAL's new records into the cached summary; returns (cache, bytes read, corruption)."""
+    state: dict[str, Any] = cache or {
+        "version": STATE_VERSION,
+        "cursor": None,
+        "phases": [],
+        "durations": {},
+        "last_lamport": 0,
+        "records": 0,
+    }
+    cursor = Cursor(**state["cursor"]) if state["cursor"] else None
+    # A short record at the very end is an append in progress only while a writer holds the lock;
+    # otherwise it is a torn tail and must be reported.
+    reader = WalReader(root / "wal", cursor=cursor, partial_ok=writer_active(root / "wal"))
+    phases = _summaries_from(state["phases"])
+    durations: dict[str, list[float]] = {k: list(v) for k, v in state["durations"].items()}
+    corruption = None
+    try:
+        for record in reader:
+            p = record.payload
+            key: tuple[int, str] = (p.get("g", -1), p.get("phase", ""))
+            if record.type is RecordType.BEGIN_PHASE:
+                phases[key] = PhaseSummary(
+                    p["g"], p["phase"], p.get("trace_id", ""), tuple(p["participants"]), p["ts"], record.lamport
+                )
+            elif key in phases and phases[key].ended is None:
+                s = phases[key]
+                if record.type is RecordType.PREPARE:
+                    phases[key] = PhaseSummary(**{**asdict(s), "prepared": True})
+                elif record.type in (RecordType.COMMIT_PHASE, RecordType.ABORT_PHASE):
+                    phases[key] = PhaseSummary(
+                        **{**asdict(s), "ended": record.type.name, "end_ts": p["ts"], "end_lamport": record.lamport}
+                    )
+                    if record.type is RecordType.COMMIT_PHASE:
+                        window = durations.setdefault(s.phase, [])
+                        window.append(p["ts"] - s.begin_ts)
+                        del window[:-100]
+    except WalCorruptError as exc:
+        c = exc.corruption
+        corruption = {
+            "segment": c.segment,
+            "offset": c.offset,
+            "lamport": c.lamport,
+            "reason": c.reason,
+            "torn_tail": c.torn_tail,
+        }
+    completed = sorted((s for s in phases.values() if s.ended), key=lambda s: s.end_lamport or 0)[-KEEP_COMPLETED:]
+    kept = [s for s in phases.values() if not s.ended] + completed
+    state.update(
+        cursor=asdict(reader.cursor) if reader.cursor else state["cursor"],
+        phases=[asdict(s) for s in kept],
+        durations=durations,
+        last_lamport=reader.cursor.lamport if reader.cursor else state["last_lamport"],
+        records=state["records"] + reader.records,
+    )
+    return state, reader.bytes_read, corruption
+
+
+def observe_node(repo: Path, node: str, root: Path) -> tuple[NodeObservation, dict[str, list[float]]]:
+    """One node, incrementally; returns the observation and its completed durations per phase."""
+    obs = NodeObservation(node)
+    if not (root / "state.txt").exists():
+        obs.reachable = False
+        obs.error = f"{root}: no node root here (state.txt missing)"
+        return obs, {}
+    for name in ("state.txt", "heartbeat", "gossip", "fence", "policy"):
+        path = root / name
+        if not path.exists() and name in ("heartbeat", "gossip"):
+            continue
+        try:
+            body, _ = controlfile.read_mapping(path)
+        except HaiosError as exc:
+            obs.control_errors.append(exc.message)
+            continue
+        if name == "state.txt":
+            obs.state = body
+        elif name == "heartbeat":
+            obs.heartbeat = body
+        elif name == "gossip":
+            obs.gossip = body
+    for path in sorted(root.glob("exec_status_*.txt")):
+        try:
+            body, _ = controlfile.read_mapping(path)
+            obs.exec_status[int(body["g"])] = body
+        except (HaiosError, KeyError, ValueError) as exc:
+            obs.control_errors.append(getattr(exc, "message", f"{path}: {exc}"))
+    cache = _load_cache(repo, node)
+    state, read, corruption = _read_wal(root, cache)
+    if corruption is not None and cache is not None and not corruption["torn_tail"]:
+        # the WAL may have been repaired or replaced since the cursor was saved: read it whole
+        state, read_again, corruption = _read_wal(root, None)
+        read += read_again
+    obs.wal_error = corruption
+    obs.phases = _summaries_from(state["phases"])
+    obs.last_lamport = state["last_lamport"]
+    obs.records = state["records"]
+    obs.bytes_read = read
+    makedirs_durable(repo / CACHE_DIR)
+    atomic_write(_cache_path(repo, node), json.dumps(state, sort_keys=True).encode())
+    return obs, state["durations"]
+
+
+def observe(
+    repo: Path, roots: dict[str, Path], *, parallelism: int = 16, timeout: float = 60.0
+) -> tuple[dict[str, NodeObservation], dict[str, list[float]]]:
+    """Observe every node; durations of all nodes are pooled per phase (they share an estimator)."""
+    observations: dict[str, NodeObservation] = {}
+    durations: dict[str, list[float]] = {}
+    workers = max(1, min(parallelism, len(roots), (os.cpu_count() or 1) * 4))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {node: pool.submit(observe_node, repo, node, root) for node, root in sorted(roots.items())}
+        for node, future in futures.items():
+            try:
+                obs, durs = future.result(timeout=timeout)
+            except FutureTimeout:
+                obs, durs = (
+                    NodeObservation(node, reachable=False, error=f"{node}: not observed within {timeout:.0f} s"),
+                    {},
+                )
+            except (HaiosError, OSError) as exc:
+                obs, durs = NodeObservation(node, reachable=False, error=f"{node}: {exc}"), {}
+            observations[node] = obs
+            for phase, values in durs.items():
+                durations.setdefault(phase, []).extend(values)
+    return observations, durations

@@ -1,0 +1,153 @@
+"""haios doctor and status on real simulated clusters: each fault is reported as exactly that fault."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from helpers import Invoke
+from jsonschema import Draft202012Validator
+
+from haios import controlfile
+from haios.detect.doctor import run_doctor
+from haios.node.heartbeat import utc
+from haios.resources import schema
+from haios.sim.simulator import parse_faults, sim_init, sim_run
+
+
+@pytest.fixture(scope="module")
+def healthy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("doc") / "ok"
+    sim_init(directory, 5)
+    sim_run(directory, iterations=2, seed=7, faults={})
+    return directory
+
+
+def _sim(tmp_path: Path, faults: str, seed: int = 7, nodes: int = 5) -> Path:
+    directory = tmp_path / "sim"
+    sim_init(directory, nodes)
+    sim_run(directory, iterations=2, seed=seed, faults=parse_faults(faults))
+    return directory
+
+
+def _kinds(report: object) -> list[str]:
+    return sorted(f"{f.kind}:{','.join(f.nodes)}:{f.g}:{f.phase}" for f in report.findings)  # type: ignore[attr-defined]
+
+
+def test_doctor_acceptance_kill_names_node_g_phase_with_phi(cli: Invoke, tmp_path: Path) -> None:
+    directory = _sim(tmp_path, "kill=1", seed=7)
+    time.sleep(1.6)  # past the ANALYZE timeout of the simulator's priors (k x P95 = 1.46 s)
+    result = cli("--repo", directory, "doctor")
+    assert result.exit_code == 2
+    assert "CRITICAL wal_gap node-5 g=1 ANALYZE: BEGIN_PHASE without COMMIT/ABORT" in result.stdout
+    for evidence in ("begin_lamport: 1", "trace_id: sim-7-1-ANALYZE", "timeout_s: 1.458", "phi: "):
+        assert evidence in result.stdout
+    assert f"fix: haios node abort {directory}/nodes/node-5 --g 1 --phase ANALYZE" in result.stdout
+    data = json.loads(cli("--repo", directory, "doctor", "-o", "json").stdout)
+    Draft202012Validator(schema("doctor-report")).validate(data)
+    assert [(f["kind"], f["nodes"], f["g"], f["phase"]) for f in data["findings"]] == [
+        ("wal_gap", ["node-5"], 1, "ANALYZE")
+    ]
+
+
+def test_doctor_healthy_cluster_exits_zero(cli: Invoke, healthy: Path, tmp_path: Path) -> None:
+    directory = tmp_path / "ok"
+    shutil.copytree(healthy, directory)
+    result = cli("--repo", directory, "doctor")
+    assert result.exit_code == 0, result.stdout
+    assert result.stdout.rstrip().endswith(f"{directory}: healthy (5 nodes)")
+    data = json.loads(cli("--repo", directory, "doctor", "-o", "json").stdout)
+    Draft202012Validator(schema("doctor-report")).validate(data)
+    assert data["healthy"] is True and len(data["nodes"]) == 5 and {n["health"] for n in data["nodes"]} == {"OK"}
+    status = json.loads(cli("--repo", directory, "status", "-o", "json").stdout)
+    assert [n["g"] for n in status["nodes"]] == [2] * 5
+
+
+def test_doctor_coordinator_death_is_a_partial_commit(tmp_path: Path) -> None:
+    directory = tmp_path / "sim"
+    sim_init(directory, 3)
+    report = sim_run(directory, iterations=1, seed=13, faults={"kill": 1.0})  # seed 13: the coordinator dies
+    kill = next(f for f in report.faults if f["fault"] == "kill")
+    assert (kill["point"], kill["commits"]) == ("after_some_commits", 1)
+    doctor = run_doctor(directory, now=time.time() + 10)
+    assert {f.kind for f in doctor.findings} == {"partial_commit"}
+    f = doctor.findings[0]
+    assert all("PREPARE present, no COMMIT_PHASE" in v for v in f.evidence["missing"].values())
+    assert "haios node commit" in f.fix
+
+
+def test_doctor_torn_tail_and_bitflip(tmp_path: Path) -> None:
+    torn = _sim(tmp_path / "a", "torn=1", seed=3)
+    kinds = {f.kind for f in run_doctor(torn, now=time.time() + 10).findings}
+    assert "wal_torn_tail" in kinds and kinds <= {"wal_torn_tail", "partial_commit", "wal_gap"}
+    flipped = _sim(tmp_path / "b", "bitflip=1", seed=3)
+    report = run_doctor(flipped, now=time.time() + 10)
+    corrupt = [f for f in report.findings if f.kind == "wal_corrupt"]
+    assert corrupt and corrupt[0].severity == "critical" and "repair --force" in corrupt[0].fix
+    assert any(row.health == "CORRUPT" for row in report.nodes)
+
+
+def test_doctor_partition_and_heartbeat_loss(healthy: Path, tmp_path: Path) -> None:
+    directory = tmp_path / "p"
+    shutil.copytree(healthy, directory)
+    root = directory / "nodes/node-2"
+    now = time.time()
+    controlfile.write_mapping(
+        root / "gossip",
+        {
+            "node": "node-2",
+            "peers": {f"node-{i}": None for i in (1, 3, 4, 5)},
+            "partition_status": "PARTITIONED",
+            "since": utc(now),
+        },
+        expected_version=controlfile.current_version(root / "gossip"),
+    )
+    assert _kinds(run_doctor(directory, now=now)) == ["partition:node-2:None:None"]
+    later = run_doctor(directory, now=now + 100)  # nobody beat for 100 s, but the previous pass was 100 s ago
+    assert not later.convicted and later.healthy  # the local-pause rule: no conviction on this pass
+    last = run_doctor(directory, now=now + 110)
+    assert last.convicted and {f.kind for f in last.findings} >= {"heartbeat_loss"}
+
+
+def test_doctor_exec_sla(healthy: Path, tmp_path: Path) -> None:
+    directory = tmp_path / "s"
+    shutil.copytree(healthy, directory)
+    state = directory / "desired/state.yaml"
+    state.write_text(
+        state.read_text().replace("  IDLE:\n    on_partial: auto", "  IDLE:\n    on_partial: auto\n    sla: 100ms")
+    )
+    root = directory / "nodes/node-1"
+    now = time.time()
+    controlfile.write_mapping(
+        root / "exec_status_3.txt",
+        {"g": 3, "phase": "IDLE", "status": "IN_PROGRESS", "started_at": utc(now - 0.5), "updated_at": utc(now - 0.5)},
+        expected_version=None,
+    )
+    assert _kinds(run_doctor(directory, now=now)) == ["exec_sla:node-1:3:IDLE"]
+
+
+def test_doctor_second_pass_reads_only_new_bytes(tmp_path: Path) -> None:
+    directory = tmp_path / "sim"
+    sim_init(directory, 3)
+    sim_run(directory, iterations=2, seed=1, faults={})
+    first = run_doctor(directory)
+    wal_bytes = sum(p.stat().st_size - 64 for p in (directory / "nodes").glob("*/wal/*.wal"))
+    assert first.bytes_read == wal_bytes
+    assert run_doctor(directory).bytes_read == 0
+    sim_run(directory, iterations=1, seed=2, faults={})
+    grown = sum(p.stat().st_size - 64 for p in (directory / "nodes").glob("*/wal/*.wal"))
+    third = run_doctor(directory)
+    assert third.bytes_read == grown - wal_bytes and third.healthy
+
+
+def test_doctor_invalid_repo_is_a_config_finding(cli: Invoke, healthy: Path, tmp_path: Path) -> None:
+    directory = tmp_path / "bad"
+    shutil.copytree(healthy, directory)
+    (directory / "policies/thresholds.yaml").write_text(
+        (directory / "policies/thresholds.yaml").read_text().replace("phi:\n", "phi:\n  k: 5\n")
+    )
+    result = cli("--repo", directory, "doctor")
+    assert result.exit_code == 2 and "config" in result.stdout and "phi.k: must be at most 2.0" in result.stdout
