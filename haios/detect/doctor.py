@@ -14,7 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..config import load_repo, validate_repo
+from ..config import Problem, load_repo
+from ..errors import ConfigError
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import parse_utc, utc
 from ..wal import verify
@@ -163,15 +164,24 @@ def _health(obs: NodeObservation, findings: list[Finding]) -> str:
 
 
 def run_doctor(
-    repo: Path | str, *, now: float | None = None, full: bool = False, parallelism: int = 16, timeout: float = 60.0
+    repo: Path | str, *, now: float | None = None, full: bool = False, parallelism: int = 1, timeout: float = 60.0
 ) -> DoctorReport:
-    """Diagnose the cluster of the desired-state repo at ``repo``."""
+    """Diagnose the cluster of the desired-state repo at ``repo``.
+
+    Local nodes are observed one after the other by default: reading a local WAL is CPU-bound, and
+    threads only add contention for the interpreter lock (measured: 8 nodes took 1.0 s on one thread,
+    2.5 s on sixteen). ``parallelism`` pays off for transports that wait on the network.
+    """
     path = Path(repo)
     at = time.time() if now is None else now
     report = DoctorReport(path, at, convicted=True, pause_reason="")
-    problems = validate_repo(path).problems
-    if problems:
-        for p in problems:
+    try:
+        config = load_repo(path)
+    except ConfigError as exc:
+        if not exc.problems:
+            raise
+        for problem in exc.problems:
+            assert isinstance(problem, Problem)
             report.findings.append(
                 Finding(
                     "config",
@@ -179,13 +189,12 @@ def run_doctor(
                     (),
                     None,
                     None,
-                    str(p),
-                    {"file": p.file, "line": p.line, "key": p.key},
+                    str(problem),
+                    {"file": problem.file, "line": problem.line, "key": problem.key},
                     f"haios --repo {path} validate",
                 )
             )
         return report
-    config = load_repo(path)
     local = {n.name: n.local_root(path) for n in config.cluster.nodes if n.transport == "local"}
     for spec in config.cluster.nodes:
         if spec.transport != "local":

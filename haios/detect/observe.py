@@ -15,7 +15,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from ..wal.writer import LOCK_NAME
 from .detectors import NodeObservation, PhaseSummary
 
 CACHE_DIR = "status/observed"
+_SUMMARISED = frozenset({RecordType.BEGIN_PHASE, RecordType.PREPARE, RecordType.COMMIT_PHASE, RecordType.ABORT_PHASE})
 KEEP_COMPLETED = 20  # completed phase summaries kept per node (open ones are always kept)
 STATE_VERSION = 1
 
@@ -80,12 +81,14 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
     cursor = Cursor(**state["cursor"]) if state["cursor"] else None
     # A short record at the very end is an append in progress only while a writer holds the lock;
     # otherwise it is a torn tail and must be reported.
-    reader = WalReader(root / "wal", cursor=cursor, partial_ok=writer_active(root / "wal"))
+    reader = WalReader(root / "wal", cursor=cursor, partial_ok=writer_active(root / "wal"), decode=False)
     phases = _summaries_from(state["phases"])
     durations: dict[str, list[float]] = {k: list(v) for k, v in state["durations"].items()}
     corruption = None
     try:
         for record in reader:
+            if record.type not in _SUMMARISED:
+                continue  # framing and CRC are verified; only these four types need their payload read
             p = record.payload
             key: tuple[int, str] = (p.get("g", -1), p.get("phase", ""))
             if record.type is RecordType.BEGIN_PHASE:
@@ -95,11 +98,9 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
             elif key in phases and phases[key].ended is None:
                 s = phases[key]
                 if record.type is RecordType.PREPARE:
-                    phases[key] = PhaseSummary(**{**asdict(s), "prepared": True})
+                    phases[key] = replace(s, prepared=True)
                 elif record.type in (RecordType.COMMIT_PHASE, RecordType.ABORT_PHASE):
-                    phases[key] = PhaseSummary(
-                        **{**asdict(s), "ended": record.type.name, "end_ts": p["ts"], "end_lamport": record.lamport}
-                    )
+                    phases[key] = replace(s, ended=record.type.name, end_ts=p["ts"], end_lamport=record.lamport)
                     if record.type is RecordType.COMMIT_PHASE:
                         window = durations.setdefault(s.phase, [])
                         window.append(p["ts"] - s.begin_ts)
@@ -147,7 +148,11 @@ def observe_node(repo: Path, node: str, root: Path) -> tuple[NodeObservation, di
             obs.heartbeat = body
         elif name == "gossip":
             obs.gossip = body
-    for path in sorted(root.glob("exec_status_*.txt")):
+    # Only the current and the next iteration can have a phase IN_PROGRESS; older files are history.
+    current_g = int((obs.state or {}).get("g") or 0)
+    for path in (root / f"exec_status_{g}.txt" for g in (current_g, current_g + 1)):
+        if not path.exists():
+            continue
         try:
             body, _ = controlfile.read_mapping(path)
             obs.exec_status[int(body["g"])] = body

@@ -26,8 +26,8 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -37,7 +37,7 @@ from ..config.dataschemas import DataSchema, validate_data
 from ..errors import BarrierError, HaiosError, PartitionError, VersionConflict
 from ..fsutil import fsync_dir, makedirs_durable
 from ..vclock import VClock
-from ..wal import Record, RecordType, Wal, read_records
+from ..wal import Cursor, Record, RecordType, Wal, WalCorruptError, read_records
 from . import snapshot
 from .paths import confine
 
@@ -74,11 +74,11 @@ class PhaseLog:
     ended: str | None = None  # "COMMIT_PHASE" or "ABORT_PHASE"
 
 
-def scan_phases(root: Path) -> dict[tuple[int, str], PhaseLog]:
-    """The latest attempt of every (g, phase) in the node's WAL."""
+def scan_phases(root: Path, *, records: Iterable[Record] | None = None) -> dict[tuple[int, str], PhaseLog]:
+    """The latest attempt of every (g, phase) in the node's WAL (or in ``records``, a part of it)."""
     logs: dict[tuple[int, str], PhaseLog] = {}
     current: PhaseLog | None = None
-    for record in read_records(root / "wal"):
+    for record in read_records(root / "wal") if records is None else records:
         p = record.payload
         if record.type is RecordType.BEGIN_PHASE:
             current = PhaseLog(
@@ -150,9 +150,32 @@ class Node:
         value = body.get("max_g")
         return int(value) if value is not None else None
 
+    def _tail(self) -> Iterator[Record]:
+        """The WAL's records after the last COMMIT/ABORT that state.txt knows of.
+
+        A node runs one phase at a time, so an open phase always begins after the last record that
+        ended one; state.txt keeps where that record ends (``wal_cursor``), so only the tail is read.
+        A crash before state.txt was updated only makes the read start a little earlier. A cursor that
+        no longer fits the WAL (repaired, replaced) falls back to reading it whole.
+        """
+        state, _ = self.state()
+        saved = state.get("wal_cursor")
+        if saved:
+            started = False
+            try:
+                for record in read_records(self.root / "wal", cursor=Cursor(**saved)):
+                    started = True
+                    yield record
+                return
+            except WalCorruptError:
+                if started:
+                    raise  # real damage after the cursor, not a stale cursor
+        yield from read_records(self.root / "wal")
+
     def open_phase(self) -> PhaseLog | None:
         """The phase this node began and neither committed nor aborted, if any."""
-        open_logs = [log for log in scan_phases(self.root).values() if log.ended is None]
+        logs = scan_phases(self.root, records=self._tail()).values()
+        open_logs = [log for log in logs if log.ended is None]
         return max(open_logs, key=lambda log: log.begin_lamport) if open_logs else None
 
     def _wal(self) -> Wal:
@@ -160,9 +183,11 @@ class Node:
 
     def _vclock(self) -> VClock:
         last: Record | None = None
-        for record in read_records(self.root / "wal"):
+        for record in self._tail():
             last = record
-        return VClock.from_json(last.payload.get("vc", {})) if last is not None else VClock()
+        if last is not None:
+            return VClock.from_json(last.payload.get("vc", {}))
+        return VClock.from_json(self.state()[0].get("vc") or {})
 
     def begin(self, g: int, phase: str, *, participants: list[str], trace_id: str | None = None) -> PhaseTx:
         """Enter (g, phase): guards, snapshot of data/, BEGIN_PHASE (durable), exec_status IN_PROGRESS."""
@@ -211,7 +236,7 @@ class Node:
 
     def resume(self, g: int, phase: str) -> PhaseTx:
         """Reopen the open (g, phase) after an executor restart; the transaction knows what is logged."""
-        log = scan_phases(self.root).get((g, phase))
+        log = scan_phases(self.root, records=self._tail()).get((g, phase))
         if log is None or log.ended is not None:
             raise BarrierError(f"{self.root}: (g={g}, {phase}) is not open on {self.name}; nothing to resume")
         if self.partitioned():
@@ -349,7 +374,7 @@ class PhaseTx:
         state, version = self.node.state()
         controlfile.write_mapping(
             self.node.root / "state.txt",
-            {**state, "g": self.g, "ph": self.phase, "status": "READY"},
+            {**state, "g": self.g, "ph": self.phase, "status": "READY", **self._end_marks()},
             expected_version=version,
         )
         self._exec_status("DONE")
@@ -367,9 +392,15 @@ class PhaseTx:
         self._append(RecordType.ABORT_PHASE, {"reason": reason})
         self.log.ended = "ABORT_PHASE"
         state, version = self.node.state()
-        controlfile.write_mapping(self.node.root / "state.txt", {**state, "status": "READY"}, expected_version=version)
+        controlfile.write_mapping(
+            self.node.root / "state.txt", {**state, "status": "READY", **self._end_marks()}, expected_version=version
+        )
         self._exec_status("FAILED")
         self.close()
+
+    def _end_marks(self) -> dict[str, Any]:
+        """What state.txt keeps of the record that just ended the phase: where the WAL goes on, the clock."""
+        return {"wal_cursor": asdict(self.wal.position()), "vc": self.vc.to_json()}
 
     def _exec_status(self, status: str) -> None:
         path = self.node.root / f"exec_status_{self.g}.txt"

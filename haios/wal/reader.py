@@ -19,6 +19,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,9 @@ class Record:
     flags: int
     raw: bytes  # the JSON payload bytes
 
-    @property
+    @cached_property
     def payload(self) -> dict[str, Any]:
+        """The payload, parsed once (a reader that verifies payloads has parsed it already)."""
         return parse_json(self.raw)
 
 
@@ -443,11 +445,12 @@ class WalReader:
         stored = body[RECORD_HEADER_SIZE - 4 :]
         try:
             raw = decode_payload(stored, raw_length, flags)
+            record = Record(rlamport, RecordType(rtype), seg.name, pos, crc, flags, raw)
             if self.decode:
-                parse_json(raw)
+                record.payload  # noqa: B018 - parse now: a payload that is not JSON is corruption
         except ValueError as exc:
             raise _Bad(pos, f"payload: {exc}", False, expected) from None
-        return Record(rlamport, RecordType(rtype), seg.name, pos, crc, flags, raw), stored
+        return record, stored
 
     @staticmethod
     def _physical(f: _File, pos: int, reason: str, end: int | None = None) -> str:

@@ -136,7 +136,7 @@ class Wal:
         if not segments:
             self._wal_id = secrets.randbits(63)
             return
-        reader = WalReader(self.directory, from_lamport=segments[-1].first_lamport, decode=False)
+        reader = WalReader(self.directory, from_lamport=segments[-1].first_lamport, decode=False, verify_only=True)
         try:
             for _ in reader:
                 pass
@@ -145,7 +145,7 @@ class Wal:
                 raise
             report = repair_wal(self.directory)
             log.warning("repaired torn WAL tail: %s", report.summary())
-            reader = WalReader(self.directory, from_lamport=segments[-1].first_lamport, decode=False)
+            reader = WalReader(self.directory, from_lamport=segments[-1].first_lamport, decode=False, verify_only=True)
             for _ in reader:
                 pass
         last = segments[-1]
@@ -163,6 +163,11 @@ class Wal:
     @property
     def last_lamport(self) -> int:
         return self._lamport
+
+    def position(self) -> Cursor:
+        """Where the next record will go, with the chain state a reader needs to continue from there."""
+        with self._mutex:
+            return Cursor(self._seq, self._offset, self._lamport, self._crc)
 
     def append(
         self,

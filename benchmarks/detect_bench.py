@@ -1,0 +1,202 @@
+"""Detection benchmarks: doctor over many nodes (first and incremental pass), and detection latency.
+
+    .venv/bin/python benchmarks/detect_bench.py [--dir DIR] [--nodes 1000] [--records 10000] [--quick]
+
+1. `haios doctor` over NODES local nodes whose WALs hold RECORDS records each (one WAL written
+   through `Wal.append` — whole phases, BEGIN, INTENT, PREPARE, COMMIT — and copied to every node). The first pass
+   reads everything; then one more transition is logged on every node and a second pass runs.
+   Targets: the second pass reads <= 5 % of the bytes of the first and takes <= 20 % of its time.
+   Wall time and peak RSS of each pass come from a child process.
+2. Detection latency in the simulator: a node's writer is SIGKILLed mid-phase; doctor polls every
+   POLL seconds; the latency from the kill to the wal_gap finding is compared with the detector's own
+   timeout for that phase (target: latency <= 1.1 x timeout + one polling interval).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from haios import controlfile
+from haios.config import load_repo
+from haios.config.scaffold import init_repo
+from haios.detect.doctor import run_doctor
+from haios.node import Node
+from haios.sim.simulator import sim_init, sim_run
+from haios.wal import RecordType, Wal
+
+POLL = 0.1
+
+DOCTOR_CHILD = """
+import json, resource, sys, time
+from haios.detect.doctor import run_doctor
+t = time.perf_counter(); report = run_doctor(sys.argv[1]); elapsed = time.perf_counter() - t
+print(json.dumps({"seconds": elapsed, "bytes": report.bytes_read, "healthy": report.healthy,
+                  "findings": len(report.findings), "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def _doctor_child(repo: Path) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", DOCTOR_CHILD, str(repo)], capture_output=True, text=True, check=True)
+    result: dict[str, float] = json.loads(out.stdout)
+    return result
+
+
+def build_cluster(root: Path, nodes: int, records: int) -> Path:
+    """A repo of NODES local nodes whose WALs hold RECORDS records of whole phases each."""
+    repo = init_repo(root / "repo", cluster="bench", nodes=nodes).path
+    config = load_repo(repo)
+    roots = [n.local_root(repo) for n in config.cluster.nodes]
+    template = roots[0]
+    g = lamport = 0
+    now = time.time() - 86400
+    with Wal.open(template / "wal") as wal:
+        while lamport < records:  # whole phases, 4 records each: BEGIN, INTENT, PREPARE, COMMIT
+            g += 1
+            for phase in ("ANALYZE", "BLUEPRINT", "CONSTRUCT", "VALIDATE", "IDLE"):
+                common = {
+                    "node": "node-1",
+                    "g": g,
+                    "phase": phase,
+                    "trace_id": f"t-{g}-{phase}",
+                    "vc": {"node-1": lamport + 1},
+                }
+                now += 1
+                wal.append(
+                    RecordType.BEGIN_PHASE,
+                    {**common, "ts": now, "snapshot": f"{g}-{phase}", "participants": ["node-1"]},
+                )
+                wal.append(
+                    RecordType.INTENT,
+                    {
+                        **common,
+                        "ts": now,
+                        "seq": 1,
+                        "op": "write",
+                        "path": f"{phase.lower()}.conf",
+                        "expected_version": g - 1 or None,
+                        "sha256": "0" * 64,
+                        "content_b64": "Zz0xCg==",
+                    },
+                    durable=False,
+                )
+                wal.append(RecordType.PREPARE, {**common, "ts": now, "intent_count": 1, "digest": "d"})
+                lamport = wal.append(RecordType.COMMIT_PHASE, {**common, "ts": now + 0.5, "digest": "d"})
+        position = wal.position()
+    state, version = controlfile.read_mapping(template / "state.txt")
+    marks = {"wal_cursor": asdict(position), "vc": {"node-1": lamport}}
+    controlfile.write_mapping(
+        template / "state.txt", {**state, "g": g, "ph": "IDLE", **marks}, expected_version=version
+    )
+    for other in roots[1:]:
+        shutil.rmtree(other)
+        subprocess.run(["cp", "-a", str(template), str(other)], check=True)
+    return repo
+
+
+def one_more_transition(repo: Path) -> None:
+    config = load_repo(repo)
+    for spec in config.cluster.nodes:
+        node = Node(spec.local_root(repo))
+        state, _ = node.state()
+        g = state["g"] + 1
+        with node.begin(g, "ANALYZE", participants=[node.name]) as tx:
+            tx.prepare()
+            tx.commit()
+
+
+def bench_doctor(root: Path, nodes: int, records: int) -> dict[str, float]:
+    started = time.perf_counter()
+    repo = build_cluster(root, nodes, records)
+    built = time.perf_counter() - started
+    first = _doctor_child(repo)
+    one_more_transition(repo)
+    second = _doctor_child(repo)
+    return {"built_s": built, "first": first, "second": second}  # type: ignore[dict-item]
+
+
+def bench_latency(root: Path, trials: int) -> list[tuple[float, float]]:
+    """(latency, timeout) per trial: from the kill to the wal_gap finding."""
+    results = []
+    for trial in range(trials):
+        directory = root / f"lat{trial}"
+        sim_init(directory, 3)
+        report = sim_run(directory, iterations=1, seed=trial, faults={"kill": 1.0})
+        kill = next(f for f in report.faults if f["fault"] == "kill")
+        if kill["point"] == "after_some_commits" or report.stopped_at is None:
+            continue  # a coordinator death is a partial commit, measured by its own detector
+        killed_at = float(kill.get("ts", time.time()))
+        with open(directory / ".sim/faults.jsonl") as fh:
+            killed_at = max(json.loads(line)["ts"] for line in fh if json.loads(line)["fault"] == "kill")
+        deadline = time.time() + 60
+        timeout = None
+        while time.time() < deadline:
+            found = [f for f in run_doctor(directory).findings if f.kind == "wal_gap"]
+            if found:
+                timeout = found[0].evidence["timeout_s"]
+                results.append((time.time() - killed_at, float(timeout)))
+                break
+            time.sleep(POLL)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--records", type=int, default=10_000)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    args = parser.parse_args()
+    nodes, records, trials = (20, 200, 2) if args.quick else (args.nodes, args.records, 6)
+    work = Path(tempfile.mkdtemp(prefix="haios-detectbench-", dir=args.dir))
+    try:
+        d = bench_doctor(work, nodes, records)
+        latencies = bench_latency(work, trials)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    first, second = d["first"], d["second"]  # type: ignore[index]
+    byte_ratio = second["bytes"] / first["bytes"]  # type: ignore[index]
+    time_ratio = second["seconds"] / first["seconds"]  # type: ignore[index]
+    ratios = [lat / (timeout * 1.1 + POLL) for lat, timeout in latencies]
+    rows = [
+        ("measure", "value", "target", "ok"),
+        (
+            f"doctor pass 1 ({nodes} nodes x {records} records)",
+            f"{first['seconds']:.1f} s, {first['bytes'] / 1e6:.0f} MB read, RSS {first['rss_kib'] / 1024:.0f} MiB",
+            "",
+            "",
+        ),  # type: ignore[index]
+        (
+            "doctor pass 2 (one new transition per node)",
+            f"{second['seconds']:.2f} s, {second['bytes'] / 1e6:.2f} MB read, RSS {second['rss_kib'] / 1024:.0f} MiB",
+            "",
+            "",
+        ),  # type: ignore[index]
+        ("pass 2 / pass 1, bytes", f"{byte_ratio:.4f}", "<= 0.05", "yes" if byte_ratio <= 0.05 else "NO"),
+        ("pass 2 / pass 1, time", f"{time_ratio:.3f}", "<= 0.20", "yes" if time_ratio <= 0.2 else "NO"),
+        (
+            f"detection latency / (1.1 x timeout + {POLL} s), median of {len(ratios)}",
+            f"{statistics.median(ratios):.2f} (latency {statistics.median([lat for lat, _ in latencies]):.2f} s, timeout {statistics.median([t for _, t in latencies]):.2f} s)"
+            if ratios
+            else "no trial",
+            "<= 1.0",
+            "yes" if ratios and max(ratios) <= 1.0 else "NO",
+        ),
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    print(f"\n(building the cluster took {d['built_s']:.0f} s)")
+    return 0 if all(row[3] in ("", "yes") for row in rows[1:]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
