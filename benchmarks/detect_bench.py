@@ -45,6 +45,7 @@ print(json.dumps({"seconds": elapsed, "bytes": report.bytes_read, "healthy": rep
 
 
 def _doctor_child(repo: Path) -> dict[str, float]:
+    subprocess.run(["sync"], check=True)  # each pass starts with no writeback of the setup pending
     out = subprocess.run([sys.executable, "-c", DOCTOR_CHILD, str(repo)], capture_output=True, text=True, check=True)
     result: dict[str, float] = json.loads(out.stdout)
     return result

@@ -68,10 +68,13 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def replace_in_dir(dir_fd: int, directory: Path, name: str, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``name`` inside the (already locked) directory ``dir_fd`` atomically and durably.
+def replace_in_dir(
+    dir_fd: int, directory: Path, name: str, data: bytes, mode: int = 0o644, *, durable: bool = True
+) -> None:
+    """Replace ``name`` inside the (already locked) directory ``dir_fd`` atomically (and durably).
 
-    The caller must hold :func:`locked_dir` on the directory.
+    The caller must hold :func:`locked_dir` on the directory. ``durable=False`` skips the fsyncs: the
+    replacement is still atomic, but a crash may bring the old content back (for caches only).
     """
     tmp = temp_name(name)
     target = directory / name
@@ -88,7 +91,8 @@ def replace_in_dir(dir_fd: int, directory: Path, name: str, data: bytes, mode: i
         try:
             write_all(fd, data)
             # An fsync error is never retried on the same descriptor: the temp file is dropped.
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -96,21 +100,24 @@ def replace_in_dir(dir_fd: int, directory: Path, name: str, data: bytes, mode: i
         with contextlib.suppress(OSError):  # the next writer truncates it anyway
             os.unlink(tmp, dir_fd=dir_fd)
         raise _storage_error(target, "write", exc) from exc
+    if not durable:
+        return
     try:
         os.fsync(dir_fd)
     except OSError as exc:
         raise _storage_error(target, "make the rename durable (directory fsync)", exc) from exc
 
 
-def atomic_write(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
+def atomic_write(path: Path | str, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
     """Write ``data`` to ``path`` atomically and durably (temp, fsync, rename, directory fsync).
 
     Readers see either the old content or the new one, never a mix, whatever happens to the
     writer. Raises :class:`StorageError` on any I/O failure, leaving the old file in place.
+    ``durable=False`` (caches only) skips the fsyncs.
     """
     target = Path(path)
     with locked_dir(target.parent) as dir_fd:
-        replace_in_dir(dir_fd, target.parent, target.name, data, mode)
+        replace_in_dir(dir_fd, target.parent, target.name, data, mode, durable=durable)
 
 
 def makedirs_durable(directory: Path | str) -> None:

@@ -18,6 +18,7 @@ from ..config import Problem, load_repo
 from ..errors import ConfigError
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import parse_utc, utc
+from ..transport import LocalTransport
 from ..wal import verify
 from .detectors import TIMING_KINDS, Finding, NodeObservation, Thresholds, run_detectors
 from .observe import CACHE_DIR, observe
@@ -210,7 +211,9 @@ def run_doctor(
                     "observe it with a local root, or wait for the SSH transport",
                 )
             )
-    observations, durations = observe(path, local, parallelism=parallelism, timeout=timeout)
+    observations, durations = observe(
+        path, LocalTransport(local), sorted(local), parallelism=parallelism, timeout=timeout
+    )
     report.bytes_read = sum(o.bytes_read for o in observations.values())
     estimators = Estimators.from_thresholds(config.thresholds)
     estimators.feed(durations)
@@ -294,8 +297,10 @@ def run_doctor(
         Finding(**{**f.__dict__, "first_seen": seen.get(f.key, at), "fix": concrete(f.fix)}) for f in findings
     ]
     makedirs_durable(path / CACHE_DIR)
-    atomic_write(seen_file, json.dumps({f.key: f.first_seen for f in report.findings}, sort_keys=True).encode())
-    atomic_write(pass_file, json.dumps({"at": at}).encode())
+    atomic_write(
+        seen_file, json.dumps({f.key: f.first_seen for f in report.findings}, sort_keys=True).encode(), durable=False
+    )
+    atomic_write(pass_file, json.dumps({"at": at}).encode(), durable=False)
     for node in sorted(observations):
         obs = observations[node]
         age = at - parse_utc(obs.heartbeat["wall_time"]) if obs.heartbeat else None

@@ -22,6 +22,7 @@ from typing import Any
 from .. import controlfile
 from ..errors import HaiosError
 from ..fsutil import atomic_write, makedirs_durable
+from ..transport import Transport
 from ..wal import Cursor, RecordType, WalCorruptError, WalReader
 from ..wal.writer import LOCK_NAME
 from .detectors import NodeObservation, PhaseSummary
@@ -138,6 +139,9 @@ def observe_node(repo: Path, node: str, root: Path) -> tuple[NodeObservation, di
         if not path.exists() and name in ("heartbeat", "gossip"):
             continue
         try:
+            if name in ("fence", "policy"):
+                controlfile.read(path)  # integrity only: the policy holds the whole membership, large to parse
+                continue
             body, _ = controlfile.read_mapping(path)
         except HaiosError as exc:
             obs.control_errors.append(exc.message)
@@ -170,19 +174,28 @@ def observe_node(repo: Path, node: str, root: Path) -> tuple[NodeObservation, di
     obs.records = state["records"]
     obs.bytes_read = read
     makedirs_durable(repo / CACHE_DIR)
-    atomic_write(_cache_path(repo, node), json.dumps(state, sort_keys=True).encode())
+    # a cache: if a crash loses it, the next pass reads the WAL from the start
+    atomic_write(_cache_path(repo, node), json.dumps(state, sort_keys=True).encode(), durable=False)
     return obs, state["durations"]
 
 
+def _observe_through(repo: Path, transport: Transport, node: str) -> tuple[NodeObservation, dict[str, list[float]]]:
+    try:
+        root = transport.local_view(node)
+    except HaiosError as exc:
+        return NodeObservation(node, reachable=False, error=exc.message), {}
+    return observe_node(repo, node, root)
+
+
 def observe(
-    repo: Path, roots: dict[str, Path], *, parallelism: int = 16, timeout: float = 60.0
+    repo: Path, transport: Transport, nodes: list[str], *, parallelism: int = 1, timeout: float = 60.0
 ) -> tuple[dict[str, NodeObservation], dict[str, list[float]]]:
-    """Observe every node; durations of all nodes are pooled per phase (they share an estimator)."""
+    """Observe ``nodes`` through ``transport``; durations of all nodes are pooled per phase."""
     observations: dict[str, NodeObservation] = {}
     durations: dict[str, list[float]] = {}
-    workers = max(1, min(parallelism, len(roots), (os.cpu_count() or 1) * 4))
+    workers = max(1, min(parallelism, len(nodes), (os.cpu_count() or 1) * 4))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {node: pool.submit(observe_node, repo, node, root) for node, root in sorted(roots.items())}
+        futures = {node: pool.submit(_observe_through, repo, transport, node) for node in sorted(nodes)}
         for node, future in futures.items():
             try:
                 obs, durs = future.result(timeout=timeout)

@@ -123,6 +123,7 @@ class Node:
         self.root = Path(root)
         self.clock = clock
         self.sync = sync  # the WAL's fdatasync (the simulator slows it down)
+        self._policy: tuple[int, dict[str, Any]] | None = None
         state, _ = controlfile.read_mapping(self.root / "state.txt")
         self.name: str = state["node"]
 
@@ -140,14 +141,21 @@ class Node:
         body, _ = controlfile.read_mapping(path)
         return body.get("partition_status") == "PARTITIONED"
 
+    @property
+    def policy(self) -> dict[str, Any]:
+        """The compiled desired state reconcile pushed; parsed again only when its version changes
+        (it holds the whole membership, so parsing it is the expensive part)."""
+        cf = controlfile.read(self.root / "policy")
+        if self._policy is None or self._policy[0] != cf.version:
+            self._policy = (cf.version, controlfile.load_mapping(cf))
+        return self._policy[1]
+
     def data_schemas(self) -> list[DataSchema]:
         """The schemas for data/ files that reconcile pushed in the policy file."""
-        body, _ = controlfile.read_mapping(self.root / "policy")
-        return [DataSchema.from_dict(s) for s in body.get("data_schemas") or []]
+        return [DataSchema.from_dict(s) for s in self.policy.get("data_schemas") or []]
 
     def max_g(self) -> int | None:
-        body, _ = controlfile.read_mapping(self.root / "policy")
-        value = body.get("max_g")
+        value = self.policy.get("max_g")
         return int(value) if value is not None else None
 
     def _tail(self) -> Iterator[Record]:

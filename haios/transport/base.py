@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 
@@ -14,4 +15,12 @@ class Transport(Protocol):
 
     def read_file(self, node: str, relpath: str) -> bytes | None:
         """The bytes of ``<root of node>/relpath``, or None when the file does not exist."""
+        ...
+
+    def local_view(self, node: str) -> Path:
+        """A local directory with the node root's files, current as of this call.
+
+        For a local node it is the root itself; a remote transport keeps a mirror, fetching only what
+        is new (WAL segments grow by appending), which is what makes incremental reads cheap.
+        """
         ...

@@ -21,6 +21,9 @@ class LocalTransport:
         except KeyError:
             raise TransportError(f"{node}: unknown node") from None
 
+    def local_view(self, node: str) -> Path:
+        return self.root(node)
+
     def read_file(self, node: str, relpath: str) -> bytes | None:
         path = self.root(node) / relpath
         try:
