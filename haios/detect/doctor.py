@@ -119,14 +119,7 @@ def _integrity(obs: NodeObservation, root: Path, full: bool) -> list[Finding]:
     if full and wal_error is None:
         report = verify(root / "wal")
         if report.corruption is not None:
-            c = report.corruption
-            wal_error = {
-                "segment": c.segment,
-                "offset": c.offset,
-                "lamport": c.lamport,
-                "reason": c.reason,
-                "torn_tail": c.torn_tail,
-            }
+            wal_error = report.corruption.as_dict()
     if wal_error is not None:
         torn = wal_error["torn_tail"]
         out.append(

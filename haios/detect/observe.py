@@ -107,14 +107,7 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
                         window.append(p["ts"] - s.begin_ts)
                         del window[:-100]
     except WalCorruptError as exc:
-        c = exc.corruption
-        corruption = {
-            "segment": c.segment,
-            "offset": c.offset,
-            "lamport": c.lamport,
-            "reason": c.reason,
-            "torn_tail": c.torn_tail,
-        }
+        corruption = exc.corruption.as_dict()
     completed = sorted((s for s in phases.values() if s.ended), key=lambda s: s.end_lamport or 0)[-KEEP_COMPLETED:]
     kept = [s for s in phases.values() if not s.ended] + completed
     state.update(

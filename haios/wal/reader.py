@@ -78,6 +78,15 @@ class Corruption:
     def kind(self) -> str:
         return "torn tail" if self.torn_tail else "mid-log corruption"
 
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "segment": self.segment,
+            "offset": self.offset,
+            "lamport": self.lamport,
+            "reason": self.reason,
+            "torn_tail": self.torn_tail,
+        }
+
     def describe(self) -> str:
         where = f"segment {self.segment} offset {self.offset}"
         if self.lamport is not None:
