@@ -26,6 +26,16 @@ def healthy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+def _fresh_copy(healthy: Path, directory: Path) -> Path:
+    """A copy of the healthy cluster whose nodes have just beaten (however long ago it was made)."""
+    from haios.node.heartbeat import beat
+
+    shutil.copytree(healthy, directory)
+    for root in sorted((directory / "nodes").iterdir()):
+        beat(root, root.name, time.time())
+    return directory
+
+
 def _sim(tmp_path: Path, faults: str, seed: int = 7, nodes: int = 5) -> Path:
     directory = tmp_path / "sim"
     sim_init(directory, nodes)
@@ -54,8 +64,7 @@ def test_doctor_acceptance_kill_names_node_g_phase_with_phi(cli: Invoke, tmp_pat
 
 
 def test_doctor_healthy_cluster_exits_zero(cli: Invoke, healthy: Path, tmp_path: Path) -> None:
-    directory = tmp_path / "ok"
-    shutil.copytree(healthy, directory)
+    directory = _fresh_copy(healthy, tmp_path / "ok")
     result = cli("--repo", directory, "doctor")
     assert result.exit_code == 0, result.stdout
     assert result.stdout.rstrip().endswith(f"{directory}: healthy (5 nodes)")
@@ -91,8 +100,7 @@ def test_doctor_torn_tail_and_bitflip(tmp_path: Path) -> None:
 
 
 def test_doctor_partition_and_heartbeat_loss(healthy: Path, tmp_path: Path) -> None:
-    directory = tmp_path / "p"
-    shutil.copytree(healthy, directory)
+    directory = _fresh_copy(healthy, tmp_path / "p")
     root = directory / "nodes/node-2"
     now = time.time()
     controlfile.write_mapping(
@@ -113,8 +121,7 @@ def test_doctor_partition_and_heartbeat_loss(healthy: Path, tmp_path: Path) -> N
 
 
 def test_doctor_exec_sla(healthy: Path, tmp_path: Path) -> None:
-    directory = tmp_path / "s"
-    shutil.copytree(healthy, directory)
+    directory = _fresh_copy(healthy, tmp_path / "s")
     state = directory / "desired/state.yaml"
     state.write_text(
         state.read_text().replace("  IDLE:\n    on_partial: auto", "  IDLE:\n    on_partial: auto\n    sla: 100ms")
@@ -144,8 +151,7 @@ def test_doctor_second_pass_reads_only_new_bytes(tmp_path: Path) -> None:
 
 
 def test_doctor_invalid_repo_is_a_config_finding(cli: Invoke, healthy: Path, tmp_path: Path) -> None:
-    directory = tmp_path / "bad"
-    shutil.copytree(healthy, directory)
+    directory = _fresh_copy(healthy, tmp_path / "bad")
     (directory / "policies/thresholds.yaml").write_text(
         (directory / "policies/thresholds.yaml").read_text().replace("phi:\n", "phi:\n  k: 5\n")
     )
