@@ -346,6 +346,12 @@ class WalReader:
 
     _header: SegmentHeader
 
+    def drain(self) -> WalReader:
+        """Read to the end (or the first bad record, which raises), keeping nothing; returns self."""
+        for _ in self:
+            continue
+        return self
+
     def _fail(self, seg: Segment, bad: _Bad, last: bool, salt: int | None) -> WalCorruptError:
         torn = bad.physical and last and salt is not None and not valid_record_after(seg.path, bad.offset + 1, salt)
         return WalCorruptError(self.directory, Corruption(seg.name, bad.offset, bad.lamport, bad.reason, torn))
@@ -541,8 +547,7 @@ def verify_segments(directory: Path, segments: list[Segment], *, ends_wal: bool)
     reader = WalReader(directory, decode=False, verify_only=True, segments=segments, ends_wal=ends_wal)
     corruption = None
     try:
-        for _ in reader:
-            pass
+        reader.drain()
     except WalCorruptError as exc:
         corruption = exc.corruption
     end = reader.cursor

@@ -138,16 +138,15 @@ class Wal:
             return
         reader = WalReader(self.directory, from_lamport=segments[-1].first_lamport, decode=False, verify_only=True)
         try:
-            for _ in reader:
-                pass
+            reader.drain()
         except WalCorruptError as exc:
             if not (repair and exc.corruption.torn_tail):
                 raise
             report = repair_wal(self.directory)
             log.warning("repaired torn WAL tail: %s", report.summary())
-            reader = WalReader(self.directory, from_lamport=segments[-1].first_lamport, decode=False, verify_only=True)
-            for _ in reader:
-                pass
+            reader = WalReader(
+                self.directory, from_lamport=segments[-1].first_lamport, decode=False, verify_only=True
+            ).drain()
         last = segments[-1]
         header = reader._header
         cursor = reader.cursor or Cursor(last.seq, fmt.SEGMENT_HEADER_SIZE, header.prev_lamport, header.prev_crc)
