@@ -16,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..config.model import PHASES
 from ..errors import BarrierError, HaiosError
-from ..node.transaction import PHASES, next_transition
+from ..node.transaction import next_transition
 from ..vclock import VClock
 
 COORDINATOR = "coordinator"

@@ -13,6 +13,7 @@ from typing import Any
 PHASES: tuple[str, ...] = ("ANALYZE", "BLUEPRINT", "CONSTRUCT", "VALIDATE", "IDLE")
 
 RUNTIME_MODE_K = {"STRICT": 1.2, "NORMAL": 1.6, "DEV_FAST": 2.0}  # SPEC §3
+PRIOR_MEANS = {"ANALYZE": 15.0, "BLUEPRINT": 20.0, "CONSTRUCT": 120.0, "VALIDATE": 30.0, "IDLE": 10.0}  # SPEC §3
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -113,9 +114,7 @@ class Phi:
     outlier_cap: float = 3.0
     blend_samples: int = 10
     prior_sigma_ratio: float = 0.5
-    priors: dict[str, float] = field(
-        default_factory=lambda: {"ANALYZE": 15.0, "BLUEPRINT": 20.0, "CONSTRUCT": 120.0, "VALIDATE": 30.0, "IDLE": 10.0}
-    )
+    priors: dict[str, float] = field(default_factory=lambda: dict(PRIOR_MEANS))
 
 
 @dataclass(frozen=True)

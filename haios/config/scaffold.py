@@ -17,6 +17,7 @@ from ..fsutil import atomic_write, fsync_dir, makedirs_durable
 from ..gitrepo import init_and_commit
 from ..node.root import init_node_root
 from ..resources import data_dir
+from .model import PHASES
 from .validate import load_repo
 
 NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -100,9 +101,7 @@ def _desired_yaml(nodes: list[str]) -> str:
     ]
     lines += [f"  {name}:\n    status: active\n" for name in nodes]
     lines.append("phases:                          # on_partial: auto | rollback | hold | resume\n")
-    lines += [
-        f"  {phase}:\n    on_partial: auto\n" for phase in ("ANALYZE", "BLUEPRINT", "CONSTRUCT", "VALIDATE", "IDLE")
-    ]
+    lines += [f"  {phase}:\n    on_partial: auto\n" for phase in PHASES]
     return "".join(lines)
 
 

@@ -21,13 +21,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config.model import PRIOR_MEANS
+
 Z95 = 1.6448536269514722  # the standard normal's 95th percentile
 MIN_SIGMA_RATIO = 0.01  # identical samples: the spread never falls below 1 % of the mean ...
 MIN_SIGMA = 0.001  # ... nor below a millisecond
 _TAIL_Z = 26.0  # beyond this, 0.5·erfc(z) is below 1e-300: use the expansion of log erfc
 _MAX_Z = 1e150  # z² stays finite
-
-PRIOR_MEANS = {"ANALYZE": 15.0, "BLUEPRINT": 20.0, "CONSTRUCT": 120.0, "VALIDATE": 30.0, "IDLE": 10.0}
 
 
 def phi_of(elapsed: float, mean: float, sigma: float) -> float:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import controlfile
+from ..config.model import PHASES
 from ..errors import FencedError, VersionConflict
 
-SHARDS = ("ANALYZE", "BLUEPRINT", "CONSTRUCT", "VALIDATE", "IDLE")
+SHARDS = PHASES  # recovery locks are sharded per phase (SPEC §4.6)
 
 
 def check_fence(root: Path, shard: str, token: int, *, attempts: int = 20) -> int:

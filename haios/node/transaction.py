@@ -34,6 +34,7 @@ from typing import Any
 
 from .. import controlfile
 from ..config.dataschemas import DataSchema, validate_data
+from ..config.model import PHASES
 from ..errors import BarrierError, HaiosError, PartitionError, VersionConflict
 from ..fsutil import fsync_dir, makedirs_durable
 from ..vclock import VClock
@@ -41,7 +42,6 @@ from ..wal import Cursor, Record, RecordType, Wal, WalCorruptError, read_records
 from . import snapshot
 from .paths import confine
 
-PHASES = ("ANALYZE", "BLUEPRINT", "CONSTRUCT", "VALIDATE", "IDLE")
 _END = (RecordType.COMMIT_PHASE, RecordType.ABORT_PHASE)
 
 

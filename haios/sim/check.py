@@ -21,8 +21,8 @@ from typing import Any
 
 from .. import controlfile
 from ..config import load_repo
+from ..config.model import PHASES
 from ..errors import HaiosError
-from ..node.transaction import PHASES
 from ..wal import Record, RecordType, WalCorruptError, WalReader
 from .cloud import FakeCloud
 from .simulator import sim_dir

@@ -29,12 +29,13 @@ from typing import Any
 from .. import controlfile
 from ..cluster import ParticipantFailed, PhaseDriver
 from ..config import load_repo
+from ..config.model import PHASES
 from ..config.scaffold import init_repo
 from ..errors import BlockedError, HaiosError, UsageError
 from ..fsutil import atomic_write, makedirs_durable
 from ..gitrepo import init_and_commit
 from ..node.heartbeat import beat, utc
-from ..node.transaction import PHASES, scan_phases
+from ..node.transaction import scan_phases
 from ..vclock import VClock
 from ..wal import read_records
 from ..wal.reader import list_segments
