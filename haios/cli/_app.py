@@ -59,17 +59,21 @@ def main_options(
     )
     ctx.obj = opts
     current.set(opts)
-    if verbose:
-        logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, format="haios: %(message)s")
+    # library warnings (a torn WAL tail repaired on the way) reach stderr as one 'haios:' line
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="haios: %(message)s")
 
 
 def _register() -> None:
-    from . import doctor, init, node, sim, validate, wal
+    from . import doctor, init, node, recover, sim, validate, wal
 
     app.command(name="init")(init.init)
     app.command(name="validate")(validate.validate)
+    app.command(name="plan")(recover.plan)
+    app.command(name="reconcile")(recover.reconcile)
     app.command(name="doctor")(doctor.doctor)
     app.command(name="status")(doctor.status)
+    app.command(name="audit")(recover.audit)
     app.add_typer(node.app, name="node")
     app.add_typer(sim.app, name="sim")
     app.add_typer(wal.app, name="wal")

@@ -1,7 +1,11 @@
-"""``haios sim init|run|check`` and the fake cloud's ``haios sim cloud delete``."""
+"""``haios sim init|run|check|trials`` and the fake cloud's ``haios sim cloud delete``."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +14,7 @@ import typer
 from ..sim.check import sim_check
 from ..sim.cloud import FakeCloud
 from ..sim.simulator import parse_faults, sim_init, sim_run
+from ..sim.trials import DEFAULT_FAULTS, Trial, run_trials
 from . import _render
 from ._options import Output, OutputOpt, resolve
 
@@ -112,3 +117,71 @@ def delete(
     entry = FakeCloud(directory).delete(kind, resource, key, node)
     _render.emit_ndjson(entry)
     return 0
+
+
+@app.command()
+def trials(
+    ctx: typer.Context,
+    count: Annotated[int, typer.Option("--count", help="How many trials.", min=1)] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="Trial i uses seed SEED+i.")] = 0,
+    faults: Annotated[
+        str, typer.Option("--faults", help="As for 'sim run' (default: every fault kind the simulator has).")
+    ] = DEFAULT_FAULTS,
+    jobs: Annotated[
+        int | None,
+        typer.Option("--jobs", "-j", help="Trials run in parallel (default: one per CPU).", min=1, show_default=False),
+    ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            "--workdir",
+            help="Where trials run (default: a temporary directory); failing trials stay there.",
+            show_default=False,
+        ),
+    ] = None,
+    output: OutputOpt = None,
+) -> int:
+    """Repeat init → run with faults → reconcile until converged or blocked → check; exit 2 if any trial violates an invariant."""
+    opts = resolve(ctx, output=output)
+    base = workdir or Path(tempfile.mkdtemp(prefix="haios-trials-"))
+    show = opts.output is Output.text and not opts.quiet and sys.stderr.isatty()
+    with contextlib.ExitStack() as stack:
+        on_trial = None
+        if show:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            bars = stack.enter_context(
+                Progress(
+                    TextColumn("trials"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=_render.console(stderr=True),
+                )
+            )
+            task = bars.add_task("trials", total=count)
+
+            def on_trial(_: Trial) -> None:
+                bars.advance(task)
+
+        report = run_trials(base, count=count, seed=seed, faults=faults, jobs=jobs, on_trial=on_trial)
+    if workdir is None and not report.failing:
+        shutil.rmtree(base, ignore_errors=True)
+    data = report.to_json()
+    if opts.output is not Output.text:
+        _render.emit_json(data)
+    else:
+        outcomes = ", ".join(f"{n} {k}" for k, n in sorted(data["outcomes"].items()))
+        _render.out(
+            f"{len(report.trials)} trials in {report.seconds:.0f} s ({report.per_minute:.0f} trials/minute): {outcomes}"
+        )
+        for t in report.failing:
+            _render.out(f"seed {t.seed}: {t.outcome} {t.error}".rstrip(), style="red")
+            for v in t.violations:
+                _render.out(f"    [{v['invariant']}] {v['node'] or ''} g={v['g']} {v['phase'] or ''}: {v['detail']}")
+            _render.out(f"    reproduce: haios sim trials --count 1 --seed {t.seed} --faults {faults} --workdir DIR")
+        if report.failing:
+            _render.out(f"failing trials kept in {base}")
+        else:
+            _render.out("no trial violated an invariant", style="green")
+    return 2 if report.failing else 0

@@ -60,6 +60,7 @@ class Coordination:
     etcd_endpoints: tuple[str, ...] = ()
     etcd_prefix: str = "/haios/"
     etcd_dial_timeout: float = 5.0
+    git_remote: str | None = None
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,7 @@ def build_cluster(v: dict[str, Any]) -> Cluster:
         etcd_endpoints=tuple(etcd.get("endpoints", ())),
         etcd_prefix=etcd.get("prefix", "/haios/"),
         etcd_dial_timeout=_dur(etcd, "dial_timeout", 5.0),
+        git_remote=c.get("git_remote"),
     )
     r = v.get("replication", {})
     return Cluster(v["name"], nodes, coordination, Replication(r.get("mode", "off"), r.get("replicas", 3)))

@@ -41,6 +41,12 @@ class PhaseSummary:
     ended: str | None = None  # "COMMIT_PHASE" | "ABORT_PHASE"
     end_ts: float | None = None
     end_lamport: int | None = None
+    effects: tuple[str, ...] = ()  # idempotency keys of its SIDE_EFFECT records
+    compensated: tuple[str, ...] = ()  # keys with a COMPENSATED record
+
+    @property
+    def uncompensated(self) -> tuple[str, ...]:
+        return tuple(k for k in self.effects if k not in self.compensated)
 
 
 @dataclass
@@ -95,8 +101,8 @@ class Thresholds:
 
 def _fix_for_open(node: str, s: PhaseSummary, others_committed: bool) -> str:
     if s.prepared and others_committed:
-        return f"haios node commit <root of {node}> --g {s.g} --phase {s.phase}   # roll forward: PREPARE is logged"
-    return f"haios node abort <root of {node}> --g {s.g} --phase {s.phase} --reason 'half done'   # roll back"
+        return f"haios --repo <repo> reconcile   # rolls g={s.g} {s.phase} forward on {node}: PREPARE is logged ('haios plan' shows it first)"
+    return f"haios --repo <repo> reconcile   # rolls g={s.g} {s.phase} back on {node} ('haios plan' shows it first)"
 
 
 def wal_gap(obs: Mapping[str, NodeObservation], estimators: Estimators, now: float) -> list[Finding]:

@@ -282,6 +282,7 @@ def run_doctor(
         seen = {}
 
     def concrete(fix: str) -> str:  # detectors do not know where roots are; the report does
+        fix = fix.replace("<repo>", str(path))
         for node, root in local.items():
             fix = fix.replace(f"<root of {node}>", str(root))
         return fix

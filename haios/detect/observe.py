@@ -28,9 +28,18 @@ from ..wal.writer import LOCK_NAME
 from .detectors import NodeObservation, PhaseSummary
 
 CACHE_DIR = "status/observed"
-_SUMMARISED = frozenset({RecordType.BEGIN_PHASE, RecordType.PREPARE, RecordType.COMMIT_PHASE, RecordType.ABORT_PHASE})
+_SUMMARISED = frozenset(
+    {
+        RecordType.BEGIN_PHASE,
+        RecordType.SIDE_EFFECT,
+        RecordType.PREPARE,
+        RecordType.COMMIT_PHASE,
+        RecordType.ABORT_PHASE,
+        RecordType.COMPENSATED,
+    }
+)
 KEEP_COMPLETED = 20  # completed phase summaries kept per node (open ones are always kept)
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 def _cache_path(repo: Path, node: str) -> Path:
@@ -48,7 +57,12 @@ def _load_cache(repo: Path, node: str) -> dict[str, Any] | None:
 def _summaries_from(data: list[dict[str, Any]]) -> dict[tuple[int, str], PhaseSummary]:
     out = {}
     for item in data:
-        item = {**item, "participants": tuple(item["participants"])}
+        item = {
+            **item,
+            "participants": tuple(item["participants"]),
+            "effects": tuple(item.get("effects", ())),
+            "compensated": tuple(item.get("compensated", ())),
+        }
         s = PhaseSummary(**item)
         out[(s.g, s.phase)] = s
     return out
@@ -89,16 +103,23 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
     try:
         for record in reader:
             if record.type not in _SUMMARISED:
-                continue  # framing and CRC are verified; only these four types need their payload read
+                continue  # framing and CRC are verified; only these types need their payload read
             p = record.payload
             key: tuple[int, str] = (p.get("g", -1), p.get("phase", ""))
             if record.type is RecordType.BEGIN_PHASE:
                 phases[key] = PhaseSummary(
                     p["g"], p["phase"], p.get("trace_id", ""), tuple(p["participants"]), p["ts"], record.lamport
                 )
+            elif record.type is RecordType.COMPENSATED and key in phases:
+                s = phases[key]  # compensation comes during recovery, before or after the phase ended
+                if p["key"] not in s.compensated:
+                    phases[key] = replace(s, compensated=(*s.compensated, p["key"]))
             elif key in phases and phases[key].ended is None:
                 s = phases[key]
-                if record.type is RecordType.PREPARE:
+                if record.type is RecordType.SIDE_EFFECT:
+                    if p["key"] not in s.effects:
+                        phases[key] = replace(s, effects=(*s.effects, p["key"]))
+                elif record.type is RecordType.PREPARE:
                     phases[key] = replace(s, prepared=True)
                 elif record.type in (RecordType.COMMIT_PHASE, RecordType.ABORT_PHASE):
                     phases[key] = replace(s, ended=record.type.name, end_ts=p["ts"], end_lamport=record.lamport)
@@ -108,8 +129,11 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
                         del window[:-100]
     except WalCorruptError as exc:
         corruption = exc.corruption.as_dict()
-    completed = sorted((s for s in phases.values() if s.ended), key=lambda s: s.end_lamport or 0)[-KEEP_COMPLETED:]
-    kept = [s for s in phases.values() if not s.ended] + completed
+    completed = sorted((s for s in phases.values() if s.ended), key=lambda s: s.end_lamport or 0)
+    recent = completed[-KEEP_COMPLETED:]
+    # open phases, and aborted ones whose side effects still need compensating, are always kept
+    kept = [s for s in phases.values() if not s.ended]
+    kept += [s for s in completed[:-KEEP_COMPLETED] if s.ended == "ABORT_PHASE" and s.uncompensated] + recent
     state.update(
         cursor=asdict(reader.cursor) if reader.cursor else state["cursor"],
         phases=[asdict(s) for s in kept],

@@ -72,6 +72,8 @@ class PhaseLog:
     steps: dict[str, Any] = field(default_factory=dict)
     prepared: str | None = None  # the PREPARE digest
     ended: str | None = None  # "COMMIT_PHASE" or "ABORT_PHASE"
+    compensated: dict[str, Any] = field(default_factory=dict)  # key -> result of the COMPENSATED record
+    recovery: list[dict[str, Any]] = field(default_factory=list)  # RECOVERY checkpoints, in order
 
 
 def scan_phases(root: Path, *, records: Iterable[Record] | None = None) -> dict[tuple[int, str], PhaseLog]:
@@ -100,6 +102,10 @@ def scan_phases(root: Path, *, records: Iterable[Record] | None = None) -> dict[
             current.prepared = p["digest"]
         elif record.type in _END:
             current.ended = record.type.name
+        elif record.type is RecordType.COMPENSATED:
+            current.compensated[p["key"]] = p["result"]
+        elif record.type is RecordType.RECOVERY:
+            current.recovery.append(p)
     return logs
 
 
@@ -108,6 +114,13 @@ def intents_digest(intents: list[dict[str, Any]]) -> str:
     keys = ("seq", "op", "path", "expected_version", "sha256")
     canon = [{k: i.get(k) for k in keys} for i in intents]
     return hashlib.sha256(json.dumps(canon, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _cursor_fits(wal: Path, cursor: Cursor) -> bool:
+    """Whether the cursor's segment still exists and reaches the cursor's offset."""
+    for path in wal.glob(f"{cursor.seq:016x}-*.wal"):
+        return path.stat().st_size >= cursor.offset
+    return False
 
 
 class Node:
@@ -168,6 +181,8 @@ class Node:
         """
         state, _ = self.state()
         saved = state.get("wal_cursor")
+        if saved and not _cursor_fits(self.root / "wal", Cursor(**saved)):
+            saved = None  # the WAL was cut below it (a repaired torn tail): read it whole
         if saved:
             started = False
             try:
@@ -197,6 +212,25 @@ class Node:
             return VClock.from_json(last.payload.get("vc", {}))
         return VClock.from_json(self.state()[0].get("vc") or {})
 
+    def append(
+        self, g: int, phase: str, trace_id: str, rtype: RecordType, fields: dict[str, Any], *, durable: bool = True
+    ) -> int:
+        """Append one record about (g, phase) whether or not that phase is open (recovery checkpoints)."""
+        if self.partitioned():
+            raise PartitionError(f"{self.root}: node {self.name} is PARTITIONED; its WAL is read-only")
+        with self._wal() as wal:
+            vc = self._vclock().tick(self.name)
+            payload = {
+                "node": self.name,
+                "g": g,
+                "phase": phase,
+                "trace_id": trace_id,
+                "ts": self.clock(),
+                "vc": vc.to_json(),
+                **fields,
+            }
+            return wal.append(rtype, payload, durable=durable)
+
     def begin(self, g: int, phase: str, *, participants: list[str], trace_id: str | None = None) -> PhaseTx:
         """Enter (g, phase): guards, snapshot of data/, BEGIN_PHASE (durable), exec_status IN_PROGRESS."""
         if phase not in PHASES:
@@ -205,6 +239,14 @@ class Node:
             raise PartitionError(f"{self.root}: node {self.name} is PARTITIONED; {phase} of g={g} refused")
         state, version = self.state()
         expected = next_transition(state["g"], state["ph"])
+        owed = state.get("uncompensated") or []
+        if owed:
+            first = owed[0]
+            raise BarrierError(
+                f"{self.root}: (g={first['g']}, {first['phase']}) was rolled back on {self.name} with side effects "
+                f"not compensated yet ({', '.join(first['keys'])}); {phase} of g={g} must wait",
+                hint="run 'haios reconcile': it compensates them (SPEC §4.3)",
+            )
         opened = self.open_phase()
         if opened is not None:
             raise BarrierError(
@@ -400,8 +442,16 @@ class PhaseTx:
         self._append(RecordType.ABORT_PHASE, {"reason": reason})
         self.log.ended = "ABORT_PHASE"
         state, version = self.node.state()
+        owed = [k for k in self.log.side_effects if k not in self.log.compensated]
+        marks: dict[str, Any] = {}
+        if owed:
+            # recovery must compensate these before this node begins anything again
+            entry = {"g": self.g, "phase": self.phase, "begin_lamport": self.log.begin_lamport, "keys": owed}
+            marks["uncompensated"] = [*(state.get("uncompensated") or []), entry]
         controlfile.write_mapping(
-            self.node.root / "state.txt", {**state, "status": "READY", **self._end_marks()}, expected_version=version
+            self.node.root / "state.txt",
+            {**state, "status": "READY", **self._end_marks(), **marks},
+            expected_version=version,
         )
         self._exec_status("FAILED")
         self.close()

@@ -62,6 +62,14 @@ class FakeCloud:
             raise CloudError(f"fake cloud: unknown resource kind {kind!r}")
         fd = self._locked()
         try:
+            if op == "delete":
+                for earlier in self.ledger():
+                    if earlier["op"] == "delete" and earlier["key"] == key and earlier.get("ok"):
+                        if (earlier["kind"], earlier["resource"]) != (kind, resource):
+                            raise CloudError(
+                                f"fake cloud: key {key} was used for {earlier['kind']} {earlier['resource']}"
+                            )
+                        return {**earlier, "replayed": True}  # under the lock: two callers cannot both delete
             faults = self.faults()
             time.sleep(float(faults.get("slow", 0)))
             remaining = faults.get("fail", {}).get(op, {}).get(kind, 0)
@@ -103,5 +111,10 @@ class FakeCloud:
         return self._call("create", kind, resource, key, node)
 
     def delete(self, kind: str, resource: str, key: str, node: str) -> dict[str, Any]:
-        """Delete a resource; deleting one that never existed succeeds too (compensators must tolerate it)."""
+        """Delete a resource; deleting one that never existed succeeds too (compensators must tolerate it).
+
+        Like a cloud API with idempotency tokens, a second delete with the same key returns the first
+        one's result (marked ``replayed``) and changes nothing: a compensator killed after the call but
+        before haios recorded it is safe to run again.
+        """
         return self._call("delete", kind, resource, key, node)

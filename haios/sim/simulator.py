@@ -367,10 +367,13 @@ def sim_run(directory: Path | str, *, iterations: int, seed: int, faults: dict[s
                 report.committed += 1
                 report.last = (g, phase)
                 continue
-            if result.outcome == "aborted" and damage is None and all(w.alive for w in workers.values()):
+            owed = any(workers[n].plan["effects"] for n in result.prepared)
+            if result.outcome == "aborted" and damage is None and not owed and all(w.alive for w in workers.values()):
                 continue  # every participant rolled back cleanly (e.g. a partitioned minority refused): retry
             report.stopped_at = (g, phase)
             report.reason = damage["fault"] if damage else f"{result.outcome}: {result.failed or 'coordinator stopped'}"
+            if owed and result.outcome == "aborted" and not damage:
+                report.reason += " (side effects to compensate)"
             break
     finally:
         if report.stopped_at is not None:
@@ -378,5 +381,6 @@ def sim_run(directory: Path | str, *, iterations: int, seed: int, faults: dict[s
                 w.kill()  # a crashed cluster: nothing may tidy up after the fault
         for w in workers.values():
             w.close()
-        cloud.set_faults({})
+        if report.stopped_at is None:
+            cloud.set_faults({})  # a stopped run leaves them: a failing compensator fails for recovery too
     return report

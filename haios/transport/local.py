@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ..errors import TransportError
+from .base import Completed
 
 
 class LocalTransport:
@@ -32,3 +37,32 @@ class LocalTransport:
             return None
         except OSError as exc:
             raise TransportError(f"{node}: cannot read {relpath}: {exc.strerror}") from exc
+
+    def call(self, node: str, request: dict[str, Any]) -> dict[str, Any]:
+        from ..node.recover import dispatch
+
+        root = self.root(node)
+        if not (root / "state.txt").exists():
+            raise TransportError(f"{node}: no node root at {root}")
+        return dispatch(root, request)
+
+    def run(self, node: str, argv: list[str], *, timeout: float, env: dict[str, str] | None = None) -> Completed:
+        root = self.root(node)
+        if argv and argv[0] == "haios":
+            # the node's haios is this haios: run it with this interpreter, whatever PATH says
+            argv = [sys.executable, "-m", "haios", *argv[1:]]
+        try:
+            proc = subprocess.run(
+                argv,
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env={**os.environ, **(env or {})},
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            return Completed(124, "", f"timed out after {timeout:g} s")
+        except OSError as exc:
+            return Completed(127, "", f"cannot run {argv[0]}: {exc.strerror}")
+        return Completed(proc.returncode, proc.stdout, proc.stderr)

@@ -76,7 +76,7 @@ def test_partial_commit_names_the_lagging_participant() -> None:
     assert [f.kind for f in result.findings] == ["partial_commit"]  # the wal_gap of n2 is the same fault
     f = result.findings[0]
     assert f.nodes == ("n2",) and f.evidence["missing"] == {"n2": "PREPARE present, no COMMIT_PHASE"}
-    assert "haios node commit" in f.fix
+    assert "reconcile" in f.fix and "forward" in f.fix
     both = {"n1": obs["n1"], "n2": _obs("n2", phases={(1, "ANALYZE"): committed})}
     assert kinds(both) == []
     recent = {

@@ -55,7 +55,7 @@ def test_doctor_acceptance_kill_names_node_g_phase_with_phi(cli: Invoke, tmp_pat
     assert "CRITICAL wal_gap node-5 g=1 ANALYZE: BEGIN_PHASE without COMMIT/ABORT" in result.stdout
     for evidence in ("begin_lamport: 1", "trace_id: sim-7-1-ANALYZE", "timeout_s: 1.458", "phi: "):
         assert evidence in result.stdout
-    assert f"fix: haios node abort {directory}/nodes/node-5 --g 1 --phase ANALYZE" in result.stdout
+    assert f"fix: haios --repo {directory} reconcile   # rolls g=1 ANALYZE back on node-5" in result.stdout
     data = json.loads(cli("--repo", directory, "doctor", "-o", "json").stdout)
     Draft202012Validator(schema("doctor-report")).validate(data)
     assert [(f["kind"], f["nodes"], f["g"], f["phase"]) for f in data["findings"]] == [
@@ -85,7 +85,7 @@ def test_doctor_coordinator_death_is_a_partial_commit(tmp_path: Path) -> None:
     assert {f.kind for f in doctor.findings} == {"partial_commit"}
     f = doctor.findings[0]
     assert all("PREPARE present, no COMMIT_PHASE" in v for v in f.evidence["missing"].values())
-    assert "haios node commit" in f.fix
+    assert "reconcile   # rolls g=" in f.fix and "forward" in f.fix
 
 
 def test_doctor_torn_tail_and_bitflip(tmp_path: Path) -> None:

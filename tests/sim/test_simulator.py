@@ -122,7 +122,13 @@ def test_check_compensation_planted(clean_run: Path, tmp_path: Path) -> None:
     cloud = FakeCloud(sim_dir(directory) / "cloud")
     cloud.delete("fakecloud.vm", "vm-x", "k-planted", "node-1")
     assert not [v for v in sim_check(directory) if v.invariant == "compensation"]
-    cloud.delete("fakecloud.vm", "vm-x", "k-planted", "node-1")
+    assert cloud.delete("fakecloud.vm", "vm-x", "k-planted", "node-1")["replayed"]  # same key: the stored result
+    assert not [v for v in sim_check(directory) if v.invariant == "compensation"]
+    # a compensator that ignored its idempotency key would leave a second successful delete in the ledger
+    ledger = sim_dir(directory) / "cloud/ledger.jsonl"
+    last = ledger.read_text().splitlines()[-1]
+    with open(ledger, "a", encoding="utf-8") as fh:
+        fh.write(last + "\n")
     assert "compensated 2 times" in str([v for v in sim_check(directory) if v.invariant == "compensation"][0])
 
 

@@ -1,0 +1,147 @@
+"""The audit trail (SPEC §8): one git commit per reconcile run that changed anything.
+
+The commit holds the updated ``status/`` files and the trace journals, a message that says in words
+what was done, and trailers a script can parse (``git interpret-trailers --parse``)::
+
+    Haios-Trace-Id: 3-construct-5f0c9a1e2b7d
+    Haios-Result: CLEAN_EXIT
+    Haios-Fencing-Token: 7
+    Haios-Observed-Hash: sha256:…
+
+A run with several traces repeats the first three trailers once per trace, in order. Only the given
+paths are committed: whatever else the user has staged or changed stays as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import RepoError
+from .gitrepo import _git, _identity_env
+
+TRAILER_KEYS = ("Haios-Trace-Id", "Haios-Result", "Haios-Fencing-Token", "Haios-Observed-Hash")
+_RETRIES = 20  # another reconciler may hold git's index lock for a moment
+
+
+@dataclass
+class AuditEntry:
+    commit: str
+    date: str
+    subject: str
+    body: str
+    traces: list[dict[str, Any]] = field(default_factory=list)  # {trace_id, result, fencing_token}
+    observed_hash: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "commit": self.commit,
+            "date": self.date,
+            "subject": self.subject,
+            "traces": self.traces,
+            "observed_hash": self.observed_hash,
+        }
+
+
+def parse_trailers(text: str) -> tuple[list[dict[str, Any]], str | None]:
+    """The per-trace trailers and the observed hash of a commit message's trailer block."""
+    traces: list[dict[str, Any]] = []
+    observed = None
+    for line in text.splitlines():
+        key, sep, value = line.partition(": ")
+        if not sep:
+            continue
+        value = value.strip()
+        if key == "Haios-Trace-Id":
+            traces.append({"trace_id": value})
+        elif key == "Haios-Result" and traces:
+            traces[-1]["result"] = value
+        elif key == "Haios-Fencing-Token" and traces:
+            traces[-1]["fencing_token"] = int(value) if value.isdigit() else value
+        elif key == "Haios-Observed-Hash":
+            observed = value
+    return traces, observed
+
+
+def commit_run(
+    repo: Path, paths: list[str], subject: str, body: str, traces: list[dict[str, Any]], observed_hash: str
+) -> str | None:
+    """Commit ``paths`` (relative to ``repo``) with the audit message; None when nothing changed."""
+    git = _git()
+    trailers = []
+    for t in traces:
+        trailers += [
+            f"Haios-Trace-Id: {t['trace_id']}",
+            f"Haios-Result: {t['result']}",
+            f"Haios-Fencing-Token: {t['fencing_token']}",
+        ]
+    trailers.append(f"Haios-Observed-Hash: {observed_hash}")
+    message = f"{subject}\n\n{body.rstrip()}\n\n" + "\n".join(trailers) + "\n"
+    existing = [p for p in paths if (repo / p).exists()]
+    if not existing:
+        return None
+    last: Exception | None = None
+    for _ in range(_RETRIES):
+        try:
+            r = git.Repo(repo)
+            env = {**os.environ, **_identity_env(r.config_reader())}
+            r.git.add("--", *existing)
+            if not r.git.diff("--cached", "--name-only", "--", *existing).strip():
+                return None
+            r.git.commit("--no-verify", "--quiet", "-m", message, "--", *existing, env=env)
+            sha: str = r.head.commit.hexsha
+            return sha
+        except git.GitCommandError as exc:
+            last = exc
+            if "index.lock" not in str(exc.stderr):
+                break
+            time.sleep(0.1)
+    detail = " ".join(str(getattr(last, "stderr", "") or last).split())
+    raise RepoError(f"{repo}: could not commit the audit record: {detail}")
+
+
+def push(repo: Path, remote: str | None = None) -> str:
+    """Push the current branch (and the lease refs) to ``remote`` (default: the branch's upstream or origin)."""
+    git = _git()
+    try:
+        r = git.Repo(repo)
+        name = remote or "origin"
+        if name not in [rm.name for rm in r.remotes]:
+            raise RepoError(f"{repo}: no git remote {name!r} to push to", hint="git remote add origin URL")
+        branch = r.active_branch.name
+        r.git.push("--quiet", name, f"HEAD:refs/heads/{branch}")
+        return name
+    except git.GitCommandError as exc:
+        raise RepoError(f"{repo}: git push failed: {' '.join(str(exc.stderr).split())}") from exc
+
+
+def history(repo: Path, *, trace_id: str | None = None, limit: int | None = None) -> list[AuditEntry]:
+    """The audit commits, newest first (only those with haios trailers; ``trace_id`` narrows them)."""
+    git = _git()
+    try:
+        r = git.Repo(repo)
+        if not r.head.is_valid():
+            return []
+        args = ["--format=%H%x00%aI%x00%s%x00%B%x1e", "--grep=^Haios-Trace-Id: "]
+        if trace_id:
+            args.append(f"--grep=^Haios-Trace-Id: {trace_id}$")
+            args.append("--all-match")
+        if limit:
+            args.append(f"-n{limit}")
+        out = r.git.log(*args)
+    except git.GitCommandError as exc:
+        raise RepoError(f"{repo}: git log failed: {' '.join(str(exc.stderr).split())}") from exc
+    entries = []
+    for chunk in out.split("\x1e"):
+        chunk = chunk.strip("\n")
+        if not chunk:
+            continue
+        sha, date, subject, body = chunk.split("\x00", 3)
+        traces, observed = parse_trailers(body)
+        if not traces:
+            continue
+        entries.append(AuditEntry(sha, date, subject, body, traces, observed))
+    return entries

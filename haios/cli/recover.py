@@ -1,0 +1,221 @@
+"""``haios plan``, ``haios reconcile`` and ``haios audit``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .. import audit as audit_lib
+from ..errors import HaiosError, UsageError
+from ..fsutil import atomic_write
+from ..recovery import Plan, RunResult, build, render_markdown
+from ..recovery import reconcile as run_reconcile
+from ..recovery.executor import Progress
+from ..recovery.journal import find as find_journal
+from . import _render
+from ._options import GlobalOptions, Output, OutputOpt, RepoOpt, resolve
+
+_CODES = {0: "nothing to do", 2: "changes pending", 3: "blocked: needs a human", 4: "locked by another reconciler"}
+
+
+class PlanFormat(StrEnum):
+    text = "text"
+    markdown = "markdown"
+
+
+def _print_plan(plan: Plan) -> None:
+    desired = (plan.desired_commit or "uncommitted")[:12]
+    _render.out(
+        f"plan for cluster {plan.cluster}: {len(plan.reachable)} of {len(plan.active)} active members reachable; "
+        f"desired {desired}; observed {plan.observed_hash[:23]}…"
+    )
+    if plan.minority:
+        _render.out("minority view: reconcile would change nothing (SPEC §4.7)", style="red")
+    if plan.suspended:
+        _render.out("suspended: reconcile plans only", style="yellow")
+    if not plan.traces:
+        _render.out("every transition is committed or rolled back on all its participants", style="green")
+    for t in plan.traces:
+        style = {"forward": "cyan", "rollback": "yellow", "resume": "cyan", "wait": None}.get(t.verdict, "red")
+        resumed = ", resumed" if t.resumed else ""
+        _render.out(f"g={t.g} {t.phase}  trace {t.trace_id}  {t.verdict} ({t.state}{resumed})", style=style)
+        _render.out(f"    why: {t.reason}")
+        if t.held_by:
+            _render.out(f"    lease held by {t.held_by['holder']} (trace {t.held_by['trace_id']})", style="red")
+        for i, s in enumerate(t.steps, 1):
+            key = f" {s['key']}" if s.get("key") else ""
+            _render.out(f"    {i}. {s['node']}  {s['action']}{key}: {s['detail']}")
+
+
+def plan(
+    ctx: typer.Context,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Also write the plan (JSON) to this file, for 'reconcile --plan'.", show_default=False
+        ),
+    ] = None,
+    fmt: Annotated[
+        PlanFormat, typer.Option("--format", help="text, or markdown for a pull-request comment.")
+    ] = PlanFormat.text,
+    repo: RepoOpt = None,
+    output: OutputOpt = None,
+) -> int:
+    """Show what reconcile would do, changing nothing.
+
+    Exit 0 nothing to do, 2 actions pending, 3 blocked (needs a human, or minority view), 4 a shard
+    is leased by another reconciler.
+    """
+    opts = resolve(ctx, repo=repo, output=output)
+    result, _ = build(opts.repo)
+    if out is not None:
+        atomic_write(out, (json.dumps(result.to_json(), indent=2, sort_keys=False) + "\n").encode())
+    if opts.output is not Output.text:
+        _render.emit_json(result.to_json())
+    elif fmt is PlanFormat.markdown:
+        sys.stdout.write(render_markdown(result))
+    else:
+        _print_plan(result)
+        code = result.exit_code()
+        _render.info(f"exit {code}: {_CODES.get(code, '')}")
+    return result.exit_code()
+
+
+@contextmanager
+def _progress(opts: GlobalOptions) -> Iterator[Progress | None]:
+    """A bar per node while steps run, when stderr is a terminal."""
+    if opts.quiet or opts.output is not Output.text or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+    from rich.progress import Progress as Bars
+
+    bars = Bars(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=_render.console(stderr=True)
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(event: dict[str, Any]) -> None:
+        node = event.get("node") or "-"
+        if node not in tasks:
+            tasks[node] = bars.add_task(node, total=None)
+        bars.update(tasks[node], description=f"{node} {event['action']}", advance=1 if event["done"] else 0)
+
+    with bars:
+        yield update
+
+
+def _print_result(result: RunResult) -> None:
+    verbs = {"forward": "rolled forward", "rollback": "rolled back", "resume": "resumed"}
+    if result.note:
+        _render.out(result.note, style="yellow")
+    if not result.outcomes and not result.note:
+        _render.out("nothing to do: every transition is committed or rolled back everywhere", style="green")
+    for o in result.outcomes:
+        token = f", token {o.token}" if o.token is not None else ""
+        what = verbs.get(o.verdict, o.verdict) if o.steps else o.verdict
+        style = "green" if o.after == "CLEAN_EXIT" else ("red" if o.code in (1, 3, 4) else "yellow")
+        _render.out(
+            f"g={o.g} {o.phase}  trace {o.trace_id}  {o.before} -> {o.after}  ({what}, {o.steps} steps{token})",
+            style=style,
+        )
+        if o.note:
+            _render.out(f"    {o.note}")
+    if result.commit:
+        _render.out(
+            f"audit: committed {result.commit[:12]}" + (f", pushed to {result.pushed_to}" if result.pushed_to else "")
+        )
+
+
+def reconcile(
+    ctx: typer.Context,
+    plan_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--plan",
+            help="Execute exactly this plan (refused if the cluster or desired state changed).",
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only: the same as 'haios plan'.")] = False,
+    push: Annotated[bool, typer.Option("--push", help="Push the audit commit to the remote.")] = False,
+    remote: Annotated[
+        str | None, typer.Option("--remote", help="The remote for --push (default: origin).", show_default=False)
+    ] = None,
+    repo: RepoOpt = None,
+    output: OutputOpt = None,
+) -> int:
+    """Drive every half-done transition back to a known-good state and record it in git.
+
+    Exit 0 converged, 2 work remains for a later run, 3 blocked (needs a human, or minority view), 4 a
+    lock is held by another reconciler or this one was fenced, 1 a step failed.
+    """
+    if dry_run:
+        if plan_file is not None:
+            raise UsageError("--dry-run and --plan do not go together")
+        return plan(ctx, out=None, fmt=PlanFormat.text, repo=repo, output=output)
+    opts = resolve(ctx, repo=repo, output=output)
+    given = None
+    if plan_file is not None:
+        try:
+            given = Plan.from_json(json.loads(plan_file.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{plan_file}: not a readable plan ({exc})") from exc
+        except HaiosError as exc:
+            raise UsageError(f"{plan_file}: {exc.message}") from exc
+    with _progress(opts) as progress:
+        result = run_reconcile(opts.repo, plan=given, progress=progress, push=push, remote=remote)
+    if opts.output is not Output.text:
+        _render.emit_json(result.to_json())
+    else:
+        _print_result(result)
+    return result.exit_code()
+
+
+def audit(
+    ctx: typer.Context,
+    trace: Annotated[
+        str | None, typer.Option("--trace", help="Only this trace, with its journal.", show_default=False)
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", "-n", help="At most this many commits.", min=1, show_default=False)
+    ] = None,
+    repo: RepoOpt = None,
+    output: OutputOpt = None,
+) -> int:
+    """The audit trail: every reconcile commit, newest first, with its traces and results."""
+    opts = resolve(ctx, repo=repo, output=output)
+    entries = audit_lib.history(opts.repo, trace_id=trace, limit=limit)
+    journal = find_journal(opts.repo, trace) if trace else None
+    if trace and not entries and journal is None:
+        raise UsageError(f"{opts.repo}: no trace {trace!r} in the audit trail")
+    if opts.output is not Output.text:
+        data: dict[str, Any] = {"schema": "haios-audit/v1", "commits": [e.as_dict() for e in entries]}
+        if journal is not None:
+            data["journal"] = journal.as_dict()
+        _render.emit_json(data)
+        return 0
+    for e in entries:
+        _render.out(f"{e.commit[:12]} {e.date} {e.subject}", style="bold")
+        for t in e.traces:
+            _render.out(f"    {t['trace_id']}: {t.get('result')} (token {t.get('fencing_token')})")
+    if journal is not None:
+        _render.out("")
+        _render.out(f"trace {journal.trace_id}: g={journal.g} {journal.phase}, {journal.state}", style="bold")
+        _render.out(f"    decision: {journal.decision}: {journal.reason}")
+        _render.out(f"    fencing tokens: {', '.join(map(str, journal.tokens)) or '-'}")
+        for s in journal.steps:
+            extra = " ".join(f"{k}={v}" for k, v in s.items() if k not in ("at", "node", "action", "outcome"))
+            _render.out(f"    {s['at']} {s.get('node') or '-'} {s['action']}: {s['outcome']} {extra}".rstrip())
+        for a in journal.alerts:
+            _render.out(f"    ALERT {a['alert']}: {a['message']}", style="red")
+    if not entries and journal is None:
+        _render.out("no reconcile has changed anything yet")
+    return 0

@@ -1,0 +1,24 @@
+"""Coordination backends: recovery leases and fencing tokens (SPEC §4.6, §6.2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config.model import RepoConfig
+from ..errors import ConfigError
+from .base import Backend, Lease, holder_alive, new_holder
+from .git import GitBackend
+
+
+def open_backend(config: RepoConfig) -> Backend:
+    """The backend haios.yaml names."""
+    c = config.cluster.coordination
+    if c.backend == "git":
+        return GitBackend(Path(config.path), remote=c.git_remote)
+    raise ConfigError(
+        f"{config.path}/haios.yaml: coordination backend {c.backend!r} is not available in this version",
+        hint="use 'backend: git'",
+    )
+
+
+__all__ = ["Backend", "GitBackend", "Lease", "holder_alive", "new_holder", "open_backend"]

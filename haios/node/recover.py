@@ -1,0 +1,248 @@
+"""Recovery on the participant side: what a reconciler does to one node (SPEC §4.1–§4.3).
+
+Every operation that writes first checks the node's fence for the shard (a stale fencing token raises
+FencedError before anything changes), is idempotent (running it again after a crash finds its own
+work done and skips it), and leaves a RECOVERY record — trace, token, shard, step, outcome — in the
+node's WAL before it returns, so the next reconciler knows which steps of the trace are finished.
+
+The operations are plain functions of a node root; :func:`dispatch` runs one from a JSON request,
+which is how a transport carries them to a remote node (``haios node recover ROOT``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .. import controlfile
+from ..config.model import PHASES
+from ..errors import BarrierError, ControlFileError, UsageError, VersionConflict
+from ..wal import Record, RecordType, Wal, WalCorruptError, read_records
+from .fence import check_fence
+from .transaction import Node, PhaseLog, scan_phases
+
+OPS = ("inspect", "forward", "compensated", "rollback", "repair", "checkpoint")
+
+
+def _order(g: int, phase: str | None) -> tuple[int, int]:
+    return (g, -1 if phase is None else PHASES.index(phase))
+
+
+def _tail_logs(
+    node: Node, from_lamport: int | None = None
+) -> tuple[dict[tuple[int, str], PhaseLog], dict[str, Any] | None]:
+    """The phases in the WAL's tail (or from ``from_lamport``, where a phase that already ended
+    began); a torn tail ends the read (and is reported), other damage raises."""
+    records: list[Record] = []
+    torn = None
+    source = read_records(node.root / "wal", from_lamport=from_lamport) if from_lamport else node._tail()
+    try:
+        for record in source:
+            records.append(record)
+    except WalCorruptError as exc:
+        if not exc.corruption.torn_tail:
+            raise
+        torn = exc.corruption.as_dict()
+    return scan_phases(node.root, records=records), torn
+
+
+def _status(node: Node, log: PhaseLog | None, g: int, phase: str) -> str:
+    if log is not None:
+        if log.ended == "COMMIT_PHASE":
+            return "committed"
+        if log.ended == "ABORT_PHASE":
+            return "aborted"
+        return "prepared" if log.prepared else "begun"
+    state, _ = node.state()
+    # state.txt holds the last committed transition; anything at or before it was committed
+    return "committed" if _order(state["g"], state["ph"]) >= _order(g, phase) else "absent"
+
+
+def inspect(root: Path, g: int, phase: str, from_lamport: int | None = None) -> dict[str, Any]:
+    """What the node holds of (g, phase): its status, side effects (with outcome and compensation) and
+    the recovery checkpoints already written. ``from_lamport`` (where its BEGIN_PHASE is) finds a
+    phase that ended before the last one the node committed."""
+    node = Node(root)
+    logs, torn = _tail_logs(node, from_lamport)
+    log = logs.get((g, phase))
+    state, _ = node.state()
+    effects = []
+    if log is not None:
+        for key, effect in log.side_effects.items():
+            effects.append(
+                {
+                    "key": key,
+                    "kind": effect["kind"],
+                    "params": effect["params"],
+                    "compensator": effect["compensator"],
+                    "cost": effect.get("cost"),
+                    "done": log.done.get(key),
+                    "returned": key in log.done,
+                    "compensated": key in log.compensated,
+                }
+            )
+    return {
+        "node": node.name,
+        "g": g,
+        "phase": phase,
+        "status": _status(node, log, g, phase),
+        "state": {"g": state["g"], "ph": state["ph"]},
+        "participants": list(log.participants) if log else [],
+        "begin_trace": log.trace_id if log else None,
+        "steps": dict(log.steps) if log else {},
+        "side_effects": effects,
+        "recovery": list(log.recovery) if log else [],
+        "partitioned": node.partitioned(),
+        "torn_tail": torn,
+    }
+
+
+def _guard(root: Path, phase: str, token: int) -> Node:
+    if phase not in PHASES:
+        raise UsageError(f"unknown phase {phase!r}")
+    check_fence(root, phase, token)  # SPEC §2.5: a stale reconciler never writes
+    return Node(root)
+
+
+def checkpoint(root: Path, *, trace_id: str, token: int, g: int, phase: str, step: str, outcome: Any) -> dict[str, Any]:
+    """Write one RECOVERY record (a step of the trace that is finished on this node)."""
+    node = _guard(root, phase, token)
+    fields = {"token": token, "shard": phase, "step": step, "outcome": outcome}
+    lamport = node.append(g, phase, trace_id, RecordType.RECOVERY, fields)
+    return {"node": node.name, "step": step, "outcome": outcome, "lamport": lamport}
+
+
+def forward(root: Path, *, trace_id: str, token: int, g: int, phase: str) -> dict[str, Any]:
+    """Roll (g, phase) forward: replay its intents idempotently, validate, COMMIT_PHASE (SPEC §4.2)."""
+    node = _guard(root, phase, token)
+    logs, _ = _tail_logs(node)
+    status = _status(node, logs.get((g, phase)), g, phase)
+    if status == "committed":
+        return {"node": node.name, "outcome": "already committed"}
+    if status != "prepared":
+        raise BarrierError(f"{root}: (g={g}, {phase}) is {status} on {node.name}; only a PREPAREd phase rolls forward")
+    tx = node.resume(g, phase)
+    try:
+        before = len(tx.intents)
+        tx.prepare()  # idempotent: applies only the intents not yet in effect, validating each file
+        tx.commit()
+    finally:
+        tx.close()
+    checkpoint(root, trace_id=trace_id, token=token, g=g, phase=phase, step="commit", outcome="committed")
+    return {"node": node.name, "outcome": "committed", "intents": before}
+
+
+def compensated(
+    root: Path,
+    *,
+    trace_id: str,
+    token: int,
+    g: int,
+    phase: str,
+    key: str,
+    result: Any,
+    from_lamport: int | None = None,
+) -> dict[str, Any]:
+    """Record that side effect ``key`` of (g, phase) was undone (a COMPENSATED record, durable)."""
+    node = _guard(root, phase, token)
+    logs, _ = _tail_logs(node, from_lamport)
+    log = logs.get((g, phase))
+    if log is None or key not in log.side_effects:
+        raise UsageError(f"{root}: (g={g}, {phase}) on {node.name} has no side effect {key!r}")
+    if key in log.compensated:
+        _settle(node, g, phase, key)  # a crash may have come between the record and state.txt
+        return {"node": node.name, "key": key, "outcome": "already compensated"}
+    node.append(g, phase, log.trace_id, RecordType.COMPENSATED, {"key": key, "result": result})
+    _settle(node, g, phase, key)
+    checkpoint(root, trace_id=trace_id, token=token, g=g, phase=phase, step=f"compensate:{key}", outcome="ok")
+    return {"node": node.name, "key": key, "outcome": "compensated"}
+
+
+def _settle(node: Node, g: int, phase: str, key: str, attempts: int = 20) -> None:
+    """Drop ``key`` from state.txt's list of side effects an aborted phase still owes."""
+    for _ in range(attempts):
+        state, version = node.state()
+        owed = state.get("uncompensated") or []
+        kept = []
+        for entry in owed:
+            if (entry["g"], entry["phase"]) == (g, phase):
+                entry = {**entry, "keys": [k for k in entry["keys"] if k != key]}
+            if entry["keys"]:
+                kept.append(entry)
+        if kept == owed:
+            return
+        body = {k: v for k, v in state.items() if k != "uncompensated"}
+        if kept:
+            body["uncompensated"] = kept
+        try:
+            controlfile.write_mapping(node.root / "state.txt", body, expected_version=version)
+            return
+        except VersionConflict:
+            continue  # the executor wrote state.txt meanwhile: read again
+    raise ControlFileError(node.root / "state.txt", "too many concurrent writers; run the step again")
+
+
+def rollback(
+    root: Path, *, trace_id: str, token: int, g: int, phase: str, reason: str, abandon: list[str] | None = None
+) -> dict[str, Any]:
+    """Roll (g, phase) back: restore data/ from the BEGIN snapshot, ABORT_PHASE (SPEC §4.3).
+
+    Compensation comes first: this refuses while a side effect has no COMPENSATED record, unless its
+    key is in ``abandon`` (a HARD_FAILED trace gives up on it, with an alert).
+    """
+    node = _guard(root, phase, token)
+    logs, _ = _tail_logs(node)
+    log = logs.get((g, phase))
+    status = _status(node, log, g, phase)
+    if status in ("aborted", "absent"):
+        return {"node": node.name, "outcome": f"already {'aborted' if status == 'aborted' else 'clean'}"}
+    if status == "committed":
+        raise BarrierError(
+            f"{root}: (g={g}, {phase}) is committed on {node.name}; its snapshot is gone, it cannot be rolled back"
+        )
+    assert log is not None
+    missing = [k for k in log.side_effects if k not in log.compensated and k not in (abandon or [])]
+    if missing:
+        raise BarrierError(
+            f"{root}: (g={g}, {phase}) on {node.name} has side effects not yet compensated: {', '.join(missing)}",
+            hint="compensation runs before the state is rewound (SPEC §4.3)",
+        )
+    tx = node.resume(g, phase)
+    tx.abort(reason)
+    checkpoint(root, trace_id=trace_id, token=token, g=g, phase=phase, step="abort", outcome="aborted")
+    return {"node": node.name, "outcome": "aborted", "abandoned": list(abandon or [])}
+
+
+def repair(root: Path, *, trace_id: str, token: int, g: int, phase: str) -> dict[str, Any]:
+    """Cut a torn WAL tail (the cut bytes are kept in ``.broken``); mid-log damage is refused."""
+    node = _guard(root, phase, token)
+    with Wal.open(root / "wal", sync=node.sync):  # opening for writing repairs a torn tail, under the lock
+        pass
+    checkpoint(root, trace_id=trace_id, token=token, g=g, phase=phase, step="repair", outcome="torn tail cut")
+    return {"node": node.name, "outcome": "repaired"}
+
+
+def dispatch(root: Path, request: dict[str, Any]) -> dict[str, Any]:
+    """Run one operation from a JSON request ``{"op": ..., ...}`` (the remote form of the functions above)."""
+    op = request.get("op")
+    args = {k: v for k, v in request.items() if k != "op"}
+    try:
+        if op == "inspect":
+            start = args.get("from_lamport")
+            return inspect(root, int(args["g"]), str(args["phase"]), int(start) if start else None)
+        if op == "forward":
+            return forward(root, **args)
+        if op == "compensated":
+            return compensated(root, **args)
+        if op == "rollback":
+            return rollback(root, **args)
+        if op == "repair":
+            return repair(root, **args)
+        if op == "checkpoint":
+            return checkpoint(root, **args)
+    except (KeyError, TypeError) as exc:
+        raise UsageError(f"recovery request {op!r}: bad arguments ({exc})") from exc
+    raise UsageError(f"unknown recovery operation {op!r} (known: {', '.join(OPS)})")
+
+
+__all__ = ["OPS", "checkpoint", "compensated", "dispatch", "forward", "inspect", "repair", "rollback"]

@@ -1,0 +1,26 @@
+"""Recovery (SPEC §4): the per-trace state machine, the decision rule, plans and the executor."""
+
+from .executor import RunResult, TraceOutcome, reconcile
+from .machine import Action, Event, InvalidTransition, State, step
+from .plan import Plan, TracePlan, build, render_markdown
+from .planner import Decision, Inputs, View, decide, steps_for
+
+__all__ = [
+    "Action",
+    "Decision",
+    "Event",
+    "Inputs",
+    "InvalidTransition",
+    "Plan",
+    "RunResult",
+    "State",
+    "TraceOutcome",
+    "TracePlan",
+    "View",
+    "build",
+    "decide",
+    "reconcile",
+    "render_markdown",
+    "step",
+    "steps_for",
+]

@@ -1,0 +1,540 @@
+"""``haios reconcile``: carry a plan out through the transport, checkpointing every step.
+
+For each trace, in transition order: take the shard's lease (its fencing token goes with every node
+operation), walk the state machine from the trace's current state, run the steps — each node
+operation writes its RECOVERY checkpoint before it returns and the journal is saved after it — and
+release the lease. A run killed anywhere leaves checkpoints that the next run finds: it continues the
+same trace from the first unfinished step, and because every node operation is idempotent and every
+compensator is called with its idempotency key, nothing is done twice.
+
+At the end, one git commit records every journal and status file that changed (nothing changed:
+nothing committed).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import audit, controlfile
+from ..config.dataschemas import DataSchemaError
+from ..config.model import Playbook
+from ..coord import Lease, new_holder
+from ..errors import FencedError, HaiosError, LockHeldError, UsageError
+from ..fsutil import atomic_write, makedirs_durable
+from . import journal as journals
+from .machine import NEEDS_A_HUMAN, TERMINAL, Event, State, step
+from .plan import Context, Plan, TracePlan, build, order, plan_transition
+
+STATUS_FILE = "status/cluster.yaml"
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TraceOutcome:
+    trace_id: str
+    g: int
+    phase: str
+    verdict: str
+    before: str
+    after: str
+    token: int | None = None
+    steps: int = 0
+    note: str = ""
+    code: int = 0  # this trace's contribution to the exit code
+    recorded: bool = False  # its journal changed in this run
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "trace_id": self.trace_id,
+            "g": self.g,
+            "phase": self.phase,
+            "verdict": self.verdict,
+            "before": self.before,
+            "after": self.after,
+            "fencing_token": self.token,
+            "steps": self.steps,
+            "note": self.note,
+        }
+
+
+@dataclass
+class RunResult:
+    plan: Plan
+    outcomes: list[TraceOutcome] = field(default_factory=list)
+    commit: str | None = None
+    pushed_to: str | None = None
+    note: str = ""
+
+    @property
+    def changed(self) -> bool:
+        return self.commit is not None
+
+    def exit_code(self) -> int:
+        """SPEC §10: 3 needs a human (minority view too), 4 locked or fenced, 1 a step failed, 2 work
+        remains for a later run (a Φ timeout not expired yet, a compensator to retry, suspend), 0
+        converged. The first that applies wins."""
+        if self.plan.minority:
+            return 3
+        codes = {o.code for o in self.outcomes}
+        for code in (3, 4, 1, 2):
+            if code in codes:
+                return code
+        return 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": "haios-reconcile/v1",
+            "repo": self.plan.repo,
+            "observed_hash": self.plan.observed_hash,
+            "minority": self.plan.minority,
+            "suspended": self.plan.suspended,
+            "traces": [o.as_dict() for o in self.outcomes],
+            "commit": self.commit,
+            "pushed_to": self.pushed_to,
+            "note": self.note,
+            "exit_code": self.exit_code(),
+        }
+
+
+class _Stop(Exception):
+    """End this trace for this run (the journal says why)."""
+
+    def __init__(self, code: int, note: str) -> None:
+        super().__init__(note)
+        self.code = code
+        self.note = note
+
+
+def _placeholders(step_: dict[str, Any], trace: TracePlan, node: str) -> dict[str, str]:
+    values = {"key": step_.get("key", ""), "node": node, "g": str(trace.g), "phase": trace.phase}
+    values.update(trace_id=trace.trace_id, kind=step_.get("kind", ""))
+    values.update({k: str(v) for k, v in (step_.get("params") or {}).items()})
+    return values
+
+
+class _Runner:
+    def __init__(self, ctx: Context, holder: str, clock: Callable[[], float], progress: Progress | None) -> None:
+        self.ctx = ctx
+        self.holder = holder
+        self.clock = clock
+        self.progress = progress
+        self.t = ctx.config.thresholds
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _tick(self, trace: TracePlan, node: str | None, action: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress({"trace_id": trace.trace_id, "node": node, "action": action, "done": done, "total": total})
+
+    def _renew(self, lease: Lease) -> Lease:
+        now = self.clock()
+        if lease.expires - now > self.t.lease_ttl / 2:
+            return lease
+        return self.ctx.backend.renew(lease, self.t.lease_ttl, now)
+
+    def _call(self, node: str, request: dict[str, Any]) -> dict[str, Any]:
+        return self.ctx.transport.call(node, request)
+
+    def _run_playbook(self, pb: Playbook, values: dict[str, str], node: str) -> tuple[bool, bool, Any]:
+        """Run a playbook for ``node``; returns (succeeded, retryable, result or error)."""
+        if pb.run_command:
+            try:
+                argv = [part.format_map(values) for part in pb.run_command]
+            except (KeyError, ValueError) as exc:
+                return False, False, f"playbook {pb.name}: no value for placeholder {exc}"
+            done = self.ctx.transport.run(
+                node,
+                argv,
+                timeout=pb.timeout,
+                env={"HAIOS_TRACE_ID": values["trace_id"], "HAIOS_IDEMPOTENCY_KEY": values["key"]},
+            )
+            if done.ok:
+                return True, True, {"exit": 0, "stdout": done.stdout[-500:].strip()}
+            retryable = pb.retryable_exit_codes is None or done.returncode in pb.retryable_exit_codes
+            detail = (done.stderr.strip() or done.stdout.strip())[-300:]
+            return False, retryable, f"exit {done.returncode}: {detail}"
+        assert pb.run_python is not None
+        module, _, name = pb.run_python.partition(":")
+        try:
+            func = getattr(importlib.import_module(module), name)
+            return True, True, func(**values)
+        except Exception as exc:  # noqa: BLE001 - a compensator's own failure is data, not a crash
+            return False, True, f"{type(exc).__name__}: {exc}"
+
+    # -- one trace -------------------------------------------------------------------------------
+
+    def run(self, trace: TracePlan) -> TraceOutcome:
+        outcome = TraceOutcome(trace.trace_id, trace.g, trace.phase, trace.verdict, trace.state, trace.state)
+        repo = self.ctx.repo
+        now = self.clock()
+        j = journals.find(repo, trace.trace_id) or journals.Journal(
+            trace.trace_id,
+            self.ctx.config.cluster.name,
+            trace.g,
+            trace.phase,
+            state=trace.state,
+            opened_at=journals._utc(now),
+        )
+        if not trace.actionable:
+            self._record_waiting(trace, j, outcome, now)
+            if j.dirty:
+                j.save(repo)
+            outcome.recorded = j.writes > 0
+            return outcome
+        try:
+            lease = self.ctx.backend.acquire(trace.shard, self.holder, trace.trace_id, self.t.lease_ttl, now)
+        except LockHeldError as exc:
+            outcome.code, outcome.note = 4, exc.message
+            return outcome
+        outcome.token = lease.token
+        j.add_token(lease.token)
+        if lease.previous:
+            j.add_step(now, None, "takeover", "ok", previous=lease.previous)
+        released = False
+        try:
+            lease = self._drive(trace, j, lease, outcome)
+        except _Stop as stop:
+            outcome.code, outcome.note = stop.code, stop.note
+        except FencedError as exc:
+            j.add_step(self.clock(), None, "fenced", "refused", error=exc.message)
+            outcome.code, outcome.note = 4, exc.message
+            released = True  # the lease is someone else's now
+        except HaiosError as exc:
+            # a node operation failed (unreachable mid-way, a version conflict in data/, a full disk):
+            # the trace stays where its checkpoints are, for the next run
+            j.add_step(self.clock(), None, "error", "failed", error=exc.message)
+            outcome.code, outcome.note = exc.exit_code if exc.exit_code in (3, 4) else 1, exc.message
+        finally:
+            outcome.after = j.state
+            if j.dirty:
+                j.save(repo)
+            outcome.recorded = j.writes > 0
+            if not released:
+                self.ctx.backend.release(lease, self.clock())
+        return outcome
+
+    def _record_waiting(self, trace: TracePlan, j: journals.Journal, outcome: TraceOutcome, now: float) -> None:
+        state = State(j.state)
+        if trace.verdict == "nothing":
+            if state not in TERMINAL and state not in NEEDS_A_HUMAN:
+                state, _ = step(state, Event.DONE)  # finished by an earlier run (killed before it said so)
+                j.set_state(state, now, reason=j.reason or trace.reason)
+        elif trace.verdict == "wait":
+            outcome.code, outcome.note = 2, trace.reason
+        elif trace.verdict == "blocked":
+            if state is not State.BLOCKED:
+                state, _ = step(state, Event.PARTITIONED)
+            j.set_state(state, now, reason=trace.reason)
+            outcome.code, outcome.note = 3, trace.reason
+        elif trace.verdict == "needs_human":
+            if state is not State.AWAITING_ACK:
+                state, _ = step(state, Event.NEEDS_HUMAN)
+                j.set_state(state, now, decision="needs_human", reason=trace.reason)
+                j.alert(now, "awaiting_ack", trace.reason)
+            outcome.code, outcome.note = 3, trace.reason
+        elif state in NEEDS_A_HUMAN:
+            outcome.code, outcome.note = 3, j.reason
+        outcome.after = j.state
+
+    def _drive(self, trace: TracePlan, j: journals.Journal, lease: Lease, outcome: TraceOutcome) -> Lease:
+        now = self.clock()
+        state = State(j.state)
+        if state is State.BLOCKED:
+            state, _ = step(state, Event.HEALED)
+        if state is State.BLOCKED_COMPENSATOR:
+            if j.blocked_since is not None and now - j.blocked_since >= self.t.t_blocked:
+                state, _ = step(state, Event.T_BLOCKED_EXPIRED)
+                return self._hard_fail(trace, j, lease, outcome, state)
+            state, _ = step(state, Event.ROLL_BACK)
+        if trace.verdict == "resume":
+            state, _ = step(state, Event.RESUME)
+            trace = self._resume(trace, j, lease, outcome)
+            if trace.verdict == "resume":
+                raise _Stop(2, "the resume hook ran; the executor has not PREPAREd yet")
+            if not trace.actionable:
+                raise _Stop(3 if trace.verdict in ("blocked", "needs_human") else 2, trace.reason)
+        event = Event.ROLL_FORWARD if trace.verdict == "forward" else Event.ROLL_BACK
+        state, _ = step(state, event)
+        j.set_state(state, now, decision=trace.verdict, reason=trace.reason)
+        lease = self._steps(trace, j, lease, outcome, state)
+        state, _ = step(State(j.state), Event.DONE)
+        j.set_state(state, self.clock())
+        return lease
+
+    def _resume(self, trace: TracePlan, j: journals.Journal, lease: Lease, outcome: TraceOutcome) -> TracePlan:
+        for s in trace.steps:
+            if s["action"] != "resume":
+                continue
+            pb = self.ctx.config.playbooks.get(s.get("playbook") or "")
+            if pb is None:
+                j.add_step(self.clock(), s["node"], "resume", "failed", error=f"no playbook {s.get('playbook')!r}")
+                continue
+            ok, _, result = self._run_playbook(
+                pb, _placeholders(s, trace, s["node"]) | {"token": str(lease.token)}, s["node"]
+            )
+            self._call(
+                s["node"],
+                {
+                    "op": "checkpoint",
+                    "trace_id": trace.trace_id,
+                    "token": lease.token,
+                    "g": trace.g,
+                    "phase": trace.phase,
+                    "step": "resume",
+                    "outcome": "ok" if ok else "failed",
+                },
+            )
+            j.add_step(self.clock(), s["node"], "resume", "ok" if ok else "failed", result=result)
+            outcome.steps += 1
+        j.resume_attempts += 1
+        j.dirty = True
+        return plan_transition(self.ctx, trace.g, trace.phase, trace.participants, resume_attempts=j.resume_attempts)
+
+    def _op(self, trace: TracePlan, lease: Lease, op: str, node: str, **extra: Any) -> dict[str, Any]:
+        request = {"op": op, "trace_id": trace.trace_id, "token": lease.token, "g": trace.g, "phase": trace.phase}
+        return self._call(node, {**request, **extra})
+
+    def _steps(self, trace: TracePlan, j: journals.Journal, lease: Lease, outcome: TraceOutcome, state: State) -> Lease:
+        total = len(trace.steps)
+        for index, s in enumerate(trace.steps, 1):
+            lease = self._renew(lease)
+            node, action = s["node"], s["action"]
+            self._tick(trace, node, action, index - 1, total)
+            if action == "repair":
+                result = self._op(trace, lease, "repair", node)
+            elif action == "forward":
+                try:
+                    result = self._op(trace, lease, "forward", node)
+                except DataSchemaError as exc:
+                    j.add_step(self.clock(), node, "forward", "invalid", error=exc.message)
+                    return self._validation_failed(trace, j, lease, outcome, exc.message)
+            elif action == "compensate":
+                self._compensate(trace, j, lease, s)
+                result = {"outcome": "compensated"}
+            elif action == "rollback":
+                result = self._op(
+                    trace, lease, "rollback", node, reason=f"haios recovery {trace.trace_id}: {trace.reason}"
+                )
+            else:
+                raise UsageError(f"plan step {action!r} is unknown")
+            j.add_step(
+                self.clock(),
+                node,
+                action,
+                str(result.get("outcome", "ok")),
+                **({"key": s["key"]} if "key" in s else {}),
+            )
+            j.save(self.ctx.repo)  # after the node's checkpoint: the journal tells the story, the WAL decides
+            outcome.steps += 1
+            self._tick(trace, node, action, index, total)
+        return lease
+
+    def _compensate(self, trace: TracePlan, j: journals.Journal, lease: Lease, s: dict[str, Any]) -> None:
+        node, key = s["node"], s["key"]
+        now = self.clock()
+        pb = self.ctx.config.playbooks.get(s["compensator"])
+        if pb is None:
+            ok, retryable, result = False, False, f"no playbook named {s['compensator']!r} in playbooks/"
+        else:
+            ok, retryable, result = self._run_playbook(pb, _placeholders(s, trace, node), node)
+        if ok:
+            self._op(trace, lease, "compensated", node, key=key, result=result, from_lamport=s.get("from_lamport"))
+            return
+        record = j.compensation.setdefault(key, {"attempts": 0, "first_failed": now})
+        record["attempts"] += 1
+        record["last_error"] = str(result)
+        j.add_step(now, node, "compensate", "failed", key=key, error=str(result))
+        state = State(j.state)
+        if not retryable or record["attempts"] >= self.t.sel_max_attempts:
+            state, _ = step(state, Event.COMPENSATOR_EXHAUSTED)
+            if j.blocked_since is None:
+                j.blocked_since = now
+            j.set_state(state, now)
+            j.alert(
+                now,
+                "sel_compensator_failed",
+                f"{s['compensator']} for {key} on {node} failed {record['attempts']} times: {result}",
+            )
+            raise _Stop(3, f"compensator {s['compensator']} for {key} keeps failing: BLOCKED_COMPENSATOR")
+        state, _ = step(state, Event.COMPENSATOR_FAILED)
+        j.set_state(state, now)
+        raise _Stop(
+            2, f"compensator {s['compensator']} for {key} failed (attempt {record['attempts']}); the next run retries"
+        )
+
+    def _validation_failed(
+        self, trace: TracePlan, j: journals.Journal, lease: Lease, outcome: TraceOutcome, error: str
+    ) -> Lease:
+        """Replay found a file its schema rejects: roll back if nothing committed yet (SPEC §4.2)."""
+        back = plan_transition(self.ctx, trace.g, trace.phase, trace.participants, force_rollback=error)
+        if back.verdict != "rollback":
+            state, _ = step(State(j.state), Event.NEEDS_HUMAN)
+            j.set_state(state, self.clock(), decision="needs_human", reason=back.reason)
+            j.alert(self.clock(), "awaiting_ack", back.reason)
+            raise _Stop(3, back.reason)
+        state, _ = step(State(j.state), Event.VALIDATION_FAILED)
+        j.set_state(state, self.clock(), decision="rollback", reason=back.reason)
+        outcome.verdict = "rollback"
+        return self._steps(back, j, lease, outcome, state)
+
+    def _hard_fail(
+        self, trace: TracePlan, j: journals.Journal, lease: Lease, outcome: TraceOutcome, state: State
+    ) -> Lease:
+        """T_blocked passed: give up on the stuck side effects, abort everywhere, alert (SPEC §4.1)."""
+        stuck = sorted(j.compensation)
+        now = self.clock()
+        for node in trace.participants:
+            result = self._op(
+                trace,
+                lease,
+                "rollback",
+                node,
+                reason=f"HARD_FAILED {trace.trace_id}: compensators failed for {self.t.t_blocked:.0f} s",
+                abandon=stuck,
+            )
+            j.add_step(self.clock(), node, "rollback", str(result.get("outcome")), abandoned=stuck)
+            outcome.steps += 1
+        j.set_state(state, now, reason=f"compensation of {', '.join(stuck)} failed past T_blocked")
+        j.alert(
+            now,
+            "hard_failed",
+            f"g={trace.g} {trace.phase}: rolled back without compensating {', '.join(stuck)}; the barrier is released",
+        )
+        raise _Stop(3, f"HARD_FAILED: {', '.join(stuck)} left uncompensated (alert raised)")
+
+
+def _status_file(ctx: Context) -> dict[str, Any]:
+    nodes: dict[str, Any] = {}
+    for spec in ctx.config.cluster.nodes:
+        try:
+            raw = ctx.transport.read_file(spec.name, "state.txt")
+            body = controlfile.load_mapping(controlfile.decode(raw, spec.name)) if raw is not None else None
+        except HaiosError:
+            body = None
+        nodes[spec.name] = {"g": body.get("g"), "ph": body.get("ph")} if body else {"unreachable": True}
+    open_traces = (
+        sorted(
+            j.trace_id
+            for p in sorted((ctx.repo / journals.JOURNAL_DIR).glob("*.yaml"))
+            if not (j := journals.load(p)).terminal
+        )
+        if (ctx.repo / journals.JOURNAL_DIR).is_dir()
+        else []
+    )
+    return {"cluster": ctx.config.cluster.name, "nodes": nodes, "open_traces": open_traces}
+
+
+def _write_status(ctx: Context) -> None:
+    data = controlfile.dump_mapping(_status_file(ctx))
+    path = ctx.repo / STATUS_FILE
+    if path.exists() and path.read_bytes() == data:
+        return
+    makedirs_durable(path.parent)
+    atomic_write(path, data)
+
+
+def _message(outcomes: list[TraceOutcome]) -> tuple[str, str]:
+    verbs = {"forward": "rolled forward", "rollback": "rolled back", "resume": "resumed"}
+    done = [o for o in outcomes if o.recorded]
+    parts = [
+        f"{verbs.get(o.verdict, o.verdict) if o.after == State.CLEAN_EXIT.value else o.after} g={o.g} {o.phase}"
+        for o in done
+    ]
+    subject = "haios reconcile: " + ("; ".join(parts) if parts else "recorded trace states")
+    if len(subject) > 100:
+        subject = f"haios reconcile: {len(done)} traces ({', '.join(sorted({o.after for o in done}))})"
+    body = []
+    for o in done:
+        token = f", token {o.token}" if o.token is not None else ""
+        body.append(f"g={o.g} {o.phase} (trace {o.trace_id}{token}): {o.before} -> {o.after}, {o.steps} steps")
+        if o.note:
+            body.append(f"  {o.note}")
+    return subject, "\n".join(body)
+
+
+def reconcile(
+    repo: Path | str,
+    *,
+    now: float | None = None,
+    plan: Plan | None = None,
+    holder: str | None = None,
+    progress: Progress | None = None,
+    push: bool = False,
+    remote: str | None = None,
+) -> RunResult:
+    """Plan and carry the plan out; with ``plan``, execute exactly that plan (refused if stale)."""
+    path = Path(repo)
+    started = time.time()
+    base = started if now is None else now
+
+    def clock() -> float:
+        return base + (time.time() - started)
+
+    fresh, ctx = build(path, now=base)
+    if plan is not None:
+        stale = []
+        if plan.desired_digest != fresh.desired_digest or plan.desired_commit != fresh.desired_commit:
+            stale.append(
+                f"the desired state changed (plan {(plan.desired_commit or '-')[:12]}, now {(fresh.desired_commit or '-')[:12]})"
+            )
+        if plan.observed_hash != fresh.observed_hash:
+            stale.append("the cluster changed since the plan was made (observed hash differs)")
+        if stale:
+            raise HaiosError(
+                f"refusing a stale plan: {'; '.join(stale)}",
+                hint="make a new plan with 'haios plan --out FILE' and review it",
+            )
+    else:
+        plan = fresh
+    result = RunResult(plan)
+    if plan.minority:
+        result.note = (
+            f"minority view: {len(plan.reachable)} of {len(plan.active)} active members reachable; nothing changed"
+        )
+        return result
+    if plan.suspended:
+        result.note = "the desired state says suspend: plan only, nothing changed"
+        result.outcomes = [
+            TraceOutcome(t.trace_id, t.g, t.phase, t.verdict, t.state, t.state, code=2 if t.actionable else 0)
+            for t in plan.traces
+        ]
+        return result
+    runner = _Runner(ctx, holder or new_holder(), clock, progress)
+    blocked_at: tuple[int, int] | None = None
+    for trace in sorted(plan.traces, key=lambda t: order(t.g, t.phase)):
+        if blocked_at is not None and order(trace.g, trace.phase) > blocked_at and trace.actionable:
+            # PHASE_ORDER_BARRIER: nothing after an unfinished transition moves
+            result.outcomes.append(
+                TraceOutcome(
+                    trace.trace_id,
+                    trace.g,
+                    trace.phase,
+                    trace.verdict,
+                    trace.state,
+                    trace.state,
+                    code=2,
+                    note="waits for an earlier transition (PHASE_ORDER_BARRIER)",
+                )
+            )
+            continue
+        outcome = runner.run(trace)
+        result.outcomes.append(outcome)
+        if State(outcome.after) not in (State.CLEAN_EXIT, State.HARD_FAILED) and blocked_at is None:
+            blocked_at = order(trace.g, trace.phase)
+        if outcome.code == 4 and "fencing token" in outcome.note:
+            break  # we are stale: stop touching anything
+    changed = [o for o in result.outcomes if o.recorded]
+    paths = [journals.JOURNAL_DIR, STATUS_FILE]
+    if changed:
+        _write_status(ctx)
+        subject, body = _message(result.outcomes)
+        traces = [{"trace_id": o.trace_id, "result": o.after, "fencing_token": o.token or "-"} for o in changed]
+        result.commit = audit.commit_run(path, paths, subject, body, traces, plan.observed_hash)
+    if push and result.commit is not None:
+        result.pushed_to = audit.push(path, remote)
+    return result

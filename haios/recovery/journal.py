@@ -1,0 +1,179 @@
+"""Trace journals: ``status/recoveries/<trace_id>.yaml`` in the desired-state repo (SPEC §8).
+
+A journal is the human-readable history of one trace: what was decided and why, every fencing token
+it held, every step with its node and outcome, alerts raised. It is written atomically after each
+step (the nodes' RECOVERY records are written first and are what a resumed run trusts; the journal is
+the story told in the audit commit), and only when something in it changed, so a run that changes
+nothing leaves every journal byte-identical.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..fsutil import atomic_write, makedirs_durable
+from .machine import TERMINAL, State
+
+JOURNAL_DIR = "status/recoveries"
+JOURNAL_SCHEMA = "haios-trace/v1"
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def new_trace_id(g: int, phase: str) -> str:
+    """``<g>-<phase>-<random>``: sortable by transition, unique per incident."""
+    return f"{g}-{phase.lower()}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class Journal:
+    trace_id: str
+    cluster: str
+    g: int
+    phase: str
+    state: str = State.INTERRUPTED.value
+    decision: str = ""
+    reason: str = ""
+    opened_at: str = ""
+    closed_at: str | None = None
+    tokens: list[int] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    compensation: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> attempts, errors
+    blocked_since: float | None = None
+    resume_attempts: int = 0
+    dirty: bool = field(default=False, repr=False, compare=False)
+    writes: int = field(default=0, repr=False, compare=False)  # saves during this run
+
+    @property
+    def shard(self) -> str:
+        return self.phase
+
+    @property
+    def terminal(self) -> bool:
+        return State(self.state) in TERMINAL
+
+    def path(self, repo: Path) -> Path:
+        return repo / JOURNAL_DIR / f"{self.trace_id}.yaml"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "schema": JOURNAL_SCHEMA,
+            "trace_id": self.trace_id,
+            "cluster": self.cluster,
+            "g": self.g,
+            "phase": self.phase,
+            "shard": self.shard,
+            "state": self.state,
+            "decision": self.decision,
+            "reason": self.reason,
+            "opened_at": self.opened_at,
+            "closed_at": self.closed_at,
+            "fencing_tokens": list(self.tokens),
+            "steps": list(self.steps),
+            "alerts": list(self.alerts),
+            "compensation": dict(self.compensation),
+            "blocked_since": self.blocked_since,
+            "resume_attempts": self.resume_attempts,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Journal:
+        return cls(
+            trace_id=data["trace_id"],
+            cluster=data.get("cluster", ""),
+            g=int(data["g"]),
+            phase=data["phase"],
+            state=data.get("state", State.INTERRUPTED.value),
+            decision=data.get("decision", ""),
+            reason=data.get("reason", ""),
+            opened_at=data.get("opened_at", ""),
+            closed_at=data.get("closed_at"),
+            tokens=list(data.get("fencing_tokens") or []),
+            steps=list(data.get("steps") or []),
+            alerts=list(data.get("alerts") or []),
+            compensation=dict(data.get("compensation") or {}),
+            blocked_since=data.get("blocked_since"),
+            resume_attempts=int(data.get("resume_attempts") or 0),
+        )
+
+    # -- changes (each marks the journal for saving) ---------------------------------------------
+
+    def set_state(self, state: State, now: float, *, decision: str | None = None, reason: str | None = None) -> None:
+        changed = (state.value, decision or self.decision, reason or self.reason) != (
+            self.state,
+            self.decision,
+            self.reason,
+        )
+        if not changed:
+            return
+        self.state = state.value
+        if decision is not None:
+            self.decision = decision
+        if reason is not None:
+            self.reason = reason
+        if state in TERMINAL:
+            self.closed_at = _utc(now)
+        self.dirty = True
+
+    def add_token(self, token: int) -> None:
+        if token not in self.tokens:
+            self.tokens.append(token)
+            self.dirty = True
+
+    def add_step(self, now: float, node: str | None, action: str, outcome: str, **detail: Any) -> None:
+        self.steps.append({"at": _utc(now), "node": node, "action": action, "outcome": outcome, **detail})
+        self.dirty = True
+
+    def alert(self, now: float, name: str, message: str) -> None:
+        self.alerts.append({"at": _utc(now), "alert": name, "message": message})
+        self.dirty = True
+
+    def save(self, repo: Path) -> None:
+        from ruamel.yaml import YAML
+
+        yaml = YAML(typ="safe", pure=True)
+        yaml.default_flow_style = False
+        yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]
+        buf = io.StringIO()
+        yaml.dump(self.as_dict(), buf)
+        makedirs_durable(repo / JOURNAL_DIR)
+        atomic_write(self.path(repo), buf.getvalue().encode("utf-8"))
+        self.dirty = False
+        self.writes += 1
+
+
+def load(path: Path) -> Journal:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        data = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
+        return Journal.from_dict(data)
+    except (OSError, YAMLError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"{path}: not a readable trace journal ({' '.join(str(exc).split())})",
+            hint="restore it from git (git checkout -- status/recoveries)",
+        ) from exc
+
+
+def journals_for(repo: Path, g: int, phase: str) -> list[Journal]:
+    """Every journal of (g, phase), oldest first."""
+    directory = repo / JOURNAL_DIR
+    if not directory.is_dir():
+        return []
+    found = [load(p) for p in sorted(directory.glob(f"{g}-{phase.lower()}-*.yaml"))]
+    return sorted(found, key=lambda j: (j.opened_at, j.trace_id))
+
+
+def find(repo: Path, trace_id: str) -> Journal | None:
+    path = repo / JOURNAL_DIR / f"{trace_id}.yaml"
+    return load(path) if path.exists() else None

@@ -1,0 +1,116 @@
+"""The per-trace recovery state machine (SPEC §4.1), pure: ``step(state, event) -> (state, actions)``.
+
+::
+
+    INTERRUPTED ─┬─► RECONCILE (roll forward) ─► CLEAN_EXIT
+                 └─► ROLLBACK (compensation, then snapshot restore) ─► CLEAN_EXIT
+    BLOCKED (partition: waits for heal, not FAILED)
+    BLOCKED_COMPENSATOR ─(T_blocked)─► HARD_FAILED (releases the barrier, alert)
+    AWAITING_ACK (flapping, corrupt WAL, hold policy, cost cap: needs a signed override)
+
+The whole transition table is :data:`TABLE`; anything not in it is a bug and raises
+:class:`InvalidTransition`. Actions name what the executor must do next, in order.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class State(StrEnum):
+    INTERRUPTED = "INTERRUPTED"
+    RECONCILE = "RECONCILE"
+    ROLLBACK = "ROLLBACK"
+    CLEAN_EXIT = "CLEAN_EXIT"
+    BLOCKED = "BLOCKED"
+    BLOCKED_COMPENSATOR = "BLOCKED_COMPENSATOR"
+    HARD_FAILED = "HARD_FAILED"
+    AWAITING_ACK = "AWAITING_ACK"
+
+
+class Event(StrEnum):
+    ROLL_FORWARD = "roll_forward"  # the planner: every uncommitted participant has PREPARE
+    ROLL_BACK = "roll_back"  # the planner: a participant lacks PREPARE and the Φ timeout expired
+    RESUME = "resume"  # the planner: on_partial resume, run the phase's resume hook
+    PARTITIONED = "partitioned"  # a participant is unreachable or PARTITIONED
+    HEALED = "healed"  # every participant is reachable again
+    NEEDS_HUMAN = "needs_human"  # corrupt WAL mid-log, hold policy, flapping, cost cap
+    ACK_RESUME = "ack_resume"  # a signed override: try again automatically
+    ACK_ROLLBACK = "ack_rollback"  # a signed override: force a rollback
+    VALIDATION_FAILED = "validation_failed"  # replay found a file its schema rejects
+    COMPENSATOR_FAILED = "compensator_failed"  # one compensation failed; retried by a later run
+    COMPENSATOR_EXHAUSTED = "compensator_exhausted"  # failed past the attempt limit
+    T_BLOCKED_EXPIRED = "t_blocked_expired"  # BLOCKED_COMPENSATOR for longer than T_blocked
+    DONE = "done"  # every participant committed (RECONCILE) or aborted (ROLLBACK)
+
+
+class Action(StrEnum):
+    REPLAY_AND_COMMIT = "replay_and_commit"
+    COMPENSATE = "compensate"
+    RESTORE_AND_ABORT = "restore_and_abort"
+    RUN_RESUME_HOOK = "run_resume_hook"
+    ABANDON_AND_ABORT = "abandon_and_abort"  # HARD_FAILED: abort, leaving the stuck side effect
+    ALERT = "alert"
+    RELEASE_BARRIER = "release_barrier"
+    WAIT = "wait"
+
+
+TERMINAL = frozenset({State.CLEAN_EXIT, State.HARD_FAILED})
+NEEDS_A_HUMAN = frozenset({State.AWAITING_ACK, State.BLOCKED_COMPENSATOR, State.HARD_FAILED})
+"""States that make reconcile exit 3 (SPEC §10)."""
+
+_S, _E, _A = State, Event, Action
+_FORWARD = (_A.REPLAY_AND_COMMIT,)
+_BACK = (_A.COMPENSATE, _A.RESTORE_AND_ABORT)
+TABLE: dict[tuple[State, Event], tuple[State, tuple[Action, ...]]] = {
+    (_S.INTERRUPTED, _E.ROLL_FORWARD): (_S.RECONCILE, _FORWARD),
+    (_S.INTERRUPTED, _E.ROLL_BACK): (_S.ROLLBACK, _BACK),
+    (_S.INTERRUPTED, _E.RESUME): (_S.INTERRUPTED, (_A.RUN_RESUME_HOOK,)),
+    (_S.INTERRUPTED, _E.PARTITIONED): (_S.BLOCKED, (_A.WAIT,)),
+    (_S.INTERRUPTED, _E.NEEDS_HUMAN): (_S.AWAITING_ACK, (_A.ALERT,)),
+    (_S.INTERRUPTED, _E.DONE): (_S.CLEAN_EXIT, ()),  # resolved without us (the coordinator finished it)
+    (_S.RECONCILE, _E.ROLL_FORWARD): (_S.RECONCILE, _FORWARD),  # resumed after a crash
+    (_S.RECONCILE, _E.DONE): (_S.CLEAN_EXIT, ()),
+    (_S.RECONCILE, _E.VALIDATION_FAILED): (_S.ROLLBACK, _BACK),
+    (_S.RECONCILE, _E.ROLL_BACK): (_S.ROLLBACK, _BACK),  # nothing committed yet, and the rule now says back
+    (_S.RECONCILE, _E.PARTITIONED): (_S.BLOCKED, (_A.WAIT,)),
+    (_S.RECONCILE, _E.NEEDS_HUMAN): (_S.AWAITING_ACK, (_A.ALERT,)),
+    (_S.ROLLBACK, _E.ROLL_BACK): (_S.ROLLBACK, _BACK),  # resumed after a crash or a failed compensator
+    (_S.ROLLBACK, _E.DONE): (_S.CLEAN_EXIT, ()),
+    (_S.ROLLBACK, _E.COMPENSATOR_FAILED): (_S.ROLLBACK, (_A.WAIT,)),
+    (_S.ROLLBACK, _E.COMPENSATOR_EXHAUSTED): (_S.BLOCKED_COMPENSATOR, (_A.ALERT,)),
+    (_S.ROLLBACK, _E.PARTITIONED): (_S.BLOCKED, (_A.WAIT,)),
+    (_S.ROLLBACK, _E.NEEDS_HUMAN): (_S.AWAITING_ACK, (_A.ALERT,)),
+    (_S.BLOCKED, _E.PARTITIONED): (_S.BLOCKED, (_A.WAIT,)),
+    (_S.BLOCKED, _E.HEALED): (_S.INTERRUPTED, ()),
+    (_S.BLOCKED, _E.DONE): (_S.CLEAN_EXIT, ()),  # resolved while we waited
+    (_S.BLOCKED, _E.NEEDS_HUMAN): (_S.AWAITING_ACK, (_A.ALERT,)),
+    (_S.BLOCKED_COMPENSATOR, _E.ROLL_BACK): (_S.ROLLBACK, _BACK),  # the compensator's breaker closed again
+    (_S.BLOCKED_COMPENSATOR, _E.COMPENSATOR_FAILED): (_S.BLOCKED_COMPENSATOR, (_A.WAIT,)),
+    (_S.BLOCKED_COMPENSATOR, _E.COMPENSATOR_EXHAUSTED): (_S.BLOCKED_COMPENSATOR, (_A.WAIT,)),
+    (_S.BLOCKED_COMPENSATOR, _E.T_BLOCKED_EXPIRED): (
+        _S.HARD_FAILED,
+        (_A.ABANDON_AND_ABORT, _A.ALERT, _A.RELEASE_BARRIER),
+    ),
+    (_S.BLOCKED_COMPENSATOR, _E.ACK_ROLLBACK): (_S.ROLLBACK, _BACK),
+    (_S.AWAITING_ACK, _E.NEEDS_HUMAN): (_S.AWAITING_ACK, (_A.WAIT,)),
+    (_S.AWAITING_ACK, _E.ACK_RESUME): (_S.INTERRUPTED, ()),
+    (_S.AWAITING_ACK, _E.ACK_ROLLBACK): (_S.ROLLBACK, _BACK),
+}
+
+
+class InvalidTransition(Exception):
+    """An event that the state machine does not allow in a state (a bug in the caller)."""
+
+
+def step(state: State, event: Event) -> tuple[State, tuple[Action, ...]]:
+    """The next state and the actions that lead there."""
+    try:
+        return TABLE[(state, event)]
+    except KeyError:
+        raise InvalidTransition(f"{event.value} is not allowed in {state.value}") from None
+
+
+def allowed(state: State) -> list[Event]:
+    """The events ``state`` accepts."""
+    return [e for (s, e) in TABLE if s is state]

@@ -1,0 +1,472 @@
+"""``haios plan``: observe the cluster and decide, for every half-done transition, what reconcile
+would do — without changing anything (the observation cache in ``status/observed/`` aside).
+
+A plan records the desired-state commit, a digest of the configuration it was made from and a hash
+of the observed state, so that ``haios reconcile --plan FILE`` can refuse to execute a plan that no
+longer describes the cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import load_repo
+from ..config.model import PHASES, PhasePolicy, RepoConfig
+from ..coord import Backend, Lease, open_backend
+from ..detect.detectors import NodeObservation, PhaseSummary
+from ..detect.observe import observe
+from ..detect.phi import Estimators
+from ..errors import HaiosError, RepoError
+from ..gitrepo import _git
+from ..node.transaction import next_transition
+from ..transport import LocalTransport, Transport
+from . import journal as journals
+from .machine import NEEDS_A_HUMAN, TERMINAL, Event, State
+from .planner import Decision, Inputs, View, decide, steps_for
+
+PLAN_SCHEMA = "haios-plan/v1"
+ACTIONABLE = frozenset({"forward", "rollback", "resume"})
+_CONFIG_GLOBS = ("haios.yaml", "desired/*.yaml", "policies/*.yaml", "playbooks/*.yaml", "overrides/*.yaml")
+
+
+def order(g: int, phase: str | None) -> tuple[int, int]:
+    return (g, -1 if phase is None else PHASES.index(phase))
+
+
+@dataclass
+class TracePlan:
+    trace_id: str
+    g: int
+    phase: str
+    state: str  # the trace's state when planned (INTERRUPTED for a new one)
+    verdict: str
+    reason: str
+    participants: list[str]
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    wait_until: float | None = None
+    resumed: bool = False  # the trace existed before this plan (a killed or earlier run)
+    held_by: dict[str, Any] | None = None  # a live lease of another reconciler on the shard
+    corrupt: list[str] = field(default_factory=list)  # participants whose WAL is corrupt mid-log
+
+    @property
+    def shard(self) -> str:
+        return self.phase
+
+    @property
+    def actionable(self) -> bool:
+        return self.verdict in ACTIONABLE
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "trace_id": self.trace_id,
+            "g": self.g,
+            "phase": self.phase,
+            "shard": self.shard,
+            "state": self.state,
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "participants": self.participants,
+            "steps": self.steps,
+            "wait_until": self.wait_until,
+            "resumed": self.resumed,
+            "held_by": self.held_by,
+            "corrupt": self.corrupt,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TracePlan:
+        return cls(
+            d["trace_id"],
+            int(d["g"]),
+            d["phase"],
+            d["state"],
+            d["verdict"],
+            d["reason"],
+            list(d["participants"]),
+            list(d.get("steps") or []),
+            d.get("wait_until"),
+            bool(d.get("resumed")),
+            d.get("held_by"),
+            list(d.get("corrupt") or []),
+        )
+
+
+@dataclass
+class Plan:
+    repo: str
+    cluster: str
+    created_at: float
+    desired_commit: str | None
+    desired_digest: str
+    observed_hash: str
+    active: list[str]
+    reachable: list[str]
+    suspended: bool = False
+    traces: list[TracePlan] = field(default_factory=list)
+
+    @property
+    def minority(self) -> bool:
+        """SPEC §4.7: fewer than a majority of active members reachable."""
+        return 2 * len(self.reachable) <= len(self.active) and bool(self.active)
+
+    @property
+    def pending(self) -> list[TracePlan]:
+        return [t for t in self.traces if t.actionable or t.verdict == "wait"]
+
+    @property
+    def blocked(self) -> list[TracePlan]:
+        return [
+            t
+            for t in self.traces
+            if t.verdict in ("blocked", "needs_human") or (not t.actionable and State(t.state) in NEEDS_A_HUMAN)
+        ]
+
+    def exit_code(self) -> int:
+        """SPEC §10 for a plan: 3 blocked (minority view, a trace needing a human), 4 a shard the
+        plan would act on is leased by another reconciler, 2 actions pending, 0 nothing to do."""
+        if self.minority or self.blocked:
+            return 3
+        if any(t.held_by and t.actionable for t in self.traces):
+            return 4
+        return 2 if self.pending else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": PLAN_SCHEMA,
+            "repo": self.repo,
+            "cluster": self.cluster,
+            "created_at": self.created_at,
+            "desired": {"commit": self.desired_commit, "digest": self.desired_digest},
+            "observed_hash": self.observed_hash,
+            "active": self.active,
+            "reachable": self.reachable,
+            "minority": self.minority,
+            "suspended": self.suspended,
+            "traces": [t.as_dict() for t in self.traces],
+            "exit_code": self.exit_code(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        if data.get("schema") != PLAN_SCHEMA:
+            raise HaiosError(f"not a haios plan (schema {data.get('schema')!r}, expected {PLAN_SCHEMA})")
+        return cls(
+            data["repo"],
+            data["cluster"],
+            float(data["created_at"]),
+            data["desired"]["commit"],
+            data["desired"]["digest"],
+            data["observed_hash"],
+            list(data["active"]),
+            list(data["reachable"]),
+            bool(data.get("suspended")),
+            [TracePlan.from_dict(t) for t in data["traces"]],
+        )
+
+
+@dataclass
+class Context:
+    """What planning saw, handed on to the executor."""
+
+    repo: Path
+    config: RepoConfig
+    transport: Transport
+    backend: Backend
+    observations: dict[str, NodeObservation]
+    estimators: Estimators
+    now: float
+
+
+def desired_commit(repo: Path) -> str | None:
+    """The last commit that changed the desired state (anything outside ``status/``)."""
+    git = _git()
+    try:
+        r = git.Repo(repo)
+        if not r.head.is_valid():
+            return None
+        sha = r.git.log("-1", "--format=%H", "--", ".", ":(exclude)status").strip()
+        return sha or None
+    except git.GitError as exc:
+        raise RepoError(f"{repo}: git log failed: {' '.join(str(exc).split())}") from exc
+
+
+def desired_digest(repo: Path) -> str:
+    """SHA-256 over the configuration files as they are on disk (committed or not)."""
+    h = hashlib.sha256()
+    paths = sorted({p for pattern in _CONFIG_GLOBS for p in repo.glob(pattern)} | set(repo.glob("schemas/*.json")))
+    for path in paths:
+        h.update(str(path.relative_to(repo)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return "sha256:" + h.hexdigest()
+
+
+def observed_hash(observations: dict[str, NodeObservation]) -> str:
+    """A hash of what the decisions depend on (not of heartbeats or timestamps)."""
+    canon = []
+    for name in sorted(observations):
+        o = observations[name]
+        canon.append(
+            {
+                "node": name,
+                "reachable": o.reachable,
+                "state": {k: (o.state or {}).get(k) for k in ("g", "ph", "status")},
+                "partition": (o.gossip or {}).get("partition_status"),
+                "wal_error": None if o.wal_error is None else (o.wal_error.get("segment"), o.wal_error.get("offset")),
+                "last_lamport": o.last_lamport,
+                "open": sorted([s.g, s.phase, s.prepared] for s in o.phases.values() if s.ended is None),
+            }
+        )
+    blob = json.dumps(canon, sort_keys=True, separators=(",", ":")).encode()
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+def _position(o: NodeObservation) -> tuple[int, int]:
+    state = o.state or {}
+    return order(int(state.get("g") or 0), state.get("ph"))
+
+
+def candidates(observations: dict[str, NodeObservation]) -> dict[tuple[int, str], list[str]]:
+    """The transitions that need a decision, each with its participants.
+
+    A transition is a candidate when a participant has it open, when it committed somewhere but not
+    on every participant, or when a participant's WAL is damaged (torn tail, corruption).
+    """
+    seen: dict[tuple[int, str], dict[str, PhaseSummary]] = defaultdict(dict)
+    for name, o in observations.items():
+        for key, s in o.phases.items():
+            seen[key][name] = s
+    found: dict[tuple[int, str], set[str]] = {}
+    for key, by_node in seen.items():
+        participants = {p for s in by_node.values() for p in s.participants}
+        ends = {s.ended for s in by_node.values()}
+        if None in ends or any(s.uncompensated for s in by_node.values() if s.ended == "ABORT_PHASE"):
+            found[key] = participants
+        elif "COMMIT_PHASE" in ends:
+            for p in participants:
+                mine_s = by_node.get(p)
+                obs = observations.get(p)
+                if mine_s is not None and mine_s.ended == "COMMIT_PHASE":
+                    continue
+                if mine_s is None and obs is not None and obs.reachable and _position(obs) >= order(*key):
+                    continue  # committed long ago: its summary left the observation cache
+                found[key] = participants
+                break
+    for name, o in observations.items():
+        for entry in (o.state or {}).get("uncompensated") or []:
+            # an aborted phase whose side effects are still owed (recorded in state.txt at ABORT)
+            key = (int(entry["g"]), str(entry["phase"]))
+            known = seen.get(key, {}).get(name)
+            found.setdefault(key, set()).update(known.participants if known else (), {name})
+        if o.wal_error is None or any(name in parts for parts in found.values()):
+            continue
+        mine = list(o.phases.values())
+        if mine:
+            latest = max(mine, key=lambda s: s.begin_lamport)
+            found.setdefault((latest.g, latest.phase), set(latest.participants) | {name})
+        elif o.state is not None:
+            # nothing readable at all: the transition the node stands at (or would begin) needs a human
+            g, ph = int(o.state.get("g") or 0), o.state.get("ph")
+            found.setdefault((g, ph) if ph else next_transition(g, ph), {name})
+    return {key: sorted(parts) for key, parts in sorted(found.items(), key=lambda kv: order(*kv[0]))}
+
+
+def _view(ctx: Context, node: str, g: int, phase: str, summary: PhaseSummary | None) -> tuple[View, dict[str, Any]]:
+    o = ctx.observations.get(node)
+    if o is None:
+        return View(node, "unreachable", detail="not a node of haios.yaml (or not observable)"), {}
+    if not o.reachable:
+        return View(node, "unreachable", detail=o.error or "unreachable"), {}
+    torn = o.wal_error is not None and bool(o.wal_error.get("torn_tail"))
+    if o.wal_error is not None and not torn:
+        return View(node, "corrupt", detail=str(o.wal_error.get("reason", "corrupt"))), {}
+    if (o.gossip or {}).get("partition_status") == "PARTITIONED":
+        return View(node, "partitioned", detail="gossip says PARTITIONED"), {}
+    try:
+        request: dict[str, Any] = {"op": "inspect", "g": g, "phase": phase}
+        owed = [e for e in (o.state or {}).get("uncompensated") or [] if (e["g"], e["phase"]) == (g, phase)]
+        if owed:
+            request["from_lamport"] = owed[-1]["begin_lamport"]  # the aborted attempt that owes compensation
+        elif summary is not None and summary.ended is not None:
+            request["from_lamport"] = summary.begin_lamport  # it ended: it may lie before the WAL's tail
+        info = ctx.transport.call(node, request)
+    except HaiosError as exc:
+        return View(node, "unreachable", detail=exc.message), {}
+    return (
+        View(
+            node,
+            info["status"],
+            begin_ts=summary.begin_ts if summary else None,
+            side_effects=tuple(info["side_effects"]),
+            torn=torn or bool(info.get("torn_tail")),
+            from_lamport=request.get("from_lamport"),
+        ),
+        info,
+    )
+
+
+def _trace_identity(
+    ctx: Context, g: int, phase: str, infos: dict[str, dict[str, Any]]
+) -> tuple[str, journals.Journal | None, int]:
+    """The trace to continue (from the nodes' RECOVERY records or an open journal), or a new id;
+    also how many automatic rollbacks of (g, phase) already finished (flapping, SPEC §4.5)."""
+    history = journals.journals_for(ctx.repo, g, phase)
+    by_id = {j.trace_id: j for j in history}
+    finished_rollbacks = sum(1 for j in history if j.terminal and j.decision == "rollback")
+    recorded = [r["trace_id"] for info in infos.values() for r in info.get("recovery", [])]
+    for trace_id in reversed(recorded):
+        j = by_id.get(trace_id)
+        if j is None or not j.terminal:
+            return trace_id, j, finished_rollbacks
+    open_journals = [j for j in history if not j.terminal]
+    if open_journals:
+        return open_journals[-1].trace_id, open_journals[-1], finished_rollbacks
+    return journals.new_trace_id(g, phase), None, finished_rollbacks
+
+
+def _state_from_records(infos: dict[str, dict[str, Any]], trace_id: str) -> State:
+    steps = [r["step"] for info in infos.values() for r in info.get("recovery", []) if r["trace_id"] == trace_id]
+    if any(s.startswith("compensate:") or s == "abort" for s in steps):
+        return State.ROLLBACK
+    if any(s == "commit" for s in steps):
+        return State.RECONCILE
+    return State.INTERRUPTED
+
+
+def plan_transition(
+    ctx: Context,
+    g: int,
+    phase: str,
+    participants: list[str],
+    *,
+    resume_attempts: int | None = None,
+    force_rollback: str | None = None,
+) -> TracePlan:
+    """Views, identity and decision for one transition (``force_rollback``: the reason replay failed)."""
+    views: dict[str, View] = {}
+    infos: dict[str, dict[str, Any]] = {}
+    for node in participants:
+        o = ctx.observations.get(node)
+        summary = o.phases.get((g, phase)) if o is not None else None
+        views[node], info = _view(ctx, node, g, phase, summary)
+        if info:
+            infos[node] = info
+    trace_id, journal, rollbacks = _trace_identity(ctx, g, phase, infos)
+    state = State(journal.state) if journal is not None else _state_from_records(infos, trace_id)
+    policy = ctx.config.desired.phases.get(phase) or PhasePolicy()
+    inputs = Inputs(
+        policy=policy,
+        timeout=ctx.estimators[phase].timeout(),
+        now=ctx.now,
+        rollbacks_so_far=rollbacks,
+        max_auto_attempts=ctx.config.thresholds.max_auto_attempts,
+        resume_attempts=resume_attempts if resume_attempts is not None else (journal.resume_attempts if journal else 0),
+    )
+    decision = decide(views, inputs)
+    if force_rollback is not None:
+        if any(v.status == "committed" for v in views.values()):
+            decision = Decision("needs_human", Event.NEEDS_HUMAN, f"replay failed after commits: {force_rollback}")
+        else:
+            decision = Decision("rollback", Event.ROLL_BACK, f"replay failed validation: {force_rollback}")
+    if state is State.ROLLBACK and decision.verdict == "forward":
+        # a rollback that began (side effects compensated) must finish as a rollback
+        decision = Decision("rollback", decision.event, "continuing the rollback this trace began")
+    if state is State.AWAITING_ACK and decision.verdict in ACTIONABLE:
+        decision = Decision("needs_human", None, f"awaiting a signed override ({journal.reason if journal else ''})")
+    steps = steps_for(decision, views, resume_playbook=policy.resume_playbook)
+    return TracePlan(
+        trace_id,
+        g,
+        phase,
+        state.value,
+        decision.verdict,
+        decision.reason,
+        participants,
+        steps,
+        decision.wait_until,
+        resumed=journal is not None or state is not State.INTERRUPTED,
+        corrupt=[n for n, v in views.items() if v.status == "corrupt"],
+    )
+
+
+def _held_by(backend: Backend, shard: str, now: float, cache: dict[str, Lease | None]) -> dict[str, Any] | None:
+    if shard not in cache:
+        cache[shard] = backend.read(shard)
+    lease = cache[shard]
+    if lease is None or not lease.live(now):
+        return None
+    return {"holder": lease.holder, "trace_id": lease.trace_id, "token": lease.token, "expires": lease.expires}
+
+
+def build(repo: Path | str, *, now: float | None = None, transport: Transport | None = None) -> tuple[Plan, Context]:
+    """Observe and decide; nothing on any node changes."""
+    path = Path(repo)
+    at = time.time() if now is None else now
+    config = load_repo(path)
+    roots = {n.name: n.local_root(path) for n in config.cluster.nodes if n.transport == "local"}
+    tr: Transport = transport or LocalTransport(roots)
+    names = sorted({n.name for n in config.cluster.nodes} & (set(tr.nodes()) | set(roots)))
+    observations, durations = observe(path, tr, names)
+    for spec in config.cluster.nodes:
+        if spec.name not in observations:
+            observations[spec.name] = NodeObservation(
+                spec.name, reachable=False, error=f"{spec.name}: no transport reaches it ({spec.transport})"
+            )
+    estimators = Estimators.from_thresholds(config.thresholds)
+    estimators.feed(durations)
+    ctx = Context(path, config, tr, open_backend(config), observations, estimators, at)
+    active = config.desired.active_members()
+    plan = Plan(
+        str(path),
+        config.cluster.name,
+        at,
+        desired_commit(path),
+        desired_digest(path),
+        observed_hash(observations),
+        active,
+        [n for n in active if observations.get(n) is not None and observations[n].reachable],
+        suspended=config.desired.suspend,
+    )
+    leases: dict[str, Lease | None] = {}
+    for (g, phase), participants in candidates(observations).items():
+        trace = plan_transition(ctx, g, phase, participants)
+        if trace.verdict == "nothing" and (not trace.resumed or State(trace.state) in TERMINAL):
+            continue  # nothing to do, and no open trace to close
+        trace.held_by = _held_by(ctx.backend, phase, at, leases) if trace.actionable else None
+        plan.traces.append(trace)
+    return plan, ctx
+
+
+def render_markdown(plan: Plan) -> str:
+    """The plan as a pull-request comment."""
+    code = plan.exit_code()
+    head = {0: "nothing to do", 2: "changes pending", 3: "blocked: needs a human", 4: "locked by another reconciler"}
+    lines = [
+        f"### haios plan for `{plan.cluster}` — {head.get(code, str(code))}",
+        "",
+        f"Desired state `{(plan.desired_commit or 'uncommitted')[:12]}`, observed `{plan.observed_hash[:19]}`, "
+        f"{len(plan.reachable)} of {len(plan.active)} active members reachable"
+        + (" — **minority view: nothing will change**" if plan.minority else "")
+        + (" — **suspended: plan only**" if plan.suspended else ""),
+        "",
+    ]
+    if not plan.traces:
+        lines.append("Every transition is committed or rolled back on all its participants.")
+        return "\n".join(lines) + "\n"
+    lines += ["| transition | trace | decision | why |", "|---|---|---|---|"]
+    for t in plan.traces:
+        why = t.reason.replace("|", "\\|")
+        lines.append(f"| g={t.g} {t.phase} | `{t.trace_id}` | **{t.verdict}** ({t.state}) | {why} |")
+    for t in plan.traces:
+        if not t.steps:
+            continue
+        lines += ["", f"<details><summary>g={t.g} {t.phase}: {len(t.steps)} steps</summary>", ""]
+        for i, s in enumerate(t.steps, 1):
+            key = f" `{s['key']}`" if s.get("key") else ""
+            lines.append(f"{i}. `{s['node']}` **{s['action']}**{key}: {s['detail']}")
+        lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,196 @@
+"""The decision rule of SPEC §4.2 as a pure function of what the participants hold, and the steps
+that carry a decision out. Nothing here reads a file or a clock: ``now`` and the Φ timeout come in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config.model import PhasePolicy
+from .machine import Event
+
+STATUSES = ("committed", "aborted", "prepared", "begun", "absent", "unreachable", "partitioned", "corrupt")
+
+
+@dataclass(frozen=True)
+class View:
+    """One participant of (g, phase), as the reconciler sees it."""
+
+    node: str
+    status: str  # one of STATUSES
+    begin_ts: float | None = None
+    side_effects: tuple[dict[str, Any], ...] = ()
+    torn: bool = False
+    detail: str = ""
+    from_lamport: int | None = None  # where the phase's BEGIN_PHASE is, when it already ended
+
+    @property
+    def uncompensated(self) -> list[str]:
+        return [e["key"] for e in self.side_effects if not e.get("compensated")]
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: str  # nothing | forward | rollback | resume | wait | blocked | needs_human
+    event: Event | None
+    reason: str
+    wait_until: float | None = None
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything besides the views that the rule depends on."""
+
+    policy: PhasePolicy = field(default_factory=PhasePolicy)
+    timeout: float = 60.0  # the Φ timeout of the phase (k × P95)
+    now: float = 0.0
+    rollbacks_so_far: int = 0  # automatic rollbacks of this (g, phase) that already finished
+    max_auto_attempts: int = 2
+    resume_attempts: int = 0  # resume hooks already run for this trace
+
+
+def _nothing(views: Mapping[str, View], reason: str) -> Decision:
+    torn = [n for n in sorted(views) if views[n].torn]
+    if torn:
+        return Decision("forward", Event.ROLL_FORWARD, f"{reason}; cut the torn WAL tail of {', '.join(torn)}")
+    return Decision("nothing", None, reason)
+
+
+def decide(views: Mapping[str, View], inputs: Inputs) -> Decision:
+    """SPEC §4.2 for one (g, phase); the first rule that applies wins."""
+    by: dict[str, list[str]] = {s: [] for s in STATUSES}
+    for name in sorted(views):
+        by[views[name].status].append(name)
+    if by["corrupt"]:
+        return Decision(
+            "needs_human",
+            Event.NEEDS_HUMAN,
+            f"the WAL of {', '.join(by['corrupt'])} is corrupt mid-log: never guess (repair or restore it first)",
+        )
+    if by["unreachable"] or by["partitioned"]:
+        who = [f"{n} unreachable" for n in by["unreachable"]] + [f"{n} PARTITIONED" for n in by["partitioned"]]
+        return Decision("blocked", Event.PARTITIONED, f"waiting for {', '.join(who)} (BLOCKED, not FAILED)")
+    committed, prepared, begun = by["committed"], by["prepared"], by["begun"]
+    aborted, absent = by["aborted"], by["absent"]
+    if committed:
+        if not prepared and not begun and not aborted and not absent:
+            return _nothing(views, "committed on every participant")
+        if begun or aborted or absent:
+            others = begun + aborted + absent
+            return Decision(
+                "needs_human",
+                Event.NEEDS_HUMAN,
+                f"committed on {', '.join(committed)} but {', '.join(others)} cannot commit "
+                "(no PREPARE): the transition cannot be made atomic automatically",
+            )
+        return Decision(
+            "forward",
+            Event.ROLL_FORWARD,
+            f"committed on {', '.join(committed)}; {', '.join(prepared)} PREPAREd: roll forward",
+        )
+    if not prepared and not begun:
+        owing = [n for n in aborted if views[n].uncompensated]
+        if owing:
+            # SPEC §4.3: an aborted phase's side effects are compensated by recovery, whoever aborted it
+            keys = [k for n in owing for k in views[n].uncompensated]
+            return Decision(
+                "rollback",
+                Event.ROLL_BACK,
+                f"aborted on {', '.join(aborted)}; side effects not compensated yet: {', '.join(keys)}",
+            )
+        return _nothing(views, "rolled back (or never begun) on every participant")
+    if begun:
+        started = max((views[n].begin_ts or 0.0) for n in begun)
+        deadline = started + inputs.timeout
+        if inputs.now < deadline:
+            return Decision(
+                "wait",
+                None,
+                f"{', '.join(begun)} without PREPARE for {inputs.now - started:.1f} s; "
+                f"the Φ timeout ({inputs.timeout:.1f} s) has not expired",
+                wait_until=deadline,
+            )
+        policy = inputs.policy
+        if policy.on_partial == "hold":
+            return Decision(
+                "needs_human", Event.NEEDS_HUMAN, f"{', '.join(begun)} without PREPARE and on_partial is hold"
+            )
+        resumable = policy.on_partial == "resume" and policy.resume_playbook
+        if resumable and inputs.resume_attempts < policy.max_resume_attempts:
+            return Decision(
+                "resume",
+                Event.RESUME,
+                f"{', '.join(begun)} without PREPARE: resume hook {policy.resume_playbook} "
+                f"(attempt {inputs.resume_attempts + 1} of {policy.max_resume_attempts})",
+            )
+        reason = f"{', '.join(begun)} without PREPARE past the Φ timeout ({inputs.timeout:.1f} s): roll back"
+    elif aborted or absent:
+        reason = f"{', '.join(aborted + absent)} aborted or never began while {', '.join(prepared)} PREPAREd: roll back"
+    elif inputs.policy.on_partial == "rollback":
+        reason = f"PREPAREd on {', '.join(prepared)}, committed nowhere, and on_partial is rollback"
+    else:
+        return Decision("forward", Event.ROLL_FORWARD, f"PREPAREd on every participant ({', '.join(prepared)})")
+    if inputs.rollbacks_so_far >= inputs.max_auto_attempts:
+        return Decision(
+            "needs_human",
+            Event.NEEDS_HUMAN,
+            f"flapping: {inputs.rollbacks_so_far} automatic rollbacks of this transition already (SPEC §4.5); "
+            "a signed resume override is needed",
+        )
+    return Decision("rollback", Event.ROLL_BACK, reason)
+
+
+def steps_for(
+    decision: Decision, views: Mapping[str, View], *, resume_playbook: str | None = None
+) -> list[dict[str, Any]]:
+    """The node operations that carry ``decision`` out, in order."""
+    steps: list[dict[str, Any]] = []
+    if decision.verdict not in ("forward", "rollback", "resume"):
+        return steps
+    names = sorted(views)
+    for n in names:
+        if views[n].torn:
+            steps.append({"node": n, "action": "repair", "detail": "cut the torn WAL tail (kept in .broken)"})
+    if decision.verdict == "forward":
+        for n in names:
+            if views[n].status == "prepared":
+                steps.append({"node": n, "action": "forward", "detail": "replay intents idempotently, COMMIT_PHASE"})
+    elif decision.verdict == "resume":
+        for n in names:
+            if views[n].status == "begun":
+                steps.append(
+                    {
+                        "node": n,
+                        "action": "resume",
+                        "playbook": resume_playbook,
+                        "detail": "continue after the last STEP",
+                    }
+                )
+    else:
+        # SPEC §4.3: compensate in reverse order (unknown outcomes too), then rewind the state
+        for n in names:
+            for effect in reversed(views[n].side_effects):
+                if effect.get("compensated"):
+                    continue
+                steps.append(
+                    {
+                        "node": n,
+                        "action": "compensate",
+                        "key": effect["key"],
+                        "kind": effect["kind"],
+                        "compensator": effect["compensator"],
+                        "params": effect["params"],
+                        "cost": effect.get("cost"),
+                        "from_lamport": views[n].from_lamport,
+                        "detail": f"{effect['compensator']} for {effect['kind']}"
+                        + ("" if effect.get("returned") else " (outcome unknown)"),
+                    }
+                )
+        for n in names:
+            if views[n].status in ("prepared", "begun"):
+                steps.append(
+                    {"node": n, "action": "rollback", "detail": "restore data/ from the BEGIN snapshot, ABORT_PHASE"}
+                )
+    return steps
