@@ -13,6 +13,7 @@ from ..config import load_repo, parse_duration
 from ..errors import UsageError
 from ..node import Node
 from ..node.heartbeat import beat, update_gossip
+from ..node.recover import dispatch
 from ..transport import LocalTransport
 from . import _render
 from ._options import RepoOpt, resolve
@@ -203,3 +204,24 @@ def heartbeat(
         if interval is None or (count is not None and beats >= count):
             return 0
         time.sleep(interval)
+
+
+@app.command()
+def recover(
+    root: RootArg,
+    request: Annotated[
+        str | None,
+        typer.Option("--request", help="The operation as JSON (default: read it from stdin).", show_default=False),
+    ] = None,
+) -> int:
+    """Run one recovery operation (as JSON: inspect, forward, compensated, rollback, repair, checkpoint).
+
+    This is how reconcile reaches a remote node; every operation that writes checks the fencing
+    token first (exit 4 when it is stale).
+    """
+    text = request if request is not None else typer.get_text_stream("stdin").read()
+    parsed = _json_arg(text, "the request")
+    if not isinstance(parsed, dict):
+        raise UsageError('the request must be a JSON object such as {"op": "inspect", "g": 1, "phase": "ANALYZE"}')
+    _render.emit_ndjson(dispatch(root, parsed))
+    return 0

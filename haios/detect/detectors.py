@@ -43,10 +43,11 @@ class PhaseSummary:
     end_lamport: int | None = None
     effects: tuple[str, ...] = ()  # idempotency keys of its SIDE_EFFECT records
     compensated: tuple[str, ...] = ()  # keys with a COMPENSATED record
+    abandoned: tuple[str, ...] = ()  # keys a HARD_FAILED rollback gave up on (its ABORT_PHASE says so)
 
     @property
     def uncompensated(self) -> tuple[str, ...]:
-        return tuple(k for k in self.effects if k not in self.compensated)
+        return tuple(k for k in self.effects if k not in self.compensated and k not in self.abandoned)
 
 
 @dataclass

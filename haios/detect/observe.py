@@ -62,6 +62,7 @@ def _summaries_from(data: list[dict[str, Any]]) -> dict[tuple[int, str], PhaseSu
             "participants": tuple(item["participants"]),
             "effects": tuple(item.get("effects", ())),
             "compensated": tuple(item.get("compensated", ())),
+            "abandoned": tuple(item.get("abandoned", ())),
         }
         s = PhaseSummary(**item)
         out[(s.g, s.phase)] = s
@@ -122,7 +123,13 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
                 elif record.type is RecordType.PREPARE:
                     phases[key] = replace(s, prepared=True)
                 elif record.type in (RecordType.COMMIT_PHASE, RecordType.ABORT_PHASE):
-                    phases[key] = replace(s, ended=record.type.name, end_ts=p["ts"], end_lamport=record.lamport)
+                    phases[key] = replace(
+                        s,
+                        ended=record.type.name,
+                        end_ts=p["ts"],
+                        end_lamport=record.lamport,
+                        abandoned=tuple(p.get("abandoned") or ()),
+                    )
                     if record.type is RecordType.COMMIT_PHASE:
                         window = durations.setdefault(s.phase, [])
                         window.append(p["ts"] - s.begin_ts)

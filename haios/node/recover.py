@@ -79,6 +79,7 @@ def inspect(root: Path, g: int, phase: str, from_lamport: int | None = None) -> 
                     "done": log.done.get(key),
                     "returned": key in log.done,
                     "compensated": key in log.compensated,
+                    "abandoned": key in log.abandoned,
                 }
             )
     return {
@@ -208,7 +209,7 @@ def rollback(
             hint="compensation runs before the state is rewound (SPEC §4.3)",
         )
     tx = node.resume(g, phase)
-    tx.abort(reason)
+    tx.abort(reason, abandoned=[k for k in (abandon or []) if k in log.side_effects and k not in log.compensated])
     checkpoint(root, trace_id=trace_id, token=token, g=g, phase=phase, step="abort", outcome="aborted")
     return {"node": node.name, "outcome": "aborted", "abandoned": list(abandon or [])}
 

@@ -73,6 +73,7 @@ class PhaseLog:
     prepared: str | None = None  # the PREPARE digest
     ended: str | None = None  # "COMMIT_PHASE" or "ABORT_PHASE"
     compensated: dict[str, Any] = field(default_factory=dict)  # key -> result of the COMPENSATED record
+    abandoned: list[str] = field(default_factory=list)  # keys a HARD_FAILED rollback gave up on
     recovery: list[dict[str, Any]] = field(default_factory=list)  # RECOVERY checkpoints, in order
 
 
@@ -102,6 +103,7 @@ def scan_phases(root: Path, *, records: Iterable[Record] | None = None) -> dict[
             current.prepared = p["digest"]
         elif record.type in _END:
             current.ended = record.type.name
+            current.abandoned = list(p.get("abandoned") or [])
         elif record.type is RecordType.COMPENSATED:
             current.compensated[p["key"]] = p["result"]
         elif record.type is RecordType.RECOVERY:
@@ -431,18 +433,23 @@ class PhaseTx:
         snapshot.drop(self.node.root, self.log.snapshot)
         self.close()
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: str, *, abandoned: list[str] | None = None) -> None:
         """Roll data/ back to the BEGIN snapshot and log ABORT_PHASE.
 
         Side effects are not undone here: recovery compensates every SIDE_EFFECT of an aborted phase
-        that has no COMPENSATED record (SPEC §4.3).
+        that has no COMPENSATED record (SPEC §4.3); ``abandoned`` names those a HARD_FAILED trace gave
+        up on, which are then no longer owed.
         """
         self._check_open()
         snapshot.restore(self.node.root, self.log.snapshot)
-        self._append(RecordType.ABORT_PHASE, {"reason": reason})
+        fields: dict[str, Any] = {"reason": reason}
+        if abandoned:
+            fields["abandoned"] = list(abandoned)
+        self._append(RecordType.ABORT_PHASE, fields)
         self.log.ended = "ABORT_PHASE"
+        self.log.abandoned = list(abandoned or [])
         state, version = self.node.state()
-        owed = [k for k in self.log.side_effects if k not in self.log.compensated]
+        owed = [k for k in self.log.side_effects if k not in self.log.compensated and k not in self.log.abandoned]
         marks: dict[str, Any] = {}
         if owed:
             # recovery must compensate these before this node begins anything again

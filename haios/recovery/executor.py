@@ -254,6 +254,7 @@ class _Runner:
         if trace.verdict == "resume":
             state, _ = step(state, Event.RESUME)
             trace = self._resume(trace, j, lease, outcome)
+            outcome.verdict = trace.verdict
             if trace.verdict == "resume":
                 raise _Stop(2, "the resume hook ran; the executor has not PREPAREd yet")
             if not trace.actionable:

@@ -26,6 +26,7 @@ from ..errors import HaiosError, RepoError
 from ..gitrepo import _git
 from ..node.transaction import next_transition
 from ..transport import LocalTransport, Transport
+from ..wal import WalCorruptError
 from . import journal as journals
 from .machine import NEEDS_A_HUMAN, TERMINAL, Event, State
 from .planner import Decision, Inputs, View, decide, steps_for
@@ -294,6 +295,8 @@ def _view(ctx: Context, node: str, g: int, phase: str, summary: PhaseSummary | N
         elif summary is not None and summary.ended is not None:
             request["from_lamport"] = summary.begin_lamport  # it ended: it may lie before the WAL's tail
         info = ctx.transport.call(node, request)
+    except WalCorruptError as exc:
+        return View(node, "corrupt", detail=exc.corruption.describe()), {}
     except HaiosError as exc:
         return View(node, "unreachable", detail=exc.message), {}
     return (

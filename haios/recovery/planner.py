@@ -28,7 +28,7 @@ class View:
 
     @property
     def uncompensated(self) -> list[str]:
-        return [e["key"] for e in self.side_effects if not e.get("compensated")]
+        return [e["key"] for e in self.side_effects if not e.get("compensated") and not e.get("abandoned")]
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def steps_for(
         # SPEC §4.3: compensate in reverse order (unknown outcomes too), then rewind the state
         for n in names:
             for effect in reversed(views[n].side_effects):
-                if effect.get("compensated"):
+                if effect.get("compensated") or effect.get("abandoned"):
                     continue
                 steps.append(
                     {

@@ -1,0 +1,117 @@
+"""The git lease backend against real git repositories (a bare one as the remote)."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from haios.coord import GitBackend, Lease, holder_alive, new_holder
+from haios.coord.git import REF_PREFIX, _Lost
+from haios.errors import FencedError, LockHeldError
+
+T0 = 1_800_000_000.0
+
+
+def test_git_lease_tokens_strictly_increase(repo: Path) -> None:
+    backend = GitBackend(repo)
+    assert backend.read("CONSTRUCT") is None
+    tokens = []
+    for i in range(3):
+        lease = backend.acquire("CONSTRUCT", f"h{i}", f"t{i}", 60, T0 + i)
+        tokens.append(lease.token)
+        backend.release(lease, T0 + i)
+    assert tokens == [1, 2, 3]
+    assert backend.acquire("VALIDATE", "h", "t", 60, T0).token == 1  # per shard
+    history = subprocess.run(
+        ["git", "log", "--format=%s", REF_PREFIX + "CONSTRUCT"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert len(history) == 6  # every acquire and release is a commit in the shard's history
+
+
+def test_git_lease_held_names_its_holder(repo: Path) -> None:
+    backend = GitBackend(repo)
+    backend.acquire("IDLE", "other-host/1/2/abc", "trace-a", 60, T0)
+    with pytest.raises(LockHeldError, match="held by other-host/1/2/abc for trace trace-a") as info:
+        backend.acquire("IDLE", "me", "trace-b", 60, T0 + 1)
+    assert info.value.exit_code == 4
+
+
+def test_git_lease_expired_is_taken_over_with_a_higher_token(repo: Path) -> None:
+    backend = GitBackend(repo)
+    first = backend.acquire("ANALYZE", "other-host/1/2/abc", "trace-a", 60, T0)
+    second = backend.acquire("ANALYZE", "me", "trace-a", 60, T0 + 61)
+    assert second.token == first.token + 1
+    assert second.previous == {"holder": "other-host/1/2/abc", "trace_id": "trace-a", "token": 1}
+    with pytest.raises(FencedError, match="taken over"):
+        backend.renew(first, 60, T0 + 62)
+    backend.release(first, T0 + 62)  # not ours any more: a no-op
+    assert backend.read("ANALYZE") == second
+
+
+def test_git_lease_of_a_dead_local_process_is_taken_over_at_once(repo: Path) -> None:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    import socket
+
+    dead = f"{socket.gethostname()}/{proc.pid}/1/deadbeef"
+    assert holder_alive(dead) is False
+    assert holder_alive(new_holder()) is True
+    assert holder_alive("elsewhere/1/2/3") is None
+    backend = GitBackend(repo)
+    backend.acquire("BLUEPRINT", dead, "trace-a", 3600, T0)
+    assert backend.acquire("BLUEPRINT", new_holder(), "trace-a", 60, T0 + 1).token == 2
+
+
+def test_git_lease_renew_extends(repo: Path) -> None:
+    backend = GitBackend(repo)
+    lease = backend.acquire("IDLE", "me", "t", 60, T0)
+    renewed = backend.renew(lease, 60, T0 + 50)
+    assert (renewed.token, renewed.expires) == (lease.token, T0 + 110)
+    with pytest.raises(LockHeldError):
+        backend.acquire("IDLE", "you", "t2", 60, T0 + 100)
+
+
+def test_git_lease_compare_and_swap_under_contention(repo: Path) -> None:
+    """Eight threads race for one shard at the same instant: exactly one wins."""
+    backend_args = repo
+    winners: list[int] = []
+    losers: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def contend(i: int) -> None:
+        barrier.wait()
+        try:
+            winners.append(GitBackend(backend_args).acquire("CONSTRUCT", f"h{i}", f"t{i}", 60, T0).token)
+        except LockHeldError as exc:
+            losers.append(exc.message)
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert winners == [1] and len(losers) == 7
+
+
+def test_git_lease_on_a_remote_is_an_atomic_push_with_lease(repo: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    subprocess.run(["git", "remote", "add", "origin", str(remote)], cwd=repo, check=True)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(remote), str(clone)], check=True)
+    here, there = GitBackend(repo, remote="origin"), GitBackend(clone, remote="origin")
+    lease = here.acquire("VALIDATE", "here", "t1", 60, T0)
+    with pytest.raises(LockHeldError, match="held by here"):
+        there.acquire("VALIDATE", "there", "t2", 60, T0 + 1)  # sees the remote's lease, not a local one
+    here.release(lease, T0 + 2)
+    taken = there.acquire("VALIDATE", "there", "t2", 60, T0 + 3)
+    assert taken.token == 2
+    with pytest.raises(LockHeldError, match="held by there"):
+        here.acquire("VALIDATE", "here", "t3", 60, T0 + 4)
+    # the swap itself is a compare-and-swap on the remote: a push based on a stale value is refused
+    with pytest.raises(_Lost):
+        here._swap("VALIDATE", Lease("VALIDATE", "here", "t3", 3, T0, T0 + 60), None)
+    assert here.read("VALIDATE") == taken

@@ -1,0 +1,77 @@
+"""Half-done transitions planted in a simulated cluster, for the recovery tests."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from haios.node import Node
+from haios.sim.cloud import FakeCloud
+from haios.sim.simulator import sim_dir
+
+
+def git(directory: Path, *args: str) -> str:
+    """Run git in ``directory`` with an identity of its own (test machines may have none)."""
+    cmd = ["git", "-c", "user.name=haios tests", "-c", "user.email=tests@haios.invalid", *args]
+    return subprocess.run(cmd, cwd=directory, capture_output=True, text=True, check=True).stdout
+
+
+def head(directory: Path) -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def plant(directory: Path, *, effects: dict[str, int] | None = None, settle: bool = True, **how: str) -> Path:
+    """``plant(cluster, node_1="commit", node_2="prepare", node_3="begin", effects={"node-1": 2})``.
+
+    Each node takes (g=2, ANALYZE) as far as its word says ("none": not at all); ``effects`` creates
+    that many real fake-cloud resources as side effects on a node. Unless ``settle`` is False, it
+    returns once the Φ timeout of the half-done transition has expired (the test cluster's ANALYZE
+    prior is 10 ms, so that is soon).
+    """
+    cloud = FakeCloud(sim_dir(directory) / "cloud")
+    participants = sorted(n.replace("_", "-") for n in how)
+    for arg, word in sorted(how.items()):
+        name = arg.replace("_", "-")
+        if word == "none":
+            continue
+        root = directory / "nodes" / name
+        tx = Node(root).begin(2, "ANALYZE", participants=participants, trace_id="phase-2-analyze")
+        tx.intent(f"analyze/{name}.conf", f"planted on {name}\n".encode())
+        for i in range((effects or {}).get(name, 0)):
+            key, resource = f"key-{name}-{i}", f"vm-{name}-{i}"
+            params = {"resource": resource, "cloud": "../../.sim/cloud"}
+            tx.side_effect(key, "fakecloud.vm", params, "fakecloud-vm", {"amount": 12, "currency": "EUR"})
+            cloud.create("fakecloud.vm", resource, key, name)
+            tx.side_effect_done(key, {"ok": True})
+        if word in ("prepare", "commit"):
+            tx.prepare()
+        if word == "commit":
+            tx.commit()
+        tx.close()
+    if settle:
+        wait_for_phi(directory)
+    return directory
+
+
+def wait_for_phi(directory: Path, limit: float = 15.0) -> None:
+    """Until no trace of the plan is waiting for its Φ timeout (bounded)."""
+    from haios.recovery import build
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if not [t for t in build(directory)[0].traces if t.verdict == "wait"]:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{directory}: still waiting for the Φ timeout after {limit} s")
+
+
+def deletes(directory: Path) -> dict[str, int]:
+    """Successful fake-cloud deletions per idempotency key."""
+    counts: dict[str, int] = {}
+    for entry in FakeCloud(sim_dir(directory) / "cloud").ledger():
+        if entry["op"] == "delete" and entry.get("ok"):
+            counts[entry["key"]] = counts.get(entry["key"], 0) + 1
+    return counts

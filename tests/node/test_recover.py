@@ -1,0 +1,171 @@
+"""Node-side recovery operations: fenced, idempotent, checkpointed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import Invoke
+
+from haios import controlfile
+from haios.errors import BarrierError, FencedError, UsageError
+from haios.node import Node, init_node_root, recover, scan_phases
+from haios.wal import RecordType, read_records
+
+COST = {"amount": 1, "currency": "EUR"}
+
+
+@pytest.fixture
+def node_root(tmp_path: Path) -> Path:
+    root = tmp_path / "n1"
+    init_node_root(root, "n1", {"cluster": "c", "max_g": None})
+    return root
+
+
+def _half_done(root: Path, *, prepare: bool, effects: int = 0) -> None:
+    """g=1 ANALYZE begun (and prepared) on n1, left open as a crash would leave it."""
+    tx = Node(root).begin(1, "ANALYZE", participants=["n1"], trace_id="phase-trace")
+    tx.intent("a.conf", b"new\n")
+    for i in range(effects):
+        tx.side_effect(f"k{i}", "fakecloud.vm", {"resource": f"vm{i}"}, "fakecloud-vm", COST)
+    if prepare:
+        tx.prepare()
+    tx.close()
+
+
+def _recovery(root: Path) -> list[dict[str, object]]:
+    return [r.payload for r in read_records(root / "wal") if r.type is RecordType.RECOVERY]
+
+
+def test_recover_inspect_reports_status_and_effects(node_root: Path) -> None:
+    _half_done(node_root, prepare=False, effects=2)
+    info = recover.inspect(node_root, 1, "ANALYZE")
+    assert info["status"] == "begun" and info["participants"] == ["n1"]
+    assert [(e["key"], e["returned"], e["compensated"]) for e in info["side_effects"]] == [
+        ("k0", False, False),
+        ("k1", False, False),
+    ]
+    assert recover.inspect(node_root, 1, "BLUEPRINT")["status"] == "absent"
+
+
+def test_recover_forward_is_idempotent_and_checkpointed(node_root: Path) -> None:
+    _half_done(node_root, prepare=True)
+    result = recover.forward(node_root, trace_id="t1", token=3, g=1, phase="ANALYZE")
+    assert result["outcome"] == "committed"
+    state, _ = controlfile.read_mapping(node_root / "state.txt")
+    assert (state["g"], state["ph"]) == (1, "ANALYZE")
+    assert controlfile.read(node_root / "data/a.conf").body == b"new\n"
+    assert recover.forward(node_root, trace_id="t1", token=3, g=1, phase="ANALYZE")["outcome"] == "already committed"
+    steps = _recovery(node_root)
+    assert [(s["trace_id"], s["token"], s["shard"], s["step"], s["outcome"]) for s in steps] == [
+        ("t1", 3, "ANALYZE", "commit", "committed")
+    ]
+    assert recover.inspect(node_root, 1, "ANALYZE")["status"] == "committed"
+
+
+def test_recover_forward_refuses_an_unprepared_phase(node_root: Path) -> None:
+    _half_done(node_root, prepare=False)
+    with pytest.raises(BarrierError, match="only a PREPAREd phase rolls forward"):
+        recover.forward(node_root, trace_id="t1", token=1, g=1, phase="ANALYZE")
+
+
+def test_recover_every_write_checks_the_fence_first(node_root: Path) -> None:
+    _half_done(node_root, prepare=True, effects=1)
+    recover.checkpoint(node_root, trace_id="new", token=5, g=1, phase="ANALYZE", step="lease", outcome="ok")
+    before = len(list(read_records(node_root / "wal")))
+    stale = {"trace_id": "old", "token": 4, "g": 1, "phase": "ANALYZE"}
+    for op, extra in (
+        ("forward", {}),
+        ("rollback", {"reason": "x"}),
+        ("compensated", {"key": "k0", "result": {}}),
+        ("repair", {}),
+        ("checkpoint", {"step": "s", "outcome": "ok"}),
+    ):
+        with pytest.raises(FencedError, match="token 4 for shard ANALYZE refused; token 5 was accepted"):
+            recover.dispatch(node_root, {"op": op, **stale, **extra})
+    assert len(list(read_records(node_root / "wal"))) == before  # nothing written
+
+
+def test_recover_rollback_waits_for_compensation(node_root: Path) -> None:
+    _half_done(node_root, prepare=True, effects=2)
+    with pytest.raises(BarrierError, match="not yet compensated: k0, k1"):
+        recover.rollback(node_root, trace_id="t", token=1, g=1, phase="ANALYZE", reason="r")
+    recover.compensated(node_root, trace_id="t", token=1, g=1, phase="ANALYZE", key="k1", result={"ok": 1})
+    assert (
+        recover.compensated(node_root, trace_id="t", token=1, g=1, phase="ANALYZE", key="k1", result={})["outcome"]
+        == "already compensated"
+    )
+    recover.compensated(node_root, trace_id="t", token=1, g=1, phase="ANALYZE", key="k0", result={"ok": 1})
+    assert recover.rollback(node_root, trace_id="t", token=1, g=1, phase="ANALYZE", reason="r")["outcome"] == "aborted"
+    assert not (node_root / "data/a.conf").exists()  # the snapshot was restored
+    assert recover.rollback(node_root, trace_id="t", token=1, g=1, phase="ANALYZE", reason="r")["outcome"] == (
+        "already clean"
+    )
+    log = scan_phases(node_root)[(1, "ANALYZE")]
+    assert log.ended == "ABORT_PHASE" and set(log.compensated) == {"k0", "k1"}
+
+
+def test_recover_abandon_lets_a_hard_failed_trace_abort(node_root: Path) -> None:
+    _half_done(node_root, prepare=False, effects=1)
+    result = recover.rollback(node_root, trace_id="t", token=1, g=1, phase="ANALYZE", reason="hard", abandon=["k0"])
+    assert result == {"node": "n1", "outcome": "aborted", "abandoned": ["k0"]}
+
+
+def test_recover_aborted_phase_owes_compensation_and_blocks_begin(node_root: Path) -> None:
+    tx = Node(node_root).begin(1, "ANALYZE", participants=["n1"])
+    tx.side_effect("k0", "fakecloud.vm", {"resource": "vm0"}, "fakecloud-vm", COST)
+    tx.prepare()
+    tx.abort("coordinator abort")  # the executor aborts; compensation is recovery's
+    state, _ = controlfile.read_mapping(node_root / "state.txt")
+    begin = state["uncompensated"][0]["begin_lamport"]
+    assert state["uncompensated"] == [{"g": 1, "phase": "ANALYZE", "begin_lamport": begin, "keys": ["k0"]}]
+    with pytest.raises(BarrierError, match=r"side effects not compensated yet \(k0\)"):
+        Node(node_root).begin(1, "ANALYZE", participants=["n1"])
+    # the aborted phase lies before the WAL's tail: found from its BEGIN_PHASE
+    assert recover.inspect(node_root, 1, "ANALYZE")["status"] == "absent"
+    info = recover.inspect(node_root, 1, "ANALYZE", from_lamport=begin)
+    assert info["status"] == "aborted" and info["side_effects"][0]["compensated"] is False
+    recover.compensated(node_root, trace_id="t", token=1, g=1, phase="ANALYZE", key="k0", result={}, from_lamport=begin)
+    state, _ = controlfile.read_mapping(node_root / "state.txt")
+    assert "uncompensated" not in state
+    Node(node_root).begin(1, "ANALYZE", participants=["n1"]).close()  # free to go on
+
+
+def test_recover_repair_cuts_a_torn_tail_and_forward_recommits(node_root: Path) -> None:
+    tx = Node(node_root).begin(1, "ANALYZE", participants=["n1"])
+    tx.intent("a.conf", b"x\n")
+    tx.prepare()
+    tx.commit()
+    last = list(read_records(node_root / "wal"))[-1]
+    assert last.type is RecordType.COMMIT_PHASE
+    segment = node_root / "wal" / last.segment
+    with open(segment, "r+b") as fh:
+        fh.truncate(last.offset + 5)  # the COMMIT_PHASE record is torn
+    info = recover.inspect(node_root, 1, "ANALYZE")
+    assert info["torn_tail"] is not None and info["status"] == "prepared"  # state.txt's cursor no longer fits
+    recover.repair(node_root, trace_id="t", token=1, g=1, phase="ANALYZE")
+    assert list(segment.parent.glob("*.broken"))
+    assert recover.forward(node_root, trace_id="t", token=1, g=1, phase="ANALYZE")["outcome"] == "committed"
+    assert scan_phases(node_root)[(1, "ANALYZE")].ended == "COMMIT_PHASE"
+
+
+def test_recover_dispatch_rejects_unknown_requests(node_root: Path) -> None:
+    with pytest.raises(UsageError, match="unknown recovery operation 'explode'"):
+        recover.dispatch(node_root, {"op": "explode"})
+    with pytest.raises(UsageError, match="bad arguments"):
+        recover.dispatch(node_root, {"op": "forward", "g": 1})
+
+
+def test_recover_cli_runs_a_json_request(node_root: Path, cli: Invoke) -> None:
+    _half_done(node_root, prepare=True)
+    result = cli("node", "recover", node_root, "--request", '{"op": "inspect", "g": 1, "phase": "ANALYZE"}')
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["status"] == "prepared"
+    request = {"op": "forward", "trace_id": "t", "token": 2, "g": 1, "phase": "ANALYZE"}
+    assert cli("node", "recover", node_root, "--request", json.dumps(request)).exit_code == 0
+    stale = {**request, "token": 1}
+    result = cli("node", "recover", node_root, "--request", json.dumps(stale))
+    assert result.exit_code == 4 and "fencing token 1 for shard ANALYZE refused" in result.stderr
+    result = cli("node", "recover", node_root, "--request", "[1]")
+    assert result.exit_code == 1 and "must be a JSON object" in result.stderr

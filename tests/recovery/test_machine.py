@@ -1,0 +1,72 @@
+"""The recovery state machine: the table of SPEC §4.1, nothing outside it."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from haios.recovery.machine import TABLE, TERMINAL, Action, Event, InvalidTransition, State, allowed, step
+
+
+def test_machine_roll_forward_path() -> None:
+    state, actions = step(State.INTERRUPTED, Event.ROLL_FORWARD)
+    assert (state, actions) == (State.RECONCILE, (Action.REPLAY_AND_COMMIT,))
+    assert step(state, Event.DONE) == (State.CLEAN_EXIT, ())
+
+
+def test_machine_rollback_compensates_before_restoring() -> None:
+    state, actions = step(State.INTERRUPTED, Event.ROLL_BACK)
+    assert state is State.ROLLBACK
+    assert actions == (Action.COMPENSATE, Action.RESTORE_AND_ABORT)  # SPEC §4.3: compensation first
+
+
+def test_machine_failing_compensator_to_hard_failed() -> None:
+    state, _ = step(State.ROLLBACK, Event.COMPENSATOR_FAILED)
+    assert state is State.ROLLBACK  # retried by the next run
+    state, actions = step(state, Event.COMPENSATOR_EXHAUSTED)
+    assert (state, actions) == (State.BLOCKED_COMPENSATOR, (Action.ALERT,))
+    state, actions = step(state, Event.T_BLOCKED_EXPIRED)
+    assert state is State.HARD_FAILED
+    assert Action.RELEASE_BARRIER in actions and Action.ALERT in actions
+
+
+def test_machine_partition_blocks_and_heals() -> None:
+    state, _ = step(State.RECONCILE, Event.PARTITIONED)
+    assert state is State.BLOCKED
+    assert step(state, Event.HEALED) == (State.INTERRUPTED, ())
+
+
+def test_machine_awaiting_ack_needs_an_override() -> None:
+    state, _ = step(State.INTERRUPTED, Event.NEEDS_HUMAN)
+    assert state is State.AWAITING_ACK
+    for event in (Event.ROLL_FORWARD, Event.ROLL_BACK, Event.DONE):
+        with pytest.raises(InvalidTransition):
+            step(state, event)
+    assert step(state, Event.ACK_RESUME)[0] is State.INTERRUPTED
+
+
+def test_machine_terminal_states_accept_nothing() -> None:
+    for state in TERMINAL:
+        assert allowed(state) == []
+
+
+def test_machine_every_state_is_reachable_from_interrupted() -> None:
+    seen = {State.INTERRUPTED}
+    frontier = [State.INTERRUPTED]
+    while frontier:
+        current = frontier.pop()
+        for (s, _e), (nxt, _a) in TABLE.items():
+            if s is current and nxt not in seen:
+                seen.add(nxt)
+                frontier.append(nxt)
+    assert seen == set(State)
+
+
+@given(st.sampled_from(list(State)), st.sampled_from(list(Event)))
+def test_machine_step_is_the_table(state: State, event: Event) -> None:
+    if (state, event) in TABLE:
+        assert step(state, event) == TABLE[(state, event)]
+    else:
+        with pytest.raises(InvalidTransition, match=f"{event.value} is not allowed in {state.value}"):
+            step(state, event)
