@@ -39,6 +39,7 @@ from ..errors import BarrierError, HaiosError, PartitionError, VersionConflict
 from ..fsutil import fsync_dir, makedirs_durable
 from ..vclock import VClock
 from ..wal import Cursor, Record, RecordType, Wal, WalCorruptError, read_records
+from ..wal.format import RECORD_HEADER
 from . import snapshot
 from .paths import confine
 
@@ -118,10 +119,25 @@ def intents_digest(intents: list[dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(canon, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _cursor_fits(wal: Path, cursor: Cursor) -> bool:
-    """Whether the cursor's segment still exists and reaches the cursor's offset."""
+def _cursor_fits(wal: Path, cursor: Cursor, start: int | None) -> bool:
+    """Whether the record that ends at the cursor is still the one state.txt recorded.
+
+    A repair may cut the record away and a later append may end at the very same offset, so the
+    size alone proves nothing: the record header at ``start`` must carry the cursor's CRC and
+    Lamport index and end exactly at the cursor.
+    """
     for path in wal.glob(f"{cursor.seq:016x}-*.wal"):
-        return path.stat().st_size >= cursor.offset
+        if path.stat().st_size < cursor.offset:
+            return False
+        if start is None:
+            return True  # written before haios kept the start: the size check is all there is
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            header = fh.read(RECORD_HEADER.size)
+        if len(header) != RECORD_HEADER.size:
+            return False
+        crc, length, _t, _f, _r, _salt, lamport, _prev, _raw = RECORD_HEADER.unpack(header)
+        return (crc, lamport, start + RECORD_HEADER.size + length) == (cursor.crc, cursor.lamport, cursor.offset)
     return False
 
 
@@ -183,7 +199,7 @@ class Node:
         """
         state, _ = self.state()
         saved = state.get("wal_cursor")
-        if saved and not _cursor_fits(self.root / "wal", Cursor(**saved)):
+        if saved and not _cursor_fits(self.root / "wal", Cursor(**saved), state.get("wal_record_start")):
             saved = None  # the WAL was cut below it (a repaired torn tail): read it whole
         if saved:
             started = False
@@ -465,7 +481,11 @@ class PhaseTx:
 
     def _end_marks(self) -> dict[str, Any]:
         """What state.txt keeps of the record that just ended the phase: where the WAL goes on, the clock."""
-        return {"wal_cursor": asdict(self.wal.position()), "vc": self.vc.to_json()}
+        return {
+            "wal_cursor": asdict(self.wal.position()),
+            "wal_record_start": self.wal.last_record_start,
+            "vc": self.vc.to_json(),
+        }
 
     def _exec_status(self, status: str) -> None:
         path = self.node.root / f"exec_status_{self.g}.txt"

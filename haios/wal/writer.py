@@ -78,6 +78,7 @@ class Wal:
         self._fd: int | None = None
         self._seq = 0
         self._offset = 0
+        self._last_start: int | None = None  # where the last record this writer appended begins
         self._salt = 0
         self._wal_id = 0
         self._lamport = 0
@@ -163,6 +164,12 @@ class Wal:
     def last_lamport(self) -> int:
         return self._lamport
 
+    @property
+    def last_record_start(self) -> int | None:
+        """The offset (in the current segment) of the last record this writer appended, if any."""
+        with self._mutex:
+            return self._last_start
+
     def position(self) -> Cursor:
         """Where the next record will go, with the chain state a reader needs to continue from there."""
         with self._mutex:
@@ -205,6 +212,7 @@ class Wal:
                 write_all(self._fd, data)
             except OSError as exc:
                 raise self._fatal(exc, "write") from exc
+            self._last_start = self._offset
             self._offset += len(data)
             self._lamport, self._crc = lamport, crc
             self.bytes_written += len(data)

@@ -169,3 +169,38 @@ def test_recover_cli_runs_a_json_request(node_root: Path, cli: Invoke) -> None:
     assert result.exit_code == 4 and "fencing token 1 for shard ANALYZE refused" in result.stderr
     result = cli("node", "recover", node_root, "--request", "[1]")
     assert result.exit_code == 1 and "must be a JSON object" in result.stderr
+
+
+def test_recover_cursor_is_not_fooled_by_a_record_of_the_same_length(node_root: Path) -> None:
+    """A torn COMMIT_PHASE cut away, then a new record that ends at exactly the old cursor: the WAL
+    no longer holds that COMMIT, and the node must see its phase as open again."""
+    import secrets
+
+    from haios.wal import Wal
+    from haios.wal.format import RECORD_HEADER_SIZE, encode_payload
+
+    tx = Node(node_root).begin(1, "ANALYZE", participants=["n1"])
+    tx.intent("a.conf", b"x\n")
+    tx.prepare()
+    tx.commit()
+    state, _ = controlfile.read_mapping(node_root / "state.txt")
+    cursor, start = state["wal_cursor"], state["wal_record_start"]
+    size = cursor["offset"] - start
+    segment = next((node_root / "wal").glob("*.wal"))
+    with open(segment, "r+b") as fh:
+        fh.truncate(start + 7)  # the COMMIT_PHASE record is torn
+    with Wal.open(node_root / "wal") as wal:  # repairs the torn tail
+        assert wal.position().offset == start
+        base = {"node": "n1", "g": 1, "phase": "ANALYZE", "trace_id": "t", "ts": 1.0, "vc": {}, "token": 1}
+        base |= {"shard": "ANALYZE", "step": "pad"}
+        pad = ""
+        while RECORD_HEADER_SIZE + len(encode_payload({**base, "outcome": pad})[0]) < size:
+            pad += secrets.token_hex(1)[0]
+        payload = {**base, "outcome": pad}
+        if RECORD_HEADER_SIZE + len(encode_payload(payload)[0]) != size:
+            pytest.skip("could not craft a record of exactly the torn one's length")
+        wal.append(RecordType.RECOVERY, payload)
+        assert wal.position().offset == cursor["offset"]  # the very same offset as before
+    opened = Node(node_root).open_phase()
+    assert opened is not None and (opened.g, opened.phase) == (1, "ANALYZE") and opened.prepared is not None
+    assert recover.inspect(node_root, 1, "ANALYZE")["status"] == "prepared"
