@@ -178,6 +178,7 @@ class _Runner:
             trace.g,
             trace.phase,
             state=trace.state,
+            participants=list(trace.participants),
             opened_at=journals._utc(now),
         )
         if not trace.actionable:

@@ -10,6 +10,7 @@ nothing leaves every journal byte-identical.
 from __future__ import annotations
 
 import io
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class Journal:
     g: int
     phase: str
     state: str = State.INTERRUPTED.value
+    participants: list[str] = field(default_factory=list)
     decision: str = ""
     reason: str = ""
     opened_at: str = ""
@@ -73,6 +75,7 @@ class Journal:
             "phase": self.phase,
             "shard": self.shard,
             "state": self.state,
+            "participants": list(self.participants),
             "decision": self.decision,
             "reason": self.reason,
             "opened_at": self.opened_at,
@@ -93,6 +96,7 @@ class Journal:
             g=int(data["g"]),
             phase=data["phase"],
             state=data.get("state", State.INTERRUPTED.value),
+            participants=list(data.get("participants") or []),
             decision=data.get("decision", ""),
             reason=data.get("reason", ""),
             opened_at=data.get("opened_at", ""),
@@ -172,6 +176,25 @@ def journals_for(repo: Path, g: int, phase: str) -> list[Journal]:
         return []
     found = [load(p) for p in sorted(directory.glob(f"{g}-{phase.lower()}-*.yaml"))]
     return sorted(found, key=lambda j: (j.opened_at, j.trace_id))
+
+
+_TERMINAL_LINE = re.compile(r"^state: (CLEAN_EXIT|HARD_FAILED)$", re.MULTILINE)
+
+
+def open_journals(repo: Path) -> list[Journal]:
+    """Journals of traces that have not ended (a cheap text check skips the finished ones)."""
+    directory = repo / JOURNAL_DIR
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            continue
+        if not _TERMINAL_LINE.search(text):
+            found.append(load(path))
+    return found
 
 
 def find(repo: Path, trace_id: str) -> Journal | None:

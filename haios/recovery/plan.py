@@ -435,7 +435,11 @@ def build(repo: Path | str, *, now: float | None = None, transport: Transport | 
         suspended=config.desired.suspend,
     )
     leases: dict[str, Lease | None] = {}
-    for (g, phase), participants in candidates(observations).items():
+    todo = candidates(observations)
+    for j in journals.open_journals(path):
+        # a trace left open by a run killed after its last node step: closed by this one
+        todo.setdefault((j.g, j.phase), sorted(j.participants) or active)
+    for (g, phase), participants in sorted(todo.items(), key=lambda kv: order(*kv[0])):
         trace = plan_transition(ctx, g, phase, participants)
         if trace.verdict == "nothing" and (not trace.resumed or State(trace.state) in TERMINAL):
             continue  # nothing to do, and no open trace to close
