@@ -1,57 +1,48 @@
 #!/usr/bin/env bash
-# The haios demo: scaffold a desired-state repo for a local 3-node cluster, validate it, and show
-# what validation says about a broken policy. Run it with `make demo`.
+# The haios demo (`make demo`): a simulated 5-node cluster on this machine (local transport, git
+# coordination), real worker processes and injected faults; then haios finds the half-done
+# transition, plans its recovery, carries it out, and shows the audit trail.
 set -euo pipefail
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/haios-demo.XXXXXX")
-repo="$work/demo-repo"
+sim="$work/cluster"
+faults="kill=0.25,torn=0.05,partition=0.1,slowfsync=0.3"
 if [[ -t 1 && -z "${NO_COLOR:-}" ]]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
 step() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
+run() { printf '%s$ %s%s\n' "$bold" "$*" "$plain"; set +e; "$@"; code=$?; set -e; echo "(exit $code)"; }
 
-step "haios init: a desired-state repo with 3 local nodes"
-haios init "$repo" --nodes 3
-git -C "$repo" log --oneline
-echo "files:"; (cd "$repo" && git ls-files | grep -v '^.haios/' | sed 's/^/  /')
-echo "node roots (ignored by git):"; (cd "$repo" && ls -d nodes/* | sed 's/^/  /')
+step "1. A desired-state repo for a simulated cluster of 5 nodes (a git repo; node roots under nodes/)"
+run haios sim init "$sim" --nodes 5
+git -C "$sim" log --oneline
 
-step "haios validate: the fresh repo is valid"
-haios --repo "$repo" validate
+step "2. Run the cluster through its phases with faults: a node's writer process is SIGKILLed mid-phase"
+run haios sim run "$sim" --iterations 3 --seed 2 --faults "$faults"
 
-step "a node's state.txt is an integrity-protected control file"
-cat "$repo/nodes/node-1/state.txt"
+step "3. The half-done phase must outlive its Φ timeout (about 2 s for these sub-second phases)"
+sleep 3
+echo "waited 3 s"
 
-step "break the policy: k = 5 (allowed 1.2 to 2.0) and a misspelt key"
-cp -r "$repo" "$work/broken"
-sed -i 's/^phi:$/phi:\n  k: 5/; s/^  window: 100/  windw: 100/' "$work/broken/policies/thresholds.yaml"
-set +e
-haios --repo "$work/broken" validate
-code=$?
-set -e
-echo "exit code: $code (1 = invalid)"
+step "4. haios doctor: every detector and integrity check (exit 2: findings)"
+run haios --repo "$sim" doctor
 
-step "the same as JSON, for scripts"
-haios --repo "$work/broken" --output json validate | head -20 || true
+step "5. haios plan: what reconcile would do, changing nothing (exit 2: changes pending)"
+run haios --repo "$sim" plan --out "$work/plan.json"
 
-step "haios sim: a simulated 5-node cluster, 3 clean iterations (15 transitions, real processes)"
-haios sim init "$work/sim" --nodes 5
-haios sim run "$work/sim" --iterations 3 --seed 1 --faults none
-haios sim check "$work/sim"
-grep -E '^(g|ph):' "$work/sim/nodes/node-1/state.txt"
+step "6. haios reconcile --plan: exactly that plan — compensate the side effects, then roll back"
+run haios --repo "$sim" reconcile --plan "$work/plan.json"
 
-step "the same with faults: a node's writer is SIGKILLed mid-phase"
-haios sim init "$work/faulty" --nodes 5 >/dev/null
-haios sim run "$work/faulty" --iterations 3 --seed 3 --faults kill=0.5
-set +e
-haios sim check "$work/faulty" | tee "$work/check.txt"
-code=${PIPESTATUS[0]}
-set -e
-echo "exit code: $code (2 = invariants violated: the half-done transition recovery must fix)"
+step "7. haios doctor again: healthy (exit 0), and the simulator's invariants hold"
+run haios --repo "$sim" doctor
+run haios sim check "$sim"
 
-victim=$(sed -n 's/^\[atomicity\] \(node-[0-9]*\).*/\1/p' "$work/check.txt" | head -n 1)
-if [[ -n "$victim" ]]; then
-  step "the WAL of $victim, killed mid-phase, as haios reads it"
-  haios wal verify "$work/faulty/nodes/$victim" || true
-  haios wal tail "$work/faulty/nodes/$victim" -n 4 --no-follow | cut -c1-110
-fi
+step "8. haios audit: every recovery is a git commit with its trace, result and fencing token"
+run haios --repo "$sim" audit
+trace=$(haios --repo "$sim" --output json audit | python3 -c 'import json,sys; print(json.load(sys.stdin)["commits"][0]["traces"][0]["trace_id"])')
+run haios --repo "$sim" audit --trace "$trace"
+git -C "$sim" log -1 --format='%n%B' | sed 's/^/    /'
 
-printf '\nThe demo repos are in %s\n' "$work"
+step "9. A second reconcile has nothing to do and commits nothing (exit 0)"
+run haios --repo "$sim" reconcile
+git -C "$sim" log --oneline | head -3
+
+printf '\nThe demo cluster is in %s\n' "$sim"

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Problem, load_repo
-from ..errors import ConfigError
+from ..config.model import PHASES, RepoConfig
+from ..errors import ConfigError, HaiosError
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import parse_utc, utc
 from ..transport import LocalTransport
@@ -134,6 +135,51 @@ def _integrity(obs: NodeObservation, root: Path, full: bool) -> list[Finding]:
                 f"haios wal repair {root / 'wal'}"
                 if torn
                 else f"restore {root / 'wal'} from a replica (or: haios wal repair --force {root / 'wal'})",
+            )
+        )
+    return out
+
+
+def _stale_leases(config: RepoConfig, at: float) -> list[Finding]:
+    """Recovery leases left behind by a reconciler that died or overran (SPEC §4.6)."""
+    from ..coord import open_backend
+
+    try:
+        backend = open_backend(config)
+        leases = [(shard, backend.read(shard)) for shard in PHASES]
+    except HaiosError as exc:
+        return [
+            Finding(
+                "locks",
+                "warning",
+                (),
+                None,
+                None,
+                f"the recovery leases cannot be read: {exc.message}",
+                {},
+                exc.hint or "",
+            )
+        ]
+    out = []
+    for shard, lease in leases:
+        if lease is None or lease.released or lease.live(at):
+            continue
+        why = "its holder's process is gone" if lease.expires > at else f"it expired {at - lease.expires:.0f} s ago"
+        out.append(
+            Finding(
+                "lease_stale",
+                "warning",
+                (),
+                None,
+                shard,
+                f"shard {shard} is still leased to {lease.holder} for trace {lease.trace_id}, but {why}",
+                {
+                    "holder": lease.holder,
+                    "trace_id": lease.trace_id,
+                    "token": lease.token,
+                    "expires": utc(lease.expires),
+                },
+                f"haios --repo {config.path} reconcile   # takes the lease over and resumes trace {lease.trace_id}",
             )
         )
     return out
@@ -274,6 +320,7 @@ def run_doctor(
                     f"git rm {override.file}   # or ask the supervisors for a new one",
                 )
             )
+    findings += _stale_leases(config, at)
     # first seen: remembered between passes
     seen_file = path / CACHE_DIR / "findings.json"
     try:

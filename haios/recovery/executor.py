@@ -47,6 +47,8 @@ class TraceOutcome:
     note: str = ""
     code: int = 0  # this trace's contribution to the exit code
     recorded: bool = False  # its journal changed in this run
+    reason: str = ""  # why the trace was decided as it was
+    done: list[str] = field(default_factory=list)  # the journal's steps of this run, in words
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -111,9 +113,10 @@ class _Stop(Exception):
 
 
 def _placeholders(step_: dict[str, Any], trace: TracePlan, node: str) -> dict[str, str]:
-    values = {"key": step_.get("key", ""), "node": node, "g": str(trace.g), "phase": trace.phase}
+    values = {k: str(v) for k, v in (step_.get("params") or {}).items()}
+    # haios's own names win over parameters of the same name
+    values.update(key=step_.get("key", ""), node=node, g=str(trace.g), phase=trace.phase)
     values.update(trace_id=trace.trace_id, kind=step_.get("kind", ""))
-    values.update({k: str(v) for k, v in (step_.get("params") or {}).items()})
     return values
 
 
@@ -186,6 +189,7 @@ class _Runner:
             if j.dirty:
                 j.save(repo)
             outcome.recorded = j.writes > 0
+            outcome.reason = j.reason
             return outcome
         try:
             lease = self.ctx.backend.acquire(trace.shard, self.holder, trace.trace_id, self.t.lease_ttl, now)
@@ -193,6 +197,7 @@ class _Runner:
             outcome.code, outcome.note = 4, exc.message
             return outcome
         outcome.token = lease.token
+        first_step = len(j.steps)
         j.add_token(lease.token)
         if lease.previous:
             j.add_step(now, None, "takeover", "ok", previous=lease.previous)
@@ -212,6 +217,11 @@ class _Runner:
             outcome.code, outcome.note = exc.exit_code if exc.exit_code in (3, 4) else 1, exc.message
         finally:
             outcome.after = j.state
+            outcome.reason = j.reason
+            outcome.done = [
+                f"{s.get('node') or '-'}: {s['action']}{' ' + s['key'] if s.get('key') else ''}: {s['outcome']}"
+                for s in j.steps[first_step:]
+            ]
             if j.dirty:
                 j.save(repo)
             outcome.recorded = j.writes > 0
@@ -453,9 +463,12 @@ def _message(outcomes: list[TraceOutcome]) -> tuple[str, str]:
     body = []
     for o in done:
         token = f", token {o.token}" if o.token is not None else ""
-        body.append(f"g={o.g} {o.phase} (trace {o.trace_id}{token}): {o.before} -> {o.after}, {o.steps} steps")
+        body.append(f"g={o.g} {o.phase} (trace {o.trace_id}{token}): {o.before} -> {o.after}")
+        if o.reason:
+            body.append(f"  why: {o.reason}")
+        body += [f"  - {line}" for line in o.done]
         if o.note:
-            body.append(f"  {o.note}")
+            body.append(f"  note: {o.note}")
     return subject, "\n".join(body)
 
 

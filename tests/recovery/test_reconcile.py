@@ -340,3 +340,18 @@ def test_reconcile_dry_run_is_plan(cluster: Path, cli: Invoke, dry: bool) -> Non
     result = cli("--repo", cluster, "reconcile", "--dry-run")
     assert result.exit_code == plan.exit_code() == 2 and "forward (INTERRUPTED)" in result.stdout
     assert _positions(cluster)["node-2"] == (1, "IDLE")
+
+
+def test_doctor_reports_a_lease_left_by_a_dead_reconciler(cluster: Path, cli: Invoke) -> None:
+    import socket
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    GitBackend(cluster).acquire("ANALYZE", f"{socket.gethostname()}/{proc.pid}/1/dead", "t-dead", 600, time.time())
+    result = cli("--repo", cluster, "doctor")
+    assert result.exit_code == 2
+    assert "WARNING lease_stale ANALYZE: shard ANALYZE is still leased to" in result.stdout
+    assert "but its holder's process is gone" in result.stdout
+    assert f"fix: haios --repo {cluster} reconcile   # takes the lease over and resumes trace t-dead" in result.stdout
+    GitBackend(cluster).release(GitBackend(cluster).acquire("ANALYZE", "me", "t2", 60, time.time()), time.time())
+    assert cli("--repo", cluster, "doctor").exit_code == 0
