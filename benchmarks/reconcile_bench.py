@@ -7,7 +7,8 @@
    detect_bench.py), then one more transition (g+1, ANALYZE) with every node as a participant: a
    quarter of the nodes PREPAREd it without committing, the rest committed it. `haios reconcile`
    rolls it forward (first run), then runs again with nothing to do (second run). Each run is a
-   child process; its wall time and peak RSS are reported. Targets: peak RSS < 256 MiB; second run
+   child process; its wall time and peak RSS (its own or that of any process it started, such as
+   the observation workers) are reported. Targets: peak RSS < 256 MiB; second run
    <= 0.1 x the first (the observation cache makes it read only what is new).
 2. `haios sim trials` for TRIALS trials (every fault kind): violations (target 0) and trials/minute.
 """
@@ -33,9 +34,9 @@ RECONCILE_CHILD = """
 import json, resource, sys, time
 from haios.recovery import reconcile
 t = time.perf_counter(); result = reconcile(sys.argv[1]); elapsed = time.perf_counter() - t
+rss = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 print(json.dumps({"seconds": elapsed, "exit": result.exit_code(), "commit": result.commit,
-                  "steps": sum(o.steps for o in result.outcomes),
-                  "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+                  "steps": sum(o.steps for o in result.outcomes), "rss_kib": rss}))
 """
 
 
@@ -105,7 +106,7 @@ def main() -> int:
             "yes" if second["exit"] == 0 and second["commit"] is None else "NO",
         ),
         ("run 2 / run 1, time", f"{ratio:.3f}", "<= 0.1", "yes" if ratio <= 0.1 else "NO"),
-        ("peak RSS of a run", f"{rss:.0f} MiB", "< 256 MiB", "yes" if rss < 256 else "NO"),
+        ("peak RSS of a run (largest process)", f"{rss:.0f} MiB", "< 256 MiB", "yes" if rss < 256 else "NO"),
         (
             f"sim trials ({trials}, every fault kind)",
             f"{len(report.failing)} violating; {report.per_minute:.0f} trials/minute ({outcomes})",

@@ -88,10 +88,14 @@ def plan(
     return result.exit_code()
 
 
+def _stderr_is_a_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
 @contextmanager
 def _progress(opts: GlobalOptions) -> Iterator[Progress | None]:
     """A bar per node while steps run, when stderr is a terminal."""
-    if opts.quiet or opts.output is not Output.text or not sys.stderr.isatty():
+    if opts.quiet or opts.output is not Output.text or not _stderr_is_a_terminal():
         yield None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
@@ -105,8 +109,8 @@ def _progress(opts: GlobalOptions) -> Iterator[Progress | None]:
     def update(event: dict[str, Any]) -> None:
         node = event.get("node") or "-"
         if node not in tasks:
-            tasks[node] = bars.add_task(node, total=None)
-        bars.update(tasks[node], description=f"{node} {event['action']}", advance=1 if event["done"] else 0)
+            tasks[node] = bars.add_task(node, total=event["node_total"])
+        bars.update(tasks[node], description=f"{node} {event['action']}", advance=1 if event["finished"] else 0)
 
     with bars:
         yield update

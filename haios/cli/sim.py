@@ -83,6 +83,7 @@ def run(
             _render.out("  fault: " + " ".join(f"{k}={v}" for k, v in fault.items() if k not in ("start", "end")))
         if report.stopped_at is not None:
             _render.out(f"stopped at g={report.stopped_at[0]} {report.stopped_at[1]}: {report.reason}")
+            _render.info(f"next: haios --repo {directory} plan   # then: haios --repo {directory} reconcile")
     return 0
 
 

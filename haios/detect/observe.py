@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -24,6 +24,7 @@ from ..errors import HaiosError
 from ..fsutil import atomic_write, makedirs_durable
 from ..transport import Transport
 from ..wal import Cursor, RecordType, WalCorruptError, WalReader
+from ..wal.reader import list_segments
 from ..wal.writer import LOCK_NAME
 from .detectors import NodeObservation, PhaseSummary
 
@@ -211,12 +212,77 @@ def _observe_through(repo: Path, transport: Transport, node: str) -> tuple[NodeO
     return observe_node(repo, node, root)
 
 
+def unread_bytes(repo: Path, node: str, root: Path) -> int:
+    """How many WAL bytes of ``node`` the next pass has to read (from its cached cursor)."""
+    cache = _load_cache(repo, node)
+    cursor = Cursor(**cache["cursor"]) if cache and cache.get("cursor") else None
+    total = 0
+    for seg in list_segments(root / "wal"):
+        size = seg.path.stat().st_size
+        if cursor is None or seg.seq > cursor.seq:
+            total += size
+        elif seg.seq == cursor.seq:
+            total += max(0, size - cursor.offset)
+    return total
+
+
+PROCESS_THRESHOLD = 64 * 1024 * 1024
+"""Above this many unread WAL bytes in all, local nodes are read by worker processes, one per CPU:
+reading is CPU-bound Python, which threads cannot spread over cores (a first pass over a large
+cluster); below it, starting the processes would cost more than it saves."""
+
+
+def _observe_local(repo: Path, node: str, root: Path) -> tuple[NodeObservation, dict[str, list[float]]]:
+    try:
+        return observe_node(repo, node, root)
+    except (HaiosError, OSError) as exc:
+        return NodeObservation(node, reachable=False, error=f"{node}: {exc}"), {}
+
+
+def _in_processes(
+    repo: Path, roots: dict[str, Path], timeout: float
+) -> dict[str, tuple[NodeObservation, dict[str, list[float]]]]:
+    import multiprocessing
+
+    workers = min(len(roots), os.cpu_count() or 1)
+    results = {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {node: pool.submit(_observe_local, repo, node, root) for node, root in sorted(roots.items())}
+        for node, future in futures.items():
+            try:
+                results[node] = future.result(timeout=timeout)
+            except FutureTimeout:
+                results[node] = (
+                    NodeObservation(node, reachable=False, error=f"{node}: not observed within {timeout:.0f} s"),
+                    {},
+                )
+    return results
+
+
 def observe(
     repo: Path, transport: Transport, nodes: list[str], *, parallelism: int = 1, timeout: float = 60.0
 ) -> tuple[dict[str, NodeObservation], dict[str, list[float]]]:
-    """Observe ``nodes`` through ``transport``; durations of all nodes are pooled per phase."""
+    """Observe ``nodes`` through ``transport``; durations of all nodes are pooled per phase.
+
+    When the nodes have more than PROCESS_THRESHOLD unread WAL bytes in all and the machine has more
+    than one CPU, the local views are read in worker processes.
+    """
     observations: dict[str, NodeObservation] = {}
     durations: dict[str, list[float]] = {}
+    if (os.cpu_count() or 1) > 1 and len(nodes) > 1:
+        roots = {}
+        for node in nodes:
+            try:
+                roots[node] = transport.local_view(node)
+            except HaiosError:
+                roots = {}
+                break
+        if roots and sum(unread_bytes(repo, n, r) for n, r in roots.items()) > PROCESS_THRESHOLD:
+            for node, (obs, durs) in _in_processes(repo, roots, timeout).items():
+                observations[node] = obs
+                for phase, values in durs.items():
+                    durations.setdefault(phase, []).extend(values)
+            return observations, durations
     workers = max(1, min(parallelism, len(nodes), (os.cpu_count() or 1) * 4))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {node: pool.submit(_observe_through, repo, transport, node) for node in sorted(nodes)}

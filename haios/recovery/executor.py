@@ -130,9 +130,13 @@ class _Runner:
 
     # -- plumbing --------------------------------------------------------------------------------
 
-    def _tick(self, trace: TracePlan, node: str | None, action: str, done: int, total: int) -> None:
+    def _tick(self, trace: TracePlan, node: str | None, action: str, index: int, finished: bool) -> None:
+        """Tell the progress callback that step ``index`` of the trace starts or has finished
+        (``node_total``: how many of the trace's steps run on that node)."""
         if self.progress is not None:
-            self.progress({"trace_id": trace.trace_id, "node": node, "action": action, "done": done, "total": total})
+            node_total = sum(1 for s in trace.steps if s["node"] == node)
+            event = {"trace_id": trace.trace_id, "node": node, "action": action, "step": index}
+            self.progress({**event, "total": len(trace.steps), "node_total": node_total, "finished": finished})
 
     def _renew(self, lease: Lease) -> Lease:
         now = self.clock()
@@ -312,11 +316,10 @@ class _Runner:
         return self._call(node, {**request, **extra})
 
     def _steps(self, trace: TracePlan, j: journals.Journal, lease: Lease, outcome: TraceOutcome, state: State) -> Lease:
-        total = len(trace.steps)
         for index, s in enumerate(trace.steps, 1):
             lease = self._renew(lease)
             node, action = s["node"], s["action"]
-            self._tick(trace, node, action, index - 1, total)
+            self._tick(trace, node, action, index, finished=False)
             if action == "repair":
                 result = self._op(trace, lease, "repair", node)
             elif action == "forward":
@@ -343,7 +346,7 @@ class _Runner:
             )
             j.save(self.ctx.repo)  # after the node's checkpoint: the journal tells the story, the WAL decides
             outcome.steps += 1
-            self._tick(trace, node, action, index, total)
+            self._tick(trace, node, action, index, finished=True)
         return lease
 
     def _compensate(self, trace: TracePlan, j: journals.Journal, lease: Lease, s: dict[str, Any]) -> None:

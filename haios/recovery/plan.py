@@ -292,8 +292,8 @@ def _view(ctx: Context, node: str, g: int, phase: str, summary: PhaseSummary | N
         owed = [e for e in (o.state or {}).get("uncompensated") or [] if (e["g"], e["phase"]) == (g, phase)]
         if owed:
             request["from_lamport"] = owed[-1]["begin_lamport"]  # the aborted attempt that owes compensation
-        elif summary is not None and summary.ended is not None:
-            request["from_lamport"] = summary.begin_lamport  # it ended: it may lie before the WAL's tail
+        elif summary is not None and summary.ended == "ABORT_PHASE" and summary.uncompensated:
+            request["from_lamport"] = summary.begin_lamport  # it ended: it lies before the WAL's tail
         info = ctx.transport.call(node, request)
     except WalCorruptError as exc:
         return View(node, "corrupt", detail=exc.corruption.describe()), {}

@@ -461,7 +461,7 @@ class WalReader:
         try:
             raw = decode_payload(stored, raw_length, flags)
             record = Record(rlamport, RecordType(rtype), seg.name, pos, crc, flags, raw)
-            if self.decode:
+            if self.decode and (self.from_lamport is None or rlamport >= self.from_lamport):
                 record.payload  # noqa: B018 - parse now: a payload that is not JSON is corruption
         except ValueError as exc:
             raise _Bad(pos, f"payload: {exc}", False, expected) from None

@@ -355,3 +355,28 @@ def test_doctor_reports_a_lease_left_by_a_dead_reconciler(cluster: Path, cli: In
     assert f"fix: haios --repo {cluster} reconcile   # takes the lease over and resumes trace t-dead" in result.stdout
     GitBackend(cluster).release(GitBackend(cluster).acquire("ANALYZE", "me", "t2", 60, time.time()), time.time())
     assert cli("--repo", cluster, "doctor").exit_code == 0
+
+
+def test_reconcile_reports_progress_per_node(cluster: Path) -> None:
+    plant(cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-1": 1})
+    events: list[dict[str, object]] = []
+    assert reconcile(cluster, progress=events.append).exit_code() == 0
+    assert len(events) == 8  # each step starts and finishes
+    finished = [(e["node"], e["action"], e["step"], e["total"]) for e in events if e["finished"]]
+    assert finished == [
+        ("node-1", "compensate", 1, 4),
+        ("node-1", "rollback", 2, 4),
+        ("node-2", "rollback", 3, 4),
+        ("node-3", "rollback", 4, 4),
+    ]
+
+
+def test_reconcile_progress_bars_on_a_terminal(cluster: Path, cli: Invoke, monkeypatch: pytest.MonkeyPatch) -> None:
+    import haios.cli.recover
+
+    plant(cluster, node_1="prepare", node_2="prepare", node_3="begin")
+    with monkeypatch.context() as m:
+        m.setattr(haios.cli.recover, "_stderr_is_a_terminal", lambda: True)
+        result = cli("--repo", cluster, "reconcile")
+    assert result.exit_code == 0
+    assert "node-3 rollback" in result.stderr and "1/1" in result.stderr  # one bar per node

@@ -1,0 +1,44 @@
+"""Observation: a large first pass is read by worker processes, with the same result as in-process."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from haios.config import load_repo
+from haios.detect import observe as observe_mod
+from haios.sim.simulator import sim_init, sim_run
+from haios.transport import LocalTransport
+
+
+def test_observe_in_processes_equals_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = tmp_path / "sim"
+    sim_init(directory, 3)
+    sim_run(directory, iterations=2, seed=3, faults={})
+    twin = tmp_path / "twin"
+    shutil.copytree(directory, twin, symlinks=True)
+
+    def run(repo: Path) -> tuple[object, object]:
+        config = load_repo(repo)
+        roots = {n.name: n.local_root(repo) for n in config.cluster.nodes}
+        obs, durations = observe_mod.observe(repo, LocalTransport(roots), sorted(roots))
+        return {n: (o.phases, o.last_lamport, o.records, o.state) for n, o in obs.items()}, durations
+
+    in_process = run(directory)
+    with monkeypatch.context() as m:
+        m.setattr(observe_mod, "PROCESS_THRESHOLD", 0)
+        m.setattr(observe_mod.os, "cpu_count", lambda: 2)
+        calls: list[int] = []
+        real = observe_mod._in_processes
+
+        def counted(*a: object, **k: object) -> object:
+            calls.append(1)
+            return real(*a, **k)  # type: ignore[arg-type]
+
+        m.setattr(observe_mod, "_in_processes", counted)
+        in_processes = run(twin)
+    assert calls == [1]
+    assert in_processes == in_process
+    assert observe_mod.unread_bytes(twin, "node-1", twin / "nodes/node-1") == 0  # the cursor was saved
