@@ -11,6 +11,8 @@ which is how a transport carries them to a remote node (``haios node recover ROO
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from inspect import signature
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,8 @@ def inspect(root: Path, g: int, phase: str, from_lamport: int | None = None) -> 
     """What the node holds of (g, phase): its status, side effects (with outcome and compensation) and
     the recovery checkpoints already written. ``from_lamport`` (where its BEGIN_PHASE is) finds a
     phase that ended before the last one the node committed."""
+    if phase not in PHASES:
+        raise UsageError(f"unknown phase {phase!r}")
     node = Node(root)
     logs, torn = _tail_logs(node, from_lamport)
     log = logs.get((g, phase))
@@ -227,23 +231,25 @@ def dispatch(root: Path, request: dict[str, Any]) -> dict[str, Any]:
     """Run one operation from a JSON request ``{"op": ..., ...}`` (the remote form of the functions above)."""
     op = request.get("op")
     args = {k: v for k, v in request.items() if k != "op"}
+    if op == "inspect":
+        args = {k: args[k] for k in ("g", "phase", "from_lamport") if k in args}  # it takes no token
+    operations: dict[str, Callable[..., dict[str, Any]]] = {
+        "inspect": inspect,
+        "forward": forward,
+        "compensated": compensated,
+        "rollback": rollback,
+        "repair": repair,
+        "checkpoint": checkpoint,
+    }
+    func = operations.get(str(op))
+    if func is None:
+        raise UsageError(f"unknown recovery operation {op!r} (known: {', '.join(OPS)})")
     try:
-        if op == "inspect":
-            start = args.get("from_lamport")
-            return inspect(root, int(args["g"]), str(args["phase"]), int(start) if start else None)
-        if op == "forward":
-            return forward(root, **args)
-        if op == "compensated":
-            return compensated(root, **args)
-        if op == "rollback":
-            return rollback(root, **args)
-        if op == "repair":
-            return repair(root, **args)
-        if op == "checkpoint":
-            return checkpoint(root, **args)
-    except (KeyError, TypeError) as exc:
+        signature(func).bind(root, **args)
+    except TypeError as exc:
         raise UsageError(f"recovery request {op!r}: bad arguments ({exc})") from exc
-    raise UsageError(f"unknown recovery operation {op!r} (known: {', '.join(OPS)})")
+    result: dict[str, Any] = func(root, **args)
+    return result
 
 
 __all__ = ["OPS", "checkpoint", "compensated", "dispatch", "forward", "inspect", "repair", "rollback"]

@@ -155,6 +155,8 @@ def test_recover_dispatch_rejects_unknown_requests(node_root: Path) -> None:
         recover.dispatch(node_root, {"op": "explode"})
     with pytest.raises(UsageError, match="bad arguments"):
         recover.dispatch(node_root, {"op": "forward", "g": 1})
+    with pytest.raises(UsageError, match="bad arguments"):
+        recover.dispatch(node_root, {"op": "inspect", "phase": "ANALYZE"})
 
 
 def test_recover_cli_runs_a_json_request(node_root: Path, cli: Invoke) -> None:
