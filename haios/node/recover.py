@@ -221,8 +221,7 @@ def rollback(
 def repair(root: Path, *, trace_id: str, token: int, g: int, phase: str) -> dict[str, Any]:
     """Cut a torn WAL tail (the cut bytes are kept in ``.broken``); mid-log damage is refused."""
     node = _guard(root, phase, token)
-    with Wal.open(root / "wal", sync=node.sync):  # opening for writing repairs a torn tail, under the lock
-        pass
+    Wal.open(root / "wal", sync=node.sync).close()  # opening for writing repairs a torn tail, under the lock
     checkpoint(root, trace_id=trace_id, token=token, g=g, phase=phase, step="repair", outcome="torn tail cut")
     return {"node": node.name, "outcome": "repaired"}
 
