@@ -26,6 +26,7 @@ from ..config.model import Playbook
 from ..coord import Lease, new_holder
 from ..errors import FencedError, HaiosError, LockHeldError, UsageError
 from ..fsutil import atomic_write, makedirs_durable
+from ..node.heartbeat import utc
 from . import journal as journals
 from .machine import NEEDS_A_HUMAN, TERMINAL, Event, State, step
 from .plan import Context, Plan, TracePlan, build, order, plan_transition
@@ -186,7 +187,7 @@ class _Runner:
             trace.phase,
             state=trace.state,
             participants=list(trace.participants),
-            opened_at=journals._utc(now),
+            opened_at=utc(now),
         )
         if not trace.actionable:
             self._record_waiting(trace, j, outcome, now)

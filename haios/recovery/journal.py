@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import re
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +18,11 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..fsutil import atomic_write, makedirs_durable
+from ..node.heartbeat import utc
 from .machine import TERMINAL, State
 
 JOURNAL_DIR = "status/recoveries"
 JOURNAL_SCHEMA = "haios-trace/v1"
-
-
-def _utc(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def new_trace_id(g: int, phase: str) -> str:
@@ -125,7 +121,7 @@ class Journal:
         if reason is not None:
             self.reason = reason
         if state in TERMINAL:
-            self.closed_at = _utc(now)
+            self.closed_at = utc(now)
         self.dirty = True
 
     def add_token(self, token: int) -> None:
@@ -134,11 +130,11 @@ class Journal:
             self.dirty = True
 
     def add_step(self, now: float, node: str | None, action: str, outcome: str, **detail: Any) -> None:
-        self.steps.append({"at": _utc(now), "node": node, "action": action, "outcome": outcome, **detail})
+        self.steps.append({"at": utc(now), "node": node, "action": action, "outcome": outcome, **detail})
         self.dirty = True
 
     def alert(self, now: float, name: str, message: str) -> None:
-        self.alerts.append({"at": _utc(now), "alert": name, "message": message})
+        self.alerts.append({"at": utc(now), "alert": name, "message": message})
         self.dirty = True
 
     def save(self, repo: Path) -> None:
