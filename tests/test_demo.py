@@ -1,0 +1,31 @@
+"""`make demo`'s script end to end: a faulty simulated cluster, reconciled, healthy, audited."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).parent.parent
+
+
+@pytest.mark.slow
+def test_demo_ends_healthy_with_the_recovery_in_the_audit_log(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "NO_COLOR": "1"}
+    proc = subprocess.run(
+        ["bash", str(PROJECT / "examples/demo.sh")], capture_output=True, text=True, env=env, timeout=300
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    exits = re.findall(r"^\(exit (\d+)\)$", out, re.MULTILINE)
+    # init, run, doctor (findings), plan (pending), reconcile, doctor, check, audit, audit --trace, reconcile
+    assert exits == ["0", "0", "2", "2", "0", "0", "0", "0", "0", "0"]
+    assert "CRITICAL wal_gap node-1 g=2 CONSTRUCT" in out
+    assert re.search(r"trace (2-construct-\w+)  INTERRUPTED -> CLEAN_EXIT  \(rolled back, 2 steps, token 1\)", out)
+    assert ": healthy (5 nodes)" in out and "every invariant holds" in out
+    assert re.search(r"^    2-construct-\w+: CLEAN_EXIT \(token 1\)$", out, re.MULTILINE)
+    assert "nothing to do: every transition is committed or rolled back everywhere" in out
