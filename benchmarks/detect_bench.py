@@ -25,6 +25,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from _common import print_table, run_child
+
 from haios import controlfile
 from haios.config import load_repo
 from haios.config.scaffold import init_repo
@@ -45,10 +47,7 @@ print(json.dumps({"seconds": elapsed, "bytes": report.bytes_read, "healthy": rep
 
 
 def _doctor_child(repo: Path) -> dict[str, float]:
-    subprocess.run(["sync"], check=True)  # each pass starts with no writeback of the setup pending
-    out = subprocess.run([sys.executable, "-c", DOCTOR_CHILD, str(repo)], capture_output=True, text=True, check=True)
-    result: dict[str, float] = json.loads(out.stdout)
-    return result
+    return run_child(DOCTOR_CHILD, repo)
 
 
 def build_cluster(root: Path, nodes: int, records: int) -> Path:
@@ -192,9 +191,7 @@ def main() -> int:
             "yes" if ratios and max(ratios) <= 1.0 else "NO",
         ),
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    print_table(rows)
     print(f"\n(building the cluster took {d['built_s']:.0f} s)")
     return 0 if all(row[3] in ("", "yes") for row in rows[1:]) else 1
 

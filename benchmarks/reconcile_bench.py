@@ -16,14 +16,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _common import print_table, run_child
 from detect_bench import build_cluster
 
 from haios.config import load_repo
@@ -61,10 +60,7 @@ def half_done(repo: Path) -> int:
 
 
 def _reconcile_child(repo: Path) -> dict[str, float]:
-    subprocess.run(["sync"], check=True)  # each run starts with no writeback of the setup pending
-    out = subprocess.run([sys.executable, "-c", RECONCILE_CHILD, str(repo)], capture_output=True, text=True, check=True)
-    result: dict[str, float] = json.loads(out.stdout.splitlines()[-1])
-    return result
+    return run_child(RECONCILE_CHILD, repo)
 
 
 def main() -> int:
@@ -114,9 +110,7 @@ def main() -> int:
             "yes" if not report.failing else "NO",
         ),
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    print_table(rows)
     for t in report.failing:
         print(f"violating seed {t.seed}: {t.outcome} {t.error} {t.violations}")
     print(f"\n(building the cluster took {built:.0f} s; trials took {report.seconds:.0f} s)")

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import print_table
+
 from haios.node import snapshot
 
 
@@ -114,9 +116,7 @@ def main() -> int:
             "yes" if bytes_ratio < 1.5 else "NO",
         ),
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(5)]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    print_table(table)
     return 0 if vs_rsync >= 1 and vs_cp >= 20 and bytes_ratio < 1.5 else 1
 
 
