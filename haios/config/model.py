@@ -12,6 +12,12 @@ from typing import Any
 
 PHASES: tuple[str, ...] = ("ANALYZE", "BLUEPRINT", "CONSTRUCT", "VALIDATE", "IDLE")
 
+
+def phase_order(g: int, phase: str | None) -> tuple[int, int]:
+    """A sortable position of (g, phase); (g, None) — nothing committed in g yet — sorts before ANALYZE."""
+    return (g, -1 if phase is None else PHASES.index(phase))
+
+
 RUNTIME_MODE_K = {"STRICT": 1.2, "NORMAL": 1.6, "DEV_FAST": 2.0}  # SPEC §3
 PRIOR_MEANS = {"ANALYZE": 15.0, "BLUEPRINT": 20.0, "CONSTRUCT": 120.0, "VALIDATE": 30.0, "IDLE": 10.0}  # SPEC §3
 

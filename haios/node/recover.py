@@ -17,17 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import controlfile
-from ..config.model import PHASES
+from ..config.model import PHASES, phase_order
 from ..errors import BarrierError, ControlFileError, UsageError, VersionConflict
 from ..wal import Record, RecordType, Wal, WalCorruptError, read_records
 from .fence import check_fence
 from .transaction import Node, PhaseLog, scan_phases
 
 OPS = ("inspect", "forward", "compensated", "rollback", "repair", "checkpoint")
-
-
-def _order(g: int, phase: str | None) -> tuple[int, int]:
-    return (g, -1 if phase is None else PHASES.index(phase))
 
 
 def _tail_logs(
@@ -57,7 +53,7 @@ def _status(node: Node, log: PhaseLog | None, g: int, phase: str) -> str:
         return "prepared" if log.prepared else "begun"
     state, _ = node.state()
     # state.txt holds the last committed transition; anything at or before it was committed
-    return "committed" if _order(state["g"], state["ph"]) >= _order(g, phase) else "absent"
+    return "committed" if phase_order(state["g"], state["ph"]) >= phase_order(g, phase) else "absent"
 
 
 def inspect(root: Path, g: int, phase: str, from_lamport: int | None = None) -> dict[str, Any]:

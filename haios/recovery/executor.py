@@ -23,13 +23,14 @@ from typing import Any
 from .. import audit, controlfile
 from ..config.dataschemas import DataSchemaError
 from ..config.model import Playbook
+from ..config.model import phase_order as order
 from ..coord import Lease, new_holder
 from ..errors import FencedError, HaiosError, LockHeldError, UsageError
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import utc
 from . import journal as journals
 from .machine import NEEDS_A_HUMAN, TERMINAL, Event, State, step
-from .plan import Context, Plan, TracePlan, build, order, plan_transition
+from .plan import Context, Plan, TracePlan, build, plan_transition
 
 STATUS_FILE = "status/cluster.yaml"
 Progress = Callable[[dict[str, Any]], None]

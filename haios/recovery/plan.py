@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import load_repo
-from ..config.model import PHASES, PhasePolicy, RepoConfig
+from ..config.model import PhasePolicy, RepoConfig
+from ..config.model import phase_order as order
 from ..coord import Backend, Lease, open_backend
 from ..detect.detectors import NodeObservation, PhaseSummary
 from ..detect.observe import observe
@@ -34,10 +35,6 @@ from .planner import Decision, Inputs, View, decide, steps_for
 PLAN_SCHEMA = "haios-plan/v1"
 ACTIONABLE = frozenset({"forward", "rollback", "resume"})
 _CONFIG_GLOBS = ("haios.yaml", "desired/*.yaml", "policies/*.yaml", "playbooks/*.yaml", "overrides/*.yaml")
-
-
-def order(g: int, phase: str | None) -> tuple[int, int]:
-    return (g, -1 if phase is None else PHASES.index(phase))
 
 
 @dataclass
