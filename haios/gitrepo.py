@@ -44,3 +44,20 @@ def init_and_commit(path: Path, message: str) -> str:
     except git.GitError as exc:
         detail = " ".join(str(getattr(exc, "stderr", "") or exc).split())
         raise RepoError(f"{path}: git failed: {detail}") from exc
+
+
+def commit_paths(path: Path, paths: list[str], message: str) -> str | None:
+    """Commit ``paths`` (relative to ``path``) alone; None when they did not change."""
+    git = _git()
+    try:
+        repo = git.Repo(path)
+        repo.git.add("--", *paths)
+        if not repo.git.diff("--cached", "--name-only", "--", *paths).strip():
+            return None
+        env = _identity_env(repo.config_reader())
+        repo.git.commit("--no-verify", "--quiet", "-m", message, "--", *paths, env={**os.environ, **env})
+        sha: str = repo.head.commit.hexsha
+        return sha
+    except git.GitError as exc:
+        detail = " ".join(str(getattr(exc, "stderr", "") or exc).split())
+        raise RepoError(f"{path}: git commit failed: {detail}") from exc

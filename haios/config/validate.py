@@ -310,15 +310,21 @@ def _check_rbac(doc: YamlDoc) -> Iterator[Problem]:
             yield doc.problem(("supervisors", i, "valid_before"), "valid_before must be later than valid_after")
 
 
-def _check_budget(budget: YamlDoc, fx: YamlDoc | None) -> Iterator[Problem]:
+def _check_budget(budget: YamlDoc, fx: YamlDoc | None, playbooks: dict[str, YamlDoc]) -> Iterator[Problem]:
+    """Every currency a limit or a playbook's cost is given in has a rate: never a silent 1:1."""
     if fx is None:
         return
     known = {fx.value["base"], *fx.value["rates"]}
-    limits: list[tuple[KeyPath, str]] = [(("default", "currency"), budget.value["default"]["currency"])]
-    limits += [(("regions", r, "currency"), x["currency"]) for r, x in budget.value.get("regions", {}).items()]
-    for path, currency in limits:
+    limits: list[tuple[YamlDoc, KeyPath, str]] = [
+        (budget, ("default", "currency"), budget.value["default"]["currency"])
+    ]
+    limits += [(budget, ("regions", r, "currency"), x["currency"]) for r, x in budget.value.get("regions", {}).items()]
+    limits += [
+        (doc, ("cost", "currency"), doc.value["cost"]["currency"]) for doc in playbooks.values() if "cost" in doc.value
+    ]
+    for doc, path, currency in limits:
         if currency not in known:
-            yield budget.problem(path, f"unknown currency {currency}: policies/fx.yaml has no rate for it")
+            yield doc.problem(path, f"unknown currency {currency}: policies/fx.yaml has no rate for it")
 
 
 def _check_thresholds(doc: YamlDoc) -> Iterator[Problem]:
@@ -422,7 +428,7 @@ def _validate(repo: Path) -> tuple[ValidationReport, dict[str, YamlDoc], dict[st
     if "policies/rbac.yaml" in docs:
         checks.append(_check_rbac(docs["policies/rbac.yaml"]))
     if "policies/budget.yaml" in docs:
-        checks.append(_check_budget(docs["policies/budget.yaml"], docs.get("policies/fx.yaml")))
+        checks.append(_check_budget(docs["policies/budget.yaml"], docs.get("policies/fx.yaml"), playbooks))
     if "policies/thresholds.yaml" in docs:
         checks.append(_check_thresholds(docs["policies/thresholds.yaml"]))
     for stem, doc in sorted(overrides.items()):

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..budget import fx_age as rates_age
 from ..config import Problem, load_repo
 from ..config.model import PHASES, RepoConfig
 from ..errors import ConfigError, HaiosError
@@ -291,7 +291,7 @@ def run_doctor(
                         f"synchronise {node}'s clock (NTP)",
                     )
                 )
-    fx_age = at - datetime.fromisoformat(f"{config.fx.date}T00:00:00+00:00").timestamp()
+    fx_age = rates_age(config.fx, at)
     if fx_age > config.budget.fx_max_age:
         findings.append(
             Finding(
@@ -302,7 +302,7 @@ def run_doctor(
                 None,
                 f"policies/fx.yaml rates are from {config.fx.date}, {fx_age / 86400:.0f} days old (limit {config.budget.fx_max_age / 86400:g} days)",
                 {"date": config.fx.date},
-                "update policies/fx.yaml with current rates",
+                f"haios --repo {path} budget fx-import eurofxref-daily.xml   # today's file from the ECB",
             )
         )
     for override in config.overrides:

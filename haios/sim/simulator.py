@@ -96,7 +96,18 @@ def sim_init(directory: Path | str, nodes: int) -> Path:
     for phase, prior in SIM_PRIORS.items():
         text = re.sub(rf"(\n    {phase}: )\S+", rf"\g<1>{prior}", text, count=1)
     atomic_write(thresholds, text.encode())
-    init_and_commit(path, "haios sim init: phase priors for simulated (sub-second) phases")
+    # the fake cloud bills in the default rates; dated today, so a rehearsal's rates are never stale
+    fx = path / "policies/fx.yaml"
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    text = re.sub(r"(?m)^date: \S+$", f"date: {today}", fx.read_text(), count=1)
+    text = re.sub(
+        r"(?m)^source: .*$",
+        "source: haios simulator (the default rates, dated when the cluster was made)",
+        text,
+        count=1,
+    )
+    atomic_write(fx, text.encode())
+    init_and_commit(path, "haios sim init: phase priors for simulated (sub-second) phases, rates dated today")
     FakeCloud(sim_dir(path) / "cloud").set_faults({})
     return path
 

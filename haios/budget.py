@@ -1,0 +1,213 @@
+"""Costs in many currencies, the per-trace cost cap (SPEC §4.4) and the ECB rate import.
+
+``policies/fx.yaml`` quotes every currency against one base (the ECB's reference rates: units per
+1 EUR). A cost in a currency without a rate is an error, never converted 1:1.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from .config.model import Budget, FxRates
+from .errors import ConfigError, UsageError
+from .fsutil import atomic_write
+
+FX_FILE = "policies/fx.yaml"
+ECB_SOURCE = "European Central Bank euro foreign exchange reference rates"
+_ECB_NS = "http://www.ecb.int/vocabulary/2002-08-01/eurofxref"
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+class UnknownCurrency(ConfigError):
+    default_hint = "add its rate to policies/fx.yaml (haios budget fx-import eurofxref-daily.xml)"
+
+
+def convert(amount: float, currency: str, to: str, fx: FxRates) -> float:
+    """``amount`` of ``currency`` in ``to``, through the base currency of ``fx``."""
+    if currency == to:
+        return amount
+
+    def rate(c: str) -> float:
+        if c == fx.base:
+            return 1.0
+        if c not in fx.rates:
+            raise UnknownCurrency(f"no exchange rate for {c} in {FX_FILE} (rates of {fx.date}, base {fx.base})")
+        return fx.rates[c]
+
+    return amount / rate(currency) * rate(to)
+
+
+@dataclass
+class RegionCost:
+    """What one trace spent in one region, in the region's currency."""
+
+    region: str
+    currency: str
+    limit: float
+    amount: float = 0.0
+    items: list[str] = field(default_factory=list)
+
+    @property
+    def over(self) -> bool:
+        return self.amount > self.limit
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "region": self.region,
+            "amount": round(self.amount, 2),
+            "currency": self.currency,
+            "limit": self.limit,
+            "over": self.over,
+        }
+
+    def __str__(self) -> str:
+        return f"{self.amount:.2f} {self.currency} of {self.limit:g} {self.currency} in region {self.region}"
+
+
+def trace_cost(
+    costs: list[tuple[str | None, str, dict[str, Any] | None]], budget: Budget, fx: FxRates
+) -> dict[str, RegionCost]:
+    """Add up ``(region, what, cost)`` items per region, each converted into its region's currency.
+
+    A cost without a currency is in its region's currency; one in a currency without a rate raises
+    :class:`UnknownCurrency`.
+    """
+    totals: dict[str, RegionCost] = {}
+    for region, what, cost in costs:
+        name = region or "default"
+        limit = budget.for_region(region)
+        total = totals.setdefault(name, RegionCost(name, limit.currency, limit.limit_per_trace))
+        if not cost or not cost.get("amount"):
+            continue
+        currency = str(cost.get("currency") or limit.currency)
+        try:
+            amount = float(cost["amount"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{what}: cost {cost!r} is not a number") from None
+        total.amount += convert(amount, currency, limit.currency, fx)
+        total.items.append(f"{what}: {amount:g} {currency}")
+    return totals
+
+
+def fx_age(fx: FxRates, now: float) -> float:
+    """Seconds since the end of the rates' date."""
+    day = date.fromisoformat(fx.date)
+    end = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() + 86400.0
+    return max(0.0, now - end)
+
+
+# -- the ECB daily reference rates ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EcbRates:
+    day: str
+    rates: dict[str, float]
+
+
+def parse_ecb(data: bytes, name: str) -> EcbRates:
+    """Read eurofxref-daily.xml: ``<Cube time="YYYY-MM-DD">`` holding ``<Cube currency="USD" rate="1.04"/>``.
+
+    Entities and DTDs are refused (a rates file never needs them); the newest day is taken when the
+    file holds several (the 90-day history file has the same shape).
+    """
+    from defusedxml import DefusedXmlException
+    from defusedxml.ElementTree import ParseError, fromstring
+
+    try:
+        root = fromstring(data, forbid_dtd=True)
+    except (ParseError, DefusedXmlException, ValueError) as exc:
+        raise UsageError(f"{name}: not well-formed XML ({exc})", hint="download eurofxref-daily.xml again") from None
+    days: dict[str, dict[str, float]] = {}
+    for cube in root.iter(f"{{{_ECB_NS}}}Cube"):
+        day = cube.get("time")
+        if day is None:
+            continue
+        try:
+            date.fromisoformat(day)
+        except ValueError:
+            raise UsageError(f"{name}: Cube time={day!r} is not a date (YYYY-MM-DD)") from None
+        rates: dict[str, float] = {}
+        for child in cube.findall(f"{{{_ECB_NS}}}Cube"):
+            currency, text = child.get("currency"), child.get("rate")
+            if currency is None or text is None or not _CURRENCY.match(currency):
+                raise UsageError(f"{name}: a rate entry of {day} lacks a currency code or a rate: {child.attrib}")
+            try:
+                rate = float(text)
+            except ValueError:
+                raise UsageError(f"{name}: {currency} rate {text!r} of {day} is not a number") from None
+            if not rate > 0 or rate == float("inf"):
+                raise UsageError(f"{name}: {currency} rate {text!r} of {day} is not a positive number")
+            if currency in rates:
+                raise UsageError(f"{name}: {currency} appears twice on {day}")
+            rates[currency] = rate
+        if rates:
+            days[day] = rates
+    if not days:
+        raise UsageError(
+            f"{name}: no <Cube time=...> with rates in the ECB namespace {_ECB_NS}",
+            hint="this is not an ECB euro reference-rate file (eurofxref-daily.xml)",
+        )
+    newest = max(days)
+    return EcbRates(newest, days[newest])
+
+
+def import_ecb(repo: Path, source: Path, *, now: float, max_age: float | None = None) -> tuple[EcbRates, list[str]]:
+    """Write the file's rates into ``policies/fx.yaml`` (comments kept), refusing rates older than
+    ``max_age`` and anything that would leave the repo invalid. Returns the rates and the currencies
+    dropped (those the new file no longer quotes)."""
+    from ruamel.yaml import YAML
+
+    from .config import load_repo
+    from .config.validate import validate_repo
+
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{source}: cannot read ({exc.strerror})") from None
+    rates = parse_ecb(data, str(source))
+    config = load_repo(repo)
+    if config.fx.base != "EUR":
+        raise ConfigError(
+            f"{repo / FX_FILE}: base is {config.fx.base}, but ECB rates are quoted against EUR",
+            hint="set base: EUR in policies/fx.yaml to import ECB rates",
+        )
+    limit = config.budget.fx_max_age if max_age is None else max_age
+    age = fx_age(FxRates("EUR", rates.day, rates.rates), now)
+    if age > limit:
+        raise UsageError(
+            f"{source}: the rates are of {rates.day}, {age / 86400:.1f} days old (policies/budget.yaml fx_max_age "
+            f"allows {limit / 86400:g})",
+            hint="download today's file from the ECB, or pass --max-age",
+        )
+    if rates.day < config.fx.date:
+        raise UsageError(f"{source}: rates of {rates.day} are older than those in {FX_FILE} ({config.fx.date})")
+    path = repo / FX_FILE
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    doc = yaml.load(path.read_text(encoding="utf-8"))
+    dropped = sorted(set(doc["rates"]) - set(rates.rates))
+    doc["date"] = rates.day
+    doc["source"] = ECB_SOURCE
+    doc["rates"].clear()
+    for currency in sorted(rates.rates):
+        doc["rates"][currency] = rates.rates[currency]
+    buf = io.StringIO()
+    yaml.dump(doc, buf)
+    before = path.read_bytes()
+    atomic_write(path, buf.getvalue().encode("utf-8"))
+    report = validate_repo(repo)
+    if report.problems:
+        atomic_write(path, before)  # never leave the repo invalid
+        raise ConfigError(
+            f"{path}: the imported rates would make the repo invalid: {report.problems[0]}",
+            hint="a budget or playbook uses a currency the ECB file does not quote; add it by hand",
+            problems=list(report.problems),
+        )
+    return rates, dropped

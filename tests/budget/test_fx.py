@@ -1,0 +1,151 @@
+"""Exchange rates: conversion (never 1:1 for an unknown currency), the ECB import, stale-rate findings."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from helpers import Invoke
+from helpers.cluster import git
+
+from haios.budget import UnknownCurrency, convert, import_ecb, parse_ecb, trace_cost
+from haios.config import load_repo
+from haios.config.model import Budget, FxRates, Limit
+from haios.detect.doctor import run_doctor
+from haios.errors import ConfigError, UsageError
+from haios.sim.simulator import sim_init
+
+SAMPLE = Path(__file__).parent / "data" / "eurofxref-daily.xml"
+SAMPLE_DAY = datetime(2026, 11, 26, 16, 0, tzinfo=UTC).timestamp()  # the ECB publishes around 16:00 CET
+FX = FxRates("EUR", "2026-11-26", {"USD": 1.0437, "GBP": 0.83325, "JPY": 160.98})
+
+
+def test_convert_goes_through_the_base_currency() -> None:
+    assert convert(100.0, "EUR", "USD", FX) == pytest.approx(104.37)
+    assert convert(104.37, "USD", "EUR", FX) == pytest.approx(100.0)
+    assert convert(83.325, "GBP", "JPY", FX) == pytest.approx(16098.0)
+    assert convert(5.0, "XAU", "XAU", FX) == 5.0
+    with pytest.raises(UnknownCurrency, match="no exchange rate for CHF"):
+        convert(1.0, "CHF", "EUR", FX)
+
+
+def test_trace_cost_per_region_in_its_currency() -> None:
+    budget = Budget(Limit("EUR", 500.0), {"us-east": Limit("USD", 500.0)})
+    totals = trace_cost(
+        [
+            ("us-east", "vm", {"amount": 400, "currency": "EUR"}),
+            ("us-east", "dns", {"amount": 100, "currency": "USD"}),
+            (None, "vm", {"amount": 10}),  # no currency: the region's own
+            (None, "free", None),
+        ],
+        budget,
+        FX,
+    )
+    assert totals["us-east"].amount == pytest.approx(517.48) and totals["us-east"].over
+    assert totals["default"].amount == 10.0 and not totals["default"].over
+    assert str(totals["us-east"]) == "517.48 USD of 500 USD in region us-east"
+
+
+def test_parse_ecb_reads_the_real_format() -> None:
+    rates = parse_ecb(SAMPLE.read_bytes(), "eurofxref-daily.xml")
+    assert rates.day == "2026-11-26" and len(rates.rates) == 30
+    assert rates.rates["USD"] == 1.0437 and rates.rates["IDR"] == 16632.02
+
+
+BAD = {
+    "not xml": (b"USD,1.04\n", "not well-formed XML"),
+    "truncated": (SAMPLE.read_bytes()[:400], "not well-formed XML"),
+    "no cubes": (b"<Envelope><subject>x</subject></Envelope>", "no <Cube time=...>"),
+    "wrong namespace": (SAMPLE.read_bytes().replace(b'eurofxref"', b'other"'), "no <Cube time=...>"),
+    "bad rate": (SAMPLE.read_bytes().replace(b"rate='1.0437'", b"rate='1,0437'"), "USD rate '1,0437' of 2026-11-26"),
+    "negative rate": (SAMPLE.read_bytes().replace(b"rate='1.0437'", b"rate='-1'"), "not a positive number"),
+    "bad date": (SAMPLE.read_bytes().replace(b"2026-11-26", b"26.11.2026"), "is not a date"),
+    "twice": (SAMPLE.read_bytes().replace(b"'JPY'", b"'USD'"), "USD appears twice"),
+    "entity": (
+        b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><x>&a;</x>',
+        "not well-formed XML",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_parse_ecb_refuses_malformed_files(case: str) -> None:
+    data, message = BAD[case]
+    with pytest.raises(UsageError) as info:
+        parse_ecb(data, "rates.xml")
+    assert info.value.message.startswith("rates.xml: ") and message in info.value.message
+
+
+def test_fx_import_updates_fx_yaml_and_validate_accepts_it(repo: Path, cli: Invoke) -> None:
+    fx = repo / "policies/fx.yaml"
+    comment = fx.read_text().splitlines()[0]
+    result = cli("--repo", repo, "budget", "fx-import", SAMPLE, "--max-age", "36500d")
+    assert result.exit_code == 0, result.output
+    assert "policies/fx.yaml: 30 rates of 2026-11-26 (EUR base)" in result.stdout
+    text = fx.read_text()
+    assert text.splitlines()[0] == comment  # comments survive the rewrite
+    config = load_repo(repo)
+    assert (config.fx.date, config.fx.rates["USD"], len(config.fx.rates)) == ("2026-11-26", 1.0437, 30)
+    assert config.fx.source == "European Central Bank euro foreign exchange reference rates"
+    assert cli("--repo", repo, "validate").exit_code == 0
+    assert (
+        "policies/fx.yaml"
+        in subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True).stdout
+    )  # written, not committed, unless asked
+
+
+def test_fx_import_commit_and_json(repo: Path, cli: Invoke) -> None:
+    git(repo, "config", "user.name", "haios tests")
+    git(repo, "config", "user.email", "tests@haios.invalid")
+    result = cli("--repo", repo, "-o", "json", "budget", "fx-import", SAMPLE, "--max-age", "36500d", "--commit")
+    assert result.exit_code == 0, result.output
+    assert '"date": "2026-11-26"' in result.stdout and '"commit": "' in result.stdout
+    assert git(repo, "log", "-1", "--format=%s").strip() == "haios budget fx-import: ECB reference rates of 2026-11-26"
+    assert git(repo, "status", "--porcelain").strip() == ""
+
+
+def test_fx_import_refuses_malformed_and_stale_files_without_touching_fx_yaml(
+    repo: Path, cli: Invoke, tmp_path: Path
+) -> None:
+    fx = repo / "policies/fx.yaml"
+    before = fx.read_bytes()
+    broken = tmp_path / "eurofxref-daily.xml"
+    broken.write_bytes(SAMPLE.read_bytes()[:300])
+    result = cli("--repo", repo, "budget", "fx-import", broken)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{broken}: not well-formed XML" in result.output
+    old = tmp_path / "old.xml"
+    old.write_bytes(SAMPLE.read_bytes().replace(b"2026-11-26", b"2020-01-02"))
+    result = cli("--repo", repo, "budget", "fx-import", old)
+    assert result.exit_code == 1 and "the rates are of 2020-01-02" in result.output and "days old" in result.output
+    assert fx.read_bytes() == before
+    with pytest.raises(UsageError, match=r"of 2026-11-26, 10\.0 days old"):
+        import_ecb(repo, SAMPLE, now=SAMPLE_DAY + 8 * 3600 + 10 * 86400)
+    assert import_ecb(repo, SAMPLE, now=SAMPLE_DAY)[0].day == "2026-11-26"  # fresh: accepted
+
+
+def test_fx_import_never_drops_a_currency_the_budget_needs(repo: Path) -> None:
+    fx = repo / "policies/fx.yaml"
+    fx.write_text(fx.read_text().replace("  SEK: 11.5125", "  SEK: 11.5125\n  XAU: 0.00041"))
+    budget = repo / "policies/budget.yaml"
+    budget.write_text(
+        budget.read_text().replace("regions: {}", "regions:\n  vault:\n    currency: XAU\n    limit_per_trace: 1")
+    )
+    before = fx.read_bytes()
+    with pytest.raises(ConfigError, match="would make the repo invalid") as info:
+        import_ecb(repo, SAMPLE, now=SAMPLE_DAY)
+    assert "unknown currency XAU" in str(info.value.problems[0])
+    assert fx.read_bytes() == before  # restored
+
+
+def test_doctor_reports_stale_rates_with_the_import_command(tmp_path: Path) -> None:
+    cluster = sim_init(tmp_path / "cluster", 3)
+    date = load_repo(cluster).fx.date
+    fresh = run_doctor(cluster)
+    assert "fx_stale" not in {f.kind for f in fresh.findings}  # the simulator dates its rates today
+    later = datetime.fromisoformat(f"{date}T12:00:00+00:00").timestamp() + 6 * 86400
+    (finding,) = [f for f in run_doctor(cluster, now=later).findings if f.kind == "fx_stale"]
+    assert f"rates are from {date}" in finding.summary and "limit 4 days" in finding.summary
+    assert "budget fx-import eurofxref-daily.xml" in finding.fix
