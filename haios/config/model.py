@@ -210,6 +210,14 @@ class Playbook:
     description: str = ""
     timeout: float = 300.0
     retryable_exit_codes: tuple[int, ...] | None = None
+    non_retryable_exit_codes: tuple[int, ...] = ()
+    cost: dict[str, Any] | None = None  # {amount, currency} of one run
+
+    def retryable(self, exit_code: int) -> bool:
+        """Whether a run that exited with ``exit_code`` may be tried again later."""
+        if exit_code in self.non_retryable_exit_codes:
+            return False
+        return self.retryable_exit_codes is None or exit_code in self.retryable_exit_codes
 
 
 @dataclass(frozen=True)
@@ -383,6 +391,8 @@ def build_playbook(v: dict[str, Any]) -> Playbook:
         description=v.get("description", ""),
         timeout=_dur(v, "timeout", 300.0),
         retryable_exit_codes=tuple(codes) if codes is not None else None,
+        non_retryable_exit_codes=tuple(v.get("non_retryable_exit_codes", ())),
+        cost={"amount": float(v["cost"]["amount"]), "currency": v["cost"]["currency"]} if "cost" in v else None,
     )
 
 

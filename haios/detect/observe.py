@@ -22,6 +22,7 @@ from typing import Any
 from .. import controlfile
 from ..errors import HaiosError
 from ..fsutil import atomic_write, makedirs_durable
+from ..node.transaction import ABANDON_STEP
 from ..transport import Transport
 from ..wal import Cursor, RecordType, WalCorruptError, WalReader
 from ..wal.reader import list_segments
@@ -37,6 +38,7 @@ _SUMMARISED = frozenset(
         RecordType.COMMIT_PHASE,
         RecordType.ABORT_PHASE,
         RecordType.COMPENSATED,
+        RecordType.RECOVERY,  # rare; only the abandon step of a HARD_FAILED trace matters here
     }
 )
 KEEP_COMPLETED = 20  # completed phase summaries kept per node (open ones are always kept)
@@ -116,6 +118,11 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
                 s = phases[key]  # compensation comes during recovery, before or after the phase ended
                 if p["key"] not in s.compensated:
                     phases[key] = replace(s, compensated=(*s.compensated, p["key"]))
+            elif record.type is RecordType.RECOVERY:
+                if key in phases and p.get("step") == ABANDON_STEP:
+                    s = phases[key]
+                    more = tuple(k for k in p["outcome"]["abandoned"] if k not in s.abandoned)
+                    phases[key] = replace(s, abandoned=(*s.abandoned, *more))
             elif key in phases and phases[key].ended is None:
                 s = phases[key]
                 if record.type is RecordType.SIDE_EFFECT:

@@ -21,7 +21,7 @@ from ..config.model import PHASES, phase_order
 from ..errors import BarrierError, ControlFileError, UsageError, VersionConflict
 from ..wal import Record, RecordType, Wal, WalCorruptError, read_records
 from .fence import check_fence
-from .transaction import Node, PhaseLog, scan_phases
+from .transaction import ABANDON_STEP, Node, PhaseLog, scan_phases
 
 OPS = ("inspect", "forward", "compensated", "rollback", "repair", "checkpoint")
 
@@ -194,7 +194,23 @@ def rollback(
     node = _guard(root, phase, token)
     logs, _ = _tail_logs(node)
     log = logs.get((g, phase))
+    owing = [e for e in node.state()[0].get("uncompensated") or [] if (e["g"], e["phase"]) == (g, phase)]
+    if log is None and owing:
+        # aborted long ago, with side effects still owed: its records lie before the WAL's tail
+        log = _tail_logs(node, owing[-1]["begin_lamport"])[0].get((g, phase))
     status = _status(node, log, g, phase)
+    if status == "aborted" and log is not None and abandon:
+        # aborted before (by its executor): what it still owes and the trace gives up on is recorded
+        owed = [k for k in log.side_effects if k in abandon and k not in log.compensated and k not in log.abandoned]
+        if owed:
+            checkpoint(
+                root, trace_id=trace_id, token=token, g=g, phase=phase, step=ABANDON_STEP, outcome={"abandoned": owed}
+            )
+        for key in abandon:  # also after a crash between the record and state.txt
+            if key in log.side_effects and key not in log.compensated:
+                _settle(node, g, phase, key)
+        if owed:
+            return {"node": node.name, "outcome": "abandoned", "abandoned": owed}
     if status in ("aborted", "absent"):
         return {"node": node.name, "outcome": f"already {'aborted' if status == 'aborted' else 'clean'}"}
     if status == "committed":

@@ -78,6 +78,9 @@ class PhaseLog:
     recovery: list[dict[str, Any]] = field(default_factory=list)  # RECOVERY checkpoints, in order
 
 
+ABANDON_STEP = "abandon"  # RECOVERY step: side effects of an already aborted phase left uncompensated
+
+
 def scan_phases(root: Path, *, records: Iterable[Record] | None = None) -> dict[tuple[int, str], PhaseLog]:
     """The latest attempt of every (g, phase) in the node's WAL (or in ``records``, a part of it)."""
     logs: dict[tuple[int, str], PhaseLog] = {}
@@ -109,6 +112,8 @@ def scan_phases(root: Path, *, records: Iterable[Record] | None = None) -> dict[
             current.compensated[p["key"]] = p["result"]
         elif record.type is RecordType.RECOVERY:
             current.recovery.append(p)
+            if p.get("step") == ABANDON_STEP:  # a HARD_FAILED trace gave up on an aborted phase's debts
+                current.abandoned += [k for k in p["outcome"]["abandoned"] if k not in current.abandoned]
     return logs
 
 

@@ -4,15 +4,18 @@ from .executor import RunResult, TraceOutcome, reconcile
 from .machine import Action, Event, InvalidTransition, State, step
 from .plan import Plan, TracePlan, build, render_markdown
 from .planner import Decision, Inputs, View, decide, steps_for
+from .sel import NonRetryable, SelStore
 
 __all__ = [
     "Action",
     "Decision",
     "Event",
     "Inputs",
+    "NonRetryable",
     "InvalidTransition",
     "Plan",
     "RunResult",
+    "SelStore",
     "State",
     "TraceOutcome",
     "TracePlan",

@@ -25,15 +25,21 @@ from ..config.dataschemas import DataSchemaError
 from ..config.model import Playbook
 from ..config.model import phase_order as order
 from ..coord import Lease, new_holder
-from ..errors import FencedError, HaiosError, LockHeldError, UsageError
+from ..errors import FencedError, HaiosError, LockHeldError, TransportError, UsageError
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import utc
 from . import journal as journals
 from .machine import NEEDS_A_HUMAN, TERMINAL, Event, State, step
-from .plan import Context, Plan, TracePlan, build, plan_transition
+from .plan import COST_ALERT, Context, Plan, TracePlan, build, cost_breach, plan_transition
+from .sel import SEL_DIR, ParamsMismatch, SelStore
 
 STATUS_FILE = "status/cluster.yaml"
 Progress = Callable[[dict[str, Any]], None]
+TRANSIENT_RETRIES = (
+    0.2,
+    0.5,
+    1.0,
+)  # in-run waits before retrying a transport error (never a compensator's own failure)
 
 
 @dataclass
@@ -51,6 +57,8 @@ class TraceOutcome:
     recorded: bool = False  # its journal changed in this run
     reason: str = ""  # why the trace was decided as it was
     done: list[str] = field(default_factory=list)  # the journal's steps of this run, in words
+    due: float | None = None  # when waiting work of this trace becomes due (a back-off, a timeout)
+    cost: list[dict[str, Any]] = field(default_factory=list)  # per region, so far
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +71,8 @@ class TraceOutcome:
             "fencing_token": self.token,
             "steps": self.steps,
             "note": self.note,
+            "due": self.due,
+            "cost": self.cost,
         }
 
 
@@ -77,6 +87,12 @@ class RunResult:
     @property
     def changed(self) -> bool:
         return self.commit is not None
+
+    @property
+    def next_due(self) -> float | None:
+        """The earliest time a later run has something new to do (None: nothing scheduled)."""
+        dues = [o.due for o in self.outcomes if o.due is not None]
+        return min(dues) if dues else None
 
     def exit_code(self) -> int:
         """SPEC §10: 3 needs a human (minority view too), 4 locked or fenced, 1 a step failed, 2 work
@@ -101,17 +117,19 @@ class RunResult:
             "commit": self.commit,
             "pushed_to": self.pushed_to,
             "note": self.note,
+            "next_due": self.next_due,
             "exit_code": self.exit_code(),
         }
 
 
 class _Stop(Exception):
-    """End this trace for this run (the journal says why)."""
+    """End this trace for this run (the journal says why; ``due``: when a later run may go on)."""
 
-    def __init__(self, code: int, note: str) -> None:
+    def __init__(self, code: int, note: str, due: float | None = None) -> None:
         super().__init__(note)
         self.code = code
         self.note = note
+        self.due = due
 
 
 def _placeholders(step_: dict[str, Any], trace: TracePlan, node: str) -> dict[str, str]:
@@ -129,6 +147,8 @@ class _Runner:
         self.clock = clock
         self.progress = progress
         self.t = ctx.config.thresholds
+        self.sel = SelStore(ctx.repo, self.t)
+        self.run_id = f"{holder}@{clock():.3f}"
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -156,24 +176,28 @@ class _Runner:
                 argv = [part.format_map(values) for part in pb.run_command]
             except (KeyError, ValueError) as exc:
                 return False, False, f"playbook {pb.name}: no value for placeholder {exc}"
-            done = self.ctx.transport.run(
-                node,
-                argv,
-                timeout=pb.timeout,
-                env={"HAIOS_TRACE_ID": values["trace_id"], "HAIOS_IDEMPOTENCY_KEY": values["key"]},
-            )
+            env = {"HAIOS_TRACE_ID": values["trace_id"], "HAIOS_IDEMPOTENCY_KEY": values["key"]}
+            for wait in (*TRANSIENT_RETRIES, None):
+                try:
+                    done = self.ctx.transport.run(node, argv, timeout=pb.timeout, env=env)
+                    break
+                except TransportError as exc:
+                    # the node was not reached: the compensator did not run, so trying again is safe
+                    if wait is None:
+                        return False, True, f"{node} not reached: {exc.message}"
+                    time.sleep(wait)
             if done.ok:
                 return True, True, {"exit": 0, "stdout": done.stdout[-500:].strip()}
-            retryable = pb.retryable_exit_codes is None or done.returncode in pb.retryable_exit_codes
             detail = (done.stderr.strip() or done.stdout.strip())[-300:]
-            return False, retryable, f"exit {done.returncode}: {detail}"
+            return False, pb.retryable(done.returncode), f"exit {done.returncode}: {detail}"
         assert pb.run_python is not None
         module, _, name = pb.run_python.partition(":")
         try:
             func = getattr(importlib.import_module(module), name)
             return True, True, func(**values)
         except Exception as exc:  # noqa: BLE001 - a compensator's own failure is data, not a crash
-            return False, True, f"{type(exc).__name__}: {exc}"
+            # an exception class may say it is final (``retryable = False``), as NonRetryable does
+            return False, bool(getattr(exc, "retryable", True)), f"{type(exc).__name__}: {exc}"
 
     # -- one trace -------------------------------------------------------------------------------
 
@@ -203,6 +227,7 @@ class _Runner:
             outcome.code, outcome.note = 4, exc.message
             return outcome
         outcome.token = lease.token
+        outcome.cost = list(trace.cost)
         first_step = len(j.steps)
         j.add_token(lease.token)
         if lease.previous:
@@ -211,7 +236,7 @@ class _Runner:
         try:
             lease = self._drive(trace, j, lease, outcome)
         except _Stop as stop:
-            outcome.code, outcome.note = stop.code, stop.note
+            outcome.code, outcome.note, outcome.due = stop.code, stop.note, stop.due
         except FencedError as exc:
             j.add_step(self.clock(), None, "fenced", "refused", error=exc.message)
             outcome.code, outcome.note = 4, exc.message
@@ -242,7 +267,7 @@ class _Runner:
                 state, _ = step(state, Event.DONE)  # finished by an earlier run (killed before it said so)
                 j.set_state(state, now, reason=j.reason or trace.reason)
         elif trace.verdict == "wait":
-            outcome.code, outcome.note = 2, trace.reason
+            outcome.code, outcome.note, outcome.due = 2, trace.reason, trace.wait_until
         elif trace.verdict == "blocked":
             if state is not State.BLOCKED:
                 state, _ = step(state, Event.PARTITIONED)
@@ -252,8 +277,8 @@ class _Runner:
             if state is not State.AWAITING_ACK:
                 state, _ = step(state, Event.NEEDS_HUMAN)
                 j.set_state(state, now, decision="needs_human", reason=trace.reason)
-                j.alert(now, "awaiting_ack", trace.reason)
-            outcome.code, outcome.note = 3, trace.reason
+                j.alert(now, trace.alert or "awaiting_ack", trace.reason, cost=trace.cost)
+            outcome.code, outcome.note, outcome.cost = 3, trace.reason, list(trace.cost)
         elif state in NEEDS_A_HUMAN:
             outcome.code, outcome.note = 3, j.reason
         outcome.after = j.state
@@ -264,10 +289,13 @@ class _Runner:
         if state is State.BLOCKED:
             state, _ = step(state, Event.HEALED)
         if state is State.BLOCKED_COMPENSATOR:
-            if j.blocked_since is not None and now - j.blocked_since >= self.t.t_blocked:
+            since = j.blocked_since if j.blocked_since is not None else now
+            if now - since >= self.t.t_blocked:
                 state, _ = step(state, Event.T_BLOCKED_EXPIRED)
                 return self._hard_fail(trace, j, lease, outcome, state)
-            state, _ = step(state, Event.ROLL_BACK)
+            # out of attempts: nothing runs until T_blocked passes (or a signed override says so)
+            until = since + self.t.t_blocked
+            raise _Stop(3, f"BLOCKED_COMPENSATOR: {j.reason}; HARD_FAILED at {utc(until)} unless a human acts", until)
         if trace.verdict == "resume":
             state, _ = step(state, Event.RESUME)
             trace = self._resume(trace, j, lease, outcome)
@@ -331,6 +359,7 @@ class _Runner:
                     j.add_step(self.clock(), node, "forward", "invalid", error=exc.message)
                     return self._validation_failed(trace, j, lease, outcome, exc.message)
             elif action == "compensate":
+                self._over_budget(trace, j, s)
                 self._compensate(trace, j, lease, s)
                 result = {"outcome": "compensated"}
             elif action == "rollback":
@@ -352,37 +381,104 @@ class _Runner:
         return lease
 
     def _compensate(self, trace: TracePlan, j: journals.Journal, lease: Lease, s: dict[str, Any]) -> None:
-        node, key = s["node"], s["key"]
+        """One compensation under the SEL's rules: at most one success per key, back-off between
+        attempts, the compensator's circuit breaker, the cost cap (SPEC §4.4)."""
+        node, key, name = s["node"], s["key"], s["compensator"]
         now = self.clock()
-        pb = self.ctx.config.playbooks.get(s["compensator"])
+        try:
+            entry = self.sel.register(
+                key,
+                compensator=name,
+                kind=s.get("kind", ""),
+                params=s.get("params") or {},
+                node=node,
+                trace_id=trace.trace_id,
+                g=trace.g,
+                phase=trace.phase,
+            )
+        except ParamsMismatch as exc:
+            j.add_step(now, node, "compensate", "refused", key=key, error=exc.message)
+            raise _Stop(3, exc.message, self._exhausted(j, now, f"{name} for {key} on {node}: {exc.message}")) from None
+        admission = self.sel.admit(entry, now, self.run_id)
+        if admission.replay:
+            # succeeded before (a run killed after the call): the stored result, not a second call
+            self._op(
+                trace, lease, "compensated", node, key=key, result=entry.result, from_lamport=s.get("from_lamport")
+            )
+            return
+        if admission.exhausted:
+            due = self._exhausted(j, now, f"{name} for {key} on {node}: {admission.why}")
+            raise _Stop(3, f"compensator {name} for {key}: {admission.why}: BLOCKED_COMPENSATOR", due)
+        if not admission.run:
+            self._mirror(j, entry, breaker=admission.why)
+            raise _Stop(2, f"compensator {name} for {key} waits: {admission.why}", admission.until)
+        pb = self.ctx.config.playbooks.get(name)
         if pb is None:
-            ok, retryable, result = False, False, f"no playbook named {s['compensator']!r} in playbooks/"
+            ok, retryable, result = False, False, f"no playbook named {name!r} in playbooks/"
         else:
             ok, retryable, result = self._run_playbook(pb, _placeholders(s, trace, node), node)
+        now = self.clock()
+        run_cost = pb.cost if pb is not None else None
         if ok:
+            entry = self.sel.succeeded(entry, now, result, run_cost)  # stored durably before it is reported
+            self._mirror(j, entry)
             self._op(trace, lease, "compensated", node, key=key, result=result, from_lamport=s.get("from_lamport"))
             return
-        record = j.compensation.setdefault(key, {"attempts": 0, "first_failed": now})
-        record["attempts"] += 1
-        record["last_error"] = str(result)
-        j.add_step(now, node, "compensate", "failed", key=key, error=str(result))
-        state = State(j.state)
-        if not retryable or record["attempts"] >= self.t.sel_max_attempts:
-            state, _ = step(state, Event.COMPENSATOR_EXHAUSTED)
-            if j.blocked_since is None:
-                j.blocked_since = now
-            j.set_state(state, now)
-            j.alert(
-                now,
-                "sel_compensator_failed",
-                f"{s['compensator']} for {key} on {node} failed {record['attempts']} times: {result}",
-            )
-            raise _Stop(3, f"compensator {s['compensator']} for {key} keeps failing: BLOCKED_COMPENSATOR")
-        state, _ = step(state, Event.COMPENSATOR_FAILED)
+        entry = self.sel.failed(entry, now, str(result), retryable=retryable, probe=admission.probe, cost=run_cost)
+        self._mirror(j, entry)
+        j.add_step(now, node, "compensate", "failed", key=key, error=str(result), attempt=entry.failures)
+        if entry.state == "exhausted":
+            why = "not retryable" if not retryable else f"failed {entry.failures} times"
+            due = self._exhausted(j, now, f"{name} for {key} on {node} {why}: {result}")
+            raise _Stop(3, f"compensator {name} for {key} {why}: BLOCKED_COMPENSATOR", due)
+        state, _ = step(State(j.state), Event.COMPENSATOR_FAILED)
         j.set_state(state, now)
         raise _Stop(
-            2, f"compensator {s['compensator']} for {key} failed (attempt {record['attempts']}); the next run retries"
+            2,
+            f"compensator {name} for {key} failed (attempt {entry.failures} of {self.t.sel_max_attempts}); "
+            f"next attempt at {utc(entry.next_attempt_at or now)}",
+            entry.next_attempt_at,
         )
+
+    def _mirror(self, j: journals.Journal, entry: Any, breaker: str | None = None) -> None:
+        """The journal's summary of a key's retry state (what ``haios status`` shows)."""
+        summary = {
+            "attempts": entry.failures,
+            "state": entry.state,
+            "next_attempt_at": entry.next_attempt_at,
+            "last_error": next((a.get("error") for a in reversed(entry.attempts) if a.get("error")), None),
+        }
+        if breaker:
+            summary["waiting"] = breaker
+        if j.compensation.get(entry.key) != summary:
+            j.compensation[entry.key] = summary
+            j.dirty = True
+
+    def _exhausted(self, j: journals.Journal, now: float, message: str) -> float:
+        """BLOCKED_COMPENSATOR, with its alert raised once; returns when T_blocked ends."""
+        state = State(j.state)
+        if state is not State.BLOCKED_COMPENSATOR:
+            state, _ = step(state, Event.COMPENSATOR_EXHAUSTED)
+        if j.blocked_since is None:
+            j.blocked_since = now
+        j.set_state(state, now, reason=message)
+        if not any(a["alert"] == "sel_compensator_failed" for a in j.alerts):
+            j.alert(now, "sel_compensator_failed", message)
+        return j.blocked_since + self.t.t_blocked
+
+    def _over_budget(self, trace: TracePlan, j: journals.Journal, s: dict[str, Any]) -> None:
+        """The cost cap, with what the compensations so far cost and what the next one will: a run
+        that would go over it does not start, and a human is asked."""
+        pb = self.ctx.config.playbooks.get(s["compensator"])
+        upcoming = (s["node"], f"compensation of {s['key']}", pb.cost) if pb is not None and pb.cost else None
+        breach, cost = cost_breach(self.ctx, trace, self.sel, upcoming)
+        if breach is None:
+            return
+        now = self.clock()
+        state, _ = step(State(j.state), Event.NEEDS_HUMAN)
+        j.set_state(state, now, decision="needs_human", reason=breach)
+        j.alert(now, COST_ALERT, breach, cost=cost)
+        raise _Stop(3, breach)
 
     def _validation_failed(
         self, trace: TracePlan, j: journals.Journal, lease: Lease, outcome: TraceOutcome, error: str
@@ -403,8 +499,10 @@ class _Runner:
         self, trace: TracePlan, j: journals.Journal, lease: Lease, outcome: TraceOutcome, state: State
     ) -> Lease:
         """T_blocked passed: give up on the stuck side effects, abort everywhere, alert (SPEC §4.1)."""
-        stuck = sorted(j.compensation)
         now = self.clock()
+        owed = [x["key"] for x in trace.steps if x["action"] == "compensate"]
+        stuck = sorted(set(owed) | {k for k, v in j.compensation.items() if v.get("state") != "succeeded"})
+        self.sel.abandon(stuck, now)
         for node in trace.participants:
             result = self._op(
                 trace,
@@ -419,8 +517,9 @@ class _Runner:
         j.set_state(state, now, reason=f"compensation of {', '.join(stuck)} failed past T_blocked")
         j.alert(
             now,
-            "hard_failed",
-            f"g={trace.g} {trace.phase}: rolled back without compensating {', '.join(stuck)}; the barrier is released",
+            "compensator_timeout",
+            f"g={trace.g} {trace.phase}: BLOCKED_COMPENSATOR for {self.t.t_blocked / 60:.0f} min; rolled back "
+            f"without compensating {', '.join(stuck)}; the barrier is released",
         )
         raise _Stop(3, f"HARD_FAILED: {', '.join(stuck)} left uncompensated (alert raised)")
 
@@ -549,7 +648,7 @@ def reconcile(
         if outcome.code == 4 and "fencing token" in outcome.note:
             break  # we are stale: stop touching anything
     changed = [o for o in result.outcomes if o.recorded]
-    paths = [journals.JOURNAL_DIR, STATUS_FILE]
+    paths = [journals.JOURNAL_DIR, STATUS_FILE, SEL_DIR]
     if changed:
         _write_status(ctx)
         subject, body = _message(result.outcomes)

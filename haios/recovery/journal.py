@@ -133,8 +133,10 @@ class Journal:
         self.steps.append({"at": utc(now), "node": node, "action": action, "outcome": outcome, **detail})
         self.dirty = True
 
-    def alert(self, now: float, name: str, message: str) -> None:
-        self.alerts.append({"at": utc(now), "alert": name, "message": message})
+    def alert(self, now: float, name: str, message: str, **detail: Any) -> None:
+        self.alerts.append(
+            {"at": utc(now), "alert": name, "message": message, **{k: v for k, v in detail.items() if v}}
+        )
         self.dirty = True
 
     def save(self, repo: Path) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..budget import UnknownCurrency, trace_cost
 from ..config import load_repo
 from ..config.model import PhasePolicy, RepoConfig
 from ..config.model import phase_order as order
@@ -31,9 +32,11 @@ from ..wal import WalCorruptError
 from . import journal as journals
 from .machine import NEEDS_A_HUMAN, TERMINAL, Event, State
 from .planner import Decision, Inputs, View, decide, steps_for
+from .sel import SelStore, resource_of
 
 PLAN_SCHEMA = "haios-plan/v1"
 ACTIONABLE = frozenset({"forward", "rollback", "resume"})
+COST_ALERT = "COST_CAP_EXCEEDED"  # SPEC §4.4: the cost cap or the swing limit halted automation
 _CONFIG_GLOBS = ("haios.yaml", "desired/*.yaml", "policies/*.yaml", "playbooks/*.yaml", "overrides/*.yaml")
 
 
@@ -51,6 +54,9 @@ class TracePlan:
     resumed: bool = False  # the trace existed before this plan (a killed or earlier run)
     held_by: dict[str, Any] | None = None  # a live lease of another reconciler on the shard
     corrupt: list[str] = field(default_factory=list)  # participants whose WAL is corrupt mid-log
+    alert: str = ""  # the alert a needs_human verdict raises (awaiting_ack when empty)
+    spent: list[dict[str, Any]] = field(default_factory=list)  # {node, key, cost} of the phase's side effects
+    cost: list[dict[str, Any]] = field(default_factory=list)  # per region: amount so far, currency, limit
 
     @property
     def shard(self) -> str:
@@ -75,6 +81,9 @@ class TracePlan:
             "resumed": self.resumed,
             "held_by": self.held_by,
             "corrupt": self.corrupt,
+            "alert": self.alert,
+            "spent": self.spent,
+            "cost": self.cost,
         }
 
     @classmethod
@@ -92,6 +101,9 @@ class TracePlan:
             bool(d.get("resumed")),
             d.get("held_by"),
             list(d.get("corrupt") or []),
+            d.get("alert") or "",
+            list(d.get("spent") or []),
+            list(d.get("cost") or []),
         )
 
 
@@ -337,6 +349,57 @@ def _state_from_records(infos: dict[str, dict[str, Any]], trace_id: str) -> Stat
     return State.INTERRUPTED
 
 
+def _region(ctx: Context, node: str) -> str | None:
+    try:
+        return ctx.config.cluster.node(node).region
+    except KeyError:
+        return None
+
+
+def cost_breach(
+    ctx: Context, trace: TracePlan, store: SelStore, upcoming: tuple[str, str, dict[str, Any]] | None = None
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """SPEC §4.4's cost circuit breaker for a rollback: the trace's cost so far (its side effects and
+    the compensations run for them, converted per region with policies/fx.yaml) — plus, as
+    ``upcoming`` ``(node, what, cost)``, the run about to start — against the region's limit, and the
+    create/delete swing limit of every resource still to be compensated. Returns the reason
+    automation must stop (None: it may go on) and the cost per region so far."""
+    budget = ctx.config.budget
+    items: list[tuple[str | None, str, dict[str, Any] | None]] = []
+    for spent in trace.spent:
+        region = _region(ctx, spent["node"])
+        items.append((region, f"side effect {spent['key']} on {spent['node']}", spent.get("cost")))
+        entry = store.entry(spent["key"])
+        if entry is not None and entry.cost:
+            items.append((region, f"compensation of {spent['key']}", entry.cost))
+    try:
+        totals = trace_cost(items, budget, ctx.config.fx)
+        cost = [t.as_dict() for t in totals.values()]
+        over = [t for t in totals.values() if t.over]
+        if over:
+            return f"{COST_ALERT}: the trace has cost {'; '.join(str(t) for t in over)}", cost
+        if upcoming is not None:
+            node, what, more = upcoming
+            after = trace_cost([*items, (_region(ctx, node), what, more)], budget, ctx.config.fx)
+            over = [t for t in after.values() if t.over]
+            if over:
+                return f"{COST_ALERT}: {what} would bring the trace to {'; '.join(str(t) for t in over)}", cost
+    except UnknownCurrency as exc:
+        return f"the cost cap cannot be checked: {exc.message}", []
+    for s in trace.steps:
+        if s["action"] != "compensate":
+            continue
+        resource = resource_of(s.get("kind", ""), s.get("params") or {})
+        deletes = store.deletes_within(resource, ctx.now, budget.swing_window)
+        if deletes >= budget.swing_limit:
+            return (
+                f"{COST_ALERT}: {resource} was created and deleted {deletes} times within "
+                f"{budget.swing_window / 60:g} min (swing limit {budget.swing_limit}); deleting it again needs a human",
+                cost,
+            )
+    return None, cost
+
+
 def plan_transition(
     ctx: Context,
     g: int,
@@ -378,7 +441,7 @@ def plan_transition(
     if state is State.AWAITING_ACK and decision.verdict in ACTIONABLE:
         decision = Decision("needs_human", None, f"awaiting a signed override ({journal.reason if journal else ''})")
     steps = steps_for(decision, views, resume_playbook=policy.resume_playbook)
-    return TracePlan(
+    trace = TracePlan(
         trace_id,
         g,
         phase,
@@ -390,7 +453,16 @@ def plan_transition(
         decision.wait_until,
         resumed=journal is not None or state is not State.INTERRUPTED,
         corrupt=[n for n, v in views.items() if v.status == "corrupt"],
+        spent=[
+            {"node": n, "key": e["key"], "cost": e.get("cost")} for n in sorted(views) for e in views[n].side_effects
+        ],
     )
+    if trace.spent:
+        breach, trace.cost = cost_breach(ctx, trace, SelStore(ctx.repo, ctx.config.thresholds))
+        if breach is not None and trace.verdict == "rollback" and state is not State.BLOCKED_COMPENSATOR:
+            trace.verdict, trace.reason, trace.steps = "needs_human", breach, []
+            trace.alert = COST_ALERT if breach.startswith(COST_ALERT) else "awaiting_ack"
+    return trace
 
 
 def _held_by(backend: Backend, shard: str, now: float, cache: dict[str, Lease | None]) -> dict[str, Any] | None:

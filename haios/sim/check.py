@@ -152,8 +152,9 @@ def sim_check(directory: Path | str) -> list[Violation]:
     abandoned: set[str] = set()
     for journal_path in sorted((path / JOURNAL_DIR).glob("*.yaml")):
         j = load_journal(journal_path)
-        if j.state == State.HARD_FAILED.value and any(a["alert"] == "hard_failed" for a in j.alerts):
+        if j.state == State.HARD_FAILED.value and any(a["alert"] == "compensator_timeout" for a in j.alerts):
             abandoned.update(j.compensation)
+            abandoned.update(k for step in j.steps for k in step.get("abandoned") or ())
     deletes: dict[str, int] = defaultdict(int)
     for entry in FakeCloud(sim_dir(path) / "cloud").ledger():
         if entry["op"] == "delete" and entry.get("ok"):

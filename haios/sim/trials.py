@@ -3,8 +3,10 @@ it converges or reports blocked → ``sim check`` (SPEC §11).
 
 Trial *i* of ``--seed S`` uses seed ``S + i`` for everything it draws (cluster size, faults, their
 points), so a violating trial is reproduced alone with ``--count 1 --seed S+i``. Reconcile runs are
-spaced like cron runs, one simulated minute apart: the simulator moves the reconciler's clock instead
-of sleeping, so Φ timeouts and retry schedules expire at once in wall time.
+spaced like cron runs, one simulated minute apart (or, when a run reports its next work due later — a
+back-off, an open circuit breaker, T_blocked — at that time): the simulator moves the reconciler's
+clock instead of sleeping, so Φ timeouts and retry schedules expire at once in wall time. A trace in
+BLOCKED_COMPENSATOR is waited out that way until it ends in HARD_FAILED, as cron would.
 
 A trial that ends *blocked* must be blocked for a reason SPEC §4 allows — a corrupt WAL or a
 committed-but-unprepared participant (AWAITING_ACK), a partition (BLOCKED), a compensator that
@@ -32,7 +34,9 @@ from .check import Violation, sim_check
 from .simulator import FAULT_KINDS, parse_faults, sim_init, sim_run
 
 DEFAULT_FAULTS = "kill=0.3,torn=0.1,bitflip=0.05,partition=0.1,slowfsync=0.2,compfail=0.2,cost=0.1"
-MAX_ROUNDS = 12  # reconcile runs per trial (a compensator failing forever needs 5 to block)
+MAX_ROUNDS = 24  # reconcile runs per trial (a compensator failing forever needs about 8 to HARD_FAILED)
+CRON_INTERVAL = 60.0  # simulated seconds between reconcile runs, unless the last run said work is due later
+WAITS_FOR_TIME = frozenset({State.BLOCKED_COMPENSATOR.value, State.HARD_FAILED.value})
 ALLOWED_BLOCKS = frozenset(
     {State.AWAITING_ACK.value, State.BLOCKED.value, State.BLOCKED_COMPENSATOR.value, State.HARD_FAILED.value}
 )
@@ -79,10 +83,9 @@ def _explained(v: Violation, blocked: list[dict[str, Any]], corrupt_nodes: set[s
     if v.invariant == "atomicity":
         return any((b["g"], b["phase"]) == (v.g, v.phase) for b in blocked)
     if v.invariant == "compensation" and "compensated 0 times" in v.detail:
-        # the compensator that keeps failing is what the trace is blocked on
-        return any(
-            (b["g"], b["phase"]) == (v.g, v.phase) and b["state"] == State.BLOCKED_COMPENSATOR.value for b in blocked
-        )
+        # the compensator that keeps failing, or the cost cap, is what the trace is blocked on
+        halted = (State.BLOCKED_COMPENSATOR.value, State.AWAITING_ACK.value)
+        return any((b["g"], b["phase"]) == (v.g, v.phase) and b["state"] in halted for b in blocked)
     return False
 
 
@@ -109,6 +112,11 @@ def run_trial(workdir: Path, seed: int, faults: dict[str, float], *, keep: bool 
             if code == 0:
                 trial.outcome = "converged"
                 break
+            waiting = [o for o in result.outcomes if o.code == 3]
+            if code == 3 and not result.plan.minority and all(o.after in WAITS_FOR_TIME for o in waiting):
+                # BLOCKED_COMPENSATOR ends by itself (HARD_FAILED after T_blocked): cron goes on
+                virtual = max(virtual + CRON_INTERVAL, result.next_due or 0.0)
+                continue
             if code == 3:
                 trial.outcome = "blocked"
                 for o in result.outcomes:
@@ -123,7 +131,7 @@ def run_trial(workdir: Path, seed: int, faults: dict[str, float], *, keep: bool 
                 trial.outcome = "error"
                 trial.error = "; ".join(o.note for o in result.outcomes if o.code in (1, 4))
                 break
-            virtual += 60.0  # the next cron run
+            virtual = max(virtual + CRON_INTERVAL, result.next_due or 0.0)  # the next cron run
         else:
             trial.outcome = "error"
             trial.error = f"did not converge in {MAX_ROUNDS} reconcile runs"

@@ -23,11 +23,20 @@ def head(directory: Path) -> str:
     ).stdout.strip()
 
 
-def plant(directory: Path, *, effects: dict[str, int] | None = None, settle: bool = True, **how: str) -> Path:
+def plant(
+    directory: Path,
+    *,
+    effects: dict[str, int] | None = None,
+    settle: bool = True,
+    cost: dict[str, object] | None = None,
+    resource: str | None = None,
+    **how: str,
+) -> Path:
     """``plant(cluster, node_1="commit", node_2="prepare", node_3="begin", effects={"node-1": 2})``.
 
     Each node takes (g=2, ANALYZE) as far as its word says ("none": not at all); ``effects`` creates
-    that many real fake-cloud resources as side effects on a node. Unless ``settle`` is False, it
+    that many real fake-cloud resources as side effects on a node, each costing ``cost`` (default
+    12 EUR), named ``resource`` when given (else one name per node and index). Unless ``settle`` is False, it
     returns once the Φ timeout of the half-done transition has expired (the test cluster's ANALYZE
     prior is 10 ms, so that is soon).
     """
@@ -41,10 +50,10 @@ def plant(directory: Path, *, effects: dict[str, int] | None = None, settle: boo
         tx = Node(root).begin(2, "ANALYZE", participants=participants, trace_id="phase-2-analyze")
         tx.intent(f"analyze/{name}.conf", f"planted on {name}\n".encode())
         for i in range((effects or {}).get(name, 0)):
-            key, resource = f"key-{name}-{i}", f"vm-{name}-{i}"
-            params = {"resource": resource, "cloud": "../../.sim/cloud"}
-            tx.side_effect(key, "fakecloud.vm", params, "fakecloud-vm", {"amount": 12, "currency": "EUR"})
-            cloud.create("fakecloud.vm", resource, key, name)
+            key, vm = f"key-{name}-{i}", resource or f"vm-{name}-{i}"
+            params = {"resource": vm, "cloud": "../../.sim/cloud"}
+            tx.side_effect(key, "fakecloud.vm", params, "fakecloud-vm", cost or {"amount": 12, "currency": "EUR"})
+            cloud.create("fakecloud.vm", vm, key, name)
             tx.side_effect_done(key, {"ok": True})
         if word in ("prepare", "commit"):
             tx.prepare()

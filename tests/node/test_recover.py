@@ -132,6 +132,28 @@ def test_recover_aborted_phase_owes_compensation_and_blocks_begin(node_root: Pat
     Node(node_root).begin(1, "ANALYZE", participants=["n1"]).close()  # free to go on
 
 
+def test_recover_hard_failed_abandons_what_an_aborted_phase_owes(node_root: Path) -> None:
+    """The executor aborted, the compensator never succeeded, T_blocked passed: the debt is given up
+    on durably (a RECOVERY abandon record), state.txt stops owing it, and the node may go on."""
+    tx = Node(node_root).begin(1, "ANALYZE", participants=["n1"])
+    tx.side_effect("k0", "fakecloud.vm", {"resource": "vm0"}, "fakecloud-vm", COST)
+    tx.side_effect("k1", "fakecloud.vm", {"resource": "vm1"}, "fakecloud-vm", COST)
+    tx.abort("coordinator abort")
+    recover.compensated(node_root, trace_id="t", token=1, g=1, phase="ANALYZE", key="k1", result={}, from_lamport=1)
+    args = {"trace_id": "t", "token": 1, "g": 1, "phase": "ANALYZE", "reason": "hard"}
+    result = recover.rollback(node_root, **args, abandon=["k0", "k1"])  # type: ignore[arg-type]
+    assert result == {"node": "n1", "outcome": "abandoned", "abandoned": ["k0"]}  # k1 was compensated
+    state, _ = controlfile.read_mapping(node_root / "state.txt")
+    assert "uncompensated" not in state
+    assert scan_phases(node_root)[(1, "ANALYZE")].abandoned == ["k0"]
+    info = recover.inspect(node_root, 1, "ANALYZE", from_lamport=1)
+    assert [(e["key"], e["abandoned"]) for e in info["side_effects"]] == [("k0", True), ("k1", False)]
+    again = recover.rollback(node_root, **args, abandon=["k0", "k1"])  # type: ignore[arg-type]
+    assert again["outcome"] == "already clean"  # idempotent: no second record
+    assert [r["step"] for r in _recovery(node_root)].count("abandon") == 1
+    Node(node_root).begin(1, "ANALYZE", participants=["n1"]).close()
+
+
 def test_recover_repair_cuts_a_torn_tail_and_forward_recommits(node_root: Path) -> None:
     tx = Node(node_root).begin(1, "ANALYZE", participants=["n1"])
     tx.intent("a.conf", b"x\n")

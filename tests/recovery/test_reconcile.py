@@ -242,26 +242,6 @@ def test_partition_blocks_then_heals_on_the_same_trace(cluster: Path) -> None:
     )
 
 
-def test_failing_compensator_blocks_then_hard_fails(cluster: Path) -> None:
-    plant(cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-1": 1})
-    FakeCloud(sim_dir(cluster) / "cloud").set_faults({"fail": {"delete": {"fakecloud.vm": -1}}})
-    t0 = time.time()
-    codes = [reconcile(cluster, now=t0 + 60 * i).exit_code() for i in range(5)]
-    assert codes == [2, 2, 2, 2, 3]  # retried by later runs, then BLOCKED_COMPENSATOR
-    journal = find(cluster, _journal_file(cluster).stem)
-    assert journal is not None and journal.state == "BLOCKED_COMPENSATOR"
-    assert journal.compensation["key-node-1-0"]["attempts"] == 5
-    assert journal.alerts[-1]["alert"] == "sel_compensator_failed"
-    assert _positions(cluster)["node-1"] == (1, "IDLE")  # nothing rewound before compensation
-    # T_blocked (60 min) later: HARD_FAILED, the phase is aborted everywhere, an alert says what was left
-    result = reconcile(cluster, now=t0 + 3 * 3600)
-    assert result.exit_code() == 3 and result.outcomes[0].after == "HARD_FAILED"
-    journal = find(cluster, journal.trace_id)
-    assert journal is not None and journal.alerts[-1]["alert"] == "hard_failed"
-    assert sim_check(cluster) == []  # HARD_FAILED with an alert is allowed (SPEC §11)
-    assert reconcile(cluster, now=t0 + 4 * 3600).exit_code() == 0  # terminal: nothing more to do
-
-
 def test_resume_policy_runs_the_hook_then_rolls_forward(cluster: Path) -> None:
     (cluster / "playbooks/resume-analyze.yaml").write_text(
         "apiVersion: haios/v1\nkind: Playbook\nname: resume-analyze\nresumes: ANALYZE\n"
