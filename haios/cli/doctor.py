@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
+from ..config import load_repo
 from ..detect.doctor import DoctorReport, run_doctor
+from ..recovery.report import membership, open_traces
 from . import _render
 from ._options import Output, OutputOpt, RepoOpt, resolve
 
@@ -67,13 +69,52 @@ def doctor(
     return 2
 
 
+def _cost(cost: list[dict[str, object]]) -> str:
+    return (
+        ", ".join(f"{c['amount']} {c['currency']}/{c['limit']}" + (" OVER" if c.get("over") else "") for c in cost)
+        or "-"
+    )
+
+
+def _traces_table(traces: list[dict[str, Any]]) -> Table:
+    table = Table(title="open recovery traces", show_lines=False)
+    for column in ("trace", "g", "phase", "state", "attempts", "next attempt", "breakers", "cost"):
+        table.add_column(column)
+    for t in traces:
+        breakers = ", ".join(f"{name}: {state}" for name, state in t["breakers"].items()) or "-"
+        table.add_row(
+            t["trace_id"],
+            str(t["g"]),
+            t["phase"],
+            t["state"],
+            str(t["attempts"]),
+            t["next_attempt_utc"] or "-",
+            breakers,
+            _cost(t["cost"]),
+        )
+    return table
+
+
 def status(ctx: typer.Context, repo: RepoOpt = None, output: OutputOpt = None) -> int:
-    """The one-screen cluster view: each node's health, position, heartbeat and WAL."""
+    """The one-screen cluster view: each node's health, position, heartbeat and WAL; each open recovery
+    trace with its compensation attempts, next attempt, circuit breakers and cost; evictions."""
     opts = resolve(ctx, repo=repo, output=output)
     report = run_doctor(opts.repo)
+    config = load_repo(opts.repo)
+    traces = open_traces(opts.repo, config, report.generated_at)
+    members = membership(opts.repo)
     if opts.output is not Output.text:
         data = report.to_json()
-        _render.emit_json({k: data[k] for k in ("schema", "repo", "generated_at", "healthy", "nodes")})
+        view = {k: data[k] for k in ("schema", "repo", "generated_at", "healthy", "nodes")}
+        _render.emit_json({**view, "traces": traces, "membership": members})
         return 0
-    _render.console().print(_table(report))
+    console = _render.console()
+    console.print(_table(report))
+    if traces:
+        console.print(_traces_table(traces))
+    for label, key in (("evicted", "evicted"), ("pending eviction", "pending_eviction")):
+        if members[key]:
+            _render.out(f"{label}: {', '.join(members[key])}", style="yellow")
+    if members["eviction_blocked"]:
+        _render.out(f"eviction refused (no healthy majority): {', '.join(members['eviction_blocked'])}", style="red")
     return 0

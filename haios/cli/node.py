@@ -14,9 +14,10 @@ from ..errors import UsageError
 from ..node import Node
 from ..node.heartbeat import beat, update_gossip
 from ..node.recover import dispatch
+from ..recovery.rejoin import rejoin as do_rejoin
 from ..transport import LocalTransport
 from . import _render
-from ._options import RepoOpt, resolve
+from ._options import Output, OutputOpt, RepoOpt, resolve
 
 app = typer.Typer(
     help="Run a phase transaction on a node, step by step (for shell-based executors).", no_args_is_help=True
@@ -214,7 +215,7 @@ def recover(
         typer.Option("--request", help="The operation as JSON (default: read it from stdin).", show_default=False),
     ] = None,
 ) -> int:
-    """Run one recovery operation (as JSON: inspect, forward, compensated, rollback, repair, checkpoint).
+    """Run one recovery operation (as JSON: inspect, forward, compensated, rollback, repair, checkpoint, catchup).
 
     This is how reconcile reaches a remote node; every operation that writes checks the fencing
     token first (exit 4 when it is stale).
@@ -225,3 +226,30 @@ def recover(
         raise UsageError('the request must be a JSON object such as {"op": "inspect", "g": 1, "phase": "ANALYZE"}')
     _render.emit_ndjson(dispatch(root, parsed))
     return 0
+
+
+@app.command()
+def rejoin(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(help="The evicted node.", show_default=False)],
+    repo: RepoOpt = None,
+    output: OutputOpt = None,
+) -> int:
+    """Bring an evicted node back: roll back what it left half done, catch it up with its peers, and
+    end its eviction (one audit commit).
+
+    Exit 0 rejoined; 2 a rollback on it must wait (a compensator backing off: run it again later);
+    3 it needs a human or is still isolated; 5 its WAL is corrupt; 1 on error.
+    """
+    opts = resolve(ctx, repo=repo, output=output)
+    result = do_rejoin(opts.repo, node)
+    if opts.output is not Output.text:
+        _render.emit_json(result.to_json())
+        return result.code
+    for o in result.rolled_back:
+        _render.out(f"g={o.g} {o.phase}: {o.before} -> {o.after} (trace {o.trace_id})")
+    if result.rejoined:
+        _render.out(f"{node} rejoined: {result.note}" + (f" (commit {result.commit[:12]})" if result.commit else ""))
+    else:
+        _render.out(f"{node} not rejoined yet: {result.note}", style="yellow")
+    return result.code

@@ -23,7 +23,7 @@ from ..wal import Record, RecordType, Wal, WalCorruptError, read_records
 from .fence import check_fence
 from .transaction import ABANDON_STEP, Node, PhaseLog, scan_phases
 
-OPS = ("inspect", "forward", "compensated", "rollback", "repair", "checkpoint")
+OPS = ("inspect", "forward", "compensated", "rollback", "repair", "checkpoint", "catchup")
 
 
 def _tail_logs(
@@ -238,6 +238,27 @@ def repair(root: Path, *, trace_id: str, token: int, g: int, phase: str) -> dict
     return {"node": node.name, "outcome": "repaired"}
 
 
+def catchup(root: Path, *, trace_id: str, token: int, g: int, phase: str, note: str) -> dict[str, Any]:
+    """Commit (g, phase) on a rejoining node that missed it while evicted: a transition of its own,
+    with no intents and a STEP saying why, so its position follows the cluster's and its WAL tells
+    the story. Idempotent: a transition it already has is left alone."""
+    node = _guard(root, phase, token)
+    state, _ = node.state()
+    if phase_order(int(state.get("g") or 0), state.get("ph")) >= phase_order(g, phase):
+        return {"node": node.name, "outcome": "already committed"}
+    if node.open_phase() is not None:
+        raise BarrierError(
+            f"{root}: {node.name} has a transition open; it must be rolled back before catching up",
+            hint="run 'haios node rejoin' again: it rolls the open transition back first",
+        )
+    with node.begin(g, phase, participants=[node.name], trace_id=trace_id) as tx:
+        tx.step("catch-up", note)
+        tx.prepare()
+        tx.commit()
+    checkpoint(root, trace_id=trace_id, token=token, g=g, phase=phase, step="catchup", outcome="committed")
+    return {"node": node.name, "outcome": "committed"}
+
+
 def dispatch(root: Path, request: dict[str, Any]) -> dict[str, Any]:
     """Run one operation from a JSON request ``{"op": ..., ...}`` (the remote form of the functions above)."""
     op = request.get("op")
@@ -251,6 +272,7 @@ def dispatch(root: Path, request: dict[str, Any]) -> dict[str, Any]:
         "rollback": rollback,
         "repair": repair,
         "checkpoint": checkpoint,
+        "catchup": catchup,
     }
     func = operations.get(str(op))
     if func is None:
@@ -263,4 +285,4 @@ def dispatch(root: Path, request: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-__all__ = ["OPS", "checkpoint", "compensated", "dispatch", "forward", "inspect", "repair", "rollback"]
+__all__ = ["OPS", "catchup", "checkpoint", "compensated", "dispatch", "forward", "inspect", "repair", "rollback"]

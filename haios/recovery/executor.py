@@ -29,6 +29,7 @@ from ..errors import FencedError, HaiosError, LockHeldError, TransportError, Usa
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import utc
 from . import journal as journals
+from . import membership as members
 from .machine import NEEDS_A_HUMAN, TERMINAL, Event, State, step
 from .plan import COST_ALERT, Context, Plan, TracePlan, build, cost_breach, plan_transition
 from .sel import SEL_DIR, ParamsMismatch, SelStore
@@ -88,17 +89,21 @@ class RunResult:
     def changed(self) -> bool:
         return self.commit is not None
 
+    membership_due: float | None = None  # when an isolated node becomes pending or is evicted
+
     @property
     def next_due(self) -> float | None:
         """The earliest time a later run has something new to do (None: nothing scheduled)."""
         dues = [o.due for o in self.outcomes if o.due is not None]
+        if self.membership_due is not None:
+            dues.append(self.membership_due)
         return min(dues) if dues else None
 
     def exit_code(self) -> int:
-        """SPEC §10: 3 needs a human (minority view too), 4 locked or fenced, 1 a step failed, 2 work
+        """SPEC §10: 3 needs a human (minority view, a refused eviction too), 4 locked or fenced, 1 a step failed, 2 work
         remains for a later run (a Φ timeout not expired yet, a compensator to retry, suspend), 0
         converged. The first that applies wins."""
-        if self.plan.minority:
+        if self.plan.minority or self.plan.membership.get("eviction_blocked"):
             return 3
         codes = {o.code for o in self.outcomes}
         for code in (3, 4, 1, 2):
@@ -113,6 +118,7 @@ class RunResult:
             "observed_hash": self.plan.observed_hash,
             "minority": self.plan.minority,
             "suspended": self.plan.suspended,
+            "membership": self.plan.membership,
             "traces": [o.as_dict() for o in self.outcomes],
             "commit": self.commit,
             "pushed_to": self.pushed_to,
@@ -228,6 +234,7 @@ class _Runner:
             return outcome
         outcome.token = lease.token
         outcome.cost = list(trace.cost)
+        j.set_cost(trace.cost)
         first_step = len(j.steps)
         j.add_token(lease.token)
         if lease.previous:
@@ -274,6 +281,7 @@ class _Runner:
             j.set_state(state, now, reason=trace.reason)
             outcome.code, outcome.note = 3, trace.reason
         elif trace.verdict == "needs_human":
+            j.set_cost(trace.cost)
             if state is not State.AWAITING_ACK:
                 state, _ = step(state, Event.NEEDS_HUMAN)
                 j.set_state(state, now, decision="needs_human", reason=trace.reason)
@@ -472,6 +480,7 @@ class _Runner:
         pb = self.ctx.config.playbooks.get(s["compensator"])
         upcoming = (s["node"], f"compensation of {s['key']}", pb.cost) if pb is not None and pb.cost else None
         breach, cost = cost_breach(self.ctx, trace, self.sel, upcoming)
+        j.set_cost(cost)
         if breach is None:
             return
         now = self.clock()
@@ -554,13 +563,14 @@ def _write_status(ctx: Context) -> None:
     atomic_write(path, data)
 
 
-def _message(outcomes: list[TraceOutcome]) -> tuple[str, str]:
+def _message(outcomes: list[TraceOutcome], events: list[members.Event] | None = None) -> tuple[str, str]:
     verbs = {"forward": "rolled forward", "rollback": "rolled back", "resume": "resumed"}
     done = [o for o in outcomes if o.recorded]
     parts = [
         f"{verbs.get(o.verdict, o.verdict) if o.after == State.CLEAN_EXIT.value else o.after} g={o.g} {o.phase}"
         for o in done
     ]
+    parts += [f"{e.what.replace('_', ' ')} {e.node}" for e in events or [] if e.what != "isolated"]
     subject = "haios reconcile: " + ("; ".join(parts) if parts else "recorded trace states")
     if len(subject) > 100:
         subject = f"haios reconcile: {len(done)} traces ({', '.join(sorted({o.after for o in done}))})"
@@ -573,6 +583,7 @@ def _message(outcomes: list[TraceOutcome]) -> tuple[str, str]:
         body += [f"  - {line}" for line in o.done]
         if o.note:
             body.append(f"  note: {o.note}")
+    body += [f"membership: {e.message}" for e in events or []]
     return subject, "\n".join(body)
 
 
@@ -610,7 +621,8 @@ def reconcile(
             )
     else:
         plan = fresh
-    result = RunResult(plan)
+    t = ctx.config.thresholds
+    result = RunResult(plan, membership_due=ctx.membership.due(t.eviction_ttl, t.eviction_grace))
     if plan.minority:
         result.note = (
             f"minority view: {len(plan.reachable)} of {len(plan.active)} active members reachable; nothing changed"
@@ -648,10 +660,13 @@ def reconcile(
         if outcome.code == 4 and "fencing token" in outcome.note:
             break  # we are stale: stop touching anything
     changed = [o for o in result.outcomes if o.recorded]
-    paths = [journals.JOURNAL_DIR, STATUS_FILE, SEL_DIR]
-    if changed:
+    paths = [journals.JOURNAL_DIR, STATUS_FILE, SEL_DIR, members.MEMBERSHIP_FILE]
+    events = ctx.membership.events
+    if events:
+        members.save(path, ctx.membership)
+    if changed or events:
         _write_status(ctx)
-        subject, body = _message(result.outcomes)
+        subject, body = _message(result.outcomes, events)
         traces = [{"trace_id": o.trace_id, "result": o.after, "fencing_token": o.token or "-"} for o in changed]
         result.commit = audit.commit_run(path, paths, subject, body, traces, plan.observed_hash)
     if push and result.commit is not None:

@@ -48,6 +48,7 @@ class Journal:
     compensation: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> attempts, errors
     blocked_since: float | None = None
     resume_attempts: int = 0
+    cost: list[dict[str, Any]] = field(default_factory=list)  # per region, as last computed
     dirty: bool = field(default=False, repr=False, compare=False)
     writes: int = field(default=0, repr=False, compare=False)  # saves during this run
 
@@ -82,6 +83,7 @@ class Journal:
             "compensation": dict(self.compensation),
             "blocked_since": self.blocked_since,
             "resume_attempts": self.resume_attempts,
+            "cost": list(self.cost),
         }
 
     @classmethod
@@ -103,6 +105,7 @@ class Journal:
             compensation=dict(data.get("compensation") or {}),
             blocked_since=data.get("blocked_since"),
             resume_attempts=int(data.get("resume_attempts") or 0),
+            cost=list(data.get("cost") or []),
         )
 
     # -- changes (each marks the journal for saving) ---------------------------------------------
@@ -123,6 +126,11 @@ class Journal:
         if state in TERMINAL:
             self.closed_at = utc(now)
         self.dirty = True
+
+    def set_cost(self, cost: list[dict[str, Any]]) -> None:
+        if cost and cost != self.cost:
+            self.cost = list(cost)
+            self.dirty = True
 
     def add_token(self, token: int) -> None:
         if token not in self.tokens:

@@ -30,6 +30,7 @@ from ..node.transaction import next_transition
 from ..transport import LocalTransport, Transport
 from ..wal import WalCorruptError
 from . import journal as journals
+from . import membership as members
 from .machine import NEEDS_A_HUMAN, TERMINAL, Event, State
 from .planner import Decision, Inputs, View, decide, steps_for
 from .sel import SelStore, resource_of
@@ -119,6 +120,7 @@ class Plan:
     reachable: list[str]
     suspended: bool = False
     traces: list[TracePlan] = field(default_factory=list)
+    membership: dict[str, Any] = field(default_factory=dict)  # evicted, pending_eviction, eviction_blocked
 
     @property
     def minority(self) -> bool:
@@ -138,9 +140,10 @@ class Plan:
         ]
 
     def exit_code(self) -> int:
-        """SPEC §10 for a plan: 3 blocked (minority view, a trace needing a human), 4 a shard the
+        """SPEC §10 for a plan: 3 blocked (minority view, a trace needing a human, an eviction refused
+        by the majority rule), 4 a shard the
         plan would act on is leased by another reconciler, 2 actions pending, 0 nothing to do."""
-        if self.minority or self.blocked:
+        if self.minority or self.blocked or self.membership.get("eviction_blocked"):
             return 3
         if any(t.held_by and t.actionable for t in self.traces):
             return 4
@@ -159,6 +162,7 @@ class Plan:
             "minority": self.minority,
             "suspended": self.suspended,
             "traces": [t.as_dict() for t in self.traces],
+            "membership": self.membership,
             "exit_code": self.exit_code(),
         }
 
@@ -177,6 +181,7 @@ class Plan:
             list(data["reachable"]),
             bool(data.get("suspended")),
             [TracePlan.from_dict(t) for t in data["traces"]],
+            dict(data.get("membership") or {}),
         )
 
 
@@ -191,6 +196,7 @@ class Context:
     observations: dict[str, NodeObservation]
     estimators: Estimators
     now: float
+    membership: members.Membership = field(default_factory=members.Membership)
 
 
 def desired_commit(repo: Path) -> str | None:
@@ -490,8 +496,10 @@ def build(repo: Path | str, *, now: float | None = None, transport: Transport | 
             )
     estimators = Estimators.from_thresholds(config.thresholds)
     estimators.feed(durations)
-    ctx = Context(path, config, tr, open_backend(config), observations, estimators, at)
-    active = config.desired.active_members()
+    membership = members.assess(path, config, observations, at)
+    ctx = Context(path, config, tr, open_backend(config), observations, estimators, at, membership)
+    evicted = membership.evicted
+    active = [n for n in config.desired.active_members() if n not in evicted]
     plan = Plan(
         str(path),
         config.cluster.name,
@@ -502,13 +510,17 @@ def build(repo: Path | str, *, now: float | None = None, transport: Transport | 
         active,
         [n for n in active if observations.get(n) is not None and observations[n].reachable],
         suspended=config.desired.suspend,
+        membership=membership.summary(),
     )
     leases: dict[str, Lease | None] = {}
     todo = candidates(observations)
     for j in journals.open_journals(path):
         # a trace left open by a run killed after its last node step: closed by this one
         todo.setdefault((j.g, j.phase), sorted(j.participants) or active)
-    for (g, phase), participants in sorted(todo.items(), key=lambda kv: order(*kv[0])):
+    for (g, phase), everyone in sorted(todo.items(), key=lambda kv: order(*kv[0])):
+        participants = [n for n in everyone if n not in evicted]  # SPEC §4.7: an evicted node takes no part
+        if not participants:
+            continue
         trace = plan_transition(ctx, g, phase, participants)
         if trace.verdict == "nothing" and (not trace.resumed or State(trace.state) in TERMINAL):
             continue  # nothing to do, and no open trace to close
@@ -530,6 +542,15 @@ def render_markdown(plan: Plan) -> str:
         + (" — **suspended: plan only**" if plan.suspended else ""),
         "",
     ]
+    m = plan.membership
+    for label, key in (("Evicted", "evicted"), ("Pending eviction", "pending_eviction")):
+        if m.get(key):
+            lines += [f"{label}: {', '.join(f'`{n}`' for n in m[key])}", ""]
+    if m.get("eviction_blocked"):
+        lines += [
+            f"**Eviction refused (no healthy majority would remain): {', '.join(m['eviction_blocked'])} — page a human**",
+            "",
+        ]
     if not plan.traces:
         lines.append("Every transition is committed or rolled back on all its participants.")
         return "\n".join(lines) + "\n"

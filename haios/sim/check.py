@@ -173,17 +173,19 @@ def sim_check(directory: Path | str) -> list[Violation]:
                 if problem:
                     violations.append(Violation("compensation", node, a.g, a.phase, problem))
 
-    # 3. barrier: a transition begins only after the previous one ended everywhere
-    ends: dict[tuple[int, str], float] = {}
+    # 3. barrier: a transition begins only after the previous one ended on every node taking part in
+    #    it (an evicted node catches up later, alone: the cluster did not wait for it, rightly)
+    ends: dict[tuple[int, str], dict[str, float]] = defaultdict(dict)
     for by_node in latest.values():
-        for a in by_node.values():
+        for n, a in by_node.items():
             if a.ended == "COMMIT_PHASE" and a.end_ts is not None:
-                ends[(a.g, a.phase)] = max(ends.get((a.g, a.phase), 0.0), a.end_ts)
+                ends[(a.g, a.phase)][n] = a.end_ts
     for node, items in attempts.items():
         for a in items:
             idx = order[a.phase]
             prev = (a.g, PHASES[idx - 1]) if idx else (a.g - 1, "IDLE")
-            if prev in ends and a.begin_ts < ends[prev]:
+            prev_end = max((ends[prev][p] for p in {*a.participants, node} if p in ends.get(prev, {})), default=None)
+            if prev_end is not None and a.begin_ts < prev_end:
                 violations.append(
                     Violation(
                         "barrier", node, a.g, a.phase, f"began before (g={prev[0]}, {prev[1]}) had ended on every node"

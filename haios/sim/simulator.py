@@ -36,6 +36,7 @@ from ..fsutil import atomic_write, makedirs_durable
 from ..gitrepo import init_and_commit
 from ..node.heartbeat import beat, utc
 from ..node.transaction import scan_phases
+from ..recovery.membership import participants
 from ..vclock import VClock
 from ..wal import read_records
 from ..wal.reader import list_segments
@@ -289,7 +290,7 @@ def sim_run(directory: Path | str, *, iterations: int, seed: int, faults: dict[s
     path = Path(directory)
     config = load_repo(path)
     roots = {n.name: n.local_root(path) for n in config.cluster.nodes if n.transport == "local"}
-    names = [n for n in config.desired.active_members() if n in roots]
+    names = [n for n in participants(path, config) if n in roots]  # evicted nodes take no part
     if not names:
         raise UsageError(f"{path}: no active local nodes to simulate")
     report = RunReport(path, seed)

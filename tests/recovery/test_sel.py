@@ -7,10 +7,12 @@ is moved (``now=``), the way cron runs would be spaced in wall time.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
+from helpers import Invoke
 from helpers.cluster import deletes, git, plant
 
 from haios.config import load_repo
@@ -332,3 +334,20 @@ def test_flapping_after_two_automatic_rollbacks(cluster: Path) -> None:
     (outcome,) = result.outcomes
     assert result.exit_code() == 3 and outcome.after == "AWAITING_ACK" and "flapping" in outcome.note
     assert outcome.cost and outcome.cost[0]["amount"] == 12.0  # the report shows the cost so far
+
+
+def test_status_shows_attempts_next_attempt_breaker_and_cost(cluster: Path, cli: Invoke) -> None:
+    plant(cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-1": 1})
+    _fail(cluster, 5)
+    now = time.time()
+    for _ in range(3):  # three failures: the breaker opens
+        now = max(now + 1.0, reconcile(cluster, now=now).next_due or 0.0)
+    result = cli("--repo", cluster, "-o", "json", "status")
+    assert result.exit_code == 0, result.output
+    (trace,) = json.loads(result.stdout)["traces"]
+    assert (trace["state"], trace["attempts"], trace["breakers"]) == ("ROLLBACK", 3, {"fakecloud-vm": "open"})
+    entry = _store(cluster).entry(KEY)
+    assert entry is not None and trace["next_attempt_at"] == entry.next_attempt_at
+    assert trace["cost"] == [{"region": "default", "amount": 12.0, "currency": "EUR", "limit": 500.0, "over": False}]
+    text = cli("--repo", cluster, "status").stdout
+    assert "open recovery traces" in text and "ROLLBACK" in text  # (columns wrap in a narrow terminal)

@@ -12,7 +12,7 @@ from helpers import Invoke
 
 from haios.sim.trials import run_trial
 
-CI_FAULTS = "kill=0.3,torn=0.1,bitflip=0.05,partition=0.1,slowfsync=0.2"
+CI_FAULTS = "kill=0.3,torn=0.1,bitflip=0.05,partition=0.1,slowfsync=0.2,compfail=0.2,cost=0.1"
 
 
 def test_trials_cli_reports_outcomes(cli: Invoke, tmp_path: Path) -> None:
@@ -33,7 +33,8 @@ def test_trials_one_seed_is_reproducible(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_trials_acceptance_300_seed_1(tmp_path: Path) -> None:
-    """The issue's acceptance: 300 trials with kill, torn, bitflip, partition and slowfsync faults."""
+    """300 trials with every fault kind: kill, torn, bitflip, partition, slowfsync, compfail (a
+    compensator failing once, three times or forever) and cost (a cost spike past the cap)."""
     proc = subprocess.run(
         [sys.executable, "-m", "haios", "--output", "json", "sim", "trials", "--count", "300", "--seed", "1"]
         + ["--faults", CI_FAULTS, "--workdir", str(tmp_path / "trials")],

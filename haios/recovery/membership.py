@@ -1,0 +1,251 @@
+"""Isolated nodes and eviction (SPEC §4.7): ``status/membership.yaml`` in the desired-state repo.
+
+A member is *isolated* while the reconciler cannot reach it or its gossip says PARTITIONED. Isolated
+for longer than ``partition.eviction_ttl`` (30 min), it is *pending eviction* (alert
+``pending_eviction``); after a further ``partition.eviction_grace`` (15 min) it is evicted — but only
+if the members left healthy are still a majority of the membership. Otherwise the eviction is
+refused and the report pages a human (alert ``eviction_blocked``): evicting into a minority would
+let a minority decide for the cluster. ``minority_evictions_total`` counts evictions carried out.
+
+An evicted node takes part in no transition and no recovery trace (its half-done work is left as it
+is) until ``haios node rejoin`` brings it back. Healing alone does not end an eviction.
+
+The file is the memory between cron runs: when each isolation began, when it became pending, when
+the node was evicted, and every alert raised (each once per isolation).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config.model import RepoConfig
+from ..detect.detectors import NodeObservation
+from ..errors import ConfigError
+from ..fsutil import atomic_write, makedirs_durable
+from ..node.heartbeat import parse_utc, utc
+
+MEMBERSHIP_FILE = "status/membership.yaml"
+SCHEMA = "haios-membership/v1"
+
+
+def isolation(obs: NodeObservation | None) -> tuple[str, float | None] | None:
+    """Why a node counts as isolated and, when the node says, since when (None: it is not)."""
+    if obs is None or not obs.reachable:
+        return (obs.error if obs is not None and obs.error else "unreachable"), None
+    gossip = obs.gossip or {}
+    if gossip.get("partition_status") == "PARTITIONED":
+        since = gossip.get("since")
+        try:
+            at = parse_utc(since) if isinstance(since, str) else None
+        except ValueError:
+            at = None
+        return "its gossip says PARTITIONED", at
+    return None
+
+
+@dataclass
+class Event:
+    """Something this assessment changed (a commit line, and an alert when ``alert`` is set)."""
+
+    node: str
+    what: str  # isolated | pending_eviction | evicted | eviction_blocked | healed
+    message: str
+    alert: str | None = None
+
+
+@dataclass
+class Membership:
+    """The memory of ``status/membership.yaml`` and what an assessment concluded."""
+
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    minority_evictions_total: int = 0
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def evicted(self) -> set[str]:
+        return {n for n, entry in self.nodes.items() if entry.get("evicted_at") is not None}
+
+    @property
+    def pending(self) -> list[str]:
+        return sorted(
+            n for n, e in self.nodes.items() if e.get("pending_since") is not None and e.get("evicted_at") is None
+        )
+
+    @property
+    def blocked(self) -> list[str]:
+        return sorted(
+            n for n, e in self.nodes.items() if e.get("blocked_since") is not None and e.get("evicted_at") is None
+        )
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.events)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "minority_evictions_total": self.minority_evictions_total,
+            "nodes": {n: self.nodes[n] for n in sorted(self.nodes)},
+            "alerts": self.alerts,
+        }
+
+    def due(self, t_ttl: float, t_grace: float) -> float | None:
+        """When the next isolated node becomes pending or is evicted, if nothing heals first."""
+        times = []
+        for e in self.nodes.values():
+            if e.get("evicted_at") is not None or e.get("blocked_since") is not None:
+                continue
+            if e.get("pending_since") is not None:
+                times.append(float(e["pending_since"]) + t_grace)
+            else:
+                times.append(float(e["isolated_since"]) + t_ttl)
+        return min(times) if times else None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "evicted": sorted(self.evicted),
+            "pending_eviction": self.pending,
+            "eviction_blocked": self.blocked,
+            "minority_evictions_total": self.minority_evictions_total,
+        }
+
+    def _event(self, now: float, event: Event) -> None:
+        self.events.append(event)
+        if event.alert:
+            self.alerts.append({"at": utc(now), "alert": event.alert, "node": event.node, "message": event.message})
+
+
+def load(repo: Path) -> Membership:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    path = repo / MEMBERSHIP_FILE
+    try:
+        data = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return Membership()
+    except (OSError, YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{path}: not readable ({' '.join(str(exc).split())})",
+            hint="restore it from git (git checkout -- status/membership.yaml)",
+        ) from exc
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ConfigError(f"{path}: not a haios membership file (schema {SCHEMA})", hint="restore it from git")
+    return Membership(
+        {str(n): dict(e) for n, e in (data.get("nodes") or {}).items()},
+        list(data.get("alerts") or []),
+        int(data.get("minority_evictions_total") or 0),
+    )
+
+
+def save(repo: Path, membership: Membership) -> None:
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]
+    buf = io.StringIO()
+    yaml.dump(membership.as_dict(), buf)
+    data = buf.getvalue().encode("utf-8")
+    path = repo / MEMBERSHIP_FILE
+    if path.exists() and path.read_bytes() == data:
+        return
+    makedirs_durable(path.parent)
+    atomic_write(path, data)
+
+
+def assess(repo: Path, config: RepoConfig, observations: dict[str, NodeObservation], now: float) -> Membership:
+    """Carry the membership memory forward to ``now`` (nothing is written: see :func:`save`)."""
+    t = config.thresholds
+    m = load(repo)
+    members = config.desired.active_members()
+    isolated: dict[str, tuple[str, float | None]] = {}
+    for name in members:
+        found = isolation(observations.get(name))
+        if found is not None:
+            isolated[name] = found
+    for name in sorted(set(m.nodes) - set(members)):
+        del m.nodes[name]  # no longer an active member (draining, decommissioned): nothing to evict or rejoin
+    for name in members:
+        entry = m.nodes.get(name)
+        if entry is not None and entry.get("evicted_at") is not None:
+            continue  # evicted: only 'haios node rejoin' brings it back
+        if name not in isolated:
+            if entry is not None:
+                del m.nodes[name]
+                m._event(now, Event(name, "healed", f"{name} is reachable and not partitioned again"))
+            continue
+        why, claimed = isolated[name]
+        if entry is None:
+            since = min(now, claimed) if claimed is not None else now
+            entry = m.nodes[name] = {"isolated_since": since, "isolated_utc": utc(since), "why": why}
+            m._event(now, Event(name, "isolated", f"{name} isolated: {why}"))
+        since = float(entry["isolated_since"])
+        if now - since < t.eviction_ttl:
+            continue
+        if entry.get("pending_since") is None:
+            entry["pending_since"] = now
+            entry["evict_after_utc"] = utc(now + t.eviction_grace)
+            m._event(
+                now,
+                Event(
+                    name,
+                    "pending_eviction",
+                    f"{name} isolated for {(now - since) / 60:.0f} min ({why}); evicted after a "
+                    f"{t.eviction_grace / 60:.0f}-min grace unless it comes back",
+                    alert="pending_eviction",
+                ),
+            )
+            continue
+        if now - float(entry["pending_since"]) < t.eviction_grace:
+            continue
+        evicted = m.evicted
+        healthy = [n for n in members if n not in isolated and n not in evicted]
+        if 2 * len(healthy) > len(members):
+            entry.update(evicted_at=now, evicted_utc=utc(now))
+            entry.pop("blocked_since", None)
+            m.minority_evictions_total += 1
+            m._event(
+                now,
+                Event(
+                    name,
+                    "evicted",
+                    f"{name} evicted after {(now - since) / 60:.0f} min isolated; {len(healthy)} of "
+                    f"{len(members)} members healthy remain (a majority)",
+                    alert="node_evicted",
+                ),
+            )
+        elif entry.get("blocked_since") is None:
+            entry["blocked_since"] = now
+            m._event(
+                now,
+                Event(
+                    name,
+                    "eviction_blocked",
+                    f"{name} cannot be evicted: only {len(healthy)} of {len(members)} members are healthy, not "
+                    "a majority; a human must decide (page)",
+                    alert="eviction_blocked",
+                ),
+            )
+    return m
+
+
+def participants(repo: Path, config: RepoConfig) -> list[str]:
+    """The members a new transition includes: active in the desired state and not evicted."""
+    evicted = load(repo).evicted
+    return [n for n in config.desired.active_members() if n not in evicted]
+
+
+def rejoined(repo: Path, node: str, now: float, how: str) -> Membership:
+    """Forget ``node``'s eviction (after a successful catch-up) and save."""
+    m = load(repo)
+    if node not in m.evicted:
+        raise ConfigError(f"{node} is not evicted (status/membership.yaml)", hint="nothing to rejoin")
+    del m.nodes[node]
+    m._event(now, Event(node, "rejoined", f"{node} rejoined: {how}", alert="node_rejoined"))
+    save(repo, m)
+    return m

@@ -1,0 +1,197 @@
+"""``haios node rejoin NODE``: bring an evicted node back into the cluster (SPEC §4.7).
+
+The cluster went on without the node. Before it takes part again:
+
+1. it must be reachable, not PARTITIONED, with a readable WAL (a torn tail is cut on the way);
+2. every transition it left half done — or aborted still owing compensation — is rolled back on
+   it alone, through the ordinary recovery executor (fenced, checkpointed, compensators under the
+   side-effect ledger's rules); a rollback that cannot finish now (a compensator backing off, a
+   cost cap) stops the rejoin, and running it again continues where it stopped;
+3. it catches up with its peers: every transition the healthy members have all committed since
+   the node's own position is committed on the node too — without intents (its share of that work
+   was never done) and with a STEP record saying so — so that its position, WAL and barrier agree
+   with the cluster's. (With WAL replication its data would be restored from the copies its peers
+   hold; without it there is nothing to copy.)
+4. ``status/membership.yaml`` forgets the eviction, and one commit records all of it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import audit, controlfile
+from ..config.model import phase_order as order
+from ..coord import new_holder
+from ..errors import BlockedError, HaiosError, UsageError, VerificationError
+from ..node.transaction import next_transition
+from . import journal as journals
+from . import membership as members
+from .executor import STATUS_FILE, TraceOutcome, _Runner, _write_status
+from .machine import State
+from .plan import Context, build, plan_transition
+from .sel import SEL_DIR
+
+MAX_CATCH_UP = 50_000  # transitions; beyond that a node is restored, not replayed
+
+
+@dataclass
+class RejoinResult:
+    node: str
+    trace_id: str
+    rolled_back: list[TraceOutcome] = field(default_factory=list)
+    caught_up: list[tuple[int, str]] = field(default_factory=list)
+    peer_position: tuple[int, str | None] = (0, None)
+    rejoined: bool = False
+    commit: str | None = None
+    note: str = ""
+    code: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": "haios-rejoin/v1",
+            "node": self.node,
+            "trace_id": self.trace_id,
+            "rolled_back": [o.as_dict() for o in self.rolled_back],
+            "caught_up": [{"g": g, "phase": p} for g, p in self.caught_up],
+            "peer_position": {"g": self.peer_position[0], "ph": self.peer_position[1]},
+            "rejoined": self.rejoined,
+            "commit": self.commit,
+            "note": self.note,
+            "exit_code": self.code,
+        }
+
+
+def _position(state: dict[str, Any] | None) -> tuple[int, str | None]:
+    state = state or {}
+    return int(state.get("g") or 0), state.get("ph")
+
+
+def _missed(start: tuple[int, str | None], end: tuple[int, str | None]) -> list[tuple[int, str]]:
+    """The transitions after ``start`` up to and including ``end``, in order."""
+    out: list[tuple[int, str]] = []
+    position = start
+    while order(*position) < order(*end):
+        position = next_transition(*position)
+        out.append(position)
+        if len(out) > MAX_CATCH_UP:
+            raise HaiosError(
+                f"{start} -> {end}: more than {MAX_CATCH_UP} transitions behind",
+                hint="restore the node from a peer's data instead of catching up transition by transition",
+            )
+    return out
+
+
+def _state(ctx: Context, node: str) -> tuple[int, str | None]:
+    """The node's position as its state.txt says now (after the rollbacks above)."""
+    raw = ctx.transport.read_file(node, "state.txt")
+    if raw is None:
+        raise HaiosError(f"{node}: state.txt is missing", hint="run 'haios doctor' to see what the node root lacks")
+    return _position(controlfile.load_mapping(controlfile.decode(raw, node)))
+
+
+def _open_transitions(ctx: Context, node: str) -> list[tuple[int, str]]:
+    obs = ctx.observations[node]
+    found = {key for key, s in obs.phases.items() if s.ended is None}
+    found |= {(int(e["g"]), str(e["phase"])) for e in (obs.state or {}).get("uncompensated") or []}
+    return sorted(found, key=lambda k: order(*k))
+
+
+def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str | None = None) -> RejoinResult:
+    path = Path(repo)
+    started = time.time()
+    base = started if now is None else now
+
+    def clock() -> float:
+        return base + (time.time() - started)
+
+    plan, ctx = build(path, now=base)
+    result = RejoinResult(node, f"rejoin-{node}-{uuid.uuid4().hex[:12]}")
+    if node not in {n.name for n in ctx.config.cluster.nodes}:
+        raise UsageError(f"{node}: not a node of haios.yaml")
+    if node not in ctx.membership.evicted:
+        raise UsageError(f"{node} is not evicted (status/membership.yaml): it already takes part")
+    if plan.minority:
+        raise BlockedError(
+            f"minority view: {len(plan.reachable)} of {len(plan.active)} active members reachable; nothing changes",
+            hint="rejoin once a majority of the cluster is reachable",
+        )
+    why = members.isolation(ctx.observations.get(node))
+    if why is not None:
+        raise BlockedError(f"{node} is still isolated ({why[0]})", hint="rejoin it once it is reachable and healthy")
+    wal_error = ctx.observations[node].wal_error
+    if wal_error is not None and not wal_error.get("torn_tail"):
+        raise VerificationError(
+            f"{node}: the WAL is corrupt mid-log ({wal_error.get('reason', 'corrupt')})",
+            hint="repair or restore it first ('haios wal verify' shows where)",
+        )
+    runner = _Runner(ctx, holder or new_holder(), clock, None)
+    for g, phase in _open_transitions(ctx, node):
+        trace = plan_transition(
+            ctx, g, phase, [node], force_rollback=f"{node} rejoins after eviction; the cluster went on without it"
+        )
+        if trace.verdict == "nothing":
+            continue
+        if trace.verdict != "rollback":
+            result.code, result.note = 3, f"g={g} {phase} on {node}: {trace.reason}"
+            return _finish(path, ctx, result, plan.observed_hash)
+        outcome = runner.run(trace)
+        result.rolled_back.append(outcome)
+        if outcome.after != State.CLEAN_EXIT.value:
+            result.code = outcome.code or 2
+            result.note = f"g={g} {phase} on {node} is not rolled back yet: {outcome.note}; run rejoin again later"
+            return _finish(path, ctx, result, plan.observed_hash)
+    peers = [
+        n
+        for n in plan.active
+        if n != node and ctx.observations[n].reachable and members.isolation(ctx.observations[n]) is None
+    ]
+    if not peers:
+        raise BlockedError(f"{node}: no healthy peer to catch up from")
+    # every transition up to the least advanced healthy peer is committed cluster-wide
+    result.peer_position = min((_position(ctx.observations[n].state) for n in peers), key=lambda p: order(*p))
+    for g, phase in _missed(_state(ctx, node), result.peer_position):
+        lease = ctx.backend.acquire(phase, runner.holder, result.trace_id, ctx.config.thresholds.lease_ttl, clock())
+        try:
+            note = f"caught up after eviction: committed by {', '.join(peers)} while {node} was evicted"
+            ctx.transport.call(
+                node,
+                {
+                    "op": "catchup",
+                    "trace_id": result.trace_id,
+                    "token": lease.token,
+                    "g": g,
+                    "phase": phase,
+                    "note": note,
+                },
+            )
+        finally:
+            ctx.backend.release(lease, clock())
+        result.caught_up.append((g, phase))
+    how = f"caught up {len(result.caught_up)} transitions to g={result.peer_position[0]} {result.peer_position[1]}"
+    members.rejoined(path, node, clock(), how)
+    result.rejoined = True
+    result.note = how
+    return _finish(path, ctx, result, plan.observed_hash)
+
+
+def _finish(path: Path, ctx: Context, result: RejoinResult, observed: str) -> RejoinResult:
+    outcome = "rejoined" if result.rejoined else "not rejoined yet"
+    subject = f"haios node rejoin {result.node}: {outcome}"
+    body = [result.note]
+    for o in result.rolled_back:
+        body.append(f"g={o.g} {o.phase} (trace {o.trace_id}): {o.before} -> {o.after}")
+        body += [f"  - {line}" for line in o.done]
+    body += [f"caught up g={g} {p}" for g, p in result.caught_up]
+    traces = [{"trace_id": o.trace_id, "result": o.after, "fencing_token": o.token or "-"} for o in result.rolled_back]
+    traces.append(
+        {"trace_id": result.trace_id, "result": "REJOINED" if result.rejoined else "PENDING", "fencing_token": "-"}
+    )
+    if result.rejoined or any(o.recorded for o in result.rolled_back):
+        _write_status(ctx)
+        paths = [journals.JOURNAL_DIR, STATUS_FILE, SEL_DIR, members.MEMBERSHIP_FILE]
+        result.commit = audit.commit_run(path, paths, subject, "\n".join(body), traces, observed)
+    return result
