@@ -32,15 +32,12 @@ from . import journal as journals
 from . import membership as members
 from .machine import NEEDS_A_HUMAN, TERMINAL, Event, State, step
 from .plan import COST_ALERT, Context, Plan, TracePlan, build, cost_breach, plan_transition
-from .sel import SEL_DIR, ParamsMismatch, SelStore
+from .sel import EXHAUSTED, SEL_DIR, SUCCEEDED, Entry, ParamsMismatch, SelStore
 
 STATUS_FILE = "status/cluster.yaml"
 Progress = Callable[[dict[str, Any]], None]
-TRANSIENT_RETRIES = (
-    0.2,
-    0.5,
-    1.0,
-)  # in-run waits before retrying a transport error (never a compensator's own failure)
+# in-run waits before retrying a transport error (never a compensator's own failure: that waits for a later run)
+TRANSIENT_RETRIES = (0.2, 0.5, 1.0)
 
 
 @dataclass
@@ -84,12 +81,11 @@ class RunResult:
     commit: str | None = None
     pushed_to: str | None = None
     note: str = ""
+    membership_due: float | None = None  # when an isolated node becomes pending or is evicted
 
     @property
     def changed(self) -> bool:
         return self.commit is not None
-
-    membership_due: float | None = None  # when an isolated node becomes pending or is evicted
 
     @property
     def next_due(self) -> float | None:
@@ -100,9 +96,9 @@ class RunResult:
         return min(dues) if dues else None
 
     def exit_code(self) -> int:
-        """SPEC §10: 3 needs a human (minority view, a refused eviction too), 4 locked or fenced, 1 a step failed, 2 work
-        remains for a later run (a Φ timeout not expired yet, a compensator to retry, suspend), 0
-        converged. The first that applies wins."""
+        """SPEC §10: 3 needs a human (the minority view and a refused eviction too), 4 locked or
+        fenced, 1 a step failed, 2 work remains for a later run (a Φ timeout not expired yet, a
+        compensator backing off, suspend), 0 converged. The first that applies wins."""
         if self.plan.minority or self.plan.membership.get("eviction_blocked"):
             return 3
         codes = {o.code for o in self.outcomes}
@@ -435,7 +431,7 @@ class _Runner:
         entry = self.sel.failed(entry, now, str(result), retryable=retryable, probe=admission.probe, cost=run_cost)
         self._mirror(j, entry)
         j.add_step(now, node, "compensate", "failed", key=key, error=str(result), attempt=entry.failures)
-        if entry.state == "exhausted":
+        if entry.state == EXHAUSTED:
             why = "not retryable" if not retryable else f"failed {entry.failures} times"
             due = self._exhausted(j, now, f"{name} for {key} on {node} {why}: {result}")
             raise _Stop(3, f"compensator {name} for {key} {why}: BLOCKED_COMPENSATOR", due)
@@ -448,7 +444,7 @@ class _Runner:
             entry.next_attempt_at,
         )
 
-    def _mirror(self, j: journals.Journal, entry: Any, breaker: str | None = None) -> None:
+    def _mirror(self, j: journals.Journal, entry: Entry, breaker: str | None = None) -> None:
         """The journal's summary of a key's retry state (what ``haios status`` shows)."""
         summary = {
             "attempts": entry.failures,
@@ -479,7 +475,7 @@ class _Runner:
         that would go over it does not start, and a human is asked."""
         pb = self.ctx.config.playbooks.get(s["compensator"])
         upcoming = (s["node"], f"compensation of {s['key']}", pb.cost) if pb is not None and pb.cost else None
-        breach, cost = cost_breach(self.ctx, trace, self.sel, upcoming)
+        breach, cost = cost_breach(self.ctx, trace, self.sel, upcoming, next_steps=[s])
         j.set_cost(cost)
         if breach is None:
             return
@@ -509,8 +505,19 @@ class _Runner:
     ) -> Lease:
         """T_blocked passed: give up on the stuck side effects, abort everywhere, alert (SPEC §4.1)."""
         now = self.clock()
-        owed = [x["key"] for x in trace.steps if x["action"] == "compensate"]
-        stuck = sorted(set(owed) | {k for k, v in j.compensation.items() if v.get("state") != "succeeded"})
+        owed: set[str] = set()
+        for x in trace.steps:
+            if x["action"] != "compensate":
+                continue
+            entry = self.sel.entry(x["key"])
+            if entry is not None and entry.state == SUCCEEDED:
+                # it did succeed (a run was killed before the node heard): record that, not a debt
+                extra = {"key": x["key"], "result": entry.result, "from_lamport": x.get("from_lamport")}
+                self._op(trace, lease, "compensated", x["node"], **extra)
+            else:
+                owed.add(x["key"])
+        owed |= {k for k, v in j.compensation.items() if v.get("state") not in (SUCCEEDED, None)}
+        stuck = sorted(owed)
         self.sel.abandon(stuck, now)
         for node in trace.participants:
             result = self._op(

@@ -363,13 +363,18 @@ def _region(ctx: Context, node: str) -> str | None:
 
 
 def cost_breach(
-    ctx: Context, trace: TracePlan, store: SelStore, upcoming: tuple[str, str, dict[str, Any]] | None = None
+    ctx: Context,
+    trace: TracePlan,
+    store: SelStore,
+    upcoming: tuple[str, str, dict[str, Any]] | None = None,
+    next_steps: list[dict[str, Any]] | None = None,
 ) -> tuple[str | None, list[dict[str, Any]]]:
     """SPEC §4.4's cost circuit breaker for a rollback: the trace's cost so far (its side effects and
     the compensations run for them, converted per region with policies/fx.yaml) — plus, as
     ``upcoming`` ``(node, what, cost)``, the run about to start — against the region's limit, and the
-    create/delete swing limit of every resource still to be compensated. Returns the reason
-    automation must stop (None: it may go on) and the cost per region so far."""
+    create/delete swing limit of every resource still to be compensated (``next_steps``, default the
+    trace's compensations). Returns the reason automation must stop (None: it may go on) and the cost
+    per region so far."""
     budget = ctx.config.budget
     items: list[tuple[str | None, str, dict[str, Any] | None]] = []
     for spent in trace.spent:
@@ -392,7 +397,7 @@ def cost_breach(
                 return f"{COST_ALERT}: {what} would bring the trace to {'; '.join(str(t) for t in over)}", cost
     except UnknownCurrency as exc:
         return f"the cost cap cannot be checked: {exc.message}", []
-    for s in trace.steps:
+    for s in trace.steps if next_steps is None else next_steps:
         if s["action"] != "compensate":
             continue
         resource = resource_of(s.get("kind", ""), s.get("params") or {})

@@ -351,3 +351,50 @@ def test_status_shows_attempts_next_attempt_breaker_and_cost(cluster: Path, cli:
     assert trace["cost"] == [{"region": "default", "amount": 12.0, "currency": "EUR", "limit": 500.0, "over": False}]
     text = cli("--repo", cluster, "status").stdout
     assert "open recovery traces" in text and "ROLLBACK" in text  # (columns wrap in a narrow terminal)
+
+
+@pytest.mark.parametrize(("errors", "failed"), [(2, 0), (4, 1)])
+def test_transport_errors_are_retried_within_the_run_only(
+    cluster: Path, monkeypatch: pytest.MonkeyPatch, errors: int, failed: int
+) -> None:
+    """A node not reached (nothing ran) is retried at once, a few times; past that it is a failed
+    attempt like any other, for a later run."""
+    from haios.errors import TransportError
+    from haios.recovery import executor
+    from haios.transport.local import LocalTransport
+
+    plant(cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-1": 1})
+    real = LocalTransport.run
+    calls: list[str] = []
+
+    def flaky(self: LocalTransport, node: str, argv: list[str], **kw: object) -> object:
+        calls.append(node)
+        if len(calls) <= errors:
+            raise TransportError(f"{node}: connection reset (injected)")
+        return real(self, node, argv, **kw)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as m:
+        m.setattr(LocalTransport, "run", flaky)
+        m.setattr(executor, "TRANSIENT_RETRIES", (0.01, 0.01, 0.01))
+        result = reconcile(cluster)
+    entry = _store(cluster).entry(KEY)
+    assert entry is not None and entry.failures == failed
+    if failed:
+        assert len(calls) == 4 and result.exit_code() == 2
+        assert "not reached: node-1: connection reset (injected)" in entry.attempts[0]["error"]
+        assert deletes(cluster) == {}
+    else:
+        assert len(calls) == 3 and result.exit_code() == 0 and deletes(cluster) == {KEY: 1}
+
+
+def test_the_third_swing_within_the_window_is_still_automatic(cluster: Path) -> None:
+    plant(cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-1": 1}, resource="vm-flappy")
+    store = _store(cluster)
+    now = time.time()
+    for i in range(2):
+        common = {"compensator": "fakecloud-vm", "kind": "fakecloud.vm", "node": "node-1", "g": 1, "phase": "ANALYZE"}
+        entry = store.register(f"earlier-{i}", params={"resource": "vm-flappy"}, trace_id=f"t{i}", **common)  # type: ignore[arg-type]
+        store.succeeded(entry, now - 120, None, None)
+    result = reconcile(cluster, now=now)
+    assert result.exit_code() == 0 and deletes(cluster) == {KEY: 1}
+    assert store.deletes_within("fakecloud.vm:vm-flappy", now + 1, 600.0) == 3  # the next one would halt
