@@ -15,6 +15,7 @@ import typer
 from .. import audit as audit_lib
 from ..errors import HaiosError, UsageError
 from ..fsutil import atomic_write
+from ..node.heartbeat import utc
 from ..recovery import Plan, RunResult, build, render_markdown
 from ..recovery import reconcile as run_reconcile
 from ..recovery.executor import Progress
@@ -30,6 +31,23 @@ class PlanFormat(StrEnum):
     markdown = "markdown"
 
 
+def _cost_line(cost: list[dict[str, Any]]) -> str:
+    parts = [f"{c['amount']:.2f} {c['currency']} of {c['limit']:g} in {c['region']}" for c in cost]
+    return "    cost so far: " + "; ".join(parts)
+
+
+def _membership_lines(membership: dict[str, Any]) -> None:
+    if membership.get("evicted"):
+        _render.out(f"evicted (taking no part until 'haios node rejoin'): {', '.join(membership['evicted'])}")
+    if membership.get("pending_eviction"):
+        _render.out(f"pending eviction: {', '.join(membership['pending_eviction'])}", style="yellow")
+    if membership.get("eviction_blocked"):
+        _render.out(
+            f"eviction refused, no healthy majority would remain: {', '.join(membership['eviction_blocked'])}",
+            style="red",
+        )
+
+
 def _print_plan(plan: Plan) -> None:
     desired = (plan.desired_commit or "uncommitted")[:12]
     _render.out(
@@ -40,6 +58,7 @@ def _print_plan(plan: Plan) -> None:
         _render.out("minority view: reconcile would change nothing (SPEC §4.7)", style="red")
     if plan.suspended:
         _render.out("suspended: reconcile plans only", style="yellow")
+    _membership_lines(plan.membership)
     if not plan.traces:
         _render.out("every transition is committed or rolled back on all its participants", style="green")
     for t in plan.traces:
@@ -47,6 +66,8 @@ def _print_plan(plan: Plan) -> None:
         resumed = ", resumed" if t.resumed else ""
         _render.out(f"g={t.g} {t.phase}  trace {t.trace_id}  {t.verdict} ({t.state}{resumed})", style=style)
         _render.out(f"    why: {t.reason}")
+        if t.cost and (t.verdict in ("rollback", "needs_human") or any(c["over"] for c in t.cost)):
+            _render.out(_cost_line(t.cost))
         if t.held_by:
             _render.out(f"    lease held by {t.held_by['holder']} (trace {t.held_by['trace_id']})", style="red")
         for i, s in enumerate(t.steps, 1):
@@ -120,6 +141,7 @@ def _print_result(result: RunResult) -> None:
     verbs = {"forward": "rolled forward", "rollback": "rolled back", "resume": "resumed"}
     if result.note:
         _render.out(result.note, style="yellow")
+    _membership_lines(result.plan.membership)
     if not result.outcomes and not result.note:
         _render.out("nothing to do: every transition is committed or rolled back everywhere", style="green")
     for o in result.outcomes:
@@ -132,6 +154,10 @@ def _print_result(result: RunResult) -> None:
         )
         if o.note:
             _render.out(f"    {o.note}")
+        if o.cost and o.code == 3:
+            _render.out(_cost_line(o.cost))
+    if result.next_due is not None and result.exit_code() == 2:
+        _render.out(f"next work due at {utc(result.next_due)}")
     if result.commit:
         _render.out(
             f"audit: committed {result.commit[:12]}" + (f", pushed to {result.pushed_to}" if result.pushed_to else "")

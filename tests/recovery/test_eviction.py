@@ -70,6 +70,7 @@ def test_isolated_node_is_evicted_after_ttl_and_grace_then_rejoins(cluster: Path
     assert (outcome.verdict, outcome.before, outcome.after) == ("forward", "BLOCKED", "CLEAN_EXIT")
     assert _positions(cluster)["node-1"] == (2, "ANALYZE")
     assert participants(cluster, load_repo(cluster)) == ["node-1", "node-2"]
+    assert "evicted (taking no part until 'haios node rejoin'): node-3" in cli("--repo", cluster, "plan").stdout
     assert reconcile(cluster, now=t0 + 48 * MIN).exit_code() == 0  # evicted: node-3's open phase is not ours
 
     # the cluster goes on without it

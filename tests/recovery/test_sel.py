@@ -247,7 +247,7 @@ def _region(cluster: Path, region: str, currency: str, limit: int) -> None:
 
 
 @pytest.mark.parametrize(("eur", "halted"), [(470, False), (490, True)])
-def test_cost_cap_in_a_usd_region_converts_through_fx(cluster: Path, eur: int, halted: bool) -> None:
+def test_cost_cap_in_a_usd_region_converts_through_fx(cluster: Path, cli: Invoke, eur: int, halted: bool) -> None:
     _region(cluster, "us-east", "USD", 500)  # policies/fx.yaml: 1 EUR = 1.0412 USD
     plant(
         cluster,
@@ -271,6 +271,8 @@ def test_cost_cap_in_a_usd_region_converts_through_fx(cluster: Path, eur: int, h
     assert deletes(cluster) == {}
     # the plan says the same before anything runs, and a second run raises no second alert
     assert reconcile(cluster).exit_code() == 3 and len(_journal(cluster).alerts) == 1
+    shown = cli("--repo", cluster, "plan")
+    assert shown.exit_code == 3 and "cost so far: 510.19 USD of 500 in us-east" in shown.stdout
 
 
 def test_compensation_costs_count_against_the_cap(cluster: Path) -> None:
