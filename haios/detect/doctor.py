@@ -185,9 +185,65 @@ def _stale_leases(config: RepoConfig, at: float) -> list[Finding]:
     return out
 
 
+def _membership(repo: Path) -> list[Finding]:
+    """Evictions (SPEC §4.7) as status/membership.yaml records them."""
+    from ..recovery.membership import load
+
+    try:
+        m = load(repo)
+    except ConfigError as exc:
+        return [Finding("membership", "warning", (), None, None, exc.message, {}, exc.hint or "")]
+    out = []
+    for node in sorted(m.evicted):
+        entry = m.nodes[node]
+        out.append(
+            Finding(
+                "evicted",
+                "warning",
+                (node,),
+                None,
+                None,
+                f"{node} was evicted at {entry.get('evicted_utc')} and takes part in nothing",
+                {"isolated_since": entry.get("isolated_utc"), "why": entry.get("why")},
+                f"haios --repo {repo} node rejoin {node}   # once it is reachable and healthy",
+            )
+        )
+    for node in m.blocked:
+        entry = m.nodes[node]
+        out.append(
+            Finding(
+                "eviction_blocked",
+                "critical",
+                (node,),
+                None,
+                None,
+                f"{node} has been isolated since {entry.get('isolated_utc')}, but evicting it would leave no "
+                "healthy majority",
+                {"why": entry.get("why")},
+                f"restore connectivity to {node} or to enough other members (page)",
+            )
+        )
+    for node in m.pending:
+        entry = m.nodes[node]
+        out.append(
+            Finding(
+                "pending_eviction",
+                "warning",
+                (node,),
+                None,
+                None,
+                f"{node} has been isolated since {entry.get('isolated_utc')}; eviction after {entry.get('evict_after_utc')}",
+                {"why": entry.get("why")},
+                f"restore {node}'s connectivity before then, or let the eviction happen",
+            )
+        )
+    return out
+
+
 def _health(obs: NodeObservation, findings: list[Finding]) -> str:
     kinds = {f.kind for f in findings if obs.node in f.nodes}
     for kind, label in (
+        ("evicted", "EVICTED"),
         ("unreachable", "UNREACHABLE"),
         ("wal_corrupt", "CORRUPT"),
         ("control_file", "CORRUPT"),
@@ -268,7 +324,13 @@ def run_doctor(
         last_pass = float(json.loads(pass_file.read_text())["at"])
     except (OSError, ValueError, KeyError):
         last_pass = None
-    active = set(config.desired.active_members())
+    from ..recovery.membership import load as load_membership
+
+    try:
+        evicted = load_membership(path).evicted  # their own findings say what to do: rejoin
+    except ConfigError:
+        evicted = set()
+    active = set(config.desired.active_members()) - evicted
     detection = run_detectors(
         {n: o for n, o in observations.items() if n in active}, estimators, thresholds, at, last_pass=last_pass
     )
@@ -321,6 +383,7 @@ def run_doctor(
                 )
             )
     findings += _stale_leases(config, at)
+    findings += _membership(path)
     # first seen: remembered between passes
     seen_file = path / CACHE_DIR / "findings.json"
     try:

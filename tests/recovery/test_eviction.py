@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
 from helpers import Invoke
 from helpers.cluster import plant
+from jsonschema import Draft202012Validator
 
 from haios import controlfile
 from haios.config import load_repo
@@ -20,6 +22,7 @@ from haios.sim.check import sim_check
 from haios.sim.simulator import sim_run
 
 MIN = 60.0
+SCHEMAS = Path(__file__).parent.parent.parent / "schemas"
 
 
 def _partition(cluster: Path, node: str, since: float | None) -> None:
@@ -71,6 +74,12 @@ def test_isolated_node_is_evicted_after_ttl_and_grace_then_rejoins(cluster: Path
     assert _positions(cluster)["node-1"] == (2, "ANALYZE")
     assert participants(cluster, load_repo(cluster)) == ["node-1", "node-2"]
     assert "evicted (taking no part until 'haios node rejoin'): node-3" in cli("--repo", cluster, "plan").stdout
+    doctor = cli("--repo", cluster, "-o", "json", "doctor")
+    report = json.loads(doctor.stdout)
+    Draft202012Validator(json.loads((SCHEMAS / "doctor-report.schema.json").read_text())).validate(report)
+    kinds = {(f["kind"], tuple(f["nodes"])) for f in report["findings"]}
+    assert ("evicted", ("node-3",)) in kinds and not [k for k in kinds if k[0] == "wal_gap"]  # rejoin, not reconcile
+    assert {n["node"]: n["health"] for n in report["nodes"]}["node-3"] == "EVICTED"
     assert reconcile(cluster, now=t0 + 48 * MIN).exit_code() == 0  # evicted: node-3's open phase is not ours
 
     # the cluster goes on without it
