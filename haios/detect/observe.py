@@ -22,7 +22,7 @@ from typing import Any
 from .. import controlfile
 from ..errors import HaiosError
 from ..fsutil import atomic_write, makedirs_durable
-from ..node.transaction import ABANDON_STEP
+from ..node.transaction import ABANDON_STEP, CATCH_UP_PREFIX
 from ..transport import Transport
 from ..wal import Cursor, RecordType, WalCorruptError, WalReader
 from ..wal.reader import list_segments
@@ -138,7 +138,8 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
                         end_lamport=record.lamport,
                         abandoned=tuple(p.get("abandoned") or ()),
                     )
-                    if record.type is RecordType.COMMIT_PHASE:
+                    if record.type is RecordType.COMMIT_PHASE and not s.trace_id.startswith(CATCH_UP_PREFIX):
+                        # (a rejoining node's catch-up commits take no time: not a duration of the phase)
                         window = durations.setdefault(s.phase, [])
                         window.append(p["ts"] - s.begin_ts)
                         del window[:-100]

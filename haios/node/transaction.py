@@ -79,6 +79,7 @@ class PhaseLog:
 
 
 ABANDON_STEP = "abandon"  # RECOVERY step: side effects of an already aborted phase left uncompensated
+CATCH_UP_PREFIX = "rejoin-"  # trace ids of the transitions a rejoining node commits to catch up
 
 
 def scan_phases(root: Path, *, records: Iterable[Record] | None = None) -> dict[tuple[int, str], PhaseLog]:

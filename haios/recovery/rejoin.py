@@ -27,7 +27,7 @@ from .. import audit, controlfile
 from ..config.model import phase_order as order
 from ..coord import new_holder
 from ..errors import BlockedError, HaiosError, UsageError, VerificationError
-from ..node.transaction import next_transition
+from ..node.transaction import CATCH_UP_PREFIX, next_transition
 from . import journal as journals
 from . import membership as members
 from .executor import STATUS_FILE, TraceOutcome, _Runner, _write_status
@@ -109,7 +109,7 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
         return base + (time.time() - started)
 
     plan, ctx = build(path, now=base)
-    result = RejoinResult(node, f"rejoin-{node}-{uuid.uuid4().hex[:12]}")
+    result = RejoinResult(node, f"{CATCH_UP_PREFIX}{node}-{uuid.uuid4().hex[:12]}")
     if node not in {n.name for n in ctx.config.cluster.nodes}:
         raise UsageError(f"{node}: not a node of haios.yaml")
     if node not in ctx.membership.evicted:
