@@ -6,9 +6,12 @@ set -euo pipefail
 declare -A needs=(
   [git]=git
   [rsync]=rsync   # benchmarks/snapshot_bench.py compares against rsync --link-dest
+  [sshd]=openssh-server   # the SSH transport is tested against a real OpenSSH server on loopback
+  [ssh-keygen]=openssh-client
 )
 
 missing=()
+export PATH="$PATH:/usr/sbin:/sbin"   # sshd lives in /usr/sbin
 for cmd in "${!needs[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${needs[$cmd]}")
 done

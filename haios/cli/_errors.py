@@ -65,6 +65,9 @@ def handle(exc: BaseException, debug: bool) -> int:
         extra = None
         if isinstance(exc, ConfigError) and exc.problems:
             extra = {"problems": [getattr(p, "as_dict", lambda p=p: str(p))() for p in exc.problems]}
+        corruption = getattr(exc, "corruption", None)
+        if corruption is not None and hasattr(corruption, "as_dict"):
+            extra = {"corruption": corruption.as_dict()}  # so that a remote caller can rebuild the error
         return _report(type(exc).__name__, " ".join(exc.message.split()), exc.hint, exc.exit_code, extra)
     if isinstance(exc, KeyboardInterrupt):
         return _report("Interrupted", "interrupted", "", EXIT_INTERRUPTED)

@@ -39,13 +39,14 @@ def doctor(
 ) -> int:
     """Run every detector and integrity check; print each finding with its evidence and the command that fixes it.
 
-    Exit 0 when the cluster is healthy, 2 when there are findings, 1 on error.
+    Exit 0 when the cluster is healthy, 2 when there are findings, 5 when a node was refused because
+    its host key is not the pinned one, 1 on error.
     """
     opts = resolve(ctx, repo=repo, output=output)
     report = run_doctor(opts.repo, full=full)
     if opts.output is not Output.text:
         _render.emit_json(report.to_json())
-        return 0 if report.healthy else 2
+        return report.exit_code()
     console = _render.console()
     if report.nodes:
         console.print(_table(report))
@@ -66,7 +67,7 @@ def doctor(
         _render.out(f"{report.repo}: healthy ({len(report.nodes)} nodes)", style="green")
         return 0
     _render.info(f"{len(report.counted)} finding{'s' if len(report.counted) != 1 else ''}")
-    return 2
+    return report.exit_code()
 
 
 def _cost(cost: list[dict[str, object]]) -> str:

@@ -36,6 +36,14 @@ def _cost_line(cost: list[dict[str, Any]]) -> str:
     return "    cost so far: " + "; ".join(parts)
 
 
+def _refused_line(refused: list[str]) -> None:
+    if refused:
+        _render.out(
+            f"refused, host key not the pinned one: {', '.join(refused)} ('haios doctor' shows the fingerprints)",
+            style="red",
+        )
+
+
 def _membership_lines(membership: dict[str, Any]) -> None:
     if membership.get("evicted"):
         _render.out(f"evicted (taking no part until 'haios node rejoin'): {', '.join(membership['evicted'])}")
@@ -58,6 +66,7 @@ def _print_plan(plan: Plan) -> None:
         _render.out("minority view: reconcile would change nothing (SPEC §4.7)", style="red")
     if plan.suspended:
         _render.out("suspended: reconcile plans only", style="yellow")
+    _refused_line(plan.refused)
     _membership_lines(plan.membership)
     if not plan.traces:
         _render.out("every transition is committed or rolled back on all its participants", style="green")
@@ -141,6 +150,7 @@ def _print_result(result: RunResult) -> None:
     verbs = {"forward": "rolled forward", "rollback": "rolled back", "resume": "resumed"}
     if result.note:
         _render.out(result.note, style="yellow")
+    _refused_line(result.plan.refused)
     _membership_lines(result.plan.membership)
     if not result.outcomes and not result.note:
         _render.out("nothing to do: every transition is committed or rolled back everywhere", style="green")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import sys
 import tempfile
@@ -11,9 +12,10 @@ from typing import Annotated
 
 import typer
 
+from ..errors import UsageError
 from ..sim.check import sim_check
 from ..sim.cloud import FakeCloud
-from ..sim.simulator import parse_faults, sim_init, sim_run
+from ..sim.simulator import SshLayout, parse_faults, sim_init, sim_run
 from ..sim.trials import DEFAULT_FAULTS, Trial, run_trials
 from . import _render
 from ._options import Output, OutputOpt, resolve
@@ -25,6 +27,33 @@ cloud_app = typer.Typer(help="The simulator's fake cloud (what compensating play
 app.add_typer(cloud_app, name="cloud")
 
 DirArg = Annotated[Path, typer.Argument(help="The simulator's directory (a desired-state repo).", show_default=False)]
+TransportOpt = Annotated[
+    str, typer.Option("--transport", help="local, or ssh: haios reaches the nodes through one sshd on this machine.")
+]
+SshPortOpt = Annotated[int, typer.Option("--ssh-port", help="The sshd's port (--transport ssh).", min=1, max=65535)]
+SshAddressOpt = Annotated[str, typer.Option("--ssh-address", help="The sshd's address (--transport ssh).")]
+SshUserOpt = Annotated[str, typer.Option("--ssh-user", help="The user haios logs in as (--transport ssh).")]
+SshHostKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ssh-host-key",
+        help="The sshd's host key fingerprint (SHA256:..., as 'ssh-keygen -lf' prints it) to pin; required for ssh.",
+        show_default=False,
+    ),
+]
+
+
+def _layout(transport: str, address: str, port: int, user: str, host_key: str | None) -> SshLayout | None:
+    if transport == "local":
+        return None
+    if transport != "ssh":
+        raise UsageError(f"--transport must be local or ssh (got {transport!r})")
+    if host_key is None or not re.fullmatch(r"SHA256:[A-Za-z0-9+/]{43}", host_key):
+        raise UsageError(
+            "--transport ssh needs --ssh-host-key SHA256:... (the server's key fingerprint, pinned)",
+            hint="ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub prints it",
+        )
+    return SshLayout(address, port, user, host_key)
 
 
 @app.command()
@@ -32,15 +61,26 @@ def init(
     ctx: typer.Context,
     directory: DirArg,
     nodes: Annotated[int, typer.Option("--nodes", help="Number of nodes.", min=1, max=1000)] = 5,
+    transport: TransportOpt = "local",
+    ssh_port: SshPortOpt = 22,
+    ssh_address: SshAddressOpt = "127.0.0.1",
+    ssh_user: SshUserOpt = "root",
+    ssh_host_key: SshHostKeyOpt = None,
     output: OutputOpt = None,
 ) -> int:
-    """Create a desired-state repo with N local node roots and a fake cloud."""
+    """Create a desired-state repo with N node roots on this machine and a fake cloud.
+
+    With --transport ssh, haios.yaml reaches every node through the sshd at --ssh-address:--ssh-port
+    (its host key pinned), so plan, reconcile and doctor go over SSH; the simulator still drives the
+    node roots directly, as each node's own scheduler would.
+    """
     opts = resolve(ctx, output=output)
-    path = sim_init(directory, nodes)
+    layout = _layout(transport, ssh_address, ssh_port, ssh_user, ssh_host_key)
+    path = sim_init(directory, nodes, ssh=layout)
     if opts.output is not Output.text:
         _render.emit_json({"directory": str(path), "nodes": nodes})
     else:
-        _render.out(f"Created simulator {path} with {nodes} local nodes")
+        _render.out(f"Created simulator {path} with {nodes} nodes" + (" behind sshd" if layout else " (local)"))
         _render.info(f"next: haios sim run {path} --iterations 20 --seed 1 --faults none")
     return 0
 
@@ -140,10 +180,16 @@ def trials(
             show_default=False,
         ),
     ] = None,
+    transport: TransportOpt = "local",
+    ssh_port: SshPortOpt = 22,
+    ssh_address: SshAddressOpt = "127.0.0.1",
+    ssh_user: SshUserOpt = "root",
+    ssh_host_key: SshHostKeyOpt = None,
     output: OutputOpt = None,
 ) -> int:
     """Repeat init → run with faults → reconcile until converged or blocked → check; exit 2 if any trial violates an invariant."""
     opts = resolve(ctx, output=output)
+    layout = _layout(transport, ssh_address, ssh_port, ssh_user, ssh_host_key)
     base = workdir or Path(tempfile.mkdtemp(prefix="haios-trials-"))
     show = opts.output is Output.text and not opts.quiet and sys.stderr.isatty()
     with contextlib.ExitStack() as stack:
@@ -165,7 +211,7 @@ def trials(
             def on_trial(_: Trial) -> None:
                 bars.advance(task)
 
-        report = run_trials(base, count=count, seed=seed, faults=faults, jobs=jobs, on_trial=on_trial)
+        report = run_trials(base, count=count, seed=seed, faults=faults, jobs=jobs, on_trial=on_trial, ssh=layout)
     if workdir is None and not report.failing:
         shutil.rmtree(base, ignore_errors=True)
     data = report.to_json()

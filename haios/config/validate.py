@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -192,6 +193,9 @@ def _load_file(repo: Path, rel: str, kind: str, schema_name: str, report: Valida
 # -- cross-file checks ---------------------------------------------------------------------------
 
 
+SSH_ROOT = re.compile(r"^/[A-Za-z0-9._+/-]{0,4095}$")
+
+
 def _check_cluster(repo: Path, doc: YamlDoc) -> Iterator[Problem]:
     seen: dict[str, int] = {}
     local_roots: dict[str, int] = {}
@@ -212,6 +216,12 @@ def _check_cluster(repo: Path, doc: YamlDoc) -> Iterator[Problem]:
         else:
             if not node["root"].startswith("/"):
                 yield doc.problem(("nodes", i, "root"), "an ssh node's root must be an absolute path")
+            elif not SSH_ROOT.match(node["root"]) or "/../" in node["root"] + "/" or "//" in node["root"]:
+                # it becomes part of remote commands: nothing a shell could read as more than a word
+                yield doc.problem(
+                    ("nodes", i, "root"),
+                    "an ssh node's root may hold only letters, digits and . _ + - / (no '..', no '//')",
+                )
             target = (node["address"], node.get("port", 22), os.path.normpath(node["root"]))
             if target in ssh_targets:
                 yield doc.problem(("nodes", i, "root"), f"same host, port and root as nodes[{ssh_targets[target]}]")

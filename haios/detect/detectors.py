@@ -57,6 +57,7 @@ class NodeObservation:
     node: str
     reachable: bool = True
     error: str | None = None
+    refused: bool = False  # not reached because it failed verification (a host key that is not the pinned one)
     state: dict[str, Any] | None = None
     exec_status: dict[int, dict[str, Any]] = field(default_factory=dict)
     heartbeat: dict[str, Any] | None = None

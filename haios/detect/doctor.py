@@ -19,7 +19,7 @@ from ..config.model import PHASES, RepoConfig
 from ..errors import ConfigError, HaiosError
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import parse_utc, utc
-from ..transport import LocalTransport
+from ..transport import MIRROR_DIR, open_transport
 from ..wal import verify
 from .detectors import TIMING_KINDS, Finding, NodeObservation, Thresholds, run_detectors
 from .observe import CACHE_DIR, observe
@@ -59,6 +59,12 @@ class DoctorReport:
     def healthy(self) -> bool:
         return not self.counted
 
+    def exit_code(self) -> int:
+        """0 healthy, 5 a node failed verification (host key), 2 other findings."""
+        if any(f.kind == "host_key" for f in self.counted):
+            return 5
+        return 0 if self.healthy else 2
+
     def to_json(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA,
@@ -87,8 +93,25 @@ class DoctorReport:
         }
 
 
-def _integrity(obs: NodeObservation, root: Path, full: bool) -> list[Finding]:
+def _integrity(obs: NodeObservation, root: Path, view: Path, full: bool) -> list[Finding]:
+    """Reachability, control files and the WAL of one node; ``root`` is where the node keeps it,
+    ``view`` where this machine reads it (the same for a local node, a mirror for an ssh node)."""
     out = []
+    if obs.refused:
+        out.append(
+            Finding(
+                "host_key",
+                "critical",
+                (obs.node,),
+                None,
+                None,
+                obs.error or "host key mismatch",
+                {},
+                "compare the presented fingerprint with the node's own (ssh-keygen -lf on it); fix the pin in "
+                "haios.yaml or known_hosts only if the change is expected",
+            )
+        )
+        return out
     if not obs.reachable:
         out.append(
             Finding(
@@ -118,7 +141,7 @@ def _integrity(obs: NodeObservation, root: Path, full: bool) -> list[Finding]:
         )
     wal_error = obs.wal_error
     if full and wal_error is None:
-        report = verify(root / "wal")
+        report = verify(view / "wal")
         if report.corruption is not None:
             wal_error = report.corruption.as_dict()
     if wal_error is not None:
@@ -243,6 +266,7 @@ def _membership(repo: Path) -> list[Finding]:
 def _health(obs: NodeObservation, findings: list[Finding]) -> str:
     kinds = {f.kind for f in findings if obs.node in f.nodes}
     for kind, label in (
+        ("host_key", "REFUSED"),
         ("evicted", "EVICTED"),
         ("unreachable", "UNREACHABLE"),
         ("wal_corrupt", "CORRUPT"),
@@ -291,24 +315,19 @@ def run_doctor(
                 )
             )
         return report
-    local = {n.name: n.local_root(path) for n in config.cluster.nodes if n.transport == "local"}
-    for spec in config.cluster.nodes:
-        if spec.transport != "local":
-            report.findings.append(
-                Finding(
-                    "unreachable",
-                    "warning",
-                    (spec.name,),
-                    None,
-                    None,
-                    f"{spec.name}: ssh nodes cannot be observed by this version",
-                    {"address": spec.address},
-                    "observe it with a local root, or wait for the SSH transport",
-                )
-            )
-    observations, durations = observe(
-        path, LocalTransport(local), sorted(local), parallelism=parallelism, timeout=timeout
-    )
+    # where each root is, as the user knows it (a remote path for ssh nodes), and where haios reads it
+    local = {n.name: n.local_root(path) if n.transport == "local" else Path(n.root) for n in config.cluster.nodes}
+    views = {
+        n.name: local[n.name] if n.transport == "local" else path / MIRROR_DIR / n.name for n in config.cluster.nodes
+    }
+    transport = open_transport(path, config)
+    remote = any(n.transport == "ssh" for n in config.cluster.nodes)
+    try:
+        observations, durations = observe(
+            path, transport, sorted(local), parallelism=max(parallelism, 32 if remote else 1), timeout=timeout
+        )
+    finally:
+        transport.close()
     report.bytes_read = sum(o.bytes_read for o in observations.values())
     estimators = Estimators.from_thresholds(config.thresholds)
     estimators.feed(durations)
@@ -337,7 +356,7 @@ def run_doctor(
     report.convicted, report.pause_reason = detection.convicted, detection.reason
     findings = list(detection.findings)
     for node, obs in observations.items():
-        findings += _integrity(obs, local[node], full)
+        findings += _integrity(obs, local[node], views[node], full)
         if obs.heartbeat is not None:
             ahead = parse_utc(obs.heartbeat["wall_time"]) - at
             if ahead > t.max_clock_skew:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import controlfile
-from ..errors import HaiosError
+from ..errors import EXIT_VERIFICATION, HaiosError
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.transaction import ABANDON_STEP, CATCH_UP_PREFIX
 from ..transport import Transport
@@ -216,7 +216,8 @@ def _observe_through(repo: Path, transport: Transport, node: str) -> tuple[NodeO
     try:
         root = transport.local_view(node)
     except HaiosError as exc:
-        return NodeObservation(node, reachable=False, error=exc.message), {}
+        refused = exc.exit_code == EXIT_VERIFICATION
+        return NodeObservation(node, reachable=False, error=exc.message, refused=refused), {}
     return observe_node(repo, node, root)
 
 
@@ -277,7 +278,8 @@ def observe(
     """
     observations: dict[str, NodeObservation] = {}
     durations: dict[str, list[float]] = {}
-    if (os.cpu_count() or 1) > 1 and len(nodes) > 1:
+    local = bool(getattr(transport, "all_local", True))  # remote views are fetched, not read from disk
+    if local and (os.cpu_count() or 1) > 1 and len(nodes) > 1:
         roots = {}
         for node in nodes:
             try:
@@ -291,7 +293,8 @@ def observe(
                 for phase, values in durs.items():
                     durations.setdefault(phase, []).extend(values)
             return observations, durations
-    workers = max(1, min(parallelism, len(nodes), (os.cpu_count() or 1) * 4))
+    # threads for reading local files help little (CPU-bound); for remote nodes they wait on the network
+    workers = max(1, min(parallelism, len(nodes), (os.cpu_count() or 1) * 4 if local else parallelism))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {node: pool.submit(_observe_through, repo, transport, node) for node in sorted(nodes)}
         for node, future in futures.items():

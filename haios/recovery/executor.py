@@ -96,9 +96,11 @@ class RunResult:
         return min(dues) if dues else None
 
     def exit_code(self) -> int:
-        """SPEC §10: 3 needs a human (the minority view and a refused eviction too), 4 locked or
+        """SPEC §10: 5 a node was refused (its host key is not the pinned one), 3 needs a human (the minority view and a refused eviction too), 4 locked or
         fenced, 1 a step failed, 2 work remains for a later run (a Φ timeout not expired yet, a
         compensator backing off, suspend), 0 converged. The first that applies wins."""
+        if self.plan.refused:
+            return 5
         if self.plan.minority or self.plan.membership.get("eviction_blocked"):
             return 3
         codes = {o.code for o in self.outcomes}
@@ -183,10 +185,11 @@ class _Runner:
                 try:
                     done = self.ctx.transport.run(node, argv, timeout=pb.timeout, env=env)
                     break
-                except TransportError as exc:
-                    # the node was not reached: the compensator did not run, so trying again is safe
+                except TransportError:
+                    # the node was not reached: the compensator did not run, so trying again is safe;
+                    # still unreachable, it is this run's error (the trace waits), not a failed attempt
                     if wait is None:
-                        return False, True, f"{node} not reached: {exc.message}"
+                        raise
                     time.sleep(wait)
             if done.ok:
                 return True, True, {"exit": 0, "stdout": done.stdout[-500:].strip()}

@@ -27,7 +27,7 @@ from ..detect.phi import Estimators
 from ..errors import HaiosError, RepoError
 from ..gitrepo import _git
 from ..node.transaction import next_transition
-from ..transport import LocalTransport, Transport
+from ..transport import Transport, open_transport
 from ..wal import WalCorruptError
 from . import journal as journals
 from . import membership as members
@@ -121,6 +121,7 @@ class Plan:
     suspended: bool = False
     traces: list[TracePlan] = field(default_factory=list)
     membership: dict[str, Any] = field(default_factory=dict)  # evicted, pending_eviction, eviction_blocked
+    refused: list[str] = field(default_factory=list)  # nodes not reached: they failed verification (host key)
 
     @property
     def minority(self) -> bool:
@@ -140,9 +141,11 @@ class Plan:
         ]
 
     def exit_code(self) -> int:
-        """SPEC §10 for a plan: 3 blocked (minority view, a trace needing a human, an eviction refused
+        """SPEC §10 for a plan: 5 a node was refused (its host key is not the pinned one), 3 blocked (minority view, a trace needing a human, an eviction refused
         by the majority rule), 4 a shard the
         plan would act on is leased by another reconciler, 2 actions pending, 0 nothing to do."""
+        if self.refused:
+            return 5
         if self.minority or self.blocked or self.membership.get("eviction_blocked"):
             return 3
         if any(t.held_by and t.actionable for t in self.traces):
@@ -163,6 +166,7 @@ class Plan:
             "suspended": self.suspended,
             "traces": [t.as_dict() for t in self.traces],
             "membership": self.membership,
+            "refused": self.refused,
             "exit_code": self.exit_code(),
         }
 
@@ -182,6 +186,7 @@ class Plan:
             bool(data.get("suspended")),
             [TracePlan.from_dict(t) for t in data["traces"]],
             dict(data.get("membership") or {}),
+            list(data.get("refused") or []),
         )
 
 
@@ -490,10 +495,10 @@ def build(repo: Path | str, *, now: float | None = None, transport: Transport | 
     path = Path(repo)
     at = time.time() if now is None else now
     config = load_repo(path)
-    roots = {n.name: n.local_root(path) for n in config.cluster.nodes if n.transport == "local"}
-    tr: Transport = transport or LocalTransport(roots)
-    names = sorted({n.name for n in config.cluster.nodes} & (set(tr.nodes()) | set(roots)))
-    observations, durations = observe(path, tr, names)
+    tr: Transport = transport or open_transport(path, config)
+    names = sorted({n.name for n in config.cluster.nodes} & set(tr.nodes()))
+    remote = any(n.transport == "ssh" for n in config.cluster.nodes)
+    observations, durations = observe(path, tr, names, parallelism=32 if remote else 1)
     for spec in config.cluster.nodes:
         if spec.name not in observations:
             observations[spec.name] = NodeObservation(
@@ -516,6 +521,7 @@ def build(repo: Path | str, *, now: float | None = None, transport: Transport | 
         [n for n in active if observations.get(n) is not None and observations[n].reachable],
         suspended=config.desired.suspend,
         membership=membership.summary(),
+        refused=sorted(n for n, o in observations.items() if o.refused),
     )
     leases: dict[str, Lease | None] = {}
     todo = candidates(observations)

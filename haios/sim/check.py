@@ -29,7 +29,7 @@ from ..recovery.journal import load as load_journal
 from ..recovery.machine import State
 from ..wal import Record, RecordType, WalCorruptError, WalReader
 from .cloud import FakeCloud
-from .simulator import sim_dir
+from .simulator import sim_dir, sim_roots
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def _check_control_files(node: str, root: Path, violations: list[Violation]) -> 
 def sim_check(directory: Path | str) -> list[Violation]:
     path = Path(directory)
     config = load_repo(path)
-    roots = {n.name: n.local_root(path) for n in config.cluster.nodes if n.transport == "local"}
+    roots = sim_roots(path, config)
     violations: list[Violation] = []
     attempts: dict[str, list[Attempt]] = {}
     records_by_node: dict[str, list[Record]] = {}

@@ -29,7 +29,7 @@ from typing import Any
 from .. import controlfile
 from ..cluster import ParticipantFailed, PhaseDriver
 from ..config import load_repo
-from ..config.model import PHASES
+from ..config.model import PHASES, RepoConfig
 from ..config.scaffold import init_repo
 from ..errors import BlockedError, HaiosError, UsageError
 from ..fsutil import atomic_write, makedirs_durable
@@ -88,10 +88,49 @@ def log_fault(directory: Path, **entry: Any) -> None:
 SIM_PRIORS = {"ANALYZE": "500ms", "BLUEPRINT": "500ms", "CONSTRUCT": "1s", "VALIDATE": "500ms", "IDLE": "500ms"}
 
 
-def sim_init(directory: Path | str, nodes: int) -> Path:
-    """A desired-state repo for a local cluster of ``nodes`` nodes, plus the simulator's scratch."""
+@dataclass(frozen=True)
+class SshLayout:
+    """One sshd on this machine through which every simulated node's root is reached."""
+
+    address: str
+    port: int
+    user: str
+    host_key: str  # its SHA256 fingerprint, pinned in haios.yaml
+
+
+def sim_roots(path: Path, config: RepoConfig) -> dict[str, Path]:
+    """The node roots the simulator drives directly: local nodes, and ssh nodes laid out on this
+    machine behind a local sshd (their root exists here)."""
+    roots = {}
+    for n in config.cluster.nodes:
+        root = n.local_root(path)
+        if n.transport == "local" or (n.transport == "ssh" and (root / "state.txt").exists()):
+            roots[n.name] = root
+    return roots
+
+
+def _behind_sshd(path: Path, ssh: SshLayout) -> None:
+    """Rewrite haios.yaml so every node is reached over SSH at its (absolute) root in ``nodes/``."""
+    config = path / "haios.yaml"
+    text = config.read_text()
+    for match in re.finditer(r"  - name: (\S+)\n    transport: local\n    root: nodes/\S+[^\n]*\n", text):
+        name = match.group(1)
+        text = text.replace(
+            match.group(0),
+            f"  - name: {name}\n    transport: ssh\n    address: {ssh.address}\n    port: {ssh.port}\n"
+            f"    user: {ssh.user}\n    root: {(path / 'nodes' / name).resolve()}\n    host_key: {ssh.host_key}\n",
+        )
+    atomic_write(config, text.encode())
+
+
+def sim_init(directory: Path | str, nodes: int, *, ssh: SshLayout | None = None) -> Path:
+    """A desired-state repo for a cluster of ``nodes`` nodes on this machine, plus the simulator's
+    scratch; with ``ssh``, haios reaches the nodes through that sshd (the simulator itself drives
+    their roots directly, as a HAiOS scheduler on each node would)."""
     path = Path(directory)
     init_repo(path, cluster="sim", nodes=nodes, transport="local")
+    if ssh is not None:
+        _behind_sshd(path, ssh)
     thresholds = path / "policies/thresholds.yaml"
     text = thresholds.read_text()
     for phase, prior in SIM_PRIORS.items():
@@ -289,7 +328,7 @@ def sim_run(directory: Path | str, *, iterations: int, seed: int, faults: dict[s
     """Drive ``iterations`` full iterations (5 transitions each) from where the cluster stands."""
     path = Path(directory)
     config = load_repo(path)
-    roots = {n.name: n.local_root(path) for n in config.cluster.nodes if n.transport == "local"}
+    roots = sim_roots(path, config)
     names = [n for n in participants(path, config) if n in roots]  # evicted nodes take no part
     if not names:
         raise UsageError(f"{path}: no active local nodes to simulate")

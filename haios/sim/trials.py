@@ -31,7 +31,7 @@ from ..errors import HaiosError
 from ..recovery import reconcile
 from ..recovery.machine import State
 from .check import Violation, sim_check
-from .simulator import FAULT_KINDS, parse_faults, sim_init, sim_run
+from .simulator import FAULT_KINDS, SshLayout, parse_faults, sim_init, sim_run
 
 DEFAULT_FAULTS = "kill=0.3,torn=0.1,bitflip=0.05,partition=0.1,slowfsync=0.2,compfail=0.2,cost=0.1"
 MAX_ROUNDS = 24  # reconcile runs per trial (a compensator failing forever needs about 8 to HARD_FAILED)
@@ -89,8 +89,11 @@ def _explained(v: Violation, blocked: list[dict[str, Any]], corrupt_nodes: set[s
     return False
 
 
-def run_trial(workdir: Path, seed: int, faults: dict[str, float], *, keep: bool = False) -> Trial:
-    """One trial in ``workdir/trial-<seed>`` (removed afterwards unless ``keep`` or it failed)."""
+def run_trial(
+    workdir: Path, seed: int, faults: dict[str, float], *, keep: bool = False, ssh: SshLayout | None = None
+) -> Trial:
+    """One trial in ``workdir/trial-<seed>`` (removed afterwards unless ``keep`` or it failed); with
+    ``ssh``, haios reaches the trial's nodes through that sshd."""
     started = time.monotonic()
     # a rehearsal: the library's warnings (a torn tail repaired on the way) are expected, not news
     logging.getLogger("haios").setLevel(logging.ERROR)
@@ -100,7 +103,7 @@ def run_trial(workdir: Path, seed: int, faults: dict[str, float], *, keep: bool 
     if directory.exists():
         shutil.rmtree(directory)
     try:
-        sim_init(directory, trial.nodes)
+        sim_init(directory, trial.nodes, ssh=ssh)
         report = sim_run(directory, iterations=2, seed=seed, faults=faults)
         trial.faults = sorted({f["fault"] for f in report.faults})
         virtual = time.time()
@@ -185,13 +188,15 @@ class TrialsReport:
         }
 
 
-def _parallel(workdir: Path, seeds: list[int], faults: dict[str, float], jobs: int, keep: bool) -> Iterator[Trial]:
+def _parallel(
+    workdir: Path, seeds: list[int], faults: dict[str, float], jobs: int, keep: bool, ssh: SshLayout | None
+) -> Iterator[Trial]:
     if jobs <= 1:
         for seed in seeds:
-            yield run_trial(workdir, seed, faults, keep=keep)
+            yield run_trial(workdir, seed, faults, keep=keep, ssh=ssh)
         return
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        pending: list[Future[Trial]] = [pool.submit(run_trial, workdir, s, faults, keep=keep) for s in seeds]
+        pending: list[Future[Trial]] = [pool.submit(run_trial, workdir, s, faults, keep=keep, ssh=ssh) for s in seeds]
         for future in pending:
             yield future.result()
 
@@ -205,6 +210,7 @@ def run_trials(
     jobs: int | None = None,
     keep: bool = False,
     on_trial: Callable[[Trial], None] | None = None,
+    ssh: SshLayout | None = None,
 ) -> TrialsReport:
     """Run ``count`` trials with seeds ``seed``..``seed+count-1`` under ``workdir``."""
     parsed = parse_faults(faults)
@@ -213,7 +219,7 @@ def run_trials(
     report = TrialsReport(seed, count, faults)
     started = time.monotonic()
     workers = jobs if jobs is not None else max(1, os.cpu_count() or 1)
-    for trial in _parallel(path, list(range(seed, seed + count)), parsed, workers, keep):
+    for trial in _parallel(path, list(range(seed, seed + count)), parsed, workers, keep, ssh):
         report.trials.append(trial)
         if on_trial is not None:
             on_trial(trial)

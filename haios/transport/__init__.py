@@ -1,6 +1,81 @@
-"""How haios reaches a node's root: the Transport protocol and its local implementation (SSH later)."""
+"""How haios reaches a node's root: the Transport protocol, the local and SSH implementations, and
+:func:`open_transport`, which gives the repo's nodes the transport each one names in ``haios.yaml``."""
 
-from .base import Transport
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config.model import RepoConfig
+from ..errors import TransportError
+from .base import Completed, Transport
 from .local import LocalTransport
 
-__all__ = ["LocalTransport", "Transport"]
+KNOWN_HOSTS = "known_hosts"  # in the desired-state repo: pinned host keys of nodes without host_key
+MIRROR_DIR = "status/observed/mirror"  # copies of remote nodes' WAL and control files (a cache)
+
+
+class ClusterTransport:
+    """One Transport over the nodes of a repo, each reached by its own kind."""
+
+    def __init__(self, parts: dict[str, Transport]) -> None:
+        self.parts = parts
+
+    def _part(self, node: str) -> Transport:
+        try:
+            return self.parts[node]
+        except KeyError:
+            raise TransportError(f"{node}: unknown node") from None
+
+    def nodes(self) -> list[str]:
+        return sorted(self.parts)
+
+    @property
+    def all_local(self) -> bool:
+        """Whether every node's files are on this machine (observation may then use processes)."""
+        return all(isinstance(p, LocalTransport) for p in self.parts.values())
+
+    def read_file(self, node: str, relpath: str) -> bytes | None:
+        return self._part(node).read_file(node, relpath)
+
+    def local_view(self, node: str) -> Path:
+        return self._part(node).local_view(node)
+
+    def call(self, node: str, request: dict[str, Any]) -> dict[str, Any]:
+        return self._part(node).call(node, request)
+
+    def run(self, node: str, argv: list[str], *, timeout: float, env: dict[str, str] | None = None) -> Completed:
+        return self._part(node).run(node, argv, timeout=timeout, env=env)
+
+    def close(self) -> None:
+        for part in {id(p): p for p in self.parts.values()}.values():
+            closer = getattr(part, "close", None)
+            if closer is not None:
+                closer()
+
+
+def open_transport(repo: Path, config: RepoConfig) -> ClusterTransport:
+    """Local nodes through :class:`LocalTransport`, ssh nodes through one :class:`SshTransport`."""
+    local = {n.name: n.local_root(repo) for n in config.cluster.nodes if n.transport == "local"}
+    parts: dict[str, Transport] = {}
+    if local:
+        lt = LocalTransport(local)
+        parts.update(dict.fromkeys(local, lt))
+    ssh_specs = [n for n in config.cluster.nodes if n.transport == "ssh"]
+    if ssh_specs:
+        from .ssh import SshTransport
+
+        st = SshTransport(ssh_specs, known_hosts=repo / KNOWN_HOSTS, mirror=repo / MIRROR_DIR)
+        parts.update(dict.fromkeys((s.name for s in ssh_specs), st))
+    return ClusterTransport(parts)
+
+
+__all__ = [
+    "KNOWN_HOSTS",
+    "MIRROR_DIR",
+    "ClusterTransport",
+    "Completed",
+    "LocalTransport",
+    "Transport",
+    "open_transport",
+]

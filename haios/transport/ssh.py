@@ -1,0 +1,435 @@
+"""The SSH transport (paramiko): node roots on other machines, reached with pinned host keys.
+
+Reads go over SFTP; every change goes through ``haios node ...`` on the node, so a remote node runs
+the same code with the same fsyncs and fence checks as a local one. Nothing is ever passed through a
+shell unquoted: node names, roots and request fields are checked against strict patterns before a
+connection is made, and every word of a remote command is ``shlex.quote``d.
+
+Host keys are pinned: the node's ``host_key`` fingerprint in ``haios.yaml`` or, without one, the
+desired-state repo's ``known_hosts`` file. An unknown host or a key that does not match is refused
+(exit 5) with the expected and presented fingerprints; nothing is sent to it. Authentication uses the
+key in ``$HAIOS_SSH_IDENTITY``, else the SSH agent and the user's default keys.
+
+One connection per node is kept for the transport's life (channels are multiplexed over it); a
+connection that fails to open is retried with a short back-off, a command is never retried here
+(the caller's checkpoints decide what happens next).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shlex
+import stat
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config.model import NodeSpec
+from ..errors import HaiosError, TransportError, UsageError, VerificationError
+from .base import Completed
+
+NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+REMOTE_ROOT = re.compile(r"^/[A-Za-z0-9._+/-]{0,4095}$")
+SAFE_WORD = re.compile(r"^[A-Za-z0-9._:/@+=,%-]*$")  # argv words that need no quoting at all
+CONNECT_RETRIES = (0.2, 0.5, 1.0)  # waits between attempts to open a connection
+MIRROR_FILES = ("state.txt", "heartbeat", "gossip", "fence", "policy")
+
+
+class HostKeyError(VerificationError):
+    """The node presented a host key that is not the pinned one (or none is pinned)."""
+
+    default_hint = "check the node's host key (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on it) and pin it"
+
+
+def fingerprint(key_blob: bytes) -> str:
+    """``SHA256:<base64, no padding>``, as ``ssh-keygen -lf`` prints it."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key_blob).digest()).decode().rstrip("=")
+
+
+def check_node(spec: NodeSpec) -> None:
+    """Refuse a node whose name or root could smuggle anything into a remote command."""
+    if not NODE_NAME.match(spec.name):
+        raise UsageError(f"node name {spec.name!r} is not allowed (lowercase letters, digits and '-')")
+    if not REMOTE_ROOT.match(spec.root) or "/../" in f"{spec.root}/" or "//" in spec.root:
+        raise UsageError(
+            f"{spec.name}: root {spec.root!r} is not allowed for an ssh node",
+            hint="an absolute path of letters, digits and . _ + - / only",
+        )
+    if spec.address is None or not re.match(r"^[A-Za-z0-9.:_\[\]-]{1,253}$", spec.address):
+        raise UsageError(f"{spec.name}: address {spec.address!r} is not a host name or IP address")
+
+
+def _check_request(request: dict[str, Any]) -> None:
+    """The identifiers of a recovery request must be plain words (the JSON itself is quoted anyway)."""
+    for key in ("op", "phase", "trace_id"):
+        value = request.get(key)
+        if value is not None and not re.match(r"^[A-Za-z0-9._-]{1,200}$", str(value)):
+            raise UsageError(f"recovery request: {key} {value!r} is not allowed")
+
+
+def quote_command(words: Iterable[str]) -> str:
+    return " ".join(w if w and SAFE_WORD.match(w) else shlex.quote(w) for w in words)
+
+
+@dataclass
+class _Conn:
+    client: Any  # paramiko.SSHClient
+    sftp: Any | None = None
+
+
+class SshTransport:
+    """Reaches ``specs`` (transport ssh) over SSH; ``mirror`` is where WAL and control files are copied
+    for the observation pass (only what is new is fetched)."""
+
+    def __init__(
+        self,
+        specs: Iterable[NodeSpec],
+        *,
+        known_hosts: Path | None = None,
+        mirror: Path,
+        identity: str | None = None,
+        connect_timeout: float = 10.0,
+        command_timeout: float = 300.0,
+        remote_command: str | None = None,
+    ) -> None:
+        self.specs = {s.name: s for s in specs}
+        for spec in self.specs.values():
+            check_node(spec)
+        self.known_hosts = known_hosts
+        self.mirror = mirror
+        self.identity = identity if identity is not None else os.environ.get("HAIOS_SSH_IDENTITY")
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        # the haios command on the nodes ($HAIOS_REMOTE_COMMAND, e.g. '/opt/haios/bin/haios')
+        self.remote = shlex.split(remote_command or os.environ.get("HAIOS_REMOTE_COMMAND") or "haios")
+        self._conns: dict[str, _Conn] = {}
+        self._locks: dict[str, threading.Lock] = {name: threading.Lock() for name in self.specs}
+        self.bytes_read = 0  # over SFTP, for the incremental-read figures
+
+    def nodes(self) -> list[str]:
+        return sorted(self.specs)
+
+    def spec(self, node: str) -> NodeSpec:
+        try:
+            return self.specs[node]
+        except KeyError:
+            raise TransportError(f"{node}: not an ssh node of this transport") from None
+
+    # -- connections ----------------------------------------------------------------------------
+
+    def _pinned(self, spec: NodeSpec) -> Any:
+        """A paramiko host-key policy that accepts exactly the pinned key."""
+        import paramiko
+
+        known: dict[str, str] = {}
+        if spec.host_key is None and self.known_hosts is not None and self.known_hosts.exists():
+            keys = paramiko.HostKeys(str(self.known_hosts))
+            host = str(spec.address) if spec.port == 22 else f"[{spec.address}]:{spec.port}"
+            for _kind, key in (keys.lookup(host) or {}).items():
+                known[fingerprint(key.asbytes())] = key.get_name()
+        where = "haios.yaml host_key" if spec.host_key else f"{self.known_hosts or 'known_hosts'}"
+
+        class Pinned(paramiko.MissingHostKeyPolicy):
+            def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+                presented = fingerprint(key.asbytes())
+                if spec.host_key is not None and presented == spec.host_key:
+                    return
+                if spec.host_key is None and presented in known:
+                    return
+                expected = spec.host_key or (", ".join(sorted(known)) or "none (the host is unknown)")
+                raise HostKeyError(
+                    f"{spec.name}: host key mismatch at {spec.address}:{spec.port}: expected {expected} "
+                    f"({where}), presented {presented} ({key.get_name()}); refusing to connect"
+                )
+
+        return Pinned()
+
+    def _connect(self, node: str) -> _Conn:
+        import paramiko
+
+        spec = self.spec(node)
+        last: Exception | None = None
+        for wait in (*CONNECT_RETRIES, None):
+            client = paramiko.SSHClient()
+            client.set_missing_host_key_policy(self._pinned(spec))  # every key goes through the pin check
+            try:
+                client.connect(
+                    spec.address or "",
+                    port=spec.port,
+                    username=spec.user,
+                    key_filename=self.identity,
+                    look_for_keys=self.identity is None,
+                    allow_agent=self.identity is None,
+                    timeout=self.connect_timeout,
+                    banner_timeout=self.connect_timeout,
+                    auth_timeout=self.connect_timeout,
+                )
+                transport = client.get_transport()
+                if transport is not None:
+                    transport.set_keepalive(15)
+                return _Conn(client)
+            except HostKeyError:
+                client.close()
+                raise
+            except paramiko.AuthenticationException as exc:
+                client.close()
+                raise TransportError(
+                    f"{node}: authentication as {spec.user} at {spec.address}:{spec.port} failed ({exc})",
+                    hint="install the reconciler's public key in the node's authorized_keys, or set HAIOS_SSH_IDENTITY",
+                ) from None
+            except (OSError, paramiko.SSHException, EOFError) as exc:
+                client.close()
+                last = exc
+                if wait is None:
+                    break
+                time.sleep(wait)
+        raise TransportError(
+            f"{node}: cannot connect to {spec.address}:{spec.port}: {_why(last)}",
+            hint="check that the node is up and sshd listens there",
+        )
+
+    def _conn(self, node: str) -> _Conn:
+        with self._locks[node] if node in self._locks else threading.Lock():
+            conn = self._conns.get(node)
+            transport = conn.client.get_transport() if conn is not None else None
+            if conn is None or transport is None or not transport.is_active():
+                conn = self._conns[node] = self._connect(node)
+            return conn
+
+    def _sftp(self, node: str) -> Any:
+        conn = self._conn(node)
+        if conn.sftp is None:
+            try:
+                conn.sftp = conn.client.open_sftp()
+            except Exception as exc:  # noqa: BLE001 - paramiko raises several unrelated types here
+                self._drop(node)
+                raise TransportError(f"{node}: SFTP is not available: {_why(exc)}") from None
+        return conn.sftp
+
+    def _drop(self, node: str) -> None:
+        conn = self._conns.pop(node, None)
+        if conn is not None:
+            conn.client.close()
+
+    def close(self) -> None:
+        for node in list(self._conns):
+            self._drop(node)
+
+    def __enter__(self) -> SshTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def _path(self, node: str, relpath: str) -> str:
+        if relpath.startswith("/") or ".." in relpath.split("/"):
+            raise UsageError(f"{relpath!r} is not a path inside the node root")
+        return f"{self.spec(node).root.rstrip('/')}/{relpath}"
+
+    def read_file(self, node: str, relpath: str) -> bytes | None:
+        sftp = self._sftp(node)
+        try:
+            with sftp.open(self._path(node, relpath), "rb") as fh:
+                data: bytes = fh.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._drop_if_dead(node)
+            raise TransportError(f"{node}: cannot read {relpath}: {_why(exc)}") from None
+        self.bytes_read += len(data)
+        return data
+
+    def _drop_if_dead(self, node: str) -> None:
+        conn = self._conns.get(node)
+        transport = conn.client.get_transport() if conn is not None else None
+        if transport is None or not transport.is_active():
+            self._drop(node)
+
+    def local_view(self, node: str) -> Path:
+        """Bring ``<mirror>/<node>`` up to date: control files whole, WAL segments by their new bytes."""
+        from ..fsutil import atomic_write, makedirs_durable
+
+        sftp = self._sftp(node)
+        root = self.spec(node).root.rstrip("/")
+        local = self.mirror / node
+        makedirs_durable(local / "wal")
+        try:
+            names = {a.filename: a for a in sftp.listdir_attr(root)}
+            for name in [*MIRROR_FILES, *(n for n in names if n.startswith("exec_status_"))]:
+                target = local / name
+                if name not in names:
+                    target.unlink(missing_ok=True)
+                    continue
+                with sftp.open(f"{root}/{name}", "rb") as fh:
+                    data = fh.read()
+                self.bytes_read += len(data)
+                if not target.exists() or target.read_bytes() != data:
+                    atomic_write(target, data, durable=False)
+            segments = {
+                a.filename: a
+                for a in sftp.listdir_attr(f"{root}/wal")
+                if a.filename.endswith(".wal") and stat.S_ISREG(a.st_mode or 0)
+            }
+        except FileNotFoundError:
+            raise TransportError(f"{node}: no node root at {root}") from None
+        except OSError as exc:
+            self._drop_if_dead(node)
+            raise TransportError(f"{node}: cannot read the node root: {_why(exc)}") from None
+        for stale in (local / "wal").glob("*.wal"):
+            if stale.name not in segments:
+                stale.unlink()
+        for name, attr in sorted(segments.items()):
+            self._fetch_segment(sftp, node, f"{root}/wal/{name}", local / "wal" / name, attr.st_size or 0)
+        return local
+
+    def _fetch_segment(self, sftp: Any, node: str, remote: str, local: Path, size: int) -> None:
+        """Append what the remote segment gained; fetch it whole when the local copy is not its prefix
+        (a repair cut it, or it was replaced)."""
+        have = local.stat().st_size if local.exists() else 0
+        probe = min(have, 512)
+        try:
+            with sftp.open(remote, "rb") as fh:
+                if have and have <= size:
+                    fh.seek(have - probe)
+                    tail = fh.read(probe)
+                    self.bytes_read += len(tail)
+                    with open(local, "rb") as mine:
+                        mine.seek(have - probe)
+                        same = mine.read(probe) == tail
+                else:
+                    same = False
+                if not same:
+                    have = 0
+                    fh.seek(0)
+                if have == size:
+                    return
+                fh.prefetch(size - have)
+                data = fh.read(size - have)
+        except OSError as exc:
+            self._drop_if_dead(node)
+            raise TransportError(f"{node}: cannot read {remote}: {_why(exc)}") from None
+        self.bytes_read += len(data)
+        with open(local, "r+b" if have else "wb") as out:
+            out.seek(have)
+            out.write(data)
+            out.truncate()
+
+    # -- commands -------------------------------------------------------------------------------
+
+    def _exec(self, node: str, command: str, timeout: float, stdin: bytes | None = None) -> Completed:
+        conn = self._conn(node)
+        try:
+            chan = conn.client.get_transport().open_session(timeout=self.connect_timeout)
+            chan.settimeout(timeout)
+            chan.exec_command(command)
+            if stdin is not None:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+            out, err = bytearray(), bytearray()
+            deadline = time.monotonic() + timeout
+            while True:
+                if chan.recv_ready():
+                    out += chan.recv(65536)
+                elif chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                elif chan.exit_status_ready():
+                    while chan.recv_ready():
+                        out += chan.recv(65536)
+                    while chan.recv_stderr_ready():
+                        err += chan.recv_stderr(65536)
+                    break
+                elif time.monotonic() > deadline:
+                    chan.close()
+                    return Completed(124, out.decode(errors="replace"), f"timed out after {timeout:g} s")
+                else:
+                    time.sleep(0.002)
+            code = chan.recv_exit_status()
+            chan.close()
+        except (TimeoutError, OSError, EOFError) as exc:
+            self._drop(node)
+            raise TransportError(f"{node}: the connection broke during a command: {_why(exc)}") from None
+        except Exception as exc:  # noqa: BLE001 - paramiko's SSHException family
+            self._drop(node)
+            raise TransportError(f"{node}: the command could not run: {_why(exc)}") from None
+        return Completed(code, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    def call(self, node: str, request: dict[str, Any]) -> dict[str, Any]:
+        """``haios --output json node recover ROOT`` with the request on stdin; errors raised there
+        arrive here as the same HaiosError classes."""
+        _check_request(request)
+        root = self.spec(node).root
+        command = quote_command([*self.remote, "--output", "json", "node", "recover", root])
+        done = self._exec(node, command, self.command_timeout, stdin=json.dumps(request).encode())
+        return _result(node, root, done)
+
+    def run(self, node: str, argv: list[str], *, timeout: float, env: dict[str, str] | None = None) -> Completed:
+        """Run ``argv`` in the node root; ``haios`` as the first word is the node's haios."""
+        if not argv:
+            raise UsageError("an empty command")
+        for name in env or {}:
+            if not re.match(r"^[A-Z_][A-Z0-9_]*$", name):
+                raise UsageError(f"environment variable name {name!r} is not allowed")
+        words = [*self.remote, *argv[1:]] if argv[0] == "haios" else list(argv)
+        assignments = [f"{k}={v}" for k, v in (env or {}).items()]
+        command = f"cd {shlex.quote(self.spec(node).root)} && " + quote_command(
+            ["env", *assignments, *words] if assignments else words
+        )
+        return self._exec(node, command, timeout)
+
+
+def _why(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
+
+
+def _result(node: str, root: str, done: Completed) -> dict[str, Any]:
+    """The node's JSON answer, or its error raised here as the class it was raised as there."""
+    text = done.stdout.strip()
+    try:
+        data = json.loads(text) if text else None
+    except ValueError:
+        data = None
+    if done.returncode == 0 and isinstance(data, dict) and "error" not in data:
+        return data
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        raise remote_error(node, root, data["error"])
+    if done.returncode == 127 or "command not found" in done.stderr or "No such file" in done.stderr:
+        raise TransportError(
+            f"{node}: haios is not installed on the node ({' '.join(done.stderr.split())[:200]})",
+            hint="install haios on the node (pip install haios) or set HAIOS_REMOTE_COMMAND",
+        )
+    raise TransportError(
+        f"{node}: unexpected answer (exit {done.returncode}): {' '.join((done.stderr or text).split())[:300]}"
+    )
+
+
+def remote_error(node: str, root: str, error: dict[str, Any]) -> HaiosError:
+    """Rebuild the HaiosError a node reported, as its own class where haios has one."""
+    from .. import errors
+    from ..wal.reader import Corruption, WalCorruptError
+
+    kind, message, hint = str(error.get("type")), str(error.get("message", "")), str(error.get("hint") or "")
+    if kind == "WalCorruptError" and isinstance(error.get("corruption"), dict):
+        c = error["corruption"]
+        corruption = Corruption(c["segment"], int(c["offset"]), c.get("lamport"), c["reason"], bool(c["torn_tail"]))
+        return WalCorruptError(Path(root) / "wal", corruption)
+    from ..config.dataschemas import DataSchemaError
+
+    cls = {"DataSchemaError": DataSchemaError}.get(kind) or getattr(errors, kind, None)
+    message = f"{node}: {message}" if not message.startswith(node) else message
+    if isinstance(cls, type) and issubclass(cls, HaiosError) and cls.__init__ is HaiosError.__init__:
+        return cls(message, hint=hint or None)
+    exc = HaiosError(message, hint=hint or None)
+    exc.exit_code = int(error.get("exit_code") or 1)
+    return exc

@@ -1,0 +1,286 @@
+"""The SSH transport against a real OpenSSH server on loopback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from helpers import Invoke
+from helpers.cluster import plant
+from helpers.sshd import Sshd
+
+from haios.config import load_repo
+from haios.config.model import NodeSpec
+from haios.errors import TransportError, UsageError
+from haios.recovery import build, reconcile
+from haios.sim.check import sim_check
+from haios.sim.simulator import SshLayout, sim_init, sim_run
+from haios.transport.ssh import HostKeyError, SshTransport, check_node, quote_command
+
+
+def _layout(sshd: Sshd) -> SshLayout:
+    return SshLayout("127.0.0.1", sshd.port, "root", sshd.fingerprint)
+
+
+@pytest.fixture
+def ssh_cluster(tmp_path: Path, ssh_env: Sshd) -> Path:
+    """A 3-node simulated cluster at (1, IDLE) that haios reaches through the fixture sshd."""
+    directory = sim_init(tmp_path / "cluster", 3, ssh=_layout(ssh_env))
+    thresholds = directory / "policies/thresholds.yaml"
+    thresholds.write_text(thresholds.read_text().replace("    ANALYZE: 500ms", "    ANALYZE: 10ms"))
+    assert sim_run(directory, iterations=1, seed=7, faults={}).committed == 5
+    return directory
+
+
+def test_ssh_cluster_reconciles_like_a_local_one(ssh_cluster: Path, tmp_path: Path) -> None:
+    local = tmp_path / "local-twin"
+    shutil.copytree(ssh_cluster, local, symlinks=True)
+    config = local / "haios.yaml"
+    text = config.read_text()
+    for n in ("node-1", "node-2", "node-3"):
+        start = text.index(f"  - name: {n}\n")
+        end = (
+            text.index("\n  - name:", start + 1) if f"node-{int(n[-1]) + 1}" in text else text.index("\ncoordination:")
+        )
+        text = text[:start] + f"  - name: {n}\n    transport: local\n    root: nodes/{n}" + text[end:]
+    config.write_text(text)
+    for directory in (ssh_cluster, local):
+        plant(directory, node_1="commit", node_2="prepare", node_3="begin", effects={"node-3": 1}, settle=False)
+    time.sleep(0.2)
+    over_ssh, locally = build(ssh_cluster)[0], build(local)[0]
+    assert [(t.g, t.phase, t.verdict, len(t.steps)) for t in over_ssh.traces] == [
+        (t.g, t.phase, t.verdict, len(t.steps)) for t in locally.traces
+    ]
+    assert over_ssh.observed_hash == locally.observed_hash  # the same nodes seen the same way
+
+
+def test_ssh_faulty_cluster_converges_and_checks_clean(ssh_cluster: Path, cli: Invoke) -> None:
+    plant(ssh_cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-1": 1, "node-3": 1})
+    result = cli("--repo", ssh_cluster, "-o", "json", "reconcile")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [(t["verdict"], t["after"]) for t in data["traces"]] == [("rollback", "CLEAN_EXIT")]
+    assert sim_check(ssh_cluster) == []
+    doctor = cli("--repo", ssh_cluster, "doctor")
+    assert doctor.exit_code == 0, doctor.output
+
+
+def test_pinned_host_key_mismatch_is_refused_with_exit_5(ssh_cluster: Path, cli: Invoke) -> None:
+    config = ssh_cluster / "haios.yaml"
+    text = config.read_text()
+    wrong = "SHA256:" + "A" * 43
+    config.write_text(text.replace(_layout_key(text), wrong))
+    before = (ssh_cluster / "nodes/node-1/state.txt").read_bytes()
+    for command in (["doctor"], ["plan"], ["reconcile"], ["status"]):
+        result = cli("--repo", ssh_cluster, *command)
+        assert result.exit_code == 5 or command == ["status"], (command, result.output)
+    assert "presented SHA256:" in cli("--repo", ssh_cluster, "doctor").stdout
+    assert "refused, host key not the pinned one: node-1, node-2, node-3" in cli("--repo", ssh_cluster, "plan").stdout
+    assert (ssh_cluster / "nodes/node-1/state.txt").read_bytes() == before
+    with (
+        SshTransport(load_repo(ssh_cluster).cluster.nodes, mirror=ssh_cluster / "m") as t,
+        pytest.raises(HostKeyError) as info,
+    ):
+        t.read_file("node-1", "state.txt")
+    assert info.value.exit_code == 5
+    assert f"expected {wrong}" in info.value.message and "presented SHA256:" in info.value.message
+
+
+def _layout_key(text: str) -> str:
+    return next(line.split(": ", 1)[1] for line in text.splitlines() if "host_key: SHA256:" in line)
+
+
+def test_unknown_host_is_refused(ssh_env: Sshd, tmp_path: Path) -> None:
+    spec = NodeSpec("n1", "ssh", str(tmp_path), address="127.0.0.1", port=ssh_env.port, user="root")
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    with SshTransport([spec], known_hosts=empty, mirror=tmp_path / "m") as t, pytest.raises(HostKeyError) as info:
+        t.read_file("n1", "state.txt")
+    assert "expected none (the host is unknown)" in info.value.message
+    known = tmp_path / "known_hosts2"
+    known.write_text(ssh_env.known_hosts_line())
+    with SshTransport([spec], known_hosts=known, mirror=tmp_path / "m") as t:
+        assert t.read_file("n1", "no-such-file") is None  # pinned through known_hosts: connects
+
+
+def test_auth_failure_is_a_clean_error(ssh_env: Sshd, tmp_path: Path) -> None:
+    from helpers.sshd import keygen
+
+    stranger = tmp_path / "stranger"
+    keygen(stranger, "nobody")
+    spec = NodeSpec("n1", "ssh", str(tmp_path), "127.0.0.1", ssh_env.port, "root", ssh_env.fingerprint)
+    with (
+        SshTransport([spec], mirror=tmp_path / "m", identity=str(stranger)) as t,
+        pytest.raises(TransportError, match="authentication as root at 127.0.0.1:.* failed"),
+    ):
+        t.read_file("n1", "state.txt")
+
+
+def test_unreachable_node_is_a_clean_error(tmp_path: Path) -> None:
+    from helpers.sshd import free_port
+
+    spec = NodeSpec("n1", "ssh", str(tmp_path), "127.0.0.1", free_port(), "root", "SHA256:" + "A" * 43)
+    with (
+        SshTransport([spec], mirror=tmp_path / "m", connect_timeout=1) as t,
+        pytest.raises(TransportError, match="cannot connect to 127.0.0.1:"),
+    ):
+        t.read_file("n1", "state.txt")
+
+
+@pytest.mark.parametrize(
+    ("name", "root"),
+    [
+        ("n1;touch pwned", "/srv/haios"),
+        ("n1", "/srv/haios;touch pwned"),
+        ("n1", "/srv/$(touch pwned)"),
+        ("n1", "/srv/`touch pwned`"),
+        ("n1", "/srv/haios\ntouch pwned"),
+        ("n1", "/srv/../etc"),
+        ("$(id)", "/srv/haios"),
+    ],
+)
+def test_crafted_names_and_roots_are_rejected_before_connecting(name: str, root: str, tmp_path: Path) -> None:
+    spec = NodeSpec(name, "ssh", root, "127.0.0.1", 1, "root", "SHA256:" + "A" * 43)
+    with pytest.raises(UsageError, match="not allowed"):
+        check_node(spec)
+    with pytest.raises(UsageError):
+        SshTransport([spec], mirror=tmp_path / "m")  # refused before any connection is tried
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_crafted_root_in_haios_yaml_is_a_validation_error(ssh_cluster: Path, cli: Invoke) -> None:
+    config = ssh_cluster / "haios.yaml"
+    text = config.read_text()
+    root = next(line.split(": ", 1)[1] for line in text.splitlines() if line.strip().startswith("root: /"))
+    config.write_text(text.replace(root, root + ";touch /tmp/pwned", 1))
+    result = cli("--repo", ssh_cluster, "validate")
+    assert result.exit_code == 1 and "an ssh node's root may hold only letters" in result.stdout
+
+
+def test_remote_words_are_quoted() -> None:
+    assert quote_command(["haios", "x y", "$(id)", "a;b", "plain/path-1.0"]) == (
+        "haios 'x y' '$(id)' 'a;b' plain/path-1.0"
+    )
+
+
+def test_remote_errors_arrive_as_their_own_class(ssh_cluster: Path, ssh_env: Sshd) -> None:
+    from haios.errors import FencedError
+
+    config = load_repo(ssh_cluster)
+    with SshTransport(config.cluster.nodes, mirror=ssh_cluster / "m") as t:
+        info = t.call("node-1", {"op": "inspect", "g": 1, "phase": "IDLE"})
+        assert info["status"] == "committed"
+        t.call(
+            "node-1",
+            {"op": "checkpoint", "trace_id": "t", "token": 5, "g": 1, "phase": "IDLE", "step": "x", "outcome": "ok"},
+        )
+        with pytest.raises(FencedError):
+            t.call(
+                "node-1",
+                {
+                    "op": "checkpoint",
+                    "trace_id": "t",
+                    "token": 4,
+                    "g": 1,
+                    "phase": "IDLE",
+                    "step": "x",
+                    "outcome": "ok",
+                },
+            )
+        with pytest.raises(UsageError, match="trace_id"):
+            t.call("node-1", {"op": "inspect", "g": 1, "phase": "IDLE", "trace_id": "$(id)"})
+
+
+def test_mirror_fetches_only_new_wal_bytes(ssh_cluster: Path) -> None:
+    config = load_repo(ssh_cluster)
+    with SshTransport(config.cluster.nodes, mirror=ssh_cluster / "m") as t:
+        view = t.local_view("node-1")
+        first = t.bytes_read
+        wal = sorted((ssh_cluster / "nodes/node-1/wal").glob("*.wal"))
+        assert [p.read_bytes() for p in sorted((view / "wal").glob("*.wal"))] == [p.read_bytes() for p in wal]
+        t.local_view("node-1")
+        second = t.bytes_read - first
+    wal_bytes = sum(p.stat().st_size for p in wal)
+    assert first > wal_bytes and second < 0.05 * wal_bytes + 4096  # control files and a 512-byte probe per segment
+
+
+def test_sshd_killed_mid_reconcile_then_restarted_resumes_the_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server dies right after the first compensation was recorded on its node: the run stops
+    cleanly (exit 1, nothing half-applied), and once sshd is back the next run resumes the same
+    trace from its checkpoints, compensating nothing twice."""
+    from helpers.cluster import deletes
+    from helpers.sshd import make_sshd
+
+    from haios.transport.ssh import SshTransport as Transport
+
+    own = make_sshd(tmp_path / "own-sshd")
+    try:
+        monkeypatch.setenv("HAIOS_SSH_IDENTITY", str(own.client_key))
+        monkeypatch.setenv("HAIOS_REMOTE_COMMAND", own.remote_command)
+        cluster = sim_init(tmp_path / "cluster", 3, ssh=_layout(own))
+        thresholds = cluster / "policies/thresholds.yaml"
+        thresholds.write_text(thresholds.read_text().replace("    ANALYZE: 500ms", "    ANALYZE: 10ms"))
+        assert sim_run(cluster, iterations=1, seed=7, faults={}).committed == 5
+        plant(cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-1": 2, "node-2": 1})
+        real = Transport.call
+
+        def dying(self: Transport, node: str, request: dict[str, object]) -> dict[str, object]:
+            answer = real(self, node, request)
+            if request.get("op") == "compensated":
+                own.kill_all()  # the server and every session: the next call finds nobody
+            return answer
+
+        with monkeypatch.context() as m:
+            m.setattr(Transport, "call", dying)
+            first = reconcile(cluster)
+        (outcome,) = first.outcomes
+        assert first.exit_code() == 1 and "node-" in outcome.note
+        trace = outcome.trace_id
+        assert len(deletes(cluster)) == 1
+        own.start()
+        second = reconcile(cluster)
+        assert second.exit_code() == 0, second.to_json()
+        assert second.outcomes[0].trace_id == trace and second.outcomes[0].after == "CLEAN_EXIT"
+        assert sorted(deletes(cluster).values()) == [1, 1, 1]
+        assert sim_check(cluster) == []
+    finally:
+        own.stop()
+
+
+@pytest.mark.slow
+def test_ssh_trials_50_with_every_fault(tmp_path: Path, ssh_env: Sshd) -> None:
+    """The recovery trials with haios reaching every node over SSH: no violation."""
+    from haios.sim.trials import run_trials
+
+    report = run_trials(tmp_path / "trials", count=50, seed=1000, ssh=_layout(ssh_env))
+    assert [t.seed for t in report.failing] == [], [t.as_dict() for t in report.failing][:3]
+    outcomes = {t.outcome for t in report.trials}
+    assert outcomes <= {"converged", "blocked"} and len(report.trials) == 50
+
+
+def test_acceptance_sim_init_over_ssh_faults_reconcile_check(tmp_path: Path, ssh_env: Sshd, cli: Invoke) -> None:
+    directory = tmp_path / "sim"
+    init = cli(
+        "sim", "init", directory, "--nodes", "3", "--transport", "ssh",
+        "--ssh-port", str(ssh_env.port), "--ssh-host-key", ssh_env.fingerprint,
+    )  # fmt: skip
+    assert init.exit_code == 0, init.output
+    assert "transport: ssh" in (directory / "haios.yaml").read_text()
+    run = cli("sim", "run", directory, "--iterations", "2", "--seed", "3", "--faults", "kill=1,compfail=0.5")
+    assert run.exit_code in (0, 2), run.output
+    deadline = time.monotonic() + 60
+    while True:  # cron, every half second, until converged (bounded)
+        result = cli("--repo", directory, "reconcile")
+        if result.exit_code != 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert result.exit_code == 0, result.output
+    check = cli("sim", "check", directory)
+    assert check.exit_code == 0, check.output
+    missing = cli("sim", "init", tmp_path / "other", "--transport", "ssh", "--ssh-port", str(ssh_env.port))
+    assert missing.exit_code == 1 and "needs --ssh-host-key" in missing.output
