@@ -41,6 +41,10 @@ RepoOpt = Annotated[
     Path | None,
     typer.Option("--repo", help="The desired-state repo (default: the current directory).", show_default=False),
 ]
+MaxParallelOpt = Annotated[
+    int,
+    typer.Option("--max-parallel", help="How many remote nodes are reached at once.", min=1, max=1024),
+]
 OutputOpt = Annotated[
     Output | None,
     typer.Option("--output", "-o", help="Output format: text, json or ndjson.", show_default=False),

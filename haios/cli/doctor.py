@@ -10,8 +10,9 @@ from rich.table import Table
 from ..config import load_repo
 from ..detect.doctor import DoctorReport, run_doctor
 from ..recovery.report import membership, open_traces
+from ..transport import DEFAULT_PARALLEL
 from . import _render
-from ._options import Output, OutputOpt, RepoOpt, resolve
+from ._options import MaxParallelOpt, Output, OutputOpt, RepoOpt, resolve
 
 _STYLE = {"OK": "green", "TORN-TAIL": "yellow", "SLOW": "yellow", "UNHEALTHY": "yellow"}
 
@@ -34,6 +35,7 @@ def doctor(
     full: Annotated[
         bool, typer.Option("--full", help="Verify every WAL from its first byte, not only what is new.")
     ] = False,
+    max_parallel: MaxParallelOpt = DEFAULT_PARALLEL,
     repo: RepoOpt = None,
     output: OutputOpt = None,
 ) -> int:
@@ -43,7 +45,7 @@ def doctor(
     its host key is not the pinned one, 1 on error.
     """
     opts = resolve(ctx, repo=repo, output=output)
-    report = run_doctor(opts.repo, full=full)
+    report = run_doctor(opts.repo, full=full, parallelism=max_parallel)
     if opts.output is not Output.text:
         _render.emit_json(report.to_json())
         return report.exit_code()
@@ -96,11 +98,16 @@ def _traces_table(traces: list[dict[str, Any]]) -> Table:
     return table
 
 
-def status(ctx: typer.Context, repo: RepoOpt = None, output: OutputOpt = None) -> int:
+def status(
+    ctx: typer.Context,
+    max_parallel: MaxParallelOpt = DEFAULT_PARALLEL,
+    repo: RepoOpt = None,
+    output: OutputOpt = None,
+) -> int:
     """The one-screen cluster view: each node's health, position, heartbeat and WAL; each open recovery
     trace with its compensation attempts, next attempt, circuit breakers and cost; evictions."""
     opts = resolve(ctx, repo=repo, output=output)
-    report = run_doctor(opts.repo)
+    report = run_doctor(opts.repo, parallelism=max_parallel)
     config = load_repo(opts.repo)
     traces = open_traces(opts.repo, config, report.generated_at)
     members = membership(opts.repo)

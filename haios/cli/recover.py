@@ -20,8 +20,9 @@ from ..recovery import Plan, RunResult, build, render_markdown
 from ..recovery import reconcile as run_reconcile
 from ..recovery.executor import Progress
 from ..recovery.journal import find as find_journal
+from ..transport import DEFAULT_PARALLEL
 from . import _render
-from ._options import GlobalOptions, Output, OutputOpt, RepoOpt, resolve
+from ._options import GlobalOptions, MaxParallelOpt, Output, OutputOpt, RepoOpt, resolve
 
 _CODES = {0: "nothing to do", 2: "changes pending", 3: "blocked: needs a human", 4: "locked by another reconciler"}
 
@@ -95,6 +96,7 @@ def plan(
     fmt: Annotated[
         PlanFormat, typer.Option("--format", help="text, or markdown for a pull-request comment.")
     ] = PlanFormat.text,
+    max_parallel: MaxParallelOpt = DEFAULT_PARALLEL,
     repo: RepoOpt = None,
     output: OutputOpt = None,
 ) -> int:
@@ -104,7 +106,7 @@ def plan(
     is leased by another reconciler.
     """
     opts = resolve(ctx, repo=repo, output=output)
-    result, _ = build(opts.repo)
+    result, _ = build(opts.repo, parallelism=max_parallel)
     if out is not None:
         atomic_write(out, (json.dumps(result.to_json(), indent=2, sort_keys=False) + "\n").encode())
     if opts.output is not Output.text:
@@ -189,6 +191,7 @@ def reconcile(
     remote: Annotated[
         str | None, typer.Option("--remote", help="The remote for --push (default: origin).", show_default=False)
     ] = None,
+    max_parallel: MaxParallelOpt = DEFAULT_PARALLEL,
     repo: RepoOpt = None,
     output: OutputOpt = None,
 ) -> int:
@@ -211,7 +214,9 @@ def reconcile(
         except HaiosError as exc:
             raise UsageError(f"{plan_file}: {exc.message}") from exc
     with _progress(opts) as progress:
-        result = run_reconcile(opts.repo, plan=given, progress=progress, push=push, remote=remote)
+        result = run_reconcile(
+            opts.repo, plan=given, progress=progress, push=push, remote=remote, parallelism=max_parallel
+        )
     if opts.output is not Output.text:
         _render.emit_json(result.to_json())
     else:

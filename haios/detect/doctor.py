@@ -19,7 +19,7 @@ from ..config.model import PHASES, RepoConfig
 from ..errors import ConfigError, HaiosError
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import parse_utc, utc
-from ..transport import MIRROR_DIR, open_transport
+from ..transport import DEFAULT_PARALLEL, MIRROR_DIR, ClusterTransport, open_transport
 from ..wal import verify
 from .detectors import TIMING_KINDS, Finding, NodeObservation, Thresholds, run_detectors
 from .observe import CACHE_DIR, observe
@@ -208,6 +208,39 @@ def _stale_leases(config: RepoConfig, at: float) -> list[Finding]:
     return out
 
 
+def _versions(
+    transport: ClusterTransport, config: RepoConfig, observations: dict[str, NodeObservation]
+) -> list[Finding]:
+    """Every reachable ssh node must run a haios whose major.minor version is this one's."""
+    from .. import __version__
+    from ..transport.ssh import compatible
+
+    out = []
+    for spec in config.cluster.nodes:
+        obs = observations.get(spec.name)
+        if spec.transport != "ssh" or obs is None or not obs.reachable:
+            continue
+        try:
+            theirs = transport.version(spec.name)
+        except HaiosError as exc:
+            out.append(Finding("version", "critical", (spec.name,), None, None, exc.message, {}, exc.hint or ""))
+            continue
+        if not compatible(theirs, __version__):
+            out.append(
+                Finding(
+                    "version",
+                    "critical",
+                    (spec.name,),
+                    None,
+                    None,
+                    f"{spec.name} runs haios {theirs}, this reconciler {__version__}: not compatible",
+                    {"node": theirs, "here": __version__},
+                    f"install haios {__version__} on {spec.name}",
+                )
+            )
+    return out
+
+
 def _membership(repo: Path) -> list[Finding]:
     """Evictions (SPEC §4.7) as status/membership.yaml records them."""
     from ..recovery.membership import load
@@ -284,13 +317,18 @@ def _health(obs: NodeObservation, findings: list[Finding]) -> str:
 
 
 def run_doctor(
-    repo: Path | str, *, now: float | None = None, full: bool = False, parallelism: int = 1, timeout: float = 60.0
+    repo: Path | str,
+    *,
+    now: float | None = None,
+    full: bool = False,
+    parallelism: int = DEFAULT_PARALLEL,
+    timeout: float = 60.0,
 ) -> DoctorReport:
     """Diagnose the cluster of the desired-state repo at ``repo``.
 
-    Local nodes are observed one after the other by default: reading a local WAL is CPU-bound, and
-    threads only add contention for the interpreter lock (measured: 8 nodes took 1.0 s on one thread,
-    2.5 s on sixteen). ``parallelism`` pays off for transports that wait on the network.
+    ``parallelism`` bounds how many nodes are observed at once over SSH (``--max-parallel``). Local
+    nodes are read one after the other: reading a local WAL is CPU-bound, and threads only add
+    contention for the interpreter lock (measured: 8 nodes took 1.0 s on one thread, 2.5 s on sixteen).
     """
     path = Path(repo)
     at = time.time() if now is None else now
@@ -324,8 +362,9 @@ def run_doctor(
     remote = any(n.transport == "ssh" for n in config.cluster.nodes)
     try:
         observations, durations = observe(
-            path, transport, sorted(local), parallelism=max(parallelism, 32 if remote else 1), timeout=timeout
+            path, transport, sorted(local), parallelism=parallelism if remote else 1, timeout=timeout
         )
+        versions = _versions(transport, config, observations)
     finally:
         transport.close()
     report.bytes_read = sum(o.bytes_read for o in observations.values())
@@ -401,6 +440,7 @@ def run_doctor(
                     f"git rm {override.file}   # or ask the supervisors for a new one",
                 )
             )
+    findings += versions
     findings += _stale_leases(config, at)
     findings += _membership(path)
     # first seen: remembered between passes

@@ -28,6 +28,7 @@ from ..coord import Lease, new_holder
 from ..errors import FencedError, HaiosError, LockHeldError, TransportError, UsageError
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import utc
+from ..transport import DEFAULT_PARALLEL
 from . import journal as journals
 from . import membership as members
 from .machine import NEEDS_A_HUMAN, TERMINAL, Event, State, step
@@ -606,6 +607,7 @@ def reconcile(
     progress: Progress | None = None,
     push: bool = False,
     remote: str | None = None,
+    parallelism: int = DEFAULT_PARALLEL,
 ) -> RunResult:
     """Plan and carry the plan out; with ``plan``, execute exactly that plan (refused if stale)."""
     path = Path(repo)
@@ -615,7 +617,7 @@ def reconcile(
     def clock() -> float:
         return base + (time.time() - started)
 
-    fresh, ctx = build(path, now=base)
+    fresh, ctx = build(path, now=base, parallelism=parallelism)
     if plan is not None:
         stale = []
         if plan.desired_digest != fresh.desired_digest or plan.desired_commit != fresh.desired_commit:

@@ -27,7 +27,7 @@ from ..detect.phi import Estimators
 from ..errors import HaiosError, RepoError
 from ..gitrepo import _git
 from ..node.transaction import next_transition
-from ..transport import Transport, open_transport
+from ..transport import DEFAULT_PARALLEL, Transport, open_transport
 from ..wal import WalCorruptError
 from . import journal as journals
 from . import membership as members
@@ -275,6 +275,8 @@ def candidates(observations: dict[str, NodeObservation]) -> dict[tuple[int, str]
                     continue
                 if mine_s is None and obs is not None and obs.reachable and _position(obs) >= order(*key):
                     continue  # committed long ago: its summary left the observation cache
+                if mine_s is None and (obs is None or not obs.reachable):
+                    continue  # not seen at all: no evidence that it missed the commit (it is checked once reachable)
                 found[key] = participants
                 break
     for name, o in observations.items():
@@ -490,15 +492,21 @@ def _held_by(backend: Backend, shard: str, now: float, cache: dict[str, Lease | 
     return {"holder": lease.holder, "trace_id": lease.trace_id, "token": lease.token, "expires": lease.expires}
 
 
-def build(repo: Path | str, *, now: float | None = None, transport: Transport | None = None) -> tuple[Plan, Context]:
-    """Observe and decide; nothing on any node changes."""
+def build(
+    repo: Path | str,
+    *,
+    now: float | None = None,
+    transport: Transport | None = None,
+    parallelism: int = DEFAULT_PARALLEL,
+) -> tuple[Plan, Context]:
+    """Observe and decide; nothing on any node changes (``parallelism``: remote nodes observed at once)."""
     path = Path(repo)
     at = time.time() if now is None else now
     config = load_repo(path)
     tr: Transport = transport or open_transport(path, config)
     names = sorted({n.name for n in config.cluster.nodes} & set(tr.nodes()))
     remote = any(n.transport == "ssh" for n in config.cluster.nodes)
-    observations, durations = observe(path, tr, names, parallelism=32 if remote else 1)
+    observations, durations = observe(path, tr, names, parallelism=parallelism if remote else 1)
     for spec in config.cluster.nodes:
         if spec.name not in observations:
             observations[spec.name] = NodeObservation(

@@ -58,6 +58,13 @@ def _nothing(views: Mapping[str, View], reason: str) -> Decision:
     return Decision("nothing", None, reason)
 
 
+def _unreachable(node: str, detail: str) -> str:
+    why = " ".join(detail.split())
+    if why.startswith(f"{node}: "):
+        why = why[len(node) + 2 :]
+    return f"{node} unreachable ({why[:160]})" if why and why != "unreachable" else f"{node} unreachable"
+
+
 def decide(views: Mapping[str, View], inputs: Inputs) -> Decision:
     """SPEC §4.2 for one (g, phase); the first rule that applies wins."""
     by: dict[str, list[str]] = {s: [] for s in STATUSES}
@@ -70,7 +77,8 @@ def decide(views: Mapping[str, View], inputs: Inputs) -> Decision:
             f"the WAL of {', '.join(by['corrupt'])} is corrupt mid-log: never guess (repair or restore it first)",
         )
     if by["unreachable"] or by["partitioned"]:
-        who = [f"{n} unreachable" for n in by["unreachable"]] + [f"{n} PARTITIONED" for n in by["partitioned"]]
+        who = [_unreachable(n, views[n].detail) for n in by["unreachable"]]
+        who += [f"{n} PARTITIONED" for n in by["partitioned"]]
         return Decision("blocked", Event.PARTITIONED, f"waiting for {', '.join(who)} (BLOCKED, not FAILED)")
     committed, prepared, begun = by["committed"], by["prepared"], by["begun"]
     aborted, absent = by["aborted"], by["absent"]

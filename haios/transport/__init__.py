@@ -13,6 +13,7 @@ from .local import LocalTransport
 
 KNOWN_HOSTS = "known_hosts"  # in the desired-state repo: pinned host keys of nodes without host_key
 MIRROR_DIR = "status/observed/mirror"  # copies of remote nodes' WAL and control files (a cache)
+DEFAULT_PARALLEL = 32  # remote nodes observed at once (--max-parallel)
 
 
 class ClusterTransport:
@@ -46,6 +47,17 @@ class ClusterTransport:
 
     def run(self, node: str, argv: list[str], *, timeout: float, env: dict[str, str] | None = None) -> Completed:
         return self._part(node).run(node, argv, timeout=timeout, env=env)
+
+    def version(self, node: str) -> str:
+        """The haios version the node runs (a local node runs this one)."""
+        part = self._part(node)
+        asker = getattr(part, "version", None)
+        if asker is None:
+            from .. import __version__
+
+            return __version__
+        answer: str = asker(node)
+        return answer
 
     def close(self) -> None:
         for part in {id(p): p for p in self.parts.values()}.values():

@@ -111,6 +111,7 @@ class SshTransport:
         self.remote = shlex.split(remote_command or os.environ.get("HAIOS_REMOTE_COMMAND") or "haios")
         self._conns: dict[str, _Conn] = {}
         self._locks: dict[str, threading.Lock] = {name: threading.Lock() for name in self.specs}
+        self._versions: dict[str, str] = {}
         self.bytes_read = 0  # over SFTP, for the incremental-read figures
 
     def nodes(self) -> list[str]:
@@ -362,10 +363,37 @@ class SshTransport:
             raise TransportError(f"{node}: the command could not run: {_why(exc)}") from None
         return Completed(code, out.decode(errors="replace"), err.decode(errors="replace"))
 
+    def version(self, node: str) -> str:
+        """The version of haios on the node (``haios --version``), asked once per transport."""
+        if node not in self._versions:
+            done = self._exec(node, quote_command([*self.remote, "--version"]), self.connect_timeout)
+            words = done.stdout.split()
+            if done.returncode != 0 or len(words) != 2 or words[0] != "haios":
+                raise TransportError(
+                    f"{node}: haios is not installed on the node, or does not answer 'haios --version' "
+                    f"(exit {done.returncode}: {' '.join((done.stderr or done.stdout).split())[:200]})",
+                    hint="install haios on the node (the same version as here), or set HAIOS_REMOTE_COMMAND",
+                )
+            self._versions[node] = words[1]
+        return self._versions[node]
+
+    def _compatible(self, node: str) -> None:
+        """Refuse to let a node's haios of another major.minor version act on it."""
+        from .. import __version__
+
+        theirs = self.version(node)
+        if compatible(theirs, __version__):
+            return
+        raise TransportError(
+            f"{node}: haios {theirs} on the node, {__version__} here: not compatible (major.minor differ)",
+            hint=f"install haios {__version__} on the node",
+        )
+
     def call(self, node: str, request: dict[str, Any]) -> dict[str, Any]:
         """``haios --output json node recover ROOT`` with the request on stdin; errors raised there
         arrive here as the same HaiosError classes."""
         _check_request(request)
+        self._compatible(node)
         root = self.spec(node).root
         command = quote_command([*self.remote, "--output", "json", "node", "recover", root])
         done = self._exec(node, command, self.command_timeout, stdin=json.dumps(request).encode())
@@ -384,6 +412,11 @@ class SshTransport:
             ["env", *assignments, *words] if assignments else words
         )
         return self._exec(node, command, timeout)
+
+
+def compatible(theirs: str, ours: str) -> bool:
+    """Same major and minor version: the node operations and their JSON are the same."""
+    return theirs.split(".")[:2] == ours.split(".")[:2]
 
 
 def _why(exc: BaseException | None) -> str:

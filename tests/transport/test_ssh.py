@@ -284,3 +284,28 @@ def test_acceptance_sim_init_over_ssh_faults_reconcile_check(tmp_path: Path, ssh
     assert check.exit_code == 0, check.output
     missing = cli("sim", "init", tmp_path / "other", "--transport", "ssh", "--ssh-port", str(ssh_env.port))
     assert missing.exit_code == 1 and "needs --ssh-host-key" in missing.output
+
+
+def test_remote_haios_of_another_version_or_missing_is_a_doctor_finding(
+    ssh_cluster: Path, ssh_env: Sshd, cli: Invoke, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import sys
+
+    other = tmp_path / "other-haios"
+    other.write_text(
+        f'#!/bin/sh\nif [ "$1" = "--version" ]; then echo "haios 9.9.0"; exit 0; fi\nexec {sys.executable} -m haios "$@"\n'
+    )
+    other.chmod(0o755)
+    plant(ssh_cluster, node_1="prepare", node_2="prepare", node_3="begin")
+    monkeypatch.setenv("HAIOS_REMOTE_COMMAND", str(other))
+    doctor = cli("--repo", ssh_cluster, "-o", "json", "doctor")
+    found = [f for f in json.loads(doctor.stdout)["findings"] if f["kind"] == "version"]
+    assert doctor.exit_code == 2 and len(found) == 3
+    assert "node-1 runs haios 9.9.0, this reconciler 0." in found[0]["summary"]
+    result = cli("--repo", ssh_cluster, "reconcile")  # nothing acts on a node of another version
+    assert result.exit_code == 3 and "not compatible" in result.stdout
+    assert (ssh_cluster / "nodes/node-3/state.txt").exists()
+    monkeypatch.setenv("HAIOS_REMOTE_COMMAND", "/nonexistent/haios")
+    doctor = cli("--repo", ssh_cluster, "-o", "json", "doctor")
+    found = [f for f in json.loads(doctor.stdout)["findings"] if f["kind"] == "version"]
+    assert len(found) == 3 and "haios is not installed on the node" in found[0]["summary"]
