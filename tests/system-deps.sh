@@ -8,6 +8,7 @@ declare -A needs=(
   [rsync]=rsync   # benchmarks/snapshot_bench.py compares against rsync --link-dest
   [sshd]=openssh-server   # the SSH transport is tested against a real OpenSSH server on loopback
   [ssh-keygen]=openssh-client
+  [ip]=iproute2   # the partition tests put each node's sshd in a network namespace of its own
 )
 
 missing=()

@@ -9,15 +9,16 @@ from pathlib import Path
 PROJECT = Path(__file__).parent.parent
 
 
-def test_benchmarks_wal_bench_quick_run_prints_its_table(tmp_path: Path) -> None:
+def _quick(tmp_path: Path, name: str, *extra: str, timeout: int) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """Run ``benchmarks/NAME.py --quick`` with its data in a fresh directory."""
     work = tmp_path / "bench"
     work.mkdir()
-    proc = subprocess.run(
-        [sys.executable, str(PROJECT / "benchmarks/wal_bench.py"), "--quick", "--dir", str(work)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    argv = [sys.executable, str(PROJECT / f"benchmarks/{name}.py"), "--quick", *extra, "--dir", str(work)]
+    return work, subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
+def test_benchmarks_wal_bench_quick_run_prints_its_table(tmp_path: Path) -> None:
+    work, proc = _quick(tmp_path, "wal_bench", timeout=300)
     assert proc.returncode in (0, 1), proc.stderr  # 1: a target missed at toy sizes, not a failure here
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["measure", "haios", "baseline", "ratio", "target", "ok"]
@@ -27,14 +28,7 @@ def test_benchmarks_wal_bench_quick_run_prints_its_table(tmp_path: Path) -> None
 
 
 def test_benchmarks_snapshot_bench_quick_run_prints_its_table(tmp_path: Path) -> None:
-    work = tmp_path / "bench"
-    work.mkdir()
-    proc = subprocess.run(
-        [sys.executable, str(PROJECT / "benchmarks/snapshot_bench.py"), "--quick", "--dir", str(work)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    work, proc = _quick(tmp_path, "snapshot_bench", timeout=300)
     assert proc.returncode in (0, 1), proc.stderr  # toy sizes: cp -a may well win, which is not a failure here
     assert proc.stdout.splitlines()[0].startswith("method")
     assert "rsync -a --link-dest" in proc.stdout and "cp -a" in proc.stdout
@@ -42,18 +36,28 @@ def test_benchmarks_snapshot_bench_quick_run_prints_its_table(tmp_path: Path) ->
 
 
 def test_benchmarks_reconcile_bench_quick_run_prints_its_table(tmp_path: Path) -> None:
-    work = tmp_path / "bench"
-    work.mkdir()
-    proc = subprocess.run(
-        [sys.executable, str(PROJECT / "benchmarks/reconcile_bench.py"), "--quick", "--jobs", "1", "--dir", str(work)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    work, proc = _quick(tmp_path, "reconcile_bench", "--jobs", "1", timeout=600)
     assert proc.returncode in (0, 1), proc.stderr  # toy sizes: the no-op ratio target may be missed
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["measure", "value", "target", "ok"]
     assert lines[1].startswith("reconcile 1 (12 nodes x 400 records, 3 to roll forward)") and lines[1].endswith("yes")
     assert lines[2].startswith("reconcile 2 (nothing to do)") and lines[2].endswith("yes")
     assert any(line.startswith("sim trials (4, every fault kind)") and " 0 violating;" in line for line in lines)
+    assert list(work.iterdir()) == []  # cleaned up
+
+
+def test_benchmarks_fanout_bench_quick_run_prints_its_table(tmp_path: Path) -> None:
+    from helpers.sshd import sshd_binary
+
+    if sshd_binary() is None:
+        import pytest
+
+        pytest.skip("OpenSSH sshd is not installed (Debian package openssh-server)")
+    work, proc = _quick(tmp_path, "fanout_bench", timeout=600)
+    assert proc.returncode in (0, 1), proc.stderr  # toy sizes: the ratio targets may be missed
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:3] == ["measure", "median", "s"]
+    assert lines[1].startswith("haios doctor, warm (6 nodes)")
+    assert any(line.startswith("ansible -m stat") for line in lines)
+    assert any(line.startswith("plan bytes over SSH, 1st / 2nd") for line in lines)
     assert list(work.iterdir()) == []  # cleaned up

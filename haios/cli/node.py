@@ -10,12 +10,13 @@ from typing import Annotated, Any
 import typer
 
 from ..config import load_repo, parse_duration
-from ..errors import UsageError
+from ..errors import HaiosError, UsageError
 from ..node import Node
 from ..node.heartbeat import beat, update_gossip
 from ..node.recover import dispatch
 from ..recovery.rejoin import rejoin as do_rejoin
 from ..transport import LocalTransport
+from ..transport.ssh import NODE_NAME
 from . import _render
 from ._options import Output, OutputOpt, RepoOpt, resolve
 
@@ -253,3 +254,73 @@ def rejoin(
     else:
         _render.out(f"{node} not rejoined yet: {result.note}", style="yellow")
     return result.code
+
+
+@app.command("init")
+def init_root(
+    root: Annotated[Path, typer.Argument(help="Where the node root goes (created).", show_default=False)],
+    name: Annotated[str, typer.Option("--name", help="The node's name in haios.yaml.", show_default=False)],
+    policy: Annotated[
+        Path | None,
+        typer.Option("--policy", help="The compiled policy as JSON (default: read it from stdin).", show_default=False),
+    ] = None,
+) -> int:
+    """Create a node root on this machine (what 'haios node provision' runs on an ssh node).
+
+    An existing root is never touched: prints {"created": false} and exits 0.
+    """
+    from ..node.root import init_node_root
+
+    text = policy.read_text(encoding="utf-8") if policy is not None else typer.get_text_stream("stdin").read()
+    body = _json_arg(text, "the policy")
+    if not isinstance(body, dict) or "cluster" not in body:
+        raise UsageError("the policy must be the JSON object 'haios node provision' sends (with a cluster)")
+    if not NODE_NAME.match(name):
+        raise UsageError(f"node name {name!r} is not allowed (lowercase letters, digits and '-')")
+    created = init_node_root(root, name, body)
+    _render.emit_ndjson({"node": name, "root": str(root), "created": created})
+    return 0
+
+
+@app.command()
+def provision(
+    ctx: typer.Context,
+    nodes: Annotated[
+        list[str] | None, typer.Argument(help="Nodes to provision (default: all of haios.yaml).", show_default=False)
+    ] = None,
+    repo: RepoOpt = None,
+    output: OutputOpt = None,
+) -> int:
+    """Create the node roots of the repo's nodes that lack one — local ones here, ssh ones on the node
+    through 'haios node init' — with the policy compiled from the desired state. Existing roots are
+    left alone. Exit 0 when every node has a root, 1 when one could not be reached or created."""
+    from ..recovery.plan import desired_commit
+    from ..transport import open_transport
+
+    opts = resolve(ctx, repo=repo, output=output)
+    config = load_repo(opts.repo)
+    chosen = nodes or [n.name for n in config.cluster.nodes]
+    unknown = sorted(set(chosen) - {n.name for n in config.cluster.nodes})
+    if unknown:
+        raise UsageError(f"not nodes of {opts.repo}: {', '.join(unknown)}")
+    policy = config.compile_policy(desired_commit(opts.repo))
+    transport = open_transport(opts.repo, config)
+    results: list[dict[str, object]] = []
+    try:
+        for name in chosen:
+            try:
+                answer = transport.provision(name, policy)
+                results.append({"node": name, "created": bool(answer.get("created"))})
+            except HaiosError as exc:
+                results.append({"node": name, "error": exc.one_line()})
+    finally:
+        transport.close()
+    if opts.output is not Output.text:
+        _render.emit_json({"nodes": results})
+    else:
+        for r in results:
+            if "error" in r:
+                _render.out(f"{r['node']}: {r['error']}", style="red")
+            else:
+                _render.out(f"{r['node']}: {'created' if r['created'] else 'already provisioned'}")
+    return 1 if any("error" in r for r in results) else 0

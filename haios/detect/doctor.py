@@ -221,7 +221,8 @@ def _versions(
         if spec.transport != "ssh" or obs is None or not obs.reachable:
             continue
         try:
-            theirs = transport.version(spec.name)
+            # the node's own haios writes its version into every heartbeat; ask only when it did not
+            theirs = str((obs.heartbeat or {}).get("haios_version") or transport.version(spec.name))
         except HaiosError as exc:
             out.append(Finding("version", "critical", (spec.name,), None, None, exc.message, {}, exc.hint or ""))
             continue

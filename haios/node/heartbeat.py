@@ -1,6 +1,6 @@
 """Heartbeats and gossip (SPEC §2.5): liveness of each node and its view of its peers.
 
-Each node rewrites ``heartbeat`` every interval (``seq``, wall time). Its ``gossip`` file records when
+Each node rewrites ``heartbeat`` every interval (``seq``, wall time, and the version of its haios). Its ``gossip`` file records when
 it last heard each peer (the wall time of the newest heartbeat it read from that peer) and its
 partition status: PARTITIONED while a majority of its peers has been silent for longer than the
 partition window; a partitioned node refuses every phase and WAL append until it hears them again.
@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import controlfile
+from .. import __version__, controlfile
 from ..errors import HaiosError, VersionConflict
 from ..transport import Transport
 
@@ -34,7 +34,7 @@ def beat(root: Path, node: str, now: float | None = None) -> dict[str, Any]:
     for _ in range(10):
         version = controlfile.current_version(path)
         seq = 0 if version is None else int(controlfile.read_mapping(path)[0]["seq"])
-        body = {"node": node, "seq": seq + 1, "wall_time": utc(ts)}
+        body = {"node": node, "seq": seq + 1, "wall_time": utc(ts), "haios_version": __version__}
         try:
             controlfile.write_mapping(path, body, expected_version=version)
             return body

@@ -109,7 +109,7 @@ def sim_roots(path: Path, config: RepoConfig) -> dict[str, Path]:
     return roots
 
 
-def _behind_sshd(path: Path, ssh: SshLayout) -> None:
+def reach_through_sshd(path: Path, ssh: SshLayout) -> None:
     """Rewrite haios.yaml so every node is reached over SSH at its (absolute) root in ``nodes/``."""
     config = path / "haios.yaml"
     text = config.read_text()
@@ -130,7 +130,7 @@ def sim_init(directory: Path | str, nodes: int, *, ssh: SshLayout | None = None)
     path = Path(directory)
     init_repo(path, cluster="sim", nodes=nodes, transport="local")
     if ssh is not None:
-        _behind_sshd(path, ssh)
+        reach_through_sshd(path, ssh)
     thresholds = path / "policies/thresholds.yaml"
     text = thresholds.read_text()
     for phase, prior in SIM_PRIORS.items():

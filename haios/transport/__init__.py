@@ -48,6 +48,19 @@ class ClusterTransport:
     def run(self, node: str, argv: list[str], *, timeout: float, env: dict[str, str] | None = None) -> Completed:
         return self._part(node).run(node, argv, timeout=timeout, env=env)
 
+    def provision(self, node: str, policy: dict[str, Any]) -> dict[str, Any]:
+        """Create the node root if it does not exist (an existing one is never touched)."""
+        part = self._part(node)
+        if isinstance(part, LocalTransport):
+            from ..node.root import init_node_root
+
+            return {"node": node, "created": init_node_root(part.root(node), node, policy)}
+        provisioner = getattr(part, "provision", None)
+        if provisioner is None:
+            raise TransportError(f"{node}: this transport cannot create node roots")
+        answer: dict[str, Any] = provisioner(node, policy)
+        return answer
+
     def version(self, node: str) -> str:
         """The haios version the node runs (a local node runs this one)."""
         part = self._part(node)

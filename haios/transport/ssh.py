@@ -95,7 +95,7 @@ class SshTransport:
         known_hosts: Path | None = None,
         mirror: Path,
         identity: str | None = None,
-        connect_timeout: float = 10.0,
+        connect_timeout: float | None = None,
         command_timeout: float = 300.0,
         remote_command: str | None = None,
     ) -> None:
@@ -105,7 +105,11 @@ class SshTransport:
         self.known_hosts = known_hosts
         self.mirror = mirror
         self.identity = identity if identity is not None else os.environ.get("HAIOS_SSH_IDENTITY")
-        self.connect_timeout = connect_timeout
+        # how long to wait for a node to answer (connect, handshake, a channel): $HAIOS_SSH_TIMEOUT or 10 s
+        self.connect_timeout = (
+            connect_timeout if connect_timeout is not None else _env_seconds("HAIOS_SSH_TIMEOUT", 10.0)
+        )
+        self.io_timeout = max(3 * self.connect_timeout, 5.0)  # a read that waits this long: the node is gone
         self.command_timeout = command_timeout
         # the haios command on the nodes ($HAIOS_REMOTE_COMMAND, e.g. '/opt/haios/bin/haios')
         self.remote = shlex.split(remote_command or os.environ.get("HAIOS_REMOTE_COMMAND") or "haios")
@@ -153,7 +157,12 @@ class SshTransport:
         return Pinned()
 
     def _connect(self, node: str) -> _Conn:
+        import logging
+
         import paramiko
+
+        # paramiko logs every failed handshake with a traceback; haios reports them itself, once
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
         spec = self.spec(node)
         last: Exception | None = None
@@ -209,6 +218,8 @@ class SshTransport:
         if conn.sftp is None:
             try:
                 conn.sftp = conn.client.open_sftp()
+                # every blocking read gives up when the node goes silent (a cut link sends no reset)
+                conn.sftp.get_channel().settimeout(self.io_timeout)
             except Exception as exc:  # noqa: BLE001 - paramiko raises several unrelated types here
                 self._drop(node)
                 raise TransportError(f"{node}: SFTP is not available: {_why(exc)}") from None
@@ -243,17 +254,13 @@ class SshTransport:
                 data: bytes = fh.read()
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            self._drop_if_dead(node)
+        except HaiosError:
+            raise  # our own (a full local disk): not the connection's fault
+        except Exception as exc:  # noqa: BLE001 - OSError, a timeout, paramiko's SSHException, EOFError
+            self._drop(node)  # a timed-out connection is no use: the next operation connects afresh
             raise TransportError(f"{node}: cannot read {relpath}: {_why(exc)}") from None
         self.bytes_read += len(data)
         return data
-
-    def _drop_if_dead(self, node: str) -> None:
-        conn = self._conns.get(node)
-        transport = conn.client.get_transport() if conn is not None else None
-        if transport is None or not transport.is_active():
-            self._drop(node)
 
     def local_view(self, node: str) -> Path:
         """Bring ``<mirror>/<node>`` up to date: control files whole, WAL segments by their new bytes."""
@@ -282,8 +289,10 @@ class SshTransport:
             }
         except FileNotFoundError:
             raise TransportError(f"{node}: no node root at {root}") from None
-        except OSError as exc:
-            self._drop_if_dead(node)
+        except HaiosError:
+            raise  # our own (a full local disk): not the connection's fault
+        except Exception as exc:  # noqa: BLE001 - OSError, a timeout, paramiko's SSHException, EOFError
+            self._drop(node)  # a timed-out connection is no use: the next operation connects afresh
             raise TransportError(f"{node}: cannot read the node root: {_why(exc)}") from None
         for stale in (local / "wal").glob("*.wal"):
             if stale.name not in segments:
@@ -315,8 +324,10 @@ class SshTransport:
                     return
                 fh.prefetch(size - have)
                 data = fh.read(size - have)
-        except OSError as exc:
-            self._drop_if_dead(node)
+        except HaiosError:
+            raise  # our own (a full local disk): not the connection's fault
+        except Exception as exc:  # noqa: BLE001 - OSError, a timeout, paramiko's SSHException, EOFError
+            self._drop(node)  # a timed-out connection is no use: the next operation connects afresh
             raise TransportError(f"{node}: cannot read {remote}: {_why(exc)}") from None
         self.bytes_read += len(data)
         with open(local, "r+b" if have else "wb") as out:
@@ -399,6 +410,15 @@ class SshTransport:
         done = self._exec(node, command, self.command_timeout, stdin=json.dumps(request).encode())
         return _result(node, root, done)
 
+    def provision(self, node: str, policy: dict[str, Any]) -> dict[str, Any]:
+        """Create the node's root (``haios node init`` on the node, the policy on stdin); an existing
+        root is left as it is."""
+        self._compatible(node)
+        spec = self.spec(node)
+        command = quote_command([*self.remote, "--output", "json", "node", "init", spec.root, "--name", spec.name])
+        done = self._exec(node, command, self.command_timeout, stdin=json.dumps(policy).encode())
+        return _result(node, spec.root, done)
+
     def run(self, node: str, argv: list[str], *, timeout: float, env: dict[str, str] | None = None) -> Completed:
         """Run ``argv`` in the node root; ``haios`` as the first word is the node's haios."""
         if not argv:
@@ -412,6 +432,19 @@ class SshTransport:
             ["env", *assignments, *words] if assignments else words
         )
         return self._exec(node, command, timeout)
+
+
+def _env_seconds(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"${name}={text!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise UsageError(f"${name}={text!r} must be between 0 and 3600 seconds")
+    return value
 
 
 def compatible(theirs: str, ours: str) -> bool:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import haios
 from haios import controlfile
 from haios.node import Node, init_node_root
 from haios.node.heartbeat import beat, parse_utc, update_gossip, utc
@@ -24,7 +25,12 @@ def cluster(tmp_path: Path) -> dict[str, Path]:
 
 
 def test_heartbeat_seq_increases(cluster: dict[str, Path]) -> None:
-    assert beat(cluster["n1"], "n1", T0) == {"node": "n1", "seq": 1, "wall_time": "2026-09-21T14:13:20.000Z"}
+    assert beat(cluster["n1"], "n1", T0) == {
+        "node": "n1",
+        "seq": 1,
+        "wall_time": "2026-09-21T14:13:20.000Z",
+        "haios_version": haios.__version__,
+    }
     assert beat(cluster["n1"], "n1", T0 + 15)["seq"] == 2
     assert parse_utc(utc(T0 + 0.25)) == T0 + 0.25
 

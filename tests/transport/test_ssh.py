@@ -296,8 +296,14 @@ def test_remote_haios_of_another_version_or_missing_is_a_doctor_finding(
         f'#!/bin/sh\nif [ "$1" = "--version" ]; then echo "haios 9.9.0"; exit 0; fi\nexec {sys.executable} -m haios "$@"\n'
     )
     other.chmod(0o755)
+    from haios import controlfile
+
     plant(ssh_cluster, node_1="prepare", node_2="prepare", node_3="begin")
     monkeypatch.setenv("HAIOS_REMOTE_COMMAND", str(other))
+    for n in ("node-1", "node-2", "node-3"):  # the nodes' agents run that other version too
+        path = ssh_cluster / "nodes" / n / "heartbeat"
+        body, version = controlfile.read_mapping(path)
+        controlfile.write_mapping(path, {**body, "haios_version": "9.9.0"}, expected_version=version)
     doctor = cli("--repo", ssh_cluster, "-o", "json", "doctor")
     found = [f for f in json.loads(doctor.stdout)["findings"] if f["kind"] == "version"]
     assert doctor.exit_code == 2 and len(found) == 3
@@ -306,6 +312,34 @@ def test_remote_haios_of_another_version_or_missing_is_a_doctor_finding(
     assert result.exit_code == 3 and "not compatible" in result.stdout
     assert (ssh_cluster / "nodes/node-3/state.txt").exists()
     monkeypatch.setenv("HAIOS_REMOTE_COMMAND", "/nonexistent/haios")
+    for n in ("node-1", "node-2", "node-3"):  # no agent has said which haios it runs: ask
+        (ssh_cluster / "nodes" / n / "heartbeat").unlink()
     doctor = cli("--repo", ssh_cluster, "-o", "json", "doctor")
     found = [f for f in json.loads(doctor.stdout)["findings"] if f["kind"] == "version"]
     assert len(found) == 3 and "haios is not installed on the node" in found[0]["summary"]
+
+
+def test_init_then_provision_ssh_nodes_then_doctor(tmp_path: Path, ssh_env: Sshd, cli: Invoke) -> None:
+    repo = tmp_path / "repo"
+    assert cli("init", repo, "--nodes", "2", "--transport", "ssh").exit_code == 0
+    config = repo / "haios.yaml"
+    text = config.read_text()
+    for n in ("node-1", "node-2"):
+        text = text.replace(f"    address: {n}   ", "    address: 127.0.0.1   ", 1)
+    text = text.replace("    port: 22\n", f"    port: {ssh_env.port}\n").replace(
+        "    user: haios\n", "    user: root\n"
+    )
+    text = text.replace("    # host_key: SHA256:...", f"    host_key: {ssh_env.fingerprint}")
+    roots = iter([tmp_path / "srv/node-1", tmp_path / "srv/node-2"])
+    lines = [f"    root: {next(roots)}" if line.startswith("    root: ") else line for line in text.splitlines()]
+    config.write_text("\n".join(lines) + "\n")
+    assert cli("--repo", repo, "validate").exit_code == 0
+    first = cli("--repo", repo, "node", "provision")
+    assert first.exit_code == 0, first.output
+    assert first.stdout.splitlines() == ["node-1: created", "node-2: created"]
+    assert (tmp_path / "srv/node-1/state.txt").exists() and (tmp_path / "srv/node-2/wal").is_dir()
+    again = cli("--repo", repo, "node", "provision", "node-2")
+    assert again.stdout.splitlines() == ["node-2: already provisioned"]
+    doctor = cli("--repo", repo, "-o", "json", "doctor")
+    kinds = {f["kind"] for f in json.loads(doctor.stdout)["findings"]}
+    assert not kinds & {"unreachable", "host_key", "version", "control_file"}, kinds  # only heartbeats missing
