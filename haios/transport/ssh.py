@@ -184,6 +184,7 @@ class SshTransport:
                 transport = client.get_transport()
                 if transport is not None:
                     transport.set_keepalive(15)
+                    _tcp_keepalive(transport.sock, self.io_timeout)
                 return _Conn(client)
             except HostKeyError:
                 client.close()
@@ -359,6 +360,8 @@ class SshTransport:
                     while chan.recv_stderr_ready():
                         err += chan.recv_stderr(65536)
                     break
+                elif chan.closed or not chan.get_transport().is_active():
+                    raise EOFError("the connection closed before the command finished")
                 elif time.monotonic() > deadline:
                     chan.close()
                     return Completed(124, out.decode(errors="replace"), f"timed out after {timeout:g} s")
@@ -366,6 +369,8 @@ class SshTransport:
                     time.sleep(0.002)
             code = chan.recv_exit_status()
             chan.close()
+            if code == -1:  # paramiko's word for "the channel closed without an exit status"
+                raise EOFError("the connection closed before the command finished")
         except (TimeoutError, OSError, EOFError) as exc:
             self._drop(node)
             raise TransportError(f"{node}: the connection broke during a command: {_why(exc)}") from None
@@ -432,6 +437,27 @@ class SshTransport:
             ["env", *assignments, *words] if assignments else words
         )
         return self._exec(node, command, timeout)
+
+
+def _tcp_keepalive(sock: Any, idle: float) -> None:
+    """Let the kernel notice a peer that vanished (a cut link sends no reset): probes after ``idle``
+    seconds of silence, three of them a second apart, and no sent data left unacknowledged for longer
+    than that; then the connection fails."""
+    import contextlib
+    import socket
+
+    # not a TCP socket (a proxy command): paramiko's own keepalive is all there is
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        options = (
+            ("TCP_KEEPIDLE", max(1, int(idle))),
+            ("TCP_KEEPINTVL", 1),
+            ("TCP_KEEPCNT", 3),
+            ("TCP_USER_TIMEOUT", int((idle + 3) * 1000)),  # also when data waits unacknowledged
+        )
+        for option, value in options:
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def _env_seconds(name: str, default: float) -> float:

@@ -231,3 +231,26 @@ def test_reconciler_cut_off_from_the_majority_changes_nothing(net: Net, cluster_
     net.heal("node-1", "node-2")
     code, result = _result(net.haios("--repo", str(cluster), "-o", "json", "reconcile"))
     assert code == 0 and result["traces"][0]["verdict"] == "rollback"  # type: ignore[index]
+
+
+def test_link_cut_while_a_compensator_runs_on_that_node(net: Net, cluster_behind: Path) -> None:
+    """The connection drops mid-command: the reconciler notices within seconds (TCP keepalive),
+    records no success it never heard of, and the next run calls the compensator again with the same
+    idempotency key — which the cloud answers from its record: one deletion in all."""
+    cluster = cluster_behind
+    plant(cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-3": 1})
+    run = net.haios("--repo", str(cluster), "-o", "json", "reconcile")
+    deadline = time.monotonic() + 60
+    while not (cluster / "nodes/node-3/compensating").exists():
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.02)
+    net.cut("node-3")
+    started = time.monotonic()
+    code, first = _result(run)
+    assert code == 1 and time.monotonic() - started < 30, first  # not the playbook's 60-s timeout
+    assert "node-3" in first["traces"][0]["note"]  # type: ignore[index]
+    net.heal("node-3")
+    code, second = _result(net.haios("--repo", str(cluster), "-o", "json", "reconcile"))
+    assert code == 0, second
+    assert deletes(cluster) == {"key-node-3-0": 1}
+    assert sim_check(cluster) == []

@@ -343,3 +343,35 @@ def test_init_then_provision_ssh_nodes_then_doctor(tmp_path: Path, ssh_env: Sshd
     doctor = cli("--repo", repo, "-o", "json", "doctor")
     kinds = {f["kind"] for f in json.loads(doctor.stdout)["findings"]}
     assert not kinds & {"unreachable", "host_key", "version", "control_file"}, kinds  # only heartbeats missing
+
+
+def test_disk_full_on_a_node_is_a_clean_error_and_nothing_half_written(
+    ssh_cluster: Path, cli: Invoke, tmp_path: Path
+) -> None:
+    """node-3's root is on a tiny filesystem that fills up: the step there fails with the node's own
+    error, the other nodes' work stands, and once space is freed the next run finishes the trace."""
+    import subprocess
+
+    root = ssh_cluster / "nodes/node-3"
+    saved = tmp_path / "node-3-saved"
+    shutil.copytree(root, saved, symlinks=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(root)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small filesystem here (needs root)")
+    try:
+        subprocess.run(["cp", "-a", f"{saved}/.", str(root)], check=True)
+        plant(ssh_cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-1": 1})
+        filler = root / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)  # until ENOSPC
+        result = cli("--repo", ssh_cluster, "-o", "json", "reconcile")
+        data = json.loads(result.stdout)
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        (trace,) = data["traces"]
+        assert "node-3" in trace["note"] and "space" in trace["note"].lower(), trace["note"]
+        assert trace["after"] == "ROLLBACK"
+        filler.unlink()
+        again = cli("--repo", ssh_cluster, "-o", "json", "reconcile")
+        assert again.exit_code == 0, again.output
+        assert json.loads(again.stdout)["traces"][0]["trace_id"] == trace["trace_id"]
+        assert sim_check(ssh_cluster) == []
+    finally:
+        subprocess.run(["umount", "-l", str(root)], capture_output=True)
