@@ -9,13 +9,13 @@ nothing leaves every journal byte-identical.
 
 from __future__ import annotations
 
-import io
 import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..controlfile import dump_mapping
 from ..errors import ConfigError
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import utc
@@ -148,15 +148,8 @@ class Journal:
         self.dirty = True
 
     def save(self, repo: Path) -> None:
-        from ruamel.yaml import YAML
-
-        yaml = YAML(typ="safe", pure=True)
-        yaml.default_flow_style = False
-        yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]
-        buf = io.StringIO()
-        yaml.dump(self.as_dict(), buf)
         makedirs_durable(repo / JOURNAL_DIR)
-        atomic_write(self.path(repo), buf.getvalue().encode("utf-8"))
+        atomic_write(self.path(repo), dump_mapping(self.as_dict()))
         self.dirty = False
         self.writes += 1
 

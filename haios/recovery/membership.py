@@ -16,12 +16,12 @@ the node was evicted, and every alert raised (each once per isolation).
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config.model import RepoConfig
+from ..controlfile import dump_mapping
 from ..detect.detectors import NodeObservation
 from ..errors import ConfigError
 from ..fsutil import atomic_write, makedirs_durable
@@ -143,14 +143,7 @@ def load(repo: Path) -> Membership:
 
 
 def save(repo: Path, membership: Membership) -> None:
-    from ruamel.yaml import YAML
-
-    yaml = YAML(typ="safe", pure=True)
-    yaml.default_flow_style = False
-    yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]
-    buf = io.StringIO()
-    yaml.dump(membership.as_dict(), buf)
-    data = buf.getvalue().encode("utf-8")
+    data = dump_mapping(membership.as_dict())
     path = repo / MEMBERSHIP_FILE
     if path.exists() and path.read_bytes() == data:
         return

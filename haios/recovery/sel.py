@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import io
 import json
 import os
 import random
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.model import Thresholds
+from ..controlfile import dump_mapping
 from ..errors import ConfigError
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import utc
@@ -97,17 +97,6 @@ def full_jitter(key: str, attempt: int, base: float, cap: float) -> float:
 def _file_name(key: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", key)[:80]
     return f"{safe}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.yaml"
-
-
-def _dump(data: Any) -> bytes:
-    from ruamel.yaml import YAML
-
-    yaml = YAML(typ="safe", pure=True)
-    yaml.default_flow_style = False
-    yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]
-    buf = io.StringIO()
-    yaml.dump(data, buf)
-    return buf.getvalue().encode("utf-8")
 
 
 def _load(path: Path) -> Any:
@@ -264,7 +253,7 @@ class SelStore:
 
     def _save(self, entry: Entry) -> None:
         makedirs_durable(self.repo / KEYS_DIR)
-        atomic_write(self._entry_path(entry.key), _dump(entry.as_dict()))
+        atomic_write(self._entry_path(entry.key), dump_mapping(entry.as_dict()))
 
     def breakers(self) -> dict[str, Breaker]:
         data = _load(self.repo / BREAKERS_FILE) or {}
@@ -276,7 +265,7 @@ class SelStore:
     def _save_breakers(self, breakers: dict[str, Breaker]) -> None:
         body = {"schema": "haios-sel-breakers/v1", "breakers": {n: breakers[n].as_dict() for n in sorted(breakers)}}
         makedirs_durable(self.repo / SEL_DIR)
-        atomic_write(self.repo / BREAKERS_FILE, _dump(body))
+        atomic_write(self.repo / BREAKERS_FILE, dump_mapping(body))
 
     def breaker(self, compensator: str) -> Breaker:
         return self.breakers().get(compensator) or Breaker(compensator)
@@ -368,7 +357,7 @@ class SelStore:
             kept = [t for t in swings.get(entry.resource, []) if now - t < SWING_RETENTION] + [now]
             swings[entry.resource] = kept
             body = {"schema": "haios-sel-swings/v1", "deletes": {r: swings[r] for r in sorted(swings) if swings[r]}}
-            atomic_write(self.repo / SWINGS_FILE, _dump(body))
+            atomic_write(self.repo / SWINGS_FILE, dump_mapping(body))
         return entry
 
     def failed(

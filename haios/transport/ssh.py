@@ -26,7 +26,8 @@ import shlex
 import stat
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -248,18 +249,26 @@ class SshTransport:
             raise UsageError(f"{relpath!r} is not a path inside the node root")
         return f"{self.spec(node).root.rstrip('/')}/{relpath}"
 
+    @contextmanager
+    def _reading(self, node: str, what: str) -> Iterator[None]:
+        """Network failures while reading ``what`` become one TransportError, and the connection is
+        dropped (a timed-out one is no use: the next operation connects afresh). A missing file and
+        haios's own errors (a full local disk) pass through as they are."""
+        try:
+            yield
+        except (FileNotFoundError, HaiosError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - OSError, a timeout, paramiko's SSHException, EOFError
+            self._drop(node)
+            raise TransportError(f"{node}: cannot read {what}: {_why(exc)}") from None
+
     def read_file(self, node: str, relpath: str) -> bytes | None:
         sftp = self._sftp(node)
         try:
-            with sftp.open(self._path(node, relpath), "rb") as fh:
+            with self._reading(node, relpath), sftp.open(self._path(node, relpath), "rb") as fh:
                 data: bytes = fh.read()
         except FileNotFoundError:
             return None
-        except HaiosError:
-            raise  # our own (a full local disk): not the connection's fault
-        except Exception as exc:  # noqa: BLE001 - OSError, a timeout, paramiko's SSHException, EOFError
-            self._drop(node)  # a timed-out connection is no use: the next operation connects afresh
-            raise TransportError(f"{node}: cannot read {relpath}: {_why(exc)}") from None
         self.bytes_read += len(data)
         return data
 
@@ -272,29 +281,25 @@ class SshTransport:
         local = self.mirror / node
         makedirs_durable(local / "wal")
         try:
-            names = {a.filename: a for a in sftp.listdir_attr(root)}
-            for name in [*MIRROR_FILES, *(n for n in names if n.startswith("exec_status_"))]:
-                target = local / name
-                if name not in names:
-                    target.unlink(missing_ok=True)
-                    continue
-                with sftp.open(f"{root}/{name}", "rb") as fh:
-                    data = fh.read()
-                self.bytes_read += len(data)
-                if not target.exists() or target.read_bytes() != data:
-                    atomic_write(target, data, durable=False)
-            segments = {
-                a.filename: a
-                for a in sftp.listdir_attr(f"{root}/wal")
-                if a.filename.endswith(".wal") and stat.S_ISREG(a.st_mode or 0)
-            }
+            with self._reading(node, "the node root"):
+                names = {a.filename: a for a in sftp.listdir_attr(root)}
+                for name in [*MIRROR_FILES, *(n for n in names if n.startswith("exec_status_"))]:
+                    target = local / name
+                    if name not in names:
+                        target.unlink(missing_ok=True)
+                        continue
+                    with sftp.open(f"{root}/{name}", "rb") as fh:
+                        data = fh.read()
+                    self.bytes_read += len(data)
+                    if not target.exists() or target.read_bytes() != data:
+                        atomic_write(target, data, durable=False)
+                segments = {
+                    a.filename: a
+                    for a in sftp.listdir_attr(f"{root}/wal")
+                    if a.filename.endswith(".wal") and stat.S_ISREG(a.st_mode or 0)
+                }
         except FileNotFoundError:
             raise TransportError(f"{node}: no node root at {root}") from None
-        except HaiosError:
-            raise  # our own (a full local disk): not the connection's fault
-        except Exception as exc:  # noqa: BLE001 - OSError, a timeout, paramiko's SSHException, EOFError
-            self._drop(node)  # a timed-out connection is no use: the next operation connects afresh
-            raise TransportError(f"{node}: cannot read the node root: {_why(exc)}") from None
         for stale in (local / "wal").glob("*.wal"):
             if stale.name not in segments:
                 stale.unlink()
@@ -307,29 +312,23 @@ class SshTransport:
         (a repair cut it, or it was replaced)."""
         have = local.stat().st_size if local.exists() else 0
         probe = min(have, 512)
-        try:
-            with sftp.open(remote, "rb") as fh:
-                if have and have <= size:
-                    fh.seek(have - probe)
-                    tail = fh.read(probe)
-                    self.bytes_read += len(tail)
-                    with open(local, "rb") as mine:
-                        mine.seek(have - probe)
-                        same = mine.read(probe) == tail
-                else:
-                    same = False
-                if not same:
-                    have = 0
-                    fh.seek(0)
-                if have == size:
-                    return
-                fh.prefetch(size - have)
-                data = fh.read(size - have)
-        except HaiosError:
-            raise  # our own (a full local disk): not the connection's fault
-        except Exception as exc:  # noqa: BLE001 - OSError, a timeout, paramiko's SSHException, EOFError
-            self._drop(node)  # a timed-out connection is no use: the next operation connects afresh
-            raise TransportError(f"{node}: cannot read {remote}: {_why(exc)}") from None
+        with self._reading(node, remote), sftp.open(remote, "rb") as fh:
+            if have and have <= size:
+                fh.seek(have - probe)
+                tail = fh.read(probe)
+                self.bytes_read += len(tail)
+                with open(local, "rb") as mine:
+                    mine.seek(have - probe)
+                    same = mine.read(probe) == tail
+            else:
+                same = False
+            if not same:
+                have = 0
+                fh.seek(0)
+            if have == size:
+                return
+            fh.prefetch(size - have)
+            data = fh.read(size - have)
         self.bytes_read += len(data)
         with open(local, "r+b" if have else "wb") as out:
             out.seek(have)
