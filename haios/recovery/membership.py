@@ -81,10 +81,6 @@ class Membership:
             n for n, e in self.nodes.items() if e.get("blocked_since") is not None and e.get("evicted_at") is None
         )
 
-    @property
-    def changed(self) -> bool:
-        return bool(self.events)
-
     def as_dict(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA,

@@ -274,14 +274,6 @@ class SelStore:
         data = _load(self.repo / SWINGS_FILE) or {}
         return {r: [float(t) for t in times] for r, times in (data.get("deletes") or {}).items()}
 
-    def entries(self) -> Iterator[Entry]:
-        directory = self.repo / KEYS_DIR
-        if directory.is_dir():
-            for path in sorted(directory.glob("*.yaml")):
-                data = _load(path)
-                if data:
-                    yield Entry.from_dict(data)
-
     # -- the rules -------------------------------------------------------------------------------
 
     def register(
