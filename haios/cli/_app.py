@@ -65,7 +65,7 @@ def main_options(
 
 
 def _register() -> None:
-    from . import budget, doctor, init, node, recover, sim, validate, wal
+    from . import budget, doctor, init, node, override, recover, sim, validate, wal
 
     app.command(name="init")(init.init)
     app.command(name="validate")(validate.validate)
@@ -76,6 +76,7 @@ def _register() -> None:
     app.command(name="audit")(recover.audit)
     app.add_typer(budget.app, name="budget")
     app.add_typer(node.app, name="node")
+    app.add_typer(override.app, name="override")
     app.add_typer(sim.app, name="sim")
     app.add_typer(wal.app, name="wal")
 

@@ -349,14 +349,30 @@ def _check_thresholds(doc: YamlDoc) -> Iterator[Problem]:
         yield doc.problem(("heartbeat", "interval"), "the heartbeat interval must be positive")
 
 
+def strict_json(text: str) -> Any:
+    """JSON as a signed payload must be: no duplicate keys, no floats, no NaN or Infinity."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in items]
+        duplicated = sorted({k for k in keys if keys.count(k) > 1})
+        if duplicated:
+            raise ValueError(f"duplicate key {duplicated[0]!r}")
+        return dict(items)
+
+    def no_float(literal: str) -> Any:
+        raise ValueError(f"floats are not allowed ({literal})")
+
+    return json.loads(text, object_pairs_hook=pairs, parse_float=no_float, parse_constant=no_float)
+
+
 def _check_override(stem: str, doc: YamlDoc, cluster: YamlDoc | None) -> Iterator[Problem]:
     from jsonschema import Draft202012Validator
 
     text = doc.value["payload"]
     try:
-        payload = json.loads(text)
+        payload = strict_json(text)
     except ValueError as exc:
-        yield doc.problem(("payload",), f"payload is not JSON: {exc}")
+        yield doc.problem(("payload",), f"payload is not strict JSON: {exc}")
         return
     if not isinstance(payload, dict):
         yield doc.problem(("payload",), "payload must be a JSON object")
@@ -392,7 +408,9 @@ def _list_dir(repo: Path, folder: str, report: ValidationReport) -> Iterable[str
     return names
 
 
-def _validate(repo: Path) -> tuple[ValidationReport, dict[str, YamlDoc], dict[str, YamlDoc], dict[str, YamlDoc]]:
+def _validate(
+    repo: Path, *, with_overrides: bool = True
+) -> tuple[ValidationReport, dict[str, YamlDoc], dict[str, YamlDoc], dict[str, YamlDoc]]:
     report = ValidationReport(repo)
     if not (repo / "haios.yaml").is_file():
         raise ConfigError(
@@ -421,6 +439,9 @@ def _validate(repo: Path) -> tuple[ValidationReport, dict[str, YamlDoc], dict[st
             )
     per_dir: dict[str, dict[str, YamlDoc]] = {}
     for folder, (kind, schema_name) in FILE_DIRS.items():
+        if folder == "overrides" and not with_overrides:
+            per_dir[folder] = {}  # judged one by one ('haios override verify'), not as the repo's validity
+            continue
         per_dir[folder] = {}
         for name in _list_dir(repo, folder, report):
             doc = _load_file(repo, f"{folder}/{name}", kind, schema_name, report)
@@ -457,10 +478,10 @@ def validate_repo(repo: Path | str) -> ValidationReport:
     return _validate(Path(repo))[0]
 
 
-def load_repo(repo: Path | str) -> model.RepoConfig:
+def load_repo(repo: Path | str, *, overrides: bool = True) -> model.RepoConfig:
     """Load a valid desired-state repo; raise :class:`ConfigError` listing its problems if invalid."""
     path = Path(repo)
-    report, docs, playbooks, overrides = _validate(path)
+    report, docs, playbooks, found = _validate(path, with_overrides=overrides)
     if report.problems:
         first = report.problems[0]
         more = f" and {len(report.problems) - 1} more" if len(report.problems) > 1 else ""
@@ -474,6 +495,34 @@ def load_repo(repo: Path | str) -> model.RepoConfig:
         fx=model.build_fx(docs["policies/fx.yaml"].value),
         rbac=model.build_rbac(docs["policies/rbac.yaml"].value),
         playbooks={name: model.build_playbook(doc.value) for name, doc in playbooks.items()},
-        overrides=tuple(model.build_override(f"overrides/{n}.yaml", d.value) for n, d in sorted(overrides.items())),
+        overrides=tuple(model.build_override(f"overrides/{n}.yaml", d.value) for n, d in sorted(found.items())),
         data_schemas=tuple(load_data_schemas(path)[0]),
     )
+
+
+def check_override_file(repo: Path, path: Path) -> tuple[model.Override | None, list[Problem]]:
+    """One override file, wherever it is (a pull request's checkout): YAML safety, its schema, the
+    payload's schema and canonical form, its trace id against the file name and its cluster against
+    ``haios.yaml``. Returns the override when every check passed, and the problems."""
+    name = str(path)
+    try:
+        doc = load_yaml(path.read_bytes(), name)
+    except YamlRejected as exc:
+        return None, [exc.problem]
+    except OSError as exc:
+        return None, [Problem(name, 1, 1, "(root)", f"cannot read: {os.strerror(exc.errno or 0)}")]
+    if not isinstance(doc.value, dict):
+        return None, [doc.problem((), "must be a mapping with apiVersion: haios/v1 and kind: Override")]
+    problems = list(_schema_problems(doc, "override"))
+    if problems:
+        return None, problems
+    cluster: YamlDoc | None = None
+    try:
+        cluster = load_yaml((repo / "haios.yaml").read_bytes(), "haios.yaml")
+    except (YamlRejected, OSError):
+        cluster = None
+    stem = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
+    problems = list(_check_override(stem, doc, cluster))
+    if problems:
+        return None, problems
+    return model.build_override(name, doc.value), []
