@@ -152,3 +152,45 @@ def verify_cmd(
         for verdict in verdicts:
             _print(verdict)
     return 0 if verdicts and all(v.valid for v in verdicts) else 5
+
+
+@app.command("list")
+def list_cmd(ctx: typer.Context, repo: RepoOpt = None, output: OutputOpt = None) -> int:
+    """Every override in overrides/ with its state: pending, valid, applied, expired or rejected."""
+    from ..overrides.verify import applied, state_of
+
+    opts = resolve(ctx, repo=repo, output=output)
+    config = load_repo(opts.repo, overrides=False)
+    now = time.time()
+    done = applied(opts.repo)["nonces"]
+    rows = []
+    for path in sorted((opts.repo / "overrides").glob("*.yaml")):
+        override, problems = check_override_file(opts.repo, path)
+        if override is None:
+            rows.append({"file": str(path), "state": "rejected", "why": str(problems[0]), "have": 0, "need": None})
+            continue
+        verdict = check(config, override, now)
+        expires = json.loads(override.payload)["expires_at"]
+        state = state_of(verdict, done, now, expires)
+        why = "; ".join(verdict.problems) if state == "rejected" else ""
+        rows.append(
+            {
+                "file": str(path.relative_to(opts.repo)),
+                "trace_id": verdict.trace_id,
+                "action": verdict.action,
+                "state": state,
+                "have": verdict.have,
+                "need": verdict.need,
+                "why": why,
+            }
+        )
+    if opts.output is not Output.text:
+        _render.emit_json({"schema": "haios-override-list/v1", "overrides": rows})
+        return 0
+    if not rows:
+        _render.out("no overrides")
+    for r in rows:
+        tally = f"{r['have']} of {r['need']}" if r.get("need") else "-"
+        extra = f": {r['why']}" if r.get("why") else ""
+        _render.out(f"{r['file']}  {r.get('action', '-')} {r.get('trace_id', '-')}  {r['state']} ({tally}){extra}")
+    return 0

@@ -179,3 +179,14 @@ def check(config: RepoConfig, override: Override, now: float, *, trace_id: str |
         result.accepted, result.reason = True, "valid"
     verdict.have = len(counted)
     return verdict
+
+
+def state_of(verdict: Verdict, applied_nonces: dict[str, Any], now: float, expires_at: int | None) -> str:
+    """pending (payload fine, not enough signatures yet), valid, applied, expired or rejected."""
+    if verdict.nonce is not None and verdict.nonce in applied_nonces:
+        return "applied"
+    if expires_at is not None and now > expires_at:
+        return "expired"
+    if verdict.problems:
+        return "rejected"
+    return "valid" if verdict.valid else "pending"

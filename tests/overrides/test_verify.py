@@ -293,3 +293,30 @@ def test_mutations_never_pass_unless_payload_and_threshold_survive(
     if verdict.valid:
         assert override.payload == payload
         assert sum(1 for s in verdict.signatures if s.accepted) >= 2
+
+
+def test_list_shows_each_state(signed_repo: tuple[Path, dict[str, Path]], cli: Invoke) -> None:
+    repo, keys = signed_repo
+    pending = _new(cli, repo, "1-analyze-aaa")
+    _sign(cli, repo, pending, "alice", keys["alice"])
+    valid = _new(cli, repo, "1-blueprint-bbb")
+    for person in ("alice", "bob"):
+        _sign(cli, repo, valid, person, keys[person])
+    expired = _new(cli, repo, "1-construct-ccc")
+    _payload_override(repo, expired, issued_at=int(time.time()) - 100, expires_at=int(time.time()) - 10)
+    used = _new(cli, repo, "1-validate-ddd")
+    nonce = json.loads(str(_doc(used)["payload"]))["nonce"]
+    (repo / APPLIED_FILE).parent.mkdir(parents=True)
+    (repo / APPLIED_FILE).write_text(f"nonces:\n  {nonce}: applied\npolicy_version: 3\n")
+    (repo / "overrides/1-idle-eee.yaml").write_text(
+        "apiVersion: haios/v1\nkind: Override\npayload: '{}'\nsignatures: []\n"
+    )
+    result = cli("--repo", repo, "-o", "json", "override", "list")
+    states = {Path(r["file"]).stem: r["state"] for r in json.loads(result.stdout)["overrides"]}
+    assert states == {
+        "1-analyze-aaa": "pending",
+        "1-blueprint-bbb": "valid",
+        "1-construct-ccc": "expired",
+        "1-validate-ddd": "applied",
+        "1-idle-eee": "rejected",
+    }
