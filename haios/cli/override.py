@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import secrets
 import time
@@ -105,8 +106,6 @@ def sign_cmd(
     yaml.width = 4096
     doc = yaml.load(file.read_text(encoding="utf-8"))
     doc["signatures"].append({"principal": principal, "sig": LiteralScalarString(armored)})
-    import io
-
     buf = io.StringIO()
     yaml.dump(doc, buf)
     atomic_write(file, buf.getvalue().encode("utf-8"))
