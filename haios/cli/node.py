@@ -10,13 +10,13 @@ from typing import Annotated, Any
 import typer
 
 from ..config import load_repo, parse_duration
+from ..config.model import NAME_RE
 from ..errors import HaiosError, UsageError
 from ..node import Node
 from ..node.heartbeat import beat, update_gossip
 from ..node.recover import dispatch
 from ..recovery.rejoin import rejoin as do_rejoin
 from ..transport import LocalTransport
-from ..transport.ssh import NODE_NAME
 from . import _render
 from ._options import Output, OutputOpt, RepoOpt, resolve
 
@@ -275,7 +275,7 @@ def init_root(
     body = _json_arg(text, "the policy")
     if not isinstance(body, dict) or "cluster" not in body:
         raise UsageError("the policy must be the JSON object 'haios node provision' sends (with a cluster)")
-    if not NODE_NAME.match(name):
+    if not NAME_RE.fullmatch(name):
         raise UsageError(f"node name {name!r} is not allowed (lowercase letters, digits and '-')")
     created = init_node_root(root, name, body)
     _render.emit_ndjson({"node": name, "root": str(root), "created": created})

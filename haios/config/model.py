@@ -7,10 +7,27 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 PHASES: tuple[str, ...] = ("ANALYZE", "BLUEPRINT", "CONSTRUCT", "VALIDATE", "IDLE")
+NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+"""Cluster, node, region and supervisor names (use ``fullmatch``)."""
+_SSH_ROOT = re.compile(r"/[A-Za-z0-9._+/-]{0,4095}")
+
+
+def ssh_root_ok(root: str) -> bool:
+    """An ssh node's root becomes a word of remote commands: an absolute path of letters, digits and
+    ``. _ + - /`` only, without ``..`` components or ``//``."""
+    return bool(_SSH_ROOT.fullmatch(root)) and "/../" not in f"{root}/" and "//" not in root
+
+
+def parse_time(text: str) -> datetime:
+    """A time from a policy file (``2026-01-01`` or ``2026-01-01T12:00:00Z``), as an aware UTC
+    datetime; a date alone is its midnight UTC, a time without an offset is UTC."""
+    value = datetime.fromisoformat(text if "T" in text else f"{text}T00:00:00+00:00")
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def phase_order(g: int, phase: str | None) -> tuple[int, int]:

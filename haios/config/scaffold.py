@@ -17,10 +17,9 @@ from ..fsutil import atomic_write, fsync_dir, makedirs_durable
 from ..gitrepo import init_and_commit
 from ..node.root import init_node_root
 from ..resources import data_dir
-from .model import PHASES
+from .model import NAME_RE, PHASES
 from .validate import load_repo
 
-NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 MAX_INIT_NODES = 10000
 SCHEMA_DIR = ".haios/schemas"
 DEFAULT_SSH_ROOT = "/var/lib/haios"

@@ -10,10 +10,8 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -193,9 +191,6 @@ def _load_file(repo: Path, rel: str, kind: str, schema_name: str, report: Valida
 # -- cross-file checks ---------------------------------------------------------------------------
 
 
-SSH_ROOT = re.compile(r"^/[A-Za-z0-9._+/-]{0,4095}$")
-
-
 def _check_cluster(repo: Path, doc: YamlDoc) -> Iterator[Problem]:
     seen: dict[str, int] = {}
     local_roots: dict[str, int] = {}
@@ -216,7 +211,7 @@ def _check_cluster(repo: Path, doc: YamlDoc) -> Iterator[Problem]:
         else:
             if not node["root"].startswith("/"):
                 yield doc.problem(("nodes", i, "root"), "an ssh node's root must be an absolute path")
-            elif not SSH_ROOT.match(node["root"]) or "/../" in node["root"] + "/" or "//" in node["root"]:
+            elif not model.ssh_root_ok(node["root"]):
                 # it becomes part of remote commands: nothing a shell could read as more than a word
                 yield doc.problem(
                     ("nodes", i, "root"),
@@ -283,10 +278,6 @@ def _check_playbooks(playbooks: dict[str, YamlDoc]) -> Iterator[Problem]:
             kinds.setdefault(kind, stem)
 
 
-def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text if "T" in text else f"{text}T00:00:00+00:00")
-
-
 def _check_rbac(doc: YamlDoc) -> Iterator[Problem]:
     from ..overrides.keys import parse_public_key
 
@@ -311,8 +302,8 @@ def _check_rbac(doc: YamlDoc) -> Iterator[Problem]:
                     f"key {key.fingerprint} is also listed for '{owners[key.blob]}'; one key belongs to one person",
                 )
         try:
-            after = _parse_time(sup["valid_after"]) if "valid_after" in sup else None
-            before = _parse_time(sup["valid_before"]) if "valid_before" in sup else None
+            after = model.parse_time(sup["valid_after"]) if "valid_after" in sup else None
+            before = model.parse_time(sup["valid_before"]) if "valid_before" in sup else None
         except ValueError as exc:
             yield doc.problem(("supervisors", i), f"invalid validity time: {exc}")
             continue

@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..config.model import Override, RepoConfig, Supervisor
+from ..config.model import Override, RepoConfig, Supervisor, parse_time
 from .keys import parse_public_key
 from .sshsig import SignatureError, verify
 
@@ -24,9 +23,7 @@ APPLIED_FILE = "status/overrides/applied.yaml"
 
 
 def _when(text: str | None) -> float | None:
-    if text is None:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC).timestamp()
+    return None if text is None else parse_time(text).timestamp()
 
 
 def active(s: Supervisor, now: float) -> bool:

@@ -32,12 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config.model import NodeSpec
+from ..config.model import NAME_RE, NodeSpec, ssh_root_ok
 from ..errors import HaiosError, TransportError, UsageError, VerificationError
 from .base import Completed
 
-NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-REMOTE_ROOT = re.compile(r"^/[A-Za-z0-9._+/-]{0,4095}$")
 SAFE_WORD = re.compile(r"^[A-Za-z0-9._:/@+=,%-]*$")  # argv words that need no quoting at all
 CONNECT_RETRIES = (0.2, 0.5, 1.0)  # waits between attempts to open a connection
 MIRROR_FILES = ("state.txt", "heartbeat", "gossip", "fence", "policy")
@@ -56,9 +54,9 @@ def fingerprint(key_blob: bytes) -> str:
 
 def check_node(spec: NodeSpec) -> None:
     """Refuse a node whose name or root could smuggle anything into a remote command."""
-    if not NODE_NAME.match(spec.name):
+    if not NAME_RE.fullmatch(spec.name):
         raise UsageError(f"node name {spec.name!r} is not allowed (lowercase letters, digits and '-')")
-    if not REMOTE_ROOT.match(spec.root) or "/../" in f"{spec.root}/" or "//" in spec.root:
+    if not ssh_root_ok(spec.root):
         raise UsageError(
             f"{spec.name}: root {spec.root!r} is not allowed for an ssh node",
             hint="an absolute path of letters, digits and . _ + - / only",

@@ -320,3 +320,16 @@ def test_list_shows_each_state(signed_repo: tuple[Path, dict[str, Path]], cli: I
         "1-validate-ddd": "applied",
         "1-idle-eee": "rejected",
     }
+
+
+def test_validity_windows_are_utc_whatever_their_form() -> None:
+    """A date alone means its midnight UTC, for the verifier as for 'haios validate'."""
+    from datetime import UTC, datetime
+
+    from haios.config.model import Supervisor
+    from haios.overrides.verify import active
+
+    midnight = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
+    for after in ("2026-03-01", "2026-03-01T00:00:00Z", "2026-03-01T01:00:00+01:00"):
+        s = Supervisor("alice", (), valid_after=after)
+        assert not active(s, midnight - 1) and active(s, midnight)
