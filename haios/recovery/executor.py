@@ -544,12 +544,17 @@ class _Runner:
         raise _Stop(3, f"HARD_FAILED: {', '.join(stuck)} left uncompensated (alert raised)")
 
 
+def node_state(ctx: Context, node: str) -> dict[str, Any] | None:
+    """The node's state.txt as it is now, read through the transport (None: it has none)."""
+    raw = ctx.transport.read_file(node, "state.txt")
+    return controlfile.load_mapping(controlfile.decode(raw, node)) if raw is not None else None
+
+
 def _status_file(ctx: Context) -> dict[str, Any]:
     nodes: dict[str, Any] = {}
     for spec in ctx.config.cluster.nodes:
         try:
-            raw = ctx.transport.read_file(spec.name, "state.txt")
-            body = controlfile.load_mapping(controlfile.decode(raw, spec.name)) if raw is not None else None
+            body = node_state(ctx, spec.name)
         except HaiosError:
             body = None
         nodes[spec.name] = {"g": body.get("g"), "ph": body.get("ph")} if body else {"unreachable": True}

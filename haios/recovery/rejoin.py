@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import audit, controlfile
+from .. import audit
 from ..config.model import phase_order as order
 from ..coord import new_holder
 from ..errors import BlockedError, HaiosError, UsageError, VerificationError
 from ..node.transaction import CATCH_UP_PREFIX, next_transition
 from . import journal as journals
 from . import membership as members
-from .executor import STATUS_FILE, TraceOutcome, _Runner, _write_status
+from .executor import STATUS_FILE, TraceOutcome, _Runner, _write_status, node_state
 from .machine import State
 from .plan import Context, build, plan_transition
 from .sel import SEL_DIR
@@ -87,10 +87,10 @@ def _missed(start: tuple[int, str | None], end: tuple[int, str | None]) -> list[
 
 def _state(ctx: Context, node: str) -> tuple[int, str | None]:
     """The node's position as its state.txt says now (after the rollbacks above)."""
-    raw = ctx.transport.read_file(node, "state.txt")
-    if raw is None:
+    state = node_state(ctx, node)
+    if state is None:
         raise HaiosError(f"{node}: state.txt is missing", hint="run 'haios doctor' to see what the node root lacks")
-    return _position(controlfile.load_mapping(controlfile.decode(raw, node)))
+    return _position(state)
 
 
 def _open_transitions(ctx: Context, node: str) -> list[tuple[int, str]]:
