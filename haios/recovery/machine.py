@@ -7,6 +7,7 @@
     BLOCKED (partition: waits for heal, not FAILED)
     BLOCKED_COMPENSATOR ─(T_blocked)─► HARD_FAILED (releases the barrier, alert)
     AWAITING_ACK (flapping, corrupt WAL, hold policy, cost cap: needs a signed override)
+    ABORTED (a signed abort override: ABORT_PHASE everywhere, nothing compensated, the barrier released)
 
 The whole transition table is :data:`TABLE`; anything not in it is a bug and raises
 :class:`InvalidTransition`. Actions name what the executor must do next, in order.
@@ -26,6 +27,7 @@ class State(StrEnum):
     BLOCKED_COMPENSATOR = "BLOCKED_COMPENSATOR"
     HARD_FAILED = "HARD_FAILED"
     AWAITING_ACK = "AWAITING_ACK"
+    ABORTED = "ABORTED"
 
 
 class Event(StrEnum):
@@ -37,6 +39,7 @@ class Event(StrEnum):
     NEEDS_HUMAN = "needs_human"  # corrupt WAL mid-log, hold policy, flapping, cost cap
     ACK_RESUME = "ack_resume"  # a signed override: try again automatically
     ACK_ROLLBACK = "ack_rollback"  # a signed override: force a rollback
+    ACK_ABORT = "ack_abort"  # a signed override: the trace stopped, ABORT_PHASE everywhere without compensation
     VALIDATION_FAILED = "validation_failed"  # replay found a file its schema rejects
     COMPENSATOR_FAILED = "compensator_failed"  # one compensation failed; retried by a later run
     COMPENSATOR_EXHAUSTED = "compensator_exhausted"  # failed past the attempt limit
@@ -55,7 +58,7 @@ class Action(StrEnum):
     WAIT = "wait"
 
 
-TERMINAL = frozenset({State.CLEAN_EXIT, State.HARD_FAILED})
+TERMINAL = frozenset({State.CLEAN_EXIT, State.HARD_FAILED, State.ABORTED})
 NEEDS_A_HUMAN = frozenset({State.AWAITING_ACK, State.BLOCKED_COMPENSATOR, State.HARD_FAILED})
 """States that make reconcile exit 3 (SPEC §10)."""
 
@@ -93,9 +96,20 @@ TABLE: dict[tuple[State, Event], tuple[State, tuple[Action, ...]]] = {
         (_A.ABANDON_AND_ABORT, _A.ALERT, _A.RELEASE_BARRIER),
     ),
     (_S.BLOCKED_COMPENSATOR, _E.ACK_ROLLBACK): (_S.ROLLBACK, _BACK),
+    (_S.BLOCKED_COMPENSATOR, _E.ACK_RESUME): (_S.ROLLBACK, _BACK),  # one more attempt per exhausted key
     (_S.AWAITING_ACK, _E.NEEDS_HUMAN): (_S.AWAITING_ACK, (_A.WAIT,)),
     (_S.AWAITING_ACK, _E.ACK_RESUME): (_S.INTERRUPTED, ()),
     (_S.AWAITING_ACK, _E.ACK_ROLLBACK): (_S.ROLLBACK, _BACK),
+    # a force-rollback override may also turn a trace that would roll forward (or wait) around
+    (_S.INTERRUPTED, _E.ACK_ROLLBACK): (_S.ROLLBACK, _BACK),
+    (_S.RECONCILE, _E.ACK_ROLLBACK): (_S.ROLLBACK, _BACK),
+    (_S.ROLLBACK, _E.ACK_ROLLBACK): (_S.ROLLBACK, _BACK),
+    # an abort override, once ABORT_PHASE is written on every participant that had the phase open
+    (_S.INTERRUPTED, _E.ACK_ABORT): (_S.ABORTED, (_A.ABANDON_AND_ABORT, _A.RELEASE_BARRIER)),
+    (_S.RECONCILE, _E.ACK_ABORT): (_S.ABORTED, (_A.ABANDON_AND_ABORT, _A.RELEASE_BARRIER)),
+    (_S.ROLLBACK, _E.ACK_ABORT): (_S.ABORTED, (_A.ABANDON_AND_ABORT, _A.RELEASE_BARRIER)),
+    (_S.AWAITING_ACK, _E.ACK_ABORT): (_S.ABORTED, (_A.ABANDON_AND_ABORT, _A.RELEASE_BARRIER)),
+    (_S.BLOCKED_COMPENSATOR, _E.ACK_ABORT): (_S.ABORTED, (_A.ABANDON_AND_ABORT, _A.RELEASE_BARRIER)),
 }
 
 

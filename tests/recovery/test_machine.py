@@ -46,6 +46,20 @@ def test_machine_awaiting_ack_needs_an_override() -> None:
     assert step(state, Event.ACK_RESUME)[0] is State.INTERRUPTED
 
 
+def test_machine_signed_overrides() -> None:
+    """resume: one more attempt (a blocked compensator goes back to compensating); force-rollback
+    turns any open trace to ROLLBACK; abort ends it in ABORTED, which releases the barrier."""
+    assert step(State.BLOCKED_COMPENSATOR, Event.ACK_RESUME)[0] is State.ROLLBACK
+    for state in (State.INTERRUPTED, State.RECONCILE, State.ROLLBACK, State.AWAITING_ACK, State.BLOCKED_COMPENSATOR):
+        assert step(state, Event.ACK_ROLLBACK)[0] is State.ROLLBACK
+        after, actions = step(state, Event.ACK_ABORT)
+        assert after is State.ABORTED and Action.RELEASE_BARRIER in actions
+    assert State.ABORTED in TERMINAL
+    for event in (Event.ACK_RESUME, Event.ACK_ROLLBACK, Event.ACK_ABORT):
+        with pytest.raises(InvalidTransition):
+            step(State.BLOCKED, event)  # a partitioned trace waits for the heal first
+
+
 def test_machine_terminal_states_accept_nothing() -> None:
     for state in TERMINAL:
         assert allowed(state) == []
