@@ -19,7 +19,7 @@ from ..controlfile import dump_mapping
 from ..errors import ConfigError
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import utc
-from .machine import TERMINAL, State
+from .machine import NEEDS_A_HUMAN, TERMINAL, State
 
 JOURNAL_DIR = "status/recoveries"
 JOURNAL_SCHEMA = "haios-trace/v1"
@@ -49,6 +49,8 @@ class Journal:
     blocked_since: float | None = None
     resume_attempts: int = 0
     cost: list[dict[str, Any]] = field(default_factory=list)  # per region, as last computed
+    overrides: list[dict[str, Any]] = field(default_factory=list)  # signed overrides applied to this trace
+    grant: dict[str, Any] | None = None  # the override being carried out: {action, nonce}
     dirty: bool = field(default=False, repr=False, compare=False)
     writes: int = field(default=0, repr=False, compare=False)  # saves during this run
 
@@ -84,6 +86,8 @@ class Journal:
             "blocked_since": self.blocked_since,
             "resume_attempts": self.resume_attempts,
             "cost": list(self.cost),
+            "overrides": list(self.overrides),
+            "grant": self.grant,
         }
 
     @classmethod
@@ -106,6 +110,8 @@ class Journal:
             blocked_since=data.get("blocked_since"),
             resume_attempts=int(data.get("resume_attempts") or 0),
             cost=list(data.get("cost") or []),
+            overrides=list(data.get("overrides") or []),
+            grant=data.get("grant"),
         )
 
     # -- changes (each marks the journal for saving) ---------------------------------------------
@@ -125,6 +131,8 @@ class Journal:
             self.reason = reason
         if state in TERMINAL:
             self.closed_at = utc(now)
+        if state in TERMINAL or state in NEEDS_A_HUMAN:
+            self.grant = None  # the override's attempt is over (it ended, or a human is needed again)
         self.dirty = True
 
     def set_cost(self, cost: list[dict[str, Any]]) -> None:
@@ -177,7 +185,7 @@ def journals_for(repo: Path, g: int, phase: str) -> list[Journal]:
     return sorted(found, key=lambda j: (j.opened_at, j.trace_id))
 
 
-_TERMINAL_LINE = re.compile(r"^state: (CLEAN_EXIT|HARD_FAILED)$", re.MULTILINE)
+_TERMINAL_LINE = re.compile(r"^state: (CLEAN_EXIT|HARD_FAILED|ABORTED)$", re.MULTILINE)
 
 
 def open_journals(repo: Path) -> list[Journal]:

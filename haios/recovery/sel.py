@@ -308,11 +308,12 @@ class SelStore:
         if entry.state == SUCCEEDED:
             return Admission(False, "already succeeded", replay=True)
         if entry.state == ABANDONED:
-            return Admission(
-                False, "given up by a HARD_FAILED trace (a signed resume override reopens it)", exhausted=True
-            )
+            return Admission(False, "given up (a HARD_FAILED or aborted trace left it uncompensated)", exhausted=True)
         if entry.state == EXHAUSTED:
             return Admission(False, f"{entry.failures} attempts failed; no attempts left", exhausted=True)
+        if entry.attempts and entry.attempts[-1]["outcome"] == "reopened":
+            # a signed override granted one more attempt: neither back-off nor an open breaker holds it
+            return Admission(True, "one more attempt granted by a signed override")
         if entry.next_attempt_at is not None and now < entry.next_attempt_at:
             return Admission(False, f"back-off: next attempt at {utc(entry.next_attempt_at)}", entry.next_attempt_at)
         with self._locked():
@@ -381,8 +382,22 @@ class SelStore:
                 self._save_breakers(breakers)
         return entry
 
+    def reopen(self, keys: list[str], now: float, by: str) -> list[str]:
+        """A signed override grants each exhausted key one more attempt (its next failure exhausts it
+        again); returns the keys reopened. ``by``: the override's nonce, for the record."""
+        reopened = []
+        with self._locked():
+            for key in keys:
+                entry = self.entry(key)
+                if entry is not None and entry.state == EXHAUSTED:
+                    entry.state, entry.next_attempt_at = PENDING, None
+                    entry.attempts.append({"at": now, "utc": utc(now), "outcome": "reopened", "override": by})
+                    self._save(entry)
+                    reopened.append(key)
+        return reopened
+
     def abandon(self, keys: list[str], now: float) -> None:
-        """HARD_FAILED gave up on these keys; a later signed ``resume`` override may reopen them."""
+        """A HARD_FAILED or aborted trace gave up on these keys: they are never run again."""
         with self._locked():
             for key in keys:
                 entry = self.entry(key)
