@@ -78,6 +78,8 @@ def commit_run(
             f"Haios-Result: {t['result']}",
             f"Haios-Fencing-Token: {t['fencing_token']}",
         ]
+        if t.get("override"):
+            trailers.append(f"Haios-Override: {t['override']}")  # the nonce of the signed override applied
     trailers.append(f"Haios-Observed-Hash: {observed_hash}")
     message = f"{subject}\n\n{body.rstrip()}\n\n" + "\n".join(trailers) + "\n"
     existing = [p for p in paths if (repo / p).exists()]

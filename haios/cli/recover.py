@@ -57,6 +57,20 @@ def _membership_lines(membership: dict[str, Any]) -> None:
         )
 
 
+_EFFECT_STYLE = {"applies": "cyan", "continuing": "cyan", "pending": "yellow", "waiting": "yellow", "expired": None}
+
+
+def _override_lines(rows: list[dict[str, Any]]) -> None:
+    """Each override in overrides/ with what this run does with it (files already applied to a trace
+    that has ended are left out)."""
+    for r in rows:
+        if r.get("effect") == "applied":
+            continue
+        what = f"{r['action']} trace {r['trace_id']}" if r.get("action") else "unreadable"
+        why = f": {r['why']}" if r.get("why") else ""
+        _render.out(f"override {r['file']} ({what}): {r['effect']}{why}", style=_EFFECT_STYLE.get(r["effect"], "red"))
+
+
 def _print_plan(plan: Plan) -> None:
     desired = (plan.desired_commit or "uncommitted")[:12]
     _render.out(
@@ -69,6 +83,7 @@ def _print_plan(plan: Plan) -> None:
         _render.out("suspended: reconcile plans only", style="yellow")
     _refused_line(plan.refused)
     _membership_lines(plan.membership)
+    _override_lines(plan.overrides)
     if not plan.traces:
         _render.out("every transition is committed or rolled back on all its participants", style="green")
     for t in plan.traces:
@@ -76,6 +91,11 @@ def _print_plan(plan: Plan) -> None:
         resumed = ", resumed" if t.resumed else ""
         _render.out(f"g={t.g} {t.phase}  trace {t.trace_id}  {t.verdict} ({t.state}{resumed})", style=style)
         _render.out(f"    why: {t.reason}")
+        if t.override is not None:
+            o = t.override
+            who = ", ".join(o.get("signers") or []) or "-"
+            extra = f": {o['why']}" if o.get("why") else ""
+            _render.out(f"    override: {o['action']} ({o['file']}, signed by {who}): {o['effect']}{extra}")
         if t.cost and (t.verdict in ("rollback", "needs_human") or any(c["over"] for c in t.cost)):
             _render.out(_cost_line(t.cost))
         if t.held_by:
@@ -149,21 +169,24 @@ def _progress(opts: GlobalOptions) -> Iterator[Progress | None]:
 
 
 def _print_result(result: RunResult) -> None:
-    verbs = {"forward": "rolled forward", "rollback": "rolled back", "resume": "resumed"}
+    verbs = {"forward": "rolled forward", "rollback": "rolled back", "resume": "resumed", "abort": "aborted"}
     if result.note:
         _render.out(result.note, style="yellow")
     _refused_line(result.plan.refused)
     _membership_lines(result.plan.membership)
+    _override_lines([r for r in result.plan.overrides if r.get("effect") != "applies"])
     if not result.outcomes and not result.note:
         _render.out("nothing to do: every transition is committed or rolled back everywhere", style="green")
     for o in result.outcomes:
         token = f", token {o.token}" if o.token is not None else ""
         what = verbs.get(o.verdict, o.verdict) if o.steps else o.verdict
-        style = "green" if o.after == "CLEAN_EXIT" else ("red" if o.code in (1, 3, 4) else "yellow")
+        style = "green" if o.after in ("CLEAN_EXIT", "ABORTED") else ("red" if o.code in (1, 3, 4) else "yellow")
         _render.out(
             f"g={o.g} {o.phase}  trace {o.trace_id}  {o.before} -> {o.after}  ({what}, {o.steps} steps{token})",
             style=style,
         )
+        if o.override:
+            _render.out(f"    applied override: {o.override['action']} from {o.override['file']}")
         if o.note:
             _render.out(f"    {o.note}")
         if o.cost and o.code == 3:

@@ -122,9 +122,9 @@ def check(config: RepoConfig, override: Override, now: float, *, trace_id: str |
         verdict.problems.append("expires_at is not after issued_at")
     done = applied(config.path)
     if payload["nonce"] in done["nonces"]:
-        verdict.problems.append(
-            f"nonce {payload['nonce']} was already used ({done['nonces'][payload['nonce']]}): a replay"
-        )
+        used = done["nonces"][payload["nonce"]]
+        when = f" (applied to {used.get('trace_id')} at {used.get('applied_at')})" if isinstance(used, dict) else ""
+        verdict.problems.append(f"nonce {payload['nonce']} was already used{when}: a replay")
     if payload["policy_version"] < done["policy_version"]:
         verdict.problems.append(
             f"policy_version {payload['policy_version']} is older than the last applied ({done['policy_version']})"

@@ -28,11 +28,13 @@ from ..coord import Lease, new_holder
 from ..errors import FencedError, HaiosError, LockHeldError, TransportError, UsageError
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import utc
+from ..overrides import apply as overrides
+from ..overrides.verify import APPLIED_FILE, applied
 from ..transport import DEFAULT_PARALLEL
 from . import journal as journals
 from . import membership as members
 from .machine import NEEDS_A_HUMAN, TERMINAL, Event, State, step
-from .plan import COST_ALERT, Context, Plan, TracePlan, build, cost_breach, plan_transition
+from .plan import COST_ALERT, OVERRIDE_STEP, Context, Plan, TracePlan, build, cost_breach, plan_transition
 from .sel import EXHAUSTED, SEL_DIR, SUCCEEDED, Entry, ParamsMismatch, SelStore
 
 STATUS_FILE = "status/cluster.yaml"
@@ -58,6 +60,7 @@ class TraceOutcome:
     done: list[str] = field(default_factory=list)  # the journal's steps of this run, in words
     due: float | None = None  # when waiting work of this trace becomes due (a back-off, a timeout)
     cost: list[dict[str, Any]] = field(default_factory=list)  # per region, so far
+    override: dict[str, Any] | None = None  # the signed override this run applied: file, action, nonce
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +75,7 @@ class TraceOutcome:
             "note": self.note,
             "due": self.due,
             "cost": self.cost,
+            "override": self.override,
         }
 
 
@@ -119,6 +123,7 @@ class RunResult:
             "suspended": self.plan.suspended,
             "membership": self.plan.membership,
             "traces": [o.as_dict() for o in self.outcomes],
+            "overrides": self.plan.overrides,
             "commit": self.commit,
             "pushed_to": self.pushed_to,
             "note": self.note,
@@ -146,8 +151,16 @@ def _placeholders(step_: dict[str, Any], trace: TracePlan, node: str) -> dict[st
 
 
 class _Runner:
-    def __init__(self, ctx: Context, holder: str, clock: Callable[[], float], progress: Progress | None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        holder: str,
+        clock: Callable[[], float],
+        progress: Progress | None,
+        desired_commit: str | None = None,
+    ) -> None:
         self.ctx = ctx
+        self.desired_commit = desired_commit
         self.holder = holder
         self.clock = clock
         self.progress = progress
@@ -241,6 +254,10 @@ class _Runner:
             j.add_step(now, None, "takeover", "ok", previous=lease.previous)
         released = False
         try:
+            if trace.override is not None and trace.override["effect"] in ("applies", "continuing"):
+                self._apply_override(trace, j, lease)
+                if trace.override["effect"] == "applies":
+                    outcome.override = {k: trace.override[k] for k in ("file", "action", "nonce")}
             lease = self._drive(trace, j, lease, outcome)
         except _Stop as stop:
             outcome.code, outcome.note, outcome.due = stop.code, stop.note, stop.due
@@ -291,8 +308,62 @@ class _Runner:
             outcome.code, outcome.note = 3, j.reason
         outcome.after = j.state
 
+    def _apply_override(self, trace: TracePlan, j: journals.Journal, lease: Lease) -> None:
+        """Take the trace's signed override: verified again by this run's clock, the grant written
+        into the journal, then the nonce onto every participant's WAL and into
+        status/overrides/applied.yaml (SPEC §5: never twice). A run killed between these steps finds
+        the grant in the journal and only finishes the record."""
+        assert trace.override is not None
+        file, nonce = str(trace.override["file"]), str(trace.override["nonce"])
+        now = self.clock()
+        entry = next((o for o in j.overrides if o.get("nonce") == nonce), None)
+        if entry is None:
+            offer = overrides.judge(self.ctx.config, self.ctx.repo / file, now)
+            if offer.nonce != nonce:
+                raise _Stop(3, f"override {file} changed since it was planned; not applied")
+            if offer.state != "valid":
+                raise _Stop(3, f"override {file} not applied: {offer.state}: {offer.why}")
+            action = str(offer.action)
+            entry = {
+                "file": file,
+                "action": action,
+                "nonce": nonce,
+                "payload_sha256": offer.payload_sha256,
+                "policy_version": offer.policy_version,
+                "signers": offer.signers,
+                "applied_at": utc(now),
+                "fencing_token": lease.token,
+            }
+            j.overrides.append(entry)
+            state = State(j.state)
+            if state is State.BLOCKED:
+                state, _ = step(state, Event.HEALED)
+            if action == "resume" and state in (State.AWAITING_ACK, State.BLOCKED_COMPENSATOR):
+                state, _ = step(state, Event.ACK_RESUME)
+            elif action == "force-rollback":
+                state, _ = step(state, Event.ACK_ROLLBACK)
+            reopened: list[str] = []
+            if action != "abort" and State(j.state) is State.BLOCKED_COMPENSATOR:
+                # one more attempt for every compensator that ran out of them
+                keys = [s["key"] for s in trace.steps if s["action"] == "compensate"]
+                reopened = self.sel.reopen(keys, now, nonce)
+                j.blocked_since = None
+            j.set_state(state, now, reason=trace.reason)
+            j.grant = {"file": file, "action": action, "nonce": nonce, "signers": offer.signers}
+            detail = {"reopened": reopened} if reopened else {}
+            j.add_step(now, None, "override", "applied", override=action, nonce=nonce, signers=offer.signers, **detail)
+            j.save(self.ctx.repo)  # the grant is durable before the nonce is marked used
+        if nonce not in applied(self.ctx.repo)["nonces"]:
+            for node in trace.participants:
+                # each participant's WAL keeps the nonce too: a replay is refused even if status/ is lost
+                mark = {"nonce": nonce, "action": entry["action"], "payload_sha256": entry["payload_sha256"]}
+                self._op(trace, lease, "checkpoint", node, step=OVERRIDE_STEP, outcome=mark)
+            overrides.record(self.ctx.repo, trace.trace_id, entry, desired_commit=self.desired_commit)
+
     def _drive(self, trace: TracePlan, j: journals.Journal, lease: Lease, outcome: TraceOutcome) -> Lease:
         now = self.clock()
+        if trace.verdict == "abort":
+            return self._abort(trace, j, lease, outcome)
         state = State(j.state)
         if state is State.BLOCKED:
             state, _ = step(state, Event.HEALED)
@@ -371,8 +442,9 @@ class _Runner:
                 self._compensate(trace, j, lease, s)
                 result = {"outcome": "compensated"}
             elif action == "rollback":
+                extra = {"abandon": list(s["abandon"])} if s.get("abandon") else {}
                 result = self._op(
-                    trace, lease, "rollback", node, reason=f"haios recovery {trace.trace_id}: {trace.reason}"
+                    trace, lease, "rollback", node, reason=f"haios recovery {trace.trace_id}: {trace.reason}", **extra
                 )
             else:
                 raise UsageError(f"plan step {action!r} is unknown")
@@ -382,6 +454,7 @@ class _Runner:
                 action,
                 str(result.get("outcome", "ok")),
                 **({"key": s["key"]} if "key" in s else {}),
+                **({"abandoned": list(s["abandon"])} if s.get("abandon") else {}),
             )
             j.save(self.ctx.repo)  # after the node's checkpoint: the journal tells the story, the WAL decides
             outcome.steps += 1
@@ -481,13 +554,28 @@ class _Runner:
         upcoming = (s["node"], f"compensation of {s['key']}", pb.cost) if pb is not None and pb.cost else None
         breach, cost = cost_breach(self.ctx, trace, self.sel, upcoming, next_steps=[s])
         j.set_cost(cost)
-        if breach is None:
+        if breach is None or j.grant is not None:  # a signed override is the human the cap asks for
             return
         now = self.clock()
         state, _ = step(State(j.state), Event.NEEDS_HUMAN)
         j.set_state(state, now, decision="needs_human", reason=breach)
         j.alert(now, COST_ALERT, breach, cost=cost)
         raise _Stop(3, breach)
+
+    def _abort(self, trace: TracePlan, j: journals.Journal, lease: Lease, outcome: TraceOutcome) -> Lease:
+        """A signed abort: ABORT_PHASE on every participant that has the phase open, nothing
+        compensated (the side effects still owed are abandoned, and named), the barrier released."""
+        now = self.clock()
+        abandoned = sorted({k for s in trace.steps for k in s.get("abandon") or []})
+        self.sel.abandon(abandoned, now)  # no compensator runs for these again
+        lease = self._steps(trace, j, lease, outcome, State(j.state))
+        state = State(j.state)
+        if state is State.BLOCKED:
+            state, _ = step(state, Event.HEALED)
+        state, _ = step(state, Event.ACK_ABORT)
+        left = f"; left uncompensated: {', '.join(abandoned)}" if abandoned else ""
+        j.set_state(state, self.clock(), decision="abort", reason=f"{trace.reason}{left}")
+        return lease
 
     def _validation_failed(
         self, trace: TracePlan, j: journals.Journal, lease: Lease, outcome: TraceOutcome, error: str
@@ -580,10 +668,12 @@ def _write_status(ctx: Context) -> None:
 
 
 def _message(outcomes: list[TraceOutcome], events: list[members.Event] | None = None) -> tuple[str, str]:
-    verbs = {"forward": "rolled forward", "rollback": "rolled back", "resume": "resumed"}
+    verbs = {"forward": "rolled forward", "rollback": "rolled back", "resume": "resumed", "abort": "aborted"}
     done = [o for o in outcomes if o.recorded]
     parts = [
-        f"{verbs.get(o.verdict, o.verdict) if o.after == State.CLEAN_EXIT.value else o.after} g={o.g} {o.phase}"
+        (verbs.get(o.verdict, o.verdict) if o.after in (State.CLEAN_EXIT.value, State.ABORTED.value) else o.after)
+        + f" g={o.g} {o.phase}"
+        + (f" ({o.override['action']} override)" if o.override else "")
         for o in done
     ]
     parts += [f"{e.what.replace('_', ' ')} {e.node}" for e in events or [] if e.what != "isolated"]
@@ -594,6 +684,8 @@ def _message(outcomes: list[TraceOutcome], events: list[members.Event] | None = 
     for o in done:
         token = f", token {o.token}" if o.token is not None else ""
         body.append(f"g={o.g} {o.phase} (trace {o.trace_id}{token}): {o.before} -> {o.after}")
+        if o.override:
+            body.append(f"  override: {o.override['action']} from {o.override['file']} (nonce {o.override['nonce']})")
         if o.reason:
             body.append(f"  why: {o.reason}")
         body += [f"  - {line}" for line in o.done]
@@ -644,6 +736,9 @@ def reconcile(
         result.note = (
             f"minority view: {len(plan.reachable)} of {len(plan.active)} active members reachable; nothing changed"
         )
+        refused = [o["file"] for o in plan.overrides if o.get("effect") == "refused"]
+        if refused:
+            result.note += f"; overrides refused: {', '.join(refused)}"
         return result
     if plan.suspended:
         result.note = "the desired state says suspend: plan only, nothing changed"
@@ -652,7 +747,7 @@ def reconcile(
             for t in plan.traces
         ]
         return result
-    runner = _Runner(ctx, holder or new_holder(), clock, progress)
+    runner = _Runner(ctx, holder or new_holder(), clock, progress, plan.desired_commit)
     blocked_at: tuple[int, int] | None = None
     for trace in sorted(plan.traces, key=lambda t: order(t.g, t.phase)):
         if blocked_at is not None and order(trace.g, trace.phase) > blocked_at and trace.actionable:
@@ -672,19 +767,27 @@ def reconcile(
             continue
         outcome = runner.run(trace)
         result.outcomes.append(outcome)
-        if State(outcome.after) not in (State.CLEAN_EXIT, State.HARD_FAILED) and blocked_at is None:
+        if State(outcome.after) not in TERMINAL and blocked_at is None:
             blocked_at = order(trace.g, trace.phase)
         if outcome.code == 4 and "fencing token" in outcome.note:
             break  # we are stale: stop touching anything
     changed = [o for o in result.outcomes if o.recorded]
-    paths = [journals.JOURNAL_DIR, STATUS_FILE, SEL_DIR, members.MEMBERSHIP_FILE]
+    paths = [journals.JOURNAL_DIR, STATUS_FILE, SEL_DIR, members.MEMBERSHIP_FILE, str(Path(APPLIED_FILE).parent)]
     events = ctx.membership.events
     if events:
         members.save(path, ctx.membership)
     if changed or events:
         _write_status(ctx)
         subject, body = _message(result.outcomes, events)
-        traces = [{"trace_id": o.trace_id, "result": o.after, "fencing_token": o.token or "-"} for o in changed]
+        traces = [
+            {
+                "trace_id": o.trace_id,
+                "result": o.after,
+                "fencing_token": o.token or "-",
+                "override": o.override["nonce"] if o.override else None,
+            }
+            for o in changed
+        ]
         result.commit = audit.commit_run(path, paths, subject, body, traces, plan.observed_hash)
     if push and result.commit is not None:
         result.pushed_to = audit.push(path, remote)

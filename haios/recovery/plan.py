@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from ..detect.phi import Estimators
 from ..errors import HaiosError, RepoError
 from ..gitrepo import _git
 from ..node.transaction import next_transition
+from ..overrides.apply import Offer, scan
 from ..transport import DEFAULT_PARALLEL, Transport, open_transport
 from ..wal import WalCorruptError
 from . import journal as journals
@@ -36,7 +37,8 @@ from .planner import Decision, Inputs, View, decide, steps_for
 from .sel import SelStore, resource_of
 
 PLAN_SCHEMA = "haios-plan/v1"
-ACTIONABLE = frozenset({"forward", "rollback", "resume"})
+ACTIONABLE = frozenset({"forward", "rollback", "resume", "abort"})
+OVERRIDE_STEP = "override"  # the RECOVERY checkpoint a participant keeps of each signed override applied
 COST_ALERT = "COST_CAP_EXCEEDED"  # SPEC §4.4: the cost cap or the swing limit halted automation
 _CONFIG_GLOBS = ("haios.yaml", "desired/*.yaml", "policies/*.yaml", "playbooks/*.yaml", "overrides/*.yaml")
 
@@ -58,6 +60,9 @@ class TracePlan:
     alert: str = ""  # the alert a needs_human verdict raises (awaiting_ack when empty)
     spent: list[dict[str, Any]] = field(default_factory=list)  # {node, key, cost} of the phase's side effects
     cost: list[dict[str, Any]] = field(default_factory=list)  # per region: amount so far, currency, limit
+    # a signed override for this trace: file, action, nonce, signers, effect (applies | continuing |
+    # waiting | not applicable), why
+    override: dict[str, Any] | None = None
 
     @property
     def shard(self) -> str:
@@ -85,6 +90,7 @@ class TracePlan:
             "alert": self.alert,
             "spent": self.spent,
             "cost": self.cost,
+            "override": self.override,
         }
 
     @classmethod
@@ -105,6 +111,7 @@ class TracePlan:
             d.get("alert") or "",
             list(d.get("spent") or []),
             list(d.get("cost") or []),
+            d.get("override"),
         )
 
 
@@ -122,6 +129,7 @@ class Plan:
     traces: list[TracePlan] = field(default_factory=list)
     membership: dict[str, Any] = field(default_factory=dict)  # evicted, pending_eviction, eviction_blocked
     refused: list[str] = field(default_factory=list)  # nodes not reached: they failed verification (host key)
+    overrides: list[dict[str, Any]] = field(default_factory=list)  # every file in overrides/ and its effect
 
     @property
     def minority(self) -> bool:
@@ -167,6 +175,7 @@ class Plan:
             "traces": [t.as_dict() for t in self.traces],
             "membership": self.membership,
             "refused": self.refused,
+            "overrides": self.overrides,
             "exit_code": self.exit_code(),
         }
 
@@ -187,6 +196,7 @@ class Plan:
             [TracePlan.from_dict(t) for t in data["traces"]],
             dict(data.get("membership") or {}),
             list(data.get("refused") or []),
+            list(data.get("overrides") or []),
         )
 
 
@@ -202,6 +212,7 @@ class Context:
     estimators: Estimators
     now: float
     membership: members.Membership = field(default_factory=members.Membership)
+    overrides: dict[str, Offer] = field(default_factory=dict)  # valid, unused overrides by trace id
 
 
 def desired_commit(repo: Path) -> str | None:
@@ -418,6 +429,84 @@ def cost_breach(
     return None, cost
 
 
+def _under_override(
+    action: str, views: dict[str, View], inputs: Inputs, base: Decision, state: State, label: str, fresh: bool
+) -> tuple[Decision | None, str, str]:
+    """What a signed override makes of a trace: the decision (None: it cannot act now), its effect
+    (applies, waiting, not applicable) and why."""
+    corrupt = sorted(n for n, v in views.items() if v.status == "corrupt")
+    if corrupt:
+        why = f"the WAL of {', '.join(corrupt)} is corrupt mid-log: repair it first ('haios wal repair')"
+        return None, "not applicable", why
+    if base.verdict == "blocked":
+        return None, "waiting", base.reason
+    committed = sorted(n for n, v in views.items() if v.status == "committed")
+    if action == "resume":
+        if fresh and state not in (State.AWAITING_ACK, State.BLOCKED_COMPENSATOR) and base.verdict != "needs_human":
+            return None, "not applicable", f"the trace is {state.value} and does not wait for a human"
+        policy = inputs.policy
+        lifted = replace(
+            inputs,
+            rollbacks_so_far=0,  # flapping: one more attempt
+            policy=replace(policy, on_partial="auto") if policy.on_partial == "hold" else policy,
+        )
+        again = decide(views, lifted)
+        if again.verdict == "needs_human":
+            return None, "not applicable", f"a resume cannot help: {again.reason}"
+        if again.verdict == "wait":
+            return None, "waiting", again.reason
+        return Decision(again.verdict, again.event, f"{label}: {again.reason}", again.wait_until), "applies", ""
+    if committed:
+        return None, "not applicable", f"committed on {', '.join(committed)}: a committed phase cannot be undone"
+    if action == "force-rollback":
+        return Decision("rollback", Event.ACK_ROLLBACK, f"{label}: roll back, compensating first"), "applies", ""
+    return (
+        Decision("abort", Event.ACK_ABORT, f"{label}: ABORT_PHASE everywhere, side effects left uncompensated"),
+        "applies",
+        "",
+    )
+
+
+def _overridden(
+    ctx: Context,
+    trace_id: str,
+    journal: journals.Journal | None,
+    state: State,
+    views: dict[str, View],
+    inputs: Inputs,
+    base: Decision,
+    infos: dict[str, dict[str, Any]],
+) -> tuple[dict[str, Any] | None, Decision]:
+    """The override this trace is carrying out (its journal's grant) or may apply now (a valid,
+    unused one for its id), and the decision under it."""
+    grant = journal.grant if journal is not None else None
+    offer = ctx.overrides.get(trace_id)
+    if grant is not None:
+        info = {k: grant.get(k) for k in ("file", "action", "nonce", "signers")}
+    elif offer is not None:
+        info = {"file": offer.file, "action": offer.action, "nonce": offer.nonce, "signers": offer.signers}
+        ours = journal is not None and any(o.get("nonce") == offer.nonce for o in journal.overrides)
+        used_on = sorted(
+            node
+            for node, got in infos.items()
+            for r in got.get("recovery", [])
+            if r.get("step") == OVERRIDE_STEP and (r.get("outcome") or {}).get("nonce") == offer.nonce
+        )
+        if used_on and not ours:
+            # status/ lost the record (a revert, a restore) but the nodes' WALs keep it
+            why = f"a replay: nonce {offer.nonce} was already applied on {', '.join(used_on)} (their WALs say so)"
+            info.update(effect="refused", why=why)
+            return info, base
+    else:
+        return None, base
+    label = f"{info['action']} override signed by {', '.join(info['signers'] or []) or '-'}"
+    decision, effect, why = _under_override(str(info["action"]), views, inputs, base, state, label, fresh=grant is None)
+    if grant is not None and effect == "applies":
+        effect = "continuing"
+    info.update(effect=effect, why=why)
+    return info, decision if decision is not None else base
+
+
 def plan_transition(
     ctx: Context,
     g: int,
@@ -453,10 +542,14 @@ def plan_transition(
             decision = Decision("needs_human", Event.NEEDS_HUMAN, f"replay failed after commits: {force_rollback}")
         else:
             decision = Decision("rollback", Event.ROLL_BACK, f"replay failed validation: {force_rollback}")
+    override = None
+    if force_rollback is None:  # (replay failing validation is no time for a human's earlier word)
+        override, decision = _overridden(ctx, trace_id, journal, state, views, inputs, decision, infos)
+    granted = override is not None and override["effect"] in ("applies", "continuing")
     if state is State.ROLLBACK and decision.verdict == "forward":
         # a rollback that began (side effects compensated) must finish as a rollback
         decision = Decision("rollback", decision.event, "continuing the rollback this trace began")
-    if state is State.AWAITING_ACK and decision.verdict in ACTIONABLE:
+    if state is State.AWAITING_ACK and decision.verdict in ACTIONABLE and not granted:
         decision = Decision("needs_human", None, f"awaiting a signed override ({journal.reason if journal else ''})")
     steps = steps_for(decision, views, resume_playbook=policy.resume_playbook)
     trace = TracePlan(
@@ -474,10 +567,17 @@ def plan_transition(
         spent=[
             {"node": n, "key": e["key"], "cost": e.get("cost")} for n in sorted(views) for e in views[n].side_effects
         ],
+        override=override,
     )
     if trace.spent:
         breach, trace.cost = cost_breach(ctx, trace, SelStore(ctx.repo, ctx.config.thresholds))
-        if breach is not None and trace.verdict == "rollback" and state is not State.BLOCKED_COMPENSATOR:
+        # a signed override is a human's decision: the cost cap asked for exactly that
+        if (
+            breach is not None
+            and trace.verdict == "rollback"
+            and state is not State.BLOCKED_COMPENSATOR
+            and not granted
+        ):
             trace.verdict, trace.reason, trace.steps = "needs_human", breach, []
             trace.alert = COST_ALERT if breach.startswith(COST_ALERT) else "awaiting_ack"
     return trace
@@ -502,7 +602,7 @@ def build(
     """Observe and decide; nothing on any node changes (``parallelism``: remote nodes observed at once)."""
     path = Path(repo)
     at = time.time() if now is None else now
-    config = load_repo(path)
+    config = load_repo(path, overrides=False)  # overrides/ is judged file by file (scan), never fatal
     tr: Transport = transport or open_transport(path, config)
     names = sorted({n.name for n in config.cluster.nodes} & set(tr.nodes()))
     remote = any(n.transport == "ssh" for n in config.cluster.nodes)
@@ -531,6 +631,9 @@ def build(
         membership=membership.summary(),
         refused=sorted(n for n, o in observations.items() if o.refused),
     )
+    offers = scan(config, at)
+    if not plan.minority:  # SPEC §4.7: the minority view refuses overrides
+        ctx.overrides = {o.trace_id: o for o in offers if o.state == "valid" and o.trace_id}
     leases: dict[str, Lease | None] = {}
     todo = candidates(observations)
     for j in journals.open_journals(path):
@@ -545,7 +648,36 @@ def build(
             continue  # nothing to do, and no open trace to close
         trace.held_by = _held_by(ctx.backend, phase, at, leases) if trace.actionable else None
         plan.traces.append(trace)
+    plan.overrides = _override_effects(path, plan, offers)
     return plan, ctx
+
+
+def _override_effects(repo: Path, plan: Plan, offers: list[Offer]) -> list[dict[str, Any]]:
+    """Every file in overrides/ with what this plan does with it (its ``effect``)."""
+    by_trace = {t.trace_id: t for t in plan.traces}
+    rows = []
+    for offer in offers:
+        row = offer.as_dict()
+        trace = by_trace.get(offer.trace_id or "")
+        mine = trace.override if trace is not None and trace.override is not None else None
+        if mine is not None and mine["nonce"] == offer.nonce:
+            row["effect"], row["why"] = mine["effect"], mine["why"] or row["why"]
+        elif offer.state == "applied" and trace is not None:
+            row["effect"] = "refused"  # the trace needs a human again: this approval was used up
+        elif offer.state != "valid":
+            row["effect"] = offer.state
+        elif plan.minority:
+            row["effect"], row["why"] = "refused", "minority view: overrides are refused (SPEC §4.7)"
+        else:
+            journal = journals.find(repo, offer.trace_id or "")
+            row["effect"] = "not applicable"
+            row["why"] = (
+                f"no trace {offer.trace_id} in {journals.JOURNAL_DIR}"
+                if journal is None
+                else f"trace {offer.trace_id} has ended ({journal.state})"
+            )
+        rows.append(row)
+    return rows
 
 
 def render_markdown(plan: Plan) -> str:
@@ -570,6 +702,16 @@ def render_markdown(plan: Plan) -> str:
             f"**Eviction refused (no healthy majority would remain): {', '.join(m['eviction_blocked'])} — page a human**",
             "",
         ]
+    shown = [o for o in plan.overrides if o.get("effect") != "applied"]
+    if shown:
+        lines += ["| override | action | trace | signatures | effect |", "|---|---|---|---|---|"]
+        for o in shown:
+            why = f": {o['why']}".replace("|", "\\|") if o.get("why") else ""
+            lines.append(
+                f"| `{o['file']}` | {o.get('action') or '-'} | `{o.get('trace_id') or '-'}` | "
+                f"{o.get('have', 0)} of {o.get('need', 1)} | **{o['effect']}**{why} |"
+            )
+        lines.append("")
     if not plan.traces:
         lines.append("Every transition is committed or rolled back on all its participants.")
         return "\n".join(lines) + "\n"

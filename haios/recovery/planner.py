@@ -33,7 +33,7 @@ class View:
 
 @dataclass(frozen=True)
 class Decision:
-    verdict: str  # nothing | forward | rollback | resume | wait | blocked | needs_human
+    verdict: str  # nothing | forward | rollback | resume | abort | wait | blocked | needs_human
     event: Event | None
     reason: str
     wait_until: float | None = None
@@ -155,7 +155,7 @@ def steps_for(
 ) -> list[dict[str, Any]]:
     """The node operations that carry ``decision`` out, in order."""
     steps: list[dict[str, Any]] = []
-    if decision.verdict not in ("forward", "rollback", "resume"):
+    if decision.verdict not in ("forward", "rollback", "resume", "abort"):
         return steps
     names = sorted(views)
     for n in names:
@@ -165,6 +165,21 @@ def steps_for(
         for n in names:
             if views[n].status == "prepared":
                 steps.append({"node": n, "action": "forward", "detail": "replay intents idempotently, COMMIT_PHASE"})
+    elif decision.verdict == "abort":
+        # a signed abort: ABORT_PHASE (data/ restored from the BEGIN snapshot) without compensating,
+        # the side effects still owed named as abandoned in the record
+        for n in names:
+            owed = views[n].uncompensated
+            if views[n].status in ("prepared", "begun") or (views[n].status == "aborted" and owed):
+                steps.append(
+                    {
+                        "node": n,
+                        "action": "rollback",
+                        "abandon": owed,
+                        "detail": "ABORT_PHASE without compensation"
+                        + (f", abandoning {', '.join(owed)}" if owed else ""),
+                    }
+                )
     elif decision.verdict == "resume":
         for n in names:
             if views[n].status == "begun":

@@ -2,8 +2,8 @@
 
 1. **atomicity** — every (g, phase) is committed on all its participants or on none;
 2. **compensation** — every side effect of a rolled-back phase is compensated exactly once (fake-cloud
-   ledger), and none of a committed phase is; a HARD_FAILED trace that raised its alert is excused
-   for the side effects it gave up on;
+   ledger), and none of a committed phase is; a HARD_FAILED trace that raised its alert, and a trace
+   aborted by a signed override, are excused for the side effects they gave up on;
 3. **barrier** — no node began a transition before the previous one had ended on every node;
 4. **partition** — no WAL append on a node while it was PARTITIONED (the fault log's intervals);
 5. **control files** — every control file of every node verifies (and every WAL);
@@ -154,6 +154,9 @@ def sim_check(directory: Path | str) -> list[Violation]:
         j = load_journal(journal_path)
         if j.state == State.HARD_FAILED.value and any(a["alert"] == "compensator_timeout" for a in j.alerts):
             abandoned.update(j.compensation)
+            abandoned.update(k for step in j.steps for k in step.get("abandoned") or ())
+        elif j.state == State.ABORTED.value and any(o["action"] == "abort" for o in j.overrides):
+            # supervisors signed an abort: what it left uncompensated was their decision
             abandoned.update(k for step in j.steps for k in step.get("abandoned") or ())
     deletes: dict[str, int] = defaultdict(int)
     for entry in FakeCloud(sim_dir(path) / "cloud").ledger():

@@ -6,6 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from haios import controlfile
 from haios.node import Node
 from haios.sim.cloud import FakeCloud
 from haios.sim.simulator import sim_dir
@@ -15,6 +16,15 @@ def git(directory: Path, *args: str) -> str:
     """Run git in ``directory`` with an identity of its own (test machines may have none)."""
     cmd = ["git", "-c", "user.name=haios tests", "-c", "user.email=tests@haios.invalid", *args]
     return subprocess.run(cmd, cwd=directory, capture_output=True, text=True, check=True).stdout
+
+
+def positions(directory: Path) -> dict[str, tuple[int, str]]:
+    """Where each node of the 3-node test cluster stands: (g, phase) from its state.txt."""
+    out = {}
+    for n in ("node-1", "node-2", "node-3"):
+        state, _ = controlfile.read_mapping(directory / f"nodes/{n}/state.txt")
+        out[n] = (state["g"], state["ph"])
+    return out
 
 
 def head(directory: Path) -> str:

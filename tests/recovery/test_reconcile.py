@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers import Invoke
-from helpers.cluster import deletes, git, head, plant
+from helpers.cluster import deletes, git, head, plant, positions
 
 from haios import controlfile
 from haios.audit import history
@@ -22,14 +22,6 @@ from haios.sim.check import sim_check
 from haios.sim.cloud import FakeCloud
 from haios.sim.simulator import sim_dir
 from haios.wal import read_records
-
-
-def _positions(directory: Path) -> dict[str, tuple[int, str]]:
-    out = {}
-    for n in ("node-1", "node-2", "node-3"):
-        state, _ = controlfile.read_mapping(directory / f"nodes/{n}/state.txt")
-        out[n] = (state["g"], state["ph"])
-    return out
 
 
 def _journal_file(directory: Path) -> Path:
@@ -52,7 +44,7 @@ def test_reconcile_rolls_forward_a_partial_commit(cluster: Path, cli: Invoke) ->
         r"g=2 ANALYZE  trace (2-analyze-\w+)  INTERRUPTED -> CLEAN_EXIT  \(rolled forward, 2 steps, token 1\)",
         result.stdout,
     )
-    assert _positions(cluster) == {n: (2, "ANALYZE") for n in ("node-1", "node-2", "node-3")}
+    assert positions(cluster) == {n: (2, "ANALYZE") for n in ("node-1", "node-2", "node-3")}
     assert controlfile.read(cluster / "nodes/node-3/data/analyze/node-3.conf").body == b"planted on node-3\n"
     assert sim_check(cluster) == []
     # the audit commit: status files and the journal, trailers git itself can parse
@@ -94,7 +86,7 @@ def test_reconcile_rolls_back_compensating_first(cluster: Path) -> None:
     )
     assert deletes(cluster) == {"key-node-1-0": 1, "key-node-1-1": 1, "key-node-2-0": 1}
     assert sorted(p.name for p in (cluster / "nodes/node-1/data").rglob("*") if p.is_file()) == data_before
-    assert _positions(cluster) == {n: (1, "IDLE") for n in ("node-1", "node-2", "node-3")}
+    assert positions(cluster) == {n: (1, "IDLE") for n in ("node-1", "node-2", "node-3")}
     journal = find(cluster, outcome.trace_id)
     assert journal is not None
     assert [(s["node"], s["action"], s.get("key")) for s in journal.steps] == [
@@ -203,7 +195,7 @@ def test_plan_exit_4_when_another_reconciler_holds_the_shard(cluster: Path, cli:
     assert result.exit_code == 4 and "lease held by elsewhere/1/2/cafe (trace their-trace)" in result.stdout
     result = cli("--repo", cluster, "reconcile")
     assert result.exit_code == 4 and "shard ANALYZE is held by elsewhere/1/2/cafe" in result.stdout
-    assert _positions(cluster)["node-2"] == (1, "IDLE")
+    assert positions(cluster)["node-2"] == (1, "IDLE")
 
 
 def test_hold_policy_and_suspend(cluster: Path, cli: Invoke) -> None:
@@ -219,7 +211,7 @@ def test_hold_policy_and_suspend(cluster: Path, cli: Invoke) -> None:
     before = head(cluster)
     result = cli("--repo", cluster, "reconcile")
     assert result.exit_code == 2 and "suspend: plan only, nothing changed" in result.stdout
-    assert head(cluster) == before and _positions(cluster)["node-1"] == (1, "IDLE")
+    assert head(cluster) == before and positions(cluster)["node-1"] == (1, "IDLE")
 
 
 def test_partition_blocks_then_heals_on_the_same_trace(cluster: Path) -> None:
@@ -258,7 +250,7 @@ def test_resume_policy_runs_the_hook_then_rolls_forward(cluster: Path) -> None:
     result = reconcile(cluster)
     assert result.exit_code() == 0, result.to_json()
     assert result.outcomes[0].verdict == "forward"
-    assert _positions(cluster) == {n: (2, "ANALYZE") for n in ("node-1", "node-2", "node-3")}
+    assert positions(cluster) == {n: (2, "ANALYZE") for n in ("node-1", "node-2", "node-3")}
     journal = find(cluster, result.outcomes[0].trace_id)
     assert journal is not None and journal.resume_attempts == 1
     assert [(s["node"], s["action"]) for s in journal.steps][0] == ("node-3", "resume")
@@ -320,7 +312,7 @@ def test_reconcile_dry_run_is_plan(cluster: Path, cli: Invoke, dry: bool) -> Non
     plan = build(cluster)[0]
     result = cli("--repo", cluster, "reconcile", "--dry-run")
     assert result.exit_code == plan.exit_code() == 2 and "forward (INTERRUPTED)" in result.stdout
-    assert _positions(cluster)["node-2"] == (1, "IDLE")
+    assert positions(cluster)["node-2"] == (1, "IDLE")
 
 
 def test_doctor_reports_a_lease_left_by_a_dead_reconciler(cluster: Path, cli: Invoke) -> None:
