@@ -290,6 +290,9 @@ class _Runner:
             if state not in TERMINAL and state not in NEEDS_A_HUMAN:
                 state, _ = step(state, Event.DONE)  # finished by an earlier run (killed before it said so)
                 j.set_state(state, now, reason=j.reason or trace.reason)
+            elif state in NEEDS_A_HUMAN and state not in TERMINAL:
+                # resolved on the nodes meanwhile, but the trace waits for a signed override to close it
+                outcome.code, outcome.note = 3, f"{trace.reason}; the trace stays {state.value} until an override"
         elif trace.verdict == "wait":
             outcome.code, outcome.note, outcome.due = 2, trace.reason, trace.wait_until
         elif trace.verdict == "blocked":

@@ -455,6 +455,10 @@ def _under_override(
             return None, "not applicable", f"a resume cannot help: {again.reason}"
         if again.verdict == "wait":
             return None, "waiting", again.reason
+        if again.verdict == "nothing":
+            # resolved meanwhile (by hand, by its executor): the override closes the trace, no step to run
+            verdict, event = ("forward", Event.ROLL_FORWARD) if committed else ("rollback", Event.ROLL_BACK)
+            return Decision(verdict, event, f"{label}: {again.reason}; closing the trace"), "applies", ""
         return Decision(again.verdict, again.event, f"{label}: {again.reason}", again.wait_until), "applies", ""
     if committed:
         return None, "not applicable", f"committed on {', '.join(committed)}: a committed phase cannot be undone"

@@ -312,3 +312,29 @@ def test_overrides_that_cannot_act(cluster: Path, keys: dict[str, Path], cli: In
     plan, _ = build(cluster)
     row = next(r for r in plan.overrides if r["trace_id"] == trace)
     assert row["effect"] == "not applicable" and "has ended (CLEAN_EXIT)" in row["why"]
+
+
+def test_resume_closes_a_trace_that_was_resolved_by_hand(cluster: Path, keys: dict[str, Path], cli: Invoke) -> None:
+    from haios.node import Node
+
+    state = cluster / "desired/state.yaml"
+    state.write_text(state.read_text().replace("  ANALYZE:\n    on_partial: auto", "  ANALYZE:\n    on_partial: hold"))
+    git(cluster, "commit", "-qam", "tests: hold ANALYZE")
+    plant(cluster, node_1="prepare", node_2="prepare", node_3="begin")
+    result = reconcile(cluster)
+    assert result.exit_code() == 3 and result.outcomes[0].after == "AWAITING_ACK"
+    trace = result.outcomes[0].trace_id
+    for n in ("node-1", "node-2", "node-3"):  # an operator aborted the phase on every node
+        tx = Node(cluster / f"nodes/{n}").resume(2, "ANALYZE")
+        tx.abort("aborted by hand")
+        tx.close()
+    assert reconcile(cluster).exit_code() == 3  # still waiting for a human's word
+    _override(cli, cluster, keys, trace, "resume", ("alice", "carol"))
+    result = reconcile(cluster)
+    assert result.exit_code() == 0, result.to_json()
+    assert (result.outcomes[0].before, result.outcomes[0].after, result.outcomes[0].steps) == (
+        "AWAITING_ACK",
+        "CLEAN_EXIT",
+        0,
+    )
+    assert positions(cluster) == {n: (1, "IDLE") for n in ("node-1", "node-2", "node-3")}
