@@ -672,6 +672,9 @@ def _override_effects(repo: Path, plan: Plan, offers: list[Offer]) -> list[dict[
             row["effect"] = offer.state
         elif plan.minority:
             row["effect"], row["why"] = "refused", "minority view: overrides are refused (SPEC §4.7)"
+        elif mine is not None:
+            row["effect"] = "not applicable"
+            row["why"] = f"the trace is carrying out an earlier override (nonce {mine['nonce']})"
         else:
             journal = journals.find(repo, offer.trace_id or "")
             row["effect"] = "not applicable"
