@@ -44,6 +44,7 @@ class PhaseSummary:
     effects: tuple[str, ...] = ()  # idempotency keys of its SIDE_EFFECT records
     compensated: tuple[str, ...] = ()  # keys with a COMPENSATED record
     abandoned: tuple[str, ...] = ()  # keys a HARD_FAILED rollback gave up on (its ABORT_PHASE says so)
+    last_ts: float | None = None  # its latest BEGIN, SIDE_EFFECT, PREPARE or end record: its last sign of life
 
     @property
     def uncompensated(self) -> tuple[str, ...]:

@@ -42,7 +42,7 @@ _SUMMARISED = frozenset(
     }
 )
 KEEP_COMPLETED = 20  # completed phase summaries kept per node (open ones are always kept)
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 
 def _cache_path(repo: Path, node: str) -> Path:
@@ -112,7 +112,13 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
             key: tuple[int, str] = (p.get("g", -1), p.get("phase", ""))
             if record.type is RecordType.BEGIN_PHASE:
                 phases[key] = PhaseSummary(
-                    p["g"], p["phase"], p.get("trace_id", ""), tuple(p["participants"]), p["ts"], record.lamport
+                    p["g"],
+                    p["phase"],
+                    p.get("trace_id", ""),
+                    tuple(p["participants"]),
+                    p["ts"],
+                    record.lamport,
+                    last_ts=p["ts"],
                 )
             elif record.type is RecordType.COMPENSATED and key in phases:
                 s = phases[key]  # compensation comes during recovery, before or after the phase ended
@@ -127,9 +133,9 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
                 s = phases[key]
                 if record.type is RecordType.SIDE_EFFECT:
                     if p["key"] not in s.effects:
-                        phases[key] = replace(s, effects=(*s.effects, p["key"]))
+                        phases[key] = replace(s, effects=(*s.effects, p["key"]), last_ts=p["ts"])
                 elif record.type is RecordType.PREPARE:
-                    phases[key] = replace(s, prepared=True)
+                    phases[key] = replace(s, prepared=True, last_ts=p["ts"])
                 elif record.type in (RecordType.COMMIT_PHASE, RecordType.ABORT_PHASE):
                     phases[key] = replace(
                         s,
@@ -137,6 +143,7 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
                         end_ts=p["ts"],
                         end_lamport=record.lamport,
                         abandoned=tuple(p.get("abandoned") or ()),
+                        last_ts=p["ts"],
                     )
                     if record.type is RecordType.COMMIT_PHASE and not s.trace_id.startswith(CATCH_UP_PREFIX):
                         # (a rejoining node's catch-up commits take no time: not a duration of the phase)

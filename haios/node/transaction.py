@@ -42,8 +42,16 @@ from ..wal import Cursor, Record, RecordType, Wal, WalCorruptError, read_records
 from ..wal.format import RECORD_HEADER
 from . import snapshot
 from .paths import confine
+from .timing import measure
 
 _END = (RecordType.COMMIT_PHASE, RecordType.ABORT_PHASE)
+
+
+def _flush_step(rtype: RecordType, durable: bool) -> str:
+    """The recovery-latency step a WAL append counts towards (SPEC §9)."""
+    if rtype is RecordType.RECOVERY:
+        return "checkpoint_flush"
+    return "wal_fsync" if durable else "wal_append"
 
 
 def next_transition(g: int, ph: str | None) -> tuple[int, str]:
@@ -243,7 +251,8 @@ class Node:
         if self.partitioned():
             raise PartitionError(f"{self.root}: node {self.name} is PARTITIONED; its WAL is read-only")
         with self._wal() as wal:
-            vc = self._vclock().tick(self.name)
+            with measure("vc_merge"):
+                vc = self._vclock().tick(self.name)
             payload = {
                 "node": self.name,
                 "g": g,
@@ -253,7 +262,8 @@ class Node:
                 "vc": vc.to_json(),
                 **fields,
             }
-            return wal.append(rtype, payload, durable=durable)
+            with measure(_flush_step(rtype, durable)):
+                return wal.append(rtype, payload, durable=durable)
 
     def begin(self, g: int, phase: str, *, participants: list[str], trace_id: str | None = None) -> PhaseTx:
         """Enter (g, phase): guards, snapshot of data/, BEGIN_PHASE (durable), exec_status IN_PROGRESS."""
@@ -349,7 +359,8 @@ class PhaseTx:
         return self.log.prepared is not None
 
     def _append(self, rtype: RecordType, fields: dict[str, Any], *, durable: bool = True) -> int:
-        self.vc = self.vc.tick(self.node.name)
+        with measure("vc_merge"):
+            self.vc = self.vc.tick(self.node.name)
         payload = {
             "node": self.node.name,
             "g": self.log.g,
@@ -359,7 +370,8 @@ class PhaseTx:
             "vc": self.vc.to_json(),
             **fields,
         }
-        return self.wal.append(rtype, payload, durable=durable)
+        with measure(_flush_step(rtype, durable)):
+            return self.wal.append(rtype, payload, durable=durable)
 
     def _check_open(self, *, before_prepare: bool = False) -> None:
         if self.log.ended is not None:
@@ -463,7 +475,8 @@ class PhaseTx:
         up on, which are then no longer owed.
         """
         self._check_open()
-        snapshot.restore(self.node.root, self.log.snapshot)
+        with measure("snapshot_apply"):
+            snapshot.restore(self.node.root, self.log.snapshot)
         fields: dict[str, Any] = {"reason": reason}
         if abandoned:
             fields["abandoned"] = list(abandoned)

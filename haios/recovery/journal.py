@@ -51,6 +51,7 @@ class Journal:
     cost: list[dict[str, Any]] = field(default_factory=list)  # per region, as last computed
     overrides: list[dict[str, Any]] = field(default_factory=list)  # signed overrides applied to this trace
     grant: dict[str, Any] | None = None  # the override being carried out: {action, nonce}
+    detection: dict[str, Any] | None = None  # {last_activity, detected_at}: time to detect (SPEC §9)
     dirty: bool = field(default=False, repr=False, compare=False)
     writes: int = field(default=0, repr=False, compare=False)  # saves during this run
 
@@ -88,6 +89,7 @@ class Journal:
             "cost": list(self.cost),
             "overrides": list(self.overrides),
             "grant": self.grant,
+            "detection": self.detection,
         }
 
     @classmethod
@@ -112,6 +114,7 @@ class Journal:
             cost=list(data.get("cost") or []),
             overrides=list(data.get("overrides") or []),
             grant=data.get("grant"),
+            detection=data.get("detection"),
         )
 
     # -- changes (each marks the journal for saving) ---------------------------------------------

@@ -29,6 +29,7 @@ from ..node.heartbeat import parse_utc, utc
 
 MEMBERSHIP_FILE = "status/membership.yaml"
 SCHEMA = "haios-membership/v1"
+PARTITIONS_KEPT = 500  # ended isolations remembered (the metric's history)
 
 
 def isolation(obs: NodeObservation | None) -> tuple[str, float | None] | None:
@@ -64,6 +65,8 @@ class Membership:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     minority_evictions_total: int = 0
     events: list[Event] = field(default_factory=list)
+    # isolations that ended (node, since, healed_at, seconds), newest last: partition_duration_seconds
+    partitions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def evicted(self) -> set[str]:
@@ -87,6 +90,7 @@ class Membership:
             "minority_evictions_total": self.minority_evictions_total,
             "nodes": {n: self.nodes[n] for n in sorted(self.nodes)},
             "alerts": self.alerts,
+            "partitions": self.partitions,
         }
 
     def due(self, t_ttl: float, t_grace: float) -> float | None:
@@ -135,6 +139,7 @@ def load(repo: Path) -> Membership:
         {str(n): dict(e) for n, e in (data.get("nodes") or {}).items()},
         list(data.get("alerts") or []),
         int(data.get("minority_evictions_total") or 0),
+        partitions=list(data.get("partitions") or []),
     )
 
 
@@ -166,6 +171,9 @@ def assess(repo: Path, config: RepoConfig, observations: dict[str, NodeObservati
         if name not in isolated:
             if entry is not None:
                 del m.nodes[name]
+                since = float(entry["isolated_since"])
+                m.partitions.append({"node": name, "since": since, "healed_at": now, "seconds": round(now - since, 3)})
+                del m.partitions[:-PARTITIONS_KEPT]
                 m._event(now, Event(name, "healed", f"{name} is reachable and not partitioned again"))
             continue
         why, claimed = isolated[name]

@@ -63,6 +63,7 @@ class TracePlan:
     # a signed override for this trace: file, action, nonce, signers, effect (applies | continuing |
     # waiting | not applicable), why
     override: dict[str, Any] | None = None
+    last_activity: float | None = None  # the transition's last sign of life on any participant (detect latency)
 
     @property
     def shard(self) -> str:
@@ -91,6 +92,7 @@ class TracePlan:
             "spent": self.spent,
             "cost": self.cost,
             "override": self.override,
+            "last_activity": self.last_activity,
         }
 
     @classmethod
@@ -112,6 +114,7 @@ class TracePlan:
             list(d.get("spent") or []),
             list(d.get("cost") or []),
             d.get("override"),
+            d.get("last_activity"),
         )
 
 
@@ -573,6 +576,12 @@ def plan_transition(
         ],
         override=override,
     )
+    seen = [
+        s.last_ts if s.last_ts is not None else s.begin_ts
+        for n in participants
+        if (o := ctx.observations.get(n)) is not None and (s := o.phases.get((g, phase))) is not None
+    ]
+    trace.last_activity = max(seen) if seen else None
     if trace.spent:
         breach, trace.cost = cost_breach(ctx, trace, SelStore(ctx.repo, ctx.config.thresholds))
         # a signed override is a human's decision: the cost cap asked for exactly that
