@@ -18,6 +18,7 @@ code; anything that is not a ``HaiosError`` is a bug and is reported as such (wi
     ├── StorageError                1  an I/O error (full disk, read-only filesystem) while writing state
     ├── TransportError              1  a node could not be reached or read
     ├── RepoError                   1  a git operation on the desired-state repo failed
+    ├── MetricsError                1  metrics could not be pushed to a Pushgateway or served
     ├── BarrierError                1  a phase out of order (PHASE_ORDER_BARRIER) or beyond max_g
     ├── VerificationError           5  signatures, integrity, refused repair
     ├── BlockedError                3  needs a human: AWAITING_ACK, BLOCKED_COMPENSATOR, minority view
@@ -128,6 +129,12 @@ class PathEscapeError(UsageError):
     """A path supplied by a caller or a record would leave the node's ``data/`` directory."""
 
     default_hint = "paths are relative to data/, without '..', absolute parts or symlinks"
+
+
+class MetricsError(HaiosError):
+    """Metrics could not be pushed to a Pushgateway, or the exporter could not listen."""
+
+    default_hint = "check the Pushgateway's URL and that it is up (curl URL/-/ready), or the port"
 
 
 class BarrierError(HaiosError):

@@ -155,15 +155,11 @@ def cli() -> Invoke:
 @pytest.fixture(scope="session")
 def clean_cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A simulated 3-node cluster at (g=1, IDLE) with a short ANALYZE prior (built once)."""
-    from helpers.cluster import git
+    from helpers.cluster import quick_cluster
 
-    from haios.sim.simulator import sim_init, sim_run
+    from haios.sim.simulator import sim_run
 
-    directory = tmp_path_factory.mktemp("recovery") / "cluster"
-    sim_init(directory, 3)
-    thresholds = directory / "policies/thresholds.yaml"
-    thresholds.write_text(thresholds.read_text().replace("    ANALYZE: 500ms", "    ANALYZE: 10ms"))
-    git(directory, "commit", "-qam", "tests: a short ANALYZE prior")
+    directory = quick_cluster(tmp_path_factory.mktemp("recovery") / "cluster", 3)
     report = sim_run(directory, iterations=1, seed=7, faults={})
     assert report.committed == 5
     return directory

@@ -9,6 +9,8 @@ declare -A needs=(
   [sshd]=openssh-server   # the SSH transport is tested against a real OpenSSH server on loopback
   [ssh-keygen]=openssh-client
   [ip]=iproute2   # the partition tests put each node's sshd in a network namespace of its own
+  [promtool]=prometheus   # metrics output must pass 'promtool check metrics'
+  [prometheus-pushgateway]=prometheus-pushgateway   # a real Pushgateway receives 'haios metrics push'
 )
 
 missing=()

@@ -13,6 +13,7 @@ from ..recovery.report import membership, open_traces
 from ..transport import DEFAULT_PARALLEL
 from . import _render
 from ._options import MaxParallelOpt, Output, OutputOpt, RepoOpt, resolve
+from .metrics import MetricsTextfileOpt, PushgatewayOpt, write_if_asked
 
 _STYLE = {"OK": "green", "TORN-TAIL": "yellow", "SLOW": "yellow", "UNHEALTHY": "yellow"}
 
@@ -36,6 +37,8 @@ def doctor(
         bool, typer.Option("--full", help="Verify every WAL from its first byte, not only what is new.")
     ] = False,
     max_parallel: MaxParallelOpt = DEFAULT_PARALLEL,
+    metrics_textfile: MetricsTextfileOpt = None,
+    pushgateway: PushgatewayOpt = None,
     repo: RepoOpt = None,
     output: OutputOpt = None,
 ) -> int:
@@ -46,6 +49,7 @@ def doctor(
     """
     opts = resolve(ctx, repo=repo, output=output)
     report = run_doctor(opts.repo, full=full, parallelism=max_parallel)
+    write_if_asked(opts.repo, metrics_textfile, pushgateway)
     if opts.output is not Output.text:
         _render.emit_json(report.to_json())
         return report.exit_code()

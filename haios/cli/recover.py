@@ -23,6 +23,7 @@ from ..recovery.journal import find as find_journal
 from ..transport import DEFAULT_PARALLEL
 from . import _render
 from ._options import GlobalOptions, MaxParallelOpt, Output, OutputOpt, RepoOpt, resolve
+from .metrics import MetricsTextfileOpt, PushgatewayOpt, write_if_asked
 
 _CODES = {0: "nothing to do", 2: "changes pending", 3: "blocked: needs a human", 4: "locked by another reconciler"}
 
@@ -117,6 +118,8 @@ def plan(
         PlanFormat, typer.Option("--format", help="text, or markdown for a pull-request comment.")
     ] = PlanFormat.text,
     max_parallel: MaxParallelOpt = DEFAULT_PARALLEL,
+    metrics_textfile: MetricsTextfileOpt = None,
+    pushgateway: PushgatewayOpt = None,
     repo: RepoOpt = None,
     output: OutputOpt = None,
 ) -> int:
@@ -127,6 +130,7 @@ def plan(
     """
     opts = resolve(ctx, repo=repo, output=output)
     result, _ = build(opts.repo, parallelism=max_parallel)
+    write_if_asked(opts.repo, metrics_textfile, pushgateway)
     if out is not None:
         atomic_write(out, (json.dumps(result.to_json(), indent=2, sort_keys=False) + "\n").encode())
     if opts.output is not Output.text:
@@ -215,6 +219,8 @@ def reconcile(
         str | None, typer.Option("--remote", help="The remote for --push (default: origin).", show_default=False)
     ] = None,
     max_parallel: MaxParallelOpt = DEFAULT_PARALLEL,
+    metrics_textfile: MetricsTextfileOpt = None,
+    pushgateway: PushgatewayOpt = None,
     repo: RepoOpt = None,
     output: OutputOpt = None,
 ) -> int:
@@ -226,7 +232,15 @@ def reconcile(
     if dry_run:
         if plan_file is not None:
             raise UsageError("--dry-run and --plan do not go together")
-        return plan(ctx, out=None, fmt=PlanFormat.text, repo=repo, output=output)
+        return plan(
+            ctx,
+            out=None,
+            fmt=PlanFormat.text,
+            metrics_textfile=metrics_textfile,
+            pushgateway=pushgateway,
+            repo=repo,
+            output=output,
+        )
     opts = resolve(ctx, repo=repo, output=output)
     given = None
     if plan_file is not None:
@@ -240,6 +254,7 @@ def reconcile(
         result = run_reconcile(
             opts.repo, plan=given, progress=progress, push=push, remote=remote, parallelism=max_parallel
         )
+    write_if_asked(opts.repo, metrics_textfile, pushgateway)
     if opts.output is not Output.text:
         _render.emit_json(result.to_json())
     else:

@@ -13,6 +13,7 @@ nothing committed).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import time
 from collections.abc import Callable
@@ -232,6 +233,7 @@ class _Runner:
             state=trace.state,
             participants=list(trace.participants),
             opened_at=utc(now),
+            detection={"last_activity": trace.last_activity, "detected_at": self.ctx.now},
         )
         if not trace.actionable:
             self._record_waiting(trace, j, outcome, now)
@@ -442,8 +444,7 @@ class _Runner:
                     return self._validation_failed(trace, j, lease, outcome, exc.message)
             elif action == "compensate":
                 self._over_budget(trace, j, s)
-                self._compensate(trace, j, lease, s)
-                result = {"outcome": "compensated"}
+                result = {"outcome": "compensated", "timings": self._compensate(trace, j, lease, s)}
             elif action == "rollback":
                 extra = {"abandon": list(s["abandon"])} if s.get("abandon") else {}
                 result = self._op(
@@ -458,15 +459,17 @@ class _Runner:
                 str(result.get("outcome", "ok")),
                 **({"key": s["key"]} if "key" in s else {}),
                 **({"abandoned": list(s["abandon"])} if s.get("abandon") else {}),
+                **({"timings": result["timings"]} if result.get("timings") else {}),
             )
             j.save(self.ctx.repo)  # after the node's checkpoint: the journal tells the story, the WAL decides
             outcome.steps += 1
             self._tick(trace, node, action, index, finished=True)
         return lease
 
-    def _compensate(self, trace: TracePlan, j: journals.Journal, lease: Lease, s: dict[str, Any]) -> None:
+    def _compensate(self, trace: TracePlan, j: journals.Journal, lease: Lease, s: dict[str, Any]) -> dict[str, float]:
         """One compensation under the SEL's rules: at most one success per key, back-off between
-        attempts, the compensator's circuit breaker, the cost cap (SPEC §4.4)."""
+        attempts, the compensator's circuit breaker, the cost cap (SPEC §4.4). Returns where the
+        time went (``sel_compensate``: the compensator itself; the node's record of it)."""
         node, key, name = s["node"], s["key"], s["compensator"]
         now = self.clock()
         try:
@@ -486,10 +489,10 @@ class _Runner:
         admission = self.sel.admit(entry, now, self.run_id)
         if admission.replay:
             # succeeded before (a run killed after the call): the stored result, not a second call
-            self._op(
+            done = self._op(
                 trace, lease, "compensated", node, key=key, result=entry.result, from_lamport=s.get("from_lamport")
             )
-            return
+            return dict(done.get("timings") or {})
         if admission.exhausted:
             due = self._exhausted(j, now, f"{name} for {key} on {node}: {admission.why}")
             raise _Stop(3, f"compensator {name} for {key}: {admission.why}: BLOCKED_COMPENSATOR", due)
@@ -497,20 +500,33 @@ class _Runner:
             self._mirror(j, entry, breaker=admission.why)
             raise _Stop(2, f"compensator {name} for {key} waits: {admission.why}", admission.until)
         pb = self.ctx.config.playbooks.get(name)
+        started = time.perf_counter()
         if pb is None:
             ok, retryable, result = False, False, f"no playbook named {name!r} in playbooks/"
         else:
             ok, retryable, result = self._run_playbook(pb, _placeholders(s, trace, node), node)
+        took = round(time.perf_counter() - started, 6)
         now = self.clock()
         run_cost = pb.cost if pb is not None else None
         if ok:
             entry = self.sel.succeeded(entry, now, result, run_cost)  # stored durably before it is reported
             self._mirror(j, entry)
-            self._op(trace, lease, "compensated", node, key=key, result=result, from_lamport=s.get("from_lamport"))
-            return
+            done = self._op(
+                trace, lease, "compensated", node, key=key, result=result, from_lamport=s.get("from_lamport")
+            )
+            return {**(done.get("timings") or {}), "sel_compensate": took}
         entry = self.sel.failed(entry, now, str(result), retryable=retryable, probe=admission.probe, cost=run_cost)
         self._mirror(j, entry)
-        j.add_step(now, node, "compensate", "failed", key=key, error=str(result), attempt=entry.failures)
+        j.add_step(
+            now,
+            node,
+            "compensate",
+            "failed",
+            key=key,
+            error=str(result),
+            attempt=entry.failures,
+            timings={"sel_compensate": took},
+        )
         if entry.state == EXHAUSTED:
             why = "not retryable" if not retryable else f"failed {entry.failures} times"
             due = self._exhausted(j, now, f"{name} for {key} on {node} {why}: {result}")
@@ -709,8 +725,34 @@ def reconcile(
     remote: str | None = None,
     parallelism: int = DEFAULT_PARALLEL,
 ) -> RunResult:
-    """Plan and carry the plan out; with ``plan``, execute exactly that plan (refused if stale)."""
-    path = Path(repo)
+    """Plan and carry the plan out; with ``plan``, execute exactly that plan (refused if stale).
+
+    Every run, whatever its outcome, is added to this machine's run record (``status/observed/``)
+    for the ``haios_reconcile_*`` metrics."""
+    from ..metrics import record_run
+
+    started = time.monotonic()
+    code = 1
+    try:
+        result = _reconcile(Path(repo), now, plan, holder, progress, push, remote, parallelism)
+        code = result.exit_code()
+        return result
+    finally:
+        if (Path(repo) / "haios.yaml").is_file():
+            with contextlib.suppress(HaiosError):  # a metric that cannot be written never fails the run
+                record_run(Path(repo), code=code, seconds=time.monotonic() - started, finished=time.time())
+
+
+def _reconcile(
+    path: Path,
+    now: float | None,
+    plan: Plan | None,
+    holder: str | None,
+    progress: Progress | None,
+    push: bool,
+    remote: str | None,
+    parallelism: int,
+) -> RunResult:
     started = time.time()
     base = started if now is None else now
 

@@ -18,6 +18,17 @@ def git(directory: Path, *args: str) -> str:
     return subprocess.run(cmd, cwd=directory, capture_output=True, text=True, check=True).stdout
 
 
+def quick_cluster(directory: Path, nodes: int) -> Path:
+    """``sim init`` with a 10-ms ANALYZE prior (so Φ timeouts expire at once), committed."""
+    from haios.sim.simulator import sim_init
+
+    sim_init(directory, nodes)
+    thresholds = directory / "policies/thresholds.yaml"
+    thresholds.write_text(thresholds.read_text().replace("    ANALYZE: 500ms", "    ANALYZE: 10ms"))
+    git(directory, "commit", "-qam", "tests: a short ANALYZE prior")
+    return directory
+
+
 def positions(directory: Path) -> dict[str, tuple[int, str]]:
     """Where each node of the 3-node test cluster stands: (g, phase) from its state.txt."""
     out = {}
