@@ -34,6 +34,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 
+from .detect.observe import CACHE_DIR
 from .errors import ConfigError, MetricsError
 from .fsutil import atomic_write, makedirs_durable
 from .node.heartbeat import parse_utc
@@ -168,6 +169,7 @@ class HaiosCollector(Collector):
         yield from self._membership()
         yield from self._runs()
         yield from self._budget(traces)
+        yield from self._io()
 
     def _detection(self, traces: Iterable[journals.Journal]) -> Iterator[Metric]:
         per_phase: dict[str, _Histogram] = defaultdict(lambda: _Histogram(PHASE_BUCKETS))
@@ -286,6 +288,35 @@ class HaiosCollector(Collector):
         for (region, currency), amount in sorted(spent.items()):
             family.add_metric([region, currency], amount)
         yield family
+
+    def _io(self) -> Iterator[Metric]:
+        """Bytes per node from the observation cache (status/observed/<node>.json), which reads every
+        WAL byte once: the WAL itself, the snapshots BEGIN_PHASE reports, the data PREPARE reports."""
+        counters = CounterMetricFamily(
+            "haios_io_bytes",
+            "Bytes a node wrote: its WAL, its snapshots, and the data its phases wrote to data/.",
+            labels=["node", "kind"],
+        )
+        ratios = []
+        for path in sorted((self.repo / CACHE_DIR).glob("*.json")):
+            try:
+                cache = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            io = cache.get("io") if isinstance(cache, dict) else None
+            if not isinstance(io, dict):
+                continue  # not a node's cache (the run record, doctor's memory)
+            for kind in ("wal", "snapshot", "data"):
+                counters.add_metric([path.stem, kind], float(io.get(f"{kind}_bytes") or 0))
+            if io.get("data_bytes"):
+                ratios.append((float(io["wal_bytes"]) + float(io["snapshot_bytes"])) / float(io["data_bytes"]))
+        yield counters
+        if ratios:
+            yield GaugeMetricFamily(
+                "max_io_overhead_ratio",
+                "The largest, over the nodes, of (WAL + snapshot bytes) / data bytes the phases wrote (guard: 2.2).",
+                value=max(ratios),
+            )
 
 
 def register(registry: CollectorRegistry, repo: Path | str, cluster: str) -> HaiosCollector:

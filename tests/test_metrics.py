@@ -275,3 +275,34 @@ def test_exporter_serves_metrics_and_health(faulty: Path, tmp_path: Path) -> Non
         out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
     assert f"serving http://127.0.0.1:{port}/metrics" in err.decode()
+
+
+def test_io_bytes_and_overhead_ratio_are_real_byte_counts(faulty: Path) -> None:
+    import base64
+
+    from haios.wal import RecordType, read_records
+
+    build(faulty)  # observe once more: the reconcile's own records are in the WALs now
+    found = samples(faulty)
+    ratios = []
+    for node_root in sorted((faulty / "nodes").iterdir()):
+        node = node_root.name
+        wal_bytes = sum(p.stat().st_size for p in (node_root / "wal").glob("*.wal"))
+        assert value(found, "haios_io_bytes_total", node=node, kind="wal") == wal_bytes
+        intents: dict[tuple[int, str], int] = {}
+        prepared = snapshots = 0
+        for r in read_records(node_root / "wal"):
+            key = (r.payload["g"], r.payload["phase"])
+            if r.type is RecordType.BEGIN_PHASE:
+                intents[key] = 0
+                snapshots += r.payload["snapshot_bytes"]
+            elif r.type is RecordType.INTENT and r.payload["op"] == "write":
+                intents[key] += len(base64.b64decode(r.payload["content_b64"]))
+            elif r.type is RecordType.PREPARE:
+                assert r.payload["data_bytes"] == intents[key]  # what the phase asked to write, byte for byte
+                prepared += r.payload["data_bytes"]
+        assert prepared > 0 and snapshots > 0
+        assert value(found, "haios_io_bytes_total", node=node, kind="data") == prepared
+        assert value(found, "haios_io_bytes_total", node=node, kind="snapshot") == snapshots
+        ratios.append((wal_bytes + snapshots) / prepared)
+    assert value(found, "max_io_overhead_ratio") == pytest.approx(max(ratios))

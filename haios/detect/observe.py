@@ -25,6 +25,7 @@ from ..fsutil import atomic_write, makedirs_durable
 from ..node.transaction import ABANDON_STEP, CATCH_UP_PREFIX
 from ..transport import Transport
 from ..wal import Cursor, RecordType, WalCorruptError, WalReader
+from ..wal.format import SEGMENT_HEADER_SIZE
 from ..wal.reader import list_segments
 from ..wal.writer import LOCK_NAME
 from .detectors import NodeObservation, PhaseSummary
@@ -96,12 +97,14 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
         "durations": {},
         "last_lamport": 0,
         "records": 0,
+        "io": {"wal_bytes": 0, "snapshot_bytes": 0, "data_bytes": 0},
     }
     cursor = Cursor(**state["cursor"]) if state["cursor"] else None
     # A short record at the very end is an append in progress only while a writer holds the lock;
     # otherwise it is a torn tail and must be reported.
     reader = WalReader(root / "wal", cursor=cursor, partial_ok=writer_active(root / "wal"), decode=False)
     phases = _summaries_from(state["phases"])
+    io = state.setdefault("io", {"wal_bytes": 0, "snapshot_bytes": 0, "data_bytes": 0})
     durations: dict[str, list[float]] = {k: list(v) for k, v in state["durations"].items()}
     corruption = None
     try:
@@ -111,6 +114,7 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
             p = record.payload
             key: tuple[int, str] = (p.get("g", -1), p.get("phase", ""))
             if record.type is RecordType.BEGIN_PHASE:
+                io["snapshot_bytes"] += int(p.get("snapshot_bytes") or 0)
                 phases[key] = PhaseSummary(
                     p["g"],
                     p["phase"],
@@ -135,6 +139,7 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
                     if p["key"] not in s.effects:
                         phases[key] = replace(s, effects=(*s.effects, p["key"]), last_ts=p["ts"])
                 elif record.type is RecordType.PREPARE:
+                    io["data_bytes"] += int(p.get("data_bytes") or 0)
                     phases[key] = replace(s, prepared=True, last_ts=p["ts"])
                 elif record.type in (RecordType.COMMIT_PHASE, RecordType.ABORT_PHASE):
                     phases[key] = replace(
@@ -164,6 +169,10 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
         last_lamport=reader.cursor.lamport if reader.cursor else state["last_lamport"],
         records=state["records"] + reader.records,
     )
+    # every byte of the WAL is read once: what was written (the reader counts records; add the header
+    # of each segment begun in this pass — the one a cursor resumes in was counted before)
+    fresh = reader.segments_read - (1 if cursor is not None and reader.segments_read else 0)
+    io["wal_bytes"] += reader.bytes_read + SEGMENT_HEADER_SIZE * fresh
     return state, reader.bytes_read, corruption
 
 

@@ -23,11 +23,13 @@ def snapshot_name(g: int, phase: str) -> str:
     return f"{g}-{phase}"
 
 
-def _link_tree(src: Path, dst: Path) -> None:
+def _link_tree(src: Path, dst: Path) -> int:
     """Recreate ``src`` under ``dst``: directories made, files hard-linked, symlinks copied as links.
 
     Works on directory descriptors (no path lookups per file) and fsyncs every directory it fills.
+    Returns the bytes written: the directories' sizes and the symlinks' targets.
     """
+    written = 0
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
     os.mkdir(dst)
     stack = [(str(src), str(dst))]
@@ -38,20 +40,26 @@ def _link_tree(src: Path, dst: Path) -> None:
             with os.scandir(sfd) as entries:
                 for entry in entries:
                     if entry.is_symlink():
-                        os.symlink(os.readlink(entry.name, dir_fd=sfd), entry.name, dir_fd=dfd)
+                        link = os.readlink(entry.name, dir_fd=sfd)
+                        os.symlink(link, entry.name, dir_fd=dfd)
+                        written += len(os.fsencode(link))
                     elif entry.is_dir(follow_symlinks=False):
                         os.mkdir(entry.name, dir_fd=dfd)
                         stack.append((os.path.join(source, entry.name), os.path.join(target, entry.name)))
                     else:
                         os.link(entry.name, entry.name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
             os.fsync(dfd)
+            written += os.fstat(dfd).st_size
         finally:
             os.close(sfd)
             os.close(dfd)
+    return written
 
 
-def take(root: Path, name: str) -> Path:
-    """Snapshot ``root/data`` as ``root/snapshots/<name>``, replacing an incomplete or stale one."""
+def take(root: Path, name: str) -> tuple[Path, int]:
+    """Snapshot ``root/data`` as ``root/snapshots/<name>``, replacing an incomplete or stale one.
+    Returns the snapshot and the bytes it took on disk (its directories and symlinks: files are
+    hard links, which write no data) — for ``max_io_overhead_ratio``."""
     snapshots = root / "snapshots"
     final = snapshots / name
     tmp = snapshots / f".{name}.tmp"
@@ -59,13 +67,13 @@ def take(root: Path, name: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         if final.exists():
             shutil.rmtree(final)
-        _link_tree(root / "data", tmp)
+        written = _link_tree(root / "data", tmp)
         os.rename(tmp, final)
         fsync_dir(snapshots)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise StorageError(f"{final}: snapshot failed: {os.strerror(exc.errno or 0)}") from exc
-    return final
+    return final, written
 
 
 def _same_file(a: Path, b: Path) -> bool:

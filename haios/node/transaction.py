@@ -296,13 +296,14 @@ class Node:
         if limit is not None and g > limit:
             raise BarrierError(f"{self.root}: g={g} is beyond max_g={limit} (the desired state freezes the cluster)")
         name = snapshot.snapshot_name(g, phase)
-        snapshot.take(self.root, name)  # before BEGIN_PHASE: a logged BEGIN always has its snapshot
+        _, snapshot_bytes = snapshot.take(self.root, name)  # before BEGIN_PHASE: a logged BEGIN has its snapshot
         trace = trace_id or uuid.uuid4().hex
         wal = self._wal()
         tx = PhaseTx(self, wal, PhaseLog(g, phase, trace, name, list(participants), 0), self._vclock())
         try:
             tx.log.begin_lamport = tx._append(
-                RecordType.BEGIN_PHASE, {"snapshot": name, "participants": list(participants)}
+                RecordType.BEGIN_PHASE,
+                {"snapshot": name, "participants": list(participants), "snapshot_bytes": snapshot_bytes},
             )
             now = self.clock()
             controlfile.write_mapping(
@@ -445,7 +446,9 @@ class PhaseTx:
             check_intents(self.log.intents, schemas)
         digest = intents_digest(self.log.intents)
         if not self.prepared:
-            self._append(RecordType.PREPARE, {"intent_count": len(self.log.intents), "digest": digest})
+            data_bytes = sum(len(base64.b64decode(i["content_b64"])) for i in self.log.intents if i["op"] == "write")
+            fields = {"intent_count": len(self.log.intents), "digest": digest, "data_bytes": data_bytes}
+            self._append(RecordType.PREPARE, fields)
             self.log.prepared = digest
         apply_intents(self.node.data, self.log.intents, schemas)
         return digest

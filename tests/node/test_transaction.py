@@ -187,8 +187,9 @@ def test_snapshot_is_hard_links_and_restore_is_idempotent(node_root: Path) -> No
     data = node_root / "data"
     for i in range(20):
         controlfile.write(data / f"f{i}", f"{i}\n".encode(), expected_version=None)
-    snap = snapshot.take(node_root, "1-ANALYZE")
+    snap, written = snapshot.take(node_root, "1-ANALYZE")
     assert os.stat(snap / "f3").st_ino == os.stat(data / "f3").st_ino
+    assert written == os.stat(snap).st_size  # one directory; the 20 files are links and write no data
     controlfile.write(data / "f3", b"changed\n", expected_version=1)
     (data / "f4").unlink()
     (data / "extra").mkdir()
