@@ -38,6 +38,12 @@ def err(text: str) -> None:
     console(stderr=True).print(text, style="red", markup=False)
 
 
+def emit_event(event: dict[str, Any]) -> None:
+    """One event as one line of JSON on stdout, flushed at once (--output ndjson)."""
+    sys.stdout.write(json.dumps(event, separators=(",", ":"), default=str) + "\n")
+    sys.stdout.flush()
+
+
 def emit_json(value: Any) -> None:
     """One JSON document on stdout."""
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")

@@ -50,6 +50,10 @@ def doctor(
     opts = resolve(ctx, repo=repo, output=output)
     report = run_doctor(opts.repo, full=full, parallelism=max_parallel)
     write_if_asked(opts.repo, metrics_textfile, pushgateway)
+    if opts.output is Output.ndjson:
+        for event in report.events():
+            _render.emit_event(event)
+        return report.exit_code()
     if opts.output is not Output.text:
         _render.emit_json(report.to_json())
         return report.exit_code()

@@ -20,6 +20,7 @@ from ..recovery import Plan, RunResult, build, render_markdown
 from ..recovery import reconcile as run_reconcile
 from ..recovery.executor import Progress
 from ..recovery.journal import find as find_journal
+from ..recovery.plan import plan_events
 from ..transport import DEFAULT_PARALLEL
 from . import _render
 from ._options import GlobalOptions, MaxParallelOpt, Output, OutputOpt, RepoOpt, resolve
@@ -133,7 +134,10 @@ def plan(
     write_if_asked(opts.repo, metrics_textfile, pushgateway)
     if out is not None:
         atomic_write(out, (json.dumps(result.to_json(), indent=2, sort_keys=False) + "\n").encode())
-    if opts.output is not Output.text:
+    if opts.output is Output.ndjson:
+        for event in plan_events(result):
+            _render.emit_event(event)
+    elif opts.output is not Output.text:
         _render.emit_json(result.to_json())
     elif fmt is PlanFormat.markdown:
         sys.stdout.write(render_markdown(result))
@@ -252,10 +256,18 @@ def reconcile(
             raise UsageError(f"{plan_file}: {exc.message}") from exc
     with _progress(opts) as progress:
         result = run_reconcile(
-            opts.repo, plan=given, progress=progress, push=push, remote=remote, parallelism=max_parallel
+            opts.repo,
+            plan=given,
+            progress=progress,
+            push=push,
+            remote=remote,
+            parallelism=max_parallel,
+            events=_render.emit_event if opts.output is Output.ndjson else None,
         )
     write_if_asked(opts.repo, metrics_textfile, pushgateway)
-    if opts.output is not Output.text:
+    if opts.output is Output.ndjson:
+        pass  # every event went out as it happened
+    elif opts.output is not Output.text:
         _render.emit_json(result.to_json())
     else:
         _print_result(result)

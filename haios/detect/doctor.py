@@ -17,6 +17,7 @@ from ..budget import fx_age as rates_age
 from ..config import Problem, load_repo
 from ..config.model import PHASES, RepoConfig
 from ..errors import ConfigError, HaiosError
+from ..events import make
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import parse_utc, utc
 from ..transport import DEFAULT_PARALLEL, MIRROR_DIR, ClusterTransport, open_transport
@@ -64,6 +65,28 @@ class DoctorReport:
         if any(f.kind == "host_key" for f in self.counted):
             return 5
         return 0 if self.healthy else 2
+
+    def events(self) -> list[dict[str, Any]]:
+        """The report as events (:mod:`haios.events`): one per finding, then the pass's end."""
+        at = self.generated_at
+        out = [
+            make(
+                "finding",
+                f.evidence.get("trace_id") if isinstance(f.evidence.get("trace_id"), str) else None,
+                ts=at,
+                kind=f.kind,
+                severity=f.severity,
+                counted=f in self.counted,
+                nodes=list(f.nodes),
+                g=f.g,
+                phase=f.phase,
+                summary=f.summary,
+                fix=f.fix,
+            )
+            for f in self.findings
+        ]
+        out.append(make("doctor", ts=at, healthy=self.healthy, exit_code=self.exit_code(), findings=len(self.findings)))
+        return out
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -27,6 +27,7 @@ from ..config.model import Playbook
 from ..config.model import phase_order as order
 from ..coord import Lease, new_holder
 from ..errors import FencedError, HaiosError, LockHeldError, TransportError, UsageError
+from ..events import Sink, logged, make
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import utc
 from ..overrides import apply as overrides
@@ -35,7 +36,17 @@ from ..transport import DEFAULT_PARALLEL
 from . import journal as journals
 from . import membership as members
 from .machine import NEEDS_A_HUMAN, TERMINAL, Event, State, step
-from .plan import COST_ALERT, OVERRIDE_STEP, Context, Plan, TracePlan, build, cost_breach, plan_transition
+from .plan import (
+    COST_ALERT,
+    OVERRIDE_STEP,
+    Context,
+    Plan,
+    TracePlan,
+    build,
+    cost_breach,
+    plan_events,
+    plan_transition,
+)
 from .sel import EXHAUSTED, SEL_DIR, SUCCEEDED, Entry, ParamsMismatch, SelStore
 
 STATUS_FILE = "status/cluster.yaml"
@@ -159,8 +170,10 @@ class _Runner:
         clock: Callable[[], float],
         progress: Progress | None,
         desired_commit: str | None = None,
+        events: Sink | None = None,
     ) -> None:
         self.ctx = ctx
+        self.events = events
         self.desired_commit = desired_commit
         self.holder = holder
         self.clock = clock
@@ -235,6 +248,13 @@ class _Runner:
             opened_at=utc(now),
             detection={"last_activity": trace.last_activity, "detected_at": self.ctx.now},
         )
+        if self.events is not None:
+            sink = self.events
+
+            def tell(kind: str, fields: dict[str, Any]) -> None:
+                sink(make(kind, trace.trace_id, g=trace.g, phase=trace.phase, **fields))
+
+            j.listener = tell
         if not trace.actionable:
             self._record_waiting(trace, j, outcome, now)
             if j.dirty:
@@ -724,18 +744,23 @@ def reconcile(
     push: bool = False,
     remote: str | None = None,
     parallelism: int = DEFAULT_PARALLEL,
+    events: Sink | None = None,
 ) -> RunResult:
     """Plan and carry the plan out; with ``plan``, execute exactly that plan (refused if stale).
 
-    Every run, whatever its outcome, is added to this machine's run record (``status/observed/``)
-    for the ``haios_reconcile_*`` metrics."""
+    ``events`` is told of everything as it happens (:mod:`haios.events`: detections, every recovery
+    step, state change and alert, each trace's outcome, the commit, the run's end). Every run,
+    whatever its outcome, is added to this machine's run record (``status/observed/``) for the
+    ``haios_reconcile_*`` metrics."""
     from ..metrics import record_run
 
     started = time.monotonic()
     code = 1
+    emit = logged(events)
     try:
-        result = _reconcile(Path(repo), now, plan, holder, progress, push, remote, parallelism)
+        result = _reconcile(Path(repo), now, plan, holder, progress, push, remote, parallelism, emit)
         code = result.exit_code()
+        emit(make("run", exit_code=code, next_due=result.next_due, note=result.note or None))
         return result
     finally:
         if (Path(repo) / "haios.yaml").is_file():
@@ -752,6 +777,7 @@ def _reconcile(
     push: bool,
     remote: str | None,
     parallelism: int,
+    emit: Sink,
 ) -> RunResult:
     started = time.time()
     base = started if now is None else now
@@ -777,6 +803,8 @@ def _reconcile(
         plan = fresh
     t = ctx.config.thresholds
     result = RunResult(plan, membership_due=ctx.membership.due(t.eviction_ttl, t.eviction_grace))
+    for event in plan_events(plan, steps=False):
+        emit(event)
     if plan.minority:
         result.note = (
             f"minority view: {len(plan.reachable)} of {len(plan.active)} active members reachable; nothing changed"
@@ -792,7 +820,7 @@ def _reconcile(
             for t in plan.traces
         ]
         return result
-    runner = _Runner(ctx, holder or new_holder(), clock, progress, plan.desired_commit)
+    runner = _Runner(ctx, holder or new_holder(), clock, progress, plan.desired_commit, emit)
     blocked_at: tuple[int, int] | None = None
     for trace in sorted(plan.traces, key=lambda t: order(t.g, t.phase)):
         if blocked_at is not None and order(trace.g, trace.phase) > blocked_at and trace.actionable:
@@ -812,6 +840,21 @@ def _reconcile(
             continue
         outcome = runner.run(trace)
         result.outcomes.append(outcome)
+        emit(
+            make(
+                "trace",
+                outcome.trace_id,
+                g=outcome.g,
+                phase=outcome.phase,
+                verdict=outcome.verdict,
+                before=outcome.before,
+                after=outcome.after,
+                steps=outcome.steps,
+                code=outcome.code,
+                note=outcome.note or None,
+                override=outcome.override,
+            )
+        )
         if State(outcome.after) not in TERMINAL and blocked_at is None:
             blocked_at = order(trace.g, trace.phase)
         if outcome.code == 4 and "fencing token" in outcome.note:
@@ -836,4 +879,6 @@ def _reconcile(
         result.commit = audit.commit_run(path, paths, subject, body, traces, plan.observed_hash)
     if push and result.commit is not None:
         result.pushed_to = audit.push(path, remote)
+    if result.commit is not None:
+        emit(make("commit", commit=result.commit, pushed_to=result.pushed_to, traces=[o.trace_id for o in changed]))
     return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ class Journal:
     detection: dict[str, Any] | None = None  # {last_activity, detected_at}: time to detect (SPEC §9)
     dirty: bool = field(default=False, repr=False, compare=False)
     writes: int = field(default=0, repr=False, compare=False)  # saves during this run
+    # told of every state change, step and alert as it is recorded (kind, fields): the event stream
+    listener: Callable[[str, dict[str, Any]], None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def shard(self) -> str:
@@ -127,6 +130,7 @@ class Journal:
         )
         if not changed:
             return
+        before = self.state
         self.state = state.value
         if decision is not None:
             self.decision = decision
@@ -137,6 +141,10 @@ class Journal:
         if state in TERMINAL or state in NEEDS_A_HUMAN:
             self.grant = None  # the override's attempt is over (it ended, or a human is needed again)
         self.dirty = True
+        if self.listener is not None:
+            self.listener(
+                "trace.state", {"from": before, "to": self.state, "decision": self.decision, "why": self.reason}
+            )
 
     def set_cost(self, cost: list[dict[str, Any]]) -> None:
         if cost and cost != self.cost:
@@ -151,12 +159,16 @@ class Journal:
     def add_step(self, now: float, node: str | None, action: str, outcome: str, **detail: Any) -> None:
         self.steps.append({"at": utc(now), "node": node, "action": action, "outcome": outcome, **detail})
         self.dirty = True
+        if self.listener is not None:
+            self.listener("recovery.step", {"node": node, "action": action, "outcome": outcome, **detail})
 
     def alert(self, now: float, name: str, message: str, **detail: Any) -> None:
         self.alerts.append(
             {"at": utc(now), "alert": name, "message": message, **{k: v for k, v in detail.items() if v}}
         )
         self.dirty = True
+        if self.listener is not None:
+            self.listener("alert", {"alert": name, "message": message})
 
     def save(self, repo: Path) -> None:
         makedirs_durable(repo / JOURNAL_DIR)

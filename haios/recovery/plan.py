@@ -25,6 +25,7 @@ from ..detect.detectors import NodeObservation, PhaseSummary
 from ..detect.observe import observe
 from ..detect.phi import Estimators
 from ..errors import HaiosError, RepoError
+from ..events import make
 from ..gitrepo import _git
 from ..node.transaction import next_transition
 from ..overrides.apply import Offer, scan
@@ -694,6 +695,48 @@ def _override_effects(repo: Path, plan: Plan, offers: list[Offer]) -> list[dict[
             )
         rows.append(row)
     return rows
+
+
+def plan_events(plan: Plan, *, steps: bool = True) -> list[dict[str, Any]]:
+    """The plan as events (:mod:`haios.events`): each transition found, each step it would run
+    (``steps``), each override file's effect, and the plan's end with its exit code."""
+    at = plan.created_at
+    out = []
+    for t in plan.traces:
+        out.append(
+            make(
+                "detection",
+                t.trace_id,
+                ts=at,
+                g=t.g,
+                phase=t.phase,
+                state=t.state,
+                verdict=t.verdict,
+                why=t.reason,
+                participants=t.participants,
+                last_activity=t.last_activity,
+            )
+        )
+        for i, s in enumerate(t.steps if steps else [], 1):
+            fields = {k: s.get(k) for k in ("node", "action", "key", "detail")}
+            out.append(make("plan.step", t.trace_id, ts=at, g=t.g, phase=t.phase, step=i, **fields))
+    for o in plan.overrides:
+        out.append(
+            make(
+                "override",
+                o.get("trace_id"),
+                ts=at,
+                file=o["file"],
+                action=o.get("action"),
+                effect=o["effect"],
+                why=o.get("why") or None,
+            )
+        )
+    if steps:
+        out.append(
+            make("plan", ts=at, exit_code=plan.exit_code(), observed_hash=plan.observed_hash, minority=plan.minority)
+        )
+    return out
 
 
 def render_markdown(plan: Plan) -> str:
