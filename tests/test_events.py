@@ -93,7 +93,8 @@ def test_alerts_are_events_and_trace_ids_reach_the_log(cluster: Path) -> None:
     assert result.returncode == 3, result.stderr
     stream = events(result.stdout)
     (alert,) = [e for e in stream if e["type"] == "alert"]
-    assert alert["alert"] == "sel_compensator_failed" and alert["phase"] == "ANALYZE"
+    assert (alert["alert"], alert["state"], alert["severity"]) == ("sel_compensator_failed", "firing", "page")
     trace = alert["trace_id"]
     assert f"haios: trace={trace} recovery.step node=node-1 action=compensate outcome=failed" in result.stderr
     assert f"haios: trace={trace} alert alert=sel_compensator_failed" in result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["type"] == "run"

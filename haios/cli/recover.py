@@ -199,6 +199,12 @@ def _print_result(result: RunResult) -> None:
             _render.out(f"    {o.note}")
         if o.cost and o.code == 3:
             _render.out(_cost_line(o.cost))
+    for a in result.alerts:
+        mark = {"firing": "ALERT", "raised": "ALERT", "resolved": "resolved"}[a["state"]]
+        _render.out(
+            f"{mark} {a['alert']} ({a['severity']}): {a['message']}",
+            style="green" if a["state"] == "resolved" else "red",
+        )
     if result.next_due is not None and result.exit_code() == 2:
         _render.out(f"next work due at {utc(result.next_due)}")
     if result.commit:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import audit, controlfile
+from .. import alerts, audit, controlfile
 from ..config.dataschemas import DataSchemaError
 from ..config.model import Playbook
 from ..config.model import phase_order as order
@@ -99,6 +99,7 @@ class RunResult:
     pushed_to: str | None = None
     note: str = ""
     membership_due: float | None = None  # when an isolated node becomes pending or is evicted
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # alerts raised or resolved by this run
 
     @property
     def changed(self) -> bool:
@@ -140,6 +141,7 @@ class RunResult:
             "pushed_to": self.pushed_to,
             "note": self.note,
             "next_due": self.next_due,
+            "alerts": self.alerts,
             "exit_code": self.exit_code(),
         }
 
@@ -262,6 +264,16 @@ class _Runner:
             outcome.recorded = j.writes > 0
             outcome.reason = j.reason
             return outcome
+        granted = trace.override is not None and trace.override["effect"] in ("applies", "continuing")
+        if State(j.state) is State.BLOCKED_COMPENSATOR and not granted:
+            since = j.blocked_since if j.blocked_since is not None else now
+            if now - since < self.t.t_blocked:
+                # nothing runs until T_blocked passes or a signed override says so: no lease, no
+                # new fencing token, nothing to commit (a cron run that changes nothing commits nothing)
+                until = since + self.t.t_blocked
+                outcome.code, outcome.due, outcome.reason = 3, until, j.reason
+                outcome.note = f"BLOCKED_COMPENSATOR: {j.reason}; HARD_FAILED at {utc(until)} unless a human acts"
+                return outcome
         try:
             lease = self.ctx.backend.acquire(trace.shard, self.holder, trace.trace_id, self.t.lease_ttl, now)
         except LockHeldError as exc:
@@ -317,6 +329,9 @@ class _Runner:
                 outcome.code, outcome.note = 3, f"{trace.reason}; the trace stays {state.value} until an override"
         elif trace.verdict == "wait":
             outcome.code, outcome.note, outcome.due = 2, trace.reason, trace.wait_until
+        elif trace.verdict == "blocked" and state in NEEDS_A_HUMAN:
+            # it waits for a human already; a partition on top changes nothing of that (and is reported)
+            outcome.code, outcome.note = 3, f"{state.value} ({j.reason}); also {trace.reason}"
         elif trace.verdict == "blocked":
             if state is not State.BLOCKED:
                 state, _ = step(state, Event.PARTITIONED)
@@ -706,7 +721,9 @@ def _write_status(ctx: Context) -> None:
     atomic_write(path, data)
 
 
-def _message(outcomes: list[TraceOutcome], events: list[members.Event] | None = None) -> tuple[str, str]:
+def _message(
+    outcomes: list[TraceOutcome], events: list[members.Event] | None = None, raised: list[alerts.Change] | None = None
+) -> tuple[str, str]:
     verbs = {"forward": "rolled forward", "rollback": "rolled back", "resume": "resumed", "abort": "aborted"}
     done = [o for o in outcomes if o.recorded]
     parts = [
@@ -716,6 +733,8 @@ def _message(outcomes: list[TraceOutcome], events: list[members.Event] | None = 
         for o in done
     ]
     parts += [f"{e.what.replace('_', ' ')} {e.node}" for e in events or [] if e.what != "isolated"]
+    if not parts and raised:
+        parts = [f"alert {c.alert.alert} {c.state}" for c in raised]
     subject = "haios reconcile: " + ("; ".join(parts) if parts else "recorded trace states")
     if len(subject) > 100:
         subject = f"haios reconcile: {len(done)} traces ({', '.join(sorted({o.after for o in done}))})"
@@ -731,6 +750,7 @@ def _message(outcomes: list[TraceOutcome], events: list[members.Event] | None = 
         if o.note:
             body.append(f"  note: {o.note}")
     body += [f"membership: {e.message}" for e in events or []]
+    body += [f"alert {c.alert.alert} ({c.alert.severity}) {c.state}: {c.alert.message}" for c in raised or []]
     return subject, "\n".join(body)
 
 
@@ -860,13 +880,24 @@ def _reconcile(
         if outcome.code == 4 and "fencing token" in outcome.note:
             break  # we are stale: stop touching anything
     changed = [o for o in result.outcomes if o.recorded]
-    paths = [journals.JOURNAL_DIR, STATUS_FILE, SEL_DIR, members.MEMBERSHIP_FILE, str(Path(APPLIED_FILE).parent)]
+    paths = [
+        journals.JOURNAL_DIR,
+        STATUS_FILE,
+        SEL_DIR,
+        members.MEMBERSHIP_FILE,
+        str(Path(APPLIED_FILE).parent),
+        alerts.ALERTS_DIR,
+    ]
     events = ctx.membership.events
     if events:
         members.save(path, ctx.membership)
-    if changed or events:
+    raised = alerts.sync(path, clock())  # after the journals and membership: what holds now
+    result.alerts = [c.as_dict() for c in raised]
+    for c in raised:
+        emit(make("alert", c.alert.trace_id, node=c.alert.node, **c.as_dict()))
+    if changed or events or raised:
         _write_status(ctx)
-        subject, body = _message(result.outcomes, events)
+        subject, body = _message(result.outcomes, events, raised)
         traces = [
             {
                 "trace_id": o.trace_id,

@@ -166,9 +166,7 @@ class Journal:
         self.alerts.append(
             {"at": utc(now), "alert": name, "message": message, **{k: v for k, v in detail.items() if v}}
         )
-        self.dirty = True
-        if self.listener is not None:
-            self.listener("alert", {"alert": name, "message": message})
+        self.dirty = True  # (the alert reaches the event stream through status/alerts/, once)
 
     def save(self, repo: Path) -> None:
         makedirs_durable(repo / JOURNAL_DIR)

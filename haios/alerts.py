@@ -1,0 +1,192 @@
+"""Alerts as data: ``status/alerts/<id>.yaml`` in the desired-state repo, changed only when an
+alert's state changes, so a cron job that runs every five minutes raises each alert once.
+
+Two kinds:
+
+*conditions* fire while something holds and resolve when it stops holding:
+    ``awaiting_ack`` and ``COST_CAP_EXCEEDED`` (a trace in AWAITING_ACK), ``sel_compensator_failed``
+    (a trace in BLOCKED_COMPENSATOR), ``pending_eviction``, ``eviction_blocked`` and ``node_evicted``
+    (a member's eviction state);
+*events* happened once and stay ``raised``:
+    ``compensator_timeout`` (a trace became HARD_FAILED, leaving side effects uncompensated).
+
+Each file holds the alert's id, name, severity, scope (trace or node), message, state (firing,
+resolved, raised) and times. The alerts come from what ``status/`` already records (trace journals,
+``status/membership.yaml``), so :func:`sync` can run after any reconcile; it returns what changed,
+which the audit commit and the event stream report.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .controlfile import dump_mapping
+from .errors import ConfigError
+from .fsutil import atomic_write, makedirs_durable
+from .node.heartbeat import utc
+from .recovery import journal as journals
+from .recovery import membership as members
+from .recovery.machine import State
+
+ALERTS_DIR = "status/alerts"
+SCHEMA = "haios-alert/v1"
+SEVERITY = {
+    "awaiting_ack": "page",
+    "COST_CAP_EXCEEDED": "page",
+    "sel_compensator_failed": "page",
+    "compensator_timeout": "page",
+    "eviction_blocked": "page",
+    "pending_eviction": "warning",
+    "node_evicted": "warning",
+}
+RESOLVED_KEPT = 30 * 86400.0  # resolved alerts are removed this long after they resolved
+
+
+@dataclass(frozen=True)
+class Alert:
+    id: str
+    alert: str
+    message: str
+    trace_id: str | None = None
+    node: str | None = None
+    event: bool = False  # happened once (raised), rather than a condition (firing until resolved)
+
+    @property
+    def severity(self) -> str:
+        return SEVERITY.get(self.alert, "warning")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One alert that changed state in this sync: raised (firing or an event) or resolved."""
+
+    alert: Alert
+    state: str  # firing | resolved | raised
+
+    def as_dict(self) -> dict[str, Any]:
+        a = self.alert
+        return {"id": a.id, "alert": a.alert, "severity": a.severity, "state": self.state, "message": a.message}
+
+
+def _id(*parts: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "--".join(parts))
+
+
+def _last_alert(j: journals.Journal, names: tuple[str, ...]) -> dict[str, Any] | None:
+    return next((a for a in reversed(j.alerts) if a["alert"] in names), None)
+
+
+def current(repo: Path) -> dict[str, Alert]:
+    """Every alert that holds now (conditions) or has happened (events), by id."""
+    found: dict[str, Alert] = {}
+    directory = repo / journals.JOURNAL_DIR
+    for path in sorted(directory.glob("*.yaml")) if directory.is_dir() else []:
+        try:
+            j = journals.load(path)
+        except ConfigError:
+            continue  # doctor reports an unreadable journal
+        state = State(j.state)
+        if state is State.AWAITING_ACK:
+            last = _last_alert(j, ("awaiting_ack", "COST_CAP_EXCEEDED"))
+            name = last["alert"] if last else "awaiting_ack"
+            message = last["message"] if last else j.reason
+            found[_id(name, j.trace_id)] = Alert(_id(name, j.trace_id), name, message, trace_id=j.trace_id)
+        elif state is State.BLOCKED_COMPENSATOR:
+            last = _last_alert(j, ("sel_compensator_failed",))
+            message = last["message"] if last else j.reason
+            key = _id("sel_compensator_failed", j.trace_id)
+            found[key] = Alert(key, "sel_compensator_failed", message, trace_id=j.trace_id)
+        elif state is State.HARD_FAILED:
+            last = _last_alert(j, ("compensator_timeout",))
+            if last is not None:
+                key = _id("compensator_timeout", j.trace_id)
+                found[key] = Alert(key, "compensator_timeout", last["message"], trace_id=j.trace_id, event=True)
+    try:
+        m = members.load(repo)
+    except ConfigError:
+        m = members.Membership()
+    for node in m.pending:
+        key = _id("pending_eviction", node)
+        found[key] = Alert(key, "pending_eviction", f"{node} isolated long enough to be evicted soon", node=node)
+    for node in m.blocked:
+        key = _id("eviction_blocked", node)
+        why = f"{node} cannot be evicted: the healthy members would not be a majority; a human must decide"
+        found[key] = Alert(key, "eviction_blocked", why, node=node)
+    for node in sorted(m.evicted):
+        key = _id("node_evicted", node)
+        found[key] = Alert(
+            key, "node_evicted", f"{node} was evicted; 'haios node rejoin {node}' brings it back", node=node
+        )
+    return found
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        data = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
+    except (OSError, YAMLError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) and data.get("schema") == SCHEMA else None
+
+
+def recorded(repo: Path) -> dict[str, dict[str, Any]]:
+    """What ``status/alerts/`` holds, by id."""
+    directory = repo / ALERTS_DIR
+    out = {}
+    for path in sorted(directory.glob("*.yaml")) if directory.is_dir() else []:
+        data = _load(path)
+        if data is not None:
+            out[str(data["id"])] = data
+    return out
+
+
+def _write(repo: Path, alert: Alert, state: str, since: float, now: float) -> None:
+    body: dict[str, Any] = {
+        "schema": SCHEMA,
+        "id": alert.id,
+        "alert": alert.alert,
+        "severity": alert.severity,
+        "state": state,
+        "trace_id": alert.trace_id,
+        "node": alert.node,
+        "message": alert.message,
+        "since": utc(since),
+        "since_ts": since,
+        "resolved_at": utc(now) if state == "resolved" else None,
+        "resolved_ts": now if state == "resolved" else None,
+    }
+    makedirs_durable(repo / ALERTS_DIR)
+    atomic_write(repo / ALERTS_DIR / f"{alert.id}.yaml", dump_mapping(body))
+
+
+def sync(repo: Path, now: float) -> list[Change]:
+    """Bring ``status/alerts/`` up to date at ``now``; returns the changes (none: nothing written)."""
+    holding = current(repo)
+    stored = recorded(repo)
+    changes: list[Change] = []
+    for key, alert in sorted(holding.items()):
+        before = stored.get(key)
+        if alert.event:
+            if before is None:
+                _write(repo, alert, "raised", now, now)
+                changes.append(Change(alert, "raised"))
+        elif before is None or before.get("state") != "firing":
+            _write(repo, alert, "firing", now, now)  # a new alert, or one that resolved and came back
+            changes.append(Change(alert, "firing"))
+    for key, data in sorted(stored.items()):
+        if key in holding:
+            continue
+        if data.get("state") == "firing":
+            gone = Alert(
+                key, str(data["alert"]), str(data.get("message") or ""), data.get("trace_id"), data.get("node")
+            )
+            _write(repo, gone, "resolved", float(data.get("since_ts") or now), now)
+            changes.append(Change(gone, "resolved"))
+        elif data.get("state") == "resolved" and now - float(data.get("resolved_ts") or now) > RESOLVED_KEPT:
+            (repo / ALERTS_DIR / f"{key}.yaml").unlink()  # git keeps its history
+    return changes

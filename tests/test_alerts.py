@@ -1,0 +1,94 @@
+"""Alerts as data (status/alerts/): raised once when their state changes, resolved when their
+condition ends, never repeated by an unchanged run — on a real simulated cluster and git repo."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from helpers import Invoke
+from helpers.cluster import git, head, plant
+from ruamel.yaml import YAML
+
+from haios import controlfile
+from haios.alerts import ALERTS_DIR, RESOLVED_KEPT, recorded, sync
+from haios.recovery import reconcile
+
+
+def _never_compensates(cluster: Path) -> None:
+    (cluster / "playbooks/fakecloud-vm.yaml").write_text(
+        "apiVersion: haios/v1\nkind: Playbook\nname: fakecloud-vm\ncompensates: fakecloud.vm\n"
+        'run:\n  command: [sh, -c, "echo denied >&2; exit 3"]\nnon_retryable_exit_codes: [3]\ntimeout: 10s\n'
+    )
+    git(cluster, "commit", "-qam", "tests: a compensator that can never succeed")
+
+
+def _states(cluster: Path) -> dict[str, str]:
+    return {k: v["state"] for k, v in recorded(cluster).items()}
+
+
+def test_an_alert_is_raised_once_resolved_once(cluster: Path) -> None:
+    _never_compensates(cluster)
+    plant(cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-1": 1})
+    now = time.time()
+    first = reconcile(cluster, now=now)
+    trace = first.outcomes[0].trace_id
+    assert first.exit_code() == 3 and first.outcomes[0].after == "BLOCKED_COMPENSATOR"
+    assert [(a["alert"], a["state"], a["severity"]) for a in first.alerts] == [
+        ("sel_compensator_failed", "firing", "page")
+    ]
+    assert _states(cluster) == {f"sel_compensator_failed--{trace}": "firing"}
+    doc = YAML(typ="safe").load((cluster / ALERTS_DIR / f"sel_compensator_failed--{trace}.yaml").read_text())
+    assert doc["trace_id"] == trace and "denied" in doc["message"]
+    assert f"{ALERTS_DIR}/sel_compensator_failed--{trace}.yaml" in git(cluster, "show", "--name-only", "HEAD")
+
+    commit = head(cluster)
+    again = reconcile(cluster, now=now + 60)  # nothing changed: nothing raised, nothing committed
+    assert again.exit_code() == 3 and again.alerts == [] and head(cluster) == commit
+
+    later = reconcile(cluster, now=now + 3601)  # T_blocked passed: HARD_FAILED
+    assert later.outcomes[0].after == "HARD_FAILED"
+    assert sorted((a["alert"], a["state"]) for a in later.alerts) == [
+        ("compensator_timeout", "raised"),
+        ("sel_compensator_failed", "resolved"),
+    ]
+    assert _states(cluster) == {
+        f"sel_compensator_failed--{trace}": "resolved",
+        f"compensator_timeout--{trace}": "raised",
+    }
+    message = git(cluster, "log", "-1", "--format=%B")
+    assert "alert compensator_timeout (page) raised" in message
+    assert "alert sel_compensator_failed (page) resolved" in message
+    commit = head(cluster)
+    assert reconcile(cluster, now=now + 7200).alerts == [] and head(cluster) == commit  # an event is raised once
+
+    assert sync(cluster, now + 3601 + RESOLVED_KEPT + 1) == []  # resolved long ago: removed, quietly
+    assert _states(cluster) == {f"compensator_timeout--{trace}": "raised"}
+
+
+def test_awaiting_ack_and_membership_alerts(cluster: Path, cli: Invoke) -> None:
+    state = cluster / "desired/state.yaml"
+    state.write_text(state.read_text().replace("  ANALYZE:\n    on_partial: auto", "  ANALYZE:\n    on_partial: hold"))
+    git(cluster, "commit", "-qam", "tests: hold ANALYZE")
+    plant(cluster, node_1="prepare", node_2="prepare", node_3="begin")
+    result = cli("--repo", cluster, "reconcile")
+    assert result.exit_code == 3
+    assert "ALERT awaiting_ack (page): " in result.stdout and "on_partial is hold" in result.stdout
+    result = cli("--repo", cluster, "-o", "ndjson", "reconcile")  # unchanged: no alert event this time
+    assert not [line for line in result.stdout.splitlines() if json.loads(line)["type"] == "alert"]
+
+    gossip = cluster / "nodes/node-3/gossip"
+    body = {"node": "node-3", "peers": {}, "partition_status": "PARTITIONED", "since": "2026-01-01T00:00:00Z"}
+    controlfile.write_mapping(gossip, body, expected_version=controlfile.current_version(gossip))
+    now = time.time()
+    reconcile(cluster, now=now)
+    pending = reconcile(cluster, now=now + 31 * 60)  # isolated past the eviction TTL
+    assert ("pending_eviction", "firing", "warning") in [
+        (a["alert"], a["state"], a["severity"]) for a in pending.alerts
+    ]
+    body["partition_status"] = "NORMAL"
+    controlfile.write_mapping(gossip, body, expected_version=controlfile.current_version(gossip))
+    healed = reconcile(cluster, now=now + 32 * 60)
+    assert ("pending_eviction", "resolved") in [(a["alert"], a["state"]) for a in healed.alerts]
+    assert _states(cluster)["pending_eviction--node-3"] == "resolved"
