@@ -52,4 +52,13 @@ step "9. A second reconcile has nothing to do and commits nothing (exit 0)"
 run haios --repo "$sim" reconcile
 git -C "$sim" log --oneline | head -3
 
+step "10. The metrics Prometheus would scrape (docs/metrics.md): recoveries, time to detect, ..."
+haios --repo "$sim" metrics textfile "$work/haios.prom"
+grep -E '^(phase_recoveries_total|phase_detect_latency_seconds_count|haios_reconcile_total)' "$work/haios.prom" | grep -v ' 0.0$' || true
+echo "(the whole file: $work/haios.prom, for node_exporter's textfile collector)"
+
+step "11. The timeline as one HTML page: a swimlane per node, the fault and its recovery marked"
+run haios --repo "$sim" report --html "$work/report.html" --since 1h
+echo "open $work/report.html in a browser"
+
 printf '\nThe demo cluster is in %s\n' "$sim"

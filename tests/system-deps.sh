@@ -11,6 +11,7 @@ declare -A needs=(
   [ip]=iproute2   # the partition tests put each node's sshd in a network namespace of its own
   [promtool]=prometheus   # metrics output must pass 'promtool check metrics'
   [prometheus-pushgateway]=prometheus-pushgateway   # a real Pushgateway receives 'haios metrics push'
+  [chromium]=chromium   # the HTML timeline report is opened in headless Chromium
 )
 
 missing=()
