@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from helpers import Invoke
-from helpers.cluster import plant, quick_cluster
+from helpers.cluster import git, plant, quick_cluster
 from helpers.sshd import free_port
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -306,3 +306,22 @@ def test_io_bytes_and_overhead_ratio_are_real_byte_counts(faulty: Path) -> None:
         assert value(found, "haios_io_bytes_total", node=node, kind="snapshot") == snapshots
         ratios.append((wal_bytes + snapshots) / prepared)
     assert value(found, "max_io_overhead_ratio") == pytest.approx(max(ratios))
+
+
+def test_open_traces_by_state(cluster: Path) -> None:
+    (cluster / "playbooks/fakecloud-vm.yaml").write_text(
+        "apiVersion: haios/v1\nkind: Playbook\nname: fakecloud-vm\ncompensates: fakecloud.vm\n"
+        'run:\n  command: [sh, -c, "exit 3"]\nnon_retryable_exit_codes: [3]\ntimeout: 10s\n'
+    )
+    git(cluster, "commit", "-qam", "tests: a compensator that can never succeed")
+    plant(cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-1": 1})
+    now = time.time()
+    assert reconcile(cluster, now=now).exit_code() == 3
+    found = samples(cluster)
+    assert value(found, "haios_open_traces", state="BLOCKED_COMPENSATOR") == 1
+    assert value(found, "haios_open_traces", state="AWAITING_ACK") == 0
+    assert value(found, "haios_reconcile_total", result="blocked") == 1
+    reconcile(cluster, now=now + 3601)  # HARD_FAILED: no longer open, counted as a result
+    found = samples(cluster)
+    assert value(found, "haios_open_traces", state="BLOCKED_COMPENSATOR") == 0
+    assert value(found, "phase_recoveries_total", result="hard_failed") == 1
