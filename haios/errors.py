@@ -19,6 +19,7 @@ code; anything that is not a ``HaiosError`` is a bug and is reported as such (wi
     ├── TransportError              1  a node could not be reached or read
     ├── RepoError                   1  a git operation on the desired-state repo failed
     ├── MetricsError                1  metrics could not be pushed to a Pushgateway or served
+    ├── CoordinationError           1  the coordination backend (etcd) could not be reached
     ├── BarrierError                1  a phase out of order (PHASE_ORDER_BARRIER) or beyond max_g
     ├── VerificationError           5  signatures, integrity, refused repair
     ├── BlockedError                3  needs a human: AWAITING_ACK, BLOCKED_COMPENSATOR, minority view
@@ -135,6 +136,12 @@ class MetricsError(HaiosError):
     """Metrics could not be pushed to a Pushgateway, or the exporter could not listen."""
 
     default_hint = "check the Pushgateway's URL and that it is up (curl URL/-/ready), or the port"
+
+
+class CoordinationError(HaiosError):
+    """The coordination backend (etcd) could not be reached, or answered wrongly."""
+
+    default_hint = "check the etcd endpoints in haios.yaml ('haios doctor' tests each one)"
 
 
 class BarrierError(HaiosError):

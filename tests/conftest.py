@@ -171,3 +171,17 @@ def cluster(tmp_path: Path, clean_cluster: Path) -> Path:
     target = tmp_path / "cluster"
     shutil.copytree(clean_cluster, target, symlinks=True)
     return target
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[object]:
+    """A real 3-member etcd cluster on loopback, stopped (by PID) after the test."""
+    from helpers.etcd import EtcdCluster
+
+    directory = tmp_path / "etcd"
+    directory.mkdir()
+    cluster = EtcdCluster(directory)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

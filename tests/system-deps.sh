@@ -12,6 +12,8 @@ declare -A needs=(
   [promtool]=prometheus   # metrics output must pass 'promtool check metrics'
   [prometheus-pushgateway]=prometheus-pushgateway   # a real Pushgateway receives 'haios metrics push'
   [chromium]=chromium   # the HTML timeline report is opened in headless Chromium
+  [etcd]=etcd-server   # the etcd coordination backend is tested against a real 3-member cluster
+  [etcdctl]=etcd-client
 )
 
 missing=()

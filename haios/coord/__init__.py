@@ -15,6 +15,16 @@ def open_backend(config: RepoConfig) -> Backend:
     c = config.cluster.coordination
     if c.backend == "git":
         return GitBackend(Path(config.path), remote=c.git_remote)
+    if c.backend == "etcd":
+        from .etcd import EtcdBackend
+
+        return EtcdBackend(
+            c.etcd_endpoints,
+            cluster=config.cluster.name,
+            prefix=c.etcd_prefix,
+            timeout=c.etcd_dial_timeout,
+            repo=Path(config.path),
+        )
     raise ConfigError(
         f"{config.path}/haios.yaml: coordination backend {c.backend!r} is not available in this version",
         hint="use 'backend: git'",

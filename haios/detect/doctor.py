@@ -186,6 +186,37 @@ def _integrity(obs: NodeObservation, root: Path, view: Path, full: bool) -> list
     return out
 
 
+def _coordination(config: RepoConfig) -> list[Finding]:
+    """Each etcd endpoint that does not answer as a member of a cluster with a leader (SPEC §6.2)."""
+    if config.cluster.coordination.backend != "etcd":
+        return []
+    from ..coord import open_backend
+    from ..coord.etcd import EtcdBackend
+
+    try:
+        backend = open_backend(config)
+    except HaiosError as exc:
+        return [Finding("coordination", "critical", (), None, None, exc.message, {}, exc.hint or "")]
+    assert isinstance(backend, EtcdBackend)
+    health = backend.health()
+    down = {url: why for url, why in health.items() if why is not None}
+    severity = "critical" if len(down) == len(health) else "warning"
+    return [
+        Finding(
+            "coordination",
+            severity,
+            (),
+            None,
+            None,
+            f"etcd endpoint {url} does not answer ({why})"
+            + ("; no endpoint answers: reconcile cannot take locks" if severity == "critical" else ""),
+            {"endpoint": url, "error": why},
+            f"check the etcd member at {url} (etcdctl --endpoints {url} endpoint health)",
+        )
+        for url, why in sorted(down.items())
+    ]
+
+
 def _stale_leases(config: RepoConfig, at: float) -> list[Finding]:
     """Recovery leases left behind by a reconciler that died or overran (SPEC §4.6)."""
     from ..coord import open_backend
@@ -465,6 +496,7 @@ def run_doctor(
                 )
             )
     findings += versions
+    findings += _coordination(config)
     findings += _stale_leases(config, at)
     findings += _membership(path)
     # first seen: remembered between passes

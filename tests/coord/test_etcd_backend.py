@@ -1,0 +1,154 @@
+"""The etcd coordination backend against a real 3-member etcd cluster on loopback: contention,
+takeover of a killed holder with a higher token, failover when a member dies, and a clear error
+(with nothing changed) when the whole cluster is down."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers.cluster import git, head, plant, positions
+from helpers.etcd import EtcdCluster
+
+from haios.config import load_repo
+from haios.coord import GitBackend, open_backend
+from haios.coord.etcd import EtcdBackend
+from haios.errors import CoordinationError, FencedError, LockHeldError
+from haios.node.fence import check_fence
+from haios.recovery import reconcile
+
+
+def _use_etcd(cluster: Path, etcd: EtcdCluster) -> None:
+    config = cluster / "haios.yaml"
+    endpoints = "".join(f"\n      - {e}" for e in etcd.endpoints)
+    text = config.read_text()
+    assert "  backend: git" in text
+    config.write_text(text.replace("  backend: git", f"  backend: etcd\n  etcd:\n    endpoints:{endpoints}"))
+    git(cluster, "commit", "-qam", "tests: coordination on etcd")
+
+
+def test_one_of_four_reconcilers_takes_the_shard(etcd: EtcdCluster) -> None:
+    backends = [EtcdBackend(etcd.endpoints, cluster="c") for _ in range(4)]
+    start = threading.Barrier(4)
+    won: list[int] = []
+    lost: list[str] = []
+
+    def contend(i: int) -> None:
+        start.wait()
+        try:
+            backends[i].acquire("CONSTRUCT", f"host/{i}/0/r{i}", f"trace-{i}", 30, time.time())
+            won.append(i)
+        except LockHeldError as exc:
+            lost.append(exc.message)
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(won) == 1 and len(lost) == 3
+    assert all("shard CONSTRUCT is held by" in m for m in lost)
+    lease = backends[0].read("CONSTRUCT")
+    assert lease is not None and lease.holder == f"host/{won[0]}/0/r{won[0]}"
+    other = backends[1].acquire("BLUEPRINT", "host/1/0/r1", "t", 30, time.time())  # shards are independent
+    assert other.token > lease.token
+
+
+def test_a_killed_holder_is_taken_over_with_a_higher_token(etcd: EtcdCluster, cluster: Path) -> None:
+    script = (
+        "import sys, time; from haios.coord.etcd import EtcdBackend\n"
+        "b = EtcdBackend(sys.argv[1].split(','), cluster='c')\n"
+        "lease = b.acquire('ANALYZE', 'elsewhere/99/1/dead', 'trace-dead', 2, time.time())\n"
+        "print(lease.token, flush=True); time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, ",".join(etcd.endpoints)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    old_token = int(holder.stdout.readline())
+    root = cluster / "nodes/node-1"
+    check_fence(root, "ANALYZE", old_token)  # the node accepted the old holder's commands
+    holder.kill()  # no more keep-alives: etcd drops the key when the lease's TTL runs out
+    holder.wait()
+    holder.stdout.close()
+    backend = EtcdBackend(etcd.endpoints, cluster="c")
+    with pytest.raises(LockHeldError):
+        backend.acquire("ANALYZE", "here/1/1/new", "trace-new", 30, time.time())
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            lease = backend.acquire("ANALYZE", "here/1/1/new", "trace-new", 30, time.time())
+            break
+        except LockHeldError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert lease.token > old_token
+    assert lease.previous == {"holder": "elsewhere/99/1/dead", "trace_id": "trace-dead", "token": old_token}
+    check_fence(root, "ANALYZE", lease.token)
+    with pytest.raises(FencedError):
+        check_fence(root, "ANALYZE", old_token)  # the old holder is FENCED on the node
+    stale = EtcdBackend(etcd.endpoints, cluster="c")
+    from haios.coord.base import Lease
+
+    with pytest.raises(FencedError):
+        stale.renew(Lease("ANALYZE", "elsewhere/99/1/dead", "trace-dead", old_token, 0, 0), 30, time.time())
+
+
+def test_tokens_start_above_the_git_backends(etcd: EtcdCluster, cluster: Path) -> None:
+    git_backend = GitBackend(cluster)
+    for _ in range(5):
+        lease = git_backend.acquire("VALIDATE", "h/1/1/x", "t", 30, time.time())
+        git_backend.release(lease, time.time())
+    _use_etcd(cluster, etcd)
+    backend = open_backend(load_repo(cluster))
+    assert isinstance(backend, EtcdBackend)
+    assert backend.acquire("ANALYZE", "h/1/1/x", "t", 30, time.time()).token > 5
+
+
+def test_reconcile_on_etcd_converges_and_survives_a_member_dying(etcd: EtcdCluster, cluster: Path) -> None:
+    _use_etcd(cluster, etcd)
+    plant(cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-1": 1})
+    timer = threading.Timer(0.3, etcd.kill, args=(0,))  # the endpoint the client talks to first
+    timer.start()
+    try:
+        result = reconcile(cluster)
+    finally:
+        timer.cancel()
+        timer.join()
+    assert result.exit_code() == 0, result.to_json()
+    assert positions(cluster) == {n: (1, "IDLE") for n in ("node-1", "node-2", "node-3")}
+    etcd.kill(0)
+    lease = open_backend(load_repo(cluster)).read("ANALYZE")
+    assert lease is not None and lease.released and lease.token == result.outcomes[0].token
+
+
+def test_etcd_down_is_a_clear_error_and_changes_nothing(etcd: EtcdCluster, cluster: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    _use_etcd(cluster, etcd)
+    plant(cluster, node_1="commit", node_2="prepare", node_3="prepare")
+    etcd.stop()
+    before = head(cluster)
+    result = cli("--repo", cluster, "reconcile")
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: etcd unreachable") and "connection refused" in line and "hint:" in line
+    assert head(cluster) == before and positions(cluster)["node-2"] == (1, "IDLE")
+    report = cli("--repo", cluster, "-o", "json", "doctor")
+    kinds = {f["kind"] for f in __import__("json").loads(report.stdout)["findings"]}
+    assert "coordination" in kinds
+
+
+def test_doctor_names_a_dead_member(etcd: EtcdCluster, cluster: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    _use_etcd(cluster, etcd)
+    etcd.kill(2)
+    result = cli("--repo", cluster, "doctor")
+    assert result.exit_code == 2
+    assert f"etcd endpoint {etcd.endpoints[2]} does not answer" in result.stdout
+
+
+def test_no_endpoint_is_a_config_error() -> None:
+    with pytest.raises(CoordinationError, match="at least one endpoint"):
+        EtcdBackend([], cluster="c")
