@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -144,9 +145,8 @@ def serve(
     bound = server.server_address[1]
     _render.info(f"serving http://{address}:{bound}/metrics and /healthz for {opts.repo}")
     try:
-        server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(KeyboardInterrupt):  # SIGTERM or Ctrl-C: a clean stop
+            server.serve_forever(poll_interval=0.2)
     finally:
         server.server_close()
     return 0

@@ -271,12 +271,11 @@ def reconcile(
             events=_render.emit_event if opts.output is Output.ndjson else None,
         )
     write_if_asked(opts.repo, metrics_textfile, pushgateway)
-    if opts.output is Output.ndjson:
-        pass  # every event went out as it happened
-    elif opts.output is not Output.text:
+    if opts.output is Output.json:
         _render.emit_json(result.to_json())
-    else:
+    elif opts.output is Output.text:
         _print_result(result)
+    # (ndjson: every event went out as it happened)
     return result.exit_code()
 
 
