@@ -266,13 +266,10 @@ class _Runner:
             return outcome
         granted = trace.override is not None and trace.override["effect"] in ("applies", "continuing")
         if State(j.state) is State.BLOCKED_COMPENSATOR and not granted:
-            since = j.blocked_since if j.blocked_since is not None else now
-            if now - since < self.t.t_blocked:
-                # nothing runs until T_blocked passes or a signed override says so: no lease, no
-                # new fencing token, nothing to commit (a cron run that changes nothing commits nothing)
-                until = since + self.t.t_blocked
-                outcome.code, outcome.due, outcome.reason = 3, until, j.reason
-                outcome.note = f"BLOCKED_COMPENSATOR: {j.reason}; HARD_FAILED at {utc(until)} unless a human acts"
+            waiting = self._still_blocked(j, now)
+            if waiting is not None:
+                # no lease, no new fencing token, nothing to commit: a cron run that changes nothing commits nothing
+                outcome.code, outcome.note, outcome.due, outcome.reason = 3, waiting.note, waiting.due, j.reason
                 return outcome
         try:
             lease = self.ctx.backend.acquire(trace.shard, self.holder, trace.trace_id, self.t.lease_ttl, now)
@@ -288,7 +285,8 @@ class _Runner:
             j.add_step(now, None, "takeover", "ok", previous=lease.previous)
         released = False
         try:
-            if trace.override is not None and trace.override["effect"] in ("applies", "continuing"):
+            if granted:
+                assert trace.override is not None
                 self._apply_override(trace, j, lease)
                 if trace.override["effect"] == "applies":
                     outcome.override = {k: trace.override[k] for k in ("file", "action", "nonce")}
@@ -347,6 +345,15 @@ class _Runner:
         elif state in NEEDS_A_HUMAN:
             outcome.code, outcome.note = 3, j.reason
         outcome.after = j.state
+
+    def _still_blocked(self, j: journals.Journal, now: float) -> _Stop | None:
+        """Out of attempts: nothing runs until T_blocked passes (or a signed override says so) —
+        the stop to report while it has not, None once it has."""
+        since = j.blocked_since if j.blocked_since is not None else now
+        if now - since >= self.t.t_blocked:
+            return None
+        until = since + self.t.t_blocked
+        return _Stop(3, f"BLOCKED_COMPENSATOR: {j.reason}; HARD_FAILED at {utc(until)} unless a human acts", until)
 
     def _apply_override(self, trace: TracePlan, j: journals.Journal, lease: Lease) -> None:
         """Take the trace's signed override: verified again by this run's clock, the grant written
@@ -408,13 +415,11 @@ class _Runner:
         if state is State.BLOCKED:
             state, _ = step(state, Event.HEALED)
         if state is State.BLOCKED_COMPENSATOR:
-            since = j.blocked_since if j.blocked_since is not None else now
-            if now - since >= self.t.t_blocked:
-                state, _ = step(state, Event.T_BLOCKED_EXPIRED)
-                return self._hard_fail(trace, j, lease, outcome, state)
-            # out of attempts: nothing runs until T_blocked passes (or a signed override says so)
-            until = since + self.t.t_blocked
-            raise _Stop(3, f"BLOCKED_COMPENSATOR: {j.reason}; HARD_FAILED at {utc(until)} unless a human acts", until)
+            waiting = self._still_blocked(j, now)
+            if waiting is not None:
+                raise waiting
+            state, _ = step(state, Event.T_BLOCKED_EXPIRED)
+            return self._hard_fail(trace, j, lease, outcome, state)
         if trace.verdict == "resume":
             state, _ = step(state, Event.RESUME)
             trace = self._resume(trace, j, lease, outcome)
