@@ -185,3 +185,30 @@ def etcd(tmp_path: Path) -> Iterator[object]:
         yield cluster.start()
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def faulty(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-node simulated cluster run with faults until a transition was left half done, then
+    reconciled; built once, and no test changes it (the observation cache aside)."""
+    import time
+
+    from helpers.cluster import quick_cluster
+
+    from haios.recovery import build, reconcile
+    from haios.sim.simulator import sim_run
+
+    directory = quick_cluster(tmp_path_factory.mktemp("metrics") / "cluster", 4)
+    for seed in range(1, 40):  # bounded: a killed writer turns up within a few seeds
+        report = sim_run(directory, iterations=1, seed=seed, faults={"kill": 0.5, "slowfsync": 0.3})
+        if report.stopped_at is not None:
+            break
+    else:
+        pytest.fail("no seed left a transition half done")
+    deadline = time.monotonic() + 30
+    while any(t.verdict == "wait" for t in build(directory)[0].traces):  # the Φ timeout
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    result = reconcile(directory)
+    assert result.exit_code() == 0, result.to_json()
+    return directory

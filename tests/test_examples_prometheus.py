@@ -8,7 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from test_metrics import faulty, promtool  # noqa: F401 - faulty is a fixture
+from helpers import promtool
 
 from haios.metrics import HaiosCollector
 
@@ -42,7 +42,7 @@ def _names(expr: str) -> set[str]:
     return set(re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", expr))
 
 
-def test_dashboard_queries_are_valid_promql_over_exported_series(faulty: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_dashboard_queries_are_valid_promql_over_exported_series(faulty: Path, tmp_path: Path) -> None:
     dashboard = json.loads((EXAMPLES / "haios-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     assert len(exprs) >= 12 and dashboard["uid"] == "haios-overview"

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Invoke
-from helpers.cluster import git, plant, quick_cluster
+from helpers import Invoke, promtool
+from helpers.cluster import git, plant
 from helpers.sshd import free_port
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,13 +24,6 @@ from haios import controlfile
 from haios.metrics import RUNS_FILE, exposition, register
 from haios.recovery import Plan, build, reconcile
 from haios.recovery.journal import JOURNAL_DIR, load
-from haios.sim.simulator import sim_run
-
-
-def promtool() -> str:
-    found = shutil.which("promtool")
-    assert found, "promtool is missing: tests/system-deps.sh installs Debian's prometheus package"
-    return found
 
 
 def samples(repo: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -50,25 +43,6 @@ def value(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str
 
 def check_metrics(text: bytes) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, check=False)
-
-
-@pytest.fixture(scope="module")
-def faulty(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4-node simulated cluster run with faults until a transition was left half done, then reconciled."""
-    directory = quick_cluster(tmp_path_factory.mktemp("metrics") / "cluster", 4)
-    for seed in range(1, 40):  # bounded: a killed writer turns up within a few seeds
-        report = sim_run(directory, iterations=1, seed=seed, faults={"kill": 0.5, "slowfsync": 0.3})
-        if report.stopped_at is not None:
-            break
-    else:
-        pytest.fail("no seed left a transition half done")
-    deadline = time.monotonic() + 30
-    while any(t.verdict == "wait" for t in build(directory)[0].traces):  # the Φ timeout
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    result = reconcile(directory)
-    assert result.exit_code() == 0, result.to_json()
-    return directory
 
 
 def test_metrics_after_a_faulty_run_are_the_journals_numbers(faulty: Path) -> None:

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from helpers import Invoke
-from test_metrics import faulty  # noqa: F401 - a fixture
 
 from haios.recovery.journal import JOURNAL_DIR, load
 from haios.timeline import build, render
@@ -59,7 +58,7 @@ def _wal_facts(cluster: Path) -> dict[str, dict[str, int]]:
     return facts
 
 
-def test_report_in_headless_chromium(faulty: Path, cli: Invoke, tmp_path: Path) -> None:  # noqa: F811
+def test_report_in_headless_chromium(faulty: Path, cli: Invoke, tmp_path: Path) -> None:
     page = tmp_path / "report.html"
     result = cli("--repo", faulty, "-o", "json", "report", "--html", page, "--since", "1h")
     assert result.exit_code == 0, result.output
@@ -103,7 +102,7 @@ def test_report_in_headless_chromium(faulty: Path, cli: Invoke, tmp_path: Path) 
     assert len(png) > 10_000  # not a blank page
 
 
-def test_console_errors_are_caught(faulty: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_console_errors_are_caught(faulty: Path, tmp_path: Path) -> None:
     """The console check can fail: the same page with a script error in it."""
     page = tmp_path / "broken.html"
     text = render(build(faulty, since=time.time() - 3600))
@@ -112,14 +111,14 @@ def test_console_errors_are_caught(faulty: Path, tmp_path: Path) -> None:  # noq
     assert any("notAFunction" in line for line in _console_errors(shown.stderr))
 
 
-def test_the_window_leaves_older_runs_out(faulty: Path) -> None:  # noqa: F811
+def test_the_window_leaves_older_runs_out(faulty: Path) -> None:
     later = time.time() + 3600
     timeline = build(faulty, since=later - 60, now=later)
     assert timeline.bars == [] and timeline.detect == [] and timeline.nodes
     assert "0 aborted, 0 open" in render(timeline)
 
 
-def test_report_needs_a_good_since(faulty: Path, cli: Invoke, tmp_path: Path) -> None:  # noqa: F811
+def test_report_needs_a_good_since(faulty: Path, cli: Invoke, tmp_path: Path) -> None:
     result = cli("--repo", faulty, "report", "--html", tmp_path / "r.html", "--since", "yesterday")
     assert result.exit_code == 1 and "--since" in result.stderr and not (tmp_path / "r.html").exists()
 
