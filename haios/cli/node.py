@@ -237,7 +237,8 @@ def rejoin(
     output: OutputOpt = None,
 ) -> int:
     """Bring an evicted node back: roll back what it left half done, catch it up with its peers, and
-    end its eviction (one audit commit).
+    end its eviction (one audit commit). With WAL replication on, a node whose WAL is lost or corrupt
+    gets it back from its replica peers first (evicted or not).
 
     Exit 0 rejoined; 2 a rollback on it must wait (a compensator backing off: run it again later);
     3 it needs a human or is still isolated; 5 its WAL is corrupt; 1 on error.
@@ -249,11 +250,93 @@ def rejoin(
         return result.code
     for o in result.rolled_back:
         _render.out(f"g={o.g} {o.phase}: {o.before} -> {o.after} (trace {o.trace_id})")
-    if result.rejoined:
-        _render.out(f"{node} rejoined: {result.note}" + (f" (commit {result.commit[:12]})" if result.commit else ""))
+    if result.rejoined or result.restored:
+        what = "rejoined" if result.rejoined else "restored"
+        _render.out(f"{node} {what}: {result.note}" + (f" (commit {result.commit[:12]})" if result.commit else ""))
     else:
         _render.out(f"{node} not rejoined yet: {result.note}", style="yellow")
     return result.code
+
+
+@app.command("replica-serve")
+def replica_serve(root: RootArg) -> int:
+    """Keep replicas of other nodes' WALs in ROOT/replicas/: answer one JSON request per stdin line.
+
+    This is what an origin node runs on its ssh replica peers (one long-lived session per peer).
+    """
+    import sys
+
+    from ..replication.links import serve
+
+    def write(line: str) -> None:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+    serve(root, sys.stdin, write)
+    return 0
+
+
+@app.command()
+def replication(
+    ctx: typer.Context,
+    nodes: Annotated[
+        list[str] | None, typer.Argument(help="Origin nodes to show (default: all of haios.yaml).", show_default=False)
+    ] = None,
+    permit_async: Annotated[
+        str | None,
+        typer.Option(
+            "--permit-async",
+            help="Let this one peer acknowledge before its fsync (for replication.permit_async_for, 30 min by "
+            "default; it then clears itself).",
+            show_default=False,
+        ),
+    ] = None,
+    repo: RepoOpt = None,
+    output: OutputOpt = None,
+) -> int:
+    """Show each node's replica group: peers, quorum, LAGGING peers, an ack-only peer, reconfigurations.
+
+    Exit 0; 1 when a node could not be reached (or replication is off in haios.yaml).
+    """
+    from ..transport import open_transport
+
+    opts = resolve(ctx, repo=repo, output=output)
+    config = load_repo(opts.repo)
+    if config.cluster.replication.mode == "off":
+        raise UsageError(f"{opts.repo / 'haios.yaml'}: replication is off", hint="set replication.mode: sync-majority")
+    known = [n.name for n in config.cluster.nodes]
+    chosen = nodes or known
+    unknown = sorted(set(chosen) - set(known)) + ([permit_async] if permit_async and permit_async not in known else [])
+    if unknown:
+        raise UsageError(f"not nodes of {opts.repo}: {', '.join(unknown)}")
+    transport = open_transport(opts.repo, config)
+    results: list[dict[str, Any]] = []
+    try:
+        for name in chosen:
+            try:
+                answer = transport.call(name, {"op": "replication"})
+                if permit_async and permit_async in answer.get("group", [])[1:]:
+                    answer = transport.call(name, {"op": "replication", "permit_async": permit_async})
+                results.append(answer)
+            except HaiosError as exc:
+                results.append({"node": name, "error": exc.one_line()})
+    finally:
+        transport.close()
+    if opts.output is not Output.text:
+        _render.emit_json({"nodes": results})
+    else:
+        for r in results:
+            if "error" in r:
+                _render.out(f"{r['node']}: {r['error']}", style="red")
+                continue
+            lagging = ", ".join(sorted(r["lagging"])) or "none"
+            grant = r.get("permit_async")
+            extra = f"; ack-only {grant['peer']} until {time.ctime(grant['until'])}" if grant else ""
+            _render.out(
+                f"{r['node']}: group {', '.join(r['group'])} (quorum {r['quorum']}); LAGGING {lagging}; "
+                f"epoch {r['epoch']}{extra}"
+            )
+    return 1 if any("error" in r for r in results) else 0
 
 
 @app.command("init")

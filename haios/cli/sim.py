@@ -41,6 +41,13 @@ SshHostKeyOpt = Annotated[
         show_default=False,
     ),
 ]
+ReplicationOpt = Annotated[
+    bool,
+    typer.Option(
+        "--replication",
+        help="Replicate every node's WAL to a majority of its replica group (replication.mode: sync-majority).",
+    ),
+]
 
 
 def _layout(transport: str, address: str, port: int, user: str, host_key: str | None) -> SshLayout | None:
@@ -66,6 +73,7 @@ def init(
     ssh_address: SshAddressOpt = "127.0.0.1",
     ssh_user: SshUserOpt = "root",
     ssh_host_key: SshHostKeyOpt = None,
+    replication: ReplicationOpt = False,
     output: OutputOpt = None,
 ) -> int:
     """Create a desired-state repo with N node roots on this machine and a fake cloud.
@@ -76,7 +84,7 @@ def init(
     """
     opts = resolve(ctx, output=output)
     layout = _layout(transport, ssh_address, ssh_port, ssh_user, ssh_host_key)
-    path = sim_init(directory, nodes, ssh=layout)
+    path = sim_init(directory, nodes, ssh=layout, replication=replication)
     if opts.output is not Output.text:
         _render.emit_json({"directory": str(path), "nodes": nodes})
     else:
@@ -185,6 +193,7 @@ def trials(
     ssh_address: SshAddressOpt = "127.0.0.1",
     ssh_user: SshUserOpt = "root",
     ssh_host_key: SshHostKeyOpt = None,
+    replication: ReplicationOpt = False,
     output: OutputOpt = None,
 ) -> int:
     """Repeat init → run with faults → reconcile until converged or blocked → check; exit 2 if any trial violates an invariant."""
@@ -211,7 +220,16 @@ def trials(
             def on_trial(_: Trial) -> None:
                 bars.advance(task)
 
-        report = run_trials(base, count=count, seed=seed, faults=faults, jobs=jobs, on_trial=on_trial, ssh=layout)
+        report = run_trials(
+            base,
+            count=count,
+            seed=seed,
+            faults=faults,
+            jobs=jobs,
+            on_trial=on_trial,
+            ssh=layout,
+            replication=replication,
+        )
     if workdir is None and not report.failing:
         shutil.rmtree(base, ignore_errors=True)
     data = report.to_json()

@@ -275,7 +275,26 @@ class RepoConfig:
             "suspend": self.desired.suspend,
             "thresholds": self.thresholds.as_dict(),
             "data_schemas": [s.as_dict() for s in self.data_schemas],
+            **({"replication": self.replication_policy()} if self.cluster.replication.mode != "off" else {}),
         }
+
+    def replication_policy(self) -> dict[str, Any]:
+        """What a node needs to replicate its WAL: the mode, R, and how to reach every other node."""
+        peers: dict[str, dict[str, Any]] = {}
+        for n in self.cluster.nodes:
+            if n.transport == "local":
+                peers[n.name] = {"transport": "local", "root": str(n.local_root(self.path).resolve())}
+            else:
+                peers[n.name] = {
+                    "transport": "ssh",
+                    "address": n.address,
+                    "port": n.port,
+                    "user": n.user,
+                    "root": n.root,
+                    **({"host_key": n.host_key} if n.host_key else {}),
+                }
+        r = self.cluster.replication
+        return {"mode": r.mode, "replicas": r.replicas, "peers": peers}
 
 
 # -- building from validated documents ----------------------------------------------------------

@@ -24,7 +24,7 @@ from .fence import check_fence
 from .timing import STEPS, collecting
 from .transaction import ABANDON_STEP, Node, PhaseLog, scan_phases
 
-OPS = ("inspect", "forward", "compensated", "rollback", "repair", "checkpoint", "catchup")
+OPS = ("inspect", "forward", "compensated", "rollback", "repair", "checkpoint", "catchup", "restore_wal", "replication")
 
 
 def _tail_logs(
@@ -260,6 +260,41 @@ def catchup(root: Path, *, trace_id: str, token: int, g: int, phase: str, note: 
     return {"node": node.name, "outcome": "committed"}
 
 
+def restore_wal(root: Path) -> dict[str, Any]:
+    """Rebuild the node's WAL from its replica peers when it is missing or corrupt (SPEC §6.1)."""
+    from ..replication.restore import restore_wal as restore
+
+    return restore(root).as_dict()
+
+
+def replication(root: Path, permit_async: str | None = None) -> dict[str, Any]:
+    """The node's replica group as it stands (``replication`` control file, else the ring's choice);
+    with ``permit_async``, let that peer acknowledge before its fsync for a while (SPEC §6.1)."""
+    from ..replication.origin import Replicator, Settings, quorum, read_state
+
+    node = Node(root)
+    settings = Settings.from_policy(node.policy)
+    if not settings.on:
+        return {"node": node.name, "mode": settings.mode}
+    replicator = Replicator(node.name, root, settings, links={})
+    if permit_async is not None:
+        if permit_async not in replicator.peers():
+            raise UsageError(f"{permit_async} is not a replica peer of {node.name} ({', '.join(replicator.peers())})")
+        replicator.permit_async(permit_async)
+    body, _ = read_state(root)
+    peers = replicator.peers()
+    return {
+        "node": node.name,
+        "mode": settings.mode,
+        "group": [node.name, *peers],
+        "quorum": quorum(1 + len(peers)),
+        "lagging": body.get("lagging") or {},
+        "permit_async": body.get("permit_async"),
+        "epoch": body.get("epoch", 0),
+        "history": (body.get("history") or [])[-5:],
+    }
+
+
 def dispatch(root: Path, request: dict[str, Any]) -> dict[str, Any]:
     """Run one operation from a JSON request ``{"op": ..., ...}`` (the remote form of the functions above)."""
     op = request.get("op")
@@ -274,6 +309,8 @@ def dispatch(root: Path, request: dict[str, Any]) -> dict[str, Any]:
         "repair": repair,
         "checkpoint": checkpoint,
         "catchup": catchup,
+        "restore_wal": restore_wal,
+        "replication": replication,
     }
     func = operations.get(str(op))
     if func is None:
@@ -284,9 +321,25 @@ def dispatch(root: Path, request: dict[str, Any]) -> dict[str, Any]:
         raise UsageError(f"recovery request {op!r}: bad arguments ({exc})") from exc
     with collecting() as timings:
         result: dict[str, Any] = func(root, **args)
-    if op != "inspect":  # where the time went (SPEC §9's recovery steps), for the metrics
+    if op not in (
+        "inspect",
+        "replication",
+        "restore_wal",
+    ):  # where the time went (SPEC §9's recovery steps), for the metrics
         result["timings"] = {k: round(v, 6) for k, v in sorted(timings.items()) if k in STEPS}
     return result
 
 
-__all__ = ["OPS", "catchup", "checkpoint", "compensated", "dispatch", "forward", "inspect", "repair", "rollback"]
+__all__ = [
+    "OPS",
+    "catchup",
+    "checkpoint",
+    "compensated",
+    "dispatch",
+    "forward",
+    "inspect",
+    "repair",
+    "replication",
+    "restore_wal",
+    "rollback",
+]

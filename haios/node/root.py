@@ -20,6 +20,7 @@ CONTROL_FILES = {
     "fence": "control-fence",
     "heartbeat": "control-heartbeat",
     "gossip": "control-gossip",
+    "replication": "control-replication",
 }
 """Control files with a fixed name and the schema their body follows (``exec_status_<g>.txt``: control-exec-status)."""
 

@@ -35,16 +35,21 @@ from typing import Any
 from .. import controlfile
 from ..config.dataschemas import DataSchema, validate_data
 from ..config.model import PHASES
-from ..errors import BarrierError, HaiosError, PartitionError, VersionConflict
+from ..errors import BarrierError, BlockedError, HaiosError, PartitionError, VersionConflict
 from ..fsutil import fsync_dir, makedirs_durable
 from ..vclock import VClock
 from ..wal import Cursor, Record, RecordType, Wal, WalCorruptError, read_records
 from ..wal.format import RECORD_HEADER
+from ..wal.reader import list_segments
 from . import snapshot
 from .paths import confine
 from .timing import measure
 
 _END = (RecordType.COMMIT_PHASE, RecordType.ABORT_PHASE)
+
+
+class WalMissingError(BlockedError):
+    """A replicated node's WAL is gone: writing a new one would fork its history from its replicas'."""
 
 
 def _flush_step(rtype: RecordType, durable: bool) -> str:
@@ -169,6 +174,7 @@ class Node:
         self.clock = clock
         self.sync = sync  # the WAL's fdatasync (the simulator slows it down)
         self._policy: tuple[int, dict[str, Any]] | None = None
+        self._replicator: Any = None  # haios.replication.Replicator, made when the policy asks for one
         state, _ = controlfile.read_mapping(self.root / "state.txt")
         self.name: str = state["node"]
 
@@ -233,8 +239,33 @@ class Node:
         open_logs = [log for log in logs if log.ended is None]
         return max(open_logs, key=lambda log: log.begin_lamport) if open_logs else None
 
+    def replicator(self) -> Any:
+        """The node's WAL replicator (SPEC §6.1), or None when the policy leaves replication off."""
+        if self._replicator is None:
+            from ..replication.origin import replicator_for
+
+            self._replicator = replicator_for(self.name, self.root, self.policy, clock=self.clock) or False
+        return self._replicator or None
+
+    def close(self) -> None:
+        """Stop replicating (wait for the peers' streams to finish); the node can be used again after."""
+        if self._replicator:
+            self._replicator.close()
+        self._replicator = None
+
     def _wal(self) -> Wal:
-        return Wal.open(self.root / "wal", read_only=self.partitioned(), sync=self.sync)
+        read_only = self.partitioned()
+        replicator = None if read_only else self.replicator()
+        if replicator is not None and not list_segments(self.root / "wal"):
+            state, _ = self.state()
+            if state.get("wal_cursor"):
+                raise WalMissingError(
+                    f"{self.root / 'wal'}: node {self.name} has committed transitions but its WAL is gone",
+                    hint=f"restore it from its replicas: haios node rejoin {self.name}",
+                )
+        wal = Wal.open(self.root / "wal", read_only=read_only, sync=self.sync)
+        wal.replicator = replicator
+        return wal
 
     def _vclock(self) -> VClock:
         last: Record | None = None

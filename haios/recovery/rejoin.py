@@ -2,6 +2,8 @@
 
 The cluster went on without the node. Before it takes part again:
 
+0. with WAL replication on, a WAL that is lost or corrupt is first rebuilt from the copies its
+   replica peers hold (a node that was not evicted is then done: it never stopped taking part);
 1. it must be reachable, not PARTITIONED, with a readable WAL (a torn tail is cut on the way);
 2. every transition it left half done — or aborted still owing compensation — is rolled back on
    it alone, through the ordinary recovery executor (fenced, checkpointed, compensators under the
@@ -10,8 +12,7 @@ The cluster went on without the node. Before it takes part again:
 3. it catches up with its peers: every transition the healthy members have all committed since
    the node's own position is committed on the node too — without intents (its share of that work
    was never done) and with a STEP record saying so — so that its position, WAL and barrier agree
-   with the cluster's. (With WAL replication its data would be restored from the copies its peers
-   hold; without it there is nothing to copy.)
+   with the cluster's.
 4. ``status/membership.yaml`` forgets the eviction, and one commit records all of it.
 """
 
@@ -46,6 +47,7 @@ class RejoinResult:
     caught_up: list[tuple[int, str]] = field(default_factory=list)
     peer_position: tuple[int, str | None] = (0, None)
     rejoined: bool = False
+    restored: dict[str, Any] | None = None  # the WAL restore from replicas, when there was one
     commit: str | None = None
     note: str = ""
     code: int = 0
@@ -59,6 +61,7 @@ class RejoinResult:
             "caught_up": [{"g": g, "phase": p} for g, p in self.caught_up],
             "peer_position": {"g": self.peer_position[0], "ph": self.peer_position[1]},
             "rejoined": self.rejoined,
+            "restored": self.restored,
             "commit": self.commit,
             "note": self.note,
             "exit_code": self.code,
@@ -112,6 +115,18 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
     result = RejoinResult(node, f"{CATCH_UP_PREFIX}{node}-{uuid.uuid4().hex[:12]}")
     if node not in {n.name for n in ctx.config.cluster.nodes}:
         raise UsageError(f"{node}: not a node of haios.yaml")
+    if ctx.config.cluster.replication.mode != "off":
+        # a node whose WAL is lost or corrupt gets it back from its replica peers first
+        answer = ctx.transport.call(node, {"op": "restore_wal"})
+        if answer.get("restored"):
+            result.restored = answer
+            plan, ctx = build(path, now=clock())
+            if node not in ctx.membership.evicted:
+                result.note = (
+                    f"WAL restored from {answer['source']}'s replica ({answer['reason']}): "
+                    f"{answer['segments']} segments up to lamport {answer['last_lamport']}"
+                )
+                return _finish(path, ctx, result, plan.observed_hash)
     if node not in ctx.membership.evicted:
         raise UsageError(f"{node} is not evicted (status/membership.yaml): it already takes part")
     if plan.minority:
@@ -179,7 +194,7 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
 
 
 def _finish(path: Path, ctx: Context, result: RejoinResult, observed: str) -> RejoinResult:
-    outcome = "rejoined" if result.rejoined else "not rejoined yet"
+    outcome = "rejoined" if result.rejoined else ("WAL restored" if result.restored else "not rejoined yet")
     subject = f"haios node rejoin {result.node}: {outcome}"
     body = [result.note]
     for o in result.rolled_back:
@@ -188,9 +203,16 @@ def _finish(path: Path, ctx: Context, result: RejoinResult, observed: str) -> Re
     body += [f"caught up g={g} {p}" for g, p in result.caught_up]
     traces = [{"trace_id": o.trace_id, "result": o.after, "fencing_token": o.token or "-"} for o in result.rolled_back]
     traces.append(
-        {"trace_id": result.trace_id, "result": "REJOINED" if result.rejoined else "PENDING", "fencing_token": "-"}
+        {
+            "trace_id": result.trace_id,
+            "result": "REJOINED" if result.rejoined else ("RESTORED" if result.restored else "PENDING"),
+            "fencing_token": "-",
+        }
     )
-    if result.rejoined or any(o.recorded for o in result.rolled_back):
+    if result.restored:
+        r = result.restored
+        body.append(f"WAL restored from {r['source']} ({r['reason']}); the old one kept as {r['kept'] or '-'}")
+    if result.rejoined or result.restored or any(o.recorded for o in result.rolled_back):
         _write_status(ctx)
         paths = [journals.JOURNAL_DIR, STATUS_FILE, SEL_DIR, members.MEMBERSHIP_FILE]
         result.commit = audit.commit_run(path, paths, subject, "\n".join(body), traces, observed)

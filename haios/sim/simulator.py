@@ -123,14 +123,31 @@ def reach_through_sshd(path: Path, ssh: SshLayout) -> None:
     atomic_write(config, text.encode())
 
 
-def sim_init(directory: Path | str, nodes: int, *, ssh: SshLayout | None = None) -> Path:
+def replicate(path: Path) -> None:
+    """Turn sync-majority WAL replication on in haios.yaml and push the policy that says so (and how to
+    reach every peer) to the node roots, which are fresh: nothing was written under the old one."""
+    config = path / "haios.yaml"
+    text = re.sub(r"(?m)^  mode: 'off'.*$", "  mode: sync-majority", config.read_text(), count=1)
+    atomic_write(config, text.encode())
+    repo = load_repo(path)
+    policy = repo.compile_policy()
+    for root in sim_roots(path, repo).values():
+        controlfile.write_mapping(
+            root / "policy", policy, expected_version=controlfile.current_version(root / "policy")
+        )
+
+
+def sim_init(directory: Path | str, nodes: int, *, ssh: SshLayout | None = None, replication: bool = False) -> Path:
     """A desired-state repo for a cluster of ``nodes`` nodes on this machine, plus the simulator's
     scratch; with ``ssh``, haios reaches the nodes through that sshd (the simulator itself drives
-    their roots directly, as a HAiOS scheduler on each node would)."""
+    their roots directly, as a HAiOS scheduler on each node would); with ``replication``, every
+    node's WAL is replicated to a majority of its replica group (SPEC §6.1)."""
     path = Path(directory)
     init_repo(path, cluster="sim", nodes=nodes, transport="local")
     if ssh is not None:
         reach_through_sshd(path, ssh)
+    if replication:
+        replicate(path)
     thresholds = path / "policies/thresholds.yaml"
     text = thresholds.read_text()
     for phase, prior in SIM_PRIORS.items():

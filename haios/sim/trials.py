@@ -90,10 +90,17 @@ def _explained(v: Violation, blocked: list[dict[str, Any]], corrupt_nodes: set[s
 
 
 def run_trial(
-    workdir: Path, seed: int, faults: dict[str, float], *, keep: bool = False, ssh: SshLayout | None = None
+    workdir: Path,
+    seed: int,
+    faults: dict[str, float],
+    *,
+    keep: bool = False,
+    ssh: SshLayout | None = None,
+    replication: bool = False,
 ) -> Trial:
     """One trial in ``workdir/trial-<seed>`` (removed afterwards unless ``keep`` or it failed); with
-    ``ssh``, haios reaches the trial's nodes through that sshd."""
+    ``ssh``, haios reaches the trial's nodes through that sshd; with ``replication``, every node's WAL
+    is replicated to a majority of its replica group."""
     started = time.monotonic()
     # a rehearsal: the library's warnings (a torn tail repaired on the way) are expected, not news
     logging.getLogger("haios").setLevel(logging.ERROR)
@@ -103,7 +110,7 @@ def run_trial(
     if directory.exists():
         shutil.rmtree(directory)
     try:
-        sim_init(directory, trial.nodes, ssh=ssh)
+        sim_init(directory, trial.nodes, ssh=ssh, replication=replication)
         report = sim_run(directory, iterations=2, seed=seed, faults=faults)
         trial.faults = sorted({f["fault"] for f in report.faults})
         virtual = time.time()
@@ -189,14 +196,21 @@ class TrialsReport:
 
 
 def _parallel(
-    workdir: Path, seeds: list[int], faults: dict[str, float], jobs: int, keep: bool, ssh: SshLayout | None
+    workdir: Path,
+    seeds: list[int],
+    faults: dict[str, float],
+    jobs: int,
+    keep: bool,
+    ssh: SshLayout | None,
+    replication: bool,
 ) -> Iterator[Trial]:
+    options: dict[str, Any] = {"keep": keep, "ssh": ssh, "replication": replication}
     if jobs <= 1:
         for seed in seeds:
-            yield run_trial(workdir, seed, faults, keep=keep, ssh=ssh)
+            yield run_trial(workdir, seed, faults, **options)
         return
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        pending: list[Future[Trial]] = [pool.submit(run_trial, workdir, s, faults, keep=keep, ssh=ssh) for s in seeds]
+        pending: list[Future[Trial]] = [pool.submit(run_trial, workdir, s, faults, **options) for s in seeds]
         for future in pending:
             yield future.result()
 
@@ -211,6 +225,7 @@ def run_trials(
     keep: bool = False,
     on_trial: Callable[[Trial], None] | None = None,
     ssh: SshLayout | None = None,
+    replication: bool = False,
 ) -> TrialsReport:
     """Run ``count`` trials with seeds ``seed``..``seed+count-1`` under ``workdir``."""
     parsed = parse_faults(faults)
@@ -219,7 +234,7 @@ def run_trials(
     report = TrialsReport(seed, count, faults)
     started = time.monotonic()
     workers = jobs if jobs is not None else max(1, os.cpu_count() or 1)
-    for trial in _parallel(path, list(range(seed, seed + count)), parsed, workers, keep, ssh):
+    for trial in _parallel(path, list(range(seed, seed + count)), parsed, workers, keep, ssh, replication):
         report.trials.append(trial)
         if on_trial is not None:
             on_trial(trial)

@@ -81,15 +81,18 @@ def main(argv: list[str]) -> int:
 
     node = Node(root, sync=sync)
     _answer(ev="ready", node=node.name)
-    for line in sys.stdin:
-        req = json.loads(line)
-        if req["cmd"] == "exit":
-            return 0
-        try:
-            _phase(node, cloud, req)
-        except HaiosError as exc:
-            _answer(ev="refused", error=type(exc).__name__, message=exc.one_line())
-    return 0
+    try:
+        for line in sys.stdin:
+            req = json.loads(line)
+            if req["cmd"] == "exit":
+                return 0
+            try:
+                _phase(node, cloud, req)
+            except HaiosError as exc:
+                _answer(ev="refused", error=type(exc).__name__, message=exc.one_line())
+        return 0
+    finally:
+        node.close()
 
 
 if __name__ == "__main__":

@@ -376,6 +376,19 @@ class SshTransport:
             raise TransportError(f"{node}: the command could not run: {_why(exc)}") from None
         return Completed(code, out.decode(errors="replace"), err.decode(errors="replace"))
 
+    def open_stream(self, node: str, words: list[str]) -> Any:
+        """Start the node's haios with ``words`` on a channel of its own and return the channel, for a
+        conversation of many requests (replication); the caller reads and writes it and closes it."""
+        self._compatible(node)
+        conn = self._conn(node)
+        try:
+            chan = conn.client.get_transport().open_session(timeout=self.connect_timeout)
+            chan.exec_command(quote_command([*self.remote, *words]))
+        except Exception as exc:  # noqa: BLE001 - paramiko's SSHException family and socket errors
+            self._drop(node)
+            raise TransportError(f"{node}: cannot start a command: {_why(exc)}") from None
+        return chan
+
     def version(self, node: str) -> str:
         """The version of haios on the node (``haios --version``), asked once per transport."""
         if node not in self._versions:

@@ -85,6 +85,10 @@ class Wal:
         self._crc = 0
         self.syncs = 0  # fdatasync calls made (group commit shares them)
         self.bytes_written = 0
+        self._segment_name = ""
+        # With WAL replication (SPEC §6.1): ships every durable append to the node's replica group
+        # and returns only when a majority holds it (haios.replication.Replicator).
+        self.replicator: Any = None
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -153,6 +157,7 @@ class Wal:
         cursor = reader.cursor or Cursor(last.seq, fmt.SEGMENT_HEADER_SIZE, header.prev_lamport, header.prev_crc)
         self._wal_id = header.wal_id
         self._seq, self._offset, self._salt = last.seq, cursor.offset, header.salt
+        self._segment_name = last.name
         self._lamport, self._crc = cursor.lamport, cursor.crc
         if not self.read_only:
             self._fd = os.open(last.path, os.O_WRONLY | os.O_CLOEXEC)
@@ -197,6 +202,9 @@ class Wal:
             payload = {**payload, "ts": self._clock()}
         stored, raw_length, flags = fmt.encode_payload(payload)
         durable = durable or rtype in fmt.DURABLE_TYPES
+        replicator = self.replicator if durable else None
+        if replicator is not None:
+            replicator.ensure_quorum()  # refuse before writing when a majority cannot be reached
         with self._mutex:
             self._check_usable()
             lamport = self._lamport + 1
@@ -219,8 +227,14 @@ class Wal:
             with self._cond:
                 self._written += len(data)
                 target = self._written
+            upto = (self._seq, self._segment_name, self._offset, lamport, crc)
         if durable:
+            started = time.monotonic()
             self._sync_to(target)
+            if replicator is not None:
+                from ..replication.origin import Upto
+
+                replicator.replicate(self.directory, self._wal_id, Upto(*upto), time.monotonic() - started)
         return lamport
 
     def sync(self) -> None:
@@ -312,6 +326,7 @@ class Wal:
                 raise self._fatal(exc, "segment rotation") from exc
             self._fd = fd
             self._seq, self._offset, self._salt = seq, fmt.SEGMENT_HEADER_SIZE, salt
+            self._segment_name = name
             self.bytes_written += fmt.SEGMENT_HEADER_SIZE
         finally:
             with self._cond:

@@ -1,0 +1,252 @@
+"""Sync-majority WAL replication on local node roots (SPEC §6.1): shipping, acks, LAGGING demotion,
+refusal without a majority, permit-async, and restoring a lost WAL from the replicas."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from helpers import Invoke
+
+from haios import controlfile
+from haios.errors import EXIT_BLOCKED
+from haios.node import Node
+from haios.node.transaction import WalMissingError
+from haios.replication import QuorumError, Replicator, Settings
+from haios.replication.links import LocalLink, serve
+from haios.replication.origin import MIN_SAMPLES, READMIT_AFTER, STATE_FILE
+from haios.replication.peer import Chunk, ReplicaChunkError, receive
+from haios.replication.restore import restore_wal
+from haios.sim.check import sim_check
+from haios.sim.simulator import sim_init, sim_run
+from haios.sim.trials import run_trials
+from haios.wal import RecordType, read_records
+from haios.wal.format import decode_segment_header
+from haios.wal.reader import list_segments, verify
+
+
+@pytest.fixture
+def replicated(tmp_path: Path) -> Path:
+    """A 3-node simulated cluster with replication on, after two clean iterations."""
+    directory = sim_init(tmp_path / "cluster", 3, replication=True)
+    assert sim_run(directory, iterations=2, seed=3, faults={}).committed == 10
+    return directory
+
+
+def _records(wal: Path) -> list[tuple[int, int, int]]:
+    return [(r.lamport, r.crc, int(r.type)) for r in read_records(wal)]
+
+
+def _node(cluster: Path, name: str, links: dict[str, LocalLink] | None = None) -> Node:
+    node = Node(cluster / "nodes" / name)
+    if links is not None:
+        node._replicator = Replicator(name, node.root, Settings.from_policy(node.policy), links=dict(links))
+    return node
+
+
+def _tick(node: Node, i: int) -> int:
+    """One durable append (an EVENT forced durable): it must be replicated before it returns."""
+    return node.append(0, "ANALYZE", "test", RecordType.EVENT, {"name": f"test.tick.{i}"}, durable=True)
+
+
+def test_every_peer_holds_a_verified_byte_copy(replicated: Path) -> None:
+    for origin in ("node-1", "node-2", "node-3"):
+        own = replicated / "nodes" / origin / "wal"
+        for peer in {"node-1", "node-2", "node-3"} - {origin}:
+            copy = replicated / "nodes" / peer / "replicas" / origin
+            assert verify(copy).ok
+            assert _records(copy) == _records(own)  # every record, the same chain
+            for seg in list_segments(own):
+                assert (copy / seg.name).read_bytes() == seg.path.read_bytes()
+
+
+def test_wal_deleted_after_commit_is_restored_from_replicas_nothing_lost(replicated: Path, cli: Invoke) -> None:
+    root = replicated / "nodes/node-1"
+    before = _records(root / "wal")
+    shutil.rmtree(root / "wal")
+    assert sim_check(replicated) != []  # the node's history is gone: the check sees it
+    with pytest.raises(WalMissingError) as refused:
+        Node(root).begin(3, "ANALYZE", participants=["node-1"])  # a new WAL would fork the history
+    assert refused.value.exit_code == EXIT_BLOCKED and "haios node rejoin node-1" in refused.value.hint
+    result = cli("--repo", replicated, "-o", "json", "node", "rejoin", "node-1")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["restored"]["restored"] is True and data["restored"]["reason"] == "missing"
+    assert data["restored"]["source"] in ("node-2", "node-3") and data["commit"]
+    assert _records(root / "wal") == before
+    assert sim_check(replicated) == []
+    # and the node goes on: its next transitions replicate on top of the restored WAL
+    assert sim_run(replicated, iterations=1, seed=4, faults={}).committed == 5
+    assert sim_check(replicated) == []
+    assert _records(replicated / "nodes/node-2/replicas/node-1") == _records(root / "wal")
+
+
+def test_corrupt_wal_is_restored_and_the_bad_one_kept(replicated: Path) -> None:
+    root = replicated / "nodes/node-2"
+    before = _records(root / "wal")
+    segment = list_segments(root / "wal")[0].path
+    data = bytearray(segment.read_bytes())
+    data[200] ^= 0x10  # mid-log: valid records follow
+    segment.write_bytes(bytes(data))
+    result = restore_wal(root)
+    assert result.restored and result.reason.startswith("corrupt") and result.kept == "wal.lost.0"
+    assert _records(root / "wal") == before
+    assert (root / "wal.lost.0" / segment.name).read_bytes() == bytes(data)  # nothing deleted
+    assert restore_wal(root).restored is False  # intact now: nothing to do
+
+
+def test_minority_reachable_refuses_durable_appends_not_downgraded(replicated: Path, tmp_path: Path) -> None:
+    node = _node(replicated, "node-1")
+    _tick(node, 0)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    # one peer down: origin + the other peer are still a majority (2 of 3)
+    shutil.move(replicated / "nodes/node-3", gone / "node-3")
+    _tick(node, 1)
+    # both peers down: the append that finds out is written locally but never acknowledged (as if
+    # the node had crashed before the ack); from then on appends are refused before anything is written
+    shutil.move(replicated / "nodes/node-2", gone / "node-2")
+    wal = node.root / "wal"
+    with pytest.raises(QuorumError) as refused:
+        _tick(node, 2)
+    assert refused.value.exit_code == EXIT_BLOCKED
+    assert "1 of 2 acknowledgements" in refused.value.message and "node-2" in refused.value.message
+    last = _records(wal)[-1]
+    with pytest.raises(QuorumError):
+        _tick(node, 3)
+    with pytest.raises(QuorumError):
+        node.begin(3, "ANALYZE", participants=["node-1"])
+    assert _records(wal)[-1] == last
+    assert not (node.replicator().state().get("lagging") or {})  # unreachable is not LAGGING
+    # the peers come back: appends go on, and the peer that missed some catches up
+    shutil.move(gone / "node-2", replicated / "nodes/node-2")
+    shutil.move(gone / "node-3", replicated / "nodes/node-3")
+    _tick(node, 4)
+    node.close()
+    for peer in ("node-2", "node-3"):
+        assert _records(replicated / "nodes" / peer / "replicas/node-1") == _records(wal)
+
+
+def test_slow_peer_is_demoted_to_lagging_and_writes_still_reach_a_majority(replicated: Path) -> None:
+    slow_disk = {"delay": 0.3}
+
+    def slow_sync(fd: int) -> None:
+        time.sleep(slow_disk["delay"])
+        os.fdatasync(fd)
+
+    nodes = replicated / "nodes"
+    links = {
+        "node-2": LocalLink("node-2", nodes / "node-2"),
+        "node-3": LocalLink("node-3", nodes / "node-3", sync=slow_sync),
+    }
+    node = _node(replicated, "node-1", links)
+    replicator = node.replicator()
+    deadline = time.monotonic() + 60
+    i = 0
+    while "node-3" not in replicator.lagging():
+        assert i < 2000 and time.monotonic() < deadline, "the slow peer was never demoted"
+        _tick(node, i)  # never refused: node-1 + node-2 are a majority
+        i += 1
+    assert i >= MIN_SAMPLES // 2  # nobody is judged before enough acks were seen
+    state, _ = controlfile.read_mapping(node.root / STATE_FILE)
+    assert state["epoch"] == 1 and "node-3 is LAGGING" in state["history"][-1]["why"]
+    assert state["lagging"]["node-3"]["ack_s"] > state["lagging"]["node-3"]["timeout_s"]
+    # LAGGING: no longer waited for; every write now needs node-2's ack (the quorum is still 2 of 3)
+    started = time.monotonic()
+    for j in range(5):
+        _tick(node, 100 + j)
+    assert time.monotonic() - started < 5 * slow_disk["delay"]
+    node2 = nodes / "node-2"
+    shutil.move(node2, nodes / "node-2.away")
+    with pytest.raises(QuorumError):
+        _tick(node, 200)  # with node-3 LAGGING and node-2 gone, there is no majority: refused
+    shutil.move(nodes / "node-2.away", node2)
+    # the disk recovers: node-3 catches up, answers fast again, and is taken back
+    slow_disk["delay"] = 0.0
+    for j in range(READMIT_AFTER * 20):
+        _tick(node, 300 + j)
+        if "node-3" not in replicator.lagging():
+            break
+        time.sleep(0.01)
+    assert "node-3" not in replicator.lagging()
+    assert "keeps up again" in replicator.state()["history"][-1]["why"]
+    node.close()
+    assert _records(nodes / "node-3/replicas/node-1") == _records(node.root / "wal")
+
+
+def test_permit_async_makes_one_peer_ack_only_then_clears_itself(replicated: Path, cli: Invoke) -> None:
+    result = cli("--repo", replicated, "-o", "json", "node", "replication", "node-1", "--permit-async", "node-3")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)["nodes"][0]
+    assert shown["group"] == ["node-1", "node-2", "node-3"] and shown["quorum"] == 2
+    assert shown["permit_async"]["peer"] == "node-3"
+    assert shown["permit_async"]["until"] == pytest.approx(time.time() + 1800, abs=60)
+    node = _node(replicated, "node-1")
+    _tick(node, 0)
+    replicator = node.replicator()
+    node.close()  # waits for every peer's shipment
+    assert replicator.last_acks["node-3"]["synced"] is False and replicator.last_acks["node-2"]["synced"] is True
+    later = Node(node.root, clock=lambda: time.time() + 1801)
+    _tick(later, 1)
+    replicator = later.replicator()
+    later.close()
+    assert replicator.last_acks["node-3"]["synced"] is True
+    assert replicator.state()["permit_async"] is None
+    assert "expired" in replicator.state()["history"][-1]["why"]
+    text = cli("--repo", replicated, "node", "replication")
+    assert text.exit_code == 0 and "node-1: group node-1, node-2, node-3 (quorum 2)" in text.stdout
+    unknown = cli("--repo", replicated, "node", "replication", "--permit-async", "node-9")
+    assert unknown.exit_code == 1 and "node-9" in unknown.stdout + unknown.stderr
+
+
+def _chunk(replicated: Path) -> tuple[Chunk, Path]:
+    wal = replicated / "nodes/node-1/wal"
+    seg = list_segments(wal)[0]
+    records = list(read_records(wal))
+    end = records[-1]
+    data = seg.path.read_bytes()
+    return Chunk("node-1", 1, seg.name, 0, data, 0, 0, end.lamport, end.crc), seg.path
+
+
+def test_a_chunk_that_does_not_verify_is_refused_and_cut_off(replicated: Path, tmp_path: Path) -> None:
+    good, segment = _chunk(replicated)
+    good = Chunk(**{**good.__dict__, "wal_id": decode_segment_header(segment.read_bytes()[:64]).wal_id})
+    peer = replicated / "nodes/node-2"
+    shutil.rmtree(peer / "replicas/node-1")
+    tampered = bytearray(good.data)
+    tampered[300] ^= 0x01
+    with pytest.raises(ReplicaChunkError) as refused:
+        receive(peer, Chunk(**{**good.__dict__, "data": bytes(tampered)}).encode())
+    assert "does not verify" in refused.value.message
+    assert (peer / "replicas/node-1" / segment.name).stat().st_size == 0  # cut off again
+    with pytest.raises(ReplicaChunkError, match="chain ends"):
+        receive(peer, Chunk(**{**good.__dict__, "end_lamport": good.end_lamport + 1}).encode())
+    ack = receive(peer, good.encode())
+    assert ack["ok"] and (ack["token"], ack["crc"]) == (good.end_lamport, good.end_crc)
+    assert receive(peer, good.encode())["ok"]  # a resend is acknowledged, nothing written twice
+    # bytes that disagree with what the replica holds are kept aside, never overwritten
+    other = bytearray(good.data)
+    other[-1] ^= 0xFF
+    with pytest.raises(ReplicaChunkError):
+        receive(peer, Chunk(**{**good.__dict__, "data": bytes(other)}).encode())
+    assert (peer / "replicas/node-1" / f"{segment.name}.diverged.0").read_bytes() == good.data
+
+
+def test_replica_server_answers_errors_in_line_and_goes_on(replicated: Path) -> None:
+    answers: list[str] = []
+    lines = ["not json\n", json.dumps({"op": "nope"}) + "\n", json.dumps({"op": "replica_status", "origin": "node-1"})]
+    assert serve(replicated / "nodes/node-2", lines, answers.append) == 3
+    first, second, third = (json.loads(a) for a in answers)
+    assert first["error"]["type"] == "UsageError" and "not JSON" in first["error"]["message"]
+    assert "unknown replica operation" in second["error"]["message"]
+    assert third["ok"] is True and third["lamport"] == _records(replicated / "nodes/node-1/wal")[-1][0]
+
+
+def test_simulator_trials_with_replication_hold_every_invariant(tmp_path: Path) -> None:
+    report = run_trials(tmp_path / "trials", count=6, seed=11, jobs=2, replication=True)
+    assert report.failing == [], [t.as_dict() for t in report.failing]
+    assert {t.outcome for t in report.trials} <= {"converged", "blocked"}
