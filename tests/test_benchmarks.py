@@ -61,3 +61,14 @@ def test_benchmarks_fanout_bench_quick_run_prints_its_table(tmp_path: Path) -> N
     assert any(line.startswith("ansible -m stat") for line in lines)
     assert any(line.startswith("plan bytes over SSH, 1st / 2nd") for line in lines)
     assert list(work.iterdir()) == []  # cleaned up
+
+
+def test_benchmarks_replication_bench_quick_run_prints_its_table(tmp_path: Path) -> None:
+    work, proc = _quick(tmp_path, "replication_bench", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:3] == ["measure", "median", "ms"]
+    assert lines[1].startswith("BEGIN_PHASE, replication off") and "baseline" in lines[1]
+    assert lines[2].startswith("BEGIN_PHASE, R=3 local")
+    assert any(line.startswith("lock acquire+release, git") for line in lines)
+    assert list(work.iterdir()) == []  # cleaned up

@@ -15,6 +15,9 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from ..config.model import PHASES, phase_order
+from ..errors import BarrierError, LockHeldError
+
 
 @dataclass(frozen=True)
 class Lease:
@@ -36,6 +39,36 @@ class Lease:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Lease:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class Barrier:
+    """The cluster-wide barrier: the last transition committed on every active member, and the
+    iteration counter ``g`` with it (SPEC §6.2). ``version`` changes with every update (git: a
+    count; etcd: the key's mod revision), which is what a compare-and-swap compares."""
+
+    g: int = 0
+    phase: str | None = None
+    version: int = 0
+    updated: float = 0.0
+    by: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class BarrierMoved(LockHeldError):
+    """Someone else moved the barrier between our read and our update."""
+
+    default_hint = "another reconciler published first; read the barrier again"
+
+
+def check_advance(seen: Barrier, g: int, phase: str) -> None:
+    """Refuse a barrier update that would move it backwards or to an unknown phase."""
+    if phase not in PHASES:
+        raise BarrierError(f"barrier: unknown phase {phase!r}")
+    if phase_order(g, phase) < phase_order(seen.g, seen.phase):
+        raise BarrierError(f"barrier: (g={g}, {phase}) is before the published (g={seen.g}, {seen.phase})")
 
 
 def _start_time(pid: int) -> str | None:
@@ -82,4 +115,13 @@ class Backend(Protocol):
 
     def release(self, lease: Lease, now: float) -> None:
         """Give the lease up (its token stays, so the next one is higher)."""
+        ...
+
+    def barrier(self) -> Barrier:
+        """The cluster's barrier as last published (``g`` 0, no phase, version 0 before the first)."""
+        ...
+
+    def advance_barrier(self, seen: Barrier, g: int, phase: str, by: str, now: float) -> Barrier:
+        """Move the barrier from ``seen`` to (g, phase) if nobody changed it meanwhile (VersionConflict
+        otherwise); it never moves backwards (BarrierError)."""
         ...

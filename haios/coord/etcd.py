@@ -7,6 +7,9 @@ Keys, under ``<prefix><cluster>/``:
     lease's TTL: a holder that dies stops keeping it alive and etcd deletes the key by itself;
 ``last/<shard>``
     the last lease taken or released (no TTL), so a takeover knows whom it took over from;
+``barrier``
+    the cluster-wide barrier: the last transition committed everywhere and ``g`` (no TTL); its mod
+    revision is the version a compare-and-swap compares;
 ``token_floor``
     set once, when the cluster first uses etcd: the highest token the git backend ever granted, so
     that nodes fenced under git accept etcd's tokens.
@@ -34,7 +37,7 @@ from urllib.parse import urlsplit
 
 from ..config.model import PHASES
 from ..errors import CoordinationError, FencedError, LockHeldError
-from .base import Lease
+from .base import Barrier, BarrierMoved, Lease, check_advance
 
 T = TypeVar("T")
 MIN_TTL = 2  # etcd rounds shorter leases up to its own minimum anyway
@@ -289,6 +292,34 @@ class EtcdBackend:
         except _Lost:
             return
         self._post("/kv/lease/revoke", {"ID": int(value["etcd_lease"])}, "revoking the lease")
+
+    # -- the barrier -----------------------------------------------------------------------------
+
+    def barrier(self) -> Barrier:
+        found = self._get(self._key("barrier"))
+        if found is None:
+            return Barrier()
+        v = found[0]
+        return Barrier(int(v["g"]), v.get("phase"), found[2], float(v.get("updated") or 0.0), str(v.get("by") or ""))
+
+    def advance_barrier(self, seen: Barrier, g: int, phase: str, by: str, now: float) -> Barrier:
+        check_advance(seen, g, phase)
+        key = self._key("barrier")
+        value = {"g": g, "phase": phase, "updated": now, "by": by}
+        # version 0: the key must not exist yet; otherwise its mod revision must be the one we read
+        compare = (
+            {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
+            if seen.version == 0
+            else {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": seen.version}
+        )
+        try:
+            result = self._txn([compare], [self._put(key, value)], f"advancing {key}")
+        except _Lost:
+            now_at = self.barrier()
+            raise BarrierMoved(
+                f"the barrier moved to (g={now_at.g}, {now_at.phase}) meanwhile (by {now_at.by})"
+            ) from None
+        return Barrier(g, phase, int(result["header"]["revision"]), now, by)
 
     # -- health ----------------------------------------------------------------------------------
 

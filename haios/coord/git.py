@@ -1,6 +1,7 @@
 """The ``git`` coordination backend (SPEC §6.2): leases as refs in the desired-state repo.
 
-Each shard's lease is a ref ``refs/haios/locks/<shard>`` pointing at a commit whose message is the
+The cluster's barrier (the last transition committed everywhere, and ``g``) is the ref
+``refs/haios/barrier`` in the same way. Each shard's lease is a ref ``refs/haios/locks/<shard>`` pointing at a commit whose message is the
 lease as JSON and whose parent is the previous lease, so ``git log refs/haios/locks/CONSTRUCT`` is the
 shard's whole history of acquisitions, renewals and releases. Every change is a compare-and-swap:
 ``git update-ref <ref> <new> <old>`` locally; with a remote, ``git push --atomic
@@ -14,11 +15,13 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from ..errors import FencedError, LockHeldError, RepoError
-from .base import Lease
+from .base import Barrier, BarrierMoved, Lease, check_advance
 
 REF_PREFIX = "refs/haios/locks/"
+BARRIER_REF = "refs/haios/barrier"
 _ENV = {
     "GIT_AUTHOR_NAME": "haios",
     "GIT_AUTHOR_EMAIL": "haios@localhost",
@@ -58,11 +61,14 @@ class GitBackend:
         return proc
 
     def _ref(self, shard: str) -> str:
-        return REF_PREFIX + shard
+        return shard if shard.startswith("refs/") else REF_PREFIX + shard
 
     def _oid(self, shard: str) -> str | None:
         proc = self._git("rev-parse", "--verify", "--quiet", self._ref(shard) + "^{commit}", check=False)
         return proc.stdout.strip() or None
+
+    def _body(self, oid: str) -> Any:
+        return json.loads(self._git("cat-file", "commit", oid).stdout.split("\n\n", 1)[1])
 
     def _load(self, oid: str) -> Lease:
         body = self._git("cat-file", "commit", oid).stdout.split("\n\n", 1)[1]
@@ -73,9 +79,9 @@ class GitBackend:
 
     def _fetch(self) -> None:
         if self.remote:
-            self._git("fetch", "--quiet", self.remote, f"+{REF_PREFIX}*:{REF_PREFIX}*")
+            self._git("fetch", "--quiet", self.remote, "+refs/haios/*:refs/haios/*")  # the leases and the barrier
 
-    def _swap(self, shard: str, lease: Lease, old: str | None) -> None:
+    def _swap(self, shard: str, lease: Lease | Barrier, old: str | None) -> None:
         if self._empty_tree is None:
             self._empty_tree = self._git("hash-object", "-t", "tree", "-w", "--stdin", stdin="").stdout.strip()
         parents = ["-p", old] if old else []
@@ -98,7 +104,7 @@ class GitBackend:
                 raise RepoError(f"{self.repo}: pushing {ref} to {self.remote} failed: {' '.join(proc.stderr.split())}")
             self._git("update-ref", ref, new)
             return
-        proc = self._git("update-ref", "-m", f"haios lease {shard}", ref, new, old or "", check=False)
+        proc = self._git("update-ref", "-m", f"haios {shard}", ref, new, old or "", check=False)
         if proc.returncode != 0:
             if self._oid(shard) != old:
                 raise _Lost()
@@ -172,3 +178,27 @@ class GitBackend:
             except _Lost:
                 continue
             return
+
+    def barrier(self) -> Barrier:
+        self._fetch()
+        oid = self._oid(BARRIER_REF)
+        if oid is None:
+            return Barrier()
+        try:
+            return Barrier(**self._body(oid))
+        except (ValueError, TypeError) as exc:
+            raise RepoError(f"{self.repo}: {BARRIER_REF} ({oid}) is not a barrier ({exc})") from exc
+
+    def advance_barrier(self, seen: Barrier, g: int, phase: str, by: str, now: float) -> Barrier:
+        check_advance(seen, g, phase)
+        self._fetch()
+        old = self._oid(BARRIER_REF)
+        current = Barrier(**self._body(old)) if old else Barrier()
+        if current.version != seen.version:
+            raise BarrierMoved(f"the barrier moved to (g={current.g}, {current.phase}) meanwhile (by {current.by})")
+        new = Barrier(g, phase, seen.version + 1, now, by)
+        try:
+            self._swap(BARRIER_REF, new, old)
+        except _Lost:
+            raise BarrierMoved("the barrier moved meanwhile") from None
+        return new

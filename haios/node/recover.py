@@ -267,9 +267,10 @@ def restore_wal(root: Path) -> dict[str, Any]:
     return restore(root).as_dict()
 
 
-def replication(root: Path, permit_async: str | None = None) -> dict[str, Any]:
+def replication(root: Path, permit_async: str | None = None, group: list[str] | None = None) -> dict[str, Any]:
     """The node's replica group as it stands (``replication`` control file, else the ring's choice);
-    with ``permit_async``, let that peer acknowledge before its fsync for a while (SPEC §6.1)."""
+    with ``permit_async``, let that peer acknowledge before its fsync for a while; with ``group``
+    (the origin first), take the placement reconcile decided (SPEC §6.1)."""
     from ..replication.origin import Replicator, Settings, quorum, read_state
 
     node = Node(root)
@@ -277,6 +278,11 @@ def replication(root: Path, permit_async: str | None = None) -> dict[str, Any]:
     if not settings.on:
         return {"node": node.name, "mode": settings.mode}
     replicator = Replicator(node.name, root, settings, links={})
+    if group is not None:
+        if not group or group[0] != node.name or len(set(group)) != len(group):
+            raise UsageError(f"a replica group for {node.name} must start with it and name each peer once: {group}")
+        if list(group[1:]) != replicator.peers() or read_state(root)[0].get("group") is None:
+            replicator.place(list(group[1:]))
     if permit_async is not None:
         if permit_async not in replicator.peers():
             raise UsageError(f"{permit_async} is not a replica peer of {node.name} ({', '.join(replicator.peers())})")

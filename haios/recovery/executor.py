@@ -100,6 +100,8 @@ class RunResult:
     note: str = ""
     membership_due: float | None = None  # when an isolated node becomes pending or is evicted
     alerts: list[dict[str, Any]] = field(default_factory=list)  # alerts raised or resolved by this run
+    placement: list[str] = field(default_factory=list)  # replica placement changes of this run (SPEC §6.1)
+    barrier: dict[str, Any] | None = None  # the cluster-wide barrier after this run (SPEC §6.2)
 
     @property
     def changed(self) -> bool:
@@ -142,6 +144,8 @@ class RunResult:
             "note": self.note,
             "next_due": self.next_due,
             "alerts": self.alerts,
+            "placement": self.placement,
+            "barrier": self.barrier,
             "exit_code": self.exit_code(),
         }
 
@@ -726,8 +730,41 @@ def _write_status(ctx: Context) -> None:
     atomic_write(path, data)
 
 
+def _publish_barrier(path: Path, ctx: Context, holder: str, now: float, moved: bool) -> dict[str, Any] | None:
+    """Move the backend's barrier up to the last transition every member has committed, when every
+    member can be read and none is in the middle of a phase (an unseen one might be behind); returns
+    the barrier as it then stands. ``moved``: this run changed nodes, so their state is read again."""
+    from ..coord import BarrierMoved
+
+    seen = ctx.backend.barrier()
+    positions = []
+    for name in members.participants(path, ctx.config):
+        obs = ctx.observations.get(name)
+        if obs is None or not obs.reachable:
+            return seen.as_dict()
+        try:
+            state = node_state(ctx, name) if moved else obs.state
+        except HaiosError:
+            return seen.as_dict()
+        if state is None or state.get("status") != "READY" or state.get("uncompensated"):
+            return seen.as_dict()
+        positions.append((int(state.get("g") or 0), state.get("ph")))
+    if not positions:
+        return seen.as_dict()
+    g, phase = min(positions, key=lambda p: order(*p))
+    if phase is None or order(g, phase) <= order(seen.g, seen.phase):
+        return seen.as_dict()
+    try:
+        return ctx.backend.advance_barrier(seen, g, phase, holder, now).as_dict()
+    except BarrierMoved:
+        return ctx.backend.barrier().as_dict()  # another reconciler published first
+
+
 def _message(
-    outcomes: list[TraceOutcome], events: list[members.Event] | None = None, raised: list[alerts.Change] | None = None
+    outcomes: list[TraceOutcome],
+    events: list[members.Event] | None = None,
+    raised: list[alerts.Change] | None = None,
+    placement: list[str] | None = None,
 ) -> tuple[str, str]:
     verbs = {"forward": "rolled forward", "rollback": "rolled back", "resume": "resumed", "abort": "aborted"}
     done = [o for o in outcomes if o.recorded]
@@ -740,6 +777,8 @@ def _message(
     parts += [f"{e.what.replace('_', ' ')} {e.node}" for e in events or [] if e.what != "isolated"]
     if not parts and raised:
         parts = [f"alert {c.alert.alert} {c.state}" for c in raised]
+    if not parts and placement:
+        parts = ["replica placement"]
     subject = "haios reconcile: " + ("; ".join(parts) if parts else "recorded trace states")
     if len(subject) > 100:
         subject = f"haios reconcile: {len(done)} traces ({', '.join(sorted({o.after for o in done}))})"
@@ -756,6 +795,7 @@ def _message(
             body.append(f"  note: {o.note}")
     body += [f"membership: {e.message}" for e in events or []]
     body += [f"alert {c.alert.alert} ({c.alert.severity}) {c.state}: {c.alert.message}" for c in raised or []]
+    body += placement or []
     return subject, "\n".join(body)
 
 
@@ -885,6 +925,7 @@ def _reconcile(
         if outcome.code == 4 and "fencing token" in outcome.note:
             break  # we are stale: stop touching anything
     changed = [o for o in result.outcomes if o.recorded]
+    result.barrier = _publish_barrier(path, ctx, runner.holder, clock(), bool(changed))
     paths = [
         journals.JOURNAL_DIR,
         STATUS_FILE,
@@ -896,13 +937,20 @@ def _reconcile(
     events = ctx.membership.events
     if events:
         members.save(path, ctx.membership)
+    if ctx.config.cluster.replication.mode != "off":
+        from ..replication import placement
+
+        placed = placement.sync(path, ctx.config, members.participants(path, ctx.config), ctx.transport, clock())
+        if placed.changed:
+            result.placement = placed.lines() or [f"replica groups told to {', '.join(placed.told)}"]
+            paths.append(placement.PLACEMENT_FILE)
     raised = alerts.sync(path, clock())  # after the journals and membership: what holds now
     result.alerts = [c.as_dict() for c in raised]
     for c in raised:
         emit(make("alert", c.alert.trace_id, node=c.alert.node, **c.as_dict()))
-    if changed or events or raised:
+    if changed or events or raised or result.placement:
         _write_status(ctx)
-        subject, body = _message(result.outcomes, events, raised)
+        subject, body = _message(result.outcomes, events, raised, result.placement)
         traces = [
             {
                 "trace_id": o.trace_id,

@@ -195,7 +195,7 @@ class Replicator:
 
     # -- reconfiguration -------------------------------------------------------------------------
 
-    def _reconfigure(self, why: str, **changes: Any) -> None:
+    def _reconfigure(self, why: str, *, level: int = logging.WARNING, **changes: Any) -> None:
         body, version = read_state(self.root)
         body = {"node": self.node, "group": body.get("group"), "lagging": {}, "permit_async": None, **body}
         body.update(changes)
@@ -203,7 +203,7 @@ class Replicator:
         entry = {"epoch": body["epoch"], "at": round(self.clock(), 3), "why": why}
         body["history"] = [*(body.get("history") or []), entry][-HISTORY_KEPT:]
         controlfile.write_mapping(self.root / STATE_FILE, body, expected_version=version)
-        log.warning("%s: replication reconfigured (epoch %d): %s", self.node, body["epoch"], why)
+        log.log(level, "%s: replication reconfigured (epoch %d): %s", self.node, body["epoch"], why)
 
     def _demote(self, peer: str, elapsed: float, timeout: float) -> bool:
         healthy = [p for p in self.peers() if p not in self.lagging()]
@@ -406,6 +406,19 @@ class Replicator:
         if self._fast[peer] >= READMIT_AFTER:
             self._fast[peer] = 0
             self._readmit(peer)
+
+    def place(self, peers: list[str]) -> None:
+        """Take the peers reconcile's placement gives this node (LAGGING marks of dropped peers go)."""
+        lagging = {k: v for k, v in (self.state().get("lagging") or {}).items() if k in peers}
+        grant = self.state().get("permit_async")
+        if grant and grant["peer"] not in peers:
+            grant = None
+        self._reconfigure(
+            f"placement: peers {', '.join(peers) or 'none'}",
+            group=[self.node, *peers],
+            lagging=lagging,
+            permit_async=grant,
+        )
 
     def permit_async(self, peer: str) -> dict[str, Any]:
         """Let ``peer`` acknowledge before its fsync for ``permit_async_for`` seconds."""

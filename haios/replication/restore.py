@@ -130,7 +130,13 @@ def restore_wal(
             if best is None or lamport > best[0]:
                 best = (lamport, name, answer["segments"])
         if best is None or best[0] < local_last or (best[0] == local_last and damage is None):
-            have = f"the best replica ends at lamport {best[0]}" if best else "no peer holds a verified replica"
+            if best:
+                have = f"the best replica ends at lamport {best[0]}"
+            else:
+                said = "; ".join(
+                    f"{p}: {v.get('error') or v.get('problem') or 'none'}" for p, v in result.peers.items()
+                )
+                have = f"no peer holds a verified replica ({said or 'no peers'})"
             raise BlockedError(
                 f"{node}: {damage or 'restore requested'}; {have}, the node's own WAL at lamport {local_last}",
                 hint="bring the replica peers back ('haios doctor'), then run this again",

@@ -115,3 +115,25 @@ def test_git_lease_on_a_remote_is_an_atomic_push_with_lease(repo: Path, tmp_path
     with pytest.raises(_Lost):
         here._swap("VALIDATE", Lease("VALIDATE", "here", "t3", 3, T0, T0 + 60), None)
     assert here.read("VALIDATE") == taken
+
+
+def test_git_barrier_is_a_compare_and_swap_that_never_goes_back(repo: Path) -> None:
+    from haios.coord import Barrier, BarrierMoved
+    from haios.errors import BarrierError
+
+    backend, rival = GitBackend(repo), GitBackend(repo)
+    assert backend.barrier() == Barrier()
+    seen = backend.barrier()
+    first = backend.advance_barrier(seen, 1, "ANALYZE", "a", T0)
+    assert (first.g, first.phase, first.version) == (1, "ANALYZE", 1)
+    assert rival.barrier() == first
+    with pytest.raises(BarrierMoved):
+        rival.advance_barrier(seen, 1, "BLUEPRINT", "b", T0 + 1)  # read before 'a' published
+    with pytest.raises(BarrierError):
+        backend.advance_barrier(first, 0, "IDLE", "a", T0 + 2)
+    second = rival.advance_barrier(rival.barrier(), 2, "ANALYZE", "b", T0 + 3)
+    assert second.version == 2 and backend.barrier() == second
+    log = subprocess.run(
+        ["git", "log", "--format=%s", "refs/haios/barrier"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout
+    assert len(log.splitlines()) == 2  # the barrier's history, as for the leases

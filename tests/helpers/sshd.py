@@ -158,7 +158,9 @@ def make_sshd(directory: Path) -> Sshd:
                 "MaxStartups 200",
                 "MaxSessions 50",
                 "Subsystem sftp internal-sftp",
-                "SetEnv SHLVL=1",
+                # the nodes' own haios reaches their replica peers with this key, as a node's
+                # service account would with its own (WAL replication, restore)
+                f'SetEnv SHLVL=1 HAIOS_SSH_IDENTITY={client_key} "HAIOS_REMOTE_COMMAND={sys.executable} -m haios"',
                 "LogLevel ERROR",
                 "",
             ]

@@ -1,0 +1,82 @@
+"""Replica placement kept by reconcile (status/replication.yaml) and pushed to the nodes."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from helpers import Invoke
+from helpers.cluster import git
+
+from haios import controlfile
+from haios.cluster.ring import Ring
+from haios.config import load_repo
+from haios.errors import TransportError
+from haios.replication import placement
+from haios.sim.simulator import sim_init, sim_run
+
+T0 = 1_800_000_000.0
+
+
+class Recorder:
+    """Records the groups told to each origin; ``down`` origins cannot be reached."""
+
+    def __init__(self, down: set[str] | None = None) -> None:
+        self.down = down or set()
+        self.told: dict[str, list[str]] = {}
+
+    def call(self, node: str, request: dict[str, Any]) -> dict[str, Any]:
+        if node in self.down:
+            raise TransportError(f"{node}: cannot connect")
+        self.told[node] = request["group"]
+        return {}
+
+
+def test_reconcile_places_every_stream_and_tells_the_nodes(tmp_path: Path, cli: Invoke) -> None:
+    directory = sim_init(tmp_path / "c", 5, replication=True)
+    assert sim_run(directory, iterations=1, seed=1, faults={}).committed == 5
+    result = cli("--repo", directory, "-o", "json", "reconcile")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["placement"] == ["replica placement: node-1, node-2, node-3, node-4, node-5 moved"]
+    ring = Ring([f"node-{i}" for i in range(1, 6)])
+    for i in range(1, 6):
+        name = f"node-{i}"
+        body, _ = controlfile.read_mapping(directory / "nodes" / name / "replication")
+        assert body["group"] == [name, *ring.peers(name, 3)]
+    assert "status/replication.yaml" in git(directory, "show", "--stat", "--format=%s", "HEAD")
+    again = cli("--repo", directory, "-o", "json", "reconcile")
+    assert json.loads(again.stdout)["placement"] == [] and json.loads(again.stdout)["commit"] is None
+
+
+def test_unreachable_origin_is_told_on_a_later_run(tmp_path: Path) -> None:
+    directory = sim_init(tmp_path / "c", 4, replication=True)
+    config = load_repo(directory)
+    members = ["node-1", "node-2", "node-3", "node-4"]
+    first = placement.sync(directory, config, members, Recorder(down={"node-2"}), T0)
+    assert "node-2" in first.unpushed and sorted(first.told) == ["node-1", "node-3", "node-4"]
+    recorder = Recorder()
+    second = placement.sync(directory, config, members, recorder, T0 + 10)
+    assert list(recorder.told) == ["node-2"] and second.unpushed == {}
+    third = placement.sync(directory, config, members, Recorder(), T0 + 20)
+    assert not third.changed
+
+
+def test_membership_change_waits_out_the_window_then_moves_a_quarter(tmp_path: Path) -> None:
+    directory = sim_init(tmp_path / "c", 8, replication=True)
+    config = load_repo(directory)
+    members = [f"node-{i}" for i in range(1, 9)]
+    placement.sync(directory, config, members, Recorder(), T0)
+    held = Counter(p for m in members for p in Ring(members).peers(m, 3))
+    leaving = held.most_common(1)[0][0]  # a member that holds copies of several streams
+    fewer = [m for m in members if m != leaving]
+    recorder = Recorder()
+    run = placement.sync(directory, config, fewer, recorder, T0 + 60)
+    assert run.moved == [] and recorder.told == {}  # sticky: nothing moves inside the window
+    stored, _ = placement.load(directory)
+    assert stored is not None and leaving not in stored.streams  # the departed stream is dropped
+    later = placement.sync(directory, config, fewer, recorder, T0 + 60 + 301)
+    assert 1 <= len(later.moved) <= 7 // 4 and set(recorder.told) == set(later.moved)
+    for origin in later.moved:
+        assert recorder.told[origin] == [origin, *Ring(fewer).peers(origin, 3)]
