@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 
 from .detect.observe import CACHE_DIR
-from .errors import ConfigError, MetricsError
+from .errors import ConfigError, HaiosError, MetricsError
 from .fsutil import atomic_write, makedirs_durable
 from .node.heartbeat import parse_utc
 from .node.timing import STEPS
@@ -291,12 +291,16 @@ class HaiosCollector(Collector):
 
     def _io(self) -> Iterator[Metric]:
         """Bytes per node from the observation cache (status/observed/<node>.json), which reads every
-        WAL byte once: the WAL itself, the snapshots BEGIN_PHASE reports, the data PREPARE reports."""
+        WAL byte once: the WAL itself, the snapshots BEGIN_PHASE reports, the data PREPARE reports;
+        with WAL replication, the copies of the WAL its peers write (status/replication.yaml says how
+        many: replicas are byte-for-byte copies)."""
         counters = CounterMetricFamily(
             "haios_io_bytes",
-            "Bytes a node wrote: its WAL, its snapshots, and the data its phases wrote to data/.",
+            "Bytes written for a node: its WAL, its WAL's replicas on its peers, its snapshots, and the data "
+            "its phases wrote to data/.",
             labels=["node", "kind"],
         )
+        copies = self._replica_copies()
         ratios = []
         for path in sorted((self.repo / CACHE_DIR).glob("*.json")):
             try:
@@ -306,17 +310,37 @@ class HaiosCollector(Collector):
             io = cache.get("io") if isinstance(cache, dict) else None
             if not isinstance(io, dict):
                 continue  # not a node's cache (the run record, doctor's memory)
-            for kind in ("wal", "snapshot", "data"):
-                counters.add_metric([path.stem, kind], float(io.get(f"{kind}_bytes") or 0))
+            wal = float(io.get("wal_bytes") or 0)
+            replica = wal * copies.get(path.stem, 0)
+            for kind, value in (
+                ("wal", wal),
+                ("replica", replica),
+                ("snapshot", float(io.get("snapshot_bytes") or 0)),
+                ("data", float(io.get("data_bytes") or 0)),
+            ):
+                counters.add_metric([path.stem, kind], value)
             if io.get("data_bytes"):
-                ratios.append((float(io["wal_bytes"]) + float(io["snapshot_bytes"])) / float(io["data_bytes"]))
+                ratios.append((wal + replica + float(io["snapshot_bytes"])) / float(io["data_bytes"]))
         yield counters
         if ratios:
             yield GaugeMetricFamily(
                 "max_io_overhead_ratio",
-                "The largest, over the nodes, of (WAL + snapshot bytes) / data bytes the phases wrote (guard: 2.2).",
+                "The largest, over the nodes, of (WAL + replica + snapshot bytes) / data bytes the phases wrote "
+                "(guard: 2.2).",
                 value=max(ratios),
             )
+
+    def _replica_copies(self) -> dict[str, int]:
+        """How many peers hold a copy of each node's WAL (none without replication)."""
+        from .replication.placement import PLACEMENT_FILE, load
+
+        if not (self.repo / PLACEMENT_FILE).exists():
+            return {}
+        try:
+            placement, _ = load(self.repo)
+        except HaiosError:
+            return {}
+        return {origin: len(peers) for origin, peers in placement.streams.items()} if placement else {}
 
 
 def register(registry: CollectorRegistry, repo: Path | str, cluster: str) -> HaiosCollector:

@@ -299,3 +299,23 @@ def test_open_traces_by_state(cluster: Path) -> None:
     found = samples(cluster)
     assert value(found, "haios_open_traces", state="BLOCKED_COMPENSATOR") == 0
     assert value(found, "phase_recoveries_total", result="hard_failed") == 1
+
+
+def test_replica_bytes_count_in_the_io_overhead(tmp_path: Path) -> None:
+    from haios.sim.simulator import sim_init, sim_run
+
+    directory = sim_init(tmp_path / "c", 3, replication=True)
+    assert sim_run(directory, iterations=1, seed=2, faults={}).committed == 5
+    assert reconcile(directory).exit_code() == 0  # places the streams (status/replication.yaml)
+    build(directory)
+    found = samples(directory)
+    nodes = directory / "nodes"
+    ratios = []
+    for origin in ("node-1", "node-2", "node-3"):
+        wal = value(found, "haios_io_bytes_total", node=origin, kind="wal")
+        copies = sum(p.stat().st_size for p in nodes.glob(f"*/replicas/{origin}/*.wal"))
+        assert copies == 2 * wal  # R=3: two peers, each a byte-for-byte copy
+        assert value(found, "haios_io_bytes_total", node=origin, kind="replica") == copies
+        snapshot = value(found, "haios_io_bytes_total", node=origin, kind="snapshot")
+        ratios.append((wal + copies + snapshot) / value(found, "haios_io_bytes_total", node=origin, kind="data"))
+    assert value(found, "max_io_overhead_ratio") == pytest.approx(max(ratios))

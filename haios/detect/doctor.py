@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import controlfile
 from ..budget import fx_age as rates_age
 from ..config import Problem, load_repo
 from ..config.model import PHASES, RepoConfig
@@ -183,6 +184,55 @@ def _integrity(obs: NodeObservation, root: Path, view: Path, full: bool) -> list
                 else f"restore {root / 'wal'} from a replica (or: haios wal repair --force {root / 'wal'})",
             )
         )
+    return out
+
+
+def _replication(
+    config: RepoConfig, transport: ClusterTransport, observations: dict[str, NodeObservation]
+) -> list[Finding]:
+    """A WAL that is gone although the node committed transitions, and LAGGING replica peers (SPEC §6.1)."""
+    replicated = config.cluster.replication.mode != "off"
+    out = []
+    for node, obs in sorted(observations.items()):
+        if not obs.reachable:
+            continue
+        if obs.records == 0 and (obs.state or {}).get("wal_cursor"):
+            out.append(
+                Finding(
+                    "wal_missing",
+                    "critical",
+                    (node,),
+                    None,
+                    None,
+                    f"the WAL is gone although {node} has committed transitions (state.txt points into it)",
+                    {},
+                    f"haios node rejoin {node}   # rebuilds it from the replicas its peers hold"
+                    if replicated
+                    else "restore the node's wal/ from a backup; without replication no peer holds a copy",
+                )
+            )
+        if not replicated:
+            continue
+        try:
+            raw = transport.read_file(node, "replication")
+            body = controlfile.load_mapping(controlfile.decode(raw, node)) if raw is not None else {}
+        except HaiosError:
+            continue  # the node's own findings say why it cannot be read
+        for peer, mark in sorted((body.get("lagging") or {}).items()):
+            out.append(
+                Finding(
+                    "replica_lagging",
+                    "warning",
+                    (node, peer),
+                    None,
+                    None,
+                    f"{peer} is LAGGING in {node}'s replica group: an ack took {float(mark['ack_s']) * 1000:.0f} ms, "
+                    f"write_timeout {float(mark['timeout_s']) * 1000:.0f} ms; {node}'s writes wait for the others",
+                    {"peer": peer, **mark},
+                    f"check {peer}'s disk and link; it is taken back once it keeps up "
+                    f"(haios node replication {node} shows the group)",
+                )
+            )
     return out
 
 
@@ -420,6 +470,7 @@ def run_doctor(
             path, transport, sorted(local), parallelism=parallelism if remote else 1, timeout=timeout
         )
         versions = _versions(transport, config, observations)
+        replication = _replication(config, transport, observations)
     finally:
         transport.close()
     report.bytes_read = sum(o.bytes_read for o in observations.values())
@@ -449,6 +500,9 @@ def run_doctor(
     )
     report.convicted, report.pause_reason = detection.convicted, detection.reason
     findings = list(detection.findings)
+    gone = {f.nodes[0] for f in replication if f.kind == "wal_missing"}
+    if gone:  # a node whose WAL is gone has no record of any phase: one finding says so, not one per phase
+        findings = [f for f in findings if not (f.kind in ("partial_commit", "wal_gap") and set(f.nodes) <= gone)]
     for node, obs in observations.items():
         findings += _integrity(obs, local[node], views[node], full)
         if obs.heartbeat is not None:
@@ -496,6 +550,7 @@ def run_doctor(
                 )
             )
     findings += versions
+    findings += replication
     findings += _coordination(config)
     findings += _stale_leases(config, at)
     findings += _membership(path)

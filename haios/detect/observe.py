@@ -88,6 +88,14 @@ def writer_active(wal: Path) -> bool:
     return False
 
 
+def _cursor_present(wal: Path, cursor: Cursor) -> bool:
+    """Whether the segment the cursor points into still exists and reaches the cursor."""
+    for seg in list_segments(wal):
+        if seg.seq == cursor.seq:
+            return seg.path.stat().st_size >= cursor.offset
+    return False
+
+
 def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any], int, dict[str, Any] | None]:
     """Fold the WAL's new records into the cached summary; returns (cache, bytes read, corruption)."""
     state: dict[str, Any] = cache or {
@@ -100,6 +108,10 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
         "io": {"wal_bytes": 0, "snapshot_bytes": 0, "data_bytes": 0},
     }
     cursor = Cursor(**state["cursor"]) if state["cursor"] else None
+    if cursor is not None and not _cursor_present(root / "wal", cursor):
+        # the WAL the cache summarised is gone or was cut below it (deleted, restored, repaired):
+        # summarise what is there now from the start
+        return _read_wal(root, None)
     # A short record at the very end is an append in progress only while a writer holds the lock;
     # otherwise it is a torn tail and must be reported.
     reader = WalReader(root / "wal", cursor=cursor, partial_ok=writer_active(root / "wal"), decode=False)

@@ -124,7 +124,8 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
             if node not in ctx.membership.evicted:
                 result.note = (
                     f"WAL restored from {answer['source']}'s replica ({answer['reason']}): "
-                    f"{answer['segments']} segments up to lamport {answer['last_lamport']}"
+                    f"{answer['segments']} segment{'s' if answer['segments'] != 1 else ''} up to lamport "
+                    f"{answer['last_lamport']}"
                 )
                 return _finish(path, ctx, result, plan.observed_hash)
     if node not in ctx.membership.evicted:

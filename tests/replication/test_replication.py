@@ -13,6 +13,7 @@ import pytest
 from helpers import Invoke
 
 from haios import controlfile
+from haios.detect.doctor import run_doctor
 from haios.errors import EXIT_BLOCKED
 from haios.node import Node
 from haios.node.transaction import WalMissingError
@@ -69,6 +70,10 @@ def test_wal_deleted_after_commit_is_restored_from_replicas_nothing_lost(replica
     before = _records(root / "wal")
     shutil.rmtree(root / "wal")
     assert sim_check(replicated) != []  # the node's history is gone: the check sees it
+    found = [(f.kind, f.nodes, f.fix) for f in run_doctor(replicated).findings if f.kind != "heartbeat_loss"]
+    assert found == [
+        ("wal_missing", ("node-1",), "haios node rejoin node-1   # rebuilds it from the replicas its peers hold")
+    ]
     with pytest.raises(WalMissingError) as refused:
         Node(root).begin(3, "ANALYZE", participants=["node-1"])  # a new WAL would fork the history
     assert refused.value.exit_code == EXIT_BLOCKED and "haios node rejoin node-1" in refused.value.hint
@@ -79,6 +84,7 @@ def test_wal_deleted_after_commit_is_restored_from_replicas_nothing_lost(replica
     assert data["restored"]["source"] in ("node-2", "node-3") and data["commit"]
     assert _records(root / "wal") == before
     assert sim_check(replicated) == []
+    assert [f for f in run_doctor(replicated).findings if f.kind != "heartbeat_loss"] == []
     # and the node goes on: its next transitions replicate on top of the restored WAL
     assert sim_run(replicated, iterations=1, seed=4, faults={}).committed == 5
     assert sim_check(replicated) == []
@@ -155,6 +161,8 @@ def test_slow_peer_is_demoted_to_lagging_and_writes_still_reach_a_majority(repli
     state, _ = controlfile.read_mapping(node.root / STATE_FILE)
     assert state["epoch"] == 1 and "node-3 is LAGGING" in state["history"][-1]["why"]
     assert state["lagging"]["node-3"]["ack_s"] > state["lagging"]["node-3"]["timeout_s"]
+    lagging = [f for f in run_doctor(replicated).findings if f.kind == "replica_lagging"]
+    assert [(f.severity, f.nodes) for f in lagging] == [("warning", ("node-1", "node-3"))]
     # LAGGING: no longer waited for; every write now needs node-2's ack (the quorum is still 2 of 3)
     started = time.monotonic()
     for j in range(5):
