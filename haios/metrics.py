@@ -337,10 +337,10 @@ class HaiosCollector(Collector):
         if not (self.repo / PLACEMENT_FILE).exists():
             return {}
         try:
-            placement, _ = load(self.repo)
+            stored = load(self.repo)
         except HaiosError:
             return {}
-        return {origin: len(peers) for origin, peers in placement.streams.items()} if placement else {}
+        return {origin: len(peers) for origin, peers in stored.placement.streams.items()} if stored else {}
 
 
 def register(registry: CollectorRegistry, repo: Path | str, cluster: str) -> HaiosCollector:

@@ -267,17 +267,28 @@ def restore_wal(root: Path) -> dict[str, Any]:
     return restore(root).as_dict()
 
 
-def replication(root: Path, permit_async: str | None = None, group: list[str] | None = None) -> dict[str, Any]:
-    """The node's replica group as it stands (``replication`` control file, else the ring's choice);
-    with ``permit_async``, let that peer acknowledge before its fsync for a while; with ``group``
-    (the origin first), take the placement reconcile decided (SPEC §6.1)."""
+def replication(
+    root: Path,
+    permit_async: str | None = None,
+    group: list[str] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The node's replica group as it stands (``replication`` control file, else the ring's choice).
+    With ``settings``, take the replication settings reconcile sends (turning it on or off); with
+    ``group`` (the origin first), the placement reconcile decided; with ``permit_async``, let that
+    peer acknowledge before its fsync for a while (SPEC §6.1)."""
     from ..replication.origin import Replicator, Settings, quorum, read_state
 
     node = Node(root)
-    settings = Settings.from_policy(node.policy)
-    if not settings.on:
-        return {"node": node.name, "mode": settings.mode}
-    replicator = Replicator(node.name, root, settings, links={})
+    if settings is not None:
+        if not isinstance(settings, dict) or settings.get("mode") not in ("off", "sync-majority"):
+            raise UsageError(f"replication settings for {node.name} must say mode off or sync-majority: {settings}")
+        if read_state(root)[0].get("settings") != settings:
+            Replicator(node.name, root, Settings.from_policy({}), links={}).configure(settings)
+    current = Settings.for_node(root, node.policy)
+    if not current.on:
+        return {"node": node.name, "mode": current.mode}
+    replicator = Replicator(node.name, root, current, links={})
     if group is not None:
         if not group or group[0] != node.name or len(set(group)) != len(group):
             raise UsageError(f"a replica group for {node.name} must start with it and name each peer once: {group}")
@@ -291,7 +302,7 @@ def replication(root: Path, permit_async: str | None = None, group: list[str] | 
     peers = replicator.peers()
     return {
         "node": node.name,
-        "mode": settings.mode,
+        "mode": current.mode,
         "group": [node.name, *peers],
         "quorum": quorum(1 + len(peers)),
         "lagging": body.get("lagging") or {},

@@ -937,12 +937,12 @@ def _reconcile(
     events = ctx.membership.events
     if events:
         members.save(path, ctx.membership)
-    if ctx.config.cluster.replication.mode != "off":
-        from ..replication import placement
+    from ..replication import placement
 
+    if ctx.config.cluster.replication.mode != "off" or (path / placement.PLACEMENT_FILE).exists():
         placed = placement.sync(path, ctx.config, members.participants(path, ctx.config), ctx.transport, clock())
         if placed.changed:
-            result.placement = placed.lines() or [f"replica groups told to {', '.join(placed.told)}"]
+            result.placement = placed.lines()
             paths.append(placement.PLACEMENT_FILE)
     raised = alerts.sync(path, clock())  # after the journals and membership: what holds now
     result.alerts = [c.as_dict() for c in raised]

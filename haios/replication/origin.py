@@ -79,6 +79,17 @@ class Settings:
         return self.mode == "sync-majority"
 
     @classmethod
+    def for_node(cls, root: Path, policy: dict[str, Any]) -> Settings:
+        """The node's settings: what reconcile last told it (``replication`` control file), else what
+        its policy said when it was provisioned."""
+        told = read_state(root)[0].get("settings")
+        if not told:
+            return cls.from_policy(policy)
+        return cls.from_policy(
+            {**policy, "replication": told, "thresholds": {**(policy.get("thresholds") or {}), **told}}
+        )
+
+    @classmethod
     def from_policy(cls, policy: dict[str, Any]) -> Settings:
         section = policy.get("replication") or {}
         thresholds = policy.get("thresholds") or {}
@@ -407,6 +418,10 @@ class Replicator:
             self._fast[peer] = 0
             self._readmit(peer)
 
+    def configure(self, settings: dict[str, Any]) -> None:
+        """Take the replication settings reconcile sends (on or off, R, the peers' addresses, timings)."""
+        self._reconfigure(f"settings: mode {settings.get('mode')}", level=logging.INFO, settings=settings)
+
     def place(self, peers: list[str]) -> None:
         """Take the peers reconcile's placement gives this node (LAGGING marks of dropped peers go)."""
         lagging = {k: v for k, v in (self.state().get("lagging") or {}).items() if k in peers}
@@ -437,8 +452,8 @@ class Replicator:
 def replicator_for(
     node: str, root: Path, policy: dict[str, Any], *, clock: Callable[[], float] = time.time
 ) -> Replicator | None:
-    """The replicator the node's policy asks for, or None when replication is off."""
-    settings = Settings.from_policy(policy)
+    """The replicator the node's settings ask for, or None when replication is off."""
+    settings = Settings.for_node(root, policy)
     if not settings.on:
         return None
     return Replicator(node, root, settings, clock=clock)

@@ -10,6 +10,8 @@ the run's audit commit.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,63 +37,108 @@ class PlacementRun:
 
     def lines(self) -> list[str]:
         out = [f"replica placement: {', '.join(self.moved)} moved"] if self.moved else []
+        if self.told and not self.moved:
+            out.append(f"replication settings told to {', '.join(self.told)}")
         out += [f"replica group of {o} not pushed yet: {why}" for o, why in sorted(self.unpushed.items())]
         return out
 
 
-def load(repo: Path) -> tuple[Placement | None, list[str]]:
+def settings_for(config: RepoConfig) -> dict[str, Any]:
+    """What every node needs to replicate: the mode, R, how to reach each peer, and the timings."""
+    if config.cluster.replication.mode == "off":
+        return {"mode": "off"}
+    t = config.thresholds
+    return {
+        **config.replication_policy(),
+        "write_timeout_factor": t.write_timeout_factor,
+        "permit_async_for": t.permit_async_for,
+    }
+
+
+def _digest(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass
+class Stored:
+    placement: Placement
+    unpushed: list[str]
+    settings_digest: str | None
+
+
+def load(repo: Path) -> Stored | None:
     path = repo / PLACEMENT_FILE
     if not path.exists():
-        return None, []
+        return None
     from ruamel.yaml import YAML
     from ruamel.yaml.error import YAMLError
 
     try:
         data = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
         placement = Placement.from_dict(data)
+        unpushed = [str(o) for o in data.get("unpushed") or []]
+        digest = data.get("settings_digest")
     except (OSError, YAMLError, UnicodeDecodeError, AssertionError, AttributeError, TypeError, ValueError) as exc:
         raise ConfigError(
             f"{path}: not readable ({' '.join(str(exc).split()) or type(exc).__name__})",
             hint=f"restore it from git (git checkout -- {PLACEMENT_FILE})",
         ) from None
-    return placement, [str(o) for o in data.get("unpushed") or []]
+    return Stored(placement, unpushed, None if digest is None else str(digest))
 
 
-def save(repo: Path, placement: Placement, unpushed: list[str]) -> None:
+def save(repo: Path, stored: Stored) -> None:
     makedirs_durable((repo / PLACEMENT_FILE).parent)
     body: dict[str, Any] = {
         "apiVersion": "haios/v1",
         "kind": "ReplicaPlacement",
-        **placement.as_dict(),
-        "unpushed": sorted(unpushed),
+        **stored.placement.as_dict(),
+        "unpushed": sorted(stored.unpushed),
+        "settings_digest": stored.settings_digest,
     }
     atomic_write(repo / PLACEMENT_FILE, dump_mapping(body))
 
 
 def sync(repo: Path, config: RepoConfig, members: list[str], transport: Any, now: float) -> PlacementRun:
-    """Carry the placement forward to ``now`` and tell the origins whose peers changed."""
+    """Carry the placement forward to ``now`` and tell the origins whose peers (or whose replication
+    settings: turned on or off, R, peers' addresses, timings) changed. With replication off, nodes
+    that were told to replicate are told to stop."""
     run = PlacementRun()
-    old, unpushed = load(repo)
-    t = config.thresholds
-    placement, moved = advance(
-        old or Placement(),
-        members,
-        config.cluster.replication.replicas,
-        now,
-        window=t.sticky_window,
-        fraction=t.max_migration_fraction,
-    )
-    run.moved = [o for o in moved if old is None or old.streams.get(o) != placement.streams.get(o)]
-    if old is None:
-        run.moved = sorted(placement.streams)
-    pending = sorted((set(run.moved) | set(unpushed)) & set(placement.streams))
-    for origin in pending:
-        group = [origin, *placement.streams[origin]]
+    old = load(repo)
+    settings = settings_for(config)
+    digest = _digest(settings)
+    if settings["mode"] == "off":
+        if old is None or old.settings_digest == digest and not old.unpushed:
+            return run
+        placement = Placement()
+        pending = sorted(set(old.placement.streams) | set(old.unpushed))
+        requests = {o: {"op": "replication", "settings": settings} for o in pending}
+    else:
+        t = config.thresholds
+        placement, moved = advance(
+            old.placement if old else Placement(),
+            members,
+            config.cluster.replication.replicas,
+            now,
+            window=t.sticky_window,
+            fraction=t.max_migration_fraction,
+        )
+        if old is None:
+            run.moved = sorted(placement.streams)
+        else:
+            run.moved = [o for o in moved if old.placement.streams.get(o) != placement.streams.get(o)]
+        everyone = old is None or old.settings_digest != digest
+        wanted = set(placement.streams) if everyone else set(run.moved) | set(old.unpushed if old else [])
+        pending = sorted(wanted & set(placement.streams))
+        requests = {
+            o: {"op": "replication", "group": [o, *placement.streams[o]], "settings": settings} for o in pending
+        }
+    for origin, request in requests.items():
         try:
-            transport.call(origin, {"op": "replication", "group": group})
+            transport.call(origin, request)
             run.told.append(origin)
         except HaiosError as exc:
             run.unpushed[origin] = exc.one_line()
-    if old is None or placement != old or sorted(run.unpushed) != sorted(unpushed):
-        save(repo, placement, list(run.unpushed))
+    new = Stored(placement, sorted(run.unpushed), digest)
+    if old is None or new != old:
+        save(repo, new)
     return run

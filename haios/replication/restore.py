@@ -108,7 +108,7 @@ def restore_wal(
     own = links
     if own is None:
         policy, _ = controlfile.read_mapping(root / "policy")
-        settings = Settings.from_policy(policy)
+        settings = Settings.for_node(root, policy)
         if not settings.on:
             raise BlockedError(
                 f"{root / 'wal'}: {damage or 'restore requested'}, and replication is off: no replica to restore from",

@@ -16,6 +16,7 @@ from haios.config import load_repo
 from haios.errors import TransportError
 from haios.replication import placement
 from haios.sim.simulator import sim_init, sim_run
+from haios.wal import read_records
 
 T0 = 1_800_000_000.0
 
@@ -74,9 +75,36 @@ def test_membership_change_waits_out_the_window_then_moves_a_quarter(tmp_path: P
     recorder = Recorder()
     run = placement.sync(directory, config, fewer, recorder, T0 + 60)
     assert run.moved == [] and recorder.told == {}  # sticky: nothing moves inside the window
-    stored, _ = placement.load(directory)
-    assert stored is not None and leaving not in stored.streams  # the departed stream is dropped
+    stored = placement.load(directory)
+    assert stored is not None and leaving not in stored.placement.streams  # the departed stream is dropped
     later = placement.sync(directory, config, fewer, recorder, T0 + 60 + 301)
     assert 1 <= len(later.moved) <= 7 // 4 and set(recorder.told) == set(later.moved)
     for origin in later.moved:
         assert recorder.told[origin] == [origin, *Ring(fewer).peers(origin, 3)]
+
+
+def test_turning_replication_on_and_off_in_haios_yaml_reaches_existing_nodes(tmp_path: Path, cli: Invoke) -> None:
+    from haios.node import Node
+
+    directory = sim_init(tmp_path / "c", 3)  # provisioned without replication
+    assert sim_run(directory, iterations=1, seed=1, faults={}).committed == 5
+    config = directory / "haios.yaml"
+    config.write_text(config.read_text().replace("  mode: 'off'", "  mode: sync-majority"))
+    git(directory, "commit", "-qam", "replicate the WALs")
+    assert cli("--repo", directory, "reconcile").exit_code == 0
+    assert Node(directory / "nodes/node-1").replicator() is not None
+    assert sim_run(directory, iterations=1, seed=2, faults={}).committed == 5
+    copy = directory / "nodes/node-2/replicas/node-1"
+    assert [r.lamport for r in read_records(copy)] == [r.lamport for r in read_records(directory / "nodes/node-1/wal")]
+    config.write_text(config.read_text().replace("  mode: sync-majority", "  mode: 'off'"))
+    git(directory, "commit", "-qam", "stop replicating")
+    result = cli("--repo", directory, "-o", "json", "reconcile")
+    assert result.exit_code == 0 and json.loads(result.stdout)["placement"] == [
+        "replication settings told to node-1, node-2, node-3"
+    ]
+    assert Node(directory / "nodes/node-1").replicator() is None
+    size = sum(p.stat().st_size for p in copy.glob("*.wal"))
+    assert sim_run(directory, iterations=1, seed=3, faults={}).committed == 5
+    assert sum(p.stat().st_size for p in copy.glob("*.wal")) == size  # nothing shipped any more
+    again = cli("--repo", directory, "-o", "json", "reconcile")
+    assert json.loads(again.stdout)["placement"] == []
