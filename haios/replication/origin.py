@@ -158,6 +158,7 @@ class Replicator:
         self._asked: dict[str, Upto] = {}  # where that shipment must bring it
         self._down: dict[str, str] = {}  # peer -> why its last request failed
         self._lock = threading.Lock()
+        self._state: tuple[tuple[int, ...] | None, dict[str, Any]] | None = None
         # one thread per peer: a peer's shipments run in order, and a stuck peer holds up no other
         self._pools = {
             p: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"replicate-{node}-{p}") for p in self.links
@@ -168,8 +169,17 @@ class Replicator:
     # -- the group -------------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        body, _ = read_state(self.root)
-        return body
+        """The node's ``replication`` control file, read again only when it changed on disk (every
+        durable append asks several times)."""
+        try:
+            st = (self.root / STATE_FILE).stat()
+            stamp: tuple[int, ...] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if self._state is None or self._state[0] != stamp:
+            body, _ = read_state(self.root)
+            self._state = (stamp, body)
+        return self._state[1]
 
     def peers(self) -> list[str]:
         """The replica peers of this node: the placement reconcile pushed, else the ring's choice."""
@@ -214,6 +224,7 @@ class Replicator:
         entry = {"epoch": body["epoch"], "at": round(self.clock(), 3), "why": why}
         body["history"] = [*(body.get("history") or []), entry][-HISTORY_KEPT:]
         controlfile.write_mapping(self.root / STATE_FILE, body, expected_version=version)
+        self._state = None  # (inode, mtime, size) of a rewrite can equal the last one's: read it again
         log.log(level, "%s: replication reconfigured (epoch %d): %s", self.node, body["epoch"], why)
 
     def _demote(self, peer: str, elapsed: float, timeout: float) -> bool:
