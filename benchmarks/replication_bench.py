@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers.sshd import make_sshd, sshd_binary  # noqa: E402 - the tests' fixtures, shared
 
 from haios.node import Node  # noqa: E402
+from haios.node.timing import collecting  # noqa: E402
 from haios.node.transaction import next_transition  # noqa: E402
 from haios.sim.simulator import SshLayout, sim_init  # noqa: E402
 
@@ -46,26 +47,31 @@ def _p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
 
-def begin_latencies(cluster: Path, transitions: int) -> list[float]:
-    """Seconds per ``Node.begin`` on node-1 over ``transitions`` whole transitions (one more runs
-    first, untimed: it opens the links to the peers)."""
+def begin_latencies(cluster: Path, transitions: int) -> tuple[list[float], list[float]]:
+    """Seconds per ``Node.begin`` on node-1 over ``transitions`` whole transitions, and of the durable
+    BEGIN_PHASE append inside it (write, fsync and, with replication, the majority's acks); one more
+    transition runs first, untimed: it opens the links to the peers."""
     node = Node(cluster / "nodes/node-1")
     times: list[float] = []
+    appends: list[float] = []
     try:
         state, _ = node.state()
         g, phase = next_transition(state["g"], state["ph"])
         for i in range(transitions + 1):
-            started = time.perf_counter()
-            tx = node.begin(g, phase, participants=["node-1"], trace_id=f"bench-{i}")
+            with collecting() as steps:
+                started = time.perf_counter()
+                tx = node.begin(g, phase, participants=["node-1"], trace_id=f"bench-{i}")
+                took = time.perf_counter() - started
             if i:
-                times.append(time.perf_counter() - started)
+                times.append(took)
+                appends.append(steps["wal_fsync"])
             tx.intent(f"bench/{phase.lower()}.conf", f"g={g} {phase} {i}\n".encode())
             tx.prepare()
             tx.commit()
             g, phase = next_transition(g, phase)
     finally:
         node.close()
-    return times
+    return times, appends
 
 
 def lock_latencies(backend: object, rounds: int) -> list[float]:
@@ -96,15 +102,12 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="replication-bench-", dir=args.dir))
     rows = [["measure", "median ms", "p95 ms", "n", "ratio"]]
     try:
-        plain = begin_latencies(sim_init(work / "plain", 3), args.transitions)
-        rows.append(_row("BEGIN_PHASE, replication off", plain, None))
-        rows.append(
-            _row(
-                "BEGIN_PHASE, R=3 local",
-                begin_latencies(sim_init(work / "r3", 3, replication=True), args.transitions),
-                plain,
-            )
-        )
+        plain, plain_append = begin_latencies(sim_init(work / "plain", 3), args.transitions)
+        local, local_append = begin_latencies(sim_init(work / "r3", 3, replication=True), args.transitions)
+        rows.append(_row("BEGIN_PHASE record, replication off", plain_append, None))
+        rows.append(_row("BEGIN_PHASE record, R=3 local", local_append, plain_append))
+        rows.append(_row("Node.begin (snapshot too), replication off", plain, None))
+        rows.append(_row("Node.begin (snapshot too), R=3 local", local, plain))
         if sshd_binary() is not None:
             sshd = make_sshd(work / "sshd")
             saved = {k: os.environ.get(k) for k in ("HAIOS_SSH_IDENTITY", "HAIOS_REMOTE_COMMAND")}
@@ -112,8 +115,11 @@ def main() -> int:
                 os.environ["HAIOS_SSH_IDENTITY"] = str(sshd.client_key)
                 os.environ["HAIOS_REMOTE_COMMAND"] = sshd.remote_command
                 layout = SshLayout("127.0.0.1", sshd.port, "root", sshd.fingerprint)
-                over_ssh = sim_init(work / "ssh", 3, ssh=layout, replication=True)
-                rows.append(_row("BEGIN_PHASE, R=3 over SSH", begin_latencies(over_ssh, args.transitions), plain))
+                remote, remote_append = begin_latencies(
+                    sim_init(work / "ssh", 3, ssh=layout, replication=True), args.transitions
+                )
+                rows.append(_row("BEGIN_PHASE record, R=3 over SSH", remote_append, plain_append))
+                rows.append(_row("Node.begin (snapshot too), R=3 over SSH", remote, plain))
             finally:
                 sshd.stop()
                 for k, v in saved.items():

@@ -68,7 +68,7 @@ def test_benchmarks_replication_bench_quick_run_prints_its_table(tmp_path: Path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split()[:3] == ["measure", "median", "ms"]
-    assert lines[1].startswith("BEGIN_PHASE, replication off") and "baseline" in lines[1]
-    assert lines[2].startswith("BEGIN_PHASE, R=3 local")
+    assert lines[1].startswith("BEGIN_PHASE record, replication off") and "baseline" in lines[1]
+    assert lines[2].startswith("BEGIN_PHASE record, R=3 local")
     assert any(line.startswith("lock acquire+release, git") for line in lines)
     assert list(work.iterdir()) == []  # cleaned up

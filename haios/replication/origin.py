@@ -21,6 +21,7 @@ after which the replicator clears it (another reconfiguration).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -56,6 +57,18 @@ class QuorumError(BlockedError):
         "a majority of the replica group must be reachable; bring the peers back ('haios doctor' names them) "
         "or, for one slow peer, 'haios node replication --permit-async PEER'"
     )
+
+
+def _why(error: BaseException) -> str:
+    if isinstance(error, HaiosError):
+        return error.one_line()
+    log.error("replication: unexpected %s", type(error).__name__, exc_info=error)
+    return f"{type(error).__name__}: {error}"
+
+
+@functools.lru_cache(maxsize=64)
+def _ring_peers(members: tuple[str, ...], origin: str, replicas: int) -> tuple[str, ...]:
+    return Ring(members).peers(origin, replicas)  # building the ring is the expensive part: once per membership
 
 
 def quorum(size: int) -> int:
@@ -154,8 +167,9 @@ class Replicator:
         self._samples: deque[tuple[str, float]] = deque(maxlen=256)
         self._fast: dict[str, int] = {}
         self._busy: dict[str, Future[float]] = {}
-        self._sent_at: dict[str, float] = {}  # when the peer's running shipment started
-        self._asked: dict[str, Upto] = {}  # where that shipment must bring it
+        self._asked: dict[str, Upto] = {}  # where the peer's last shipment must bring it
+        # a healthy peer's unfinished shipments: (when sent, the write_timeout then, the shipment)
+        self._inflight: dict[str, deque[tuple[float, float, Future[float]]]] = {}
         self._down: dict[str, str] = {}  # peer -> why its last request failed
         self._lock = threading.Lock()
         self._state: tuple[tuple[int, ...] | None, dict[str, Any]] | None = None
@@ -187,7 +201,7 @@ class Replicator:
         if body.get("group") is not None:
             return [p for p in body["group"] if p != self.node]
         members = self.settings.members or tuple(self.settings.peers) + (self.node,)
-        return list(Ring(members).peers(self.node, self.settings.replicas))
+        return list(_ring_peers(tuple(sorted(set(members))), self.node, self.settings.replicas))
 
     def lagging(self) -> set[str]:
         return set((self.state().get("lagging") or {}).keys())
@@ -351,11 +365,16 @@ class Replicator:
         )
 
     def replicate(self, wal: Path, wal_id: int, upto: Upto, local_fsync_s: float) -> dict[str, Any]:
-        """Wait until a majority of the group holds everything up to ``upto``; QuorumError otherwise."""
+        """Wait until a majority of the group holds everything up to ``upto``; QuorumError otherwise.
+
+        Returns as soon as the majority has acknowledged: the other peers' shipments go on, and how
+        long they took is judged at the next append (a peer past its ``write_timeout`` is LAGGING).
+        """
         now = self.clock()
         with self._lock:
             self._samples.append((self.node, local_fsync_s))
             peers = self.peers()
+            self._judge_healthy(peers)
             for peer in self.lagging() & set(peers):
                 self._judge_lagging(peer)  # how its previous shipment went
             lagging = self.lagging()
@@ -372,44 +391,58 @@ class Replicator:
                     continue
                 future = pool.submit(self._ship, peer, wal, wal_id, upto, peer != async_peer)
                 self._busy[peer] = future
-                self._sent_at[peer] = time.monotonic()
                 self._asked[peer] = upto
+                if peer not in lagging:
+                    self._inflight.setdefault(peer, deque()).append(
+                        (time.monotonic(), self.write_timeout(peer), future)
+                    )
+                future.add_done_callback(functools.partial(self._collect, peer))
                 futures[future] = peer
             healthy = [p for p in peers if p not in lagging]
             acked = 1
-            sent = time.monotonic()
             pending = {f for f, p in futures.items() if p in healthy}
-            timeouts = {p: self.write_timeout(p) for p in healthy}
-            limit = max((t for t in timeouts.values() if t != float("inf")), default=0.0)
-            slow: dict[str, float] = {}
-            while pending:
-                budget = None if acked < needed else max(0.0, sent + limit - time.monotonic())
-                if budget == 0.0:
-                    break
-                done, pending = wait(pending, timeout=budget, return_when=FIRST_COMPLETED)
+            while pending and acked < needed:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    peer = futures[future]
-                    try:
-                        elapsed = future.result()
-                    except HaiosError as exc:
-                        self._down[peer] = exc.one_line()
-                        self._acked.pop(peer, None)  # ask where it stands next time
-                        continue
-                    self._down.pop(peer, None)
-                    self._samples.append((peer, elapsed))
-                    acked += 1
-                    if elapsed > timeouts[peer]:
-                        slow[peer] = elapsed
-            for peer in healthy:
-                running = self._busy.get(peer)
-                if running is not None and not running.done():
-                    slow[peer] = time.monotonic() - self._sent_at.get(peer, sent)
-            for peer, took in slow.items():
-                if took >= timeouts[peer]:
-                    self._demote(peer, took, timeouts[peer])
+                    error = future.exception()
+                    if error is None:
+                        acked += 1
+                    else:
+                        self._down[futures[future]] = _why(error)  # (its callback may not have run yet)
             if acked < needed:
                 raise QuorumError(self._quorum_message(needed, acked, healthy))
             return {"acked": acked, "needed": needed, "group": [self.node, *peers]}
+
+    def _collect(self, peer: str, future: Future[float]) -> None:
+        """A shipment ended (in the peer's thread): remember how it went."""
+        error = future.exception()
+        if error is not None:
+            self._down[peer] = _why(error)
+            self._acked.pop(peer, None)  # ask where it stands next time
+        elif error is None:
+            self._down.pop(peer, None)
+            if peer not in self.lagging():
+                self._samples.append((peer, future.result()))
+
+    def _judge_healthy(self, peers: list[str]) -> None:
+        """Demote a healthy peer whose shipments took longer than the write_timeout they were sent with
+        — finished late, or still unfinished that long after they were sent (a backlog counts)."""
+        lagging = self.lagging()
+        for peer in peers:
+            queue = self._inflight.get(peer)
+            if peer in lagging or not queue:
+                continue
+            slow: tuple[float, float] | None = None
+            while queue and queue[0][2].done():
+                sent, timeout, future = queue.popleft()
+                if future.exception() is None and future.result() > timeout:
+                    slow = (future.result(), timeout)
+            if queue and slow is None:
+                sent, timeout, _ = queue[0]
+                if time.monotonic() - sent > timeout:
+                    slow = (time.monotonic() - sent, timeout)
+            if slow is not None and self._demote(peer, *slow):
+                queue.clear()
 
     def _judge_lagging(self, peer: str) -> None:
         """Promote a LAGGING peer whose last shipments all finished, caught up, within write_timeout."""
