@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .problems import KeyPath, Problem, format_key_path
@@ -205,3 +206,23 @@ def load_yaml(data: bytes, file: str) -> YamlDoc:
     except YAMLError as exc:
         raise YamlRejected(Problem(file, 1, 1, "(root)", f"invalid YAML: {' '.join(str(exc).split())}")) from exc
     return doc
+
+
+def load_status(path: Path, what: str, restore: str) -> Any:
+    """A YAML file haios keeps under ``status/`` (None when it does not exist). One that cannot be
+    read or parsed is a ConfigError naming it as ``what``, with the git command that restores
+    ``restore`` (the file's or its directory's path in the repo)."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    from ..errors import ConfigError
+
+    try:
+        return YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{path}: not {what} ({' '.join(str(exc).split())})",
+            hint=f"restore it from git (git checkout -- {restore})",
+        ) from exc

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.model import Override, RepoConfig, Supervisor, parse_time
+from ..config.yamlload import load_status
 from .keys import parse_public_key
 from .sshsig import SignatureError, verify
 
@@ -89,12 +90,7 @@ class Verdict:
 
 def applied(repo: Path) -> dict[str, Any]:
     """What reconcile recorded of applied overrides: their nonces and the highest policy_version."""
-    from ruamel.yaml import YAML
-
-    path = repo / APPLIED_FILE
-    if not path.exists():
-        return {"nonces": {}, "policy_version": 0}
-    data = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8")) or {}
+    data = load_status(repo / APPLIED_FILE, "a readable record of applied overrides", APPLIED_FILE) or {}
     return {"nonces": dict(data.get("nonces") or {}), "policy_version": int(data.get("policy_version") or 0)}
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config.yamlload import load_status
 from ..controlfile import dump_mapping
 from ..errors import ConfigError
 from ..fsutil import atomic_write, makedirs_durable
@@ -176,13 +177,12 @@ class Journal:
 
 
 def load(path: Path) -> Journal:
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
-
+    data = load_status(path, "a readable trace journal", "status/recoveries")
     try:
-        data = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
+        if data is None:
+            raise FileNotFoundError("no such file")
         return Journal.from_dict(data)
-    except (OSError, YAMLError, KeyError, TypeError, ValueError) as exc:
+    except (FileNotFoundError, KeyError, TypeError, ValueError) as exc:
         raise ConfigError(
             f"{path}: not a readable trace journal ({' '.join(str(exc).split())})",
             hint="restore it from git (git checkout -- status/recoveries)",

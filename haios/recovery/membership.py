@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.model import RepoConfig
+from ..config.yamlload import load_status
 from ..controlfile import dump_mapping
 from ..detect.detectors import NodeObservation
 from ..errors import ConfigError
@@ -120,19 +121,10 @@ class Membership:
 
 
 def load(repo: Path) -> Membership:
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
-
     path = repo / MEMBERSHIP_FILE
-    try:
-        data = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    data = load_status(path, "readable", MEMBERSHIP_FILE)
+    if data is None:
         return Membership()
-    except (OSError, YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"{path}: not readable ({' '.join(str(exc).split())})",
-            hint="restore it from git (git checkout -- status/membership.yaml)",
-        ) from exc
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise ConfigError(f"{path}: not a haios membership file (schema {SCHEMA})", hint="restore it from git")
     return Membership(

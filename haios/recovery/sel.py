@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.model import Thresholds
+from ..config.yamlload import load_status
 from ..controlfile import dump_mapping
 from ..errors import ConfigError
 from ..fsutil import atomic_write, makedirs_durable
@@ -100,18 +101,7 @@ def _file_name(key: str) -> str:
 
 
 def _load(path: Path) -> Any:
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
-
-    try:
-        return YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"{path}: not a readable side-effect ledger file ({' '.join(str(exc).split())})",
-            hint="restore it from git (git checkout -- status/sel)",
-        ) from exc
+    return load_status(path, "a readable side-effect ledger file", "status/sel")
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..cluster.ring import Placement, advance
 from ..config.model import RepoConfig
+from ..config.yamlload import load_status
 from ..controlfile import dump_mapping
 from ..errors import ConfigError, HaiosError
 from ..fsutil import atomic_write, makedirs_durable
@@ -68,17 +69,14 @@ class Stored:
 
 def load(repo: Path) -> Stored | None:
     path = repo / PLACEMENT_FILE
-    if not path.exists():
+    data = load_status(path, "a readable replica placement", PLACEMENT_FILE)
+    if data is None:
         return None
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
-
     try:
-        data = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
         placement = Placement.from_dict(data)
         unpushed = [str(o) for o in data.get("unpushed") or []]
         digest = data.get("settings_digest")
-    except (OSError, YAMLError, UnicodeDecodeError, AssertionError, AttributeError, TypeError, ValueError) as exc:
+    except (AssertionError, AttributeError, TypeError, ValueError) as exc:
         raise ConfigError(
             f"{path}: not readable ({' '.join(str(exc).split()) or type(exc).__name__})",
             hint=f"restore it from git (git checkout -- {PLACEMENT_FILE})",

@@ -333,3 +333,17 @@ def test_validity_windows_are_utc_whatever_their_form() -> None:
     for after in ("2026-03-01", "2026-03-01T00:00:00Z", "2026-03-01T01:00:00+01:00"):
         s = Supervisor("alice", (), valid_after=after)
         assert not active(s, midnight - 1) and active(s, midnight)
+
+
+def test_an_unreadable_record_of_applied_overrides_is_a_clean_error(tmp_path: Path) -> None:
+    from haios.errors import ConfigError
+    from haios.overrides.verify import applied
+
+    assert applied(tmp_path) == {"nonces": {}, "policy_version": 0}
+    record = tmp_path / APPLIED_FILE
+    record.parent.mkdir(parents=True)
+    record.write_text("nonces: [unclosed\n")
+    with pytest.raises(ConfigError) as failed:
+        applied(tmp_path)
+    assert str(record) in failed.value.message and "not a readable record of applied overrides" in failed.value.message
+    assert failed.value.hint == f"restore it from git (git checkout -- {APPLIED_FILE})"
