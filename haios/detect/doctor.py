@@ -117,7 +117,7 @@ class DoctorReport:
         }
 
 
-def _integrity(obs: NodeObservation, root: Path, view: Path, full: bool) -> list[Finding]:
+def _integrity(obs: NodeObservation, root: Path, view: Path, full: bool, replicated: bool = False) -> list[Finding]:
     """Reachability, control files and the WAL of one node; ``root`` is where the node keeps it,
     ``view`` where this machine reads it (the same for a local node, a mirror for an ssh node)."""
     out = []
@@ -181,7 +181,11 @@ def _integrity(obs: NodeObservation, root: Path, view: Path, full: bool) -> list
                 wal_error,
                 f"haios wal repair {root / 'wal'}"
                 if torn
-                else f"restore {root / 'wal'} from a replica (or: haios wal repair --force {root / 'wal'})",
+                else (
+                    f"haios node rejoin {obs.node}   # rebuilds the WAL from the replicas its peers hold"
+                    if replicated
+                    else f"restore {root / 'wal'} from a replica (or: haios wal repair --force {root / 'wal'})"
+                ),
             )
         )
     return out
@@ -504,7 +508,7 @@ def run_doctor(
     if gone:  # a node whose WAL is gone has no record of any phase: one finding says so, not one per phase
         findings = [f for f in findings if not (f.kind in ("partial_commit", "wal_gap") and set(f.nodes) <= gone)]
     for node, obs in observations.items():
-        findings += _integrity(obs, local[node], views[node], full)
+        findings += _integrity(obs, local[node], views[node], full, config.cluster.replication.mode != "off")
         if obs.heartbeat is not None:
             ahead = parse_utc(obs.heartbeat["wall_time"]) - at
             if ahead > t.max_clock_skew:

@@ -19,7 +19,7 @@ from typing import Any
 from .. import controlfile
 from ..config.model import PHASES, phase_order
 from ..errors import BarrierError, ControlFileError, UsageError, VersionConflict
-from ..wal import Record, RecordType, Wal, WalCorruptError, read_records
+from ..wal import Record, RecordType, WalCorruptError, read_records
 from .fence import check_fence
 from .timing import STEPS, collecting
 from .transaction import ABANDON_STEP, Node, PhaseLog, scan_phases
@@ -232,10 +232,12 @@ def rollback(
 
 
 def repair(root: Path, *, trace_id: str, token: int, g: int, phase: str) -> dict[str, Any]:
-    """Cut a torn WAL tail (the cut bytes are kept in ``.broken``); mid-log damage is refused."""
+    """Cut a torn WAL tail (the cut bytes are kept in ``.broken``), or with replication restore the
+    records it lost from a replica that holds them; mid-log damage is refused."""
     node = _guard(root, phase, token)
-    Wal.open(root / "wal", sync=node.sync).close()  # opening for writing repairs a torn tail, under the lock
-    checkpoint(root, trace_id=trace_id, token=token, g=g, phase=phase, step="repair", outcome="torn tail cut")
+    node.open_wal().close()  # opening for writing repairs a torn tail (from a replica if one holds it), under the lock
+    outcome = f"torn tail restored from {node.healed['source']}'s replica" if node.healed else "torn tail cut"
+    checkpoint(root, trace_id=trace_id, token=token, g=g, phase=phase, step="repair", outcome=outcome)
     return {"node": node.name, "outcome": "repaired"}
 
 

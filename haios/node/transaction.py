@@ -175,6 +175,7 @@ class Node:
         self.sync = sync  # the WAL's fdatasync (the simulator slows it down)
         self._policy: tuple[int, dict[str, Any]] | None = None
         self._replicator: Any = None  # haios.replication.Replicator, made when the policy asks for one
+        self.healed: dict[str, Any] | None = None  # a torn tail restored from a replica (open_wal)
         state, _ = controlfile.read_mapping(self.root / "state.txt")
         self.name: str = state["node"]
 
@@ -254,18 +255,58 @@ class Node:
         self._replicator = None
 
     def _wal(self) -> Wal:
-        read_only = self.partitioned()
+        return self.open_wal(read_only=self.partitioned())
+
+    def open_wal(self, *, read_only: bool = False) -> Wal:
+        """The node's WAL, with the replicator attached when replication is on.
+
+        A replicated node whose WAL is gone refuses to start a new one (WalMissingError). A torn tail
+        is first offered to the replicas: when a peer holds the records the tail lost (they were
+        acknowledged before the disk lost them), the WAL is restored from it; otherwise the torn
+        bytes are cut as without replication (kept in ``.broken``).
+        """
         replicator = None if read_only else self.replicator()
-        if replicator is not None and not list_segments(self.root / "wal"):
+        wal_dir = self.root / "wal"
+        if replicator is None:
+            return Wal.open(wal_dir, read_only=read_only, sync=self.sync)
+        if not list_segments(wal_dir):
             state, _ = self.state()
             if state.get("wal_cursor"):
                 raise WalMissingError(
-                    f"{self.root / 'wal'}: node {self.name} has committed transitions but its WAL is gone",
+                    f"{wal_dir}: node {self.name} has committed transitions but its WAL is gone",
                     hint=f"restore it from its replicas: haios node rejoin {self.name}",
                 )
-        wal = Wal.open(self.root / "wal", read_only=read_only, sync=self.sync)
+        try:
+            wal = Wal.open(wal_dir, sync=self.sync, repair_torn_tail=False)
+        except WalCorruptError as exc:
+            if not exc.corruption.torn_tail:
+                raise
+            self.healed = self._heal_torn_tail(replicator)
+            wal = Wal.open(wal_dir, sync=self.sync)  # cuts what is still torn
         wal.replicator = replicator
         return wal
+
+    def _heal_torn_tail(self, replicator: Any) -> dict[str, Any] | None:
+        """Restore the WAL from a replica that holds more than the torn WAL's good part, if one does."""
+        import logging
+
+        from ..replication.restore import restore_wal
+
+        try:
+            result = restore_wal(self.root, links=replicator.links, force=True)
+        except HaiosError as exc:
+            logging.getLogger("haios.replication").warning(
+                "%s: torn WAL tail; no replica holds more (%s): cutting it", self.name, exc.one_line()
+            )
+            return None
+        logging.getLogger("haios.replication").warning(
+            "%s: torn WAL tail replaced by %s's replica (up to lamport %s; the torn WAL kept as %s)",
+            self.name,
+            result.source,
+            result.last_lamport,
+            result.kept,
+        )
+        return result.as_dict()
 
     def _vclock(self) -> VClock:
         last: Record | None = None

@@ -98,6 +98,10 @@ def test_corrupt_wal_is_restored_and_the_bad_one_kept(replicated: Path) -> None:
     data = bytearray(segment.read_bytes())
     data[200] ^= 0x10  # mid-log: valid records follow
     segment.write_bytes(bytes(data))
+    corrupt = [f for f in run_doctor(replicated, full=True).findings if f.kind == "wal_corrupt"]
+    assert [f.fix for f in corrupt] == [
+        "haios node rejoin node-2   # rebuilds the WAL from the replicas its peers hold"
+    ]
     result = restore_wal(root)
     assert result.restored and result.reason.startswith("corrupt") and result.kept == "wal.lost.0"
     assert _records(root / "wal") == before
@@ -258,3 +262,31 @@ def test_simulator_trials_with_replication_hold_every_invariant(tmp_path: Path) 
     report = run_trials(tmp_path / "trials", count=6, seed=11, jobs=2, replication=True)
     assert report.failing == [], [t.as_dict() for t in report.failing]
     assert {t.outcome for t in report.trials} <= {"converged", "blocked"}
+
+
+def test_a_torn_tail_gets_its_acknowledged_records_back_from_a_replica(replicated: Path, cli: Invoke) -> None:
+    import random
+
+    from haios.sim.simulator import _damage_tail
+
+    root = replicated / "nodes/node-2"
+    before = _records(root / "wal")
+    cut = _damage_tail(root, random.Random(1))  # the last record (a COMMIT, acknowledged) half gone
+    assert not verify(root / "wal").ok
+    result = cli("--repo", replicated, "-o", "json", "reconcile")  # repairs the torn tail on its way
+    assert result.exit_code == 0, result.output
+    assert _records(root / "wal")[: len(before)] == before  # nothing acknowledged was lost
+    assert (root / "wal.lost.0" / cut["segment"]).stat().st_size == cut["cut_at"]  # the torn WAL, kept
+    assert sim_check(replicated) == []
+
+
+def test_a_torn_tail_no_replica_holds_is_cut_as_without_replication(replicated: Path) -> None:
+    node = _node(replicated, "node-3")
+    wal = node.root / "wal"
+    before = _records(wal)
+    segment = list_segments(wal)[-1].path
+    with open(segment, "ab") as fh:
+        fh.write(b"\x17" * 40)  # a record that never finished: no peer ever saw it
+    node.open_wal().close()
+    assert node.healed is None and _records(wal) == before and verify(wal).ok
+    node.close()
