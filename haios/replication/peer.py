@@ -15,12 +15,10 @@ never silently overwritten.
 from __future__ import annotations
 
 import base64
-import fcntl
 import os
 import re
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +26,11 @@ from typing import Any
 import lz4.block
 
 from ..errors import UsageError, VerificationError
-from ..fsutil import fsync_dir, makedirs_durable, write_all
-from ..wal.format import SEGMENT_HEADER_SIZE, SEGMENT_NAME
+from ..fsutil import fsync_dir, locked_dir, makedirs_durable, write_all
+from ..wal.format import SEGMENT_HEADER_SIZE, SEGMENT_NAME, decode_segment_header
 from ..wal.reader import Cursor, WalCorruptError, WalReader, list_segments, verify
 
 REPLICAS_DIR = "replicas"
-LOCK_NAME = ".replica.lock"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
@@ -60,17 +57,13 @@ class Chunk:
 
     def encode(self) -> dict[str, Any]:
         """The JSON form, its bytes as an lz4 block when that is smaller (what travels to the peer)."""
-        packed = lz4.block.compress(self.data, store_size=False)
-        codec, body = ("lz4", packed) if len(packed) < len(self.data) else ("raw", self.data)
         return {
             "op": "replica_append",
             "origin": self.origin,
             "wal_id": self.wal_id,
             "segment": self.segment,
             "offset": self.offset,
-            "codec": codec,
-            "size": len(self.data),
-            "data": base64.b64encode(body).decode("ascii"),
+            **pack(self.data),
             "start": [self.start_lamport, self.start_crc],
             "end": [self.end_lamport, self.end_crc],
             "sync": self.sync,
@@ -79,16 +72,7 @@ class Chunk:
     @classmethod
     def decode(cls, request: dict[str, Any]) -> Chunk:
         try:
-            body = base64.b64decode(request["data"], validate=True)
-            size = int(request["size"])
-            if request["codec"] == "lz4":
-                data = lz4.block.decompress(body, uncompressed_size=size)
-            elif request["codec"] == "raw":
-                data = body
-            else:
-                raise ValueError(f"unknown codec {request['codec']!r}")
-            if len(data) != size:
-                raise ValueError(f"{len(data)} bytes decoded, {size} announced")
+            data = unpack(request)
             chunk = cls(
                 origin=str(request["origin"]),
                 wal_id=int(request["wal_id"]),
@@ -101,7 +85,7 @@ class Chunk:
                 end_crc=int(request["end"][1]),
                 sync=bool(request.get("sync", True)),
             )
-        except (KeyError, TypeError, ValueError, IndexError, lz4.block.LZ4BlockError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ReplicaChunkError(f"a malformed replication chunk: {exc}") from None
         if not NAME_RE.fullmatch(chunk.origin) or not SEGMENT_NAME.fullmatch(chunk.segment) or chunk.offset < 0:
             raise ReplicaChunkError(f"a replication chunk names {chunk.origin!r}/{chunk.segment!r}: not allowed")
@@ -112,17 +96,6 @@ def replica_dir(root: Path, origin: str) -> Path:
     if not NAME_RE.fullmatch(origin):
         raise UsageError(f"{origin!r} is not a node name")
     return root / REPLICAS_DIR / origin
-
-
-@contextmanager
-def _locked(directory: Path) -> Any:
-    makedirs_durable(directory)
-    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _keep_aside(path: Path, offset: int) -> str:
@@ -166,7 +139,8 @@ def receive(root: Path, request: dict[str, Any], *, sync: Callable[[int], None] 
     started = time.monotonic()
     chunk = Chunk.decode(request)
     directory = replica_dir(root, chunk.origin)
-    with _locked(directory):
+    makedirs_durable(directory)
+    with locked_dir(directory):  # one writer per replica, whoever ships to it
         path = directory / chunk.segment
         have = path.stat().st_size if path.exists() else 0
         if have < chunk.offset:
@@ -262,8 +236,6 @@ def status(root: Path, origin: str, *, check: bool = True) -> dict[str, Any]:
         return {"origin": origin, "segments": [[s.name, s.path.stat().st_size] for s in segments]}
     report = verify(directory, jobs=1)
     with open(segments[0].path, "rb") as fh:
-        from ..wal.format import decode_segment_header
-
         wal_id = decode_segment_header(fh.read(SEGMENT_HEADER_SIZE)).wal_id
     answer: dict[str, Any] = {
         "origin": origin,
@@ -288,14 +260,29 @@ def fetch(root: Path, origin: str, segment: str, offset: int, limit: int) -> dic
             data = fh.read(limit)
     except FileNotFoundError:
         raise UsageError(f"{origin}/{segment}: this peer holds no such replica segment") from None
+    return pack(data)
+
+
+def pack(data: bytes) -> dict[str, Any]:
+    """Bytes for the wire: an lz4 block when that is smaller, base64 in JSON."""
     packed = lz4.block.compress(data, store_size=False)
     codec, body = ("lz4", packed) if len(packed) < len(data) else ("raw", data)
     return {"codec": codec, "size": len(data), "data": base64.b64encode(body).decode("ascii")}
 
 
-def unpack(answer: dict[str, Any]) -> bytes:
-    """The bytes of a :func:`fetch` answer."""
-    body = base64.b64decode(answer["data"])
-    if answer["codec"] == "lz4":
-        return bytes(lz4.block.decompress(body, uncompressed_size=int(answer["size"])))
-    return body
+def unpack(packed: dict[str, Any]) -> bytes:
+    """The bytes of :func:`pack`'s form; ValueError when they are not what it says."""
+    body = base64.b64decode(packed["data"], validate=True)
+    size = int(packed["size"])
+    if packed["codec"] == "lz4":
+        try:
+            data = bytes(lz4.block.decompress(body, uncompressed_size=size))
+        except lz4.block.LZ4BlockError as exc:
+            raise ValueError(f"lz4: {exc}") from None
+    elif packed["codec"] == "raw":
+        data = body
+    else:
+        raise ValueError(f"unknown codec {packed['codec']!r}")
+    if len(data) != size:
+        raise ValueError(f"{len(data)} bytes decoded, {size} announced")
+    return data

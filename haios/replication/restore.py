@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import controlfile
-from ..errors import BlockedError, HaiosError
+from ..errors import BlockedError, HaiosError, TransportError
 from ..fsutil import fsync_dir, makedirs_durable, write_all
 from ..wal.reader import list_segments, verify
 from ..wal.writer import LOCK_NAME
@@ -80,7 +80,10 @@ def _fetch(link: PeerLink, node: str, segments: list[list[Any]], target: Path) -
                 answer = link.request(
                     {"op": "replica_fetch", "origin": node, "segment": name, "offset": offset, "limit": limit}
                 )
-                data = unpack(answer)
+                try:
+                    data = unpack(answer)
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise TransportError(f"{link.name}: a bad answer fetching {node}/{name}: {exc}") from None
                 if not data:
                     raise HaiosError(f"{link.name}: the replica of {node}/{name} ended at {offset}, not {size}")
                 write_all(fd, data)
