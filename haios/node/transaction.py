@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -46,6 +47,7 @@ from .paths import confine
 from .timing import measure
 
 _END = (RecordType.COMMIT_PHASE, RecordType.ABORT_PHASE)
+log = logging.getLogger("haios.replication")
 
 
 class WalMissingError(BlockedError):
@@ -288,18 +290,14 @@ class Node:
 
     def _heal_torn_tail(self, replicator: Any) -> dict[str, Any] | None:
         """Restore the WAL from a replica that holds more than the torn WAL's good part, if one does."""
-        import logging
-
         from ..replication.restore import restore_wal
 
         try:
             result = restore_wal(self.root, links=replicator.links, force=True)
         except HaiosError as exc:
-            logging.getLogger("haios.replication").warning(
-                "%s: torn WAL tail; no replica holds more (%s): cutting it", self.name, exc.one_line()
-            )
+            log.warning("%s: torn WAL tail; no replica holds more (%s): cutting it", self.name, exc.one_line())
             return None
-        logging.getLogger("haios.replication").warning(
+        log.warning(
             "%s: torn WAL tail replaced by %s's replica (up to lamport %s; the torn WAL kept as %s)",
             self.name,
             result.source,
