@@ -925,7 +925,8 @@ def _reconcile(
         if outcome.code == 4 and "fencing token" in outcome.note:
             break  # we are stale: stop touching anything
     changed = [o for o in result.outcomes if o.recorded]
-    result.barrier = _publish_barrier(path, ctx, runner.holder, clock(), bool(changed))
+    if not any(o.code == 4 for o in result.outcomes):  # a fenced or locked-out run publishes nothing
+        result.barrier = _publish_barrier(path, ctx, runner.holder, clock(), bool(changed))
     paths = [
         journals.JOURNAL_DIR,
         STATUS_FILE,
@@ -941,14 +942,14 @@ def _reconcile(
 
     if ctx.config.cluster.replication.mode != "off" or (path / placement.PLACEMENT_FILE).exists():
         placed = placement.sync(path, ctx.config, members.participants(path, ctx.config), ctx.transport, clock())
-        if placed.changed:
-            result.placement = placed.lines()
+        result.placement = placed.lines()  # an origin still not told is said on every run...
+        if placed.saved:  # ...but committed only when the placement file changes
             paths.append(placement.PLACEMENT_FILE)
     raised = alerts.sync(path, clock())  # after the journals and membership: what holds now
     result.alerts = [c.as_dict() for c in raised]
     for c in raised:
         emit(make("alert", c.alert.trace_id, node=c.alert.node, **c.as_dict()))
-    if changed or events or raised or result.placement:
+    if changed or events or raised or placement.PLACEMENT_FILE in paths:
         _write_status(ctx)
         subject, body = _message(result.outcomes, events, raised, result.placement)
         traces = [

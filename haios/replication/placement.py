@@ -31,10 +31,7 @@ class PlacementRun:
     moved: list[str] = field(default_factory=list)  # origins whose peers changed this run
     told: list[str] = field(default_factory=list)  # origins that now know their group
     unpushed: dict[str, str] = field(default_factory=dict)  # origin -> why it could not be told
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.moved or self.told or self.unpushed)
+    saved: bool = False  # status/replication.yaml changed
 
     def lines(self) -> list[str]:
         out = [f"replica placement: {', '.join(self.moved)} moved"] if self.moved else []
@@ -139,4 +136,5 @@ def sync(repo: Path, config: RepoConfig, members: list[str], transport: Any, now
     new = Stored(placement, sorted(run.unpushed), digest)
     if old is None or new != old:
         save(repo, new)
+        run.saved = True
     return run
