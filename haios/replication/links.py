@@ -157,11 +157,13 @@ class SshLink:
         return _answer(self.name, self.spec.root, answer)
 
     def close(self) -> None:
+        """End the session and the connection to the peer (the next request opens both again)."""
         if self._stream is not None:
             channel = self._stream[0]
             self._stream = None
             with contextlib.suppress(Exception):  # closing a broken channel may fail; it is gone either way
                 channel.close()
+        self.transport.disconnect(self.name)
 
 
 def open_links(node: str, peers: dict[str, dict[str, Any]], *, base: Path, timeout: float) -> dict[str, PeerLink]:

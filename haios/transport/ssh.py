@@ -230,6 +230,10 @@ class SshTransport:
         if conn is not None:
             conn.client.close()
 
+    def disconnect(self, node: str) -> None:
+        """Close the connection to one node (the next request opens a new one)."""
+        self._drop(node)
+
     def close(self) -> None:
         for node in list(self._conns):
             self._drop(node)
