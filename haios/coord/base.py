@@ -122,6 +122,6 @@ class Backend(Protocol):
         ...
 
     def advance_barrier(self, seen: Barrier, g: int, phase: str, by: str, now: float) -> Barrier:
-        """Move the barrier from ``seen`` to (g, phase) if nobody changed it meanwhile (VersionConflict
-        otherwise); it never moves backwards (BarrierError)."""
+        """Move the barrier from ``seen`` to (g, phase) if nobody changed it meanwhile (BarrierMoved,
+        exit 4, otherwise); it never moves backwards (BarrierError)."""
         ...
