@@ -7,6 +7,7 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -168,6 +169,21 @@ def delete(
     return 0
 
 
+@contextlib.contextmanager
+def _interrupt_on_sigterm() -> Iterator[None]:
+    """SIGTERM is handled as Ctrl-C is (KeyboardInterrupt), so that cleanup runs; restored afterwards."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @app.command()
 def trials(
     ctx: typer.Context,
@@ -196,12 +212,23 @@ def trials(
     replication: ReplicationOpt = False,
     output: OutputOpt = None,
 ) -> int:
-    """Repeat init → run with faults → reconcile until converged or blocked → check; exit 2 if any trial violates an invariant."""
+    """Repeat init → run with faults → reconcile until converged or blocked → check; exit 2 if any trial violates an invariant.
+
+    Ctrl-C or SIGTERM ends every worker and its simulated nodes, then exits 130."""
     opts = resolve(ctx, output=output)
     layout = _layout(transport, ssh_address, ssh_port, ssh_user, ssh_host_key)
     base = workdir or Path(tempfile.mkdtemp(prefix="haios-trials-"))
     show = opts.output is Output.text and not opts.quiet and sys.stderr.isatty()
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_interrupt_on_sigterm())
+        if workdir is None:  # nothing of an interrupted run in a directory nobody named is worth keeping
+
+            def drop(kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+                if kind is not None and issubclass(kind, KeyboardInterrupt):
+                    shutil.rmtree(base, ignore_errors=True)
+                return False
+
+            stack.push(drop)
         on_trial = None
         if show:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -240,6 +267,8 @@ def trials(
         _render.out(
             f"{len(report.trials)} trials in {report.seconds:.0f} s ({report.per_minute:.0f} trials/minute): {outcomes}"
         )
+        drawn = ", ".join(f"{kind} {n}" for kind, n in data["faults_drawn"].items())
+        _render.out(f"faults drawn (trials): {drawn or 'none'}")
         for t in report.failing:
             _render.out(f"seed {t.seed}: {t.outcome} {t.error}".rstrip(), style="red")
             for v in t.violations:

@@ -220,7 +220,8 @@ def sim_check(directory: Path | str) -> list[Violation]:
     if traces:
         import git
 
-        log = git.Repo(path).git.log("--format=%B")
+        with git.Repo(path) as repo:
+            log = repo.git.log("--format=%B")
         audited = {line.split(":", 1)[1].strip() for line in log.splitlines() if line.startswith("Haios-Trace-Id:")}
         for trace in sorted(traces - audited):
             violations.append(

@@ -175,7 +175,7 @@ class WorkerParticipant:
     def __init__(self, name: str, root: Path, cloud: Path, env: dict[str, str]) -> None:
         self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "haios.sim.worker", str(root), str(cloud)],
+            [sys.executable, "-m", "haios.sim.worker", str(root), str(cloud), str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

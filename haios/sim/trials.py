@@ -16,18 +16,20 @@ that concern exactly what it is blocked on are expected, not violations. Anythin
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import random
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import HaiosError
+from ..procutil import worker_initializer
 from ..recovery import reconcile
 from ..recovery.machine import State
 from .check import Violation, sim_check
@@ -180,14 +182,18 @@ class TrialsReport:
 
     def to_json(self) -> dict[str, Any]:
         outcomes: dict[str, int] = {}
+        drawn: dict[str, int] = {}
         for t in self.trials:
             outcomes[t.outcome] = outcomes.get(t.outcome, 0) + 1
+            for kind in t.faults:
+                drawn[kind] = drawn.get(kind, 0) + 1
         return {
             "schema": "haios-trials/v1",
             "seed": self.seed,
             "count": self.count,
             "faults": self.faults,
             "outcomes": outcomes,
+            "faults_drawn": dict(sorted(drawn.items())),  # how many trials drew each fault kind
             "violating_seeds": [t.seed for t in self.failing],
             "trials_per_minute": round(self.per_minute, 1),
             "seconds": round(self.seconds, 1),
@@ -195,24 +201,28 @@ class TrialsReport:
         }
 
 
-def _parallel(
-    workdir: Path,
-    seeds: list[int],
-    faults: dict[str, float],
-    jobs: int,
-    keep: bool,
-    ssh: SshLayout | None,
-    replication: bool,
-) -> Iterator[Trial]:
-    options: dict[str, Any] = {"keep": keep, "ssh": ssh, "replication": replication}
+TrialMap = Callable[[Callable[[int], Trial], list[int]], Iterator[Trial]]
+
+
+@contextlib.contextmanager
+def _runner(jobs: int) -> Iterator[TrialMap]:
+    """A map over seeds, in order: in this process, or in ``jobs`` worker processes that ignore
+    Ctrl-C, are ended when this process is interrupted and die with it when it is killed."""
     if jobs <= 1:
-        for seed in seeds:
-            yield run_trial(workdir, seed, faults, **options)
+        yield map
         return
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        pending: list[Future[Trial]] = [pool.submit(run_trial, workdir, s, faults, **options) for s in seeds]
-        for future in pending:
-            yield future.result()
+    import multiprocessing
+
+    pool = multiprocessing.get_context("fork").Pool(jobs, initializer=worker_initializer, initargs=(os.getpid(),))
+    try:
+        yield pool.imap
+    except BaseException:
+        pool.terminate()  # the workers' own simulator processes die with them
+        raise
+    else:
+        pool.close()
+    finally:
+        pool.join()
 
 
 def run_trials(
@@ -227,17 +237,22 @@ def run_trials(
     ssh: SshLayout | None = None,
     replication: bool = False,
 ) -> TrialsReport:
-    """Run ``count`` trials with seeds ``seed``..``seed+count-1`` under ``workdir``."""
+    """Run ``count`` trials with seeds ``seed``..``seed+count-1`` under ``workdir``.
+
+    Interrupted (KeyboardInterrupt, or SIGTERM turned into one by the caller), it ends every worker
+    and its simulated nodes before the exception goes on; killed, its workers die with it."""
     parsed = parse_faults(faults)
     path = Path(workdir)
     path.mkdir(parents=True, exist_ok=True)
     report = TrialsReport(seed, count, faults)
     started = time.monotonic()
-    workers = jobs if jobs is not None else max(1, os.cpu_count() or 1)
-    for trial in _parallel(path, list(range(seed, seed + count)), parsed, workers, keep, ssh, replication):
-        report.trials.append(trial)
-        if on_trial is not None:
-            on_trial(trial)
+    workers = min(count, jobs if jobs is not None else max(1, os.cpu_count() or 1))
+    one = functools.partial(run_trial, path, faults=parsed, keep=keep, ssh=ssh, replication=replication)
+    with _runner(workers) as each:
+        for trial in each(one, list(range(seed, seed + count))):
+            report.trials.append(trial)
+            if on_trial is not None:
+                on_trial(trial)
     report.seconds = time.monotonic() - started
     return report
 

@@ -5,7 +5,9 @@ and side effects and PREPARE, answers ``prepared`` and waits for ``commit`` or `
 may name a point (``die_at``) where the worker SIGKILLs itself: a real crash of the real WAL writer,
 at a point chosen by the simulator's seed.
 
-    python -m haios.sim.worker ROOT CLOUD_DIR
+    python -m haios.sim.worker ROOT CLOUD_DIR [PARENT_PID]
+
+With PARENT_PID, the worker dies with that process (the simulator), however the simulator ends.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from ..errors import HaiosError
 from ..node import Node
+from ..procutil import die_with_parent
 from ..vclock import VClock
 from .cloud import FakeCloud
 
@@ -71,6 +74,8 @@ def _phase(node: Node, cloud: FakeCloud, req: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) > 2:
+        die_with_parent(int(argv[2]))
     root, cloud = Path(argv[0]), FakeCloud(argv[1])
     slow = float(os.environ.get("HAIOS_SIM_SLOW_FSYNC", "0"))
 
