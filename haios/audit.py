@@ -88,14 +88,14 @@ def commit_run(
     last: Exception | None = None
     for _ in range(_RETRIES):
         try:
-            r = git.Repo(repo)
-            env = {**os.environ, **_identity_env(r.config_reader())}
-            r.git.add("--", *existing)
-            if not r.git.diff("--cached", "--name-only", "--", *existing).strip():
-                return None
-            r.git.commit("--no-verify", "--quiet", "-m", message, "--", *existing, env=env)
-            sha: str = r.head.commit.hexsha
-            return sha
+            with git.Repo(repo) as r:
+                env = {**os.environ, **_identity_env(r.config_reader())}
+                r.git.add("--", *existing)
+                if not r.git.diff("--cached", "--name-only", "--", *existing).strip():
+                    return None
+                r.git.commit("--no-verify", "--quiet", "-m", message, "--", *existing, env=env)
+                sha: str = r.head.commit.hexsha
+                return sha
         except git.GitCommandError as exc:
             last = exc
             if "index.lock" not in str(exc.stderr):
@@ -109,13 +109,13 @@ def push(repo: Path, remote: str | None = None) -> str:
     """Push the current branch (and the lease refs) to ``remote`` (default: the branch's upstream or origin)."""
     git = _git()
     try:
-        r = git.Repo(repo)
-        name = remote or "origin"
-        if name not in [rm.name for rm in r.remotes]:
-            raise RepoError(f"{repo}: no git remote {name!r} to push to", hint="git remote add origin URL")
-        branch = r.active_branch.name
-        r.git.push("--quiet", name, f"HEAD:refs/heads/{branch}")
-        return name
+        with git.Repo(repo) as r:
+            name = remote or "origin"
+            if name not in [rm.name for rm in r.remotes]:
+                raise RepoError(f"{repo}: no git remote {name!r} to push to", hint="git remote add origin URL")
+            branch = r.active_branch.name
+            r.git.push("--quiet", name, f"HEAD:refs/heads/{branch}")
+            return name
     except git.GitCommandError as exc:
         raise RepoError(f"{repo}: git push failed: {' '.join(str(exc.stderr).split())}") from exc
 
@@ -124,16 +124,16 @@ def history(repo: Path, *, trace_id: str | None = None, limit: int | None = None
     """The audit commits, newest first (only those with haios trailers; ``trace_id`` narrows them)."""
     git = _git()
     try:
-        r = git.Repo(repo)
-        if not r.head.is_valid():
-            return []
-        args = ["--format=%H%x00%aI%x00%s%x00%B%x1e", "--grep=^Haios-Trace-Id: "]
-        if trace_id:
-            args.append(f"--grep=^Haios-Trace-Id: {trace_id}$")
-            args.append("--all-match")
-        if limit:
-            args.append(f"-n{limit}")
-        out = r.git.log(*args)
+        with git.Repo(repo) as r:
+            if not r.head.is_valid():
+                return []
+            args = ["--format=%H%x00%aI%x00%s%x00%B%x1e", "--grep=^Haios-Trace-Id: "]
+            if trace_id:
+                args.append(f"--grep=^Haios-Trace-Id: {trace_id}$")
+                args.append("--all-match")
+            if limit:
+                args.append(f"-n{limit}")
+            out = r.git.log(*args)
     except git.GitCommandError as exc:
         raise RepoError(f"{repo}: git log failed: {' '.join(str(exc.stderr).split())}") from exc
     entries = []

@@ -35,12 +35,12 @@ def init_and_commit(path: Path, message: str) -> str:
     """``git init`` (branch main) at ``path``, add everything not ignored, commit; return the commit id."""
     git = _git()
     try:
-        repo = git.Repo.init(path, initial_branch="main")
-        env = _identity_env(repo.config_reader())
-        repo.git.add("--all")
-        repo.git.commit("--no-verify", "--quiet", "-m", message, env={**os.environ, **env})
-        sha: str = repo.head.commit.hexsha
-        return sha
+        with git.Repo.init(path, initial_branch="main") as repo:
+            env = _identity_env(repo.config_reader())
+            repo.git.add("--all")
+            repo.git.commit("--no-verify", "--quiet", "-m", message, env={**os.environ, **env})
+            sha: str = repo.head.commit.hexsha
+            return sha
     except git.GitError as exc:
         detail = " ".join(str(getattr(exc, "stderr", "") or exc).split())
         raise RepoError(f"{path}: git failed: {detail}") from exc
@@ -50,14 +50,14 @@ def commit_paths(path: Path, paths: list[str], message: str) -> str | None:
     """Commit ``paths`` (relative to ``path``) alone; None when they did not change."""
     git = _git()
     try:
-        repo = git.Repo(path)
-        repo.git.add("--", *paths)
-        if not repo.git.diff("--cached", "--name-only", "--", *paths).strip():
-            return None
-        env = _identity_env(repo.config_reader())
-        repo.git.commit("--no-verify", "--quiet", "-m", message, "--", *paths, env={**os.environ, **env})
-        sha: str = repo.head.commit.hexsha
-        return sha
+        with git.Repo(path) as repo:
+            repo.git.add("--", *paths)
+            if not repo.git.diff("--cached", "--name-only", "--", *paths).strip():
+                return None
+            env = _identity_env(repo.config_reader())
+            repo.git.commit("--no-verify", "--quiet", "-m", message, "--", *paths, env={**os.environ, **env})
+            sha: str = repo.head.commit.hexsha
+            return sha
     except git.GitError as exc:
         detail = " ".join(str(getattr(exc, "stderr", "") or exc).split())
         raise RepoError(f"{path}: git commit failed: {detail}") from exc

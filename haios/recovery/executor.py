@@ -810,8 +810,12 @@ def reconcile(
     remote: str | None = None,
     parallelism: int = DEFAULT_PARALLEL,
     events: Sink | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> RunResult:
     """Plan and carry the plan out; with ``plan``, execute exactly that plan (refused if stale).
+
+    The run's clock is the wall clock; with ``now``, it starts at ``now`` and advances with the wall
+    clock; with ``clock``, it is that callable alone (a simulator's or a test's virtual time).
 
     ``events`` is told of everything as it happens (:mod:`haios.events`: detections, every recovery
     step, state change and alert, each trace's outcome, the commit, the run's end). Every run,
@@ -823,7 +827,11 @@ def reconcile(
     code = 1
     emit = logged(events)
     try:
-        result = _reconcile(Path(repo), now, plan, holder, progress, push, remote, parallelism, emit)
+        if clock is None:
+            clock = wall_clock(now)
+        elif now is not None:
+            raise UsageError("reconcile takes now or clock, not both")
+        result = _reconcile(Path(repo), clock, plan, holder, progress, push, remote, parallelism, emit)
         code = result.exit_code()
         emit(make("run", exit_code=code, next_due=result.next_due, note=result.note or None))
         return result
@@ -833,9 +841,20 @@ def reconcile(
                 record_run(Path(repo), code=code, seconds=time.monotonic() - started, finished=time.time())
 
 
+def wall_clock(now: float | None) -> Callable[[], float]:
+    """The wall clock, shifted to read ``now`` at this moment (not shifted: None)."""
+    started = time.time()
+    base = started if now is None else now
+
+    def clock() -> float:
+        return base + (time.time() - started)
+
+    return clock
+
+
 def _reconcile(
     path: Path,
-    now: float | None,
+    clock: Callable[[], float],
     plan: Plan | None,
     holder: str | None,
     progress: Progress | None,
@@ -844,13 +863,7 @@ def _reconcile(
     parallelism: int,
     emit: Sink,
 ) -> RunResult:
-    started = time.time()
-    base = started if now is None else now
-
-    def clock() -> float:
-        return base + (time.time() - started)
-
-    fresh, ctx = build(path, now=base, parallelism=parallelism)
+    fresh, ctx = build(path, now=clock(), parallelism=parallelism)
     if plan is not None:
         stale = []
         if plan.desired_digest != fresh.desired_digest or plan.desired_commit != fresh.desired_commit:

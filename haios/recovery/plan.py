@@ -223,11 +223,11 @@ def desired_commit(repo: Path) -> str | None:
     """The last commit that changed the desired state (anything outside ``status/``)."""
     git = _git()
     try:
-        r = git.Repo(repo)
-        if not r.head.is_valid():
-            return None
-        sha = r.git.log("-1", "--format=%H", "--", ".", ":(exclude)status").strip()
-        return sha or None
+        with git.Repo(repo) as r:
+            if not r.head.is_valid():
+                return None
+            sha = r.git.log("-1", "--format=%H", "--", ".", ":(exclude)status").strip()
+            return sha or None
     except git.GitError as exc:
         raise RepoError(f"{repo}: git log failed: {' '.join(str(exc).split())}") from exc
 

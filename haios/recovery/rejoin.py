@@ -18,7 +18,6 @@ The cluster went on without the node. Before it takes part again:
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from ..errors import BlockedError, HaiosError, UsageError, VerificationError
 from ..node.transaction import CATCH_UP_PREFIX, next_transition
 from . import journal as journals
 from . import membership as members
-from .executor import STATUS_FILE, TraceOutcome, _Runner, _write_status, node_state
+from .executor import STATUS_FILE, TraceOutcome, _Runner, _write_status, node_state, wall_clock
 from .machine import State
 from .plan import Context, build, plan_transition
 from .sel import SEL_DIR
@@ -105,13 +104,8 @@ def _open_transitions(ctx: Context, node: str) -> list[tuple[int, str]]:
 
 def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str | None = None) -> RejoinResult:
     path = Path(repo)
-    started = time.time()
-    base = started if now is None else now
-
-    def clock() -> float:
-        return base + (time.time() - started)
-
-    plan, ctx = build(path, now=base)
+    clock = wall_clock(now)
+    plan, ctx = build(path, now=clock())
     result = RejoinResult(node, f"{CATCH_UP_PREFIX}{node}-{uuid.uuid4().hex[:12]}")
     if node not in {n.name for n in ctx.config.cluster.nodes}:
         raise UsageError(f"{node}: not a node of haios.yaml")
