@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 LINTED := haios tests benchmarks
 
-.PHONY: demo test lint typecheck unit docs venv clean
+.PHONY: demo test soak lint typecheck unit docs venv clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -32,7 +32,14 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict haios
 
 unit: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=30
+
+# The long rehearsals at full size (the suite runs a sample of each): 300 local and 50 SSH trials,
+# 1,000 SIGKILLed WAL and control-file writers.
+soak: $(STAMP)
+	bash tests/system-deps.sh
+	HAIOS_TRIALS=300 HAIOS_SSH_TRIALS=50 HAIOS_CRASH_TRIALS=1000 $(BIN)/pytest --durations=10 -m slow \
+		tests/sim/test_trials.py tests/transport/test_ssh.py tests/wal/test_crash.py tests/test_controlfile.py
 
 docs: $(STAMP)
 	$(BIN)/python -m haios.cli._docs > docs/cli.md

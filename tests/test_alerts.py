@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from helpers import Invoke
+from helpers import Invoke, at
 from helpers.cluster import git, head, plant
 from ruamel.yaml import YAML
 
@@ -32,7 +32,7 @@ def test_an_alert_is_raised_once_resolved_once(cluster: Path) -> None:
     _never_compensates(cluster)
     plant(cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-1": 1})
     now = time.time()
-    first = reconcile(cluster, now=now)
+    first = reconcile(cluster, clock=at(now))
     trace = first.outcomes[0].trace_id
     assert first.exit_code() == 3 and first.outcomes[0].after == "BLOCKED_COMPENSATOR"
     assert [(a["alert"], a["state"], a["severity"]) for a in first.alerts] == [
@@ -44,10 +44,10 @@ def test_an_alert_is_raised_once_resolved_once(cluster: Path) -> None:
     assert f"{ALERTS_DIR}/sel_compensator_failed--{trace}.yaml" in git(cluster, "show", "--name-only", "HEAD")
 
     commit = head(cluster)
-    again = reconcile(cluster, now=now + 60)  # nothing changed: nothing raised, nothing committed
+    again = reconcile(cluster, clock=at(now + 60))  # nothing changed: nothing raised, nothing committed
     assert again.exit_code() == 3 and again.alerts == [] and head(cluster) == commit
 
-    later = reconcile(cluster, now=now + 3601)  # T_blocked passed: HARD_FAILED
+    later = reconcile(cluster, clock=at(now + 3601))  # T_blocked passed: HARD_FAILED
     assert later.outcomes[0].after == "HARD_FAILED"
     assert sorted((a["alert"], a["state"]) for a in later.alerts) == [
         ("compensator_timeout", "raised"),
@@ -61,8 +61,12 @@ def test_an_alert_is_raised_once_resolved_once(cluster: Path) -> None:
     assert "alert compensator_timeout (page) raised" in message
     assert "alert sel_compensator_failed (page) resolved" in message
     commit = head(cluster)
-    assert reconcile(cluster, now=now + 7200).alerts == [] and head(cluster) == commit  # an event is raised once
+    assert reconcile(cluster, clock=at(now + 7200)).alerts == [] and head(cluster) == commit  # an event is raised once
 
+    resolved = recorded(cluster)[f"sel_compensator_failed--{trace}"]
+    assert resolved["resolved_ts"] == now + 3601  # the run's own clock, however long the run took
+    assert sync(cluster, now + 3601 + RESOLVED_KEPT - 1) == []  # resolved, and kept a while
+    assert f"sel_compensator_failed--{trace}" in _states(cluster)
     assert sync(cluster, now + 3601 + RESOLVED_KEPT + 1) == []  # resolved long ago: removed, quietly
     assert _states(cluster) == {f"compensator_timeout--{trace}": "raised"}
 
@@ -82,13 +86,13 @@ def test_awaiting_ack_and_membership_alerts(cluster: Path, cli: Invoke) -> None:
     body = {"node": "node-3", "peers": {}, "partition_status": "PARTITIONED", "since": "2026-01-01T00:00:00Z"}
     controlfile.write_mapping(gossip, body, expected_version=controlfile.current_version(gossip))
     now = time.time()
-    reconcile(cluster, now=now)
-    pending = reconcile(cluster, now=now + 31 * 60)  # isolated past the eviction TTL
+    reconcile(cluster, clock=at(now))
+    pending = reconcile(cluster, clock=at(now + 31 * 60))  # isolated past the eviction TTL
     assert ("pending_eviction", "firing", "warning") in [
         (a["alert"], a["state"], a["severity"]) for a in pending.alerts
     ]
     body["partition_status"] = "NORMAL"
     controlfile.write_mapping(gossip, body, expected_version=controlfile.current_version(gossip))
-    healed = reconcile(cluster, now=now + 32 * 60)
+    healed = reconcile(cluster, clock=at(now + 32 * 60))
     assert ("pending_eviction", "resolved") in [(a["alert"], a["state"]) for a in healed.alerts]
     assert _states(cluster)["pending_eviction--node-3"] == "resolved"

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import subprocs
+
 PROJECT = Path(__file__).parent.parent
 
 
@@ -14,7 +16,7 @@ def _quick(tmp_path: Path, name: str, *extra: str, timeout: int) -> tuple[Path, 
     work = tmp_path / "bench"
     work.mkdir()
     argv = [sys.executable, str(PROJECT / f"benchmarks/{name}.py"), "--quick", *extra, "--dir", str(work)]
-    return work, subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    return work, subprocs.run(argv, capture_output=True, text=True, timeout=timeout)
 
 
 def test_benchmarks_wal_bench_quick_run_prints_its_table(tmp_path: Path) -> None:

@@ -7,12 +7,11 @@ import hashlib
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers.zygote import Zygote
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,7 +25,6 @@ from haios.errors import (
 )
 from haios.fsutil import temp_name
 
-HELPERS = Path(__file__).parent / "helpers"
 PROJECT = Path(__file__).parent.parent
 
 
@@ -208,22 +206,14 @@ def test_property_any_bytes_through_read_mapping(tmp_path: Path, data: bytes) ->
         controlfile.read_mapping(path)
 
 
-def _run_crash_trial(path: Path, rng: random.Random, env: dict[str, str]) -> None:
+def _run_crash_trial(path: Path, rng: random.Random, writers: Zygote) -> None:
     from helpers.cf_writer import body_for
 
-    proc = subprocess.Popen(
-        [sys.executable, str(HELPERS / "cf_writer.py"), str(path)],
-        stdout=subprocess.PIPE,
-        env=env,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline() == "ready\n"
+    pid, lines = writers.start(str(path))
+    assert lines[0] == "ready", lines
     time.sleep(rng.uniform(0, 0.03))
-    proc.send_signal(signal.SIGKILL)
-    acknowledged = [int(line) for line in proc.stdout.read().split()]
-    proc.wait(timeout=30)
-    proc.stdout.close()
+    os.kill(pid, signal.SIGKILL)
+    acknowledged = [int(line) for line in [*lines[1:], *writers.finish()]]
     cf = controlfile.read(path)  # must verify: never a mix of two versions
     assert cf.body == body_for(cf.version)
     if acknowledged:
@@ -242,5 +232,6 @@ def test_crash_sigkill_writer_leaves_old_or_new(tmp_path: Path) -> None:
     from helpers.cf_writer import body_for
 
     controlfile.write(path, body_for(1), expected_version=None)
-    for _ in range(trials):
-        _run_crash_trial(path, rng, env)
+    with Zygote("helpers.cf_writer", env) as writers:
+        for _ in range(trials):
+            _run_crash_trial(path, rng, writers)

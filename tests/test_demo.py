@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import subprocs
 
 PROJECT = Path(__file__).parent.parent
 
@@ -16,7 +16,7 @@ PROJECT = Path(__file__).parent.parent
 @pytest.mark.slow
 def test_demo_ends_healthy_with_the_recovery_in_the_audit_log(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "NO_COLOR": "1"}
-    proc = subprocess.run(
+    proc = subprocs.run(
         ["bash", str(PROJECT / "examples/demo.sh")], capture_output=True, text=True, env=env, timeout=300
     )
     out = proc.stdout
@@ -34,12 +34,12 @@ def test_demo_ends_healthy_with_the_recovery_in_the_audit_log(tmp_path: Path) ->
     sim = Path(re.findall(r"^The demo cluster is in (.+)$", out, re.MULTILINE)[-1])
     assert re.search(r"^phase_recoveries_total\{result=\"rollback\"\} [1-9]", out, re.MULTILINE)
     assert re.search(r"^phase_detect_latency_seconds_count\{phase=\"CONSTRUCT\"\} [1-9]", out, re.MULTILINE)
-    checked = subprocess.run(
+    checked = subprocs.run(
         ["promtool", "check", "metrics"], input=(sim.parent / "haios.prom").read_bytes(), capture_output=True
     )
     assert checked.returncode == 0, checked.stderr
     page = sim.parent / "report.html"
-    shown = subprocess.run(
+    shown = subprocs.run(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
         capture_output=True,
         text=True,

@@ -4,14 +4,13 @@ schemas/event.schema.json, in the order things happened, with the trace ids of t
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-from helpers import Invoke
+from helpers import Invoke, subprocs
 from helpers.cluster import git, plant
 
 from haios.events import TYPES, make
@@ -87,7 +86,7 @@ def test_alerts_are_events_and_trace_ids_reach_the_log(cluster: Path) -> None:
     plant(cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-1": 1})
     # a real process: the log lines go where the command line sends them (stderr, with -v)
     haios = Path(sys.executable).parent / "haios"
-    result = subprocess.run(
+    result = subprocs.run(
         [str(haios), "--repo", str(cluster), "-o", "ndjson", "-v", "reconcile"], capture_output=True, text=True
     )
     assert result.returncode == 3, result.stderr

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from helpers import subprocs
 from helpers.cluster import git, plant
 from ruamel.yaml import YAML
 
@@ -46,7 +47,7 @@ def _run_step(
     full = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **env}
     full.update({k: expand(str(v)) for k, v in (step.get("env") or {}).items() if k not in env})
     script = expand(step["run"])
-    return subprocess.run(
+    return subprocs.run(
         ["bash", "-e", "-c", script], cwd=cwd, env=full, capture_output=True, text=True, timeout=120, check=False
     )
 
@@ -55,7 +56,7 @@ def test_workflows_are_valid_github_actions() -> None:
     check = _tool("check-jsonschema")
     files = sorted(str(p) for p in WORKFLOWS.glob("*.yml"))
     assert len(files) == 2
-    result = subprocess.run(
+    result = subprocs.run(
         [check, "--builtin-schema", "vendor.github-workflows", *files], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -69,16 +70,16 @@ def test_workflows_are_valid_github_actions() -> None:
 def test_pre_commit_manifest(repo: Path) -> None:
     pre_commit = _tool("pre-commit")
     manifest = PROJECT / ".pre-commit-hooks.yaml"
-    result = subprocess.run([pre_commit, "validate-manifest", str(manifest)], capture_output=True, text=True)
+    result = subprocs.run([pre_commit, "validate-manifest", str(manifest)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     hooks = {h["id"]: h for h in YAML(typ="safe").load(manifest.read_text())}
     hook = hooks["haios-validate"]
     assert re.search(hook["files"], "policies/rbac.yaml") and not re.search(hook["files"], "README.md")
     # the entry, run the way pre-commit runs it (from the repo's top, no file names)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    assert subprocess.run(hook["entry"].split(), cwd=repo, env=env, capture_output=True).returncode == 0
+    assert subprocs.run(hook["entry"].split(), cwd=repo, env=env, capture_output=True).returncode == 0
     (repo / "policies/budget.yaml").write_text("apiVersion: haios/v1\nkind: Budget\nregions: 7\n")
-    bad = subprocess.run(hook["entry"].split(), cwd=repo, env=env, capture_output=True, text=True)
+    bad = subprocs.run(hook["entry"].split(), cwd=repo, env=env, capture_output=True, text=True)
     assert bad.returncode == 1 and "policies/budget.yaml" in bad.stdout + bad.stderr
 
 
@@ -87,7 +88,7 @@ def _keys(tmp_path: Path) -> dict[str, Path]:
     for person in PEOPLE:
         path = tmp_path / "keys" / f"{person}_ed25519"
         path.parent.mkdir(exist_ok=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", person, "-f", str(path)], check=True)
+        subprocs.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", person, "-f", str(path)], check=True)
         found[person] = path
     return found
 
@@ -100,7 +101,7 @@ def _rbac(repo: Path, keys: dict[str, Path], people: tuple[str, ...]) -> None:
 
 
 def _haios(*args: str | Path) -> None:
-    subprocess.run([str(BIN / "haios"), *map(str, args)], check=True, capture_output=True)
+    subprocs.run([str(BIN / "haios"), *map(str, args)], check=True, capture_output=True)
 
 
 def test_pull_request_workflow_verifies_overrides_against_the_base_branch(repo: Path, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from helpers import promtool
+from helpers import promtool, subprocs
 
 from haios.metrics import HaiosCollector
 
@@ -16,7 +16,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples/prometheus"
 
 
 def _run(*args: str, cwd: Path = EXAMPLES) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([promtool(), *args], cwd=cwd, capture_output=True, text=True, check=False)
+    return subprocs.run([promtool(), *args], cwd=cwd, capture_output=True, text=True, check=False)
 
 
 def test_rules_pass_promtool_check_and_their_unit_tests() -> None:

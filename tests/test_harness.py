@@ -1,11 +1,16 @@
-"""The harness itself: writes outside the test's tmp dir are caught."""
+"""The harness itself: writes outside the test's tmp dir are caught, and no process outlives its test."""
 
 from __future__ import annotations
 
 import os
+import re
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
+from helpers import subprocs
 
 
 def test_harness_write_outside_tmp_is_refused(tmp_path: Path, outside_writes: list[str]) -> None:
@@ -23,3 +28,56 @@ def test_harness_write_inside_tmp_is_allowed(tmp_path: Path) -> None:
 
 def test_harness_home_points_into_tmp(tmp_path: Path) -> None:
     assert os.path.expanduser("~").startswith(str(tmp_path))
+
+
+def test_harness_a_timed_out_command_takes_its_whole_group_along(tmp_path: Path) -> None:
+    marker = tmp_path / "grandchild.pid"
+    with pytest.raises(subprocess.TimeoutExpired):
+        subprocs.run(["sh", "-c", f"sleep 300 & echo $! > {marker}; wait"], timeout=2)
+    grandchild = int(marker.read_text())
+    deadline = time.monotonic() + 10
+    while subprocs.alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not subprocs.alive(grandchild), "the command's own child outlived the timeout"
+
+
+def test_harness_finds_and_kills_what_a_test_left_running() -> None:
+    before = set(subprocs.descendants(os.getpid()))
+    stray = subprocess.Popen(["sleep", "300"])  # started around the harness on purpose
+    try:
+        left = subprocs.leftovers(before, settle=0.2)
+        assert left == [f"{stray.pid} sleep 300"]
+        assert stray.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        stray.kill()
+        stray.wait()
+
+
+def test_harness_orphans_stay_below_the_test_process(tmp_path: Path) -> None:
+    """A killed command's children are re-parented to the test process (a subreaper), not to init."""
+    marker = tmp_path / "orphan.pid"
+    proc = subprocs.spawn(["sh", "-c", f"sleep 300 & echo $! > {marker}; wait"])
+    deadline = time.monotonic() + 10
+    while not marker.exists() or not marker.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    orphan = int(marker.read_text())
+    proc.kill()  # the shell alone: its sleep is orphaned
+    proc.wait()
+    assert orphan in subprocs.descendants(os.getpid())
+    # the harness kills it when the test ends (its process group is registered)
+
+
+def test_harness_tests_start_processes_only_through_subprocs() -> None:
+    """subprocess.run/Popen called directly would escape the process-group bookkeeping."""
+    tests = Path(__file__).parent
+    allowed = {tests / "helpers/subprocs.py", Path(__file__)}
+    direct = re.compile(r"\bsubprocess\.(run|Popen|call|check_call|check_output)\(")
+    offenders = [
+        f"{path.relative_to(tests)}:{n}"
+        for path in sorted(tests.rglob("*.py"))
+        if path not in allowed
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if direct.search(line)
+    ]
+    assert offenders == [], "start subprocesses with helpers.subprocs.run/spawn"

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Invoke, promtool
+from helpers import Invoke, at, promtool, subprocs
 from helpers.cluster import git, plant
 from helpers.sshd import free_port
 from prometheus_client import CollectorRegistry
@@ -42,7 +42,7 @@ def value(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str
 
 
 def check_metrics(text: bytes) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, check=False)
+    return subprocs.run([promtool(), "check", "metrics"], input=text, capture_output=True, check=False)
 
 
 def test_metrics_after_a_faulty_run_are_the_journals_numbers(faulty: Path) -> None:
@@ -122,7 +122,7 @@ def test_partition_duration_and_evictions(cluster: Path) -> None:
     controlfile.write_mapping(gossip, body, expected_version=controlfile.current_version(gossip))
     since = time.time() - 90
     membership = cluster / "status/membership.yaml"
-    reconcile(cluster, now=since)  # isolated since 90 s ago
+    reconcile(cluster, clock=at(since))  # isolated since 90 s ago
     assert "node-3" in membership.read_text()
     body["partition_status"] = "NORMAL"
     controlfile.write_mapping(gossip, body, expected_version=controlfile.current_version(gossip))
@@ -161,7 +161,7 @@ def pushgateway(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "pushgateway.log").open("wb")
-    proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
+    proc = subprocs.spawn([binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
     try:
         _wait_ready(f"{url}/-/ready", proc)
         yield url
@@ -228,7 +228,7 @@ def test_a_pushgateway_that_is_down(cluster: Path, cli: Invoke) -> None:
 
 def test_exporter_serves_metrics_and_health(faulty: Path, tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen(
+    proc = subprocs.spawn(
         [str(Path(sys.executable).parent / "haios"), "--repo", str(faulty), "metrics", "serve", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -290,12 +290,12 @@ def test_open_traces_by_state(cluster: Path) -> None:
     git(cluster, "commit", "-qam", "tests: a compensator that can never succeed")
     plant(cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-1": 1})
     now = time.time()
-    assert reconcile(cluster, now=now).exit_code() == 3
+    assert reconcile(cluster, clock=at(now)).exit_code() == 3
     found = samples(cluster)
     assert value(found, "haios_open_traces", state="BLOCKED_COMPENSATOR") == 1
     assert value(found, "haios_open_traces", state="AWAITING_ACK") == 0
     assert value(found, "haios_reconcile_total", result="blocked") == 1
-    reconcile(cluster, now=now + 3601)  # HARD_FAILED: no longer open, counted as a result
+    reconcile(cluster, clock=at(now + 3601))  # HARD_FAILED: no longer open, counted as a result
     found = samples(cluster)
     assert value(found, "haios_open_traces", state="BLOCKED_COMPENSATOR") == 0
     assert value(found, "phase_recoveries_total", result="hard_failed") == 1

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+from helpers import subprocs
 
 PROJECT = Path(__file__).parent.parent
 
@@ -24,7 +24,7 @@ def test_packaging_wheel_ships_data_and_init_works_from_it(tmp_path: Path) -> No
             shutil.copytree(path, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(path, src / name)
-    subprocess.run(
+    subprocs.run(
         [
             sys.executable,
             "-m",
@@ -60,7 +60,7 @@ def test_packaging_wheel_ships_data_and_init_works_from_it(tmp_path: Path) -> No
         "assert haios.__file__.startswith(sys.argv[1]), haios.__file__; "
         "r = haios.init_repo(sys.argv[2], nodes=2); print(haios.validate_repo(r.path).ok)"
     )
-    out = subprocess.run(
+    out = subprocs.run(
         [sys.executable, "-I", "-c", code, str(site), str(tmp_path / "repo")],
         check=True,
         capture_output=True,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
+
+from helpers import subprocs
 
 import haios
 
@@ -43,7 +44,7 @@ def test_public_api_all_is_locked() -> None:
 
 def test_public_api_does_not_import_cli_libraries() -> None:
     code = "import sys, haios, haios.config, haios.controlfile; print(sorted(m for m in sys.modules if m.split('.')[0] in ('typer', 'rich')))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocs.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 

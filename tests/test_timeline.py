@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Invoke
+from helpers import Invoke, subprocs
 
 from haios.recovery.journal import JOURNAL_DIR, load
 from haios.timeline import build, render
@@ -40,7 +40,7 @@ def chromium() -> str:
 
 def _browse(page: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     args = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
-    return subprocess.run([*args, *extra, page.as_uri()], capture_output=True, text=True, timeout=120, check=False)
+    return subprocs.run([*args, *extra, page.as_uri()], capture_output=True, text=True, timeout=120, check=False)
 
 
 def _console_errors(stderr: str) -> list[str]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from helpers import Invoke
+from helpers import Invoke, subprocs
 from helpers.cluster import git
 
 from haios.budget import UnknownCurrency, convert, import_ecb, parse_ecb, trace_cost
@@ -92,7 +91,7 @@ def test_fx_import_updates_fx_yaml_and_validate_accepts_it(repo: Path, cli: Invo
     assert cli("--repo", repo, "validate").exit_code == 0
     assert (
         "policies/fx.yaml"
-        in subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True).stdout
+        in subprocs.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True).stdout
     )  # written, not committed, unless asked
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import Invoke
+from helpers import Invoke, subprocs
 
 import haios.cli.validate as validate_cmd
 from haios import __version__
@@ -119,7 +118,7 @@ def test_help_exits_zero(cli: Invoke) -> None:
 
 
 def test_console_script_runs_and_maps_exit_code(tmp_path: Path) -> None:
-    proc = subprocess.run(
+    proc = subprocs.run(
         [sys.executable, "-m", "haios", "--repo", str(tmp_path), "validate"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 1

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Invoke
+from helpers import Invoke, subprocs
 from helpers.wal import flip, segments
 
 from haios.wal import RecordType, Wal, read_records
@@ -150,7 +150,7 @@ def test_wal_tail_follows_a_live_writer(tmp_path: Path) -> None:
     with Wal.open(directory, segment_size=4096) as wal:
         for i in range(5):
             wal.append(RecordType.STEP, {"name": f"before-{i}", "outcome": "ok"})
-        proc = subprocess.Popen(
+        proc = subprocs.spawn(
             [
                 sys.executable,
                 "-m",

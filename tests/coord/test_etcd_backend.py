@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import at, subprocs
 from helpers.cluster import git, head, plant, positions
 from helpers.etcd import EtcdCluster
 
@@ -65,9 +66,7 @@ def test_a_killed_holder_is_taken_over_with_a_higher_token(etcd: EtcdCluster, cl
         "lease = b.acquire('ANALYZE', 'elsewhere/99/1/dead', 'trace-dead', 2, time.time())\n"
         "print(lease.token, flush=True); time.sleep(60)\n"
     )
-    holder = subprocess.Popen(
-        [sys.executable, "-c", script, ",".join(etcd.endpoints)], stdout=subprocess.PIPE, text=True
-    )
+    holder = subprocs.spawn([sys.executable, "-c", script, ",".join(etcd.endpoints)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None
     old_token = int(holder.stdout.readline())
     root = cluster / "nodes/node-1"
@@ -186,7 +185,7 @@ def test_faulty_simulated_cluster_converges_on_etcd_with_a_member_killed(etcd: E
     try:
         now = time.time()
         for _ in range(20):
-            result = reconcile(directory, now=now)
+            result = reconcile(directory, clock=at(now))
             if result.exit_code() == 0:
                 break
             now = max(now + 300, result.next_due or 0)  # a compensator backing off: cron goes on

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 import threading
 from pathlib import Path
 
 import pytest
+from helpers import subprocs
 
 from haios.coord import GitBackend, Lease, holder_alive, new_holder
 from haios.coord.git import REF_PREFIX, _Lost
@@ -25,7 +25,7 @@ def test_git_lease_tokens_strictly_increase(repo: Path) -> None:
         backend.release(lease, T0 + i)
     assert tokens == [1, 2, 3]
     assert backend.acquire("VALIDATE", "h", "t", 60, T0).token == 1  # per shard
-    history = subprocess.run(
+    history = subprocs.run(
         ["git", "log", "--format=%s", REF_PREFIX + "CONSTRUCT"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout.splitlines()
     assert len(history) == 6  # every acquire and release is a commit in the shard's history
@@ -52,7 +52,7 @@ def test_git_lease_expired_is_taken_over_with_a_higher_token(repo: Path) -> None
 
 
 def test_git_lease_of_a_dead_local_process_is_taken_over_at_once(repo: Path) -> None:
-    proc = subprocess.Popen(["true"])
+    proc = subprocs.spawn(["true"])
     proc.wait()
     import socket
 
@@ -98,10 +98,10 @@ def test_git_lease_compare_and_swap_under_contention(repo: Path) -> None:
 
 def test_git_lease_on_a_remote_is_an_atomic_push_with_lease(repo: Path, tmp_path: Path) -> None:
     remote = tmp_path / "remote.git"
-    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
-    subprocess.run(["git", "remote", "add", "origin", str(remote)], cwd=repo, check=True)
+    subprocs.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    subprocs.run(["git", "remote", "add", "origin", str(remote)], cwd=repo, check=True)
     clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(remote), str(clone)], check=True)
+    subprocs.run(["git", "clone", "-q", str(remote), str(clone)], check=True)
     here, there = GitBackend(repo, remote="origin"), GitBackend(clone, remote="origin")
     lease = here.acquire("VALIDATE", "here", "t1", 60, T0)
     with pytest.raises(LockHeldError, match="held by here"):
@@ -133,7 +133,7 @@ def test_git_barrier_is_a_compare_and_swap_that_never_goes_back(repo: Path) -> N
         backend.advance_barrier(first, 0, "IDLE", "a", T0 + 2)
     second = rival.advance_barrier(rival.barrier(), 2, "ANALYZE", "b", T0 + 3)
     assert second.version == 2 and backend.barrier() == second
-    log = subprocess.run(
+    log = subprocs.run(
         ["git", "log", "--format=%s", "refs/haios/barrier"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout
     assert len(log.splitlines()) == 2  # the barrier's history, as for the leases

@@ -16,3 +16,9 @@ def promtool() -> str:
     found = shutil.which("promtool")
     assert found, "promtool is missing: tests/system-deps.sh installs Debian's prometheus package"
     return found
+
+
+def at(t: float) -> Callable[[], float]:
+    """A clock that always reads ``t``: ``reconcile(repo, clock=at(now + 3601))`` happens at exactly
+    that time, however long the run takes on a slow machine."""
+    return lambda: t

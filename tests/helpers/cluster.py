@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
@@ -11,11 +10,13 @@ from haios.node import Node
 from haios.sim.cloud import FakeCloud
 from haios.sim.simulator import sim_dir
 
+from . import subprocs
+
 
 def git(directory: Path, *args: str) -> str:
     """Run git in ``directory`` with an identity of its own (test machines may have none)."""
     cmd = ["git", "-c", "user.name=haios tests", "-c", "user.email=tests@haios.invalid", *args]
-    return subprocess.run(cmd, cwd=directory, capture_output=True, text=True, check=True).stdout
+    return subprocs.run(cmd, cwd=directory, capture_output=True, text=True, check=True).stdout
 
 
 def quick_cluster(directory: Path, nodes: int) -> Path:
@@ -39,7 +40,7 @@ def positions(directory: Path) -> dict[str, tuple[int, str]]:
 
 
 def head(directory: Path) -> str:
-    return subprocess.run(
+    return subprocs.run(
         ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, check=True
     ).stdout.strip()
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from .sshd import free_port
+from . import subprocs
+from .sshd import free_ports
 
 
 @dataclass
@@ -29,13 +30,23 @@ class EtcdCluster:
         return [f"http://127.0.0.1:{port}" for port in self.clients]
 
     def start(self, timeout: float = 30.0) -> EtcdCluster:
+        """Start the members and wait until each says it is healthy. A port another process took
+        between choosing it and binding it is chosen again (at most three times)."""
+        for attempt in range(3):
+            if self._start(attempt, timeout):
+                return self
+            self.stop()
+        raise AssertionError("etcd: every attempt lost a port to another process")
+
+    def _start(self, attempt: int, timeout: float) -> bool:
         binary = shutil.which("etcd")
         assert binary, "etcd is missing: tests/system-deps.sh installs Debian's etcd-server"
-        self.clients = [free_port() for _ in range(self.size)]
-        self.peers = [free_port() for _ in range(self.size)]
+        ports = free_ports(2 * self.size)
+        self.clients, self.peers = ports[: self.size], ports[self.size :]
         initial = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, p in enumerate(self.peers))
+        self.procs, self.logs = [], []
         for i in range(self.size):
-            data = self.directory / f"m{i}"
+            data = self.directory / f"try{attempt}" / f"m{i}"
             log = (self.directory / f"m{i}.log").open("wb")
             self.logs.append(log)
             cmd = [
@@ -52,14 +63,18 @@ class EtcdCluster:
                 "--heartbeat-interval=50",
                 "--election-timeout=500",
             ]
-            self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=log))
+            self.procs.append(subprocs.spawn(cmd, stdout=log, stderr=log))
         deadline = time.monotonic() + timeout
         while not all(self.healthy(i) for i in range(self.size)):
             for i, proc in enumerate(self.procs):
-                assert proc is None or proc.poll() is None, (self.directory / f"m{i}.log").read_text()[-2000:]
+                if proc is not None and proc.poll() is not None:
+                    text = (self.directory / f"m{i}.log").read_text(errors="replace")
+                    if "address already in use" in text:
+                        return False
+                    raise AssertionError(f"etcd member m{i} exited: {text[-2000:]}")
             assert time.monotonic() < deadline, "the etcd cluster did not become healthy"
             time.sleep(0.1)
-        return self
+        return True
 
     def healthy(self, i: int) -> bool:
         try:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from haios.transport.ssh import fingerprint
 
+from . import subprocs
+
 SSHD_PATHS = ("/usr/sbin/sshd", "/usr/local/sbin/sshd")
 
 
@@ -28,14 +30,20 @@ def sshd_binary() -> str | None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports free right now (all held open while they are chosen)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def keygen(path: Path, comment: str) -> None:
-    subprocess.run(
+    subprocs.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
         check=True,
         capture_output=True,
@@ -56,6 +64,7 @@ class Sshd:
     client_key: Path
     config: Path
     proc: subprocess.Popen[bytes] | None = None
+    service: bool = False  # outlives a test: stopped at the end of the session
 
     @property
     def fingerprint(self) -> str:
@@ -74,9 +83,11 @@ class Sshd:
         binary = sshd_binary()
         assert binary is not None
         if not os.path.isdir("/run/sshd"):  # sshd refuses to start without it (privilege separation)
-            subprocess.run(["mkdir", "-p", "/run/sshd"], check=True)
+            subprocs.run(["mkdir", "-p", "/run/sshd"], check=True)
         log = open(self.directory / "sshd.log", "ab")  # noqa: SIM115 - the server keeps it open
-        self.proc = subprocess.Popen([binary, "-D", "-e", "-f", str(self.config)], stdout=log, stderr=log)
+        self.proc = subprocs.spawn(
+            [binary, "-D", "-e", "-f", str(self.config)], stdout=log, stderr=log, service=self.service
+        )
         log.close()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -106,34 +117,15 @@ class Sshd:
         """SIGKILL the listener and every session it forked (a crashed server)."""
         if self.proc is None:
             return
-        for pid in [*_descendants(self.proc.pid), self.proc.pid]:
+        for pid in [*subprocs.descendants(self.proc.pid), self.proc.pid]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
         self.proc = None
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (sshd forks a process per connection, and that one another)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def make_sshd(directory: Path) -> Sshd:
+def make_sshd(directory: Path, *, service: bool = False) -> Sshd:
+    """A started server in ``directory``; ``service``: shared by the session's tests."""
     directory.mkdir(parents=True, exist_ok=True)
     host_key, client_key = directory / "host_ed25519", directory / "client_ed25519"
     keygen(host_key, "haios-test-host")
@@ -166,6 +158,6 @@ def make_sshd(directory: Path) -> Sshd:
             ]
         )
     )
-    sshd = Sshd(directory, port, host_key, client_key, config)
+    sshd = Sshd(directory, port, host_key, client_key, config, service=service)
     sshd.start()
     return sshd

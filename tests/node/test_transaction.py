@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import subprocs
 from helpers.executor import POINTS
 
 from haios import controlfile
@@ -213,7 +213,7 @@ def test_crash_at_each_step_leaves_exactly_one_way_out(tmp_path: Path, point: st
     original = _files(root / "data")
     intended = {"etc/a.conf": b"new a\n", "etc/b.conf": b"brand new b\n"}
     env = {**os.environ, "PYTHONPATH": f"{PROJECT}{os.pathsep}{PROJECT / 'tests'}", "PYTHONDONTWRITEBYTECODE": "1"}
-    proc = subprocess.run(
+    proc = subprocs.run(
         [sys.executable, str(PROJECT / "tests/helpers/executor.py"), str(root), point], env=env, timeout=60
     )
     assert proc.returncode == (0 if point == "none" else -9)

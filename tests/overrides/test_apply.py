@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import Invoke
+from helpers import Invoke, subprocs
 from helpers.cluster import deletes, git, head, plant, positions
 from ruamel.yaml import YAML
 
@@ -35,7 +34,7 @@ def keys(cluster: Path, tmp_path: Path) -> dict[str, Path]:
     lines = ["apiVersion: haios/v1", "kind: Rbac", "policy_version: 2", "supervisors:"]
     for person in PEOPLE:
         path = tmp_path / f"{person}_ed25519"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", person, "-f", str(path)], check=True)
+        subprocs.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", person, "-f", str(path)], check=True)
         found[person] = path
         lines += [f"  - name: {person}", "    keys:", f"      - {path.with_suffix('.pub').read_text().strip()}"]
     (cluster / "policies/rbac.yaml").write_text("\n".join(lines) + "\n")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import subprocs
 
 from haios.overrides.keys import parse_public_key
 from haios.overrides.sshsig import MAGIC, SignatureError, armor, parse, sign, unarmor, verify
@@ -19,14 +19,14 @@ KEY_TYPES = [("ed25519", []), ("rsa", ["-b", "2048"]), ("ecdsa", ["-b", "256"]),
 
 def _key(tmp_path: Path, kind: str, extra: list[str]) -> Path:
     path = tmp_path / f"id_{kind}{''.join(extra).replace('-b', '')}"
-    subprocess.run(["ssh-keygen", "-q", "-t", kind, *extra, "-N", "", "-C", "alice", "-f", str(path)], check=True)
+    subprocs.run(["ssh-keygen", "-q", "-t", kind, *extra, "-N", "", "-C", "alice", "-f", str(path)], check=True)
     return path
 
 
 def _keygen_sign(key: Path, message: bytes, tmp_path: Path, namespace: str = NS, *opts: str) -> str:
     data = tmp_path / "payload"
     data.write_bytes(message)
-    subprocess.run(["ssh-keygen", "-q", "-Y", "sign", "-n", namespace, "-f", str(key), *opts, str(data)], check=True)
+    subprocs.run(["ssh-keygen", "-q", "-Y", "sign", "-n", namespace, "-f", str(key), *opts, str(data)], check=True)
     return (tmp_path / "payload.sig").read_text()
 
 
@@ -46,7 +46,7 @@ def test_signatures_by_haios_verify_with_ssh_keygen(tmp_path: Path, kind: str, e
     (tmp_path / "sig").write_text(text)
     signers = tmp_path / "allowed_signers"
     signers.write_text(f"alice {key.with_suffix('.pub').read_text()}")
-    proc = subprocess.run(
+    proc = subprocs.run(
         ["ssh-keygen", "-Y", "verify", "-f", str(signers), "-I", "alice", "-n", NS, "-s", str(tmp_path / "sig")],
         input=PAYLOAD,
         capture_output=True,

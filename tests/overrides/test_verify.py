@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from helpers import Invoke
+from helpers import Invoke, subprocs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +23,7 @@ PEOPLE = ("alice", "bob", "carol")
 
 def _key(directory: Path, name: str) -> Path:
     path = directory / f"{name}_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)], check=True)
+    subprocs.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)], check=True)
     return path
 
 
@@ -65,7 +64,7 @@ def _keygen_sign(path: Path, person: str, key: Path, *opts: str) -> None:
     payload = path.with_suffix(".payload")
     payload.write_bytes(str(doc["payload"]).encode())
     cmd = ["ssh-keygen", "-q", "-Y", "sign", "-n", "haios-override", "-f", str(key), *opts, str(payload)]
-    subprocess.run(cmd, check=True)
+    subprocs.run(cmd, check=True)
     doc["signatures"].append({"principal": person, "sig": LiteralScalarString(Path(f"{payload}.sig").read_text())})
     with open(path, "w") as fh:
         yaml.dump(doc, fh)

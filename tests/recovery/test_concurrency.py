@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import subprocs
 from helpers.cluster import deletes, plant
 
 from haios.errors import FencedError
@@ -23,7 +24,7 @@ def test_concurrency_four_reconcilers_one_acts(cluster: Path) -> None:
     plant(cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-1": 1})
     FakeCloud(sim_dir(cluster) / "cloud").set_faults({"slow": 2.0})  # the compensator takes a while
     procs = [
-        subprocess.Popen(
+        subprocs.spawn(
             [sys.executable, "-m", "haios", "--repo", str(cluster), "reconcile"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -49,7 +50,7 @@ def test_concurrency_four_reconcilers_one_acts(cluster: Path) -> None:
 
 def test_concurrency_taken_over_reconciler_is_fenced_on_every_write(cluster: Path) -> None:
     plant(cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-1": 2})
-    killed = subprocess.run(
+    killed = subprocs.run(
         [sys.executable, str(KILLER), "after-checkpoint", "1", "--repo", str(cluster), "reconcile"],
         capture_output=True,
         text=True,

@@ -9,12 +9,12 @@ reaches, and no compensator may have succeeded twice for one key.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import subprocs
 from helpers.cluster import deletes, plant
 
 from haios import controlfile
@@ -81,7 +81,7 @@ def test_crash_reconciler_killed_is_resumed_not_restarted(
 ) -> None:
     directory = tmp_path / "cluster"
     shutil.copytree(faulty, directory, symlinks=True)
-    killed = subprocess.run(
+    killed = subprocs.run(
         [sys.executable, str(KILLER), point, str(n), "--repo", str(directory), "reconcile"],
         capture_output=True,
         text=True,

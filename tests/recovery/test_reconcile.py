@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from helpers import Invoke
+from helpers import Invoke, at, subprocs
 from helpers.cluster import deletes, git, head, plant, positions
 
 from haios import controlfile
@@ -50,14 +49,14 @@ def test_reconcile_rolls_forward_a_partial_commit(cluster: Path, cli: Invoke) ->
     # the audit commit: status files and the journal, trailers git itself can parse
     commit = head(cluster)
     assert commit != before
-    files = subprocess.run(
+    files = subprocs.run(
         ["git", "show", "--name-only", "--format=", commit], cwd=cluster, capture_output=True, text=True, check=True
     ).stdout.split()
     assert files == ["status/cluster.yaml", str(_journal_file(cluster).relative_to(cluster))]
-    message = subprocess.run(
+    message = subprocs.run(
         ["git", "log", "-1", "--format=%B"], cwd=cluster, capture_output=True, text=True, check=True
     ).stdout
-    trailers = subprocess.run(
+    trailers = subprocs.run(
         ["git", "interpret-trailers", "--parse"], input=message, cwd=cluster, capture_output=True, text=True, check=True
     ).stdout.splitlines()
     trace_id = _journal_file(cluster).stem
@@ -114,7 +113,7 @@ def test_reconcile_waits_for_the_phi_timeout(cluster: Path, cli: Invoke) -> None
     assert result.exit_code == 2 and "the Φ timeout" in result.stdout
     assert head(cluster) == before and not (cluster / JOURNAL_DIR).exists()
     # an hour later (the reconciler's clock moved), it rolls back
-    assert reconcile(cluster, now=time.time() + 3600).exit_code() == 0
+    assert reconcile(cluster, clock=at(time.time() + 3600)).exit_code() == 0
 
 
 def test_reconcile_executes_exactly_its_plan_and_refuses_a_stale_one(cluster: Path, cli: Invoke) -> None:
@@ -291,12 +290,12 @@ def test_audit_lists_traces(cluster: Path, cli: Invoke) -> None:
 
 def test_reconcile_push_to_a_remote(cluster: Path, tmp_path: Path, cli: Invoke) -> None:
     remote = tmp_path / "remote.git"
-    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
-    subprocess.run(["git", "remote", "add", "origin", str(remote)], cwd=cluster, check=True)
+    subprocs.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    subprocs.run(["git", "remote", "add", "origin", str(remote)], cwd=cluster, check=True)
     plant(cluster, node_1="commit", node_2="prepare", node_3="prepare")
     result = cli("--repo", cluster, "reconcile", "--push")
     assert result.exit_code == 0 and "pushed to origin" in result.stdout
-    pushed = subprocess.run(["git", "rev-parse", "main"], cwd=remote, capture_output=True, text=True, check=True)
+    pushed = subprocs.run(["git", "rev-parse", "main"], cwd=remote, capture_output=True, text=True, check=True)
     assert pushed.stdout.strip() == head(cluster)
 
 
@@ -318,7 +317,7 @@ def test_reconcile_dry_run_is_plan(cluster: Path, cli: Invoke, dry: bool) -> Non
 def test_doctor_reports_a_lease_left_by_a_dead_reconciler(cluster: Path, cli: Invoke) -> None:
     import socket
 
-    proc = subprocess.Popen(["true"])
+    proc = subprocs.spawn(["true"])
     proc.wait()
     GitBackend(cluster).acquire("ANALYZE", f"{socket.gethostname()}/{proc.pid}/1/dead", "t-dead", 600, time.time())
     result = cli("--repo", cluster, "doctor")

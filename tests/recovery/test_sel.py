@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Invoke
+from helpers import Invoke, at
 from helpers.cluster import deletes, git, plant
 
 from haios.config import load_repo
@@ -65,7 +65,7 @@ def test_fail_twice_then_succeed_spaced_by_the_schedule(cluster: Path) -> None:
     _fail(cluster, 2)
     store = _store(cluster)
     t = time.time()
-    first = reconcile(cluster, now=t)
+    first = reconcile(cluster, clock=at(t))
     assert first.exit_code() == 2 and "attempt 1 of 5" in first.outcomes[0].note
     entry = store.entry(KEY)
     assert entry is not None and entry.failures == 1 and entry.next_attempt_at is not None
@@ -75,12 +75,12 @@ def test_fail_twice_then_succeed_spaced_by_the_schedule(cluster: Path) -> None:
 
     # a run before the back-off is over does not touch the compensator
     calls = _delete_calls(cluster)
-    early = reconcile(cluster, now=failed_at + (entry.next_attempt_at - failed_at) / 2 - 1e-3)
+    early = reconcile(cluster, clock=at(failed_at + (entry.next_attempt_at - failed_at) / 2 - 1e-3))
     if entry.next_attempt_at - failed_at > 0.01:
         assert early.exit_code() == 2 and "back-off" in early.outcomes[0].note
         assert _delete_calls(cluster) == calls
 
-    second = reconcile(cluster, now=entry.next_attempt_at + 0.001)
+    second = reconcile(cluster, clock=at(entry.next_attempt_at + 0.001))
     assert second.exit_code() == 2
     entry = store.entry(KEY)
     assert entry is not None and entry.failures == 2
@@ -88,7 +88,7 @@ def test_fail_twice_then_succeed_spaced_by_the_schedule(cluster: Path) -> None:
     assert gap >= entry.attempts[0]["backoff_s"] - 0.01
     assert 0.0 <= entry.attempts[1]["backoff_s"] < backoff_ceiling(2, 2.0, 900.0)
 
-    third = reconcile(cluster, now=entry.next_attempt_at + 0.001)
+    third = reconcile(cluster, clock=at(entry.next_attempt_at + 0.001))
     assert third.exit_code() == 0 and third.outcomes[0].after == "CLEAN_EXIT"
     entry = store.entry(KEY)
     assert entry is not None and entry.state == SUCCEEDED and entry.failures == 2
@@ -105,7 +105,7 @@ def test_fail_forever_blocks_then_hard_fails_and_releases_the_barrier(cluster: P
     t0 = now = time.time()
     codes, states = [], []
     for _ in range(40):  # cron runs, each at the time the last one said work is due (bounded)
-        result = reconcile(cluster, now=now)
+        result = reconcile(cluster, clock=at(now))
         codes.append(result.exit_code())
         states.append(result.outcomes[0].after)
         if states[-1] == "HARD_FAILED":
@@ -126,7 +126,7 @@ def test_fail_forever_blocks_then_hard_fails_and_releases_the_barrier(cluster: P
     assert fails[3] - fails[2] >= 1800.0 and fails[4] - fails[3] >= 1800.0
     assert now - t0 >= 2 * 3600  # ~1 h of back-off and two breaker periods, then T_blocked (1 h)
     assert sim_check(cluster) == []  # HARD_FAILED with its alert is allowed
-    assert reconcile(cluster, now=now + 60).exit_code() == 0  # terminal: nothing left to do
+    assert reconcile(cluster, clock=at(now + 60)).exit_code() == 0  # terminal: nothing left to do
     # the barrier is released: the cluster moves on through g=2 and the next g can start
     report = sim_run(cluster, iterations=1, seed=3, faults={})
     assert (report.committed, report.last) == (5, (2, "IDLE"))
@@ -138,21 +138,21 @@ def test_open_breaker_uses_no_attempt_and_half_opens_after_30_min(cluster: Path)
     store = _store(cluster)
     now = time.time()
     for _ in range(3):
-        now = max(now + 1.0, reconcile(cluster, now=now).next_due or 0.0)
+        now = max(now + 1.0, reconcile(cluster, clock=at(now)).next_due or 0.0)
     breaker = store.breaker("fakecloud-vm")
     assert breaker.opened_at is not None and breaker.consecutive_failures == 3
     entry = store.entry(KEY)
     assert entry is not None and entry.failures == 3
     calls = _delete_calls(cluster)
     for minutes in (1, 10, 29):  # open: runs wait, attempts unchanged, the compensator not called
-        result = reconcile(cluster, now=breaker.opened_at + 60 * minutes)
+        result = reconcile(cluster, clock=at(breaker.opened_at + 60 * minutes))
         assert result.exit_code() == 2 and "circuit breaker of fakecloud-vm open until" in result.outcomes[0].note
         assert result.next_due == breaker.opened_at + 1800.0
     assert _delete_calls(cluster) == calls
     entry = store.entry(KEY)
     assert entry is not None and entry.failures == 3
     # 30 min later: one half-open probe, which succeeds (the injected failures are used up)
-    result = reconcile(cluster, now=breaker.opened_at + 1800.0)
+    result = reconcile(cluster, clock=at(breaker.opened_at + 1800.0))
     assert result.exit_code() == 0 and deletes(cluster) == {KEY: 1}
     assert store.breaker("fakecloud-vm").opened_at is None
 
@@ -318,7 +318,7 @@ def test_swing_limit_halts_the_fourth_delete_within_10_min(cluster: Path) -> Non
             phase="ANALYZE",
         )
         store.succeeded(entry, now - 300 + 60 * i, None, None)
-    result = reconcile(cluster, now=now)
+    result = reconcile(cluster, clock=at(now))
     assert result.exit_code() == 3 and result.outcomes[0].after == "AWAITING_ACK"
     assert "created and deleted 3 times within 10 min" in result.outcomes[0].note
     assert _journal(cluster).alerts[0]["alert"] == "COST_CAP_EXCEEDED"
@@ -343,7 +343,7 @@ def test_status_shows_attempts_next_attempt_breaker_and_cost(cluster: Path, cli:
     _fail(cluster, 5)
     now = time.time()
     for _ in range(3):  # three failures: the breaker opens
-        now = max(now + 1.0, reconcile(cluster, now=now).next_due or 0.0)
+        now = max(now + 1.0, reconcile(cluster, clock=at(now)).next_due or 0.0)
     result = cli("--repo", cluster, "-o", "json", "status")
     assert result.exit_code == 0, result.output
     (trace,) = json.loads(result.stdout)["traces"]
@@ -399,6 +399,6 @@ def test_the_third_swing_within_the_window_is_still_automatic(cluster: Path) -> 
         common = {"compensator": "fakecloud-vm", "kind": "fakecloud.vm", "node": "node-1", "g": 1, "phase": "ANALYZE"}
         entry = store.register(f"earlier-{i}", params={"resource": "vm-flappy"}, trace_id=f"t{i}", **common)  # type: ignore[arg-type]
         store.succeeded(entry, now - 120, None, None)
-    result = reconcile(cluster, now=now)
+    result = reconcile(cluster, clock=at(now))
     assert result.exit_code() == 0 and deletes(cluster) == {KEY: 1}
     assert store.deletes_within("fakecloud.vm:vm-flappy", now + 1, 600.0) == 3  # the next one would halt

@@ -18,7 +18,7 @@ def _need_sshd() -> None:
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     _need_sshd()
-    server = make_sshd(tmp_path_factory.mktemp("sshd"))
+    server = make_sshd(tmp_path_factory.mktemp("sshd"), service=True)
     yield server
     server.stop()
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import subprocs
 from helpers.cluster import deletes, plant
 from helpers.sshd import host_fingerprint, keygen, sshd_binary
 
@@ -32,7 +33,7 @@ NODES = ("node-1", "node-2", "node-3")
 
 
 def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+    subprocs.run(["ip", *args], check=True, capture_output=True, timeout=30)
 
 
 def _can_make_namespaces() -> str | None:
@@ -76,7 +77,7 @@ class Net:
             **(env or {}),
         }
         command = ["ip", "netns", "exec", self.reconciler, sys.executable, "-m", "haios", *args]
-        return subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocs.spawn(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture
@@ -116,10 +117,10 @@ def net(tmp_path: Path) -> Iterator[Net]:
                 "Subsystem sftp internal-sftp\nSetEnv SHLVL=1\nLogLevel ERROR\n"
             )
             if not os.path.isdir("/run/sshd"):
-                subprocess.run(["mkdir", "-p", "/run/sshd"], check=True)
+                subprocs.run(["mkdir", "-p", "/run/sshd"], check=True)
             log = open(tmp_path / f"sshd-{i}.log", "ab")  # noqa: SIM115 - the server keeps it
             servers.append(
-                subprocess.Popen(
+                subprocs.spawn(
                     ["ip", "netns", "exec", ns, sshd_binary() or "sshd", "-D", "-e", "-f", str(config)],
                     stdout=log,
                     stderr=log,
@@ -129,7 +130,7 @@ def net(tmp_path: Path) -> Iterator[Net]:
             net.namespaces[node], net.addresses[node], net.links[node] = ns, f"10.203.{i}.2", outer
         deadline = time.monotonic() + 10
         for node in NODES:  # listening, as seen from the reconciler's namespace
-            while subprocess.run(
+            while subprocs.run(
                 ["ip", "netns", "exec", reconciler, "bash", "-c", f"exec 3<>/dev/tcp/{net.addresses[node]}/22"],
                 capture_output=True,
             ).returncode:
@@ -145,8 +146,8 @@ def net(tmp_path: Path) -> Iterator[Net]:
             except subprocess.TimeoutExpired:
                 server.kill()
         for ns in made:  # deleting a namespace removes its veth ends too
-            subprocess.run(["ip", "netns", "pids", ns], capture_output=True)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            subprocs.run(["ip", "netns", "pids", ns], capture_output=True)
+            subprocs.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 @pytest.fixture
@@ -223,11 +224,11 @@ def test_reconciler_cut_off_from_the_majority_changes_nothing(net: Net, cluster_
     plant(cluster, node_1="prepare", node_2="prepare", node_3="begin")
     net.cut("node-1", "node-2")
     before = {n: _fingerprint(cluster / "nodes" / n) for n in NODES}
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cluster, capture_output=True, text=True).stdout
+    head = subprocs.run(["git", "rev-parse", "HEAD"], cwd=cluster, capture_output=True, text=True).stdout
     code, result = _result(net.haios("--repo", str(cluster), "-o", "json", "reconcile"))
     assert code == 3 and result["minority"] is True and "minority view" in str(result["note"])
     assert {n: _fingerprint(cluster / "nodes" / n) for n in NODES} == before
-    assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=cluster, capture_output=True, text=True).stdout == head
+    assert subprocs.run(["git", "rev-parse", "HEAD"], cwd=cluster, capture_output=True, text=True).stdout == head
     net.heal("node-1", "node-2")
     code, result = _result(net.haios("--repo", str(cluster), "-o", "json", "reconcile"))
     assert code == 0 and result["traces"][0]["verdict"] == "rollback"  # type: ignore[index]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import Invoke
+from helpers import Invoke, subprocs
 from helpers.cluster import plant
 from helpers.sshd import Sshd
 
@@ -252,15 +254,23 @@ def test_sshd_killed_mid_reconcile_then_restarted_resumes_the_trace(
         own.stop()
 
 
+SSH_TRIALS = int(os.environ.get("HAIOS_SSH_TRIALS", "12"))  # 'make soak' runs 50
+
+
 @pytest.mark.slow
-def test_ssh_trials_50_with_every_fault(tmp_path: Path, ssh_env: Sshd) -> None:
-    """The recovery trials with haios reaching every node over SSH: no violation."""
+@pytest.mark.timeout(max(900, 60 * SSH_TRIALS))  # 12 trials: about 100 s on a slow 2-core day
+def test_ssh_trials_with_every_fault(tmp_path: Path, ssh_env: Sshd, rate: Callable[[str], None]) -> None:
+    """The recovery trials with haios reaching every node over SSH: no violation, and every fault
+    kind drawn in seed 1000's first 12."""
+    from haios.sim.simulator import FAULT_KINDS
     from haios.sim.trials import run_trials
 
-    report = run_trials(tmp_path / "trials", count=50, seed=1000, ssh=_layout(ssh_env))
+    report = run_trials(tmp_path / "trials", count=SSH_TRIALS, seed=1000, ssh=_layout(ssh_env))
     assert [t.seed for t in report.failing] == [], [t.as_dict() for t in report.failing][:3]
     outcomes = {t.outcome for t in report.trials}
-    assert outcomes <= {"converged", "blocked"} and len(report.trials) == 50
+    assert outcomes <= {"converged", "blocked"} and len(report.trials) == SSH_TRIALS
+    assert sorted(report.to_json()["faults_drawn"]) == sorted(FAULT_KINDS)
+    rate(f"{SSH_TRIALS} trials over SSH in {report.seconds:.0f} s: {report.per_minute:.1f} trials/minute")
 
 
 def test_acceptance_sim_init_over_ssh_faults_reconcile_check(tmp_path: Path, ssh_env: Sshd, cli: Invoke) -> None:
@@ -350,18 +360,17 @@ def test_disk_full_on_a_node_is_a_clean_error_and_nothing_half_written(
 ) -> None:
     """node-3's root is on a tiny filesystem that fills up: the step there fails with the node's own
     error, the other nodes' work stands, and once space is freed the next run finishes the trace."""
-    import subprocess
 
     root = ssh_cluster / "nodes/node-3"
     saved = tmp_path / "node-3-saved"
     shutil.copytree(root, saved, symlinks=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(root)], capture_output=True).returncode:
+    if subprocs.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(root)], capture_output=True).returncode:
         pytest.skip("cannot mount a small filesystem here (needs root)")
     try:
-        subprocess.run(["cp", "-a", f"{saved}/.", str(root)], check=True)
+        subprocs.run(["cp", "-a", f"{saved}/.", str(root)], check=True)
         plant(ssh_cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-1": 1})
         filler = root / "filler"
-        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)  # until ENOSPC
+        subprocs.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)  # until ENOSPC
         result = cli("--repo", ssh_cluster, "-o", "json", "reconcile")
         data = json.loads(result.stdout)
         assert result.exit_code == 1 and "Traceback" not in result.output
@@ -374,4 +383,4 @@ def test_disk_full_on_a_node_is_a_clean_error_and_nothing_half_written(
         assert json.loads(again.stdout)["traces"][0]["trace_id"] == trace["trace_id"]
         assert sim_check(ssh_cluster) == []
     finally:
-        subprocess.run(["umount", "-l", str(root)], capture_output=True)
+        subprocs.run(["umount", "-l", str(root)], capture_output=True)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers.zygote import Zygote
 
 from haios.wal import read_records, repair, verify
 
@@ -25,28 +24,21 @@ def test_crash_sigkill_writer_never_loses_acknowledged_records(tmp_path: Path) -
     directory = tmp_path / "wal"
     acknowledged: set[int] = set()
     torn = 0
-    for trial in range(trials):
-        proc = subprocess.Popen(
-            [sys.executable, str(PROJECT / "tests/helpers/wal_writer.py"), str(directory), str(trial), "65536"],
-            stdout=subprocess.PIPE,
-            env=env,
-            text=True,
-        )
-        assert proc.stdout is not None
-        ready = proc.stdout.readline()
-        assert ready.startswith("ready"), ready
-        time.sleep(rng.uniform(0, 0.05))
-        proc.send_signal(signal.SIGKILL)
-        acknowledged.update(int(line) for line in proc.stdout.read().split())
-        proc.wait(timeout=30)
-        proc.stdout.close()
-        report = verify(directory)
-        if not report.ok:
-            assert report.corruption is not None and report.corruption.torn_tail, report.corruption
-            torn += 1
-            assert repair(directory).action == "truncated"
-        lamports = [r.lamport for r in read_records(directory)]
-        assert lamports == list(range(1, len(lamports) + 1))  # contiguous: nothing after a gap
-        missing = acknowledged - set(lamports)
-        assert not missing, f"trial {trial}: acknowledged records lost: {sorted(missing)[:5]}"
+    with Zygote("helpers.wal_writer", env) as writers:
+        for trial in range(trials):
+            pid, lines = writers.start(str(directory), str(trial), "65536")
+            assert lines[0].startswith("ready"), lines
+            time.sleep(rng.uniform(0, 0.05))
+            os.kill(pid, signal.SIGKILL)
+            lines += writers.finish()
+            acknowledged.update(int(line) for line in lines[1:])
+            report = verify(directory)
+            if not report.ok:
+                assert report.corruption is not None and report.corruption.torn_tail, report.corruption
+                torn += 1
+                assert repair(directory).action == "truncated"
+            lamports = [r.lamport for r in read_records(directory)]
+            assert lamports == list(range(1, len(lamports) + 1))  # contiguous: nothing after a gap
+            missing = acknowledged - set(lamports)
+            assert not missing, f"trial {trial}: acknowledged records lost: {sorted(missing)[:5]}"
     assert acknowledged, "the writer never acknowledged anything"

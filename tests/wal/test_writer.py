@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
+from helpers import subprocs
 from helpers.wal import segments
 
 from haios.wal import (
@@ -52,7 +52,7 @@ def test_writer_second_writer_is_refused(tmp_path: Path) -> None:
             Wal.open(tmp_path)
         assert info.value.exit_code == 4
         code = "import sys; from haios.wal import Wal; Wal.open(sys.argv[1])"
-        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+        proc = subprocs.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
         assert proc.returncode != 0 and "WalLockedError" in proc.stderr
     Wal.open(tmp_path).close()  # released on close
 
