@@ -283,7 +283,11 @@ def _in_processes(
 
     workers = min(len(roots), os.cpu_count() or 1)
     results = {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    from ..procutil import worker_initializer
+
+    context = multiprocessing.get_context("spawn")
+    # the workers leave Ctrl-C to this process and die with it, however it ends
+    with ProcessPoolExecutor(workers, context, initializer=worker_initializer, initargs=(os.getpid(),)) as pool:
         futures = {node: pool.submit(_observe_local, repo, node, root) for node, root in sorted(roots.items())}
         for node, future in futures.items():
             try:

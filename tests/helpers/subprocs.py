@@ -166,6 +166,11 @@ def cmdline(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:200] or "?"
 
 
+def _interpreters(pid: int) -> bool:
+    """multiprocessing's own helper (the resource tracker) lives as long as this process, by design."""
+    return "from multiprocessing.resource_tracker import" in cmdline(pid)
+
+
 def leftovers(before: set[int], *, settle: float = 5.0) -> list[str]:
     """The processes below this one that were not there at ``before`` and belong to no session
     service, SIGKILLed; each as ``PID COMMAND``. Processes that are on their way out are given up to
@@ -174,7 +179,7 @@ def leftovers(before: set[int], *, settle: float = 5.0) -> list[str]:
     deadline = time.monotonic() + settle
     while True:
         services = {p for leader in _service_groups for p in [leader, *descendants(leader)]}
-        left = [p for p in descendants(me) if p not in before and p not in services]
+        left = [p for p in descendants(me) if p not in before and p not in services and not _interpreters(p)]
         if not left or time.monotonic() >= deadline:
             break
         time.sleep(0.05)
