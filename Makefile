@@ -31,8 +31,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict haios
 
+# One pytest worker per CPU this process may run on (taskset counts), each test file on one worker.
 unit: $(STAMP)
-	$(BIN)/pytest --durations=30
+	$(BIN)/pytest -n auto --dist loadfile --durations=30
 
 # The long rehearsals at full size (the suite runs a sample of each): 300 local and 50 SSH trials,
 # 1,000 SIGKILLed WAL and control-file writers.

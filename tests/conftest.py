@@ -142,20 +142,26 @@ def hermetic(
     assert not left, f"test left processes running (killed now): {left}"
 
 
-_rates: list[str] = []
-
-
 @pytest.fixture
 def rate(request: pytest.FixtureRequest) -> Callable[[str], None]:
     """``rate("300 trials in 212 s: 85 trials/minute")``: a long test says how fast it went; every
-    such line is printed in the run's summary, where a slower machine shows as a lower rate."""
-    return lambda text: _rates.append(f"{request.node.nodeid}: {text}")
+    such line is printed in the run's summary, where a slower machine shows as a lower rate (kept
+    in the test's report, so that it reaches the summary from a pytest-xdist worker too)."""
+    return lambda text: request.node.user_properties.append(("rate", text))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _rates:
+    lines = [
+        f"{report.nodeid}: {value}"
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", [])
+        if name == "rate"
+    ]
+    if lines:
         terminalreporter.section("rates of the long tests")
-        for line in _rates:
+        for line in sorted(lines):
             terminalreporter.line(line)
 
 

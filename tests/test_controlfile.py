@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -224,8 +225,9 @@ def _run_crash_trial(path: Path, rng: random.Random, writers: Zygote) -> None:
 
 
 @pytest.mark.slow
-def test_crash_sigkill_writer_leaves_old_or_new(tmp_path: Path) -> None:
+def test_crash_sigkill_writer_leaves_old_or_new(tmp_path: Path, rate: Callable[[str], None]) -> None:
     trials = int(os.environ.get("HAIOS_CRASH_TRIALS", "200"))
+    started = time.monotonic()
     rng = random.Random(20261126)
     env = {**os.environ, "PYTHONPATH": f"{PROJECT}{os.pathsep}{PROJECT / 'tests'}", "PYTHONDONTWRITEBYTECODE": "1"}
     path = tmp_path / "state.txt"
@@ -235,3 +237,5 @@ def test_crash_sigkill_writer_leaves_old_or_new(tmp_path: Path) -> None:
     with Zygote("helpers.cf_writer", env) as writers:
         for _ in range(trials):
             _run_crash_trial(path, rng, writers)
+    seconds = time.monotonic() - started
+    rate(f"{trials} writers killed in {seconds:.1f} s: {trials / seconds:.1f} a second")

@@ -864,6 +864,31 @@ def _reconcile(
     emit: Sink,
 ) -> RunResult:
     fresh, ctx = build(path, now=clock(), parallelism=parallelism)
+    try:
+        return _execute(path, clock, fresh, ctx, plan, holder, progress, push, remote, emit)
+    finally:
+        close_transport(ctx.transport)  # opened by build for this run: its connections end with it
+
+
+def close_transport(transport: object) -> None:
+    """Close a transport that has a close() (an SSH one keeps connections open until then)."""
+    closer = getattr(transport, "close", None)
+    if closer is not None:
+        closer()
+
+
+def _execute(
+    path: Path,
+    clock: Callable[[], float],
+    fresh: Plan,
+    ctx: Context,
+    plan: Plan | None,
+    holder: str | None,
+    progress: Progress | None,
+    push: bool,
+    remote: str | None,
+    emit: Sink,
+) -> RunResult:
     if plan is not None:
         stale = []
         if plan.desired_digest != fresh.desired_digest or plan.desired_commit != fresh.desired_commit:

@@ -30,7 +30,7 @@ from ..errors import BlockedError, HaiosError, UsageError, VerificationError
 from ..node.transaction import CATCH_UP_PREFIX, next_transition
 from . import journal as journals
 from . import membership as members
-from .executor import STATUS_FILE, TraceOutcome, _Runner, _write_status, node_state, wall_clock
+from .executor import STATUS_FILE, TraceOutcome, _Runner, _write_status, close_transport, node_state, wall_clock
 from .machine import State
 from .plan import Context, build, plan_transition
 from .sel import SEL_DIR
@@ -105,87 +105,96 @@ def _open_transitions(ctx: Context, node: str) -> list[tuple[int, str]]:
 def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str | None = None) -> RejoinResult:
     path = Path(repo)
     clock = wall_clock(now)
-    plan, ctx = build(path, now=clock())
-    result = RejoinResult(node, f"{CATCH_UP_PREFIX}{node}-{uuid.uuid4().hex[:12]}")
-    if node not in {n.name for n in ctx.config.cluster.nodes}:
-        raise UsageError(f"{node}: not a node of haios.yaml")
-    if ctx.config.cluster.replication.mode != "off":
-        # a node whose WAL is lost or corrupt gets it back from its replica peers first
-        answer = ctx.transport.call(node, {"op": "restore_wal"})
-        if answer.get("restored"):
-            result.restored = answer
-            plan, ctx = build(path, now=clock())
-            if node not in ctx.membership.evicted:
-                result.note = (
-                    f"WAL restored from {answer['source']}'s replica ({answer['reason']}): "
-                    f"{answer['segments']} segment{'s' if answer['segments'] != 1 else ''} up to lamport "
-                    f"{answer['last_lamport']}"
-                )
-                return _finish(path, ctx, result, plan.observed_hash)
-    if node not in ctx.membership.evicted:
-        raise UsageError(f"{node} is not evicted (status/membership.yaml): it already takes part")
-    if plan.minority:
-        raise BlockedError(
-            f"minority view: {len(plan.reachable)} of {len(plan.active)} active members reachable; nothing changes",
-            hint="rejoin once a majority of the cluster is reachable",
-        )
-    why = members.isolation(ctx.observations.get(node))
-    if why is not None:
-        raise BlockedError(f"{node} is still isolated ({why[0]})", hint="rejoin it once it is reachable and healthy")
-    wal_error = ctx.observations[node].wal_error
-    if wal_error is not None and not wal_error.get("torn_tail"):
-        raise VerificationError(
-            f"{node}: the WAL is corrupt mid-log ({wal_error.get('reason', 'corrupt')})",
-            hint="repair or restore it first ('haios wal verify' shows where)",
-        )
-    runner = _Runner(ctx, holder or new_holder(), clock, None)
-    for g, phase in _open_transitions(ctx, node):
-        trace = plan_transition(
-            ctx, g, phase, [node], force_rollback=f"{node} rejoins after eviction; the cluster went on without it"
-        )
-        if trace.verdict == "nothing":
-            continue
-        if trace.verdict != "rollback":
-            result.code, result.note = 3, f"g={g} {phase} on {node}: {trace.reason}"
-            return _finish(path, ctx, result, plan.observed_hash)
-        outcome = runner.run(trace)
-        result.rolled_back.append(outcome)
-        if outcome.after != State.CLEAN_EXIT.value:
-            result.code = outcome.code or 2
-            result.note = f"g={g} {phase} on {node} is not rolled back yet: {outcome.note}; run rejoin again later"
-            return _finish(path, ctx, result, plan.observed_hash)
-    peers = [
-        n
-        for n in plan.active
-        if n != node and ctx.observations[n].reachable and members.isolation(ctx.observations[n]) is None
-    ]
-    if not peers:
-        raise BlockedError(f"{node}: no healthy peer to catch up from")
-    # every transition up to the least advanced healthy peer is committed cluster-wide
-    result.peer_position = min((_position(ctx.observations[n].state) for n in peers), key=lambda p: order(*p))
-    for g, phase in _missed(_state(ctx, node), result.peer_position):
-        lease = ctx.backend.acquire(phase, runner.holder, result.trace_id, ctx.config.thresholds.lease_ttl, clock())
-        try:
-            note = f"caught up after eviction: committed by {', '.join(peers)} while {node} was evicted"
-            ctx.transport.call(
-                node,
-                {
-                    "op": "catchup",
-                    "trace_id": result.trace_id,
-                    "token": lease.token,
-                    "g": g,
-                    "phase": phase,
-                    "note": note,
-                },
+    contexts: list[Context] = []  # each opened a transport for this call: closed with it
+    try:
+        plan, ctx = build(path, now=clock())
+        contexts.append(ctx)
+        result = RejoinResult(node, f"{CATCH_UP_PREFIX}{node}-{uuid.uuid4().hex[:12]}")
+        if node not in {n.name for n in ctx.config.cluster.nodes}:
+            raise UsageError(f"{node}: not a node of haios.yaml")
+        if ctx.config.cluster.replication.mode != "off":
+            # a node whose WAL is lost or corrupt gets it back from its replica peers first
+            answer = ctx.transport.call(node, {"op": "restore_wal"})
+            if answer.get("restored"):
+                result.restored = answer
+                plan, ctx = build(path, now=clock())
+                contexts.append(ctx)
+                if node not in ctx.membership.evicted:
+                    result.note = (
+                        f"WAL restored from {answer['source']}'s replica ({answer['reason']}): "
+                        f"{answer['segments']} segment{'s' if answer['segments'] != 1 else ''} up to lamport "
+                        f"{answer['last_lamport']}"
+                    )
+                    return _finish(path, ctx, result, plan.observed_hash)
+        if node not in ctx.membership.evicted:
+            raise UsageError(f"{node} is not evicted (status/membership.yaml): it already takes part")
+        if plan.minority:
+            raise BlockedError(
+                f"minority view: {len(plan.reachable)} of {len(plan.active)} active members reachable; nothing changes",
+                hint="rejoin once a majority of the cluster is reachable",
             )
-        finally:
-            ctx.backend.release(lease, clock())
-        result.caught_up.append((g, phase))
-    how = f"caught up {len(result.caught_up)} transitions to g={result.peer_position[0]} {result.peer_position[1]}"
-    members.rejoined(path, node, clock(), how)
-    result.rejoined = True
-    result.note = how
-    return _finish(path, ctx, result, plan.observed_hash)
+        why = members.isolation(ctx.observations.get(node))
+        if why is not None:
+            raise BlockedError(
+                f"{node} is still isolated ({why[0]})", hint="rejoin it once it is reachable and healthy"
+            )
+        wal_error = ctx.observations[node].wal_error
+        if wal_error is not None and not wal_error.get("torn_tail"):
+            raise VerificationError(
+                f"{node}: the WAL is corrupt mid-log ({wal_error.get('reason', 'corrupt')})",
+                hint="repair or restore it first ('haios wal verify' shows where)",
+            )
+        runner = _Runner(ctx, holder or new_holder(), clock, None)
+        for g, phase in _open_transitions(ctx, node):
+            trace = plan_transition(
+                ctx, g, phase, [node], force_rollback=f"{node} rejoins after eviction; the cluster went on without it"
+            )
+            if trace.verdict == "nothing":
+                continue
+            if trace.verdict != "rollback":
+                result.code, result.note = 3, f"g={g} {phase} on {node}: {trace.reason}"
+                return _finish(path, ctx, result, plan.observed_hash)
+            outcome = runner.run(trace)
+            result.rolled_back.append(outcome)
+            if outcome.after != State.CLEAN_EXIT.value:
+                result.code = outcome.code or 2
+                result.note = f"g={g} {phase} on {node} is not rolled back yet: {outcome.note}; run rejoin again later"
+                return _finish(path, ctx, result, plan.observed_hash)
+        peers = [
+            n
+            for n in plan.active
+            if n != node and ctx.observations[n].reachable and members.isolation(ctx.observations[n]) is None
+        ]
+        if not peers:
+            raise BlockedError(f"{node}: no healthy peer to catch up from")
+        # every transition up to the least advanced healthy peer is committed cluster-wide
+        result.peer_position = min((_position(ctx.observations[n].state) for n in peers), key=lambda p: order(*p))
+        for g, phase in _missed(_state(ctx, node), result.peer_position):
+            lease = ctx.backend.acquire(phase, runner.holder, result.trace_id, ctx.config.thresholds.lease_ttl, clock())
+            try:
+                note = f"caught up after eviction: committed by {', '.join(peers)} while {node} was evicted"
+                ctx.transport.call(
+                    node,
+                    {
+                        "op": "catchup",
+                        "trace_id": result.trace_id,
+                        "token": lease.token,
+                        "g": g,
+                        "phase": phase,
+                        "note": note,
+                    },
+                )
+            finally:
+                ctx.backend.release(lease, clock())
+            result.caught_up.append((g, phase))
+        how = f"caught up {len(result.caught_up)} transitions to g={result.peer_position[0]} {result.peer_position[1]}"
+        members.rejoined(path, node, clock(), how)
+        result.rejoined = True
+        result.note = how
+        return _finish(path, ctx, result, plan.observed_hash)
+    finally:
+        for opened in contexts:
+            close_transport(opened.transport)
 
 
 def _finish(path: Path, ctx: Context, result: RejoinResult, observed: str) -> RejoinResult:

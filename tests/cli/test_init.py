@@ -14,15 +14,15 @@ from haios import controlfile, validate_repo
 def test_init_creates_valid_repo_with_one_commit(cli: Invoke, tmp_path: Path) -> None:
     result = cli("init", tmp_path / "demo-repo", "--nodes", "3")
     assert result.exit_code == 0, result.output
-    repo = git.Repo(tmp_path / "demo-repo")
-    commits = list(repo.iter_commits())
-    assert len(commits) == 1
-    assert commits[0].message.strip() == "haios init: cluster demo-repo with 3 nodes (local transport)"
-    assert result.stdout == (
-        f"Created {tmp_path / 'demo-repo'}: cluster demo-repo, 3 nodes (local transport), commit {commits[0].hexsha[:12]}\n"
-    )
-    assert result.stderr == f"next: haios --repo {tmp_path / 'demo-repo'} validate\n"
-    assert not repo.is_dirty(untracked_files=True)
+    with git.Repo(tmp_path / "demo-repo") as repo:
+        commits = list(repo.iter_commits())
+        assert len(commits) == 1
+        assert commits[0].message.strip() == "haios init: cluster demo-repo with 3 nodes (local transport)"
+        assert result.stdout == (
+            f"Created {tmp_path / 'demo-repo'}: cluster demo-repo, 3 nodes (local transport), commit {commits[0].hexsha[:12]}\n"
+        )
+        assert result.stderr == f"next: haios --repo {tmp_path / 'demo-repo'} validate\n"
+        assert not repo.is_dirty(untracked_files=True)
     assert validate_repo(tmp_path / "demo-repo").ok
 
 
@@ -121,7 +121,8 @@ def test_init_force_keeps_existing_node_state(cli: Invoke, tmp_path: Path) -> No
     assert "kept existing node roots: node-1, node-2" in result.stderr
     assert controlfile.read_mapping(state)[0]["g"] == 7
     assert (target / "nodes/node-3/state.txt").exists()
-    assert len(list(git.Repo(target).iter_commits())) == 2
+    with git.Repo(target) as repo:
+        assert len(list(repo.iter_commits())) == 2
 
 
 def test_init_into_existing_empty_dir(cli: Invoke, tmp_path: Path) -> None:

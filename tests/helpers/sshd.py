@@ -102,8 +102,14 @@ class Sshd:
         raise RuntimeError(f"sshd did not listen on port {self.port}")
 
     def stop(self) -> None:
+        """SIGTERM the listener; the sessions of clients that never disconnected (a link the test
+        cut, a client it killed) are SIGKILLed, as they would outlive it."""
         if self.proc is None:
             return
+        sessions = subprocs.descendants(self.proc.pid)
+        for pid in sessions:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -132,32 +138,40 @@ def make_sshd(directory: Path, *, service: bool = False) -> Sshd:
     keygen(client_key, "haios-test-client")
     authorized = directory / "authorized_keys"
     authorized.write_text(client_key.with_suffix(".pub").read_text())
-    port = free_port()
     config = directory / "sshd_config"
-    config.write_text(
-        "\n".join(
-            [
-                "ListenAddress 127.0.0.1",
-                f"Port {port}",
-                f"HostKey {host_key}",
-                f"PidFile {directory / 'sshd.pid'}",
-                f"AuthorizedKeysFile {authorized}",
-                "StrictModes no",
-                "PermitRootLogin prohibit-password",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "UsePAM no",
-                "MaxStartups 200",
-                "MaxSessions 50",
-                "Subsystem sftp internal-sftp",
-                # the nodes' own haios reaches their replica peers with this key, as a node's
-                # service account would with its own (WAL replication, restore)
-                f'SetEnv SHLVL=1 HAIOS_SSH_IDENTITY={client_key} "HAIOS_REMOTE_COMMAND={sys.executable} -m haios"',
-                "LogLevel ERROR",
-                "",
-            ]
+    for _ in range(3):  # a port another process took between choosing and binding it: choose again
+        port = free_port()
+        config.write_text(
+            "\n".join(
+                [
+                    "ListenAddress 127.0.0.1",
+                    f"Port {port}",
+                    f"HostKey {host_key}",
+                    f"PidFile {directory / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {authorized}",
+                    "StrictModes no",
+                    "PermitRootLogin prohibit-password",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "MaxStartups 200",
+                    "MaxSessions 50",
+                    "Subsystem sftp internal-sftp",
+                    # the nodes' own haios reaches their replica peers with this key, as a node's
+                    # service account would with its own (WAL replication, restore)
+                    f'SetEnv SHLVL=1 HAIOS_SSH_IDENTITY={client_key} "HAIOS_REMOTE_COMMAND={sys.executable} -m haios"',
+                    "LogLevel ERROR",
+                    "",
+                ]
+            )
         )
-    )
-    sshd = Sshd(directory, port, host_key, client_key, config, service=service)
-    sshd.start()
-    return sshd
+        sshd = Sshd(directory, port, host_key, client_key, config, service=service)
+        try:
+            sshd.start()
+        except RuntimeError:
+            sshd.stop()
+            if "Address already in use" not in (directory / "sshd.log").read_text(errors="replace"):
+                raise
+            continue
+        return sshd
+    raise RuntimeError(f"sshd in {directory}: every port chosen was taken by another process first")

@@ -31,14 +31,14 @@ def test_trials_cli_reports_outcomes(cli: Invoke, tmp_path: Path) -> None:
 
 
 def test_trials_one_seed_is_reproducible(tmp_path: Path) -> None:
-    a = run_trial(tmp_path / "a", 12, {"kill": 0.5, "compfail": 0.5})
-    b = run_trial(tmp_path / "b", 12, {"kill": 0.5, "compfail": 0.5})
+    a = run_trial(tmp_path / "a", 15, {"kill": 0.5, "compfail": 0.5})  # a compensator fails: 3 runs
+    b = run_trial(tmp_path / "b", 15, {"kill": 0.5, "compfail": 0.5})
     assert (a.nodes, a.outcome, a.faults, a.rounds) == (b.nodes, b.outcome, b.faults, b.rounds)
     assert a.ok, a.as_dict()
 
 
-TRIALS = int(os.environ.get("HAIOS_TRIALS", "100"))  # 'make soak' runs 300
-TRIALS_LIMIT = max(1200, 12 * TRIALS)  # 100 trials: 4 min on a slow 2-core day, 8 on one core
+TRIALS = int(os.environ.get("HAIOS_TRIALS", "50"))  # 'make soak' runs 300
+TRIALS_LIMIT = max(900, 12 * TRIALS)  # 50 trials: 2 min on a slow 2-core day, 4 on one core
 
 
 @pytest.mark.slow
@@ -46,7 +46,7 @@ TRIALS_LIMIT = max(1200, 12 * TRIALS)  # 100 trials: 4 min on a slow 2-core day,
 def test_trials_acceptance_seed_1(tmp_path: Path, rate: Callable[[str], None]) -> None:
     """Trials with every fault kind: kill, torn, bitflip, partition, slowfsync, compfail (a
     compensator failing once, three times or forever) and cost (a cost spike past the cap) — each
-    drawn in at least one trial of seed 1's first 100."""
+    drawn in at least one trial of seed 1's first 50 (all seven by the 30th)."""
     proc = subprocs.run(
         [sys.executable, "-m", "haios", "--output", "json", "sim", "trials", "--count", str(TRIALS), "--seed", "1"]
         + ["--faults", CI_FAULTS, "--workdir", str(tmp_path / "trials")],
