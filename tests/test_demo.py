@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import subprocs
+from helpers import browse, subprocs
 
 PROJECT = Path(__file__).parent.parent
 
@@ -39,11 +39,6 @@ def test_demo_ends_healthy_with_the_recovery_in_the_audit_log(tmp_path: Path) ->
     )
     assert checked.returncode == 0, checked.stderr
     page = sim.parent / "report.html"
-    shown = subprocs.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    shown = browse(page, "--dump-dom")
     lanes = re.findall(r'<g class="lane" data-node="([^"]+)"', shown.stdout)
     assert lanes == [f"node-{i}" for i in range(1, 6)]  # every node of the demo

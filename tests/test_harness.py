@@ -6,7 +6,9 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,33 @@ def test_harness_tests_start_processes_only_through_subprocs() -> None:
         if direct.search(line)
     ]
     assert offenders == [], "start subprocesses with helpers.subprocs.run/spawn"
+
+
+# the files whose tests use the session's shared fixtures (a cluster, a faulty cluster, a repo) and time
+AGED = [
+    "tests/test_alerts.py",
+    "tests/test_timeline.py",
+    "tests/recovery/test_eviction.py",
+    "tests/recovery/test_sel.py",
+    "tests/detect/test_doctor.py",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # about 2 minutes on a slow day
+def test_harness_an_hour_older_session_changes_nothing(tmp_path: Path, rate: Callable[[str], None]) -> None:
+    """The tests that read timestamps from the session's shared fixtures pass just the same when an
+    hour has passed since those were built (--clock-shift), as on a slow machine late in a long run."""
+    project = Path(__file__).parent.parent
+    started = time.monotonic()
+    proc = subprocs.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--clock-shift", "3600"]
+        + ["--basetemp", str(tmp_path / "inner"), *AGED],
+        cwd=project,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=800,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    rate(f"{len(AGED)} files an hour older in {time.monotonic() - started:.0f} s")

@@ -4,16 +4,14 @@ one lane per node, one bar per phase run, every recovery step and detection, no 
 from __future__ import annotations
 
 import json
-import shutil
 import struct
-import subprocess
 import time
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Invoke, subprocs
+from helpers import Invoke, browse
 
 from haios.recovery.journal import JOURNAL_DIR, load
 from haios.timeline import build, render
@@ -32,19 +30,18 @@ class _Dom(HTMLParser):
         return [a for t, a in self.elements if t == tag and cls in a.get("class", "").split()]
 
 
-def chromium() -> str:
-    found = shutil.which("chromium")
-    assert found, "chromium is missing: tests/system-deps.sh installs Debian's chromium"
-    return found
-
-
-def _browse(page: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    args = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
-    return subprocs.run([*args, *extra, page.as_uri()], capture_output=True, text=True, timeout=120, check=False)
-
-
 def _console_errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+
+
+def _began(cluster: Path) -> float:
+    """When the cluster's nodes wrote their first record (the shared fixture is as old as the session)."""
+    return min(float(r.payload["ts"]) for root in (cluster / "nodes").iterdir() for r in read_records(root / "wal"))
+
+
+def _window(cluster: Path) -> str:
+    """A --since that reaches back to the cluster's first record, however long ago the session began."""
+    return f"{int(time.time() - _began(cluster)) + 600}s"
 
 
 def _wal_facts(cluster: Path) -> dict[str, dict[str, int]]:
@@ -60,7 +57,7 @@ def _wal_facts(cluster: Path) -> dict[str, dict[str, int]]:
 
 def test_report_in_headless_chromium(faulty: Path, cli: Invoke, tmp_path: Path) -> None:
     page = tmp_path / "report.html"
-    result = cli("--repo", faulty, "-o", "json", "report", "--html", page, "--since", "1h")
+    result = cli("--repo", faulty, "-o", "json", "report", "--html", page, "--since", _window(faulty))
     assert result.exit_code == 0, result.output
     info: dict[str, Any] = json.loads(result.stdout)
     facts = _wal_facts(faulty)
@@ -70,7 +67,7 @@ def test_report_in_headless_chromium(faulty: Path, cli: Invoke, tmp_path: Path) 
     text = page.read_text()
     assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in text
 
-    shown = _browse(page, "--dump-dom")
+    shown = browse(page, "--dump-dom")
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert _console_errors(shown.stderr) == []
     dom = _Dom()
@@ -95,7 +92,7 @@ def test_report_in_headless_chromium(faulty: Path, cli: Invoke, tmp_path: Path) 
     )  # the page's script ran to its end and wired every item
 
     shot = tmp_path / "report.png"
-    taken = _browse(page, f"--screenshot={shot}", "--window-size=1400,600")
+    taken = browse(page, f"--screenshot={shot}", "--window-size=1400,600")
     assert taken.returncode == 0 and _console_errors(taken.stderr) == []
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (1400, 600)
@@ -105,9 +102,9 @@ def test_report_in_headless_chromium(faulty: Path, cli: Invoke, tmp_path: Path) 
 def test_console_errors_are_caught(faulty: Path, tmp_path: Path) -> None:
     """The console check can fail: the same page with a script error in it."""
     page = tmp_path / "broken.html"
-    text = render(build(faulty, since=time.time() - 3600))
+    text = render(build(faulty, since=_began(faulty) - 600))
     page.write_text(text.replace("</body>", "<script>notAFunction();</script></body>"))
-    shown = _browse(page, "--dump-dom")
+    shown = browse(page, "--dump-dom")
     assert any("notAFunction" in line for line in _console_errors(shown.stderr))
 
 

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 from typer.testing import Result
 
 Invoke = Callable[..., Result]
 """``cli(*args, env=None)``: run ``haios ARGS`` in-process."""
+
+
+def browse(page: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium on ``page`` (tests/system-deps.sh installs Debian's chromium). Its temporary
+    directory is made relative to the test's working directory (its tmp dir): the socket Chromium
+    puts there must fit in a Unix socket path, which a deep pytest tmp dir does not."""
+    from . import subprocs
+
+    found = shutil.which("chromium")
+    assert found, "chromium is missing: tests/system-deps.sh installs Debian's chromium"
+    args = [found, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0", *extra]
+    env = {**os.environ, "TMPDIR": "."}
+    return subprocs.run([*args, page.as_uri()], capture_output=True, text=True, timeout=120, env=env)
 
 
 def promtool() -> str:
