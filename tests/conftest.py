@@ -222,9 +222,12 @@ def clean_cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def cluster(tmp_path: Path, clean_cluster: Path) -> Path:
-    """A fresh copy of the clean cluster for one test."""
+    """A fresh copy of the clean cluster for one test, its nodes' heartbeats as fresh as the test."""
+    from helpers.cluster import refresh_heartbeats
+
     target = tmp_path / "cluster"
     shutil.copytree(clean_cluster, target, symlinks=True)
+    refresh_heartbeats(target)
     return target
 
 

@@ -88,15 +88,18 @@ def test_harness_tests_start_processes_only_through_subprocs() -> None:
 # the files whose tests use the session's shared fixtures (a cluster, a faulty cluster, a repo) and time
 AGED = [
     "tests/test_alerts.py",
+    "tests/test_metrics.py",
     "tests/test_timeline.py",
     "tests/recovery/test_eviction.py",
+    "tests/recovery/test_reconcile.py",
     "tests/recovery/test_sel.py",
     "tests/detect/test_doctor.py",
+    "tests/overrides/test_verify.py",
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # about 2 minutes on a slow day
+@pytest.mark.timeout(900)  # about 3 minutes on a slow day
 def test_harness_an_hour_older_session_changes_nothing(tmp_path: Path, rate: Callable[[str], None]) -> None:
     """The tests that read timestamps from the session's shared fixtures pass just the same when an
     hour has passed since those were built (--clock-shift), as on a slow machine late in a long run."""

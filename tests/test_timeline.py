@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from helpers import Invoke, browse
+from helpers.cluster import began
 
 from haios.recovery.journal import JOURNAL_DIR, load
 from haios.timeline import build, render
@@ -34,14 +35,9 @@ def _console_errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
 
 
-def _began(cluster: Path) -> float:
-    """When the cluster's nodes wrote their first record (the shared fixture is as old as the session)."""
-    return min(float(r.payload["ts"]) for root in (cluster / "nodes").iterdir() for r in read_records(root / "wal"))
-
-
 def _window(cluster: Path) -> str:
     """A --since that reaches back to the cluster's first record, however long ago the session began."""
-    return f"{int(time.time() - _began(cluster)) + 600}s"
+    return f"{int(time.time() - began(cluster)) + 600}s"
 
 
 def _wal_facts(cluster: Path) -> dict[str, dict[str, int]]:
@@ -102,7 +98,7 @@ def test_report_in_headless_chromium(faulty: Path, cli: Invoke, tmp_path: Path) 
 def test_console_errors_are_caught(faulty: Path, tmp_path: Path) -> None:
     """The console check can fail: the same page with a script error in it."""
     page = tmp_path / "broken.html"
-    text = render(build(faulty, since=_began(faulty) - 600))
+    text = render(build(faulty, since=began(faulty) - 600))
     page.write_text(text.replace("</body>", "<script>notAFunction();</script></body>"))
     shown = browse(page, "--dump-dom")
     assert any("notAFunction" in line for line in _console_errors(shown.stderr))

@@ -9,13 +9,13 @@ answer, so the ``phase_transition.started/finished`` events in the nodes' WALs a
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..clock import wall_time
 from ..config.model import PHASES
 from ..errors import BarrierError, HaiosError
 from ..node.transaction import next_transition
@@ -69,7 +69,7 @@ class PhaseDriver:
         participants: list[Participant],
         *,
         last: tuple[int, str | None] = (0, None),
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = wall_time,
     ) -> None:
         self.participants = participants
         self.last = last  # the last transition committed cluster-wide

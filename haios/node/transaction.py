@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import Any
 
 from .. import controlfile
+from ..clock import wall_time
 from ..config.dataschemas import DataSchema, validate_data
 from ..config.model import PHASES
 from ..errors import BarrierError, BlockedError, HaiosError, PartitionError, VersionConflict
@@ -169,7 +170,7 @@ class Node:
         self,
         root: Path | str,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = wall_time,
         sync: Callable[[int], None] = os.fdatasync,
     ) -> None:
         self.root = Path(root)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import controlfile
+from ..clock import wall_time
 from ..cluster.ring import Ring
 from ..errors import BlockedError, HaiosError, TransportError
 from ..wal.format import SEGMENT_HEADER_SIZE, SegmentHeader, decode_segment_header
@@ -155,7 +156,7 @@ class Replicator:
         settings: Settings,
         *,
         links: dict[str, PeerLink] | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = wall_time,
         link_timeout: float = 10.0,
     ) -> None:
         self.node = node
@@ -494,7 +495,7 @@ class Replicator:
 
 
 def replicator_for(
-    node: str, root: Path, policy: dict[str, Any], *, clock: Callable[[], float] = time.time
+    node: str, root: Path, policy: dict[str, Any], *, clock: Callable[[], float] = wall_time
 ) -> Replicator | None:
     """The replicator the node's settings ask for, or None when replication is off."""
     settings = Settings.for_node(root, policy)

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ..clock import wall_time
 from ..errors import HaiosError, LockHeldError, StorageError
 from ..fsutil import TEMP_SUFFIX, fsync_dir, makedirs_durable, temp_name, write_all
 from . import format as fmt
@@ -99,7 +100,7 @@ class Wal:
         *,
         read_only: bool = False,
         segment_size: int = fmt.DEFAULT_SEGMENT_SIZE,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = wall_time,
         sync: Callable[[int], None] = os.fdatasync,
         repair_torn_tail: bool = True,
     ) -> Wal:

@@ -39,6 +39,22 @@ def positions(directory: Path) -> dict[str, tuple[int, str]]:
     return out
 
 
+def began(directory: Path) -> float:
+    """When the cluster's nodes wrote their first WAL record (a shared fixture is as old as the session)."""
+    from haios.wal import read_records
+
+    return min(float(r.payload["ts"]) for root in (directory / "nodes").iterdir() for r in read_records(root / "wal"))
+
+
+def refresh_heartbeats(directory: Path) -> None:
+    """Every node beats now: a copy of a session-old cluster must not look as if its agents stopped."""
+    from haios.node.heartbeat import beat
+
+    for root in sorted((directory / "nodes").iterdir()):
+        if (root / "heartbeat").exists():
+            beat(root, root.name)
+
+
 def head(directory: Path) -> str:
     return subprocs.run(
         ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, check=True

@@ -99,8 +99,9 @@ def _payload_override(repo: Path, path: Path, **changes: object) -> None:
 @pytest.mark.parametrize(
     ("changes", "problem"),
     [
-        ({"expires_at": int(time.time()) - 10, "issued_at": int(time.time()) - 100}, "expired"),
-        ({"issued_at": int(time.time()) + 600, "expires_at": int(time.time()) + 9000}, "in the future"),
+        # times as offsets from when the test runs (parameters are made at collection, maybe long before)
+        ({"expires_at": -10, "issued_at": -100}, "expired"),
+        ({"issued_at": 600, "expires_at": 9000}, "in the future"),
         ({"policy_version": 9}, "newer than policies/rbac.yaml"),
     ],
 )
@@ -109,7 +110,8 @@ def test_payload_rules(
 ) -> None:
     repo, keys = signed_repo
     path = _new(cli, repo)
-    _payload_override(repo, path, **changes)
+    now = int(time.time())
+    _payload_override(repo, path, **{k: now + v if k.endswith("_at") else v for k, v in changes.items()})
     for person in ("alice", "bob"):
         _sign(cli, repo, path, person, keys[person])
     code, verdict = _verify(cli, repo, path)
