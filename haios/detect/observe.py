@@ -23,6 +23,7 @@ from .. import controlfile
 from ..errors import EXIT_VERIFICATION, HaiosError
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.transaction import ABANDON_STEP, CATCH_UP_PREFIX
+from ..procutil import worker_initializer
 from ..transport import Transport
 from ..wal import Cursor, RecordType, WalCorruptError, WalReader
 from ..wal.format import SEGMENT_HEADER_SIZE
@@ -283,8 +284,6 @@ def _in_processes(
 
     workers = min(len(roots), os.cpu_count() or 1)
     results = {}
-    from ..procutil import worker_initializer
-
     context = multiprocessing.get_context("spawn")
     # the workers leave Ctrl-C to this process and die with it, however it ends
     with ProcessPoolExecutor(workers, context, initializer=worker_initializer, initargs=(os.getpid(),)) as pool:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import alerts, audit, controlfile
+from ..clock import wall_clock
 from ..config.dataschemas import DataSchemaError
 from ..config.model import Playbook
 from ..config.model import phase_order as order
@@ -839,17 +840,6 @@ def reconcile(
         if (Path(repo) / "haios.yaml").is_file():
             with contextlib.suppress(HaiosError):  # a metric that cannot be written never fails the run
                 record_run(Path(repo), code=code, seconds=time.monotonic() - started, finished=time.time())
-
-
-def wall_clock(now: float | None) -> Callable[[], float]:
-    """The wall clock, shifted to read ``now`` at this moment (not shifted: None)."""
-    started = time.time()
-    base = started if now is None else now
-
-    def clock() -> float:
-        return base + (time.time() - started)
-
-    return clock
 
 
 def _reconcile(

@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import audit
+from ..clock import wall_clock
 from ..config.model import phase_order as order
 from ..coord import new_holder
 from ..errors import BlockedError, HaiosError, UsageError, VerificationError
 from ..node.transaction import CATCH_UP_PREFIX, next_transition
 from . import journal as journals
 from . import membership as members
-from .executor import STATUS_FILE, TraceOutcome, _Runner, _write_status, close_transport, node_state, wall_clock
+from .executor import STATUS_FILE, TraceOutcome, _Runner, _write_status, close_transport, node_state
 from .machine import State
 from .plan import Context, build, plan_transition
 from .sel import SEL_DIR

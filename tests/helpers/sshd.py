@@ -106,10 +106,7 @@ class Sshd:
         cut, a client it killed) are SIGKILLed, as they would outlive it."""
         if self.proc is None:
             return
-        sessions = subprocs.descendants(self.proc.pid)
-        for pid in sessions:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        subprocs.kill_descendants(self.proc.pid)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -123,9 +120,8 @@ class Sshd:
         """SIGKILL the listener and every session it forked (a crashed server)."""
         if self.proc is None:
             return
-        for pid in [*subprocs.descendants(self.proc.pid), self.proc.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        subprocs.kill_descendants(self.proc.pid)
+        self.proc.kill()
         self.proc.wait(timeout=10)
         self.proc = None
 

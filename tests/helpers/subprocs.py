@@ -120,6 +120,13 @@ def alive(pid: int) -> bool:
         return False
 
 
+def kill_descendants(pid: int) -> None:
+    """SIGKILL every live process below ``pid`` (a server's sessions), not ``pid`` itself."""
+    for child in descendants(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below ``pid`` (sshd forks a process per connection, and that one another)."""
     children = _children()

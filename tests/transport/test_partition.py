@@ -9,7 +9,6 @@ written on the cut-off node, and a reconciler that can reach only a minority cha
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -140,9 +139,7 @@ def net(tmp_path: Path) -> Iterator[Net]:
         yield net
     finally:
         for server in servers:  # sessions over a cut link would wait out TCP's timeouts: kill them
-            for pid in subprocs.descendants(server.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            subprocs.kill_descendants(server.pid)
             server.send_signal(signal.SIGTERM)
         for server in servers:
             try:
