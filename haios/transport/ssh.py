@@ -396,8 +396,15 @@ class SshTransport:
     def version(self, node: str) -> str:
         """The version of haios on the node (``haios --version``), asked once per transport."""
         if node not in self._versions:
-            done = self._exec(node, quote_command([*self.remote, "--version"]), self.connect_timeout)
+            # a command, not a handshake: a loaded node may take a few seconds to start an interpreter,
+            # so it gets the read timeout (3x the connect timeout), not the connect timeout itself
+            done = self._exec(node, quote_command([*self.remote, "--version"]), self.io_timeout)
             words = done.stdout.split()
+            if done.returncode == 124:
+                raise TransportError(
+                    f"{node}: haios on the node did not answer 'haios --version' within {self.io_timeout:g} s",
+                    hint="check the node's load, or raise HAIOS_SSH_TIMEOUT (the probe waits 3x as long)",
+                )
             if done.returncode != 0 or len(words) != 2 or words[0] != "haios":
                 raise TransportError(
                     f"{node}: haios is not installed on the node, or does not answer 'haios --version' "

@@ -200,7 +200,7 @@ def test_minority_cut_mid_reconcile_then_healed(net: Net, cluster_behind: Path) 
     net.cut("node-3")
     before = _fingerprint(minority)
     code, first = _result(run)
-    assert code == 1, first  # the step on node-3 could not run: an error for this run, nothing lost
+    assert code == 1, first["traces"]  # the step on node-3 could not run: an error for this run, nothing lost
     (trace,) = first["traces"]  # type: ignore[misc]
     assert trace["after"] == "ROLLBACK" and "node-3" in trace["note"]
     assert deletes(cluster) == {"key-node-1-0": 1}  # the majority's part was done
@@ -213,7 +213,7 @@ def test_minority_cut_mid_reconcile_then_healed(net: Net, cluster_behind: Path) 
 
     net.heal("node-3")
     code, healed = _result(net.haios("--repo", str(cluster), "-o", "json", "reconcile"))
-    assert code == 0, healed
+    assert code == 0, healed["traces"]
     assert healed["traces"][0]["trace_id"] == trace["trace_id"]  # type: ignore[index]
     assert healed["traces"][0]["after"] == "CLEAN_EXIT"  # type: ignore[index]
     assert deletes(cluster) == {"key-node-1-0": 1}  # compensated once, across the partition

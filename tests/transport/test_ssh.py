@@ -329,6 +329,26 @@ def test_remote_haios_of_another_version_or_missing_is_a_doctor_finding(
     assert len(found) == 3 and "haios is not installed on the node" in found[0]["summary"]
 
 
+def test_a_slow_starting_remote_haios_is_not_an_unreachable_node(ssh_cluster: Path, tmp_path: Path) -> None:
+    """The version probe is a command: a loaded node that takes longer than the connect timeout to
+    start an interpreter still answers; one that takes longer than the read timeout is named as such
+    (not as 'not installed')."""
+    import sys
+
+    config = load_repo(ssh_cluster)
+    slow = tmp_path / "slow-haios"
+    slow.write_text(f'#!/bin/sh\nsleep "$HAIOS_TEST_DELAY"\nexec {sys.executable} -m haios "$@"\n')
+    slow.chmod(0o755)
+    with SshTransport(config.cluster.nodes, mirror=tmp_path / "m", connect_timeout=1.0) as t:
+        t.remote = ["env", "HAIOS_TEST_DELAY=1.5", str(slow)]  # over the connect timeout, under 3x of it
+        assert t.version("node-1").startswith("0.")
+        assert t.call("node-1", {"op": "inspect", "g": 1, "phase": "IDLE"})["status"] == "committed"
+    with SshTransport(config.cluster.nodes, mirror=tmp_path / "m", connect_timeout=1.0) as t:
+        t.remote = ["env", f"HAIOS_TEST_DELAY={t.io_timeout + 1:g}", str(slow)]
+        with pytest.raises(TransportError, match="did not answer 'haios --version' within 5 s"):
+            t.version("node-2")
+
+
 def test_init_then_provision_ssh_nodes_then_doctor(tmp_path: Path, ssh_env: Sshd, cli: Invoke) -> None:
     repo = tmp_path / "repo"
     assert cli("init", repo, "--nodes", "2", "--transport", "ssh").exit_code == 0
