@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config.yamlload import load_status
 from .controlfile import dump_mapping
-from .errors import ConfigError
+from .errors import ConfigError, HaiosError
 from .fsutil import atomic_write, makedirs_durable
 from .node.heartbeat import utc
 from .recovery import journal as journals
@@ -124,12 +125,10 @@ def current(repo: Path) -> dict[str, Alert]:
 
 
 def _load(path: Path) -> dict[str, Any] | None:
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
-
+    """A recorded alert, or None when the file is not one (unreadable, hostile, another schema)."""
     try:
-        data = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
-    except (OSError, YAMLError, UnicodeDecodeError):
+        data = load_status(path, "an alert record", ALERTS_DIR)
+    except HaiosError:
         return None
     return data if isinstance(data, dict) and data.get("schema") == SCHEMA else None
 

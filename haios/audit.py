@@ -15,6 +15,7 @@ paths are committed: whatever else the user has staged or changed stays as it wa
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,9 @@ from typing import Any
 
 from .errors import RepoError
 from .gitrepo import _git, _identity_env
+from .untrusted import inert
+
+_TRAILER_VALUE = re.compile(r"[A-Za-z0-9._:@+=/-]{1,200}")
 
 TRAILER_KEYS = ("Haios-Trace-Id", "Haios-Result", "Haios-Fencing-Token", "Haios-Observed-Hash")
 _RETRIES = 20  # another reconciler may hold git's index lock for a moment
@@ -47,10 +51,12 @@ class AuditEntry:
 
 
 def parse_trailers(text: str) -> tuple[list[dict[str, Any]], str | None]:
-    """The per-trace trailers and the observed hash of a commit message's trailer block."""
+    """The per-trace trailers and the observed hash of a commit message's trailer block: its last
+    paragraph, as git reads trailers (a line that looks like a trailer in the body is not one)."""
     traces: list[dict[str, Any]] = []
     observed = None
-    for line in text.splitlines():
+    paragraphs = [p for p in text.strip().split("\n\n") if p.strip()]
+    for line in paragraphs[-1].splitlines() if paragraphs else []:
         key, sep, value = line.partition(": ")
         if not sep:
             continue
@@ -66,22 +72,37 @@ def parse_trailers(text: str) -> tuple[list[dict[str, Any]], str | None]:
     return traces, observed
 
 
+def _trailer(key: str, value: object) -> str:
+    """One trailer line from a value haios made itself: one token, nothing that could start a line."""
+    text = str(value)
+    if not _TRAILER_VALUE.fullmatch(text):
+        raise ValueError(f"{key}: {inert(text, newlines=False)!r} is not a value haios writes into a trailer")
+    return f"{key}: {text}"
+
+
 def commit_run(
-    repo: Path, paths: list[str], subject: str, body: str, traces: list[dict[str, Any]], observed_hash: str
+    repo: Path, paths: list[str], subject: str, body: list[str], traces: list[dict[str, Any]], observed_hash: str
 ) -> str | None:
-    """Commit ``paths`` (relative to ``repo``) with the audit message; None when nothing changed."""
+    """Commit ``paths`` (relative to ``repo``) with the audit message; None when nothing changed.
+
+    The subject and every body line are escaped (a line break or a control character in a note,
+    a node name or a compensator's output is written as a visible escape), so nothing read from
+    outside can add a line, least of all a trailer; the trailers are written from checked values.
+    """
     git = _git()
     trailers = []
     for t in traces:
         trailers += [
-            f"Haios-Trace-Id: {t['trace_id']}",
-            f"Haios-Result: {t['result']}",
-            f"Haios-Fencing-Token: {t['fencing_token']}",
+            _trailer("Haios-Trace-Id", t["trace_id"]),
+            _trailer("Haios-Result", t["result"]),
+            _trailer("Haios-Fencing-Token", t["fencing_token"]),
         ]
         if t.get("override"):
-            trailers.append(f"Haios-Override: {t['override']}")  # the nonce of the signed override applied
-    trailers.append(f"Haios-Observed-Hash: {observed_hash}")
-    message = f"{subject}\n\n{body.rstrip()}\n\n" + "\n".join(trailers) + "\n"
+            trailers.append(_trailer("Haios-Override", t["override"]))  # the nonce of the signed override applied
+    trailers.append(_trailer("Haios-Observed-Hash", observed_hash))
+    lines = [inert(line, newlines=False) for line in body]
+    text = "\n".join(lines).rstrip()
+    message = f"{inert(subject, newlines=False)}\n\n{text}\n\n" + "\n".join(trailers) + "\n"
     existing = [p for p in paths if (repo / p).exists()]
     if not existing:
         return None

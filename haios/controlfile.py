@@ -19,6 +19,7 @@ the same version.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -27,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ControlFileError, ControlFileMissing, IntegrityError, VersionConflict
+from .errors import ControlFileError, ControlFileMissing, InputError, IntegrityError, VersionConflict
 from .fsutil import locked_dir, replace_in_dir
+from .untrusted import open_nofollow, read_descriptor
 
 MAX_SIZE = 16 * 1024 * 1024
 """Largest control file haios reads; anything bigger is refused before it is read."""
@@ -91,24 +93,21 @@ def decode(data: bytes, path: Path | str) -> ControlFile:
 
 
 def _read_bytes(path: Path, dir_fd: int | None = None) -> bytes | None:
-    """The file's bytes, or ``None`` when it does not exist. Refuses files over :data:`MAX_SIZE`."""
+    """The file's bytes, or ``None`` when it does not exist. Only a regular file is read (a symlink,
+    a FIFO or a device in its place is an integrity failure, found without blocking on it), and one
+    over :data:`MAX_SIZE` is refused before a byte of it is read."""
     try:
-        fd = os.open(path.name if dir_fd is not None else path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
+        fd = open_nofollow(path.name if dir_fd is not None else path, dir_fd)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise IntegrityError(path, "is a symlink; a control file is a regular file in its node root") from exc
         raise ControlFileError(path, f"cannot open: {os.strerror(exc.errno or 0)}") from exc
+    if fd is None:
+        return None
     try:
-        size = os.fstat(fd).st_size
-        if size > MAX_SIZE:
-            raise IntegrityError(path, f"file is {size} bytes, larger than any control file ({MAX_SIZE})")
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-            size -= len(chunk)
-            if size < -MAX_SIZE:
-                raise IntegrityError(path, "file keeps growing while it is read")
-        return b"".join(chunks)
+        return read_descriptor(fd, path, MAX_SIZE, "control files")
+    except InputError as exc:  # not a regular file, or too big: a control file haios never wrote
+        raise IntegrityError(path, exc.reason) from exc
     except OSError as exc:
         raise ControlFileError(path, f"cannot read: {os.strerror(exc.errno or 0)}") from exc
     finally:
@@ -154,27 +153,31 @@ def write(path: Path | str, body: bytes | str, *, expected_version: int | None) 
 
 
 def dump_mapping(mapping: dict[str, Any]) -> bytes:
-    """Serialise a mapping as the YAML body of a control file (block style, key order kept)."""
+    """Serialise a mapping as the YAML body of a control file (block style, key order kept; a value
+    used twice is written twice, never as an anchor and alias, which readers refuse)."""
     from ruamel.yaml import YAML
 
     yaml = YAML(typ="safe", pure=True)
     yaml.default_flow_style = False
     yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]
+    yaml.representer.ignore_aliases = lambda data: True
     buf = io.StringIO()
     yaml.dump(mapping, buf)
     return buf.getvalue().encode("utf-8")
 
 
 def load_mapping(cf: ControlFile) -> dict[str, Any]:
-    """Parse a verified control file's body as a YAML mapping."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
+    """Parse a verified control file's body as a YAML mapping, by the same strict, bounded rules as
+    the desired-state files (no tags or aliases, integers of 64 bits, nesting at most 64 deep)."""
+    from .config.yamlload import YamlRejected, load_yaml
 
-    yaml = YAML(typ="safe", pure=True)
+    if not cf.body:
+        return {}
     try:
-        value = yaml.load(cf.text) if cf.body else {}
-    except YAMLError as exc:
-        raise ControlFileError(cf.path, f"body is not valid YAML: {' '.join(str(exc).split())}") from exc
+        value = load_yaml(cf.body, str(cf.path), limit=MAX_SIZE).value
+    except YamlRejected as exc:
+        p = exc.problem
+        raise ControlFileError(cf.path, f"body is not valid YAML (line {p.line}: {p.message})") from exc
     if not isinstance(value, dict):
         raise ControlFileError(cf.path, "body is not a YAML mapping")
     return value

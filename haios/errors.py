@@ -16,6 +16,7 @@ code; anything that is not a ``HaiosError`` is a bug and is reported as such (wi
     │   ├── VersionConflict         1  optimistic concurrency: someone else wrote first
     │   └── IntegrityError          5  footer missing, hash mismatch, not UTF-8 (also a VerificationError)
     ├── StorageError                1  an I/O error (full disk, read-only filesystem) while writing state
+    ├── InputError                  1  a file haios read is not a regular file, too big, or does not parse
     ├── TransportError              1  a node could not be reached or read
     ├── RepoError                   1  a git operation on the desired-state repo failed
     ├── MetricsError                1  metrics could not be pushed to a Pushgateway or served
@@ -124,6 +125,19 @@ class StorageError(HaiosError):
     """An I/O error (full disk, read-only filesystem, permissions) while writing state."""
 
     default_hint = "free space or fix permissions, then run the command again; nothing was replaced"
+
+
+class InputError(HaiosError):
+    """A file haios read (written by someone else) is not what it must be: not a regular file, over
+    its kind's size limit, nested too deep, or not parseable. Names the file; nothing was read past
+    the limit."""
+
+    default_hint = "restore the file from git or a backup, or remove it"
+
+    def __init__(self, path: Path | str, reason: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{path}: {reason}", hint=hint)
+        self.path = Path(path)
+        self.reason = reason
 
 
 class PathEscapeError(UsageError):

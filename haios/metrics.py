@@ -42,6 +42,7 @@ from .node.timing import STEPS
 from .recovery import journal as journals
 from .recovery import membership as members
 from .recovery.machine import TERMINAL, State
+from .untrusted import read_json
 
 RUNS_FILE = "status/observed/runs.json"  # this machine's reconcile runs (not committed: status/observed/)
 # phases and recoveries take from a fraction of a second (a simulator) to hours (a real CONSTRUCT)
@@ -111,8 +112,8 @@ def _result(j: journals.Journal) -> str | None:
 
 def load_runs(repo: Path) -> dict[str, Any]:
     try:
-        data: dict[str, Any] = json.loads((repo / RUNS_FILE).read_text())
-    except (OSError, ValueError):
+        data = read_json(repo / RUNS_FILE, "status", within=(repo / RUNS_FILE).parent)
+    except HaiosError:
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -304,8 +305,8 @@ class HaiosCollector(Collector):
         ratios = []
         for path in sorted((self.repo / CACHE_DIR).glob("*.json")):
             try:
-                cache = json.loads(path.read_text())
-            except (OSError, ValueError):
+                cache = read_json(path, "status", within=path.parent)
+            except HaiosError:
                 continue
             io = cache.get("io") if isinstance(cache, dict) else None
             if not isinstance(io, dict):

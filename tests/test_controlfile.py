@@ -100,7 +100,7 @@ def test_read_oversized_file_refused_before_reading(tmp_path: Path) -> None:
     path = tmp_path / "big"
     with open(path, "wb") as fh:
         fh.truncate(controlfile.MAX_SIZE + 1)
-    with pytest.raises(IntegrityError, match="larger than any control file"):
+    with pytest.raises(IntegrityError, match="over the 16777216-byte limit for control files"):
         controlfile.read(path)
 
 

@@ -20,6 +20,7 @@ from typer.core import TyperGroup
 
 from ..errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ConfigError, HaiosError
 from ..fsutil import atomic_write, makedirs_durable
+from ..untrusted import inert
 from . import _render
 from ._options import Output, current
 
@@ -79,7 +80,7 @@ def handle(exc: BaseException, debug: bool) -> int:
         if type(exc).__name__ == "NoArgsIsHelpError":
             # The help page itself is the message (rich help is printed while the error is built).
             if exc.format_message().strip():
-                _render.console(stderr=True).print(exc.format_message(), markup=False)
+                _render.console(stderr=True).print(inert(exc.format_message()), markup=False)
             return EXIT_ERROR
         return _report("UsageError", " ".join(exc.format_message().split()), f"see '{where} --help'", EXIT_ERROR)
     if debug:

@@ -7,7 +7,9 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
+from ..untrusted import inert
 from ._options import GlobalOptions, current
 
 
@@ -23,19 +25,31 @@ def console(*, stderr: bool = False, opts: GlobalOptions | None = None) -> Conso
 
 
 def out(text: str = "", *, style: str | None = None) -> None:
-    """A line of result text on stdout (user data is never parsed as markup)."""
-    console().print(text, style=style, markup=False)
+    """A line of result text on stdout (user data is never parsed as markup, and a control
+    character or terminal escape in it is printed as a visible escape)."""
+    console().print(inert(text), style=style, markup=False)
 
 
 def info(text: str, *, style: str | None = None) -> None:
     """A progress or summary line on stderr; suppressed by -q."""
     if not current.get().quiet:
-        console(stderr=True).print(text, style=style, markup=False)
+        console(stderr=True).print(inert(text), style=style, markup=False)
 
 
 def err(text: str) -> None:
     """An error line on stderr."""
-    console(stderr=True).print(text, style="red", markup=False)
+    console(stderr=True).print(inert(text), style="red", markup=False)
+
+
+def cell(value: object, *, style: str = "") -> Text:
+    """A table cell holding ``value`` as plain text: no markup, no line breaks, no escapes."""
+    return Text(inert(value, newlines=False), style=style)
+
+
+def raw(text: str) -> None:
+    """Text that is already formatted (Markdown) on stdout, with control characters made visible."""
+    sys.stdout.write(inert(text))
+    sys.stdout.flush()
 
 
 def emit_event(event: dict[str, Any]) -> None:

@@ -25,9 +25,8 @@ def _table(report: DoctorReport) -> Table:
     for row in report.nodes:
         style = _STYLE.get(row.health, "red")
         age = "never" if row.heartbeat_age_s is None else f"{row.heartbeat_age_s:.0f} s ago"
-        table.add_row(
-            row.node, f"[{style}]{row.health}[/]", str(row.g), str(row.ph), age, row.wal, str(row.last_lamport)
-        )
+        cells = (row.node, row.health, row.g, row.ph, age, row.wal, row.last_lamport)
+        table.add_row(*(_render.cell(v, style=style if v is row.health else "") for v in cells))
     return table
 
 
@@ -93,16 +92,17 @@ def _traces_table(traces: list[dict[str, Any]]) -> Table:
         table.add_column(column)
     for t in traces:
         breakers = ", ".join(f"{name}: {state}" for name, state in t["breakers"].items()) or "-"
-        table.add_row(
+        cells = (
             t["trace_id"],
-            str(t["g"]),
+            t["g"],
             t["phase"],
             t["state"],
-            str(t["attempts"]),
+            t["attempts"],
             t["next_attempt_utc"] or "-",
             breakers,
             _cost(t["cost"]),
         )
+        table.add_row(*(_render.cell(v) for v in cells))
     return table
 
 

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from ..config import load_repo, parse_duration
-from ..config.validate import check_override_file
+from ..config.validate import check_override_file, payload_problems
 from ..errors import UsageError, VerificationError
 from ..fsutil import atomic_write, makedirs_durable
 from ..overrides.sshsig import SignatureError, sign
@@ -55,6 +55,9 @@ def new(
         "nonce": secrets.token_hex(16),
         "policy_version": config.rbac.policy_version,
     }
+    problems = payload_problems(payload)  # before anything touches the file system
+    if problems:
+        raise UsageError(f"the override would not be valid: {problems[0]}")
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     path = opts.repo / "overrides" / f"{trace}.yaml"
     if path.exists():
@@ -64,10 +67,10 @@ def new(
     )
     makedirs_durable(path.parent)
     atomic_write(path, body.encode("utf-8"))
-    _, problems = check_override_file(opts.repo, path)
-    if problems:
+    _, written = check_override_file(opts.repo, path)
+    if written:
         path.unlink()
-        raise UsageError(f"the override would not be valid: {problems[0]}")
+        raise UsageError(f"the override would not be valid: {written[0]}")
     if opts.output is not Output.text:
         _render.emit_json({"file": str(path), "payload": payload})
     else:

@@ -140,7 +140,7 @@ def plan(
     elif opts.output is not Output.text:
         _render.emit_json(result.to_json())
     elif fmt is PlanFormat.markdown:
-        sys.stdout.write(render_markdown(result))
+        _render.raw(render_markdown(result))
     else:
         _print_plan(result)
         code = result.exit_code()

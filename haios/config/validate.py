@@ -17,12 +17,13 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..resources import schema
+from ..untrusted import MAX_DEPTH, bounded_int, nesting_depth
 from . import model
 from .dataschemas import FOLDER as DATA_SCHEMA_FOLDER
 from .dataschemas import SUFFIX as DATA_SCHEMA_SUFFIX
 from .dataschemas import load_data_schemas
 from .problems import KeyPath, Problem
-from .yamlload import MAX_BYTES, YamlDoc, YamlRejected, load_yaml
+from .yamlload import YamlDoc, YamlRejected, load_yaml_file
 
 # SPEC §1: the files of the repo, their kinds and the schema each is checked against.
 FIXED_FILES: dict[str, tuple[str, str]] = {
@@ -54,15 +55,6 @@ class ValidationReport:
 
 
 # -- loading and schema checks -------------------------------------------------------------------
-
-
-def _read(repo: Path, rel: str) -> bytes:
-    path = repo / rel
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size > MAX_BYTES:
-            raise YamlRejected(Problem(rel, 1, 1, "(root)", f"file is {size} bytes; the limit is {MAX_BYTES} bytes"))
-        return fh.read(MAX_BYTES + 1)
 
 
 def _json_type(value: Any) -> str:
@@ -170,12 +162,12 @@ def _load_file(repo: Path, rel: str, kind: str, schema_name: str, report: Valida
     """Load and schema-check one file; return it when it is fully valid, else record problems."""
     report.files.append(rel)
     try:
-        doc = load_yaml(_read(repo, rel), rel)
+        doc = load_yaml_file(repo / rel, rel, within=repo)
     except YamlRejected as exc:
         report.problems.append(exc.problem)
         return None
-    except OSError as exc:
-        report.problems.append(Problem(rel, 1, 1, "(root)", f"cannot read: {os.strerror(exc.errno or 0)}"))
+    if doc is None:
+        report.problems.append(Problem(rel, 1, 1, "(root)", "file is missing"))
         return None
     if not isinstance(doc.value, dict):
         report.problems.append(doc.problem((), f"must be a mapping with apiVersion: haios/v1 and kind: {kind}"))
@@ -351,14 +343,26 @@ def strict_json(text: str) -> Any:
         return dict(items)
 
     def no_float(literal: str) -> Any:
-        raise ValueError(f"floats are not allowed ({literal})")
+        raise ValueError(f"floats are not allowed ({literal[:24]})")
 
-    return json.loads(text, object_pairs_hook=pairs, parse_float=no_float, parse_constant=no_float)
+    if nesting_depth(text) > MAX_DEPTH:
+        raise ValueError(f"nests deeper than {MAX_DEPTH} levels")
+    return json.loads(
+        text, object_pairs_hook=pairs, parse_int=bounded_int, parse_float=no_float, parse_constant=no_float
+    )
+
+
+def payload_problems(payload: dict[str, Any]) -> list[str]:
+    """What the override payload schema says of ``payload`` (empty: it is valid)."""
+    from jsonschema import Draft202012Validator
+
+    return [
+        f"payload field {'.'.join(str(p) for p in err.absolute_path) or 'payload'}: {' '.join(err.message.split())}"
+        for err in Draft202012Validator(schema("override-payload")).iter_errors(payload)
+    ]
 
 
 def _check_override(stem: str, doc: YamlDoc, cluster: YamlDoc | None) -> Iterator[Problem]:
-    from jsonschema import Draft202012Validator
-
     text = doc.value["payload"]
     try:
         payload = strict_json(text)
@@ -368,9 +372,8 @@ def _check_override(stem: str, doc: YamlDoc, cluster: YamlDoc | None) -> Iterato
     if not isinstance(payload, dict):
         yield doc.problem(("payload",), "payload must be a JSON object")
         return
-    for err in Draft202012Validator(schema("override-payload")).iter_errors(payload):
-        where = ".".join(str(p) for p in err.absolute_path) or "payload"
-        yield doc.problem(("payload",), f"payload field {where}: {' '.join(err.message.split())}")
+    for problem in payload_problems(payload):
+        yield doc.problem(("payload",), problem)
     if json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False) != text:
         yield doc.problem(("payload",), "payload is not canonical JSON (keys sorted, no whitespace)")
     if payload.get("trace_id") not in (None, stem):
@@ -410,7 +413,7 @@ def _validate(
         )
     docs: dict[str, YamlDoc] = {}
     for rel, (kind, schema_name) in FIXED_FILES.items():
-        if not (repo / rel).is_file():
+        if not os.path.lexists(repo / rel):
             report.files.append(rel)
             report.problems.append(
                 Problem(
@@ -497,11 +500,11 @@ def check_override_file(repo: Path, path: Path) -> tuple[model.Override | None, 
     ``haios.yaml``. Returns the override when every check passed, and the problems."""
     name = str(path)
     try:
-        doc = load_yaml(path.read_bytes(), name)
+        doc = load_yaml_file(path, name)
     except YamlRejected as exc:
         return None, [exc.problem]
-    except OSError as exc:
-        return None, [Problem(name, 1, 1, "(root)", f"cannot read: {os.strerror(exc.errno or 0)}")]
+    if doc is None:
+        return None, [Problem(name, 1, 1, "(root)", "no such file")]
     if not isinstance(doc.value, dict):
         return None, [doc.problem((), "must be a mapping with apiVersion: haios/v1 and kind: Override")]
     problems = list(_schema_problems(doc, "override"))
@@ -509,8 +512,8 @@ def check_override_file(repo: Path, path: Path) -> tuple[model.Override | None, 
         return None, problems
     cluster: YamlDoc | None = None
     try:
-        cluster = load_yaml((repo / "haios.yaml").read_bytes(), "haios.yaml")
-    except (YamlRejected, OSError):
+        cluster = load_yaml_file(repo / "haios.yaml", "haios.yaml", within=repo)
+    except YamlRejected:
         cluster = None
     stem = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
     problems = list(_check_override(stem, doc, cluster))

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..untrusted import INT_BOUND, LIMITS, MAX_DEPTH, read_regular
 from .problems import KeyPath, Problem, format_key_path
 
-MAX_BYTES = 1024 * 1024
+MAX_BYTES = LIMITS["desired"]
 """Largest desired-state file haios reads (1 MiB); bigger files are refused unread."""
 
 _NULL = re.compile(r"~|null|Null|NULL|")
@@ -80,7 +81,18 @@ class YamlDoc:
         return cur
 
 
+def _bounded(text: str, digits: str, base: int) -> int:
+    """An integer in [-2**63, 2**63); anything else (a 400-digit number) raises ValueError."""
+    if len(digits.lstrip("0")) > {10: 19, 8: 22, 16: 16}[base]:
+        raise ValueError(f"integer {text[:24]}{'...' if len(text) > 24 else ''} is out of range (64 bits)")
+    value = int(digits, base) * (-1 if text.startswith("-") else 1)
+    if not -INT_BOUND <= value < INT_BOUND:
+        raise ValueError(f"integer {text} is out of range (64 bits)")
+    return value
+
+
 def _resolve_plain(text: str) -> Any:
+    """A plain scalar by the YAML 1.2 core schema; ValueError for an integer out of range."""
     if _NULL.fullmatch(text):
         return None
     if _TRUE.fullmatch(text):
@@ -88,11 +100,11 @@ def _resolve_plain(text: str) -> Any:
     if _FALSE.fullmatch(text):
         return False
     if _INT10.fullmatch(text):
-        return int(text)
+        return _bounded(text, text.lstrip("+-"), 10)
     if _INT8.fullmatch(text):
-        return int(text[2:], 8)
+        return _bounded(text, text[2:], 8)
     if _INT16.fullmatch(text):
-        return int(text[2:], 16)
+        return _bounded(text, text[2:], 16)
     if _FLOAT.fullmatch(text):
         value = float(text)
         if math.isfinite(value):
@@ -131,8 +143,13 @@ class _Builder:
             if event.style is None:
                 if _NONFINITE.fullmatch(event.value):
                     raise self._reject(event, path, f"non-finite numbers are not allowed (found {event.value})")
-                return _resolve_plain(event.value)
+                try:
+                    return _resolve_plain(event.value)
+                except ValueError as exc:
+                    raise self._reject(event, path, str(exc)) from None
             return event.value
+        if len(path) >= MAX_DEPTH:
+            raise self._reject(event, path[:3], f"nests deeper than {MAX_DEPTH} levels")
         if isinstance(event, ev.SequenceStartEvent):
             items: list[Any] = []
             while not isinstance(nxt := next(self.events), ev.SequenceEndEvent):
@@ -166,14 +183,14 @@ class _Builder:
         raise self._reject(event, path, f"unexpected YAML event {type(event).__name__}")
 
 
-def load_yaml(data: bytes, file: str) -> YamlDoc:
+def load_yaml(data: bytes, file: str, *, limit: int = MAX_BYTES) -> YamlDoc:
     """Load one YAML document from ``data``; raise :class:`YamlRejected` naming ``file`` if it is bad."""
     from ruamel.yaml import YAML
     from ruamel.yaml import events as ev
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-    if len(data) > MAX_BYTES:
-        raise YamlRejected(Problem(file, 1, 1, "(root)", f"file is {len(data)} bytes; the limit is {MAX_BYTES} bytes"))
+    if len(data) > limit:
+        raise YamlRejected(Problem(file, 1, 1, "(root)", f"file is {len(data)} bytes; the limit is {limit} bytes"))
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -205,24 +222,35 @@ def load_yaml(data: bytes, file: str) -> YamlDoc:
         raise YamlRejected(Problem(file, line, col, "(root)", f"invalid YAML: {what}")) from exc
     except YAMLError as exc:
         raise YamlRejected(Problem(file, 1, 1, "(root)", f"invalid YAML: {' '.join(str(exc).split())}")) from exc
+    except (RecursionError, StopIteration) as exc:  # a parser's own limits: the file is not usable YAML
+        raise YamlRejected(Problem(file, 1, 1, "(root)", f"invalid YAML ({type(exc).__name__})")) from exc
     return doc
+
+
+def load_yaml_file(path: Path, file: str, kind: str = "desired", *, within: Path | None = None) -> YamlDoc | None:
+    """Read ``path`` as a ``kind`` file (regular, bounded: see :mod:`haios.untrusted`) and load it;
+    ``None`` when it does not exist. Every problem is a :class:`YamlRejected` naming ``file``."""
+    from ..errors import InputError
+
+    try:
+        data = read_regular(path, kind, within=within)
+    except InputError as exc:
+        raise YamlRejected(Problem(file, 1, 1, "(root)", exc.reason)) from exc
+    return None if data is None else load_yaml(data, file, limit=LIMITS[kind])
 
 
 def load_status(path: Path, what: str, restore: str) -> Any:
     """A YAML file haios keeps under ``status/`` (None when it does not exist). One that cannot be
     read or parsed is a ConfigError naming it as ``what``, with the git command that restores
     ``restore`` (the file's or its directory's path in the repo)."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
-
     from ..errors import ConfigError
 
     try:
-        return YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, YAMLError, UnicodeDecodeError) as exc:
+        doc = load_yaml_file(path, str(path), "status", within=path.parent)
+    except YamlRejected as exc:
+        p = exc.problem
         raise ConfigError(
-            f"{path}: not {what} ({' '.join(str(exc).split())})",
+            f"{path}: not {what} (line {p.line}, column {p.column}: {p.message})",
             hint=f"restore it from git (git checkout -- {restore})",
         ) from exc
+    return None if doc is None else doc.value

@@ -17,11 +17,13 @@ from .. import controlfile
 from ..budget import fx_age as rates_age
 from ..config import Problem, load_repo
 from ..config.model import PHASES, RepoConfig
+from ..config.validate import check_override_file
 from ..errors import ConfigError, HaiosError
 from ..events import make
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import parse_utc, utc
 from ..transport import DEFAULT_PARALLEL, MIRROR_DIR, ClusterTransport, open_transport
+from ..untrusted import read_json
 from ..wal import verify
 from .detectors import TIMING_KINDS, Finding, NodeObservation, Thresholds, run_detectors
 from .observe import CACHE_DIR, observe
@@ -316,6 +318,47 @@ def _stale_leases(config: RepoConfig, at: float) -> list[Finding]:
     return out
 
 
+def _override_files(path: Path, at: float) -> list[Finding]:
+    """A finding for each file of ``overrides/`` that cannot act: invalid (one bad file is one
+    finding, never the end of the diagnosis) or expired."""
+    findings = []
+    folder = path / "overrides"
+    for file in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        rel = f"overrides/{file.name}"
+        override, problems = check_override_file(path, file)
+        if override is None:
+            problem = problems[0] if problems else None
+            findings.append(
+                Finding(
+                    "override_invalid",
+                    "warning",
+                    (),
+                    None,
+                    None,
+                    f"{rel} is not a valid override and has no effect: "
+                    + (f"{problem.key}: {problem.message}" if problem else "unreadable"),
+                    {"file": rel, "line": problem.line if problem else 1},
+                    f"git rm {rel}   # 'haios --repo {path} override verify {file}' says why",
+                )
+            )
+            continue
+        payload = json.loads(override.payload)
+        if payload.get("expires_at", at) < at:
+            findings.append(
+                Finding(
+                    "override_expired",
+                    "warning",
+                    (),
+                    None,
+                    None,
+                    f"{rel} expired at {utc(payload['expires_at'])}",
+                    {"trace_id": payload.get("trace_id")},
+                    f"git rm {rel}   # or ask the supervisors for a new one",
+                )
+            )
+    return findings
+
+
 def _versions(
     transport: ClusterTransport, config: RepoConfig, observations: dict[str, NodeObservation]
 ) -> list[Finding]:
@@ -443,7 +486,7 @@ def run_doctor(
     at = time.time() if now is None else now
     report = DoctorReport(path, at, convicted=True, pause_reason="")
     try:
-        config = load_repo(path)
+        config = load_repo(path, overrides=False)  # overrides/ is judged file by file below
     except ConfigError as exc:
         if not exc.problems:
             raise
@@ -489,8 +532,8 @@ def run_doctor(
     )
     pass_file = path / CACHE_DIR / "pass.json"
     try:
-        last_pass = float(json.loads(pass_file.read_text())["at"])
-    except (OSError, ValueError, KeyError):
+        last_pass = float(read_json(pass_file, "status", within=pass_file.parent)["at"])
+    except (HaiosError, ValueError, KeyError, TypeError):  # none yet, or not one haios wrote: no memory
         last_pass = None
     from ..recovery.membership import load as load_membership
 
@@ -538,21 +581,7 @@ def run_doctor(
                 f"haios --repo {path} budget fx-import eurofxref-daily.xml   # today's file from the ECB",
             )
         )
-    for override in config.overrides:
-        payload = json.loads(override.payload)
-        if payload.get("expires_at", at) < at:
-            findings.append(
-                Finding(
-                    "override_expired",
-                    "warning",
-                    (),
-                    None,
-                    None,
-                    f"{override.file} expired at {utc(payload['expires_at'])}",
-                    {"trace_id": payload.get("trace_id")},
-                    f"git rm {override.file}   # or ask the supervisors for a new one",
-                )
-            )
+    findings += _override_files(path, at)
     findings += versions
     findings += replication
     findings += _coordination(config)
@@ -561,9 +590,14 @@ def run_doctor(
     # first seen: remembered between passes
     seen_file = path / CACHE_DIR / "findings.json"
     try:
-        seen: dict[str, float] = json.loads(seen_file.read_text())
-    except (OSError, ValueError):
-        seen = {}
+        remembered = read_json(seen_file, "status", within=seen_file.parent)
+    except HaiosError:
+        remembered = None
+    seen: dict[str, float] = (
+        {str(k): float(v) for k, v in remembered.items() if isinstance(v, (int, float))}
+        if isinstance(remembered, dict)
+        else {}
+    )
 
     def concrete(fix: str) -> str:  # detectors do not know where roots are; the report does
         fix = fix.replace("<repo>", str(path))

@@ -25,6 +25,7 @@ from ..fsutil import atomic_write, makedirs_durable
 from ..node.transaction import ABANDON_STEP, CATCH_UP_PREFIX
 from ..procutil import worker_initializer
 from ..transport import Transport
+from ..untrusted import read_json
 from ..wal import Cursor, RecordType, WalCorruptError, WalReader
 from ..wal.format import SEGMENT_HEADER_SIZE
 from ..wal.reader import list_segments
@@ -52,16 +53,34 @@ def _cache_path(repo: Path, node: str) -> Path:
 
 
 def _load_cache(repo: Path, node: str) -> dict[str, Any] | None:
+    """The node's cached summary, or None when there is none or it is not one this haios wrote (a
+    cache that does not parse, or has the wrong shape, is dropped: the pass reads the WAL whole)."""
     try:
-        data: dict[str, Any] = json.loads(_cache_path(repo, node).read_text())
-    except (OSError, ValueError):
+        data = read_json(_cache_path(repo, node), "status", within=repo / CACHE_DIR)
+    except HaiosError:
         return None
-    return data if data.get("version") == STATE_VERSION else None
+    if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+        return None
+    try:
+        if data["cursor"] is not None and not all(
+            isinstance(v, int) for v in asdict(Cursor(**data["cursor"])).values()
+        ):
+            return None
+        _summaries_from(data["phases"])
+        durations = data["durations"]
+        numbers = (data["last_lamport"], data["records"], *dict(data.get("io") or {}).values())
+        if not all(isinstance(v, list) for v in durations.values()) or not all(isinstance(v, int) for v in numbers):
+            return None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return data
 
 
 def _summaries_from(data: list[dict[str, Any]]) -> dict[tuple[int, str], PhaseSummary]:
     out = {}
     for item in data:
+        if not isinstance(item.get("g"), int) or not isinstance(item.get("phase"), str):
+            raise ValueError("a phase summary without its g and phase")
         item = {
             **item,
             "participants": tuple(item["participants"]),

@@ -16,6 +16,7 @@ from typing import Any
 from ..config.model import RepoConfig
 from ..config.validate import check_override_file
 from ..controlfile import dump_mapping
+from ..errors import HaiosError
 from ..fsutil import locked_dir, makedirs_durable, replace_in_dir
 from .verify import APPLIED_FILE, applied, check, state_of
 
@@ -61,9 +62,13 @@ def judge(config: RepoConfig, path: Path, now: float) -> Offer:
     override, problems = check_override_file(repo, path)
     if override is None:
         return Offer(name, "rejected", str(problems[0]) if problems else "not a valid override")
-    verdict = check(config, override, now)
+    try:
+        verdict = check(config, override, now)
+        done = applied(repo)
+    except HaiosError as exc:  # the record of applied overrides is unreadable: nothing can be judged
+        return Offer(name, "rejected", exc.one_line())
     payload = json.loads(override.payload)
-    state = state_of(verdict, applied(repo)["nonces"], now, payload["expires_at"])
+    state = state_of(verdict, done["nonces"], now, payload["expires_at"])
     if state in ("rejected", "expired", "applied"):
         why = "; ".join(verdict.problems)
     elif state == "pending":

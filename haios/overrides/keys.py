@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 _EC_POINT_LENGTH = {"nistp256": 65, "nistp384": 97, "nistp521": 133}
 MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 16384  # OpenSSH's own limit (SSH_RSA_MAXIMUM_MODULUS_SIZE)
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,9 @@ class _Reader:
 
 def _check_ec(reader: _Reader, key_type: str) -> None:
     curve = reader.string("curve name").decode("ascii", "replace")
-    if not key_type.startswith(f"ecdsa-sha2-{curve}") and not key_type.startswith(f"sk-ecdsa-sha2-{curve}"):
+    if curve not in _EC_POINT_LENGTH:
+        raise ValueError(f"unknown curve {curve[:32]!r} (nistp256, nistp384 or nistp521)")
+    if key_type not in (f"ecdsa-sha2-{curve}", f"sk-ecdsa-sha2-{curve}@openssh.com"):
         raise ValueError(f"curve {curve} does not match key type {key_type}")
     point = reader.string("public point")
     if len(point) != _EC_POINT_LENGTH[curve] or point[0] != 4:
@@ -90,6 +93,8 @@ def parse_blob(key_type: str, blob: bytes) -> None:
         modulus = reader.mpint("modulus")
         if exponent < 3 or exponent % 2 == 0:
             raise ValueError("RSA exponent is invalid")
+        if modulus.bit_length() > MAX_RSA_BITS:
+            raise ValueError(f"RSA key has {modulus.bit_length()} bits; at most {MAX_RSA_BITS} are supported")
         if modulus.bit_length() < MIN_RSA_BITS:
             raise ValueError(f"RSA key has {modulus.bit_length()} bits; at least {MIN_RSA_BITS} are required")
     elif key_type in ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521"):

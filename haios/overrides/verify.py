@@ -15,6 +15,7 @@ from typing import Any
 
 from ..config.model import Override, RepoConfig, Supervisor, parse_time
 from ..config.yamlload import load_status
+from ..errors import ConfigError
 from .keys import parse_public_key
 from .sshsig import SignatureError, verify
 
@@ -90,8 +91,16 @@ class Verdict:
 
 def applied(repo: Path) -> dict[str, Any]:
     """What reconcile recorded of applied overrides: their nonces and the highest policy_version."""
-    data = load_status(repo / APPLIED_FILE, "a readable record of applied overrides", APPLIED_FILE) or {}
-    return {"nonces": dict(data.get("nonces") or {}), "policy_version": int(data.get("policy_version") or 0)}
+    what = "a readable record of applied overrides"
+    data = load_status(repo / APPLIED_FILE, what, APPLIED_FILE) or {}
+    nonces = data.get("nonces") or {} if isinstance(data, dict) else None
+    version = data.get("policy_version") or 0 if isinstance(data, dict) else None
+    if not isinstance(nonces, dict) or not isinstance(version, int) or isinstance(version, bool):
+        raise ConfigError(
+            f"{repo / APPLIED_FILE}: not {what} (nonces must be a mapping, policy_version an integer)",
+            hint=f"restore it from git (git checkout -- {APPLIED_FILE})",
+        )
+    return {"nonces": {str(k): v for k, v in nonces.items()}, "policy_version": version}
 
 
 def check(config: RepoConfig, override: Override, now: float, *, trace_id: str | None = None) -> Verdict:

@@ -766,7 +766,7 @@ def _message(
     events: list[members.Event] | None = None,
     raised: list[alerts.Change] | None = None,
     placement: list[str] | None = None,
-) -> tuple[str, str]:
+) -> tuple[str, list[str]]:
     verbs = {"forward": "rolled forward", "rollback": "rolled back", "resume": "resumed", "abort": "aborted"}
     done = [o for o in outcomes if o.recorded]
     parts = [
@@ -797,7 +797,7 @@ def _message(
     body += [f"membership: {e.message}" for e in events or []]
     body += [f"alert {c.alert.alert} ({c.alert.severity}) {c.state}: {c.alert.message}" for c in raised or []]
     body += placement or []
-    return subject, "\n".join(body)
+    return subject, body
 
 
 def reconcile(

@@ -220,5 +220,5 @@ def _finish(path: Path, ctx: Context, result: RejoinResult, observed: str) -> Re
     if result.rejoined or result.restored or any(o.recorded for o in result.rolled_back):
         _write_status(ctx)
         paths = [journals.JOURNAL_DIR, STATUS_FILE, SEL_DIR, members.MEMBERSHIP_FILE]
-        result.commit = audit.commit_run(path, paths, subject, "\n".join(body), traces, observed)
+        result.commit = audit.commit_run(path, paths, subject, body, traces, observed)
     return result

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from ..errors import InputError
+from ..untrusted import load_json
+
 FORMAT_VERSION = 1
 MAGIC = b"HAIOSWAL"
 
@@ -161,6 +164,8 @@ def decode_payload(stored: bytes | memoryview, raw_length: int, flags: int) -> b
 
     if raw_length > MAX_PAYLOAD:
         raise ValueError(f"decoded length {raw_length} exceeds the limit {MAX_PAYLOAD}")
+    if raw_length > lz4_bound(len(stored)):
+        raise ValueError(f"declares {raw_length} bytes from {len(stored)} compressed: more than lz4 can expand")
     try:
         raw: bytes = lz4.block.decompress(bytes(stored), uncompressed_size=raw_length)
     except Exception as exc:  # lz4 raises LZ4BlockError (not exported in a stable place)
@@ -170,10 +175,21 @@ def decode_payload(stored: bytes | memoryview, raw_length: int, flags: int) -> b
     return raw
 
 
+def lz4_bound(stored: int) -> int:
+    """The most bytes an lz4 block of ``stored`` bytes can decode to (a match token expands at most
+    255-fold); a record that declares more is corrupt, whatever its CRC says."""
+    return 255 * stored + 64
+
+
 def parse_json(raw: bytes) -> dict[str, Any]:
+    """A payload's JSON object; ValueError when it is not one haios can have written (not JSON, not
+    an object, nested deeper than 64 levels, an integer out of 64 bits)."""
     if not raw:
         return {}
-    value = json.loads(raw)
+    try:
+        value = load_json(raw, "payload")
+    except InputError as exc:
+        raise ValueError(exc.reason) from None
     if not isinstance(value, dict):
         raise ValueError("payload is not a JSON object")
     return value

@@ -23,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ..errors import VerificationError
+from ..errors import InputError, VerificationError
 from .format import (
     FLAG_JUMP,
     FLAG_LZ4,
@@ -38,10 +38,14 @@ from .format import (
     SegmentHeaderError,
     decode_payload,
     decode_segment_header,
+    lz4_bound,
     parse_json,
 )
 
 CHUNK = 1024 * 1024
+MAX_INFLATION = 256 * 1024 * 1024
+"""How many bytes lz4 may add to the payloads of one read in all: a WAL of records that each claim
+16 MiB from a few KiB must not take a reader to gigabytes."""
 SECTOR = 512
 _TYPES = frozenset(int(t) for t in RecordType)
 
@@ -274,7 +278,7 @@ def _fast_scan(view: memoryview, salt: int, lamport: int, crc: int) -> tuple[int
         if crc32(view[pos + 4 : nxt]) != rcrc:
             break
         if tfr & (FLAG_LZ4 << 8):
-            if raw_length > MAX_PAYLOAD:
+            if raw_length > MAX_PAYLOAD or raw_length > lz4_bound(length):
                 break
             try:
                 if len(decompress(view[pos + RECORD_HEADER_SIZE : nxt], uncompressed_size=raw_length)) != raw_length:
@@ -324,6 +328,7 @@ class WalReader:
         self.records = 0
         self.segments_read = 0
         self.bytes_read = 0
+        self.inflated = 0  # bytes lz4 added to the payloads read so far (bounded: MAX_INFLATION)
         self.first_lamport: int | None = None
 
     def __iter__(self) -> Iterator[Record]:
@@ -395,6 +400,15 @@ class WalReader:
                         return
                     raise self._fail(seg, bad, last, salt) from None
                 pos += RECORD_HEADER_SIZE + len(record[1])
+                self.inflated += len(record[0].raw) - len(record[1])
+                if self.inflated > MAX_INFLATION:
+                    raise InputError(
+                        f"{self.directory}/{seg.name}",
+                        f"compressed payloads up to offset {pos} decode to {self.inflated} bytes more than they "
+                        f"store, over the {MAX_INFLATION}-byte limit of one read (not corruption: a decompression "
+                        "bomb, or a WAL no haios writer makes)",
+                        hint="inspect the node; restore its WAL from a replica (haios node rejoin)",
+                    )
                 lamport, crc = record[0].lamport, record[0].crc
                 self.cursor = Cursor(seg.seq, pos, lamport, crc)
                 self.records += 1

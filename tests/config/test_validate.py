@@ -94,7 +94,9 @@ def test_validate_oversized_file(repo: Path) -> None:
     path = repo / "policies/rbac.yaml"
     path.write_bytes(path.read_bytes() + b"#" * (1024 * 1024))
     (size,) = [path.stat().st_size]
-    assert _problems(repo) == [f"policies/rbac.yaml:1:1: (root): file is {size} bytes; the limit is 1048576 bytes"]
+    assert _problems(repo) == [
+        f"policies/rbac.yaml:1:1: (root): is {size} bytes, over the 1048576-byte limit for desired files"
+    ]
 
 
 def test_validate_reports_all_problems_in_one_run(repo: Path) -> None:

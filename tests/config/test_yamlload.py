@@ -113,7 +113,7 @@ _PRINTABLE = st.characters(exclude_categories=("Cs", "Cc", "Co", "Cn"), exclude_
 
 @given(
     st.recursive(
-        st.none() | st.booleans() | st.integers() | st.text(_PRINTABLE, max_size=20),
+        st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(_PRINTABLE, max_size=20),
         lambda children: (
             st.lists(children, max_size=4) | st.dictionaries(st.text(_PRINTABLE, max_size=8), children, max_size=4)
         ),

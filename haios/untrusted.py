@@ -1,0 +1,220 @@
+"""Reading what other people and other machines wrote: bounded, typed, total.
+
+Every file haios reads (the desired-state repo, ``status/``, a node root, a WAL segment's header) may
+have been written by an attacker: a pull request nobody approved, a backup restored by hand, a node
+that was taken over. The rules here make one hostile file one finding, never the end of a run:
+
+- :func:`read_regular` opens a file without following a symlink out of its directory, refuses
+  anything that is not a regular file (a FIFO, a device, a directory) without blocking on it, and
+  checks the size on the open descriptor (``fstat``) against the kind's limit *before* reading; it
+  then reads at most limit + 1 bytes, so a file that grows while it is read is refused too.
+- :func:`load_json` parses JSON with its nesting depth checked before the parser recurses, integers
+  bounded to 64 bits and floats finite.
+- :func:`inert` makes any text safe to print or to put into a commit message: control characters and
+  terminal escapes are shown as visible ``\\xNN`` escapes, so a node name or a compensator's stderr
+  can never move a cursor, clear a screen or forge a line of its own.
+
+The limits, by kind (:data:`LIMITS`), are documented in docs/security.md.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+KIB = 1024
+MIB = 1024 * KIB
+
+LIMITS: dict[str, int] = {
+    "desired": 1 * MIB,  # haios.yaml, desired/, policies/, playbooks/, overrides/, schemas/
+    "status": 16 * MIB,  # status/: journals, applied overrides, caches, run records
+    "control": 16 * MIB,  # a node's control files (state.txt, heartbeat, ...)
+    "json": 16 * MIB,  # a JSON document haios keeps (a cache, a plan file)
+    "key": 64 * KIB,  # an SSH key or signature file
+}
+"""Largest file of each kind haios reads; a bigger one is refused unread."""
+
+MAX_DEPTH = 64
+"""Deepest nesting of lists and mappings haios accepts in YAML or JSON it reads."""
+
+INT_BOUND = 2**63
+"""Integers haios reads lie in [-2**63, 2**63): a 400-digit number is an error, not an overflow later."""
+
+
+def read_regular(path: Path | str, kind: str, *, within: Path | None = None) -> bytes | None:
+    """The bytes of the regular file at ``path``, or ``None`` when it does not exist.
+
+    A symlink is followed only when it resolves inside ``within`` (default: the file's own
+    directory). Anything that is not a regular file, or larger than ``LIMITS[kind]``, raises
+    :class:`InputError` naming the file; nothing is read from it.
+    """
+    p = Path(path)
+    limit = LIMITS[kind]
+    target = p
+    if p.is_symlink():
+        base = (within if within is not None else p.parent).resolve()
+        try:
+            resolved = p.resolve(strict=True)
+        except FileNotFoundError:
+            return None
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+            raise InputError(p, f"cannot follow the symlink: {exc}") from exc
+        if not resolved.is_relative_to(base):
+            raise InputError(p, f"is a symlink leaving {base.name or base}/ (to {resolved}); haios does not follow it")
+        target = resolved
+    try:
+        fd = open_nofollow(target)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(p, "was replaced by a symlink while it was opened") from exc
+        raise InputError(p, f"cannot open: {os.strerror(exc.errno or 0)}") from exc
+    if fd is None:
+        return None
+    try:
+        return read_descriptor(fd, p, limit, f"{kind} files")
+    except OSError as exc:
+        raise InputError(p, f"cannot read: {os.strerror(exc.errno or 0)}") from exc
+    finally:
+        os.close(fd)
+
+
+def open_nofollow(path: Path | str, dir_fd: int | None = None) -> int | None:
+    """A read-only descriptor of ``path``, or None when it does not exist. The last component is
+    never followed if it is a symlink (ELOOP), and opening a FIFO does not wait for a writer."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+    try:
+        return os.open(path, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+
+
+def read_descriptor(fd: int, path: Path, limit: int, what: str) -> bytes:
+    """Every byte of the open file ``fd`` if it is a regular file of at most ``limit`` bytes (checked
+    with ``fstat`` before reading, and again while reading); :class:`InputError` otherwise. OS errors
+    pass through."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(path, f"is not a regular file (it is a {_file_type(info.st_mode)})")
+    if info.st_size > limit:
+        raise InputError(path, f"is {info.st_size} bytes, over the {limit}-byte limit for {what}")
+    chunks: list[bytes] = []
+    left = limit + 1
+    while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+        chunks.append(chunk)
+        left -= len(chunk)
+    if left <= 0:
+        raise InputError(path, f"grew past the {limit}-byte limit for {what} while it was read")
+    return b"".join(chunks)
+
+
+def _file_type(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def nesting_depth(text: str | bytes, limit: int = MAX_DEPTH) -> int:
+    """How deep ``[`` and ``{`` nest in JSON (or flow YAML) text, outside strings; stops counting
+    at ``limit`` + 1. Linear, iterative: safe for text a recursive parser would choke on."""
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # double quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    return deepest
+        elif byte in (0x5D, 0x7D) and depth:  # ] }
+            depth -= 1
+    return deepest
+
+
+def bounded_int(literal: str) -> int:
+    """A JSON integer literal in [-2**63, 2**63); ValueError otherwise (checked before converting)."""
+    if len(literal.lstrip("-")) > 19:
+        raise ValueError(f"integer {literal[:24]}... is out of range")
+    value = int(literal)
+    if not -INT_BOUND <= value < INT_BOUND:
+        raise ValueError(f"integer {literal} is out of range")
+    return value
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"number {literal[:24]} is out of range")
+    return value
+
+
+def _no_constant(literal: str) -> Any:
+    raise ValueError(f"{literal} is not allowed")
+
+
+def load_json(data: bytes | str, name: str | Path, *, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse JSON read from ``name``; any problem is an :class:`InputError` naming it (never a
+    RecursionError, an OverflowError or a 4,300-digit integer)."""
+    depth = nesting_depth(data, max_depth)
+    if depth > max_depth:
+        raise InputError(name, f"nests deeper than {max_depth} levels")
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text, parse_int=bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise InputError(name, f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise InputError(name, f"not valid JSON: {exc}") from exc
+
+
+def read_json(path: Path | str, kind: str = "json", *, within: Path | None = None) -> Any:
+    """:func:`read_regular` then :func:`load_json`; ``None`` when the file does not exist."""
+    data = read_regular(path, kind, within=within)
+    return None if data is None else load_json(data, path)
+
+
+_VISIBLE = {0x09: "\t", 0x0A: "\n"}
+
+
+def inert(text: object, *, newlines: bool = True) -> str:
+    """``text`` with every control character (C0, DEL, C1; ESC included) shown as a visible escape.
+
+    With ``newlines=False`` a line break is escaped too: for a value that must stay on one line (a
+    commit message line, a trailer, a table cell).
+    """
+    s = text if isinstance(text, str) else str(text)
+    if s.isprintable():
+        return s
+    out = []
+    for ch in s:
+        code = ord(ch)
+        if (code in _VISIBLE and (newlines or code == 0x09)) or (ch.isprintable() and code not in (0x2028, 0x2029)):
+            out.append(ch)
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
