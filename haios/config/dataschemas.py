@@ -9,15 +9,15 @@ as YAML (JSON is YAML) with the same strict rules as the desired-state files.
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import HaiosError
+from ..errors import HaiosError, InputError
+from ..untrusted import read_json
 from .problems import Problem
-from .yamlload import MAX_BYTES, YamlRejected, load_yaml
+from .yamlload import YamlRejected, load_yaml
 
 FOLDER = "schemas"
 SUFFIX = ".schema.json"
@@ -61,15 +61,9 @@ def load_data_schemas(repo: Path) -> tuple[list[DataSchema], list[Problem]]:
             continue
         rel = f"{FOLDER}/{name}"
         try:
-            raw = (folder / name).read_bytes()
-            if len(raw) > MAX_BYTES:
-                raise ValueError(f"file is {len(raw)} bytes; the limit is {MAX_BYTES} bytes")
-            value = json.loads(raw.decode("utf-8"))
-        except json.JSONDecodeError as exc:
-            problems.append(Problem(rel, exc.lineno, exc.colno, "(root)", f"not valid JSON: {exc.msg}"))
-            continue
-        except (UnicodeDecodeError, ValueError, OSError) as exc:
-            problems.append(Problem(rel, 1, 1, "(root)", f"cannot be read: {exc}"))
+            value = read_json(folder / name, "desired", within=repo)
+        except InputError as exc:
+            problems.append(Problem(rel, 1, 1, "(root)", exc.reason))
             continue
         if not isinstance(value, dict):
             problems.append(Problem(rel, 1, 1, "(root)", "a schema is a JSON object"))

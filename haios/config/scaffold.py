@@ -172,7 +172,7 @@ def init_repo(
         shutil.rmtree(build, ignore_errors=True)
     try:
         _populate(build, name, node_names, transport)
-        config = load_repo(build)  # the scaffold must itself be valid
+        config = load_repo(build, overrides=True)  # the scaffold must itself be valid
         created: list[str] = []
         kept: list[str] = []
         if transport == "local":

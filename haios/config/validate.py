@@ -472,8 +472,12 @@ def validate_repo(repo: Path | str) -> ValidationReport:
     return _validate(Path(repo))[0]
 
 
-def load_repo(repo: Path | str, *, overrides: bool = True) -> model.RepoConfig:
-    """Load a valid desired-state repo; raise :class:`ConfigError` listing its problems if invalid."""
+def load_repo(repo: Path | str, *, overrides: bool = False) -> model.RepoConfig:
+    """Load a valid desired-state repo; raise :class:`ConfigError` listing its problems if invalid.
+
+    Files in ``overrides/`` arrive by pull request and are judged one by one where they are used
+    (one bad file is one rejected override, never the end of a run); ``overrides=True`` loads and
+    requires them too (``haios init`` checking its own scaffold)."""
     path = Path(repo)
     report, docs, playbooks, found = _validate(path, with_overrides=overrides)
     if report.problems:

@@ -18,10 +18,12 @@ from ..budget import fx_age as rates_age
 from ..config import Problem, load_repo
 from ..config.model import PHASES, RepoConfig
 from ..config.validate import check_override_file
+from ..config.yamlload import load_status
 from ..errors import ConfigError, HaiosError
 from ..events import make
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import parse_utc, utc
+from ..recovery import journal as journals
 from ..transport import DEFAULT_PARALLEL, MIRROR_DIR, ClusterTransport, open_transport
 from ..untrusted import read_json
 from ..wal import verify
@@ -318,6 +320,62 @@ def _stale_leases(config: RepoConfig, at: float) -> list[Finding]:
     return out
 
 
+_STATUS_FILES = (
+    "status/overrides/applied.yaml",
+    "status/membership.yaml",
+    "status/sel/breakers.yaml",
+    "status/sel/swings.yaml",
+    "status/replication.yaml",
+)
+
+
+def _unreadable_status(path: Path) -> list[Finding]:
+    """A finding for each of haios's own cluster-wide records under ``status/`` that cannot be read
+    (restored by hand, or tampered with), before a run that needs it fails on it."""
+    findings = []
+    for rel in _STATUS_FILES:
+        try:
+            load_status(path / rel, "a readable haios record", rel)
+        except ConfigError as exc:
+            findings.append(
+                Finding(
+                    "status_unreadable",
+                    "critical",
+                    (),
+                    None,
+                    None,
+                    exc.message,
+                    {"file": rel},
+                    f"git -C {path} checkout -- {rel}",
+                )
+            )
+    return findings
+
+
+def _unreadable_journals(path: Path) -> list[Finding]:
+    """A finding for each trace journal that cannot be read: its transition waits, nothing else does."""
+    unreadable: list[ConfigError] = []
+    journals.open_journals(path, unreadable)
+    findings = []
+    for error in unreadable:
+        file = error.message.split(": ", 1)[0]
+        rel = str(Path(file).relative_to(path)) if Path(file).is_relative_to(path) else file
+        shard = journals.unreadable_shard(error)
+        findings.append(
+            Finding(
+                "journal_unreadable",
+                "critical",
+                (),
+                shard[0] if shard else None,
+                shard[1] if shard else None,
+                error.message,
+                {"file": rel},
+                f"git -C {path} checkout -- {rel}   # its transition is blocked until it reads again",
+            )
+        )
+    return findings
+
+
 def _override_files(path: Path, at: float) -> list[Finding]:
     """A finding for each file of ``overrides/`` that cannot act: invalid (one bad file is one
     finding, never the end of the diagnosis) or expired."""
@@ -582,6 +640,8 @@ def run_doctor(
             )
         )
     findings += _override_files(path, at)
+    findings += _unreadable_journals(path)
+    findings += _unreadable_status(path)
     findings += versions
     findings += replication
     findings += _coordination(config)

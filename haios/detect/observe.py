@@ -22,6 +22,7 @@ from typing import Any
 from .. import controlfile
 from ..errors import EXIT_VERIFICATION, HaiosError
 from ..fsutil import atomic_write, makedirs_durable
+from ..node import shapes
 from ..node.transaction import ABANDON_STEP, CATCH_UP_PREFIX
 from ..procutil import worker_initializer
 from ..transport import Transport
@@ -215,17 +216,23 @@ def observe_node(repo: Path, node: str, root: Path) -> tuple[NodeObservation, di
         obs.reachable = False
         obs.error = f"{root}: no node root here (state.txt missing)"
         return obs, {}
-    for name in ("state.txt", "heartbeat", "gossip", "fence", "policy"):
+    for name in ("state.txt", "heartbeat", "gossip", "fence", "policy", "replication"):
         path = root / name
-        if not path.exists() and name in ("heartbeat", "gossip"):
+        if not os.path.lexists(path) and name in ("heartbeat", "gossip", "replication"):
             continue
         try:
-            if name in ("fence", "policy"):
+            if name in ("fence", "policy", "replication"):
                 controlfile.read(path)  # integrity only: the policy holds the whole membership, large to parse
                 continue
             body, _ = controlfile.read_mapping(path)
         except HaiosError as exc:
             obs.control_errors.append(exc.message)
+            continue
+        wrong = shapes.problem(name, body)
+        if wrong is None and name in ("state.txt", "heartbeat") and body.get("node", node) != node:
+            wrong = f"belongs to node {str(body['node'])[:64]!r}, not {node} (copied from another node root?)"
+        if wrong is not None:
+            obs.control_errors.append(f"{path}: {wrong}: not a {name} haios wrote")
             continue
         if name == "state.txt":
             obs.state = body
@@ -240,9 +247,14 @@ def observe_node(repo: Path, node: str, root: Path) -> tuple[NodeObservation, di
             continue
         try:
             body, _ = controlfile.read_mapping(path)
-            obs.exec_status[int(body["g"])] = body
-        except (HaiosError, KeyError, ValueError) as exc:
-            obs.control_errors.append(getattr(exc, "message", f"{path}: {exc}"))
+        except HaiosError as exc:
+            obs.control_errors.append(exc.message)
+            continue
+        wrong = shapes.problem("exec_status", body)
+        if wrong is not None:
+            obs.control_errors.append(f"{path}: {wrong}: not an exec_status file haios wrote")
+            continue
+        obs.exec_status[body["g"]] = body
     cache = _load_cache(repo, node)
     state, read, corruption = _read_wal(root, cache)
     if corruption is not None and cache is not None and not corruption["torn_tail"]:

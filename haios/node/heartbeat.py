@@ -68,8 +68,8 @@ def update_gossip(
                 wall = controlfile.load_mapping(controlfile.decode(data, f"{peer}:heartbeat"))["wall_time"]
                 if last is None or parse_utc(wall) > parse_utc(last):
                     last = wall
-        except (HaiosError, KeyError, ValueError):
-            pass  # silence
+        except (HaiosError, KeyError, ValueError, TypeError):
+            pass  # silence, or a heartbeat no haios wrote: either way nothing was heard
         heard[peer] = last
     status = partition_status(heard, now, window)
     since = previous.get("since") if previous.get("partition_status") == status else utc(now)

@@ -73,6 +73,13 @@ def _check_ec(reader: _Reader, key_type: str) -> None:
     point = reader.string("public point")
     if len(point) != _EC_POINT_LENGTH[curve] or point[0] != 4:
         raise ValueError(f"public point is not an uncompressed {curve} point")
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    curves = {"nistp256": ec.SECP256R1(), "nistp384": ec.SECP384R1(), "nistp521": ec.SECP521R1()}
+    try:
+        ec.EllipticCurvePublicKey.from_encoded_point(curves[curve], point)
+    except ValueError:
+        raise ValueError(f"public point is not on the {curve} curve") from None
 
 
 def parse_blob(key_type: str, blob: bytes) -> None:

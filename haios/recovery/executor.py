@@ -40,6 +40,7 @@ from .machine import NEEDS_A_HUMAN, TERMINAL, Event, State, step
 from .plan import (
     COST_ALERT,
     OVERRIDE_STEP,
+    UNREADABLE,
     Context,
     Plan,
     TracePlan,
@@ -243,6 +244,9 @@ class _Runner:
 
     def run(self, trace: TracePlan) -> TraceOutcome:
         outcome = TraceOutcome(trace.trace_id, trace.g, trace.phase, trace.verdict, trace.state, trace.state)
+        if trace.verdict == UNREADABLE:  # nothing of it is touched (least of all its journal) until restored
+            outcome.code, outcome.note = 3, trace.reason
+            return outcome
         repo = self.ctx.repo
         now = self.clock()
         j = journals.find(repo, trace.trace_id) or journals.Journal(

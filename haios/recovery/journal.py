@@ -18,9 +18,10 @@ from typing import Any
 
 from ..config.yamlload import load_status
 from ..controlfile import dump_mapping
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import utc
+from ..untrusted import read_regular
 from .machine import NEEDS_A_HUMAN, TERMINAL, State
 
 JOURNAL_DIR = "status/recoveries"
@@ -176,6 +177,10 @@ class Journal:
         self.writes += 1
 
 
+JOURNAL_HINT = "restore it from git (git checkout -- status/recoveries)"
+_JOURNAL_NAME = re.compile(r"/([0-9]{1,18})-([a-z]+)-[0-9a-f]+\.yaml$")
+
+
 def load(path: Path) -> Journal:
     data = load_status(path, "a readable trace journal", "status/recoveries")
     try:
@@ -185,7 +190,7 @@ def load(path: Path) -> Journal:
     except (FileNotFoundError, KeyError, TypeError, ValueError) as exc:
         raise ConfigError(
             f"{path}: not a readable trace journal ({' '.join(str(exc).split())})",
-            hint="restore it from git (git checkout -- status/recoveries)",
+            hint=JOURNAL_HINT,
         ) from exc
 
 
@@ -201,20 +206,33 @@ def journals_for(repo: Path, g: int, phase: str) -> list[Journal]:
 _TERMINAL_LINE = re.compile(r"^state: (CLEAN_EXIT|HARD_FAILED|ABORTED)$", re.MULTILINE)
 
 
-def open_journals(repo: Path) -> list[Journal]:
-    """Journals of traces that have not ended (a cheap text check skips the finished ones)."""
+def open_journals(repo: Path, unreadable: list[ConfigError] | None = None) -> list[Journal]:
+    """Journals of traces that have not ended (a cheap text check skips the finished ones). With
+    ``unreadable``, a journal that cannot be read is added there (it concerns its own trace only)
+    instead of ending the call."""
     directory = repo / JOURNAL_DIR
     if not directory.is_dir():
         return []
     found = []
     for path in sorted(directory.glob("*.yaml")):
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError:
-            continue
-        if not _TERMINAL_LINE.search(text):
-            found.append(load(path))
+            data = read_regular(path, "status", within=directory)
+            if data is None:
+                continue
+            if not _TERMINAL_LINE.search(data.decode("utf-8", "replace")):
+                found.append(load(path))
+        except (ConfigError, InputError) as exc:
+            error = exc if isinstance(exc, ConfigError) else ConfigError(exc.message, hint=JOURNAL_HINT)
+            if unreadable is None:
+                raise error from exc
+            unreadable.append(error)
     return found
+
+
+def unreadable_shard(error: ConfigError) -> tuple[int, str] | None:
+    """The (g, phase) whose journal ``error`` is about, from the file's name (None: not a journal name)."""
+    match = _JOURNAL_NAME.search(error.message.split(":", 1)[0])
+    return (int(match.group(1)), match.group(2).upper()) if match else None
 
 
 def find(repo: Path, trace_id: str) -> Journal | None:

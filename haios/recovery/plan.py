@@ -18,18 +18,19 @@ from typing import Any
 
 from ..budget import UnknownCurrency, trace_cost
 from ..config import load_repo
-from ..config.model import PhasePolicy, RepoConfig
+from ..config.model import PHASES, PhasePolicy, RepoConfig
 from ..config.model import phase_order as order
 from ..coord import Backend, Lease, open_backend
 from ..detect.detectors import NodeObservation, PhaseSummary
 from ..detect.observe import observe
 from ..detect.phi import Estimators
-from ..errors import HaiosError, RepoError
+from ..errors import ConfigError, HaiosError, InputError, RepoError
 from ..events import make
 from ..gitrepo import _git
 from ..node.transaction import next_transition
 from ..overrides.apply import Offer, scan
 from ..transport import DEFAULT_PARALLEL, Transport, open_transport
+from ..untrusted import read_regular
 from ..wal import WalCorruptError
 from . import journal as journals
 from . import membership as members
@@ -39,6 +40,7 @@ from .sel import SelStore, resource_of
 
 PLAN_SCHEMA = "haios-plan/v1"
 ACTIONABLE = frozenset({"forward", "rollback", "resume", "abort"})
+UNREADABLE = "unreadable"  # the verdict of a transition whose own files (its journal) cannot be read
 OVERRIDE_STEP = "override"  # the RECOVERY checkpoint a participant keeps of each signed override applied
 COST_ALERT = "COST_CAP_EXCEEDED"  # SPEC §4.4: the cost cap or the swing limit halted automation
 _CONFIG_GLOBS = ("haios.yaml", "desired/*.yaml", "policies/*.yaml", "playbooks/*.yaml", "overrides/*.yaml")
@@ -149,7 +151,8 @@ class Plan:
         return [
             t
             for t in self.traces
-            if t.verdict in ("blocked", "needs_human") or (not t.actionable and State(t.state) in NEEDS_A_HUMAN)
+            if t.verdict in ("blocked", "needs_human", UNREADABLE)
+            or (not t.actionable and State(t.state) in NEEDS_A_HUMAN)
         ]
 
     def exit_code(self) -> int:
@@ -237,7 +240,11 @@ def desired_digest(repo: Path) -> str:
     h = hashlib.sha256()
     paths = sorted({p for pattern in _CONFIG_GLOBS for p in repo.glob(pattern)} | set(repo.glob("schemas/*.json")))
     for path in paths:
-        h.update(str(path.relative_to(repo)).encode() + b"\0" + path.read_bytes() + b"\0")
+        try:
+            data = read_regular(path, "desired", within=repo) or b""
+        except InputError as exc:  # a FIFO, a device, a huge file: its name and why stand for its content
+            data = f"unreadable: {exc.reason}".encode()
+        h.update(str(path.relative_to(repo)).encode() + b"\0" + data + b"\0")
     return "sha256:" + h.hexdigest()
 
 
@@ -650,14 +657,24 @@ def build(
         ctx.overrides = {o.trace_id: o for o in offers if o.state == "valid" and o.trace_id}
     leases: dict[str, Lease | None] = {}
     todo = candidates(observations)
-    for j in journals.open_journals(path):
+    unreadable: list[ConfigError] = []
+    for j in journals.open_journals(path, unreadable):
         # a trace left open by a run killed after its last node step: closed by this one
         todo.setdefault((j.g, j.phase), sorted(j.participants) or active)
+    for error in unreadable:  # a journal that cannot be read blocks its own transition, nothing else
+        shard = journals.unreadable_shard(error)
+        if shard is not None and shard[1] in PHASES:
+            todo.setdefault(shard, active)
     for (g, phase), everyone in sorted(todo.items(), key=lambda kv: order(*kv[0])):
         participants = [n for n in everyone if n not in evicted]  # SPEC §4.7: an evicted node takes no part
         if not participants:
             continue
-        trace = plan_transition(ctx, g, phase, participants)
+        try:
+            trace = plan_transition(ctx, g, phase, participants)
+        except ConfigError as exc:  # its journal (or a file only it needs) cannot be read: it alone waits
+            trace = TracePlan(
+                f"{g}-{phase.lower()}-unreadable", g, phase, "BLOCKED", UNREADABLE, exc.one_line(), participants
+            )
         if trace.verdict == "nothing" and (not trace.resumed or State(trace.state) in TERMINAL):
             continue  # nothing to do, and no open trace to close
         trace.held_by = _held_by(ctx.backend, phase, at, leases) if trace.actionable else None

@@ -17,7 +17,7 @@ def open_traces(repo: Path, config: RepoConfig, now: float) -> list[dict[str, An
     store = SelStore(repo, config.thresholds)
     breakers = store.breakers()
     out = []
-    for j in journals.open_journals(repo):
+    for j in journals.open_journals(repo, []):  # an unreadable journal is doctor's finding, not a row
         attempts = 0
         next_at: float | None = None
         compensators: dict[str, str] = {}

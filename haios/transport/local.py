@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import TransportError
+from ..errors import InputError, IntegrityError, TransportError
+from ..untrusted import read_regular
 from .base import Completed
 
 
@@ -30,13 +31,11 @@ class LocalTransport:
         return self.root(node)
 
     def read_file(self, node: str, relpath: str) -> bytes | None:
-        path = self.root(node) / relpath
+        root = self.root(node)
         try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise TransportError(f"{node}: cannot read {relpath}: {exc.strerror}") from exc
+            return read_regular(root / relpath, "control", within=root)
+        except InputError as exc:
+            raise IntegrityError(exc.path, exc.reason) from exc
 
     def call(self, node: str, request: dict[str, Any]) -> dict[str, Any]:
         from ..node.recover import dispatch

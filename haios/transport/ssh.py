@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config.model import NAME_RE, NodeSpec, ssh_root_ok
-from ..errors import HaiosError, TransportError, UsageError, VerificationError
+from ..errors import HaiosError, IntegrityError, TransportError, UsageError, VerificationError
+from ..untrusted import LIMITS
 from .base import Completed
 
 SAFE_WORD = re.compile(r"^[A-Za-z0-9._:/@+=,%-]*$")  # argv words that need no quoting at all
@@ -266,11 +267,16 @@ class SshTransport:
 
     def read_file(self, node: str, relpath: str) -> bytes | None:
         sftp = self._sftp(node)
+        path = self._path(node, relpath)
         try:
-            with self._reading(node, relpath), sftp.open(self._path(node, relpath), "rb") as fh:
-                data: bytes = fh.read()
+            with self._reading(node, relpath):
+                _check_remote(node, path, sftp.lstat(path))
+                with sftp.open(path, "rb") as fh:
+                    data: bytes = fh.read(LIMITS["control"] + 1)
         except FileNotFoundError:
             return None
+        if len(data) > LIMITS["control"]:
+            raise IntegrityError(f"{node}:{path}", "grew past the limit for control files while it was read")
         self.bytes_read += len(data)
         return data
 
@@ -290,8 +296,9 @@ class SshTransport:
                     if name not in names:
                         target.unlink(missing_ok=True)
                         continue
+                    _check_remote(node, f"{root}/{name}", names[name])
                     with sftp.open(f"{root}/{name}", "rb") as fh:
-                        data = fh.read()
+                        data = fh.read(LIMITS["control"] + 1)
                     self.bytes_read += len(data)
                     if not target.exists() or target.read_bytes() != data:
                         atomic_write(target, data, durable=False)
@@ -458,6 +465,17 @@ class SshTransport:
             ["env", *assignments, *words] if assignments else words
         )
         return self._exec(node, command, timeout)
+
+
+def _check_remote(node: str, path: str, attrs: Any) -> None:
+    """A node file haios mirrors or reads is a regular file within the control-file limit (a FIFO
+    would hang the read until the I/O timeout; a huge file would fill the mirror): else IntegrityError."""
+    mode = getattr(attrs, "st_mode", None)
+    if mode is not None and not stat.S_ISREG(mode):
+        raise IntegrityError(f"{node}:{path}", "is not a regular file (a FIFO, a device or a directory)")
+    size = getattr(attrs, "st_size", None) or 0
+    if size > LIMITS["control"]:
+        raise IntegrityError(f"{node}:{path}", f"is {size} bytes, over the {LIMITS['control']}-byte limit")
 
 
 def _tcp_keepalive(sock: Any, idle: float) -> None:

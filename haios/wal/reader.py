@@ -43,9 +43,11 @@ from .format import (
 )
 
 CHUNK = 1024 * 1024
-MAX_INFLATION = 256 * 1024 * 1024
-"""How many bytes lz4 may add to the payloads of one read in all: a WAL of records that each claim
-16 MiB from a few KiB must not take a reader to gigabytes."""
+MAX_INFLATION = 128 * 1024 * 1024
+"""How many bytes beyond 16x their stored size the payloads of one read may decode to, in all: a WAL
+of records that each claim 16 MiB from 64 KiB (a decompression bomb) must not take a reader, or a
+caller that keeps what it reads, to gigabytes. haios's own JSON stays far from it."""
+BOMB_RATIO = 16
 SECTOR = 512
 _TYPES = frozenset(int(t) for t in RecordType)
 
@@ -328,7 +330,7 @@ class WalReader:
         self.records = 0
         self.segments_read = 0
         self.bytes_read = 0
-        self.inflated = 0  # bytes lz4 added to the payloads read so far (bounded: MAX_INFLATION)
+        self.inflated = 0  # bytes decoded beyond BOMB_RATIO x stored so far (bounded: MAX_INFLATION)
         self.first_lamport: int | None = None
 
     def __iter__(self) -> Iterator[Record]:
@@ -400,13 +402,13 @@ class WalReader:
                         return
                     raise self._fail(seg, bad, last, salt) from None
                 pos += RECORD_HEADER_SIZE + len(record[1])
-                self.inflated += len(record[0].raw) - len(record[1])
+                self.inflated += max(0, len(record[0].raw) - BOMB_RATIO * len(record[1]))
                 if self.inflated > MAX_INFLATION:
                     raise InputError(
                         f"{self.directory}/{seg.name}",
-                        f"compressed payloads up to offset {pos} decode to {self.inflated} bytes more than they "
-                        f"store, over the {MAX_INFLATION}-byte limit of one read (not corruption: a decompression "
-                        "bomb, or a WAL no haios writer makes)",
+                        f"compressed payloads up to offset {pos} decode to {self.inflated} bytes beyond "
+                        f"{BOMB_RATIO}x what they store, over the {MAX_INFLATION}-byte limit of one read (not "
+                        "corruption: a decompression bomb, or a WAL no haios writer makes)",
                         hint="inspect the node; restore its WAL from a replica (haios node rejoin)",
                     )
                 lamport, crc = record[0].lamport, record[0].crc

@@ -1,0 +1,58 @@
+"""Every text file of the hostile corpus, planted in every place haios reads: ``validate``, ``plan``
+and ``doctor`` return a value or the documented HaiosError naming the file. Never another
+exception, never a crash: one bad file is one finding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from untrusted.hostile import CORE, DESIRED, NODE_FILES, STATUS, TEXT, as_control_file, outcome, planted
+
+from haios.config import validate_repo
+from haios.detect.doctor import run_doctor
+from haios.recovery.plan import build
+
+# files every decision of a run depends on: a bad one is an error of the run (exit 1), naming it
+RUN_LEVEL = (
+    *CORE,
+    "policies/budget.yaml",
+    "policies/fx.yaml",
+    "policies/rbac.yaml",
+    "playbooks/fakecloud-vm.yaml",
+    "schemas/hostile.schema.json",
+    "status/membership.yaml",
+)
+NODE = tuple(f"nodes/node-1/{name}" for name in NODE_FILES)
+
+
+def _try_everything(repo: Path, rel: str, data: bytes) -> list[str]:
+    wrong = []
+    with planted(repo, rel, data):
+        report = validate_repo(repo)  # never raises for a file that is there
+        if rel in DESIRED and not any(p.file == rel for p in report.problems):
+            wrong.append(f"validate did not name {rel}")
+        planned = outcome(lambda: build(repo))
+        if planned is not None and (rel not in RUN_LEVEL or Path(rel).name not in planned.message):
+            wrong.append(f"plan: {planned.one_line()[:300]}")
+        assert outcome(lambda: run_doctor(repo)) is None
+    return wrong
+
+
+@pytest.mark.parametrize("rel", [*DESIRED, *STATUS])
+def test_hostile_repo_files_are_one_finding(cluster: Path, rel: str) -> None:
+    wrong = [f"{f.name}: {w}" for f in TEXT for w in _try_everything(cluster, rel, f.read_bytes())]
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("rel", NODE)
+def test_hostile_node_files_are_one_finding(cluster: Path, rel: str) -> None:
+    """Raw, and behind a valid integrity footer (anyone who can write a node root can compute one)."""
+    wrong = []
+    for f in TEXT:
+        for data in {f.read_bytes(), as_control_file(f.read_bytes())}:
+            wrong += [f"{f.name}: {w}" for w in _try_everything(cluster, rel, data)]
+        with planted(cluster, rel, f.read_bytes()):  # no footer: always an integrity finding, naming the file
+            if not any(Path(rel).name in x.summary for x in run_doctor(cluster).findings):
+                wrong.append(f"{f.name}: doctor has no finding naming {rel}")
+    assert not wrong, "\n".join(wrong)
