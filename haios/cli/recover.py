@@ -39,6 +39,12 @@ def _cost_line(cost: list[dict[str, Any]]) -> str:
     return "    cost so far: " + "; ".join(parts)
 
 
+def _tampered_lines(tampered: dict[str, list[str]]) -> None:
+    for node, problems in sorted(tampered.items()):
+        for problem in problems:
+            _render.out(f"integrity: {node}: {problem} ('haios doctor' says how to restore it)", style="red")
+
+
 def _refused_line(refused: list[str]) -> None:
     if refused:
         _render.out(
@@ -84,6 +90,7 @@ def _print_plan(plan: Plan) -> None:
     if plan.suspended:
         _render.out("suspended: reconcile plans only", style="yellow")
     _refused_line(plan.refused)
+    _tampered_lines(plan.tampered)
     _membership_lines(plan.membership)
     _override_lines(plan.overrides)
     if not plan.traces:
@@ -181,6 +188,7 @@ def _print_result(result: RunResult) -> None:
     if result.note:
         _render.out(result.note, style="yellow")
     _refused_line(result.plan.refused)
+    _tampered_lines(result.plan.tampered)
     _membership_lines(result.plan.membership)
     _override_lines([r for r in result.plan.overrides if r.get("effect") != "applies"])
     if not result.outcomes and not result.note:

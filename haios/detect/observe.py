@@ -13,6 +13,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import struct
+import zlib
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, replace
@@ -28,7 +30,7 @@ from ..procutil import worker_initializer
 from ..transport import Transport
 from ..untrusted import read_json
 from ..wal import Cursor, RecordType, WalCorruptError, WalReader
-from ..wal.format import SEGMENT_HEADER_SIZE
+from ..wal.format import SEGMENT_HEADER_SIZE, SegmentHeaderError, decode_segment_header
 from ..wal.reader import list_segments
 from ..wal.writer import LOCK_NAME
 from .detectors import NodeObservation, PhaseSummary
@@ -46,7 +48,7 @@ _SUMMARISED = frozenset(
     }
 )
 KEEP_COMPLETED = 20  # completed phase summaries kept per node (open ones are always kept)
-STATE_VERSION = 3
+STATE_VERSION = 4
 
 
 def _cache_path(repo: Path, node: str) -> Path:
@@ -71,6 +73,18 @@ def _load_cache(repo: Path, node: str) -> dict[str, Any] | None:
         durations = data["durations"]
         numbers = (data["last_lamport"], data["records"], *dict(data.get("io") or {}).values())
         if not all(isinstance(v, list) for v in durations.values()) or not all(isinstance(v, int) for v in numbers):
+            return None
+        segments, last_record = data.get("segments") or {}, data.get("last_record")
+        if not isinstance(segments, dict) or not all(
+            isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v) for v in segments.values()
+        ):
+            return None
+        if last_record is not None and not isinstance(last_record, int):
+            return None
+        mark = data.get("verified_to")
+        if mark is not None and not (
+            isinstance(mark, list) and len(mark) == 2 and all(isinstance(x, int) for x in mark)
+        ):
             return None
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
@@ -109,12 +123,51 @@ def writer_active(wal: Path) -> bool:
     return False
 
 
-def _cursor_present(wal: Path, cursor: Cursor) -> bool:
-    """Whether the segment the cursor points into still exists and reaches the cursor."""
+def _still_as_read(wal: Path, cursor: Cursor, state: dict[str, Any]) -> bool:
+    """Whether what an earlier pass read is still there as it was, by what is cheap to check on
+    every pass: every segment up to the cursor's still has a valid header; those before it have the
+    size and modification time they had when they were read; the cursor's segment still reaches
+    the cursor, and the record just before it still carries the chain's last CRC. Anything else (a
+    zeroed sector, a rewritten segment, a bit flip in the last record) sends the pass back to the
+    start of the WAL, where the full read says what is wrong."""
+    seen: dict[str, list[int]] = state.get("segments") or {}
+    last_record = state.get("last_record")
+    found = False
     for seg in list_segments(wal):
-        if seg.seq == cursor.seq:
-            return seg.path.stat().st_size >= cursor.offset
-    return False
+        if seg.seq > cursor.seq:
+            break
+        try:
+            info = seg.path.stat()
+            with open(seg.path, "rb") as fh:
+                head = fh.read(SEGMENT_HEADER_SIZE)
+                decode_segment_header(head)
+                if seg.seq < cursor.seq:
+                    if seen.get(seg.name, [info.st_size, info.st_mtime_ns]) != [info.st_size, info.st_mtime_ns]:
+                        return False
+                    continue
+                was = seen.get(seg.name)
+                if was is not None and was[0] == info.st_size and was[1] != info.st_mtime_ns:
+                    return False  # rewritten in place, nothing appended: what was read may have changed
+                found = info.st_size >= cursor.offset
+                if found and isinstance(last_record, int) and SEGMENT_HEADER_SIZE <= last_record < cursor.offset:
+                    fh.seek(last_record)
+                    record = fh.read(cursor.offset - last_record)
+                    (crc,) = struct.unpack_from("<I", record)
+                    found = crc == cursor.crc and zlib.crc32(record[4:]) == crc
+        except (OSError, SegmentHeaderError, struct.error):
+            return False
+    return found
+
+
+def _segments_read(wal: Path, cursor: Cursor | None) -> dict[str, list[int]]:
+    """Size and modification time of each segment read, up to the cursor's."""
+    out = {}
+    for seg in list_segments(wal):
+        if cursor is None or seg.seq > cursor.seq:
+            break
+        info = seg.path.stat()
+        out[seg.name] = [info.st_size, info.st_mtime_ns]
+    return out
 
 
 def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any], int, dict[str, Any] | None]:
@@ -129,9 +182,9 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
         "io": {"wal_bytes": 0, "snapshot_bytes": 0, "data_bytes": 0},
     }
     cursor = Cursor(**state["cursor"]) if state["cursor"] else None
-    if cursor is not None and not _cursor_present(root / "wal", cursor):
-        # the WAL the cache summarised is gone or was cut below it (deleted, restored, repaired):
-        # summarise what is there now from the start
+    if cursor is not None and not _still_as_read(root / "wal", cursor, state):
+        # the WAL the cache summarised is gone, was cut below it (deleted, restored, repaired) or
+        # changed where it was read before: summarise what is there now from the start
         return _read_wal(root, None)
     # A short record at the very end is an append in progress only while a writer holds the lock;
     # otherwise it is a torn tail and must be reported.
@@ -140,8 +193,10 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
     io = state.setdefault("io", {"wal_bytes": 0, "snapshot_bytes": 0, "data_bytes": 0})
     durations: dict[str, list[float]] = {k: list(v) for k, v in state["durations"].items()}
     corruption = None
+    last_record = state.get("last_record")
     try:
         for record in reader:
+            last_record = record.offset
             if record.type not in _SUMMARISED:
                 continue  # framing and CRC are verified; only these types need their payload read
             p = record.payload
@@ -196,6 +251,8 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
     kept = [s for s in phases.values() if not s.ended]
     kept += [s for s in completed[:-KEEP_COMPLETED] if s.ended == "ABORT_PHASE" and s.uncompensated] + recent
     state.update(
+        segments=_segments_read(root / "wal", reader.cursor or cursor),
+        last_record=last_record,  # where the record before the cursor starts (checked on the next pass)
         cursor=asdict(reader.cursor) if reader.cursor else state["cursor"],
         phases=[asdict(s) for s in kept],
         durations=durations,
@@ -207,6 +264,32 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
     fresh = reader.segments_read - (1 if cursor is not None and reader.segments_read else 0)
     io["wal_bytes"] += reader.bytes_read + SEGMENT_HEADER_SIZE * fresh
     return state, reader.bytes_read, corruption
+
+
+def _not_torn_if_read_before(corruption: dict[str, Any] | None, cache: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A bad record that an earlier pass read whole (before its cursor) cannot be a torn write,
+    whatever its position now: it changed since, which is mid-log corruption."""
+    mark = (cache or {}).get("verified_to")
+    if corruption is None or not corruption["torn_tail"] or not mark:
+        return corruption
+    at = (int(str(corruption["segment"])[:16], 16), int(corruption["offset"]))
+    if at >= tuple(mark):
+        return corruption
+    reason = f"{corruption['reason']}; an earlier pass read this record whole, so it changed since"
+    return {**corruption, "torn_tail": False, "reason": reason}
+
+
+def _verified_to(wal: Path, cache: dict[str, Any] | None, state: dict[str, Any]) -> list[int] | None:
+    """How far the WAL has been read whole, over every pass: the furthest cursor that still lies
+    inside the WAL (a repair or restore that cut it below that starts the mark afresh)."""
+    marks = [m for m in ((cache or {}).get("verified_to"), (cache or {}).get("cursor"), state.get("cursor")) if m]
+    sizes = {seg.seq: seg.path.stat().st_size for seg in list_segments(wal)}
+    inside = []
+    for m in marks:
+        seq, offset = (m[0], m[1]) if isinstance(m, list) else (m["seq"], m["offset"])
+        if sizes.get(seq, -1) >= offset:
+            inside.append([seq, offset])
+    return max(inside) if inside else None
 
 
 def observe_node(repo: Path, node: str, root: Path) -> tuple[NodeObservation, dict[str, list[float]]]:
@@ -240,6 +323,11 @@ def observe_node(repo: Path, node: str, root: Path) -> tuple[NodeObservation, di
             obs.heartbeat = body
         elif name == "gossip":
             obs.gossip = body
+    wal = root / "wal"
+    if wal.is_symlink():  # a node's WAL is its own: one linked to another's would prove the other's history
+        obs.control_errors.append(
+            f"{wal}: is a symlink (to {os.readlink(wal)}); a node's WAL is a directory of its own"
+        )
     # Only the current and the next iteration can have a phase IN_PROGRESS; older files are history.
     current_g = int((obs.state or {}).get("g") or 0)
     for path in (root / f"exec_status_{g}.txt" for g in (current_g, current_g + 1)):
@@ -261,7 +349,8 @@ def observe_node(repo: Path, node: str, root: Path) -> tuple[NodeObservation, di
         # the WAL may have been repaired or replaced since the cursor was saved: read it whole
         state, read_again, corruption = _read_wal(root, None)
         read += read_again
-    obs.wal_error = corruption
+    obs.wal_error = _not_torn_if_read_before(corruption, cache)
+    state["verified_to"] = _verified_to(root / "wal", cache, state)
     obs.phases = _summaries_from(state["phases"])
     obs.last_lamport = state["last_lamport"]
     obs.records = state["records"]

@@ -118,10 +118,11 @@ class RunResult:
         return min(dues) if dues else None
 
     def exit_code(self) -> int:
-        """SPEC §10: 5 a node was refused (its host key is not the pinned one), 3 needs a human (the minority view and a refused eviction too), 4 locked or
+        """SPEC §10: 5 a node was refused (its host key is not the pinned one) or its control files fail
+        their integrity check, 3 needs a human (the minority view and a refused eviction too), 4 locked or
         fenced, 1 a step failed, 2 work remains for a later run (a Φ timeout not expired yet, a
         compensator backing off, suspend), 0 converged. The first that applies wins."""
-        if self.plan.refused:
+        if self.plan.refused or self.plan.tampered:
             return 5
         if self.plan.minority or self.plan.membership.get("eviction_blocked"):
             return 3

@@ -136,6 +136,8 @@ class Plan:
     membership: dict[str, Any] = field(default_factory=dict)  # evicted, pending_eviction, eviction_blocked
     refused: list[str] = field(default_factory=list)  # nodes not reached: they failed verification (host key)
     overrides: list[dict[str, Any]] = field(default_factory=list)  # every file in overrides/ and its effect
+    # node -> its control files that fail their integrity check: tampered with or damaged (exit 5)
+    tampered: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def minority(self) -> bool:
@@ -156,10 +158,11 @@ class Plan:
         ]
 
     def exit_code(self) -> int:
-        """SPEC §10 for a plan: 5 a node was refused (its host key is not the pinned one), 3 blocked (minority view, a trace needing a human, an eviction refused
+        """SPEC §10 for a plan: 5 a node was refused (its host key is not the pinned one) or its control
+        files fail their integrity check, 3 blocked (minority view, a trace needing a human, an eviction refused
         by the majority rule), 4 a shard the
         plan would act on is leased by another reconciler, 2 actions pending, 0 nothing to do."""
-        if self.refused:
+        if self.refused or self.tampered:
             return 5
         if self.minority or self.blocked or self.membership.get("eviction_blocked"):
             return 3
@@ -182,6 +185,7 @@ class Plan:
             "traces": [t.as_dict() for t in self.traces],
             "membership": self.membership,
             "refused": self.refused,
+            "tampered": self.tampered,
             "overrides": self.overrides,
             "exit_code": self.exit_code(),
         }
@@ -204,6 +208,7 @@ class Plan:
             dict(data.get("membership") or {}),
             list(data.get("refused") or []),
             list(data.get("overrides") or []),
+            {str(k): list(v) for k, v in dict(data.get("tampered") or {}).items()},
         )
 
 
@@ -651,6 +656,7 @@ def build(
         suspended=config.desired.suspend,
         membership=membership.summary(),
         refused=sorted(n for n, o in observations.items() if o.refused),
+        tampered={n: list(o.control_errors) for n, o in sorted(observations.items()) if o.control_errors},
     )
     offers = scan(config, at)
     if not plan.minority:  # SPEC §4.7: the minority view refuses overrides
