@@ -13,8 +13,10 @@ import typer
 
 from ..config import load_repo, parse_duration
 from ..config.validate import check_override_file, payload_problems
+from ..detect.observe import spent_nonces
 from ..errors import UsageError, VerificationError
 from ..fsutil import atomic_write, makedirs_durable
+from ..overrides.apply import mark_spent, scan
 from ..overrides.sshsig import SignatureError, sign
 from ..overrides.verify import NAMESPACE, PAYLOAD_SCHEMA, Verdict, check
 from . import _render
@@ -158,34 +160,26 @@ def verify_cmd(
 
 @app.command("list")
 def list_cmd(ctx: typer.Context, repo: RepoOpt = None, output: OutputOpt = None) -> int:
-    """Every override in overrides/ with its state: pending, valid, applied, expired or rejected."""
-    from ..overrides.verify import applied, state_of
+    """Every override in overrides/ with its state: pending, valid, applied, expired or rejected.
 
+    An override whose nonce a node's WAL holds (as the last doctor, plan or reconcile saw it) is
+    applied, even when status/ was restored from before it."""
     opts = resolve(ctx, repo=repo, output=output)
-    config = load_repo(opts.repo, overrides=False)
-    now = time.time()
-    done = applied(opts.repo)["nonces"]
-    rows = []
-    for path in sorted((opts.repo / "overrides").glob("*.yaml")):
-        override, problems = check_override_file(opts.repo, path)
-        if override is None:
-            rows.append({"file": str(path), "state": "rejected", "why": str(problems[0]), "have": 0, "need": None})
-            continue
-        verdict = check(config, override, now)
-        expires = json.loads(override.payload)["expires_at"]
-        state = state_of(verdict, done, now, expires)
-        why = "; ".join(verdict.problems) if state == "rejected" else ""
-        rows.append(
-            {
-                "file": str(path.relative_to(opts.repo)),
-                "trace_id": verdict.trace_id,
-                "action": verdict.action,
-                "state": state,
-                "have": verdict.have,
-                "need": verdict.need,
-                "why": why,
-            }
-        )
+    config = load_repo(opts.repo)
+    offers = scan(config, time.time())
+    mark_spent(offers, spent_nonces(opts.repo, [n.name for n in config.cluster.nodes]))
+    rows = [
+        {
+            "file": o.file,
+            "trace_id": o.trace_id,
+            "action": o.action,
+            "state": o.state,
+            "have": o.have,
+            "need": o.need if o.trace_id is not None else None,
+            "why": o.why if o.state in ("rejected", "applied", "expired") else "",
+        }
+        for o in offers
+    ]
     if opts.output is not Output.text:
         _render.emit_json({"schema": "haios-override-list/v1", "overrides": rows})
         return 0

@@ -64,6 +64,7 @@ class NodeObservation:
     heartbeat: dict[str, Any] | None = None
     gossip: dict[str, Any] | None = None
     control_errors: list[str] = field(default_factory=list)
+    override_nonces: tuple[str, ...] = ()  # nonces of the signed overrides its WAL says were applied
     wal_error: dict[str, Any] | None = None
     phases: dict[tuple[int, str], PhaseSummary] = field(default_factory=dict)
     last_lamport: int = 0

@@ -25,7 +25,7 @@ from .. import controlfile
 from ..errors import EXIT_VERIFICATION, HaiosError
 from ..fsutil import atomic_write, makedirs_durable
 from ..node import shapes
-from ..node.transaction import ABANDON_STEP, CATCH_UP_PREFIX
+from ..node.transaction import ABANDON_STEP, CATCH_UP_PREFIX, OVERRIDE_STEP
 from ..procutil import worker_initializer
 from ..transport import Transport
 from ..untrusted import read_json
@@ -48,7 +48,7 @@ _SUMMARISED = frozenset(
     }
 )
 KEEP_COMPLETED = 20  # completed phase summaries kept per node (open ones are always kept)
-STATE_VERSION = 4
+STATE_VERSION = 5
 
 
 def _cache_path(repo: Path, node: str) -> Path:
@@ -81,6 +81,9 @@ def _load_cache(repo: Path, node: str) -> dict[str, Any] | None:
             return None
         if last_record is not None and not isinstance(last_record, int):
             return None
+        spent = data.get("override_nonces") or []
+        if not isinstance(spent, list) or not all(isinstance(n, str) for n in spent):
+            return None
         mark = data.get("verified_to")
         if mark is not None and not (
             isinstance(mark, list) and len(mark) == 2 and all(isinstance(x, int) for x in mark)
@@ -106,6 +109,16 @@ def _summaries_from(data: list[dict[str, Any]]) -> dict[tuple[int, str], PhaseSu
         s = PhaseSummary(**item)
         out[(s.g, s.phase)] = s
     return out
+
+
+def spent_nonces(repo: Path, nodes: list[str]) -> dict[str, list[str]]:
+    """The nonces of signed overrides each node's WAL says were applied, as the last pass saw them
+    (nonce -> nodes); nothing for a node without a cache."""
+    spent: dict[str, list[str]] = {}
+    for node in sorted(nodes):
+        for nonce in (_load_cache(repo, node) or {}).get("override_nonces") or []:
+            spent.setdefault(nonce, []).append(node)
+    return spent
 
 
 def writer_active(wal: Path) -> bool:
@@ -194,6 +207,7 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
     durations: dict[str, list[float]] = {k: list(v) for k, v in state["durations"].items()}
     corruption = None
     last_record = state.get("last_record")
+    spent: list[str] = state.setdefault("override_nonces", [])
     try:
         for record in reader:
             last_record = record.offset
@@ -217,6 +231,9 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
                 if p["key"] not in s.compensated:
                     phases[key] = replace(s, compensated=(*s.compensated, p["key"]))
             elif record.type is RecordType.RECOVERY:
+                nonce = (p.get("outcome") or {}).get("nonce") if p.get("step") == OVERRIDE_STEP else None
+                if isinstance(nonce, str) and nonce not in spent:
+                    spent.append(nonce)  # an override applied here: spent for good, whatever status/ says
                 if key in phases and p.get("step") == ABANDON_STEP:
                     s = phases[key]
                     more = tuple(k for k in p["outcome"]["abandoned"] if k not in s.abandoned)
@@ -353,6 +370,7 @@ def observe_node(repo: Path, node: str, root: Path) -> tuple[NodeObservation, di
     state["verified_to"] = _verified_to(root / "wal", cache, state)
     obs.phases = _summaries_from(state["phases"])
     obs.last_lamport = state["last_lamport"]
+    obs.override_nonces = tuple(state.get("override_nonces") or ())
     obs.records = state["records"]
     obs.bytes_read = read
     makedirs_durable(repo / CACHE_DIR)

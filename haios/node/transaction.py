@@ -95,6 +95,7 @@ class PhaseLog:
 
 
 ABANDON_STEP = "abandon"  # RECOVERY step: side effects of an already aborted phase left uncompensated
+OVERRIDE_STEP = "override"  # RECOVERY step: a signed override applied (its nonce is spent on this node for good)
 CATCH_UP_PREFIX = "rejoin-"  # trace ids of the transitions a rejoining node commits to catch up
 
 

@@ -99,6 +99,16 @@ def scan(config: RepoConfig, now: float) -> list[Offer]:
     return [judge(config, path, now) for path in sorted(directory.glob("*.yaml"))]
 
 
+def mark_spent(offers: list[Offer], spent: dict[str, list[str]]) -> None:
+    """Offers whose nonce a node's WAL says was applied (``spent``: nonce -> those nodes) are
+    applied, whatever ``status/`` says: a record lost to a revert or a restore makes no replay."""
+    for offer in offers:
+        if offer.nonce in spent and offer.state in ("valid", "pending"):
+            nodes = ", ".join(spent[offer.nonce])
+            offer.state = "applied"
+            offer.why = f"a replay: nonce {offer.nonce} was already applied on {nodes} (their WALs say so)"
+
+
 def record(repo: Path, trace_id: str, entry: dict[str, Any], *, desired_commit: str | None) -> bool:
     """Write an applied override (its journal ``entry``: nonce, action, file, payload hash, signers,
     policy_version, applied_at) into ``status/overrides/applied.yaml``, atomically and under a lock;

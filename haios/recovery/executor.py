@@ -31,6 +31,7 @@ from ..errors import FencedError, HaiosError, LockHeldError, TransportError, Usa
 from ..events import Sink, logged, make
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import utc
+from ..node.transaction import OVERRIDE_STEP
 from ..overrides import apply as overrides
 from ..overrides.verify import APPLIED_FILE, applied
 from ..transport import DEFAULT_PARALLEL
@@ -39,7 +40,6 @@ from . import membership as members
 from .machine import NEEDS_A_HUMAN, TERMINAL, Event, State, step
 from .plan import (
     COST_ALERT,
-    OVERRIDE_STEP,
     UNREADABLE,
     Context,
     Plan,

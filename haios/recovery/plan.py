@@ -27,8 +27,8 @@ from ..detect.phi import Estimators
 from ..errors import ConfigError, HaiosError, InputError, RepoError
 from ..events import make
 from ..gitrepo import _git
-from ..node.transaction import next_transition
-from ..overrides.apply import Offer, scan
+from ..node.transaction import OVERRIDE_STEP, next_transition
+from ..overrides.apply import Offer, mark_spent, scan
 from ..transport import DEFAULT_PARALLEL, Transport, open_transport
 from ..untrusted import read_regular
 from ..wal import WalCorruptError
@@ -41,7 +41,6 @@ from .sel import SelStore, resource_of
 PLAN_SCHEMA = "haios-plan/v1"
 ACTIONABLE = frozenset({"forward", "rollback", "resume", "abort"})
 UNREADABLE = "unreadable"  # the verdict of a transition whose own files (its journal) cannot be read
-OVERRIDE_STEP = "override"  # the RECOVERY checkpoint a participant keeps of each signed override applied
 COST_ALERT = "COST_CAP_EXCEEDED"  # SPEC §4.4: the cost cap or the swing limit halted automation
 _CONFIG_GLOBS = ("haios.yaml", "desired/*.yaml", "policies/*.yaml", "playbooks/*.yaml", "overrides/*.yaml")
 
@@ -659,6 +658,11 @@ def build(
         tampered={n: list(o.control_errors) for n, o in sorted(observations.items()) if o.control_errors},
     )
     offers = scan(config, at)
+    spent: dict[str, list[str]] = {}
+    for node, o in sorted(observations.items()):
+        for nonce in o.override_nonces:
+            spent.setdefault(nonce, []).append(node)
+    mark_spent(offers, spent)  # status/ may have lost the record (a revert, a restore); the nodes' WALs keep it
     if not plan.minority:  # SPEC §4.7: the minority view refuses overrides
         ctx.overrides = {o.trace_id: o for o in offers if o.state == "valid" and o.trace_id}
     leases: dict[str, Lease | None] = {}

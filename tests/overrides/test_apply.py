@@ -337,3 +337,29 @@ def test_resume_closes_a_trace_that_was_resolved_by_hand(cluster: Path, keys: di
         0,
     )
     assert positions(cluster) == {n: (1, "IDLE") for n in ("node-1", "node-2", "node-3")}
+
+
+def test_an_applied_override_stays_spent_after_status_is_reverted(
+    cluster: Path, keys: dict[str, Path], cli: Invoke
+) -> None:
+    """status/ (the journal and applied.yaml) restored from before the override: the nodes' WALs keep
+    its nonce, so the verifier, the plan and reconcile all refuse it as a replay."""
+    trace = _flapping(cluster)
+    before = head(cluster)
+    path = _override(cli, cluster, keys, trace, "resume", ("alice", "bob"))
+    assert cli("--repo", cluster, "reconcile").exit_code == 0
+    git(cluster, "rm", "-rq", "status")
+    git(cluster, "checkout", before, "--", "status")
+    git(cluster, "add", "-A", "status")
+    git(cluster, "commit", "-qm", "status/ restored from a backup of before the override")
+    assert not (cluster / APPLIED_FILE).exists() and _journal(cluster, trace).state == "AWAITING_ACK"
+
+    plan = cli("--repo", cluster, "plan")
+    assert plan.exit_code == 3 and "a replay" in plan.stdout and "their WALs say so" in plan.stdout, plan.stdout
+    commit = head(cluster)
+    result = cli("--repo", cluster, "reconcile")
+    assert result.exit_code == 3 and "a replay" in result.stdout, result.stdout
+    assert all(len(_override_marks(cluster, n)) == 1 for n in ("node-1", "node-2", "node-3"))
+    assert deletes(cluster) == {KEY: 1} and head(cluster) == commit  # nothing re-run, nothing to record
+    listed = json.loads(cli("--repo", cluster, "-o", "json", "override", "list").stdout)["overrides"]
+    assert [o["state"] for o in listed if o["file"].endswith(path.name)] != ["valid"]
