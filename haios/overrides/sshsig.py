@@ -8,9 +8,12 @@ magic, the namespace, the reserved string, the hash algorithm and the hash of th
 the message itself, so a signature for one namespace (``git``, ``file``) is worthless in another.
 
 Only what ``ssh-keygen`` itself accepts is accepted: version 1, hash sha256 or sha512, key types
-ssh-ed25519, ssh-rsa (signature rsa-sha2-256 or rsa-sha2-512, never SHA-1) and ecdsa-sha2-nistp256/
-384/521, every length checked, no trailing bytes. Anything else is rejected with the reason — never
-a crash.
+ssh-ed25519, ssh-rsa (signature rsa-sha2-256 or rsa-sha2-512, never SHA-1), ecdsa-sha2-nistp256/
+384/521 and the FIDO (hardware token) keys sk-ssh-ed25519@openssh.com and
+sk-ecdsa-sha2-nistp256@openssh.com, every length checked, no trailing bytes. A token signs its own
+wrapping of the data (the key's application, a flags byte and a counter); the touch flag (user
+presence) is required, as sshd requires it of such keys by default (``ssh-keygen -Y verify`` only
+reports it). Anything else is rejected with the reason — never a crash.
 """
 
 from __future__ import annotations
@@ -36,15 +39,23 @@ class SignatureError(ValueError):
     """A signature that is malformed or does not verify; the message says which rule failed."""
 
 
+SK_TYPES = ("sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+"""FIDO (hardware token) key types: the token signs its own wrapping of the data (PROTOCOL.u2f)."""
+SK_USER_PRESENT = 0x01
+"""The flag a token sets when someone touched it; required (an override needs a person at the token)."""
+
+
 @dataclass(frozen=True)
 class Signature:
-    """A parsed SSHSIG."""
+    """A parsed SSHSIG (with a FIDO key: also the token's flags and signature counter)."""
 
     public_key: PublicKey
     namespace: str
     hash_algorithm: str
     sig_format: str
     sig_blob: bytes
+    sk_flags: int | None = None
+    sk_counter: int | None = None
 
     def signed_data(self, message: bytes) -> bytes:
         return _signed_data(self.namespace, self.hash_algorithm, message)
@@ -100,6 +111,12 @@ def parse(text: str) -> Signature:
         sig = _Reader(signature)
         sig_format = sig.string("signature format").decode("ascii")
         sig_blob = sig.string("signature blob")
+        flags = counter = None
+        if sig_format in SK_TYPES:  # a token's signature: then its flags byte and its counter
+            if sig.pos + 5 > len(sig.data):
+                raise SignatureError(f"malformed SSHSIG: a {sig_format} signature without its flags and counter")
+            flags, counter = sig.data[sig.pos], struct.unpack_from(">I", sig.data, sig.pos + 1)[0]
+            sig.pos += 5
         sig.done()
     except SignatureError:
         raise
@@ -107,7 +124,8 @@ def parse(text: str) -> Signature:
         raise SignatureError(f"malformed SSHSIG: {exc}") from None
     if hash_algorithm not in HASHES:
         raise SignatureError(f"hash algorithm {hash_algorithm!r} is not allowed (sha256 or sha512)")
-    return Signature(PublicKey(key_type, key_blob, ""), namespace, hash_algorithm, sig_format, sig_blob)
+    key = PublicKey(key_type, key_blob, "")
+    return Signature(key, namespace, hash_algorithm, sig_format, sig_blob, flags, counter)
 
 
 def verify(text: str, message: bytes, namespace: str) -> Signature:
@@ -140,6 +158,8 @@ def _check(sig: Signature, data: bytes) -> None:
             e, n = reader.mpint("exponent"), reader.mpint("modulus")
             public = rsa.RSAPublicNumbers(e, n).public_key()
             public.verify(sig.sig_blob, data, padding.PKCS1v15(), algorithm)
+        elif key_type in SK_TYPES:
+            _check_sk(sig, reader, data)
         elif key_type.startswith("ecdsa-sha2-"):
             curve_name = key_type.removeprefix("ecdsa-sha2-")
             if sig.sig_format != key_type:
@@ -161,6 +181,48 @@ def _check(sig: Signature, data: bytes) -> None:
         if isinstance(exc, SignatureError):
             raise
         raise SignatureError(f"malformed {key_type} signature: {exc}") from None
+
+
+def sk_signed_data(application: bytes, flags: int, counter: int, data: bytes) -> bytes:
+    """What a FIDO token signs for ``data`` (PROTOCOL.u2f): SHA-256 of the key's application, the
+    flags byte, the counter, and SHA-256 of the data."""
+    return (
+        hashlib.sha256(application).digest()
+        + bytes([flags])
+        + struct.pack(">I", counter)
+        + hashlib.sha256(data).digest()
+    )
+
+
+def _check_sk(sig: Signature, reader: _Reader, data: bytes) -> None:
+    """A FIDO key's signature, checked as OpenSSH checks it: the format matches the key, the token
+    signed its wrapping of the data with the key's application, and it saw someone's touch."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    key_type = sig.public_key.key_type
+    if sig.sig_format != key_type or sig.sk_flags is None or sig.sk_counter is None:
+        raise SignatureError(f"a {key_type} key cannot have made a {sig.sig_format} signature")
+    if key_type == "sk-ssh-ed25519@openssh.com":
+        public = reader.string("public key")
+        application = reader.string("application")
+        if len(sig.sig_blob) != 64:
+            raise SignatureError("an ed25519 token signature is not 64 bytes")
+        signed = sk_signed_data(application, sig.sk_flags, sig.sk_counter, data)
+        ed25519.Ed25519PublicKey.from_public_bytes(public).verify(sig.sig_blob, signed)
+    else:
+        reader.string("curve")
+        point = reader.string("point")
+        application = reader.string("application")
+        rs = _Reader(sig.sig_blob)
+        r, s = rs.mpint("r"), rs.mpint("s")
+        rs.done()
+        public_ec = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+        signed = sk_signed_data(application, sig.sk_flags, sig.sk_counter, data)
+        public_ec.verify(encode_dss_signature(r, s), signed, ec.ECDSA(hashes.SHA256()))
+    if not sig.sk_flags & SK_USER_PRESENT:  # checked after the signature: the flags are signed too
+        raise SignatureError("the hardware key signed without anyone touching it (user presence not asserted)")
 
 
 def sign(message: bytes, key_path: Path, namespace: str, *, hash_algorithm: str = "sha512") -> str:
