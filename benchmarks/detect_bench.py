@@ -99,6 +99,9 @@ def build_cluster(root: Path, nodes: int, records: int) -> Path:
     for other in roots[1:]:
         shutil.rmtree(other)
         subprocess.run(["cp", "-a", str(template), str(other)], check=True)
+        # a copied root is that node's own: its state.txt names it (doctor checks whose root it is)
+        copied, copied_version = controlfile.read_mapping(other / "state.txt")
+        controlfile.write_mapping(other / "state.txt", {**copied, "node": other.name}, expected_version=copied_version)
     return repo
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .config.model import Budget, FxRates
-from .errors import ConfigError, UsageError
+from .errors import ConfigError, InputError, UsageError
 from .fsutil import atomic_write
+from .untrusted import read_regular
 
 FX_FILE = "policies/fx.yaml"
 ECB_SOURCE = "European Central Bank euro foreign exchange reference rates"
@@ -167,9 +168,11 @@ def import_ecb(repo: Path, source: Path, *, now: float, max_age: float | None = 
     from .config.validate import validate_repo
 
     try:
-        data = source.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{source}: cannot read ({exc.strerror})") from None
+        data = read_regular(source, "desired", within=source.parent)
+    except InputError as exc:
+        raise UsageError(exc.message) from None
+    if data is None:
+        raise UsageError(f"{source}: no such file")
     rates = parse_ecb(data, str(source))
     config = load_repo(repo)
     if config.fx.base != "EUR":

@@ -134,10 +134,13 @@ class InputError(HaiosError):
 
     default_hint = "restore the file from git or a backup, or remove it"
 
-    def __init__(self, path: Path | str, reason: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self, path: Path | str, reason: str, *, hint: str | None = None, line: int = 1, column: int = 1
+    ) -> None:
         super().__init__(f"{path}: {reason}", hint=hint)
         self.path = Path(path)
         self.reason = reason
+        self.line, self.column = line, column  # where in the file, when the parser said
 
 
 class PathEscapeError(UsageError):

@@ -185,7 +185,8 @@ def load_json(data: bytes | str, name: str | Path, *, max_depth: int = MAX_DEPTH
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         return json.loads(text, parse_int=bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
-        raise InputError(name, f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+        reason = f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        raise InputError(name, reason, line=exc.lineno, column=exc.colno) from exc
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise InputError(name, f"not valid JSON: {exc}") from exc
 

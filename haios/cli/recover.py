@@ -22,6 +22,7 @@ from ..recovery.executor import Progress
 from ..recovery.journal import find as find_journal
 from ..recovery.plan import plan_events
 from ..transport import DEFAULT_PARALLEL
+from ..untrusted import read_json
 from . import _render
 from ._options import GlobalOptions, MaxParallelOpt, Output, OutputOpt, RepoOpt, resolve
 from .metrics import MetricsTextfileOpt, PushgatewayOpt, write_if_asked
@@ -263,8 +264,8 @@ def reconcile(
     given = None
     if plan_file is not None:
         try:
-            given = Plan.from_json(json.loads(plan_file.read_text(encoding="utf-8")))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            given = Plan.from_json(read_json(plan_file, within=plan_file.parent))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UsageError(f"{plan_file}: not a readable plan ({exc})") from exc
         except HaiosError as exc:
             raise UsageError(f"{plan_file}: {exc.message}") from exc

@@ -63,7 +63,8 @@ def load_data_schemas(repo: Path) -> tuple[list[DataSchema], list[Problem]]:
         try:
             value = read_json(folder / name, "desired", within=repo)
         except InputError as exc:
-            problems.append(Problem(rel, 1, 1, "(root)", exc.reason))
+            reason = exc.reason.split(" (line ")[0] if exc.line > 1 or exc.column > 1 else exc.reason
+            problems.append(Problem(rel, exc.line, exc.column, "(root)", reason))
             continue
         if not isinstance(value, dict):
             problems.append(Problem(rel, 1, 1, "(root)", "a schema is a JSON object"))

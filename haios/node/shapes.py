@@ -52,7 +52,7 @@ SHAPES: dict[str, dict[str, tuple[bool, Check, str]]] = {
     "state.txt": {
         "node": (True, _str, "a node name"),
         "g": (True, _int, "a non-negative integer"),
-        "ph": (True, _phase, "a phase name"),
+        "ph": (True, lambda v: v is None or _phase(v), "a phase name (or null: nothing committed yet)"),
         "status": (False, _str, "a string"),
         "vc": (False, _ints, "a mapping of names to integers"),
         "wal_cursor": (False, lambda v: v is None or _ints(v), "a mapping of integers"),

@@ -296,7 +296,8 @@ class Replicator:
                 nxt = segments.get(seg.seq + 1)
                 if nxt is None:
                     raise TransportError(f"{self.node}: segment {seg.seq + 1} of the WAL is gone; cannot feed {peer}")
-                header: SegmentHeader = decode_segment_header(nxt.path.read_bytes()[:SEGMENT_HEADER_SIZE])
+                with open(nxt.path, "rb") as fh:  # its header only, not the whole segment
+                    header: SegmentHeader = decode_segment_header(fh.read(SEGMENT_HEADER_SIZE))
                 end_chain = (header.prev_lamport, header.prev_crc)
             if end <= pos.offset:
                 pos = _Position(seg.seq + 1, 0, *end_chain)
