@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config.yamlload import YamlRejected, load_yaml
 from .errors import ControlFileError, ControlFileMissing, InputError, IntegrityError, VersionConflict
 from .fsutil import locked_dir, replace_in_dir
-from .untrusted import open_nofollow, read_descriptor
+from .untrusted import read_file
 
 MAX_SIZE = 16 * 1024 * 1024
 """Largest control file haios reads; anything bigger is refused before it is read."""
@@ -97,21 +98,13 @@ def _read_bytes(path: Path, dir_fd: int | None = None) -> bytes | None:
     a FIFO or a device in its place is an integrity failure, found without blocking on it), and one
     over :data:`MAX_SIZE` is refused before a byte of it is read."""
     try:
-        fd = open_nofollow(path.name if dir_fd is not None else path, dir_fd)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise IntegrityError(path, "is a symlink; a control file is a regular file in its node root") from exc
-        raise ControlFileError(path, f"cannot open: {os.strerror(exc.errno or 0)}") from exc
-    if fd is None:
-        return None
-    try:
-        return read_descriptor(fd, path, MAX_SIZE, "control files")
+        return read_file(path.name if dir_fd is not None else path, path, MAX_SIZE, "control files", dir_fd)
     except InputError as exc:  # not a regular file, or too big: a control file haios never wrote
         raise IntegrityError(path, exc.reason) from exc
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise IntegrityError(path, "is a symlink; a control file is a regular file in its node root") from exc
         raise ControlFileError(path, f"cannot read: {os.strerror(exc.errno or 0)}") from exc
-    finally:
-        os.close(fd)
 
 
 def read(path: Path | str) -> ControlFile:
@@ -169,8 +162,6 @@ def dump_mapping(mapping: dict[str, Any]) -> bytes:
 def load_mapping(cf: ControlFile) -> dict[str, Any]:
     """Parse a verified control file's body as a YAML mapping, by the same strict, bounded rules as
     the desired-state files (no tags or aliases, integers of 64 bits, nesting at most 64 deep)."""
-    from .config.yamlload import YamlRejected, load_yaml
-
     if not cf.body:
         return {}
     try:

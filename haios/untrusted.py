@@ -70,35 +70,31 @@ def read_regular(path: Path | str, kind: str, *, within: Path | None = None) -> 
             raise InputError(p, f"is a symlink leaving {base.name or base}/ (to {resolved}); haios does not follow it")
         target = resolved
     try:
-        fd = open_nofollow(target)
+        return read_file(target, p, limit, f"{kind} files")
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise InputError(p, "was replaced by a symlink while it was opened") from exc
-        raise InputError(p, f"cannot open: {os.strerror(exc.errno or 0)}") from exc
-    if fd is None:
+        raise InputError(p, f"cannot read: {os.strerror(exc.errno or 0)}") from exc
+
+
+def read_file(name: Path | str, path: Path, limit: int, what: str, dir_fd: int | None = None) -> bytes | None:
+    """Every byte of the file ``name`` (relative to ``dir_fd`` when given), or None when it does not
+    exist: only a regular file of at most ``limit`` bytes, the size checked with ``fstat`` before
+    reading and again while reading; :class:`InputError` naming ``path`` otherwise. The last
+    component is never followed if it is a symlink (an OSError with ELOOP), and opening a FIFO does
+    not wait for a writer. OS errors pass through."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
         return None
     try:
-        return read_descriptor(fd, p, limit, f"{kind} files")
-    except OSError as exc:
-        raise InputError(p, f"cannot read: {os.strerror(exc.errno or 0)}") from exc
+        return _read_descriptor(fd, path, limit, what)
     finally:
         os.close(fd)
 
 
-def open_nofollow(path: Path | str, dir_fd: int | None = None) -> int | None:
-    """A read-only descriptor of ``path``, or None when it does not exist. The last component is
-    never followed if it is a symlink (ELOOP), and opening a FIFO does not wait for a writer."""
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
-    try:
-        return os.open(path, flags, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-
-
-def read_descriptor(fd: int, path: Path, limit: int, what: str) -> bytes:
-    """Every byte of the open file ``fd`` if it is a regular file of at most ``limit`` bytes (checked
-    with ``fstat`` before reading, and again while reading); :class:`InputError` otherwise. OS errors
-    pass through."""
+def _read_descriptor(fd: int, path: Path, limit: int, what: str) -> bytes:
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         raise InputError(path, f"is not a regular file (it is a {_file_type(info.st_mode)})")
@@ -154,13 +150,19 @@ def nesting_depth(text: str | bytes, limit: int = MAX_DEPTH) -> int:
     return deepest
 
 
-def bounded_int(literal: str) -> int:
-    """A JSON integer literal in [-2**63, 2**63); ValueError otherwise (checked before converting)."""
-    if len(literal.lstrip("-")) > 19:
-        raise ValueError(f"integer {literal[:24]}... is out of range")
-    value = int(literal)
+_MAX_DIGITS = {10: 19, 8: 22, 16: 16}  # significant digits of the largest 64-bit magnitude, per base
+
+
+def bounded_int(literal: str, digits: str | None = None, base: int = 10) -> int:
+    """An integer literal in [-2**63, 2**63): JSON's, or YAML's decimal, ``0o`` and ``0x`` forms
+    (``digits`` in ``base``, the sign taken from ``literal``). ValueError otherwise, checked before
+    converting, so a number of a million digits costs nothing."""
+    digits = literal.lstrip("+-") if digits is None else digits
+    if len(digits.lstrip("0")) > _MAX_DIGITS[base]:
+        raise ValueError(f"integer {literal[:24]}{'...' if len(literal) > 24 else ''} is out of range (64 bits)")
+    value = int(digits, base) * (-1 if literal.startswith("-") else 1)
     if not -INT_BOUND <= value < INT_BOUND:
-        raise ValueError(f"integer {literal} is out of range")
+        raise ValueError(f"integer {literal} is out of range (64 bits)")
     return value
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..untrusted import INT_BOUND, LIMITS, MAX_DEPTH, read_regular
+from ..errors import ConfigError, InputError
+from ..untrusted import LIMITS, MAX_DEPTH, bounded_int, read_regular
 from .problems import KeyPath, Problem, format_key_path
 
 MAX_BYTES = LIMITS["desired"]
@@ -81,16 +82,6 @@ class YamlDoc:
         return cur
 
 
-def _bounded(text: str, digits: str, base: int) -> int:
-    """An integer in [-2**63, 2**63); anything else (a 400-digit number) raises ValueError."""
-    if len(digits.lstrip("0")) > {10: 19, 8: 22, 16: 16}[base]:
-        raise ValueError(f"integer {text[:24]}{'...' if len(text) > 24 else ''} is out of range (64 bits)")
-    value = int(digits, base) * (-1 if text.startswith("-") else 1)
-    if not -INT_BOUND <= value < INT_BOUND:
-        raise ValueError(f"integer {text} is out of range (64 bits)")
-    return value
-
-
 def _resolve_plain(text: str) -> Any:
     """A plain scalar by the YAML 1.2 core schema; ValueError for an integer out of range."""
     if _NULL.fullmatch(text):
@@ -100,11 +91,11 @@ def _resolve_plain(text: str) -> Any:
     if _FALSE.fullmatch(text):
         return False
     if _INT10.fullmatch(text):
-        return _bounded(text, text.lstrip("+-"), 10)
+        return bounded_int(text)
     if _INT8.fullmatch(text):
-        return _bounded(text, text[2:], 8)
+        return bounded_int(text, text[2:], 8)
     if _INT16.fullmatch(text):
-        return _bounded(text, text[2:], 16)
+        return bounded_int(text, text[2:], 16)
     if _FLOAT.fullmatch(text):
         value = float(text)
         if math.isfinite(value):
@@ -230,8 +221,6 @@ def load_yaml(data: bytes, file: str, *, limit: int = MAX_BYTES) -> YamlDoc:
 def load_yaml_file(path: Path, file: str, kind: str = "desired", *, within: Path | None = None) -> YamlDoc | None:
     """Read ``path`` as a ``kind`` file (regular, bounded: see :mod:`haios.untrusted`) and load it;
     ``None`` when it does not exist. Every problem is a :class:`YamlRejected` naming ``file``."""
-    from ..errors import InputError
-
     try:
         data = read_regular(path, kind, within=within)
     except InputError as exc:
@@ -243,8 +232,6 @@ def load_status(path: Path, what: str, restore: str) -> Any:
     """A YAML file haios keeps under ``status/`` (None when it does not exist). One that cannot be
     read or parsed is a ConfigError naming it as ``what``, with the git command that restores
     ``restore`` (the file's or its directory's path in the repo)."""
-    from ..errors import ConfigError
-
     try:
         doc = load_yaml_file(path, str(path), "status", within=path.parent)
     except YamlRejected as exc:

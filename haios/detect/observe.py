@@ -111,14 +111,10 @@ def _summaries_from(data: list[dict[str, Any]]) -> dict[tuple[int, str], PhaseSu
     return out
 
 
-def spent_nonces(repo: Path, nodes: list[str]) -> dict[str, list[str]]:
-    """The nonces of signed overrides each node's WAL says were applied, as the last pass saw them
-    (nonce -> nodes); nothing for a node without a cache."""
-    spent: dict[str, list[str]] = {}
-    for node in sorted(nodes):
-        for nonce in (_load_cache(repo, node) or {}).get("override_nonces") or []:
-            spent.setdefault(nonce, []).append(node)
-    return spent
+def cached_override_nonces(repo: Path, node: str) -> list[str]:
+    """The nonces of the signed overrides the node's WAL says were applied, as the last pass saw
+    them (none without a cache)."""
+    return list((_load_cache(repo, node) or {}).get("override_nonces") or [])
 
 
 def writer_active(wal: Path) -> bool:

@@ -9,10 +9,10 @@ finding about that file, never a ``KeyError`` or ``TypeError`` deeper in a detec
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
-PHASE_NAMES = frozenset({"ANALYZE", "BLUEPRINT", "CONSTRUCT", "VALIDATE", "IDLE"})
+from ..config.model import PHASES
+from .heartbeat import parse_utc
 
 
 def _int(value: Any) -> bool:
@@ -27,14 +27,14 @@ def _utc(value: Any) -> bool:
     if not isinstance(value, str):
         return False
     try:
-        datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        parse_utc(value)
     except ValueError:
         return False
     return True
 
 
 def _phase(value: Any) -> bool:
-    return value in PHASE_NAMES
+    return value in PHASES
 
 
 def _ints(value: Any) -> bool:

@@ -9,6 +9,7 @@ the record, so an override is never carried out twice and never lost.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,9 +100,14 @@ def scan(config: RepoConfig, now: float) -> list[Offer]:
     return [judge(config, path, now) for path in sorted(directory.glob("*.yaml"))]
 
 
-def mark_spent(offers: list[Offer], spent: dict[str, list[str]]) -> None:
-    """Offers whose nonce a node's WAL says was applied (``spent``: nonce -> those nodes) are
-    applied, whatever ``status/`` says: a record lost to a revert or a restore makes no replay."""
+def mark_spent(offers: list[Offer], nonces_of: dict[str, Iterable[str]]) -> None:
+    """Offers whose nonce a node's WAL says was applied (``nonces_of``: node -> the nonces its WAL
+    holds) are applied, whatever ``status/`` says: a record lost to a revert or a restore makes no
+    replay."""
+    spent: dict[str, list[str]] = {}
+    for node, nonces in sorted(nonces_of.items()):
+        for nonce in nonces:
+            spent.setdefault(nonce, []).append(node)
     for offer in offers:
         if offer.nonce in spent and offer.state in ("valid", "pending"):
             nodes = ", ".join(spent[offer.nonce])

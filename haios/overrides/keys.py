@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 _EC_POINT_LENGTH = {"nistp256": 65, "nistp384": 97, "nistp521": 133}
 MIN_RSA_BITS = 2048
@@ -73,13 +74,23 @@ def _check_ec(reader: _Reader, key_type: str) -> None:
     point = reader.string("public point")
     if len(point) != _EC_POINT_LENGTH[curve] or point[0] != 4:
         raise ValueError(f"public point is not an uncompressed {curve} point")
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    curves = {"nistp256": ec.SECP256R1(), "nistp384": ec.SECP384R1(), "nistp521": ec.SECP521R1()}
     try:
-        ec.EllipticCurvePublicKey.from_encoded_point(curves[curve], point)
+        ec_public_key(curve, point)
     except ValueError:
         raise ValueError(f"public point is not on the {curve} curve") from None
+
+
+def ec_public_key(curve: str, point: bytes) -> Any:
+    """The ``cryptography`` public key of an uncompressed ``point`` on the OpenSSH ``curve``
+    (nistp256/384/521); ValueError when the point is not on it."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    curves: dict[str, ec.EllipticCurve] = {
+        "nistp256": ec.SECP256R1(),
+        "nistp384": ec.SECP384R1(),
+        "nistp521": ec.SECP521R1(),
+    }
+    return ec.EllipticCurvePublicKey.from_encoded_point(curves[curve], point)
 
 
 def parse_blob(key_type: str, blob: bytes) -> None:

@@ -25,7 +25,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .keys import PublicKey, _Reader, parse_blob
+from .keys import PublicKey, _Reader, ec_public_key, parse_blob
 
 MAGIC = b"SSHSIG"
 VERSION = 1
@@ -166,8 +166,7 @@ def _check(sig: Signature, data: bytes) -> None:
                 raise SignatureError(f"an {key_type} key cannot have made a {sig.sig_format} signature")
             reader.string("curve")
             point = reader.string("point")
-            curve = {"nistp256": ec.SECP256R1(), "nistp384": ec.SECP384R1(), "nistp521": ec.SECP521R1()}[curve_name]
-            public_ec = ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+            public_ec = ec_public_key(curve_name, point)
             rs = _Reader(sig.sig_blob)
             r, s = rs.mpint("r"), rs.mpint("s")
             rs.done()
@@ -218,7 +217,7 @@ def _check_sk(sig: Signature, reader: _Reader, data: bytes) -> None:
         rs = _Reader(sig.sig_blob)
         r, s = rs.mpint("r"), rs.mpint("s")
         rs.done()
-        public_ec = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+        public_ec = ec_public_key("nistp256", point)
         signed = sk_signed_data(application, sig.sk_flags, sig.sk_counter, data)
         public_ec.verify(encode_dss_signature(r, s), signed, ec.ECDSA(hashes.SHA256()))
     if not sig.sk_flags & SK_USER_PRESENT:  # checked after the signature: the flags are signed too

@@ -658,11 +658,8 @@ def build(
         tampered={n: list(o.control_errors) for n, o in sorted(observations.items()) if o.control_errors},
     )
     offers = scan(config, at)
-    spent: dict[str, list[str]] = {}
-    for node, o in sorted(observations.items()):
-        for nonce in o.override_nonces:
-            spent.setdefault(nonce, []).append(node)
-    mark_spent(offers, spent)  # status/ may have lost the record (a revert, a restore); the nodes' WALs keep it
+    # status/ may have lost the record (a revert, a restore); the nodes' WALs keep it
+    mark_spent(offers, {node: o.override_nonces for node, o in observations.items()})
     if not plan.minority:  # SPEC §4.7: the minority view refuses overrides
         ctx.overrides = {o.trace_id: o for o in offers if o.state == "valid" and o.trace_id}
     leases: dict[str, Lease | None] = {}
