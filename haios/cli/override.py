@@ -13,7 +13,7 @@ import typer
 
 from ..config import load_repo, parse_duration
 from ..config.validate import check_override_file, payload_problems
-from ..detect.observe import spent_nonces
+from ..detect.observe import cached_override_nonces
 from ..errors import UsageError, VerificationError
 from ..fsutil import atomic_write, makedirs_durable
 from ..overrides.apply import mark_spent, scan
@@ -137,7 +137,7 @@ def verify_cmd(
     repo: RepoOpt = None,
     output: OutputOpt = None,
 ) -> int:
-    """Check every rule of SPEC §5 and the k-of-n threshold. Exit 0 when every file is valid, 5 otherwise."""
+    """Check every rule of an override (docs/overrides.md) and the k-of-n threshold. Exit 0 when every file is valid, 5 otherwise."""
     opts = resolve(ctx, repo=repo, output=output)
     config = load_repo(opts.repo, overrides=False)  # each override is judged below, on its own
     now = time.time()
@@ -167,7 +167,7 @@ def list_cmd(ctx: typer.Context, repo: RepoOpt = None, output: OutputOpt = None)
     opts = resolve(ctx, repo=repo, output=output)
     config = load_repo(opts.repo)
     offers = scan(config, time.time())
-    mark_spent(offers, spent_nonces(opts.repo, [n.name for n in config.cluster.nodes]))
+    mark_spent(offers, {n.name: cached_override_nonces(opts.repo, n.name) for n in config.cluster.nodes})
     rows = [
         {
             "file": o.file,
