@@ -85,6 +85,7 @@ class Settings:
     replicas: int = 3
     write_timeout_factor: float = 2.0
     permit_async_for: float = 1800.0
+    min_write_timeout: float = MIN_WRITE_TIMEOUT  # the floor under write_timeout: noise is not a slow disk
     peers: dict[str, dict[str, Any]] = field(default_factory=dict)
     members: tuple[str, ...] = ()
 
@@ -227,7 +228,7 @@ class Replicator:
         if len(others) < MIN_SAMPLES:
             return float("inf")
         p95 = others[min(len(others) - 1, int(0.95 * len(others)))]
-        return max(MIN_WRITE_TIMEOUT, self.settings.write_timeout_factor * p95)
+        return max(self.settings.min_write_timeout, self.settings.write_timeout_factor * p95)
 
     # -- reconfiguration -------------------------------------------------------------------------
 
@@ -439,10 +440,11 @@ class Replicator:
                 sent, timeout, future = queue.popleft()
                 if future.exception() is None and future.result() > timeout:
                     slow = (future.result(), timeout)
-            if queue and slow is None:
-                sent, timeout, _ = queue[0]
-                if time.monotonic() - sent > timeout:
-                    slow = (time.monotonic() - sent, timeout)
+            if slow is None:
+                # the unfinished ones, oldest first: the first ones may have been sent before there were
+                # enough samples to judge by (no timeout), and must not hide the backlog behind them
+                now = time.monotonic()
+                slow = next(((now - sent, timeout) for sent, timeout, _ in queue if now - sent > timeout), None)
             if slow is not None and self._demote(peer, *slow):
                 queue.clear()
 
