@@ -80,15 +80,23 @@ def _last_alert(j: journals.Journal, names: tuple[str, ...]) -> dict[str, Any] |
     return next((a for a in reversed(j.alerts) if a["alert"] in names), None)
 
 
-def current(repo: Path) -> dict[str, Alert]:
-    """Every alert that holds now (conditions) or has happened (events), by id."""
+_MEMBERSHIP_ALERTS = frozenset({"pending_eviction", "eviction_blocked", "node_evicted"})
+_UNKNOWN_MEMBERSHIP = ""  # in ``unknown``: status/membership.yaml cannot be read
+
+
+def current(repo: Path, unknown: set[str] | None = None) -> dict[str, Alert]:
+    """Every alert that holds now (conditions) or has happened (events), by id. ``unknown`` collects
+    what cannot be told now: the trace id of each journal that cannot be read, and ``""`` when the
+    membership record cannot be read (the alerts they raised neither hold nor resolve)."""
     found: dict[str, Alert] = {}
+    unknown = set() if unknown is None else unknown
     directory = repo / journals.JOURNAL_DIR
     for path in sorted(directory.glob("*.yaml")) if directory.is_dir() else []:
         try:
             j = journals.load(path)
         except ConfigError:
-            continue  # doctor reports an unreadable journal
+            unknown.add(path.name.removesuffix(".yaml"))  # doctor reports an unreadable journal
+            continue
         state = State(j.state)
         if state is State.AWAITING_ACK:
             last = _last_alert(j, ("awaiting_ack", "COST_CAP_EXCEEDED"))
@@ -109,6 +117,7 @@ def current(repo: Path) -> dict[str, Alert]:
         m = members.load(repo)
     except ConfigError:
         m = members.Membership()
+        unknown.add(_UNKNOWN_MEMBERSHIP)
     for node in m.pending:
         key = _id("pending_eviction", node)
         found[key] = Alert(key, "pending_eviction", f"{node} isolated long enough to be evicted soon", node=node)
@@ -165,7 +174,8 @@ def _write(repo: Path, alert: Alert, state: str, since: float, now: float) -> No
 
 def sync(repo: Path, now: float) -> list[Change]:
     """Bring ``status/alerts/`` up to date at ``now``; returns the changes (none: nothing written)."""
-    holding = current(repo)
+    unknown: set[str] = set()
+    holding = current(repo, unknown)
     stored = recorded(repo)
     changes: list[Change] = []
     for key, alert in sorted(holding.items()):
@@ -180,6 +190,10 @@ def sync(repo: Path, now: float) -> list[Change]:
     for key, data in sorted(stored.items()):
         if key in holding:
             continue
+        if data.get("trace_id") in unknown or (
+            _UNKNOWN_MEMBERSHIP in unknown and data.get("alert") in _MEMBERSHIP_ALERTS
+        ):
+            continue  # what raised it cannot be read now: it is neither resolved nor raised again
         if data.get("state") == "firing":
             gone = Alert(
                 key, str(data["alert"]), str(data.get("message") or ""), data.get("trace_id"), data.get("node")

@@ -95,7 +95,7 @@ def build(repo: Path | str, *, since: float, now: float | None = None) -> Timeli
     """Read the cluster's history from ``since`` to ``now``."""
     path = Path(repo)
     until = time.time() if now is None else now
-    config = load_repo(path, overrides=False)
+    config = load_repo(path, overrides=False, degraded=True)
     nodes = [n.name for n in config.cluster.nodes]
     timeline = Timeline(config.cluster.name, since, until, nodes)
     transport = open_transport(path, config)

@@ -116,7 +116,7 @@ def status(
     trace with its compensation attempts, next attempt, circuit breakers and cost; evictions."""
     opts = resolve(ctx, repo=repo, output=output)
     report = run_doctor(opts.repo, parallelism=max_parallel)
-    config = load_repo(opts.repo)
+    config = load_repo(opts.repo, degraded=True)  # a bad policy file is one of the findings
     traces = open_traces(opts.repo, config, report.generated_at)
     members = membership(opts.repo)
     if opts.output is not Output.text:
@@ -131,6 +131,8 @@ def status(
     for label, key in (("evicted", "evicted"), ("pending eviction", "pending_eviction")):
         if members[key]:
             _render.out(f"{label}: {', '.join(members[key])}", style="yellow")
+    if members.get("unreadable"):
+        _render.out(f"evictions unknown: {members['unreadable']}", style="red")
     if members["eviction_blocked"]:
         _render.out(f"eviction refused (no healthy majority): {', '.join(members['eviction_blocked'])}", style="red")
     return 0

@@ -45,7 +45,7 @@ PushgatewayOpt = Annotated[
 
 def registry_for(repo: Path) -> CollectorRegistry:
     """A fresh registry holding the repo's collector (never prometheus_client's global one)."""
-    config = load_repo(repo, overrides=False)
+    config = load_repo(repo, overrides=False, degraded=True)
     registry = CollectorRegistry(auto_describe=False)
     register(registry, repo, config.cluster.name)
     return registry
@@ -62,7 +62,7 @@ def write_if_asked(repo: Path, path: Path | None, gateway: str | None = None) ->
         write_textfile(registry, path)
     if gateway is not None:
         try:
-            push(registry, gateway, load_repo(repo, overrides=False).cluster.name)
+            push(registry, gateway, load_repo(repo, overrides=False, degraded=True).cluster.name)
         except MetricsError as exc:
             _render.err(f"warning: {exc.one_line()}")
 
@@ -112,7 +112,7 @@ def push_cmd(
     """Push the metrics to a Pushgateway (job haios, grouping key cluster and instance), replacing what
     this reconciler pushed before; --delete removes the group. Exit 1 when the gateway refuses."""
     opts = resolve(ctx, repo=repo)
-    cluster = load_repo(opts.repo, overrides=False).cluster.name
+    cluster = load_repo(opts.repo, overrides=False, degraded=True).cluster.name
     key = grouping_key(cluster, instance)
     if remove:
         delete(gateway, cluster, instance=instance)

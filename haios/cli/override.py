@@ -13,10 +13,9 @@ import typer
 
 from ..config import load_repo, parse_duration
 from ..config.validate import check_override_file, payload_problems
-from ..detect.observe import cached_override_nonces
 from ..errors import UsageError, VerificationError
 from ..fsutil import atomic_write, makedirs_durable
-from ..overrides.apply import mark_spent, scan
+from ..overrides.apply import applied_nonces, mark_spent, replay_problem, scan, spent_on
 from ..overrides.sshsig import SignatureError, sign
 from ..overrides.verify import NAMESPACE, PAYLOAD_SCHEMA, Verdict, check
 from . import _render
@@ -134,13 +133,25 @@ def _print(verdict: Verdict) -> None:
 def verify_cmd(
     ctx: typer.Context,
     files: Annotated[list[Path], typer.Argument(help="Override files (a pull request's overrides/*.yaml).")],
+    nodes: Annotated[
+        bool,
+        typer.Option(
+            "--nodes",
+            help="Read the nodes' WALs now for nonces already applied (else: as the last doctor, plan or "
+            "reconcile saw them).",
+        ),
+    ] = False,
     repo: RepoOpt = None,
     output: OutputOpt = None,
 ) -> int:
-    """Check every rule of an override (docs/overrides.md) and the k-of-n threshold. Exit 0 when every file is valid, 5 otherwise."""
+    """Check every rule of an override (docs/overrides.md) and the k-of-n threshold. Exit 0 when every file is valid, 5 otherwise.
+
+    A nonce that a node's WAL says was applied makes the override a replay, even when status/ was
+    restored from before it."""
     opts = resolve(ctx, repo=repo, output=output)
     config = load_repo(opts.repo, overrides=False)  # each override is judged below, on its own
     now = time.time()
+    spent = spent_on(applied_nonces(opts.repo, config, fresh=nodes))
     verdicts = []
     for path in files:
         override, problems = check_override_file(opts.repo, path)
@@ -149,6 +160,8 @@ def verify_cmd(
             verdict.need = 1
         else:
             verdict = check(config, override, now)
+            if verdict.nonce is not None and verdict.nonce in spent:
+                verdict.problems.append(replay_problem(verdict.nonce, spent[verdict.nonce]))
         verdicts.append(verdict)
     if opts.output is not Output.text:
         _render.emit_json({"schema": "haios-override-verify/v1", "overrides": [v.as_dict() for v in verdicts]})
@@ -167,7 +180,7 @@ def list_cmd(ctx: typer.Context, repo: RepoOpt = None, output: OutputOpt = None)
     opts = resolve(ctx, repo=repo, output=output)
     config = load_repo(opts.repo)
     offers = scan(config, time.time())
-    mark_spent(offers, {n.name: cached_override_nonces(opts.repo, n.name) for n in config.cluster.nodes})
+    mark_spent(offers, applied_nonces(opts.repo, config))
     rows = [
         {
             "file": o.file,

@@ -46,6 +46,11 @@ def _tampered_lines(tampered: dict[str, list[str]]) -> None:
             _render.out(f"integrity: {node}: {problem} ('haios doctor' says how to restore it)", style="red")
 
 
+def _unreadable_lines(unreadable: dict[str, str]) -> None:
+    for problem in unreadable.values():
+        _render.out(f"cannot use {problem} (what needs it waits; 'haios validate' says more)", style="red")
+
+
 def _refused_line(refused: list[str]) -> None:
     if refused:
         _render.out(
@@ -92,6 +97,7 @@ def _print_plan(plan: Plan) -> None:
         _render.out("suspended: reconcile plans only", style="yellow")
     _refused_line(plan.refused)
     _tampered_lines(plan.tampered)
+    _unreadable_lines(plan.unreadable)
     _membership_lines(plan.membership)
     _override_lines(plan.overrides)
     if not plan.traces:
@@ -190,6 +196,7 @@ def _print_result(result: RunResult) -> None:
         _render.out(result.note, style="yellow")
     _refused_line(result.plan.refused)
     _tampered_lines(result.plan.tampered)
+    _unreadable_lines(result.plan.unreadable)
     _membership_lines(result.plan.membership)
     _override_lines([r for r in result.plan.overrides if r.get("effect") != "applies"])
     if not result.outcomes and not result.note:

@@ -264,6 +264,19 @@ class RepoConfig:
     playbooks: dict[str, Playbook]
     overrides: tuple[Override, ...]
     data_schemas: tuple[Any, ...] = ()  # DataSchema from haios.config.dataschemas
+    # files that are not valid and that not every decision needs (file -> its first problem), loaded
+    # with load_repo(degraded=True): each stands here as a placeholder that grants nothing
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+    def blocking(self, *files: str) -> list[str]:
+        """The first problem (``FILE:LINE:COL: KEY: MESSAGE``) of each of ``files`` that cannot be used
+        (empty: every one can)."""
+        return [self.unreadable[f] for f in files if f in self.unreadable]
+
+    def playbook_blocking(self, name: str) -> list[str]:
+        """Why the playbook ``name`` cannot be used now: its file is there but not valid (empty when it
+        is loaded, or when no file of that name exists at all: then it is simply missing)."""
+        return [] if name in self.playbooks else self.blocking(f"playbooks/{name}.yaml")
 
     def compile_policy(self, desired_commit: str | None = None) -> dict[str, Any]:
         """The compiled desired state pushed to every node's ``policy`` control file (SPEC §2.1)."""
@@ -295,6 +308,12 @@ class RepoConfig:
                 }
         r = self.cluster.replication
         return {"mode": r.mode, "replicas": r.replicas, "peers": peers}
+
+
+# placeholders for a policy file that is not valid (RepoConfig.unreadable): each grants nothing
+NO_BUDGET = Budget(Limit("", 0.0), {})
+NO_RATES = FxRates("", "1970-01-01", {})
+NO_SUPERVISORS = Rbac(0, ())
 
 
 # -- building from validated documents ----------------------------------------------------------

@@ -34,6 +34,10 @@ FIXED_FILES: dict[str, tuple[str, str]] = {
     "policies/fx.yaml": ("FxRates", "fx"),
     "policies/rbac.yaml": ("Rbac", "rbac"),
 }
+ESSENTIAL_FILES = ("haios.yaml", "desired/state.yaml", "policies/thresholds.yaml")
+"""The files every decision of a run depends on: one that is not valid stops ``plan`` and
+``reconcile`` (exit 1). Any other file that is not valid blocks only the decisions that need it
+(:attr:`RepoConfig.unreadable`)."""
 FILE_DIRS: dict[str, tuple[str, str]] = {
     "playbooks": ("Playbook", "playbook"),
     "overrides": ("Override", "override"),
@@ -218,7 +222,11 @@ def _check_cluster(repo: Path, doc: YamlDoc) -> Iterator[Problem]:
         yield doc.problem(("coordination", "backend"), "backend etcd needs coordination.etcd.endpoints")
 
 
-def _check_desired(desired: YamlDoc, cluster: YamlDoc | None, playbooks: dict[str, YamlDoc]) -> Iterator[Problem]:
+def _check_desired(
+    desired: YamlDoc, cluster: YamlDoc | None, playbooks: dict[str, YamlDoc], present: set[str]
+) -> Iterator[Problem]:
+    """``playbooks``: the valid ones; ``present``: the names of every playbook file (a file that is
+    not valid is its own problem, not one of the desired state that names it)."""
     membership: dict[str, Any] = desired.value["membership"]
     if cluster is not None:
         names = [n["name"] for n in cluster.value["nodes"]]
@@ -247,9 +255,9 @@ def _check_desired(desired: YamlDoc, cluster: YamlDoc | None, playbooks: dict[st
             yield desired.problem(
                 ("phases", phase, "resume_playbook"), "resume_playbook is only used with on_partial: resume"
             )
-        if book not in playbooks:
+        if book not in present:
             yield desired.problem(("phases", phase, "resume_playbook"), f"no playbook named '{book}' in playbooks/")
-        elif playbooks[book].value.get("resumes") != phase:
+        elif book in playbooks and playbooks[book].value.get("resumes") != phase:
             yield desired.problem(
                 ("phases", phase, "resume_playbook"),
                 f"playbook '{book}' does not resume {phase} (it has no 'resumes: {phase}')",
@@ -432,12 +440,15 @@ def _validate(
                 )
             )
     per_dir: dict[str, dict[str, YamlDoc]] = {}
+    present: dict[str, set[str]] = {}
     for folder, (kind, schema_name) in FILE_DIRS.items():
         if folder == "overrides" and not with_overrides:
             per_dir[folder] = {}  # judged one by one ('haios override verify'), not as the repo's validity
             continue
         per_dir[folder] = {}
-        for name in _list_dir(repo, folder, report):
+        names = list(_list_dir(repo, folder, report))
+        present[folder] = {name[: -len(".yaml")] for name in names}
+        for name in names:
             doc = _load_file(repo, f"{folder}/{name}", kind, schema_name, report)
             if doc is not None:
                 per_dir[folder][name[: -len(".yaml")]] = doc
@@ -448,7 +459,7 @@ def _validate(
     if cluster is not None:
         checks.append(_check_cluster(repo, cluster))
     if "desired/state.yaml" in docs:
-        checks.append(_check_desired(docs["desired/state.yaml"], cluster, playbooks))
+        checks.append(_check_desired(docs["desired/state.yaml"], cluster, playbooks, present["playbooks"]))
     checks.append(_check_playbooks(playbooks))
     if "policies/rbac.yaml" in docs:
         checks.append(_check_rbac(docs["policies/rbac.yaml"]))
@@ -472,29 +483,52 @@ def validate_repo(repo: Path | str) -> ValidationReport:
     return _validate(Path(repo))[0]
 
 
-def load_repo(repo: Path | str, *, overrides: bool = False) -> model.RepoConfig:
+def load_repo(repo: Path | str, *, overrides: bool = False, degraded: bool = False) -> model.RepoConfig:
     """Load a valid desired-state repo; raise :class:`ConfigError` listing its problems if invalid.
 
     Files in ``overrides/`` arrive by pull request and are judged one by one where they are used
     (one bad file is one rejected override, never the end of a run); ``overrides=True`` loads and
-    requires them too (``haios init`` checking its own scaffold)."""
+    requires them too (``haios init`` checking its own scaffold).
+
+    ``degraded`` (``plan``, ``reconcile``, ``doctor``, ``status``): only a problem in one of the
+    :data:`ESSENTIAL_FILES` raises. Any other file that is not valid is left out, named in
+    :attr:`~model.RepoConfig.unreadable`, and stands in the model as a placeholder that grants
+    nothing (no supervisor, no playbook, no limit, no rate); the decisions that need it are blocked
+    by their callers instead."""
     path = Path(repo)
     report, docs, playbooks, found = _validate(path, with_overrides=overrides)
-    if report.problems:
-        first = report.problems[0]
+    fatal = [p for p in report.problems if not degraded or p.file in ESSENTIAL_FILES]
+    if fatal:
+        first = fatal[0]
         more = f" and {len(report.problems) - 1} more" if len(report.problems) > 1 else ""
         raise ConfigError(f"{path}: invalid desired-state repo: {first}{more}", problems=list(report.problems))
+    unreadable: dict[str, list[Problem]] = {}
+    for problem in report.problems:
+        unreadable.setdefault(problem.file, []).append(problem)
+
+    def valid(rel: str) -> dict[str, Any] | None:
+        return docs[rel].value if rel in docs and rel not in unreadable else None
+
+    budget, fx, rbac = valid("policies/budget.yaml"), valid("policies/fx.yaml"), valid("policies/rbac.yaml")
     return model.RepoConfig(
         path=path,
         cluster=model.build_cluster(docs["haios.yaml"].value),
         desired=model.build_desired(docs["desired/state.yaml"].value),
         thresholds=model.build_thresholds(docs["policies/thresholds.yaml"].value),
-        budget=model.build_budget(docs["policies/budget.yaml"].value),
-        fx=model.build_fx(docs["policies/fx.yaml"].value),
-        rbac=model.build_rbac(docs["policies/rbac.yaml"].value),
-        playbooks={name: model.build_playbook(doc.value) for name, doc in playbooks.items()},
+        budget=model.build_budget(budget) if budget is not None else model.NO_BUDGET,
+        fx=model.build_fx(fx) if fx is not None else model.NO_RATES,
+        rbac=model.build_rbac(rbac) if rbac is not None else model.NO_SUPERVISORS,
+        playbooks={
+            name: model.build_playbook(doc.value)
+            for name, doc in playbooks.items()
+            if f"playbooks/{name}.yaml" not in unreadable
+        },
         overrides=tuple(model.build_override(f"overrides/{n}.yaml", d.value) for n, d in sorted(found.items())),
         data_schemas=tuple(load_data_schemas(path)[0]),
+        unreadable={
+            rel: str(problems[0]) + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+            for rel, problems in sorted(unreadable.items())
+        },
     )
 
 

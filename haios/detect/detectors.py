@@ -72,6 +72,28 @@ class NodeObservation:
     bytes_read: int = 0
 
 
+def unrecorded_ends(obs: NodeObservation) -> list[PhaseSummary]:
+    """The phases the node's WAL ended (COMMIT_PHASE, ABORT_PHASE) after the last end record its
+    state.txt knows of, oldest first. state.txt is rewritten after every end record, with that
+    record's Lamport index in ``wal_cursor``; an end record past it is one the rewrite missed (a crash
+    between the two, or an older state.txt put back). Empty when the cursor does not fit the WAL."""
+    if obs.state is None:
+        return []  # no state.txt that could be read: nothing to compare with (its own finding says why)
+    state = obs.state
+    cursor = state.get("wal_cursor")
+    known = cursor.get("lamport") if isinstance(cursor, dict) else 0
+    if not isinstance(known, int) or isinstance(known, bool) or known > obs.last_lamport:
+        return []  # a cursor this WAL does not reach (a repaired tail): nothing to tell by
+    ended = [s for s in obs.phases.values() if s.ended and s.end_lamport is not None and s.end_lamport > known]
+    return sorted(ended, key=lambda s: s.end_lamport or 0)
+
+
+def crash_window(obs: NodeObservation, ends: list[PhaseSummary]) -> bool:
+    """Whether ``ends`` (:func:`unrecorded_ends`) is what a crash right after an end record leaves:
+    one end record, of the phase state.txt says is in progress."""
+    return len(ends) == 1 and (obs.state or {}).get("status") == "IN_PHASE"
+
+
 @dataclass(frozen=True)
 class Finding:
     kind: str

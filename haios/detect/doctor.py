@@ -27,7 +27,15 @@ from ..recovery import journal as journals
 from ..transport import DEFAULT_PARALLEL, MIRROR_DIR, ClusterTransport, open_transport
 from ..untrusted import read_json
 from ..wal import verify
-from .detectors import TIMING_KINDS, Finding, NodeObservation, Thresholds, run_detectors
+from .detectors import (
+    TIMING_KINDS,
+    Finding,
+    NodeObservation,
+    Thresholds,
+    crash_window,
+    run_detectors,
+    unrecorded_ends,
+)
 from .observe import CACHE_DIR, observe
 from .phi import Estimators
 
@@ -167,6 +175,7 @@ def _integrity(obs: NodeObservation, root: Path, view: Path, full: bool, replica
                 "restore the file from the node's snapshot or a peer; never edit a control file by hand",
             )
         )
+    out += _state_behind(obs)
     wal_error = obs.wal_error
     if full and wal_error is None:
         report = verify(view / "wal")
@@ -193,6 +202,46 @@ def _integrity(obs: NodeObservation, root: Path, view: Path, full: bool, replica
             )
         )
     return out
+
+
+def _state_behind(obs: NodeObservation) -> list[Finding]:
+    """state.txt that does not know of a phase its WAL ended: a crash right after the end record
+    (reconcile finishes the rewrite), or an older or edited state.txt (a human checks first)."""
+    ends = unrecorded_ends(obs)
+    if not ends:
+        return []
+    state = obs.state or {}
+    last = ends[-1]
+    says = f"state.txt of {obs.node} says (g={state.get('g')}, {state.get('ph')})"
+    evidence = {"state": [state.get("g"), state.get("ph")], "ends": [[s.g, s.phase, s.ended] for s in ends]}
+    if crash_window(obs, ends):
+        return [
+            Finding(
+                "state_behind_wal",
+                "warning",
+                (obs.node,),
+                last.g,
+                last.phase,
+                f"{says}, in progress; its WAL ended (g={last.g}, {last.phase}) with {last.ended}: the node stopped "
+                "between the record and the rewrite of state.txt",
+                evidence,
+                "haios reconcile   # brings state.txt up to the WAL",
+            )
+        ]
+    return [
+        Finding(
+            "state_older_than_wal",
+            "critical",
+            (obs.node,),
+            last.g,
+            last.phase,
+            f"{says}, but its WAL ended {len(ends)} phase(s) after that, up to (g={last.g}, {last.phase}): an older "
+            "or edited state.txt (a node root restored in part?)",
+            evidence,
+            f"check {obs.node}'s data/ against its WAL (haios wal inspect), then sign a resume override for the trace "
+            "'haios plan' names: reconcile then brings state.txt up to the WAL",
+        )
+    ]
 
 
 def _replication(
@@ -329,14 +378,19 @@ _STATUS_FILES = (
 )
 
 
-def _unreadable_status(path: Path) -> list[Finding]:
+def _unreadable_status(path: Path, membership: ConfigError | None) -> list[Finding]:
     """A finding for each of haios's own cluster-wide records under ``status/`` that cannot be read
-    (restored by hand, or tampered with), before a run that needs it fails on it."""
+    (restored by hand, or tampered with), before a run that needs it fails on it (``membership``:
+    why the membership record, read with its own checks, cannot be)."""
     findings = []
     for rel in _STATUS_FILES:
-        try:
-            load_status(path / rel, "a readable haios record", rel)
-        except ConfigError as exc:
+        error = membership if rel == "status/membership.yaml" else None
+        if rel != "status/membership.yaml":
+            try:
+                load_status(path / rel, "a readable haios record", rel)
+            except ConfigError as exc:
+                error = exc
+        if error is not None:
             findings.append(
                 Finding(
                     "status_unreadable",
@@ -344,7 +398,7 @@ def _unreadable_status(path: Path) -> list[Finding]:
                     (),
                     None,
                     None,
-                    exc.message,
+                    error.message,
                     {"file": rel},
                     f"git -C {path} checkout -- {rel}",
                 )
@@ -526,6 +580,19 @@ def _health(obs: NodeObservation, findings: list[Finding]) -> str:
     return "OK"
 
 
+def _config_finding(repo: Path, problem: Problem) -> Finding:
+    return Finding(
+        "config",
+        "critical",
+        (),
+        None,
+        None,
+        str(problem),
+        {"file": problem.file, "line": problem.line, "key": problem.key},
+        f"haios --repo {repo} validate",
+    )
+
+
 def run_doctor(
     repo: Path | str,
     *,
@@ -544,24 +611,12 @@ def run_doctor(
     at = time.time() if now is None else now
     report = DoctorReport(path, at, convicted=True, pause_reason="")
     try:
-        config = load_repo(path, overrides=False)  # overrides/ is judged file by file below
+        # overrides/ is judged file by file below; a file that not every decision needs is a finding
+        config = load_repo(path, overrides=False, degraded=True)
     except ConfigError as exc:
         if not exc.problems:
             raise
-        for problem in exc.problems:
-            assert isinstance(problem, Problem)
-            report.findings.append(
-                Finding(
-                    "config",
-                    "critical",
-                    (),
-                    None,
-                    None,
-                    str(problem),
-                    {"file": problem.file, "line": problem.line, "key": problem.key},
-                    f"haios --repo {path} validate",
-                )
-            )
+        report.findings += [_config_finding(path, p) for p in exc.problems if isinstance(p, Problem)]
         return report
     # where each root is, as the user knows it (a remote path for ssh nodes), and where haios reads it
     local = {n.name: n.local_root(path) if n.transport == "local" else Path(n.root) for n in config.cluster.nodes}
@@ -595,10 +650,11 @@ def run_doctor(
         last_pass = None
     from ..recovery.membership import load as load_membership
 
+    membership_error: ConfigError | None = None
     try:
         evicted = load_membership(path).evicted  # their own findings say what to do: rejoin
-    except ConfigError:
-        evicted = set()
+    except ConfigError as exc:
+        evicted, membership_error = set(), exc
     active = set(config.desired.active_members()) - evicted
     detection = run_detectors(
         {n: o for n, o in observations.items() if n in active}, estimators, thresholds, at, last_pass=last_pass
@@ -625,8 +681,12 @@ def run_doctor(
                         f"synchronise {node}'s clock (NTP)",
                     )
                 )
+    for rel, problem in config.unreadable.items():  # the transitions that need it wait (plan says which)
+        findings.append(
+            Finding("config", "critical", (), None, None, problem, {"file": rel}, f"haios --repo {path} validate")
+        )
     fx_age = rates_age(config.fx, at)
-    if fx_age > config.budget.fx_max_age:
+    if not config.blocking("policies/budget.yaml", "policies/fx.yaml") and fx_age > config.budget.fx_max_age:
         findings.append(
             Finding(
                 "fx_stale",
@@ -641,7 +701,7 @@ def run_doctor(
         )
     findings += _override_files(path, at)
     findings += _unreadable_journals(path)
-    findings += _unreadable_status(path)
+    findings += _unreadable_status(path, membership_error)
     findings += versions
     findings += replication
     findings += _coordination(config)

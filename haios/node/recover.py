@@ -12,6 +12,7 @@ which is how a transport carries them to a remote node (``haios node recover ROO
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from inspect import signature
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,18 @@ from .fence import check_fence
 from .timing import STEPS, collecting
 from .transaction import ABANDON_STEP, Node, PhaseLog, scan_phases
 
-OPS = ("inspect", "forward", "compensated", "rollback", "repair", "checkpoint", "catchup", "restore_wal", "replication")
+OPS = (
+    "inspect",
+    "forward",
+    "settle",
+    "compensated",
+    "rollback",
+    "repair",
+    "checkpoint",
+    "catchup",
+    "restore_wal",
+    "replication",
+)
 
 
 def _tail_logs(
@@ -132,6 +144,61 @@ def forward(root: Path, *, trace_id: str, token: int, g: int, phase: str) -> dic
         tx.close()
     checkpoint(root, trace_id=trace_id, token=token, g=g, phase=phase, step="commit", outcome="committed")
     return {"node": node.name, "outcome": "committed", "intents": before}
+
+
+def settle(root: Path, *, trace_id: str, token: int, g: int, phase: str, force: bool = False) -> dict[str, Any]:
+    """Bring state.txt up to the WAL: apply what the rewrite after each end record it missed would
+    have written — (g, ph) of a COMMIT_PHASE, the side effects an ABORT_PHASE still owes, where the
+    WAL goes on — as the crash between the record and the rewrite kept it from doing.
+
+    Only one missed end record, of the phase state.txt says is in progress, is such a crash; more
+    (an older state.txt put back, or an edited one) is refused unless ``force`` — a human who checked
+    data/ against the WAL, by a signed resume override."""
+    node = _guard(root, phase, token)
+    missed, tail = node.unrecorded_ends()
+    if not missed:
+        return {"node": node.name, "outcome": "state.txt knows every end record"}
+    for _ in range(20):
+        state, version = node.state()
+        crash = len(missed) == 1 and state.get("status") == "IN_PHASE"
+        if not crash and not force:
+            raise BarrierError(
+                f"{root}: state.txt of {node.name} says (g={state.get('g')}, {state.get('ph')}) but its WAL ended "
+                f"{len(missed)} phase(s) after it, up to (g={missed[-1].g}, {missed[-1].phase}): an older or edited "
+                "state.txt, not a crash",
+                hint="check data/ against the WAL ('haios wal inspect'), then sign a resume override for the trace",
+            )
+        body = dict(state)
+        for end in missed:
+            body["status"] = "READY"
+            if end.ended == "COMMIT_PHASE":
+                body.update(g=end.g, ph=end.phase)
+                continue
+            # the attempt this record ended, as it stood then (what abort() would have written)
+            log = scan_phases(root, records=[r for r in tail if r.lamport <= end.cursor.lamport]).get(
+                (end.g, end.phase)
+            )
+            if log is None:
+                continue  # its BEGIN lies before the tail: nothing known to owe
+            owed = [k for k in log.side_effects if k not in log.compensated and k not in log.abandoned]
+            known = {(e["g"], e["phase"], e.get("begin_lamport")) for e in body.get("uncompensated") or []}
+            if owed and (end.g, end.phase, log.begin_lamport) not in known:
+                entry = {"g": end.g, "phase": end.phase, "begin_lamport": log.begin_lamport, "keys": owed}
+                body["uncompensated"] = [*(body.get("uncompensated") or []), entry]
+        last = missed[-1]
+        body.update(wal_cursor=asdict(last.cursor), wal_record_start=last.start, vc=last.vc)
+        if node.open_phase(tail) is not None:
+            body["status"] = "IN_PHASE"  # a phase began after the last end record and is still open
+        try:
+            controlfile.write_mapping(node.root / "state.txt", body, expected_version=version)
+            break
+        except VersionConflict:
+            continue  # the node wrote state.txt meanwhile: read again
+    else:
+        raise ControlFileError(node.root / "state.txt", "too many concurrent writers; run the step again")
+    what = f"state.txt brought up to (g={body['g']}, {body['ph']}) from {len(missed)} end record(s) it missed"
+    checkpoint(root, trace_id=trace_id, token=token, g=g, phase=phase, step="settle", outcome=what)
+    return {"node": node.name, "outcome": what}
 
 
 def compensated(
@@ -323,6 +390,7 @@ def dispatch(root: Path, request: dict[str, Any]) -> dict[str, Any]:
     operations: dict[str, Callable[..., dict[str, Any]]] = {
         "inspect": inspect,
         "forward": forward,
+        "settle": settle,
         "compensated": compensated,
         "rollback": rollback,
         "repair": repair,

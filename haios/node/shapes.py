@@ -55,7 +55,11 @@ SHAPES: dict[str, dict[str, tuple[bool, Check, str]]] = {
         "ph": (True, lambda v: v is None or _phase(v), "a phase name (or null: nothing committed yet)"),
         "status": (False, _str, "a string"),
         "vc": (False, _ints, "a mapping of names to integers"),
-        "wal_cursor": (False, lambda v: v is None or _ints(v), "a mapping of integers"),
+        "wal_cursor": (
+            False,
+            lambda v: v is None or (_ints(v) and set(v) == {"seq", "offset", "lamport", "crc"}),
+            "a mapping of seq, offset, lamport and crc to integers",
+        ),
     },
     "heartbeat": {
         "wall_time": (True, _utc, "a UTC time (YYYY-MM-DDTHH:MM:SS.mmmZ)"),

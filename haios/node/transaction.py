@@ -36,14 +36,14 @@ from typing import Any
 from .. import controlfile
 from ..clock import wall_time
 from ..config.dataschemas import DataSchema, validate_data
-from ..config.model import PHASES
-from ..errors import BarrierError, BlockedError, HaiosError, PartitionError, VersionConflict
+from ..config.model import PHASES, phase_order
+from ..errors import BarrierError, BlockedError, ControlFileError, HaiosError, PartitionError, VersionConflict
 from ..fsutil import fsync_dir, makedirs_durable
 from ..vclock import VClock
 from ..wal import Cursor, Record, RecordType, Wal, WalCorruptError, read_records
 from ..wal.format import RECORD_HEADER
-from ..wal.reader import list_segments
-from . import snapshot
+from ..wal.reader import WalReader, list_segments
+from . import shapes, snapshot
 from .paths import confine
 from .timing import measure
 
@@ -92,6 +92,27 @@ class PhaseLog:
     compensated: dict[str, Any] = field(default_factory=dict)  # key -> result of the COMPENSATED record
     abandoned: list[str] = field(default_factory=list)  # keys a HARD_FAILED rollback gave up on
     recovery: list[dict[str, Any]] = field(default_factory=list)  # RECOVERY checkpoints, in order
+
+
+@dataclass(frozen=True)
+class EndMark:
+    """A COMMIT_PHASE or ABORT_PHASE record, with what state.txt keeps of the record that ended a phase."""
+
+    g: int
+    phase: str
+    ended: str  # "COMMIT_PHASE" | "ABORT_PHASE"
+    cursor: Cursor  # where the WAL goes on after it
+    start: int  # its offset in its segment
+    vc: dict[str, Any]
+
+
+class StateBehindError(BarrierError):
+    """state.txt does not know of a phase its WAL ended: nothing begins until it does."""
+
+    default_hint = (
+        "run 'haios reconcile': after a crash it brings state.txt up to the WAL; an older state.txt waits for "
+        "a signed resume ('haios doctor' says which it is)"
+    )
 
 
 ABANDON_STEP = "abandon"  # RECOVERY step: side effects of an already aborted phase left uncompensated
@@ -181,6 +202,9 @@ class Node:
         self._replicator: Any = None  # haios.replication.Replicator, made when the policy asks for one
         self.healed: dict[str, Any] | None = None  # a torn tail restored from a replica (open_wal)
         state, _ = controlfile.read_mapping(self.root / "state.txt")
+        wrong = shapes.problem("state.txt", state)
+        if wrong is not None:  # not a state.txt haios wrote: nothing here may act on it
+            raise ControlFileError(self.root / "state.txt", f"not a node's state: {wrong}")
         self.name: str = state["node"]
 
     @property
@@ -238,9 +262,41 @@ class Node:
                     raise  # real damage after the cursor, not a stale cursor
         yield from read_records(self.root / "wal")
 
-    def open_phase(self) -> PhaseLog | None:
-        """The phase this node began and neither committed nor aborted, if any."""
-        logs = scan_phases(self.root, records=self._tail()).values()
+    def unrecorded_ends(self) -> tuple[list[EndMark], list[Record]]:
+        """The COMMIT_PHASE and ABORT_PHASE records that state.txt does not know of, in WAL order, and
+        the records read to find them (the WAL's tail).
+
+        state.txt is rewritten after every record that ends a phase, with where that record ends
+        (``wal_cursor``); so every end record after the cursor is one it missed: a crash between the
+        record and the rewrite, or an older state.txt put back. When the cursor no longer fits the
+        WAL (a repaired tail), the whole WAL is read and only commits past state.txt's (g, ph) count.
+        """
+        state, _ = self.state()
+        saved = Cursor(**state["wal_cursor"]) if state.get("wal_cursor") else None
+        fits = saved is not None and _cursor_fits(self.root / "wal", saved, state.get("wal_record_start"))
+        reader = WalReader(self.root / "wal", cursor=saved if fits else None)
+        position = phase_order(int(state.get("g") or 0), state.get("ph"))
+        ends: list[EndMark] = []
+        records: list[Record] = []
+        for record in reader:
+            records.append(record)
+            if record.type not in _END:
+                continue
+            p = record.payload
+            if (
+                saved
+                and not fits
+                and (record.type is not RecordType.COMMIT_PHASE or phase_order(p["g"], p["phase"]) <= position)
+            ):
+                continue
+            assert reader.cursor is not None
+            ends.append(EndMark(p["g"], p["phase"], record.type.name, reader.cursor, record.offset, p.get("vc") or {}))
+        return ends, records
+
+    def open_phase(self, tail: Iterable[Record] | None = None) -> PhaseLog | None:
+        """The phase this node began and neither committed nor aborted, if any (``tail``: the
+        records after state.txt's cursor, when the caller has read them already)."""
+        logs = scan_phases(self.root, records=self._tail() if tail is None else tail).values()
         open_logs = [log for log in logs if log.ended is None]
         return max(open_logs, key=lambda log: log.begin_lamport) if open_logs else None
 
@@ -353,7 +409,14 @@ class Node:
                 f"not compensated yet ({', '.join(first['keys'])}); {phase} of g={g} must wait",
                 hint="run 'haios reconcile': it compensates them (SPEC §4.3)",
             )
-        opened = self.open_phase()
+        missed, tail = self.unrecorded_ends()
+        if missed:
+            last = missed[-1]
+            raise StateBehindError(
+                f"{self.root}: state.txt of {self.name} does not know that its WAL ended (g={last.g}, {last.phase}) "
+                f"with {last.ended} ({len(missed)} end record(s) past it); {phase} of g={g} refused"
+            )
+        opened = self.open_phase(tail)
         if opened is not None:
             raise BarrierError(
                 f"{self.root}: (g={opened.g}, {opened.phase}) is still open on {self.name}",

@@ -9,7 +9,7 @@ the record, so an override is never carried out twice and never lost.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,15 @@ from typing import Any
 from ..config.model import RepoConfig
 from ..config.validate import check_override_file
 from ..controlfile import dump_mapping
+from ..detect.observe import cached_override_nonces, observe
 from ..errors import HaiosError
 from ..fsutil import locked_dir, makedirs_durable, replace_in_dir
+from ..transport import open_transport
 from .verify import APPLIED_FILE, applied, check, state_of
 
 APPLIED_SCHEMA = "haios-overrides-applied/v1"
 OVERRIDES_DIR = "overrides"
+RBAC_FILE = "policies/rbac.yaml"
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Offer:
     signers: list[str] = field(default_factory=list)  # the people counted
     have: int = 0
     need: int = 1
+    unjudged: bool = False  # a file judging it needs cannot be read: the trace it names waits
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -63,11 +67,16 @@ def judge(config: RepoConfig, path: Path, now: float) -> Offer:
     override, problems = check_override_file(repo, path)
     if override is None:
         return Offer(name, "rejected", str(problems[0]) if problems else "not a valid override")
+    trace_id = str(json.loads(override.payload).get("trace_id") or path.name.removesuffix(".yaml"))
+    rbac = config.blocking(RBAC_FILE)
+    if rbac:  # who may sign is unknown: nothing is valid, and the trace it names waits (plan)
+        return Offer(name, "rejected", f"cannot be judged: {rbac[0]}", trace_id, unjudged=True)
     try:
         verdict = check(config, override, now)
         done = applied(repo)
     except HaiosError as exc:  # the record of applied overrides is unreadable: nothing can be judged
-        return Offer(name, "rejected", exc.one_line())
+        why = exc.one_line().replace(f"{repo}/", "")  # the file as the repo names it
+        return Offer(name, "rejected", f"cannot be judged: {why}", trace_id, unjudged=True)
     payload = json.loads(override.payload)
     state = state_of(verdict, done["nonces"], now, payload["expires_at"])
     if state in ("rejected", "expired", "applied"):
@@ -100,19 +109,43 @@ def scan(config: RepoConfig, now: float) -> list[Offer]:
     return [judge(config, path, now) for path in sorted(directory.glob("*.yaml"))]
 
 
-def mark_spent(offers: list[Offer], nonces_of: dict[str, Iterable[str]]) -> None:
-    """Offers whose nonce a node's WAL says was applied (``nonces_of``: node -> the nonces its WAL
-    holds) are applied, whatever ``status/`` says: a record lost to a revert or a restore makes no
-    replay."""
+def spent_on(nonces_of: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
+    """nonce -> the nodes whose WAL says it was applied (``nonces_of``: node -> the nonces its WAL holds)."""
     spent: dict[str, list[str]] = {}
     for node, nonces in sorted(nonces_of.items()):
         for nonce in nonces:
             spent.setdefault(nonce, []).append(node)
+    return spent
+
+
+def applied_nonces(repo: Path, config: RepoConfig, *, fresh: bool = False) -> dict[str, list[str]]:
+    """node -> the nonces of the overrides its WAL says were applied to it: as the last ``doctor``,
+    ``plan`` or ``reconcile`` pass saw them, or (``fresh``) read from the nodes now, through the
+    transport; a node that cannot be reached now counts with what the last pass saw."""
+    found = {n.name: cached_override_nonces(repo, n.name) for n in config.cluster.nodes}
+    if fresh:
+        transport = open_transport(repo, config)
+        try:
+            observations, _ = observe(repo, transport, sorted(set(found) & set(transport.nodes())))
+        finally:
+            transport.close()
+        found.update({n: list(o.override_nonces) for n, o in observations.items() if o.reachable})
+    return found
+
+
+def replay_problem(nonce: str, nodes: list[str]) -> str:
+    return f"a replay: nonce {nonce} was already applied on {', '.join(nodes)} (their WALs say so)"
+
+
+def mark_spent(offers: list[Offer], nonces_of: Mapping[str, Iterable[str]]) -> None:
+    """Offers whose nonce a node's WAL says was applied (``nonces_of``: node -> the nonces its WAL
+    holds) are applied, whatever ``status/`` says: a record lost to a revert or a restore makes no
+    replay."""
+    spent = spent_on(nonces_of)
     for offer in offers:
         if offer.nonce in spent and offer.state in ("valid", "pending"):
-            nodes = ", ".join(spent[offer.nonce])
             offer.state = "applied"
-            offer.why = f"a replay: nonce {offer.nonce} was already applied on {nodes} (their WALs say so)"
+            offer.why = replay_problem(offer.nonce, spent[offer.nonce])
 
 
 def record(repo: Path, trace_id: str, entry: dict[str, Any], *, desired_commit: str | None) -> bool:

@@ -140,6 +140,7 @@ class RunResult:
             "minority": self.plan.minority,
             "suspended": self.plan.suspended,
             "membership": self.plan.membership,
+            "unreadable": self.plan.unreadable,
             "traces": [o.as_dict() for o in self.outcomes],
             "overrides": self.plan.overrides,
             "commit": self.commit,
@@ -437,7 +438,7 @@ class _Runner:
             if trace.verdict == "resume":
                 raise _Stop(2, "the resume hook ran; the executor has not PREPAREd yet")
             if not trace.actionable:
-                raise _Stop(3 if trace.verdict in ("blocked", "needs_human") else 2, trace.reason)
+                raise _Stop(3 if trace.verdict in ("blocked", "needs_human", UNREADABLE) else 2, trace.reason)
         event = Event.ROLL_FORWARD if trace.verdict == "forward" else Event.ROLL_BACK
         state, _ = step(state, event)
         j.set_state(state, now, decision=trace.verdict, reason=trace.reason)
@@ -492,6 +493,8 @@ class _Runner:
                 except DataSchemaError as exc:
                     j.add_step(self.clock(), node, "forward", "invalid", error=exc.message)
                     return self._validation_failed(trace, j, lease, outcome, exc.message)
+            elif action == "settle":
+                result = self._op(trace, lease, "settle", node, force=bool(s.get("force")))
             elif action == "compensate":
                 self._over_budget(trace, j, s)
                 result = {"outcome": "compensated", "timings": self._compensate(trace, j, lease, s)}
@@ -651,6 +654,8 @@ class _Runner:
     ) -> Lease:
         """Replay found a file its schema rejects: roll back if nothing committed yet (SPEC §4.2)."""
         back = plan_transition(self.ctx, trace.g, trace.phase, trace.participants, force_rollback=error)
+        if back.verdict == UNREADABLE:  # the rollback needs a file that cannot be used: wait for it
+            raise _Stop(3, back.reason)
         if back.verdict != "rollback":
             state, _ = step(State(j.state), Event.NEEDS_HUMAN)
             j.set_state(state, self.clock(), decision="needs_human", reason=back.reason)
@@ -958,7 +963,8 @@ def _execute(
         if outcome.code == 4 and "fencing token" in outcome.note:
             break  # we are stale: stop touching anything
     changed = [o for o in result.outcomes if o.recorded]
-    if not any(o.code == 4 for o in result.outcomes):  # a fenced or locked-out run publishes nothing
+    # a fenced or locked-out run publishes nothing; nor does one that cannot tell who is evicted
+    if not any(o.code == 4 for o in result.outcomes) and ctx.membership_error is None:
         result.barrier = _publish_barrier(path, ctx, runner.holder, clock(), bool(changed))
     paths = [
         journals.JOURNAL_DIR,
@@ -973,7 +979,9 @@ def _execute(
         members.save(path, ctx.membership)
     from ..replication import placement
 
-    if ctx.config.cluster.replication.mode != "off" or (path / placement.PLACEMENT_FILE).exists():
+    if ctx.membership_error is None and (
+        ctx.config.cluster.replication.mode != "off" or (path / placement.PLACEMENT_FILE).exists()
+    ):
         placed = placement.sync(path, ctx.config, members.participants(path, ctx.config), ctx.transport, clock())
         result.placement = placed.lines()  # an origin still not told is said on every run...
         if placed.saved:  # ...but committed only when the placement file changes

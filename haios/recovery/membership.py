@@ -127,12 +127,40 @@ def load(repo: Path) -> Membership:
         return Membership()
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise ConfigError(f"{path}: not a haios membership file (schema {SCHEMA})", hint="restore it from git")
+    wrong = _shape_problem(data)
+    if wrong:
+        raise ConfigError(f"{path}: not a haios membership file: {wrong}", hint="restore it from git")
     return Membership(
         {str(n): dict(e) for n, e in (data.get("nodes") or {}).items()},
         list(data.get("alerts") or []),
         int(data.get("minority_evictions_total") or 0),
         partitions=list(data.get("partitions") or []),
     )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _shape_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with the fields a run computes with (None: nothing)."""
+    nodes = data.get("nodes") or {}
+    if not isinstance(nodes, dict):
+        return "nodes is not a mapping"
+    for name, entry in nodes.items():
+        if not isinstance(entry, dict) or not _number(entry.get("isolated_since")):
+            return f"nodes.{name} has no isolated_since time"
+        for key in ("pending_since", "evicted_at", "blocked_since"):
+            if entry.get(key) is not None and not _number(entry[key]):
+                return f"nodes.{name}.{key} is not a time"
+    for key in ("alerts", "partitions"):
+        items = data.get(key) or []
+        if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
+            return f"{key} is not a list of mappings"
+    total = data.get("minority_evictions_total") or 0
+    if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+        return "minority_evictions_total is not a count"
+    return None
 
 
 def save(repo: Path, membership: Membership) -> None:

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..budget import UnknownCurrency, trace_cost
+from ..budget import FX_FILE, UnknownCurrency, trace_cost
 from ..config import load_repo
 from ..config.model import PHASES, PhasePolicy, RepoConfig
 from ..config.model import phase_order as order
 from ..coord import Backend, Lease, open_backend
-from ..detect.detectors import NodeObservation, PhaseSummary
+from ..detect.detectors import NodeObservation, PhaseSummary, crash_window, unrecorded_ends
 from ..detect.observe import observe
 from ..detect.phi import Estimators
 from ..errors import ConfigError, HaiosError, InputError, RepoError
@@ -29,6 +29,7 @@ from ..events import make
 from ..gitrepo import _git
 from ..node.transaction import OVERRIDE_STEP, next_transition
 from ..overrides.apply import Offer, mark_spent, scan
+from ..overrides.verify import APPLIED_FILE, applied
 from ..transport import DEFAULT_PARALLEL, Transport, open_transport
 from ..untrusted import read_regular
 from ..wal import WalCorruptError
@@ -36,12 +37,13 @@ from . import journal as journals
 from . import membership as members
 from .machine import NEEDS_A_HUMAN, TERMINAL, Event, State
 from .planner import Decision, Inputs, View, decide, steps_for
-from .sel import SelStore, resource_of
+from .sel import BREAKERS_FILE, SWINGS_FILE, SelStore, resource_of
 
 PLAN_SCHEMA = "haios-plan/v1"
 ACTIONABLE = frozenset({"forward", "rollback", "resume", "abort"})
-UNREADABLE = "unreadable"  # the verdict of a transition whose own files (its journal) cannot be read
+UNREADABLE = "unreadable"  # the verdict of a transition whose journal, or a file it needs, cannot be read
 COST_ALERT = "COST_CAP_EXCEEDED"  # SPEC §4.4: the cost cap or the swing limit halted automation
+BUDGET_FILE = "policies/budget.yaml"
 _CONFIG_GLOBS = ("haios.yaml", "desired/*.yaml", "policies/*.yaml", "playbooks/*.yaml", "overrides/*.yaml")
 
 
@@ -137,6 +139,9 @@ class Plan:
     overrides: list[dict[str, Any]] = field(default_factory=list)  # every file in overrides/ and its effect
     # node -> its control files that fail their integrity check: tampered with or damaged (exit 5)
     tampered: dict[str, list[str]] = field(default_factory=dict)
+    # files of the repo that cannot be used (file -> its first problem): the transitions that need
+    # one wait (verdict unreadable), every other goes on
+    unreadable: dict[str, str] = field(default_factory=dict)
 
     @property
     def minority(self) -> bool:
@@ -185,6 +190,7 @@ class Plan:
             "membership": self.membership,
             "refused": self.refused,
             "tampered": self.tampered,
+            "unreadable": self.unreadable,
             "overrides": self.overrides,
             "exit_code": self.exit_code(),
         }
@@ -208,6 +214,7 @@ class Plan:
             list(data.get("refused") or []),
             list(data.get("overrides") or []),
             {str(k): list(v) for k, v in dict(data.get("tampered") or {}).items()},
+            {str(k): str(v) for k, v in dict(data.get("unreadable") or {}).items()},
         )
 
 
@@ -224,6 +231,11 @@ class Context:
     now: float
     membership: members.Membership = field(default_factory=members.Membership)
     overrides: dict[str, Offer] = field(default_factory=dict)  # valid, unused overrides by trace id
+    # status/membership.yaml cannot be read: who is evicted is unknown, so every transition waits
+    membership_error: str | None = None
+    # trace -> why the override that names it cannot be judged now (the supervisors or the record of
+    # applied overrides cannot be read): it waits
+    unjudged: dict[str, str] = field(default_factory=dict)
 
 
 def desired_commit(repo: Path) -> str | None:
@@ -306,6 +318,9 @@ def candidates(observations: dict[str, NodeObservation]) -> dict[tuple[int, str]
                 found[key] = participants
                 break
     for name, o in observations.items():
+        late = unrecorded_ends(o) if o.reachable else []
+        if late:  # state.txt missed an end record: the transition it missed is finished on this node
+            found.setdefault((late[-1].g, late[-1].phase), set()).update(late[-1].participants, {name})
         for entry in (o.state or {}).get("uncompensated") or []:
             # an aborted phase whose side effects are still owed (recorded in state.txt at ABORT)
             key = (int(entry["g"]), str(entry["phase"]))
@@ -429,7 +444,7 @@ def cost_breach(
             if over:
                 return f"{COST_ALERT}: {what} would bring the trace to {'; '.join(str(t) for t in over)}", cost
     except UnknownCurrency as exc:
-        return f"the cost cap cannot be checked: {exc.message}", []
+        return f"the cost cap cannot be checked: {(ctx.config.blocking(FX_FILE) or [exc.message])[0]}", []
     for s in trace.steps if next_steps is None else next_steps:
         if s["action"] != "compensate":
             continue
@@ -568,9 +583,12 @@ def plan_transition(
     if state is State.ROLLBACK and decision.verdict == "forward":
         # a rollback that began (side effects compensated) must finish as a rollback
         decision = Decision("rollback", decision.event, "continuing the rollback this trace began")
+    settling, decision = _settle(ctx, g, phase, participants, decision, granted)
     if state is State.AWAITING_ACK and decision.verdict in ACTIONABLE and not granted:
         decision = Decision("needs_human", None, f"awaiting a signed override ({journal.reason if journal else ''})")
     steps = steps_for(decision, views, resume_playbook=policy.resume_playbook)
+    if decision.verdict in ACTIONABLE:
+        steps = settling + steps  # state.txt first: what the WAL says is finished, it must say too
     trace = TracePlan(
         trace_id,
         g,
@@ -594,7 +612,14 @@ def plan_transition(
         if (o := ctx.observations.get(n)) is not None and (s := o.phases.get((g, phase))) is not None
     ]
     trace.last_activity = max(seen) if seen else None
-    if trace.spent:
+    unusable = _unusable(ctx, trace)
+    if unusable:  # a file it needs cannot be used: it waits, untouched, and nothing else does
+        trace.verdict, trace.steps = UNREADABLE, []
+        trace.reason = f"needs {'; '.join(unusable)}"
+        if trace.override is not None and trace.override["effect"] in ("applies", "continuing"):
+            trace.override.update(effect="waiting", why=trace.reason)
+        return trace
+    if trace.spent and not ctx.config.blocking(BUDGET_FILE):
         breach, trace.cost = cost_breach(ctx, trace, SelStore(ctx.repo, ctx.config.thresholds))
         # a signed override is a human's decision: the cost cap asked for exactly that
         if (
@@ -606,6 +631,92 @@ def plan_transition(
             trace.verdict, trace.reason, trace.steps = "needs_human", breach, []
             trace.alert = COST_ALERT if breach.startswith(COST_ALERT) else "awaiting_ack"
     return trace
+
+
+def _settle(
+    ctx: Context, g: int, phase: str, participants: list[str], decision: Decision, granted: bool
+) -> tuple[list[dict[str, Any]], Decision]:
+    """The ``settle`` steps for participants whose state.txt missed the end record of (g, phase)
+    their WAL holds, and the decision with them. A crash right after the record is finished by
+    reconcile; an older or edited state.txt waits for a human (a signed override, ``granted``)."""
+    steps: list[dict[str, Any]] = []
+    older = []
+    for node in participants:
+        o = ctx.observations.get(node)
+        ends = unrecorded_ends(o) if o is not None and o.reachable else []
+        if not ends or (ends[-1].g, ends[-1].phase) != (g, phase):
+            continue
+        crash = crash_window(o, ends) if o is not None else False
+        if not crash:
+            older.append(f"{node} ({len(ends)} end records past its state.txt)")
+        what = "COMMIT_PHASE" if ends[-1].ended == "COMMIT_PHASE" else "ABORT_PHASE"
+        steps.append(
+            {
+                "node": node,
+                "action": "settle",
+                "force": not crash,
+                "ended": what,
+                "detail": f"bring state.txt up to the WAL ({what} logged, state.txt not rewritten)",
+            }
+        )
+    if not steps:
+        return [], decision
+    if older and not granted:
+        why = (
+            f"state.txt older than the WAL on {', '.join(older)}: restored in part or edited; check data/ against "
+            "the WAL, then a signed resume override lets reconcile bring state.txt up to it"
+        )
+        return [], Decision("needs_human", Event.NEEDS_HUMAN, why)
+    if decision.verdict == "nothing":
+        verdict = "forward" if {s["ended"] for s in steps} == {"COMMIT_PHASE"} else "rollback"
+        event = Event.ROLL_FORWARD if verdict == "forward" else Event.ROLL_BACK
+        nodes = ", ".join(s["node"] for s in steps)
+        decision = Decision(verdict, event, f"finished in the WAL on {nodes}, but state.txt missed it: settle it")
+    return steps, decision
+
+
+def _unusable(ctx: Context, trace: TracePlan) -> list[str]:
+    """The files this trace needs that cannot be used now, each with its first problem: the
+    membership (every trace: who takes part depends on it), the supervisors when an override names
+    the trace, the playbooks its steps run, and the budget (and the rates, when a cost is in another
+    currency than its region's limit) when it compensates."""
+    config = ctx.config
+    why = [ctx.membership_error] if ctx.membership_error else []
+    if trace.trace_id in ctx.unjudged:
+        why.append(ctx.unjudged[trace.trace_id])
+    compensations = [s for s in trace.steps if s["action"] == "compensate"]
+    books = [s["compensator"] for s in compensations]
+    books += [s["playbook"] for s in trace.steps if s["action"] == "resume" and s.get("playbook")]
+    for name in books:
+        why += config.playbook_blocking(str(name))
+    if compensations:
+        why += config.blocking(BUDGET_FILE)
+        if not config.blocking(BUDGET_FILE) and config.blocking(FX_FILE):
+            costs = [(_region(ctx, e["node"]), "", e.get("cost")) for e in trace.spent]
+            costs += [
+                (_region(ctx, s["node"]), "", pb.cost)
+                for s in compensations
+                if (pb := config.playbooks.get(s["compensator"])) is not None
+            ]
+            try:
+                trace_cost(costs, config.budget, config.fx)
+            except UnknownCurrency:  # a cost in another currency: the rates are needed
+                why += config.blocking(FX_FILE)
+        store = SelStore(ctx.repo, config.thresholds)
+        try:  # the ledger: what ran already, the breakers, the swing limit
+            store.breakers()
+            store.swings()
+            for s in compensations:
+                store.entry(s["key"])
+        except ConfigError as exc:
+            why.append(_relative(ctx.repo, exc.one_line()))
+    validate = " (hint: restore it; 'haios validate' says what is wrong)"
+    return [w + validate if w in config.unreadable.values() else w for w in dict.fromkeys(why)]
+
+
+def _relative(repo: Path, text: str) -> str:
+    """``text`` with the repo's own path left out of the file names it gives."""
+    return text.replace(f"{repo}/", "")
 
 
 def _held_by(backend: Backend, shard: str, now: float, cache: dict[str, Lease | None]) -> dict[str, Any] | None:
@@ -627,7 +738,9 @@ def build(
     """Observe and decide; nothing on any node changes (``parallelism``: remote nodes observed at once)."""
     path = Path(repo)
     at = time.time() if now is None else now
-    config = load_repo(path, overrides=False)  # overrides/ is judged file by file (scan), never fatal
+    # overrides/ is judged file by file (scan); a policy file that is not valid blocks only the
+    # transitions that need it (_unusable)
+    config = load_repo(path, overrides=False, degraded=True)
     tr: Transport = transport or open_transport(path, config)
     names = sorted({n.name for n in config.cluster.nodes} & set(tr.nodes()))
     remote = any(n.transport == "ssh" for n in config.cluster.nodes)
@@ -639,8 +752,24 @@ def build(
             )
     estimators = Estimators.from_thresholds(config.thresholds)
     estimators.feed(durations)
-    membership = members.assess(path, config, observations, at)
+    unreadable = dict(config.unreadable)
+    try:
+        membership, membership_error = members.assess(path, config, observations, at), None
+    except ConfigError as exc:  # who is evicted is unknown: every transition waits for the file
+        membership, membership_error = members.Membership(), _relative(path, exc.one_line())
+        unreadable[members.MEMBERSHIP_FILE] = membership_error
+    store = SelStore(path, config.thresholds)
+    for rel, read in (
+        (BREAKERS_FILE, store.breakers),
+        (SWINGS_FILE, store.swings),
+        (APPLIED_FILE, lambda: applied(path)),
+    ):
+        try:  # needed by the traces that compensate, or that an override names: they wait (_unusable)
+            read()
+        except ConfigError as exc:
+            unreadable[rel] = _relative(path, exc.one_line())
     ctx = Context(path, config, tr, open_backend(config), observations, estimators, at, membership)
+    ctx.membership_error = membership_error
     evicted = membership.evicted
     active = [n for n in config.desired.active_members() if n not in evicted]
     plan = Plan(
@@ -656,19 +785,21 @@ def build(
         membership=membership.summary(),
         refused=sorted(n for n, o in observations.items() if o.refused),
         tampered={n: list(o.control_errors) for n, o in sorted(observations.items()) if o.control_errors},
+        unreadable=unreadable,
     )
     offers = scan(config, at)
     # status/ may have lost the record (a revert, a restore); the nodes' WALs keep it
     mark_spent(offers, {node: o.override_nonces for node, o in observations.items()})
     if not plan.minority:  # SPEC §4.7: the minority view refuses overrides
         ctx.overrides = {o.trace_id: o for o in offers if o.state == "valid" and o.trace_id}
+    ctx.unjudged = {o.trace_id: o.why.removeprefix("cannot be judged: ") for o in offers if o.unjudged and o.trace_id}
     leases: dict[str, Lease | None] = {}
     todo = candidates(observations)
-    unreadable: list[ConfigError] = []
-    for j in journals.open_journals(path, unreadable):
+    broken_journals: list[ConfigError] = []
+    for j in journals.open_journals(path, broken_journals):
         # a trace left open by a run killed after its last node step: closed by this one
         todo.setdefault((j.g, j.phase), sorted(j.participants) or active)
-    for error in unreadable:  # a journal that cannot be read blocks its own transition, nothing else
+    for error in broken_journals:  # a journal that cannot be read blocks its own transition, nothing else
         shard = journals.unreadable_shard(error)
         if shard is not None and shard[1] in PHASES:
             todo.setdefault(shard, active)
@@ -776,6 +907,8 @@ def render_markdown(plan: Plan) -> str:
         + (" — **suspended: plan only**" if plan.suspended else ""),
         "",
     ]
+    for problem in plan.unreadable.values():
+        lines += [f"**Cannot use** {problem}: the transitions that need it wait", ""]
     m = plan.membership
     for label, key in (("Evicted", "evicted"), ("Pending eviction", "pending_eviction")):
         if m.get(key):

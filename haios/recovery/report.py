@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.model import RepoConfig
+from ..errors import ConfigError
 from ..node.heartbeat import utc
 from . import journal as journals
 from . import membership as members
@@ -53,4 +54,8 @@ def open_traces(repo: Path, config: RepoConfig, now: float) -> list[dict[str, An
 
 
 def membership(repo: Path) -> dict[str, Any]:
-    return members.load(repo).summary()
+    """Who is evicted or about to be; ``unreadable`` says why nobody can tell (doctor has the finding)."""
+    try:
+        return members.load(repo).summary()
+    except ConfigError as exc:
+        return {**members.Membership().summary(), "unreadable": exc.one_line()}

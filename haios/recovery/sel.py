@@ -100,6 +100,24 @@ def _file_name(key: str) -> str:
     return f"{safe}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.yaml"
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _breaker_shape(b: Any) -> bool:
+    """A breaker as haios writes it: a count, and times (or null)."""
+    if not isinstance(b, dict):
+        return False
+    count = b.get("consecutive_failures") or 0
+    opened, probe = b.get("opened_at"), b.get("probe_run")
+    return (
+        isinstance(count, int)
+        and not isinstance(count, bool)
+        and (opened is None or _number(opened))
+        and (probe is None or isinstance(probe, str))
+    )
+
+
 def _load(path: Path) -> Any:
     return load_status(path, "a readable side-effect ledger file", "status/sel")
 
@@ -247,9 +265,17 @@ class SelStore:
 
     def breakers(self) -> dict[str, Breaker]:
         data = _load(self.repo / BREAKERS_FILE) or {}
+        found = data.get("breakers") or {} if isinstance(data, dict) else None
+        if not isinstance(found, dict) or not all(_breaker_shape(b) for b in found.values()):
+            raise ConfigError(
+                f"{self.repo / BREAKERS_FILE}: not a record of circuit breakers",
+                hint=f"restore it from git (git checkout -- {BREAKERS_FILE})",
+            )
         return {
-            name: Breaker(name, int(b.get("consecutive_failures") or 0), b.get("opened_at"), b.get("probe_run"))
-            for name, b in (data.get("breakers") or {}).items()
+            str(name): Breaker(
+                str(name), int(b.get("consecutive_failures") or 0), b.get("opened_at"), b.get("probe_run")
+            )
+            for name, b in found.items()
         }
 
     def _save_breakers(self, breakers: dict[str, Breaker]) -> None:
@@ -262,7 +288,15 @@ class SelStore:
 
     def swings(self) -> dict[str, list[float]]:
         data = _load(self.repo / SWINGS_FILE) or {}
-        return {r: [float(t) for t in times] for r, times in (data.get("deletes") or {}).items()}
+        found = data.get("deletes") or {} if isinstance(data, dict) else None
+        if not isinstance(found, dict) or not all(
+            isinstance(times, list) and all(_number(t) for t in times) for times in found.values()
+        ):
+            raise ConfigError(
+                f"{self.repo / SWINGS_FILE}: not a record of deletions",
+                hint=f"restore it from git (git checkout -- {SWINGS_FILE})",
+            )
+        return {str(r): [float(t) for t in times] for r, times in found.items()}
 
     # -- the rules -------------------------------------------------------------------------------
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
-from helpers import Invoke, subprocs
+from helpers import Invoke
 from helpers.cluster import deletes, git, head, plant, positions
+from helpers.overrides import signed_override, supervisors
 from ruamel.yaml import YAML
 
 from haios import controlfile
@@ -23,39 +25,15 @@ from haios.sim.cloud import FakeCloud
 from haios.sim.simulator import sim_dir
 from haios.wal import RecordType, read_records
 
-PEOPLE = ("alice", "bob", "carol")
 KEY = "key-node-1-0"
 
 
 @pytest.fixture
 def keys(cluster: Path, tmp_path: Path) -> dict[str, Path]:
-    """Three active supervisors in the cluster's rbac.yaml (threshold 2), each with an ed25519 key."""
-    found = {}
-    lines = ["apiVersion: haios/v1", "kind: Rbac", "policy_version: 2", "supervisors:"]
-    for person in PEOPLE:
-        path = tmp_path / f"{person}_ed25519"
-        subprocs.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", person, "-f", str(path)], check=True)
-        found[person] = path
-        lines += [f"  - name: {person}", "    keys:", f"      - {path.with_suffix('.pub').read_text().strip()}"]
-    (cluster / "policies/rbac.yaml").write_text("\n".join(lines) + "\n")
-    git(cluster, "commit", "-qam", "tests: three supervisors")
-    return found
+    return supervisors(cluster, tmp_path)
 
 
-def _override(
-    cli: Invoke, cluster: Path, keys: dict[str, Path], trace: str, action: str, signers: tuple[str, ...]
-) -> Path:
-    """``haios override new`` then ``sign`` by each of ``signers``, committed as a merged pull request would be."""
-    path = cluster / "overrides" / f"{trace}.yaml"
-    path.unlink(missing_ok=True)
-    result = cli("--repo", cluster, "override", "new", "--trace", trace, "--action", action, "--reason", "tests")
-    assert result.exit_code == 0, result.output
-    for person in signers:
-        result = cli("--repo", cluster, "override", "sign", path, "--principal", person, "--key", keys[person])
-        assert result.exit_code == 0, result.output
-    git(cluster, "add", "overrides")
-    git(cluster, "commit", "-qm", f"override: {action} {trace}")
-    return path
+_override = signed_override
 
 
 def _journal(cluster: Path, trace: str) -> Journal:
@@ -363,3 +341,10 @@ def test_an_applied_override_stays_spent_after_status_is_reverted(
     assert deletes(cluster) == {KEY: 1} and head(cluster) == commit  # nothing re-run, nothing to record
     listed = json.loads(cli("--repo", cluster, "-o", "json", "override", "list").stdout)["overrides"]
     assert [o["state"] for o in listed if o["file"].endswith(path.name)] != ["valid"]
+    # the pull-request check says so too: from the last pass's record, or from the nodes themselves
+    verified = cli("--repo", cluster, "override", "verify", path)
+    assert verified.exit_code == 5 and "their WALs say so" in verified.stdout, verified.stdout
+    shutil.rmtree(cluster / "status/observed")  # a fresh checkout (a CI job) has no record of a pass
+    assert cli("--repo", cluster, "override", "verify", path).exit_code == 0  # nothing known here...
+    verified = cli("--repo", cluster, "override", "verify", "--nodes", path)
+    assert verified.exit_code == 5 and "applied on node-1, node-2, node-3" in verified.stdout, verified.stdout

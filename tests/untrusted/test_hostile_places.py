@@ -11,11 +11,12 @@ from untrusted.hostile import CORE, DESIRED, NODE_FILES, STATUS, TEXT, as_contro
 
 from haios.config import validate_repo
 from haios.detect.doctor import run_doctor
-from haios.recovery.plan import build
+from haios.recovery.plan import Plan, build
 
 # files every decision of a run depends on: a bad one is an error of the run (exit 1), naming it
-RUN_LEVEL = (
-    *CORE,
+RUN_LEVEL = CORE
+# a bad one of these is named in the plan, and blocks only the transitions that need it
+PER_TRACE = (
     "policies/budget.yaml",
     "policies/fx.yaml",
     "policies/rbac.yaml",
@@ -30,11 +31,15 @@ def _try_everything(repo: Path, rel: str, data: bytes) -> list[str]:
     wrong = []
     with planted(repo, rel, data):
         report = validate_repo(repo)  # never raises for a file that is there
-        if rel in DESIRED and not any(p.file == rel for p in report.problems):
+        named = any(p.file == rel for p in report.problems)
+        if rel in DESIRED and not named:
             wrong.append(f"validate did not name {rel}")
-        planned = outcome(lambda: build(repo))
+        built: list[Plan] = []
+        planned = outcome(lambda: built.append(build(repo)[0]))
         if planned is not None and (rel not in RUN_LEVEL or Path(rel).name not in planned.message):
             wrong.append(f"plan: {planned.one_line()[:300]}")
+        if rel in PER_TRACE and built and (named or rel.startswith("status/")) != (rel in built[0].unreadable):
+            wrong.append(f"plan: unreadable is {sorted(built[0].unreadable)}")
         assert outcome(lambda: run_doctor(repo)) is None
     return wrong
 
