@@ -97,3 +97,32 @@ def test_alerts_are_events_and_trace_ids_reach_the_log(cluster: Path) -> None:
     assert f"haios: trace={trace} recovery.step node=node-1 action=compensate outcome=failed" in result.stderr
     assert f"haios: trace={trace} alert alert=sel_compensator_failed" in result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["type"] == "run"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status",),
+        ("validate",),
+        ("audit",),
+        ("override", "list"),
+        ("sim", "check"),
+    ],
+)
+def test_every_command_with_an_output_option_streams_one_object_a_line(
+    cluster: Path, cli: Invoke, args: tuple[str, ...]
+) -> None:
+    """A command without an event stream is a stream of one object: never pretty, multi-line JSON."""
+    result = cli("--repo", cluster, "-o", "ndjson", *args)
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert lines and all(isinstance(json.loads(line), dict) for line in lines), result.output
+
+
+def test_audit_outside_a_repo_is_the_one_line_error_every_command_gives(cli: Invoke, tmp_path: Path) -> None:
+    for args in (("audit",), ("plan",), ("status",)):
+        result = cli("--repo", tmp_path, *args)
+        assert result.exit_code == 1 and "not a haios desired-state repo" in result.stderr, result.output
+    (tmp_path / "haios.yaml").write_text("apiVersion: haios/v1\n")
+    result = cli("--repo", tmp_path, "audit")
+    assert result.exit_code == 1 and "not a git repository" in result.stderr
+    assert "internal error" not in result.output and len(result.stderr.strip().splitlines()) == 1

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ..untrusted import inert
-from ._options import GlobalOptions, current
+from ._options import GlobalOptions, Output, current
 
 
 def console(*, stderr: bool = False, opts: GlobalOptions | None = None) -> Console:
@@ -59,12 +59,15 @@ def emit_event(event: dict[str, Any]) -> None:
 
 
 def emit_json(value: Any) -> None:
-    """One JSON document on stdout."""
+    """One JSON document on stdout: indented for ``--output json``, one line for ``--output ndjson``
+    (a command without an event stream is a stream of one object)."""
+    if current.get().output is Output.ndjson:
+        emit_ndjson(value)
+        return
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")
     sys.stdout.flush()
 
 
 def emit_ndjson(event: dict[str, Any]) -> None:
     """One event as a line of JSON on stdout."""
-    sys.stdout.write(json.dumps(event, separators=(",", ":"), default=str) + "\n")
-    sys.stdout.flush()
+    emit_event(event)

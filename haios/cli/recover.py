@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from .. import audit as audit_lib
+from ..config.validate import require_repo
 from ..errors import HaiosError, UsageError
 from ..fsutil import atomic_write
 from ..node.heartbeat import utc
@@ -308,6 +309,7 @@ def audit(
 ) -> int:
     """The audit trail: every reconcile commit, newest first, with its traces and results."""
     opts = resolve(ctx, repo=repo, output=output)
+    require_repo(opts.repo)
     entries = audit_lib.history(opts.repo, trace_id=trace, limit=limit)
     journal = find_journal(opts.repo, trace) if trace else None
     if trace and not entries and journal is None:

@@ -410,15 +410,21 @@ def _list_dir(repo: Path, folder: str, report: ValidationReport) -> Iterable[str
     return names
 
 
-def _validate(
-    repo: Path, *, with_overrides: bool = True
-) -> tuple[ValidationReport, dict[str, YamlDoc], dict[str, YamlDoc], dict[str, YamlDoc]]:
-    report = ValidationReport(repo)
+def require_repo(repo: Path) -> None:
+    """ConfigError unless ``repo`` holds a desired-state repo (its ``haios.yaml``): the one error
+    every command gives for a directory that is not one."""
     if not (repo / "haios.yaml").is_file():
         raise ConfigError(
             f"{repo}: not a haios desired-state repo (no haios.yaml)",
             hint="pass --repo DIR, or create one with 'haios init DIR'",
         )
+
+
+def _validate(
+    repo: Path, *, with_overrides: bool = True
+) -> tuple[ValidationReport, dict[str, YamlDoc], dict[str, YamlDoc], dict[str, YamlDoc]]:
+    report = ValidationReport(repo)
+    require_repo(repo)
     docs: dict[str, YamlDoc] = {}
     for rel, (kind, schema_name) in FIXED_FILES.items():
         if not os.path.lexists(repo / rel):
