@@ -123,6 +123,16 @@ def _file_type(mode: int) -> str:
     return "special file"
 
 
+def is_number(value: object) -> bool:
+    """An int or a float, not a bool (YAML and JSON give bools where a number was expected)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def in_repo(repo: Path, text: str) -> str:
+    """``text`` with the repo's own path left out of the file names it gives (files as the repo names them)."""
+    return text.replace(f"{repo}/", "")
+
+
 def nesting_depth(text: str | bytes, limit: int = MAX_DEPTH) -> int:
     """How deep ``[`` and ``{`` nest in JSON (or flow YAML) text, outside strings; stops counting
     at ``limit`` + 1. Linear, iterative: safe for text a recursive parser would choke on."""

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..untrusted import is_number
 from ..wal import Record, WalCorruptError, WalReader, repair, verify, wal_dir
 from . import _render
 from ._options import Output, OutputOpt, resolve
@@ -28,7 +29,7 @@ FromOpt = Annotated[int | None, typer.Option("--from", help="Start at this Lampo
 
 
 def _ts(value: Any) -> str | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if is_number(value):
         return datetime.fromtimestamp(value, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return None
 

@@ -88,12 +88,6 @@ def unrecorded_ends(obs: NodeObservation) -> list[PhaseSummary]:
     return sorted(ended, key=lambda s: s.end_lamport or 0)
 
 
-def crash_window(obs: NodeObservation, ends: list[PhaseSummary]) -> bool:
-    """Whether ``ends`` (:func:`unrecorded_ends`) is what a crash right after an end record leaves:
-    one end record, of the phase state.txt says is in progress."""
-    return len(ends) == 1 and (obs.state or {}).get("status") == "IN_PHASE"
-
-
 @dataclass(frozen=True)
 class Finding:
     kind: str

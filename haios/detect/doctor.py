@@ -23,6 +23,7 @@ from ..errors import ConfigError, HaiosError
 from ..events import make
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import parse_utc, utc
+from ..node.transaction import crash_window
 from ..recovery import journal as journals
 from ..transport import DEFAULT_PARALLEL, MIRROR_DIR, ClusterTransport, open_transport
 from ..untrusted import read_json
@@ -32,7 +33,6 @@ from .detectors import (
     Finding,
     NodeObservation,
     Thresholds,
-    crash_window,
     run_detectors,
     unrecorded_ends,
 )
@@ -214,7 +214,7 @@ def _state_behind(obs: NodeObservation) -> list[Finding]:
     last = ends[-1]
     says = f"state.txt of {obs.node} says (g={state.get('g')}, {state.get('ph')})"
     evidence = {"state": [state.get("g"), state.get("ph")], "ends": [[s.g, s.phase, s.ended] for s in ends]}
-    if crash_window(obs, ends):
+    if crash_window(state, len(ends)):
         return [
             Finding(
                 "state_behind_wal",
@@ -580,17 +580,9 @@ def _health(obs: NodeObservation, findings: list[Finding]) -> str:
     return "OK"
 
 
-def _config_finding(repo: Path, problem: Problem) -> Finding:
-    return Finding(
-        "config",
-        "critical",
-        (),
-        None,
-        None,
-        str(problem),
-        {"file": problem.file, "line": problem.line, "key": problem.key},
-        f"haios --repo {repo} validate",
-    )
+def _config_finding(repo: Path, summary: str, evidence: dict[str, Any]) -> Finding:
+    """A file of the desired-state repo that is not valid (``haios validate`` lists its problems)."""
+    return Finding("config", "critical", (), None, None, summary, evidence, f"haios --repo {repo} validate")
 
 
 def run_doctor(
@@ -616,7 +608,11 @@ def run_doctor(
     except ConfigError as exc:
         if not exc.problems:
             raise
-        report.findings += [_config_finding(path, p) for p in exc.problems if isinstance(p, Problem)]
+        report.findings += [
+            _config_finding(path, str(p), {"file": p.file, "line": p.line, "key": p.key})
+            for p in exc.problems
+            if isinstance(p, Problem)
+        ]
         return report
     # where each root is, as the user knows it (a remote path for ssh nodes), and where haios reads it
     local = {n.name: n.local_root(path) if n.transport == "local" else Path(n.root) for n in config.cluster.nodes}
@@ -681,10 +677,8 @@ def run_doctor(
                         f"synchronise {node}'s clock (NTP)",
                     )
                 )
-    for rel, problem in config.unreadable.items():  # the transitions that need it wait (plan says which)
-        findings.append(
-            Finding("config", "critical", (), None, None, problem, {"file": rel}, f"haios --repo {path} validate")
-        )
+    # a file not every decision needs: the transitions that need it wait (plan says which)
+    findings += [_config_finding(path, problem, {"file": rel}) for rel, problem in config.unreadable.items()]
     fx_age = rates_age(config.fx, at)
     if not config.blocking("policies/budget.yaml", "policies/fx.yaml") and fx_age > config.budget.fx_max_age:
         findings.append(

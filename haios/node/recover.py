@@ -23,7 +23,7 @@ from ..errors import BarrierError, ControlFileError, UsageError, VersionConflict
 from ..wal import Record, RecordType, WalCorruptError, read_records
 from .fence import check_fence
 from .timing import STEPS, collecting
-from .transaction import ABANDON_STEP, Node, PhaseLog, scan_phases
+from .transaction import ABANDON_STEP, Node, PhaseLog, crash_window, scan_phases
 
 OPS = (
     "inspect",
@@ -160,8 +160,7 @@ def settle(root: Path, *, trace_id: str, token: int, g: int, phase: str, force: 
         return {"node": node.name, "outcome": "state.txt knows every end record"}
     for _ in range(20):
         state, version = node.state()
-        crash = len(missed) == 1 and state.get("status") == "IN_PHASE"
-        if not crash and not force:
+        if not crash_window(state, len(missed)) and not force:
             raise BarrierError(
                 f"{root}: state.txt of {node.name} says (g={state.get('g')}, {state.get('ph')}) but its WAL ended "
                 f"{len(missed)} phase(s) after it, up to (g={missed[-1].g}, {missed[-1].phase}): an older or edited "

@@ -106,6 +106,12 @@ class EndMark:
     vc: dict[str, Any]
 
 
+def crash_window(state: dict[str, Any], missed: int) -> bool:
+    """Whether ``missed`` end records past state.txt's cursor are what a crash right after an end
+    record leaves: one, of the phase ``state`` says is in progress (more is an older or edited state.txt)."""
+    return missed == 1 and state.get("status") == "IN_PHASE"
+
+
 class StateBehindError(BarrierError):
     """state.txt does not know of a phase its WAL ended: nothing begins until it does."""
 

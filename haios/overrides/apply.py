@@ -21,6 +21,7 @@ from ..detect.observe import cached_override_nonces, observe
 from ..errors import HaiosError
 from ..fsutil import locked_dir, makedirs_durable, replace_in_dir
 from ..transport import open_transport
+from ..untrusted import in_repo
 from .verify import APPLIED_FILE, applied, check, state_of
 
 APPLIED_SCHEMA = "haios-overrides-applied/v1"
@@ -75,8 +76,7 @@ def judge(config: RepoConfig, path: Path, now: float) -> Offer:
         verdict = check(config, override, now)
         done = applied(repo)
     except HaiosError as exc:  # the record of applied overrides is unreadable: nothing can be judged
-        why = exc.one_line().replace(f"{repo}/", "")  # the file as the repo names it
-        return Offer(name, "rejected", f"cannot be judged: {why}", trace_id, unjudged=True)
+        return Offer(name, "rejected", f"cannot be judged: {in_repo(repo, exc.one_line())}", trace_id, unjudged=True)
     payload = json.loads(override.payload)
     state = state_of(verdict, done["nonces"], now, payload["expires_at"])
     if state in ("rejected", "expired", "applied"):

@@ -964,7 +964,7 @@ def _execute(
             break  # we are stale: stop touching anything
     changed = [o for o in result.outcomes if o.recorded]
     # a fenced or locked-out run publishes nothing; nor does one that cannot tell who is evicted
-    if not any(o.code == 4 for o in result.outcomes) and ctx.membership_error is None:
+    if not any(o.code == 4 for o in result.outcomes) and members.MEMBERSHIP_FILE not in ctx.unreadable:
         result.barrier = _publish_barrier(path, ctx, runner.holder, clock(), bool(changed))
     paths = [
         journals.JOURNAL_DIR,
@@ -979,7 +979,7 @@ def _execute(
         members.save(path, ctx.membership)
     from ..replication import placement
 
-    if ctx.membership_error is None and (
+    if members.MEMBERSHIP_FILE not in ctx.unreadable and (
         ctx.config.cluster.replication.mode != "off" or (path / placement.PLACEMENT_FILE).exists()
     ):
         placed = placement.sync(path, ctx.config, members.participants(path, ctx.config), ctx.transport, clock())

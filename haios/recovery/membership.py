@@ -27,6 +27,7 @@ from ..detect.detectors import NodeObservation
 from ..errors import ConfigError
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import parse_utc, utc
+from ..untrusted import is_number
 
 MEMBERSHIP_FILE = "status/membership.yaml"
 SCHEMA = "haios-membership/v1"
@@ -138,20 +139,16 @@ def load(repo: Path) -> Membership:
     )
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _shape_problem(data: dict[str, Any]) -> str | None:
     """What is wrong with the fields a run computes with (None: nothing)."""
     nodes = data.get("nodes") or {}
     if not isinstance(nodes, dict):
         return "nodes is not a mapping"
     for name, entry in nodes.items():
-        if not isinstance(entry, dict) or not _number(entry.get("isolated_since")):
+        if not isinstance(entry, dict) or not is_number(entry.get("isolated_since")):
             return f"nodes.{name} has no isolated_since time"
         for key in ("pending_since", "evicted_at", "blocked_since"):
-            if entry.get(key) is not None and not _number(entry[key]):
+            if entry.get(key) is not None and not is_number(entry[key]):
                 return f"nodes.{name}.{key} is not a time"
     for key in ("alerts", "partitions"):
         items = data.get(key) or []

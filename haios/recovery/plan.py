@@ -21,17 +21,17 @@ from ..config import load_repo
 from ..config.model import PHASES, PhasePolicy, RepoConfig
 from ..config.model import phase_order as order
 from ..coord import Backend, Lease, open_backend
-from ..detect.detectors import NodeObservation, PhaseSummary, crash_window, unrecorded_ends
+from ..detect.detectors import NodeObservation, PhaseSummary, unrecorded_ends
 from ..detect.observe import observe
 from ..detect.phi import Estimators
 from ..errors import ConfigError, HaiosError, InputError, RepoError
 from ..events import make
 from ..gitrepo import _git
-from ..node.transaction import OVERRIDE_STEP, next_transition
+from ..node.transaction import OVERRIDE_STEP, crash_window, next_transition
 from ..overrides.apply import Offer, mark_spent, scan
 from ..overrides.verify import APPLIED_FILE, applied
 from ..transport import DEFAULT_PARALLEL, Transport, open_transport
-from ..untrusted import read_regular
+from ..untrusted import in_repo, read_regular
 from ..wal import WalCorruptError
 from . import journal as journals
 from . import membership as members
@@ -231,8 +231,9 @@ class Context:
     now: float
     membership: members.Membership = field(default_factory=members.Membership)
     overrides: dict[str, Offer] = field(default_factory=dict)  # valid, unused overrides by trace id
-    # status/membership.yaml cannot be read: who is evicted is unknown, so every transition waits
-    membership_error: str | None = None
+    # files that cannot be used (the plan's unreadable): the transitions that need one wait; while
+    # status/membership.yaml is among them, who is evicted is unknown and every transition waits
+    unreadable: dict[str, str] = field(default_factory=dict)
     # trace -> why the override that names it cannot be judged now (the supervisors or the record of
     # applied overrides cannot be read): it waits
     unjudged: dict[str, str] = field(default_factory=dict)
@@ -646,7 +647,7 @@ def _settle(
         ends = unrecorded_ends(o) if o is not None and o.reachable else []
         if not ends or (ends[-1].g, ends[-1].phase) != (g, phase):
             continue
-        crash = crash_window(o, ends) if o is not None else False
+        crash = o is not None and o.state is not None and crash_window(o.state, len(ends))
         if not crash:
             older.append(f"{node} ({len(ends)} end records past its state.txt)")
         what = "COMMIT_PHASE" if ends[-1].ended == "COMMIT_PHASE" else "ABORT_PHASE"
@@ -681,7 +682,7 @@ def _unusable(ctx: Context, trace: TracePlan) -> list[str]:
     the trace, the playbooks its steps run, and the budget (and the rates, when a cost is in another
     currency than its region's limit) when it compensates."""
     config = ctx.config
-    why = [ctx.membership_error] if ctx.membership_error else []
+    why = [ctx.unreadable[members.MEMBERSHIP_FILE]] if members.MEMBERSHIP_FILE in ctx.unreadable else []
     if trace.trace_id in ctx.unjudged:
         why.append(ctx.unjudged[trace.trace_id])
     compensations = [s for s in trace.steps if s["action"] == "compensate"]
@@ -702,21 +703,16 @@ def _unusable(ctx: Context, trace: TracePlan) -> list[str]:
                 trace_cost(costs, config.budget, config.fx)
             except UnknownCurrency:  # a cost in another currency: the rates are needed
                 why += config.blocking(FX_FILE)
+        # the ledger: the breakers and the swing limit (read once per pass, in build), what ran already
+        why += [ctx.unreadable[f] for f in (BREAKERS_FILE, SWINGS_FILE) if f in ctx.unreadable]
         store = SelStore(ctx.repo, config.thresholds)
-        try:  # the ledger: what ran already, the breakers, the swing limit
-            store.breakers()
-            store.swings()
+        try:
             for s in compensations:
                 store.entry(s["key"])
         except ConfigError as exc:
-            why.append(_relative(ctx.repo, exc.one_line()))
+            why.append(in_repo(ctx.repo, exc.one_line()))
     validate = " (hint: restore it; 'haios validate' says what is wrong)"
     return [w + validate if w in config.unreadable.values() else w for w in dict.fromkeys(why)]
-
-
-def _relative(repo: Path, text: str) -> str:
-    """``text`` with the repo's own path left out of the file names it gives."""
-    return text.replace(f"{repo}/", "")
 
 
 def _held_by(backend: Backend, shard: str, now: float, cache: dict[str, Lease | None]) -> dict[str, Any] | None:
@@ -754,10 +750,10 @@ def build(
     estimators.feed(durations)
     unreadable = dict(config.unreadable)
     try:
-        membership, membership_error = members.assess(path, config, observations, at), None
+        membership = members.assess(path, config, observations, at)
     except ConfigError as exc:  # who is evicted is unknown: every transition waits for the file
-        membership, membership_error = members.Membership(), _relative(path, exc.one_line())
-        unreadable[members.MEMBERSHIP_FILE] = membership_error
+        membership = members.Membership()
+        unreadable[members.MEMBERSHIP_FILE] = in_repo(path, exc.one_line())
     store = SelStore(path, config.thresholds)
     for rel, read in (
         (BREAKERS_FILE, store.breakers),
@@ -767,9 +763,9 @@ def build(
         try:  # needed by the traces that compensate, or that an override names: they wait (_unusable)
             read()
         except ConfigError as exc:
-            unreadable[rel] = _relative(path, exc.one_line())
+            unreadable[rel] = in_repo(path, exc.one_line())
     ctx = Context(path, config, tr, open_backend(config), observations, estimators, at, membership)
-    ctx.membership_error = membership_error
+    ctx.unreadable = unreadable
     evicted = membership.evicted
     active = [n for n in config.desired.active_members() if n not in evicted]
     plan = Plan(

@@ -40,6 +40,7 @@ from ..controlfile import dump_mapping
 from ..errors import ConfigError
 from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import utc
+from ..untrusted import is_number
 
 SEL_DIR = "status/sel"
 KEYS_DIR = f"{SEL_DIR}/keys"
@@ -100,10 +101,6 @@ def _file_name(key: str) -> str:
     return f"{safe}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.yaml"
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _breaker_shape(b: Any) -> bool:
     """A breaker as haios writes it: a count, and times (or null)."""
     if not isinstance(b, dict):
@@ -113,7 +110,7 @@ def _breaker_shape(b: Any) -> bool:
     return (
         isinstance(count, int)
         and not isinstance(count, bool)
-        and (opened is None or _number(opened))
+        and (opened is None or is_number(opened))
         and (probe is None or isinstance(probe, str))
     )
 
@@ -290,7 +287,7 @@ class SelStore:
         data = _load(self.repo / SWINGS_FILE) or {}
         found = data.get("deletes") or {} if isinstance(data, dict) else None
         if not isinstance(found, dict) or not all(
-            isinstance(times, list) and all(_number(t) for t in times) for times in found.values()
+            isinstance(times, list) and all(is_number(t) for t in times) for times in found.values()
         ):
             raise ConfigError(
                 f"{self.repo / SWINGS_FILE}: not a record of deletions",
