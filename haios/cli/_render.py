@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from ..node.heartbeat import utc
 from ..untrusted import inert
 from ._options import GlobalOptions, Output, current
 
@@ -41,9 +42,39 @@ def err(text: str) -> None:
     console(stderr=True).print(inert(text), style="red", markup=False)
 
 
+_EPOCH_MIN = 1e9  # a number of seconds past this, under a key that names a time, is a moment (2001-09-09 on)
+
+
+def words(value: object, key: str = "") -> str:
+    """``value`` as a person reads it: no Python reprs. None is "-", a mapping is "key: value, …",
+    a sequence is comma-separated, a boolean yes/no, and a raw epoch under a key naming a time
+    (``…_at``, ``since``, ``ts``) an ISO-8601 UTC time."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        timed = key.endswith(("_at", "_ts", "since", "time")) or key in ("ts", "at")
+        if timed and value > _EPOCH_MIN:
+            return utc(float(value))
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, dict):
+        if not value:
+            return "-"
+        return ", ".join(f"{k}: {_nested(words(v, str(k)))}" for k, v in value.items())
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
+        return ", ".join(_nested(words(v, key)) for v in items) if items else "-"
+    return str(value)
+
+
+def _nested(text: str) -> str:
+    return f"({text})" if ", " in text else text
+
+
 def cell(value: object, *, style: str = "") -> Text:
     """A table cell holding ``value`` as plain text: no markup, no line breaks, no escapes."""
-    return Text(inert(value, newlines=False), style=style)
+    return Text(inert(words(value), newlines=False), style=style)
 
 
 def raw(text: str) -> None:

@@ -62,20 +62,28 @@ def doctor(
     if report.pause_reason:
         _render.out(f"note: {report.pause_reason}", style="yellow")
     for f in report.findings:
-        counted = f in report.counted
+        held = report.held_back(f)
         where = " ".join(x for x in (",".join(f.nodes), f"g={f.g}" if f.g is not None else "", f.phase or "") if x)
         _render.out("")
         _render.out(
-            f"{f.severity.upper()} {f.kind}{' ' + where if where else ''}: {f.summary}",
-            style="red" if counted else "yellow",
+            f"{f.severity.upper()}{' (held back)' if held else ''} {f.kind}{' ' + where if where else ''}: {f.summary}",
+            style={"critical": "red", "warning": "yellow"}.get(f.severity, "") if not held else "yellow",
         )
         for key, value in f.evidence.items():
-            _render.out(f"    {key}: {value}")
+            _render.out(f"    {key}: {_render.words(value, key)}")
         _render.out(f"    fix: {f.fix}", style="cyan")
     if report.healthy:
-        _render.out(f"{report.repo}: healthy ({len(report.nodes)} nodes)", style="green")
+        notes = len(report.findings)
+        _render.out(
+            f"{report.repo}: healthy ({len(report.nodes)} nodes{f', {notes} note' + ('s' if notes != 1 else '') if notes else ''})",
+            style="green",
+        )
         return 0
-    _render.info(f"{len(report.counted)} finding{'s' if len(report.counted) != 1 else ''}")
+    serious = [f for f in report.findings if f.severity != "info"]
+    waiting = sum(1 for f in serious if report.held_back(f))
+    _render.info(
+        f"{len(serious)} finding{'s' if len(serious) != 1 else ''}" + (f" ({waiting} held back)" if waiting else "")
+    )
     return report.exit_code()
 
 

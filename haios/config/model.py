@@ -165,6 +165,11 @@ class Thresholds:
     max_clock_skew: float = 2.0
     vclock_retention: float = 90 * 86400.0
 
+    @property
+    def heartbeat_window(self) -> float:
+        """How long a node may stay silent before it counts as unhealthy (interval x unhealthy_after)."""
+        return self.heartbeat_interval * self.heartbeat_unhealthy_after
+
     def as_dict(self) -> dict[str, Any]:
         """Plain values (durations in seconds), as pushed to nodes in the ``policy`` control file."""
         out: dict[str, Any] = {}

@@ -10,9 +10,12 @@ detector               mechanism                                                
 ``partition``          a majority of peers silent past the window (gossip)         network split
 =====================  ==========================================================  ============================
 
-The local-pause rule (Cassandra's): when the previous pass is older than the heartbeat window, the
-observer itself was stalled, and silence it measured may be its own; such a pass reports what it
-sees but convicts nobody (``convicted`` is False).
+The local-pause rule (Cassandra's), narrowly: when the previous pass is older than the heartbeat
+window, the observer itself may have been stalled, and a silence *it* measured (a heartbeat's age, a
+peer's silence by its clock) may be its own; such findings are held back on that pass
+(``observer_measured``, shown as held back, never as healthy). Evidence the nodes recorded
+themselves — a BEGIN_PHASE older than the Φ timeout, a commit on one participant and not on another,
+an executor past its SLA, a node's own PARTITIONED — convicts whenever the observer last looked.
 """
 
 from __future__ import annotations
@@ -21,10 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..node.heartbeat import parse_utc
+from ..node.heartbeat import gossip_age, gossip_partitioned, parse_utc
 from .phi import Estimators
-
-TIMING_KINDS = frozenset({"wal_gap", "exec_sla", "heartbeat_loss", "partial_commit", "partition"})
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class Finding:
     evidence: dict[str, Any]
     fix: str
     first_seen: float = 0.0
+    observer_measured: bool = False  # a silence measured by the observer's clock: held back after its own stall
 
     @property
     def key(self) -> str:
@@ -208,7 +210,8 @@ def heartbeat_loss(obs: Mapping[str, NodeObservation], thresholds: Thresholds, n
                 None,
                 f"UNHEALTHY: {summary} (limit {thresholds.heartbeat_window:.0f} s)",
                 {"heartbeat": o.heartbeat, "age_s": None if age is None else round(age, 1)},
-                f"haios node heartbeat {node} --every {thresholds.heartbeat_interval:g}s   # (re)start the node's heartbeat",
+                f"haios --repo <repo> node heartbeat {node} --every {thresholds.heartbeat_interval:g}s   # (re)start the node's heartbeat",
+                observer_measured=True,
             )
         )
     return findings
@@ -264,15 +267,42 @@ def partial_commit(obs: Mapping[str, NodeObservation], estimators: Estimators, n
 
 
 def partition(obs: Mapping[str, NodeObservation], thresholds: Thresholds, now: float) -> list[Finding]:
+    """A node's partition verdict comes from a gossip file its writer keeps current: a PARTITIONED
+    status, or a majority of peers silent for longer than the window as of the file's own time. A
+    PARTITIONED file nobody rewrote within the heartbeat window is a ``gossip_stale`` finding instead
+    (its writer stopped; the node itself no longer refuses phases by it)."""
     findings = []
     for node, o in obs.items():
         if o.gossip is None:
             continue
+        age = gossip_age(o.gossip, now)
+        claims = o.gossip.get("partition_status") == "PARTITIONED"
+        if age is None or age > thresholds.heartbeat_window:
+            if claims:
+                since = "at an unknown time" if age is None else f"for {age:.0f} s"
+                findings.append(
+                    Finding(
+                        "gossip_stale",
+                        "warning",
+                        (node,),
+                        None,
+                        None,
+                        f"gossip not updated {since} (it still says PARTITIONED): is the agent running?",
+                        {
+                            "updated_at": o.gossip.get("updated_at", o.gossip.get("since")),
+                            "age_s": None if age is None else round(age, 1),
+                        },
+                        f"haios --repo <repo> node heartbeat {node} --every {thresholds.heartbeat_interval:g}s   # rewrites its heartbeat and gossip",
+                        observer_measured=True,
+                    )
+                )
+            continue
+        written = now - age  # the file's own time, by the node's clock
         peers: dict[str, str | None] = o.gossip.get("peers") or {}
         silent = sorted(
-            p for p, heard in peers.items() if heard is None or now - parse_utc(heard) > thresholds.partition_window
+            p for p, heard in peers.items() if heard is None or written - parse_utc(heard) > thresholds.partition_window
         )
-        if o.gossip.get("partition_status") == "PARTITIONED" or (peers and 2 * len(silent) > len(peers)):
+        if gossip_partitioned(o.gossip, now, thresholds.heartbeat_window) or (peers and 2 * len(silent) > len(peers)):
             findings.append(
                 Finding(
                     "partition",
@@ -309,12 +339,15 @@ def run_detectors(
     gaps = [f for f in wal_gap(obs, estimators, now) if (f.nodes[0], f.g, f.phase) not in covered]
     covered |= {(f.nodes[0], f.g, f.phase) for f in gaps}
     slow = [f for f in exec_sla(obs, estimators, thresholds, now) if (f.nodes[0], f.g, f.phase) not in covered]
-    findings = gaps + slow + heartbeat_loss(obs, thresholds, now) + partial + partition(obs, thresholds, now)
+    silent = heartbeat_loss(obs, thresholds, now)
+    dead = {f.nodes[0] for f in silent}  # a node whose agent is silent: its stale gossip says nothing more
+    split = [f for f in partition(obs, thresholds, now) if not (f.kind == "gossip_stale" and f.nodes[0] in dead)]
+    findings = gaps + slow + silent + partial + split
     if last_pass is not None and now - last_pass > thresholds.heartbeat_window:
         return DetectionPass(
             findings,
             convicted=False,
             reason=f"the previous pass was {now - last_pass:.0f} s ago (over the {thresholds.heartbeat_window:.0f} s heartbeat window): "
-            "the observer was paused, so this pass convicts nobody",
+            "silences this observer measured are held back on this pass; what the nodes recorded still counts",
         )
     return DetectionPass(findings, convicted=True)

@@ -29,7 +29,6 @@ from ..transport import DEFAULT_PARALLEL, MIRROR_DIR, ClusterTransport, open_tra
 from ..untrusted import read_json
 from ..wal import verify
 from .detectors import (
-    TIMING_KINDS,
     Finding,
     NodeObservation,
     Thresholds,
@@ -64,18 +63,24 @@ class DoctorReport:
     findings: list[Finding] = field(default_factory=list)
     bytes_read: int = 0
 
+    def held_back(self, f: Finding) -> bool:
+        """Whether the local-pause rule holds ``f`` back on this pass: a silence this observer measured
+        across its own stall. A held-back finding is still listed and still makes the cluster unhealthy."""
+        return f.observer_measured and not self.convicted
+
     @property
     def counted(self) -> list[Finding]:
-        """The findings that make the cluster unhealthy (timing ones only when this pass convicts)."""
-        return [f for f in self.findings if self.convicted or f.kind not in TIMING_KINDS]
+        """The findings this pass convicts on (every one but those held back)."""
+        return [f for f in self.findings if not self.held_back(f)]
 
     @property
     def healthy(self) -> bool:
-        return not self.counted
+        """No finding an operator must act on (INFO notes, such as a node yet to beat, do not count)."""
+        return not any(f.severity != "info" for f in self.findings)
 
     def exit_code(self) -> int:
-        """0 healthy, 5 a node failed verification (host key), 2 other findings."""
-        if any(f.kind == "host_key" for f in self.counted):
+        """0 healthy, 5 a node failed verification (host key), 2 other findings (held back or not)."""
+        if any(f.kind == "host_key" for f in self.findings):
             return 5
         return 0 if self.healthy else 2
 
@@ -122,7 +127,7 @@ class DoctorReport:
                     "evidence": f.evidence,
                     "fix": f.fix,
                     "first_seen": utc(f.first_seen),
-                    "counted": self.convicted or f.kind not in TIMING_KINDS,
+                    "counted": not self.held_back(f),
                 }
                 for f in self.findings
             ],

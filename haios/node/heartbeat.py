@@ -4,12 +4,15 @@ Each node rewrites ``heartbeat`` every interval (``seq``, wall time, and the ver
 it last heard each peer (the wall time of the newest heartbeat it read from that peer) and its
 partition status: PARTITIONED while a majority of its peers has been silent for longer than the
 partition window; a partitioned node refuses every phase and WAL append until it hears them again.
+Every rewrite stamps ``updated_at``: a gossip file nobody has rewritten for longer than the heartbeat
+window (its writer stopped, a simulated partition ended) is stale, and a stale file decides nothing —
+not the node's own refusal, not a reconciler's verdict. Its staleness is a finding of its own.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,27 @@ def utc(ts: float) -> str:
 
 def parse_utc(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def gossip_age(gossip: Mapping[str, Any] | None, now: float) -> float | None:
+    """Seconds since ``gossip`` was last rewritten (``updated_at``; a file from before it was stamped:
+    ``since``); None when it names no time that can be read."""
+    if not gossip:
+        return None
+    stamp = gossip.get("updated_at", gossip.get("since"))
+    try:
+        return now - parse_utc(stamp) if isinstance(stamp, str) else None
+    except ValueError:
+        return None
+
+
+def gossip_partitioned(gossip: Mapping[str, Any] | None, now: float, max_age: float) -> bool:
+    """True when ``gossip`` says PARTITIONED and was rewritten within ``max_age`` seconds: a stale
+    file is no verdict (its writer is not keeping it current)."""
+    if not gossip or gossip.get("partition_status") != "PARTITIONED":
+        return False
+    age = gossip_age(gossip, now)
+    return age is not None and age <= max_age
 
 
 def beat(root: Path, node: str, now: float | None = None) -> dict[str, Any]:
@@ -73,6 +97,12 @@ def update_gossip(
         heard[peer] = last
     status = partition_status(heard, now, window)
     since = previous.get("since") if previous.get("partition_status") == status else utc(now)
-    body = {"node": node, "peers": heard, "partition_status": status, "since": since or utc(now)}
+    body = {
+        "node": node,
+        "peers": heard,
+        "partition_status": status,
+        "since": since or utc(now),
+        "updated_at": utc(now),
+    }
     controlfile.write_mapping(path, body, expected_version=version)
     return body

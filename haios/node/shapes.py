@@ -69,6 +69,7 @@ SHAPES: dict[str, dict[str, tuple[bool, Check, str]]] = {
     "gossip": {
         "peers": (False, lambda v: v is None or _peers(v), "a mapping of peers to UTC times or null"),
         "partition_status": (False, _str, "a string"),
+        "updated_at": (False, _utc, "a UTC time (YYYY-MM-DDTHH:MM:SS.mmmZ)"),
     },
     "exec_status": {
         "g": (True, _int, "a non-negative integer"),

@@ -36,14 +36,16 @@ from typing import Any
 from .. import controlfile
 from ..clock import wall_time
 from ..config.dataschemas import DataSchema, validate_data
-from ..config.model import PHASES, phase_order
+from ..config.model import PHASES, build_thresholds, phase_order
 from ..errors import BarrierError, BlockedError, ControlFileError, HaiosError, PartitionError, VersionConflict
 from ..fsutil import fsync_dir, makedirs_durable
+from ..untrusted import is_number
 from ..vclock import VClock
 from ..wal import Cursor, Record, RecordType, Wal, WalCorruptError, read_records
 from ..wal.format import RECORD_HEADER
 from ..wal.reader import WalReader, list_segments
 from . import shapes, snapshot
+from .heartbeat import gossip_partitioned
 from .paths import confine
 from .timing import measure
 
@@ -221,11 +223,28 @@ class Node:
         return controlfile.read_mapping(self.root / "state.txt")
 
     def partitioned(self) -> bool:
+        """Whether this node's gossip says PARTITIONED, and says it now: a gossip file nobody has
+        rewritten within the heartbeat window (its writer stopped) leaves the node free to work."""
         path = self.root / "gossip"
         if not path.exists():
             return False
         body, _ = controlfile.read_mapping(path)
-        return body.get("partition_status") == "PARTITIONED"
+        return gossip_partitioned(body, self.clock(), self._heartbeat_window())
+
+    def _heartbeat_window(self) -> float:
+        """interval x unhealthy_after from the pushed policy; the defaults before one was pushed."""
+        defaults = build_thresholds({})
+        try:
+            pushed = self.policy.get("thresholds") if (self.root / "policy").exists() else None
+        except HaiosError:
+            pushed = None
+        if not isinstance(pushed, dict):
+            return defaults.heartbeat_window
+        interval: Any = pushed.get("heartbeat_interval")
+        after: Any = pushed.get("heartbeat_unhealthy_after")
+        if is_number(interval) and is_number(after) and interval > 0 and after > 0:
+            return float(interval * after)
+        return defaults.heartbeat_window
 
     @property
     def policy(self) -> dict[str, Any]:

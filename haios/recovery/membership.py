@@ -26,7 +26,7 @@ from ..controlfile import dump_mapping
 from ..detect.detectors import NodeObservation
 from ..errors import ConfigError
 from ..fsutil import atomic_write, makedirs_durable
-from ..node.heartbeat import parse_utc, utc
+from ..node.heartbeat import gossip_partitioned, parse_utc, utc
 from ..untrusted import is_number
 
 MEMBERSHIP_FILE = "status/membership.yaml"
@@ -34,12 +34,13 @@ SCHEMA = "haios-membership/v1"
 PARTITIONS_KEPT = 500  # ended isolations remembered (the metric's history)
 
 
-def isolation(obs: NodeObservation | None) -> tuple[str, float | None] | None:
-    """Why a node counts as isolated and, when the node says, since when (None: it is not)."""
+def isolation(obs: NodeObservation | None, now: float, window: float) -> tuple[str, float | None] | None:
+    """Why a node counts as isolated and, when the node says, since when (None: it is not). Its
+    gossip counts only when rewritten within ``window`` (the heartbeat window): a stale file is no verdict."""
     if obs is None or not obs.reachable:
         return (obs.error if obs is not None and obs.error else "unreachable"), None
     gossip = obs.gossip or {}
-    if gossip.get("partition_status") == "PARTITIONED":
+    if gossip_partitioned(gossip, now, window):
         since = gossip.get("since")
         try:
             at = parse_utc(since) if isinstance(since, str) else None
@@ -176,7 +177,7 @@ def assess(repo: Path, config: RepoConfig, observations: dict[str, NodeObservati
     members = config.desired.active_members()
     isolated: dict[str, tuple[str, float | None]] = {}
     for name in members:
-        found = isolation(observations.get(name))
+        found = isolation(observations.get(name), now, t.heartbeat_window)
         if found is not None:
             isolated[name] = found
     for name in sorted(set(m.nodes) - set(members)):

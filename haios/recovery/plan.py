@@ -27,6 +27,7 @@ from ..detect.phi import Estimators
 from ..errors import ConfigError, HaiosError, InputError, RepoError
 from ..events import make
 from ..gitrepo import _git
+from ..node.heartbeat import gossip_partitioned
 from ..node.transaction import OVERRIDE_STEP, crash_window, next_transition
 from ..overrides.apply import Offer, mark_spent, scan
 from ..overrides.verify import APPLIED_FILE, applied
@@ -349,7 +350,7 @@ def _view(ctx: Context, node: str, g: int, phase: str, summary: PhaseSummary | N
     torn = o.wal_error is not None and bool(o.wal_error.get("torn_tail"))
     if o.wal_error is not None and not torn:
         return View(node, "corrupt", detail=str(o.wal_error.get("reason", "corrupt"))), {}
-    if (o.gossip or {}).get("partition_status") == "PARTITIONED":
+    if gossip_partitioned(o.gossip, ctx.now, ctx.config.thresholds.heartbeat_window):
         return View(node, "partitioned", detail="gossip says PARTITIONED"), {}
     try:
         request: dict[str, Any] = {"op": "inspect", "g": g, "phase": phase}

@@ -134,7 +134,7 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
                 f"minority view: {len(plan.reachable)} of {len(plan.active)} active members reachable; nothing changes",
                 hint="rejoin once a majority of the cluster is reachable",
             )
-        why = members.isolation(ctx.observations.get(node))
+        why = members.isolation(ctx.observations.get(node), ctx.now, ctx.config.thresholds.heartbeat_window)
         if why is not None:
             raise BlockedError(
                 f"{node} is still isolated ({why[0]})", hint="rejoin it once it is reachable and healthy"
@@ -164,7 +164,9 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
         peers = [
             n
             for n in plan.active
-            if n != node and ctx.observations[n].reachable and members.isolation(ctx.observations[n]) is None
+            if n != node
+            and ctx.observations[n].reachable
+            and members.isolation(ctx.observations[n], ctx.now, ctx.config.thresholds.heartbeat_window) is None
         ]
         if not peers:
             raise BlockedError(f"{node}: no healthy peer to catch up from")

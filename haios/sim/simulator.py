@@ -337,6 +337,7 @@ def _set_partition(root: Path, node: str, peers: list[str], partitioned: bool) -
         "peers": {p: (None if partitioned else now) for p in peers if p != node},
         "partition_status": "PARTITIONED" if partitioned else "NORMAL",
         "since": now,
+        "updated_at": now,
     }
     controlfile.write_mapping(path, body, expected_version=controlfile.current_version(path))
 

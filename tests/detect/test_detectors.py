@@ -105,9 +105,38 @@ def test_partition_majority_silent() -> None:
     assert kinds({"n1": _obs("n1", gossip=gossip_ok)}) == []
 
 
-def test_local_pause_rule_convicts_nobody() -> None:
-    stale = {"n1": NodeObservation("n1", heartbeat={"node": "n1", "seq": 9, "wall_time": utc(NOW - 300)})}
-    paused = run_detectors(stale, Estimators(), TH, NOW, last_pass=NOW - 200)
-    assert paused.findings and not paused.convicted and "paused" in paused.reason
-    regular = run_detectors(stale, Estimators(), TH, NOW, last_pass=NOW - 30)
+def test_local_pause_rule_holds_back_only_what_the_observer_measured() -> None:
+    timeout = Estimators()["ANALYZE"].timeout()
+    killed = NodeObservation(
+        "n1",
+        heartbeat={"node": "n1", "seq": 9, "wall_time": utc(NOW - 300)},
+        phases={(1, "ANALYZE"): _phase(begin=NOW - 300 - timeout)},
+    )
+    paused = run_detectors({"n1": killed}, Estimators(), TH, NOW, last_pass=NOW - 200)
+    assert not paused.convicted and "held back" in paused.reason
+    by_kind = {f.kind: f for f in paused.findings}
+    assert set(by_kind) == {"wal_gap", "heartbeat_loss"}
+    assert by_kind["heartbeat_loss"].observer_measured  # the silence this observer measured: held back
+    assert not by_kind["wal_gap"].observer_measured  # the node's own WAL: proof whenever the observer looked
+    regular = run_detectors({"n1": killed}, Estimators(), TH, NOW, last_pass=NOW - 30)
     assert regular.convicted
+
+
+def test_stale_gossip_is_its_own_finding_not_a_partition() -> None:
+    stale = {
+        "peers": {"n2": None, "n3": None},
+        "partition_status": "PARTITIONED",
+        "since": utc(NOW - 600),
+        "updated_at": utc(NOW - 600),
+    }
+    fresh = {**stale, "updated_at": utc(NOW - 5)}
+    assert kinds({"n1": _obs("n1", gossip=fresh)}) == ["partition:n1"]
+    assert kinds({"n1": _obs("n1", gossip=stale)}) == ["gossip_stale:n1"]
+    (finding,) = run_detectors({"n1": _obs("n1", gossip=stale)}, Estimators(), TH, NOW, last_pass=None).findings
+    assert finding.summary == "gossip not updated for 600 s (it still says PARTITIONED): is the agent running?"
+    assert finding.severity == "warning" and finding.observer_measured
+    # a node whose heartbeat stopped too: heartbeat_loss says it, once
+    dead = NodeObservation("n1", heartbeat={"node": "n1", "seq": 1, "wall_time": utc(NOW - 600)}, gossip=stale)
+    assert kinds({"n1": dead}) == ["heartbeat_loss:n1"]
+    # a NORMAL file nobody rewrites any more misleads nobody: no finding
+    assert kinds({"n1": _obs("n1", gossip={**stale, "partition_status": "NORMAL"})}) == []

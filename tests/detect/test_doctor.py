@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+import helpers
 import pytest
 from helpers import Invoke
 from jsonschema import Draft202012Validator
@@ -41,6 +42,21 @@ def _sim(tmp_path: Path, faults: str, seed: int = 7, nodes: int = 5) -> Path:
     sim_init(directory, nodes)
     sim_run(directory, iterations=2, seed=seed, faults=parse_faults(faults))
     return directory
+
+
+def _partitioned(root: Path, *, written: float) -> None:
+    """node-2's gossip: every peer silent, PARTITIONED, last rewritten at ``written``."""
+    controlfile.write_mapping(
+        root / "gossip",
+        {
+            "node": "node-2",
+            "peers": {f"node-{i}": None for i in (1, 3, 4, 5)},
+            "partition_status": "PARTITIONED",
+            "since": utc(written),
+            "updated_at": utc(written),
+        },
+        expected_version=controlfile.current_version(root / "gossip"),
+    )
 
 
 def _kinds(report: object) -> list[str]:
@@ -103,21 +119,55 @@ def test_doctor_partition_and_heartbeat_loss(healthy: Path, tmp_path: Path) -> N
     directory = _fresh_copy(healthy, tmp_path / "p")
     root = directory / "nodes/node-2"
     now = time.time()
-    controlfile.write_mapping(
-        root / "gossip",
-        {
-            "node": "node-2",
-            "peers": {f"node-{i}": None for i in (1, 3, 4, 5)},
-            "partition_status": "PARTITIONED",
-            "since": utc(now),
-        },
-        expected_version=controlfile.current_version(root / "gossip"),
-    )
+    _partitioned(root, written=now)
     assert _kinds(run_doctor(directory, now=now)) == ["partition:node-2:None:None"]
     later = run_doctor(directory, now=now + 100)  # nobody beat for 100 s, but the previous pass was 100 s ago
-    assert not later.convicted and later.healthy  # the local-pause rule: no conviction on this pass
+    assert not later.convicted  # the local-pause rule: the silences this observer measured are held back
+    assert {f.kind for f in later.findings} == {"heartbeat_loss"} and not later.counted
+    assert not later.healthy and later.exit_code() == 2  # held back is still listed, still exit 2
     last = run_doctor(directory, now=now + 110)
-    assert last.convicted and {f.kind for f in last.findings} >= {"heartbeat_loss"}
+    assert last.convicted and {f.kind for f in last.counted} >= {"heartbeat_loss"}
+
+
+def test_doctor_from_cron_convicts_a_killed_node_on_every_pass(cli: Invoke, tmp_path: Path) -> None:
+    """doctor run by cron (minutes apart) on a cluster with a killed node: the node's own WAL is
+    proof on every pass; the pause rule holds back only the heartbeat silences doctor measured."""
+    directory = _sim(tmp_path, "kill=1", seed=7)
+    # 5 s: past the ANALYZE timeout of the simulator's priors (1.46 s); then passes 61 s and 75 s apart
+    with helpers.time_shifted(5):
+        first = cli("--repo", directory, "doctor")
+    with helpers.time_shifted(5 + 61):
+        second = cli("--repo", directory, "doctor", "-o", "json")
+    with helpers.time_shifted(5 + 61 + 75):
+        third = cli("--repo", directory, "doctor")
+    assert (first.exit_code, second.exit_code, third.exit_code) == (2, 2, 2)
+    for text in (first.stdout, third.stdout):
+        assert "CRITICAL wal_gap node-5 g=1 ANALYZE" in text and "healthy" not in text.splitlines()[-1]
+    data = json.loads(second.stdout)
+    assert data["healthy"] is False and data["convicted"] is False and "held back" in data["pause_reason"]
+    counted = {f["kind"]: f["counted"] for f in data["findings"]}
+    assert counted["wal_gap"] is True  # the node's own WAL convicts on every pass
+    assert counted["heartbeat_loss"] is False  # the silence doctor measured across its own 61-s gap waits
+    assert "WARNING (held back) heartbeat_loss node-5" in third.stdout
+
+
+def test_doctor_stale_gossip_is_no_partition(cli: Invoke, healthy: Path, tmp_path: Path) -> None:
+    """A PARTITIONED gossip file nobody rewrites any more (its writer stopped) while the node beats:
+    one gossip_stale warning, no partition, and neither plan nor the node itself count it."""
+    from haios.node.transaction import Node
+    from haios.recovery.plan import build
+
+    directory = _fresh_copy(healthy, tmp_path / "g")
+    root = directory / "nodes/node-2"
+    now = time.time()
+    _partitioned(root, written=now - 600)
+    result = cli("--repo", directory, "doctor")
+    assert result.exit_code == 2
+    assert "WARNING gossip_stale node-2: gossip not updated for 600 s (it still says PARTITIONED)" in result.stdout
+    assert "partition" not in _kinds(run_doctor(directory))
+    assert not Node(root).partitioned()
+    plan, _ = build(directory)
+    assert plan.exit_code() == 0 and not plan.traces
 
 
 def test_doctor_exec_sla(healthy: Path, tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from typer.testing import Result
@@ -32,6 +34,18 @@ def promtool() -> str:
     found = shutil.which("promtool")
     assert found, "promtool is missing: tests/system-deps.sh installs Debian's prometheus package"
     return found
+
+
+@contextmanager
+def time_shifted(seconds: float) -> Iterator[None]:
+    """Within the block, ``time.time()`` reads ``seconds`` later than it is: an in-process command
+    (``cli(...)``) runs as if later (cron passes minutes apart) without sleeping."""
+    real = time.time
+    time.time = lambda: real() + seconds
+    try:
+        yield
+    finally:
+        time.time = real
 
 
 def at(t: float) -> Callable[[], float]:

@@ -51,7 +51,7 @@ def test_gossip_majority_silent_is_partitioned_then_heals(cluster: dict[str, Pat
     body = update_gossip(cluster["n1"], "n1", cluster, transport, T0 + 60, 45)  # both peers silent 60 s
     assert body["partition_status"] == "PARTITIONED" and body["since"] == utc(T0 + 60)
     with pytest.raises(Exception, match="PARTITIONED"):
-        Node(cluster["n1"]).begin(1, "ANALYZE", participants=["n1"])
+        Node(cluster["n1"], clock=lambda: T0 + 61).begin(1, "ANALYZE", participants=["n1"])
     beat(cluster["n2"], "n2", T0 + 70)
     body = update_gossip(cluster["n1"], "n1", cluster, transport, T0 + 71, 45)
     assert body["partition_status"] == "NORMAL" and body["since"] == utc(T0 + 71)  # one of two silent: not a majority

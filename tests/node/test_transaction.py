@@ -13,6 +13,7 @@ from helpers.executor import POINTS
 from haios import controlfile
 from haios.errors import BarrierError, FencedError, PartitionError, PathEscapeError, VersionConflict
 from haios.node import Node, apply_intents, check_fence, init_node_root, next_transition, scan_phases, snapshot
+from haios.node.heartbeat import parse_utc
 from haios.wal import RecordType, WalReadOnlyError, read_records, repair, verify
 
 PROJECT = Path(__file__).parent.parent.parent
@@ -88,15 +89,20 @@ def test_transaction_max_g_guard(node_root: Path) -> None:
 def test_transaction_partition_guard_and_read_only_wal(node_root: Path) -> None:
     controlfile.write_mapping(
         node_root / "gossip",
-        {"node": "n1", "peers": {}, "partition_status": "PARTITIONED", "since": "2026-11-26T00:00:00Z"},
+        {"node": "n1", "peers": {}, "partition_status": "PARTITIONED", "since": "2026-11-26T00:00:00.000Z"},
         expected_version=None,
     )
-    node = Node(node_root)
+    written = parse_utc("2026-11-26T00:00:00.000Z")
+    node = Node(node_root, clock=lambda: written + 10)  # its gossip writer rewrote it 10 s ago
     with pytest.raises(PartitionError, match="PARTITIONED") as info:
         node.begin(1, "ANALYZE", participants=["n1"])
     assert info.value.exit_code == 3
     with pytest.raises(WalReadOnlyError):
         node._wal().append(RecordType.STEP, {"name": "x", "outcome": "y"})
+    # nobody has rewritten it for longer than the heartbeat window (45 s by default): no verdict
+    later = Node(node_root, clock=lambda: written + 46)
+    assert not later.partitioned()
+    _run(later, 1, "ANALYZE", {})
 
 
 @pytest.mark.parametrize("path", ["../escape", "/etc/passwd", "a/../../b", "", "a//b", "./a"])

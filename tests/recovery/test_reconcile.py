@@ -14,7 +14,7 @@ from helpers.cluster import deletes, git, head, plant, positions
 from haios import controlfile
 from haios.audit import history
 from haios.coord import GitBackend
-from haios.node.heartbeat import beat
+from haios.node.heartbeat import beat, utc
 from haios.recovery import build, reconcile
 from haios.recovery.journal import JOURNAL_DIR, find
 from haios.sim.check import sim_check
@@ -216,7 +216,8 @@ def test_hold_policy_and_suspend(cluster: Path, cli: Invoke) -> None:
 def test_partition_blocks_then_heals_on_the_same_trace(cluster: Path) -> None:
     plant(cluster, node_1="commit", node_2="prepare", node_3="prepare")
     gossip = cluster / "nodes/node-3/gossip"
-    body = {"node": "node-3", "peers": {}, "partition_status": "PARTITIONED", "since": "2026-01-01T00:00:00Z"}
+    now = utc(time.time())  # its agent keeps the file current: a stale one is no verdict
+    body = {"node": "node-3", "peers": {}, "partition_status": "PARTITIONED", "since": now, "updated_at": now}
     controlfile.write_mapping(gossip, body, expected_version=controlfile.current_version(gossip))
     result = reconcile(cluster)
     (outcome,) = result.outcomes
