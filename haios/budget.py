@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import io
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -37,7 +38,8 @@ def convert(amount: float, currency: str, to: str, fx: FxRates) -> float:
         if c == fx.base:
             return 1.0
         if c not in fx.rates:
-            raise UnknownCurrency(f"no exchange rate for {c} in {FX_FILE} (rates of {fx.date}, base {fx.base})")
+            of = "the shipped default rates" if fx.date is None else f"rates of {fx.date}"
+            raise UnknownCurrency(f"no exchange rate for {c} in {FX_FILE} ({of}, base {fx.base})")
         return fx.rates[c]
 
     return amount / rate(currency) * rate(to)
@@ -96,7 +98,9 @@ def trace_cost(
 
 
 def fx_age(fx: FxRates, now: float) -> float:
-    """Seconds since the end of the rates' date."""
+    """Seconds since the end of the rates' date (infinite for the shipped defaults: never imported)."""
+    if fx.date is None:
+        return math.inf
     day = date.fromisoformat(fx.date)
     end = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() + 86400.0
     return max(0.0, now - end)
@@ -188,7 +192,7 @@ def import_ecb(repo: Path, source: Path, *, now: float, max_age: float | None = 
             f"allows {limit / 86400:g})",
             hint="download today's file from the ECB, or pass --max-age",
         )
-    if rates.day < config.fx.date:
+    if config.fx.date is not None and rates.day < config.fx.date:
         raise UsageError(f"{source}: rates of {rates.day} are older than those in {FX_FILE} ({config.fx.date})")
     path = repo / FX_FILE
     yaml = YAML(typ="rt")
@@ -196,7 +200,10 @@ def import_ecb(repo: Path, source: Path, *, now: float, max_age: float | None = 
     yaml.width = 4096
     doc = yaml.load(path.read_text(encoding="utf-8"))
     dropped = sorted(set(doc["rates"]) - set(rates.rates))
-    doc["date"] = rates.day
+    if "date" in doc:
+        doc["date"] = rates.day
+    else:  # the shipped defaults have none: it goes after base, where a reader looks for it
+        doc.insert(list(doc).index("base") + 1 if "base" in doc else 0, "date", rates.day)
     doc["source"] = ECB_SOURCE
     doc["rates"].clear()
     for currency in sorted(rates.rates):

@@ -28,7 +28,7 @@ def test_demo_ends_healthy_with_the_recovery_in_the_audit_log(tmp_path: Path) ->
     assert re.search(r"trace (2-construct-\w+)  INTERRUPTED -> CLEAN_EXIT  \(rolled back, 2 steps, token 1\)", out)
     assert ": healthy (5 nodes)" in out and "every invariant holds" in out
     assert re.search(r"^    2-construct-\w+: CLEAN_EXIT \(token 1\)$", out, re.MULTILINE)
-    assert "nothing to do: every transition is committed or rolled back everywhere" in out
+    assert "nothing to do: every transition is committed or rolled back on all its participants" in out
 
     # the acceptance of the metrics and the timeline, on the demo's own cluster
     sim = Path(re.findall(r"^The demo cluster is in (.+)$", out, re.MULTILINE)[-1])

@@ -15,7 +15,7 @@ from . import _render
 from ._options import MaxParallelOpt, Output, OutputOpt, RepoOpt, resolve
 from .metrics import MetricsTextfileOpt, PushgatewayOpt, write_if_asked
 
-_STYLE = {"OK": "green", "TORN-TAIL": "yellow", "SLOW": "yellow", "UNHEALTHY": "yellow"}
+_STYLE = {"OK": "green", "NEW": "cyan", "TORN-TAIL": "yellow", "SLOW": "yellow", "UNHEALTHY": "yellow"}
 
 
 def _table(report: DoctorReport) -> Table:

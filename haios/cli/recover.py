@@ -21,7 +21,7 @@ from ..recovery import Plan, RunResult, build, render_markdown
 from ..recovery import reconcile as run_reconcile
 from ..recovery.executor import Progress
 from ..recovery.journal import find as find_journal
-from ..recovery.plan import plan_events
+from ..recovery.plan import plan_events, settled_line
 from ..transport import DEFAULT_PARALLEL
 from ..untrusted import read_json
 from . import _render
@@ -60,6 +60,13 @@ def _refused_line(refused: list[str]) -> None:
         )
 
 
+def _unreached_lines(unreached: dict[str, dict[str, str]]) -> None:
+    for why in unreached.values():
+        _render.out(f"not reached: {why['error']}", style="red")
+        if why.get("hint"):
+            _render.out(f"    fix: {why['hint']}", style="cyan")
+
+
 def _membership_lines(membership: dict[str, Any]) -> None:
     if membership.get("evicted"):
         _render.out(f"evicted (taking no part until 'haios node rejoin'): {', '.join(membership['evicted'])}")
@@ -93,7 +100,10 @@ def _print_plan(plan: Plan) -> None:
         f"desired {desired}; observed {plan.observed_hash[:23]}…"
     )
     if plan.minority:
-        _render.out("minority view: reconcile would change nothing (SPEC §4.7)", style="red")
+        _render.out(
+            "minority view: reconcile changes nothing until a majority of the active members is reachable",
+            style="red",
+        )
     if plan.suspended:
         _render.out("suspended: reconcile plans only", style="yellow")
     _refused_line(plan.refused)
@@ -101,8 +111,10 @@ def _print_plan(plan: Plan) -> None:
     _unreadable_lines(plan.unreadable)
     _membership_lines(plan.membership)
     _override_lines(plan.overrides)
+    _unreached_lines(plan.unreached)
     if not plan.traces:
-        _render.out("every transition is committed or rolled back on all its participants", style="green")
+        settled = not plan.unreached and not plan.refused
+        _render.out(settled_line(plan), style="green" if settled else "red")
     for t in plan.traces:
         style = {"forward": "cyan", "rollback": "yellow", "resume": "cyan", "wait": None}.get(t.verdict, "red")
         resumed = ", resumed" if t.resumed else ""
@@ -200,8 +212,10 @@ def _print_result(result: RunResult) -> None:
     _unreadable_lines(result.plan.unreadable)
     _membership_lines(result.plan.membership)
     _override_lines([r for r in result.plan.overrides if r.get("effect") != "applies"])
+    _unreached_lines(result.plan.unreached)
     if not result.outcomes and not result.note:
-        _render.out("nothing to do: every transition is committed or rolled back everywhere", style="green")
+        settled = not result.plan.unreached and not result.plan.refused
+        _render.out(f"nothing to do: {settled_line(result.plan)}", style="green" if settled else "yellow")
     for o in result.outcomes:
         token = f", token {o.token}" if o.token is not None else ""
         what = verbs.get(o.verdict, o.verdict) if o.steps else o.verdict

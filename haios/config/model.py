@@ -202,9 +202,14 @@ class Budget:
 @dataclass(frozen=True)
 class FxRates:
     base: str
-    date: str
+    date: str | None  # None: the rates haios ships, never imported (``source: default``)
     rates: dict[str, float]
     source: str = ""
+
+    @property
+    def default(self) -> bool:
+        """The rates shipped with haios, not imported for any date: fine while nothing is converted."""
+        return self.date is None
 
 
 @dataclass(frozen=True)
@@ -277,6 +282,12 @@ class RepoConfig:
         """The first problem (``FILE:LINE:COL: KEY: MESSAGE``) of each of ``files`` that cannot be used
         (empty: every one can)."""
         return [self.unreadable[f] for f in files if f in self.unreadable]
+
+    def currencies(self) -> set[str]:
+        """The currencies the budget's limits and the playbooks' costs are given in: more than one
+        and recovery converts between them with policies/fx.yaml."""
+        named = {self.budget.default.currency, *(limit.currency for limit in self.budget.regions.values())}
+        return named | {str(p.cost["currency"]) for p in self.playbooks.values() if p.cost and p.cost.get("currency")}
 
     def playbook_blocking(self, name: str) -> list[str]:
         """Why the playbook ``name`` cannot be used now: its file is there but not valid (empty when it
@@ -426,7 +437,7 @@ def build_budget(v: dict[str, Any]) -> Budget:
 
 
 def build_fx(v: dict[str, Any]) -> FxRates:
-    return FxRates(v["base"], v["date"], {c: float(r) for c, r in v["rates"].items()}, v.get("source", ""))
+    return FxRates(v["base"], v.get("date"), {c: float(r) for c, r in v["rates"].items()}, v.get("source", ""))
 
 
 def build_rbac(v: dict[str, Any]) -> Rbac:

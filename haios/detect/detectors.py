@@ -59,6 +59,7 @@ class NodeObservation:
     node: str
     reachable: bool = True
     error: str | None = None
+    hint: str | None = None  # what to do about ``error`` (an address that does not resolve, a refused port)
     refused: bool = False  # not reached because it failed verification (a host key that is not the pinned one)
     state: dict[str, Any] | None = None
     exec_status: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -194,6 +195,20 @@ def heartbeat_loss(obs: Mapping[str, NodeObservation], thresholds: Thresholds, n
     for node, o in obs.items():
         if not o.reachable:
             continue
+        if o.heartbeat is None and o.records == 0:
+            findings.append(  # a node that has done nothing yet: what to do next, not a failure
+                Finding(
+                    "heartbeat_never",
+                    "info",
+                    (node,),
+                    None,
+                    None,
+                    f"{node} has never sent a heartbeat: start its heartbeat",
+                    {},
+                    f"haios --repo <repo> node heartbeat {node} --every {thresholds.heartbeat_interval:g}s",
+                )
+            )
+            continue
         if o.heartbeat is None:
             age = None
         else:
@@ -209,7 +224,7 @@ def heartbeat_loss(obs: Mapping[str, NodeObservation], thresholds: Thresholds, n
                 None,
                 None,
                 f"UNHEALTHY: {summary} (limit {thresholds.heartbeat_window:.0f} s)",
-                {"heartbeat": o.heartbeat, "age_s": None if age is None else round(age, 1)},
+                {} if age is None else {"last_heartbeat": (o.heartbeat or {}).get("wall_time"), "age_s": round(age, 1)},
                 f"haios --repo <repo> node heartbeat {node} --every {thresholds.heartbeat_interval:g}s   # (re)start the node's heartbeat",
                 observer_measured=True,
             )

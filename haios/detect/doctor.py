@@ -134,6 +134,50 @@ class DoctorReport:
         }
 
 
+ECB_DAILY = "https://www.ecb.europa.eu/stats/eurofxref/eurofxref-daily.xml"
+
+
+def _fx(repo: Path, config: RepoConfig, at: float) -> list[Finding]:
+    """Rates that are a problem: only once recovery converts between currencies (the budget's limits
+    and the playbooks' costs name more than one), the shipped defaults or rates past ``fx_max_age``."""
+    if config.blocking("policies/budget.yaml", "policies/fx.yaml"):
+        return []  # its own config finding says why
+    currencies = sorted(config.currencies())
+    if len(currencies) < 2:
+        return []  # nothing is converted: the rates are never used
+    fix = f"curl -fsSO {ECB_DAILY} && haios --repo {repo} budget fx-import eurofxref-daily.xml"
+    if config.fx.default:
+        return [
+            Finding(
+                "fx_default",
+                "warning",
+                (),
+                None,
+                None,
+                f"costs are converted between {', '.join(currencies)}, but policies/fx.yaml holds the rates "
+                "haios ships, never imported: import rates",
+                {"currencies": currencies, "source": config.fx.source or "default"},
+                fix,
+            )
+        ]
+    age = rates_age(config.fx, at)
+    if age <= config.budget.fx_max_age:
+        return []
+    return [
+        Finding(
+            "fx_stale",
+            "warning",
+            (),
+            None,
+            None,
+            f"policies/fx.yaml rates are of {config.fx.date}, {age / 86400:.1f} days old "
+            f"(limit {config.budget.fx_max_age / 86400:g} days): import rates",
+            {"date": config.fx.date, "currencies": currencies},
+            fix,
+        )
+    ]
+
+
 def _integrity(obs: NodeObservation, root: Path, view: Path, full: bool, replicated: bool = False) -> list[Finding]:
     """Reachability, control files and the WAL of one node; ``root`` is where the node keeps it,
     ``view`` where this machine reads it (the same for a local node, a mirror for an ssh node)."""
@@ -163,7 +207,7 @@ def _integrity(obs: NodeObservation, root: Path, view: Path, full: bool, replica
                 None,
                 obs.error or "not reachable",
                 {},
-                f"check that {root} exists and is readable",
+                obs.hint or f"check that {root} exists and is readable",
             )
         )
         return out
@@ -579,6 +623,7 @@ def _health(obs: NodeObservation, findings: list[Finding]) -> str:
         ("wal_torn_tail", "TORN-TAIL"),
         ("heartbeat_loss", "UNHEALTHY"),
         ("exec_sla", "SLOW"),
+        ("heartbeat_never", "NEW"),
     ):
         if kind in kinds:
             return label
@@ -684,20 +729,7 @@ def run_doctor(
                 )
     # a file not every decision needs: the transitions that need it wait (plan says which)
     findings += [_config_finding(path, problem, {"file": rel}) for rel, problem in config.unreadable.items()]
-    fx_age = rates_age(config.fx, at)
-    if not config.blocking("policies/budget.yaml", "policies/fx.yaml") and fx_age > config.budget.fx_max_age:
-        findings.append(
-            Finding(
-                "fx_stale",
-                "warning",
-                (),
-                None,
-                None,
-                f"policies/fx.yaml rates are from {config.fx.date}, {fx_age / 86400:.0f} days old (limit {config.budget.fx_max_age / 86400:g} days)",
-                {"date": config.fx.date},
-                f"haios --repo {path} budget fx-import eurofxref-daily.xml   # today's file from the ECB",
-            )
-        )
+    findings += _fx(path, config, at)
     findings += _override_files(path, at)
     findings += _unreadable_journals(path)
     findings += _unreadable_status(path, membership_error)
@@ -735,7 +767,7 @@ def run_doctor(
     for node in sorted(observations):
         obs = observations[node]
         age = at - parse_utc(obs.heartbeat["wall_time"]) if obs.heartbeat else None
-        wal = "ok"
+        wal = "ok" if obs.reachable else "-"  # a WAL that was not read is not known to be ok
         if obs.wal_error is not None:
             wal = "torn tail" if obs.wal_error["torn_tail"] else "CORRUPT"
         report.nodes.append(

@@ -380,7 +380,7 @@ def _observe_through(repo: Path, transport: Transport, node: str) -> tuple[NodeO
         root = transport.local_view(node)
     except HaiosError as exc:
         refused = exc.exit_code == EXIT_VERIFICATION
-        return NodeObservation(node, reachable=False, error=exc.message, refused=refused), {}
+        return NodeObservation(node, reachable=False, error=exc.message, hint=exc.hint, refused=refused), {}
     return observe_node(repo, node, root)
 
 

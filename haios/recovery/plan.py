@@ -143,6 +143,9 @@ class Plan:
     # files of the repo that cannot be used (file -> its first problem): the transitions that need
     # one wait (verdict unreadable), every other goes on
     unreadable: dict[str, str] = field(default_factory=dict)
+    # active members this run could not observe (refused ones are in ``refused``): node -> why, and
+    # what to do about it. What they hold is unknown: the plan never calls it committed
+    unreached: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def minority(self) -> bool:
@@ -192,6 +195,7 @@ class Plan:
             "refused": self.refused,
             "tampered": self.tampered,
             "unreadable": self.unreadable,
+            "unreached": self.unreached,
             "overrides": self.overrides,
             "exit_code": self.exit_code(),
         }
@@ -216,6 +220,11 @@ class Plan:
             list(data.get("overrides") or []),
             {str(k): list(v) for k, v in dict(data.get("tampered") or {}).items()},
             {str(k): str(v) for k, v in dict(data.get("unreadable") or {}).items()},
+            {
+                str(k): {"error": str(v.get("error", "")), "hint": str(v.get("hint", ""))}
+                for k, v in dict(data.get("unreached") or {}).items()
+                if isinstance(v, dict)
+            },
         )
 
 
@@ -783,6 +792,11 @@ def build(
         refused=sorted(n for n, o in observations.items() if o.refused),
         tampered={n: list(o.control_errors) for n, o in sorted(observations.items()) if o.control_errors},
         unreadable=unreadable,
+        unreached={
+            n: {"error": observations[n].error or "unreachable", "hint": observations[n].hint or ""}
+            for n in active
+            if n in observations and not observations[n].reachable and not observations[n].refused
+        },
     )
     offers = scan(config, at)
     # status/ may have lost the record (a revert, a restore); the nodes' WALs keep it
@@ -891,6 +905,19 @@ def plan_events(plan: Plan, *, steps: bool = True) -> list[dict[str, Any]]:
     return out
 
 
+def settled_line(plan: Plan) -> str:
+    """What a plan without traces may honestly say (a clause): all is settled only when every member was seen."""
+    seen = len(plan.reachable)
+    if not plan.unreached and not plan.refused:
+        return "every transition is committed or rolled back on all its participants"
+    if seen == 0:
+        return f"no active member could be observed (0 of {len(plan.active)}): nothing is known of any transition"
+    return (
+        f"every transition the {seen} observed member{'s' if seen != 1 else ''} took part in is committed or rolled "
+        f"back; nothing is known of {', '.join(sorted({*plan.unreached, *plan.refused}))}"
+    )
+
+
 def render_markdown(plan: Plan) -> str:
     """The plan as a pull-request comment."""
     code = plan.exit_code()
@@ -925,8 +952,11 @@ def render_markdown(plan: Plan) -> str:
                 f"{o.get('have', 0)} of {o.get('need', 1)} | **{o['effect']}**{why} |"
             )
         lines.append("")
+    for lost in plan.unreached.values():
+        lines += [f"**Not reached:** {lost['error']}" + (f" — {lost['hint']}" if lost["hint"] else ""), ""]
     if not plan.traces:
-        lines.append("Every transition is committed or rolled back on all its participants.")
+        settled = settled_line(plan)
+        lines.append(settled[0].upper() + settled[1:] + ".")
         return "\n".join(lines) + "\n"
     lines += ["| transition | trace | decision | why |", "|---|---|---|---|"]
     for t in plan.traces:

@@ -156,10 +156,10 @@ def sim_init(directory: Path | str, nodes: int, *, ssh: SshLayout | None = None,
     # the fake cloud bills in the default rates; dated today, so a rehearsal's rates are never stale
     fx = path / "policies/fx.yaml"
     today = time.strftime("%Y-%m-%d", time.gmtime())
-    text = re.sub(r"(?m)^date: \S+$", f"date: {today}", fx.read_text(), count=1)
+    text = re.sub(r"(?m)^date: \S+\n", "", fx.read_text(), count=1)
     text = re.sub(
         r"(?m)^source: .*$",
-        "source: haios simulator (the default rates, dated when the cluster was made)",
+        f"date: {today}\nsource: haios simulator (the default rates, dated when the cluster was made)",
         text,
         count=1,
     )

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import stat
 import threading
 import time
@@ -203,7 +204,7 @@ class SshTransport:
                 time.sleep(wait)
         raise TransportError(
             f"{node}: cannot connect to {spec.address}:{spec.port}: {_why(last)}",
-            hint="check that the node is up and sshd listens there",
+            hint=_connect_hint(last, spec),
         )
 
     def _conn(self, node: str) -> _Conn:
@@ -517,9 +518,35 @@ def compatible(theirs: str, ours: str) -> bool:
     return theirs.split(".")[:2] == ours.split(".")[:2]
 
 
+def _connect_hint(exc: BaseException | None, spec: NodeSpec) -> str:
+    """What to do about a connection that failed: a name that does not resolve or a port nobody
+    listens on is a question of the address in haios.yaml, not of the node root."""
+    where = f"nodes[{spec.name}] in haios.yaml"
+    if isinstance(exc, socket.gaierror):
+        return (
+            f"the address {spec.address!r} does not resolve: correct address in {where}, or add it to DNS or /etc/hosts"
+        )
+    # paramiko gathers the refusals of every address a name resolves to (NoValidConnectionsError.errors)
+    causes = list(getattr(exc, "errors", {}).values()) or [exc]
+    if all(isinstance(c, ConnectionRefusedError) for c in causes):
+        return f"nothing listens on {spec.address}:{spec.port}: check address and port in {where}, and that sshd runs on the node"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return f"no answer from {spec.address}:{spec.port}: check that the node is up and a firewall lets ssh through (address and port in {where})"
+    return "check that the node is up and sshd listens there"
+
+
 def _why(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown error"
+    if isinstance(exc, socket.gaierror):
+        return f"the name does not resolve ({exc.strerror or exc})"
+    causes = list(getattr(exc, "errors", {}).values())  # paramiko's NoValidConnectionsError: one per address
+    if causes and all(isinstance(c, ConnectionRefusedError) for c in causes):
+        return "connection refused"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +15,6 @@ from haios.config import load_repo
 from haios.config.model import Budget, FxRates, Limit
 from haios.detect.doctor import run_doctor
 from haios.errors import ConfigError, UsageError
-from haios.sim.simulator import sim_init
 
 SAMPLE = Path(__file__).parent / "data" / "eurofxref-daily.xml"
 SAMPLE_DAY = datetime(2026, 11, 26, 16, 0, tzinfo=UTC).timestamp()  # the ECB publishes around 16:00 CET
@@ -139,12 +139,28 @@ def test_fx_import_never_drops_a_currency_the_budget_needs(repo: Path) -> None:
     assert fx.read_bytes() == before  # restored
 
 
-def test_doctor_reports_stale_rates_with_the_import_command(tmp_path: Path) -> None:
-    cluster = sim_init(tmp_path / "cluster", 3)
-    date = load_repo(cluster).fx.date
-    fresh = run_doctor(cluster)
-    assert "fx_stale" not in {f.kind for f in fresh.findings}  # the simulator dates its rates today
-    later = datetime.fromisoformat(f"{date}T12:00:00+00:00").timestamp() + 6 * 86400
-    (finding,) = [f for f in run_doctor(cluster, now=later).findings if f.kind == "fx_stale"]
-    assert f"rates are from {date}" in finding.summary and "limit 4 days" in finding.summary
-    assert "budget fx-import eurofxref-daily.xml" in finding.fix
+def test_doctor_asks_for_rates_only_once_costs_are_converted(repo: Path) -> None:
+    """The shipped rates carry no date (``source: default``): nothing to report while the budget
+    and the playbooks name one currency; "import rates" once they name two; fx_stale once imported
+    rates pass fx_max_age."""
+    fx = load_repo(repo).fx
+    assert fx.default and fx.date is None and fx.source == "default"
+    assert not {f.kind for f in run_doctor(repo).findings} & {"fx_default", "fx_stale"}  # all in EUR
+    budget = repo / "policies/budget.yaml"
+    budget.write_text(
+        budget.read_text().replace("regions: {}", "regions:\n  us-east:\n    currency: USD\n    limit_per_trace: 500")
+    )
+    (finding,) = [f for f in run_doctor(repo).findings if f.kind.startswith("fx_")]
+    assert finding.kind == "fx_default" and finding.summary.endswith("never imported: import rates")
+    assert "between EUR, USD" in finding.summary
+    assert finding.fix == (
+        "curl -fsSO https://www.ecb.europa.eu/stats/eurofxref/eurofxref-daily.xml && "
+        f"haios --repo {repo} budget fx-import eurofxref-daily.xml"
+    )
+    import_ecb(repo, SAMPLE, now=SAMPLE_DAY)
+    text = (repo / "policies/fx.yaml").read_text()
+    assert re.search(r"base: EUR\ndate: '?2026-11-26'?\n", text)  # the date goes where a reader looks for it
+    assert not [f for f in run_doctor(repo, now=SAMPLE_DAY).findings if f.kind.startswith("fx_")]
+    (stale,) = [f for f in run_doctor(repo, now=SAMPLE_DAY + 6 * 86400).findings if f.kind.startswith("fx_")]
+    assert stale.kind == "fx_stale" and "rates are of 2026-11-26" in stale.summary
+    assert "limit 4 days" in stale.summary and stale.fix == finding.fix

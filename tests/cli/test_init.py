@@ -33,6 +33,26 @@ def test_init_then_validate_exits_zero(cli: Invoke, tmp_path: Path) -> None:
     assert result.stdout == f"{tmp_path / 'demo-repo'}: valid (9 files)\n"
 
 
+def test_fresh_init_passes_doctor_with_what_to_do_next(cli: Invoke, tmp_path: Path) -> None:
+    """A repo just made by init: doctor exits 0, says healthy, and lists, as INFO, only what the
+    user must do next (start the heartbeats) — no warning about rates nobody converts with."""
+    repo = tmp_path / "repo"
+    assert cli("init", repo, "--nodes", "2").exit_code == 0
+    result = cli("--repo", repo, "doctor")
+    assert result.exit_code == 0, result.stdout
+    assert result.stdout.rstrip().endswith(f"{repo}: healthy (2 nodes, 2 notes)")
+    for node in ("node-1", "node-2"):
+        assert f"INFO heartbeat_never {node}: {node} has never sent a heartbeat: start its heartbeat" in result.stdout
+        assert f"fix: haios --repo {repo} node heartbeat {node} --every 15s" in result.stdout
+    data = json.loads(cli("--repo", repo, "doctor", "-o", "json").stdout)
+    assert data["healthy"] is True and {f["severity"] for f in data["findings"]} == {"info"}
+    assert "fx_" not in result.stdout and "None" not in result.stdout
+    # the fix runs as printed: after one beat each, nothing is left to say
+    assert cli("--repo", repo, "node", "heartbeat", "--count", "1").exit_code == 0
+    after = cli("--repo", repo, "doctor")
+    assert after.exit_code == 0 and after.stdout.rstrip().endswith(f"{repo}: healthy (2 nodes)")
+
+
 def test_init_layout_and_node_roots(cli: Invoke, tmp_path: Path) -> None:
     assert cli("init", tmp_path / "r", "--nodes", "2", "--cluster", "prod-eu").exit_code == 0
     root = tmp_path / "r"

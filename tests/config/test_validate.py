@@ -81,8 +81,8 @@ def test_validate_anchor_and_alias(repo: Path) -> None:
 
 def test_validate_invalid_utf8(repo: Path) -> None:
     path = repo / "policies/fx.yaml"
-    path.write_bytes(path.read_bytes().replace(b"source: European", b"source: Europ\xe9an"))
-    assert _problems(repo) == ["policies/fx.yaml:8:14: (root): not valid UTF-8 (byte 0xe9 at offset 252)"]
+    path.write_bytes(path.read_bytes().replace(b"source: default", b"source: d\xe9fault"))
+    assert _problems(repo) == ["policies/fx.yaml:10:10: (root): not valid UTF-8 (byte 0xe9 at offset 499)"]
 
 
 def test_validate_k_out_of_range(repo: Path) -> None:
@@ -121,7 +121,7 @@ def test_validate_wrong_type_and_missing_key(repo: Path) -> None:
 
 def test_validate_wrong_kind(repo: Path) -> None:
     _edit(repo / "policies/fx.yaml", "kind: FxRates", "kind: Budget")
-    assert _problems(repo) == ["policies/fx.yaml:5:7: kind: this file must hold kind FxRates (found 'Budget')"]
+    assert _problems(repo) == ["policies/fx.yaml:8:7: kind: this file must hold kind FxRates (found 'Budget')"]
 
 
 def test_validate_bad_duration_names_the_format(repo: Path) -> None:

@@ -61,10 +61,14 @@ def test_exec_sla_only_past_sla_and_not_for_a_gap() -> None:
 def test_heartbeat_loss_over_three_intervals() -> None:
     fresh = {"n1": _obs("n1")}
     stale = {"n1": NodeObservation("n1", heartbeat={"node": "n1", "seq": 9, "wall_time": utc(NOW - 46)})}
-    never = {"n1": NodeObservation("n1")}
+    never = {"n1": NodeObservation("n1", records=12)}  # it logged phases, and never beat
+    fresh_root = {"n1": NodeObservation("n1")}  # it has done nothing yet: what to do next
     assert kinds(fresh) == []
     assert kinds(stale) == ["heartbeat_loss:n1"]
     assert kinds(never) == ["heartbeat_loss:n1"]
+    assert kinds(fresh_root) == ["heartbeat_never:n1"]
+    (note,) = run_detectors(fresh_root, Estimators(), TH, NOW, last_pass=None).findings
+    assert note.severity == "info" and note.summary == "n1 has never sent a heartbeat: start its heartbeat"
 
 
 def test_partial_commit_names_the_lagging_participant() -> None:

@@ -132,6 +132,35 @@ def test_unreachable_node_is_a_clean_error(tmp_path: Path) -> None:
         t.read_file("n1", "state.txt")
 
 
+def test_no_node_reachable_is_no_settled_cluster_and_the_fix_is_about_the_address(tmp_path: Path, cli: Invoke) -> None:
+    """A fresh ssh repo whose first node's name does not resolve and whose second refuses the port:
+    plan says what it could not see (exit 3), never that every transition is committed, and each
+    fix is about the address in haios.yaml, not about the node root."""
+    from helpers.sshd import free_port
+
+    repo = tmp_path / "repo"
+    assert cli("init", repo, "--nodes", "2", "--transport", "ssh").exit_code == 0
+    config = repo / "haios.yaml"
+    text = config.read_text().replace("    address: node-1   ", "    address: node-1.invalid   ", 1)
+    text = text.replace("    address: node-2   ", "    address: 127.0.0.1   ", 1)
+    config.write_text(text.replace("    port: 22\n", f"    port: {free_port()}\n"))
+    env = {"HAIOS_SSH_TIMEOUT": "2"}
+    plan = cli("--repo", repo, "plan", env=env)
+    assert plan.exit_code == 3, plan.output
+    assert "every transition is committed" not in plan.stdout
+    assert "no active member could be observed (0 of 2): nothing is known of any transition" in plan.stdout
+    assert (
+        "the address 'node-1.invalid' does not resolve: correct address in nodes[node-1] in haios.yaml" in plan.stdout
+    )
+    assert "nothing listens on 127.0.0.1:" in plan.stdout and "check address and port in nodes[node-2]" in plan.stdout
+    data = json.loads(cli("--repo", repo, "plan", "-o", "json", env=env).stdout)
+    assert sorted(data["unreached"]) == ["node-1", "node-2"] and data["reachable"] == []
+    doctor = json.loads(cli("--repo", repo, "doctor", "-o", "json", env=env).stdout)
+    fixes = {f["nodes"][0]: f["fix"] for f in doctor["findings"] if f["kind"] == "unreachable"}
+    assert "does not resolve" in fixes["node-1"] and "nothing listens" in fixes["node-2"]
+    assert not any("exists and is readable" in fix for fix in fixes.values())
+
+
 @pytest.mark.parametrize(
     ("name", "root"),
     [
