@@ -232,13 +232,17 @@ def recover(
 @app.command()
 def rejoin(
     ctx: typer.Context,
-    node: Annotated[str, typer.Argument(help="The evicted node.", show_default=False)],
+    node: Annotated[
+        str, typer.Argument(help="The evicted node, or one whose root lost its history.", show_default=False)
+    ],
     repo: RepoOpt = None,
     output: OutputOpt = None,
 ) -> int:
     """Bring an evicted node back: roll back what it left half done, catch it up with its peers, and
-    end its eviction (one audit commit). With WAL replication on, a node whose WAL is lost or corrupt
-    gets it back from its replica peers first (evicted or not).
+    end its eviction (one audit commit). A node that was not evicted but whose root holds no record
+    of transitions its peers committed with it (deleted and made again, re-provisioned) is caught up
+    the same way. With WAL replication on, a node whose WAL is lost or corrupt gets it back from its
+    replica peers first (evicted or not).
 
     Exit 0 rejoined; 2 a rollback on it must wait (a compensator backing off: run it again later);
     3 it needs a human or is still isolated; 5 its WAL is corrupt; 1 on error.

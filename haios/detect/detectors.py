@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config.model import phase_order
 from ..node.heartbeat import gossip_age, gossip_partitioned, parse_utc
 from .phi import Estimators
 
@@ -88,6 +89,61 @@ def unrecorded_ends(obs: NodeObservation) -> list[PhaseSummary]:
         return []  # a cursor this WAL does not reach (a repaired tail): nothing to tell by
     ended = [s for s in obs.phases.values() if s.ended and s.end_lamport is not None and s.end_lamport > known]
     return sorted(ended, key=lambda s: s.end_lamport or 0)
+
+
+def position(o: NodeObservation) -> tuple[int, int]:
+    """Where ``state.txt`` says the node stands, as a sortable (g, phase) position."""
+    state = o.state or {}
+    g = state.get("g")
+    ph = state.get("ph")
+    return phase_order(g if isinstance(g, int) and not isinstance(g, bool) else 0, ph if isinstance(ph, str) else None)
+
+
+def forgotten(obs: Mapping[str, NodeObservation]) -> dict[str, list[tuple[int, str]]]:
+    """Per reachable node, the transitions its peers committed with it as a participant that lie past
+    its own position and that its WAL has no record of — when there is more than one. Such a node
+    lost its history (its root was deleted and made again, or re-provisioned): one fact about the
+    node, not a partial commit per transition. A single one is a partial commit (a BEGIN_PHASE that
+    never reached it)."""
+    committed: dict[tuple[int, str], set[str]] = {}
+    for o in obs.values():
+        for key, s in o.phases.items():
+            if s.ended == "COMMIT_PHASE":
+                committed.setdefault(key, set()).update(s.participants)
+    out: dict[str, list[tuple[int, str]]] = {}
+    for name, o in obs.items():
+        if not o.reachable:
+            continue
+        at = position(o)
+        lost = sorted(
+            (k for k, parts in committed.items() if name in parts and k not in o.phases and phase_order(*k) > at),
+            key=lambda k: phase_order(*k),
+        )
+        if len(lost) > 1:
+            out[name] = lost
+    return out
+
+
+def node_behind(obs: Mapping[str, NodeObservation]) -> list[Finding]:
+    """One finding per node that lost its history (:func:`forgotten`)."""
+    findings = []
+    for node, lost in forgotten(obs).items():
+        (g0, p0), (g1, p1) = lost[0], lost[-1]
+        state = obs[node].state or {}
+        findings.append(
+            Finding(
+                "node_behind",
+                "critical",
+                (node,),
+                None,
+                None,
+                f"{node} has no record of {len(lost)} transitions its peers committed with it (g={g0} {p0} to "
+                f"g={g1} {p1}): its root was deleted or re-provisioned",
+                {"position": f"g={state.get('g', 0)} {state.get('ph') or '-'}", "records": obs[node].records},
+                f"haios --repo <repo> node rejoin {node}   # catches it up with its peers",
+            )
+        )
+    return findings
 
 
 @dataclass(frozen=True)
@@ -236,6 +292,7 @@ def partial_commit(obs: Mapping[str, NodeObservation], estimators: Estimators, n
     """Once one participant finished (g, phase), every other must finish within the Φ timeout."""
     findings = []
     keys = {k for o in obs.values() for k in o.phases}
+    lost = forgotten(obs)
     for g, phase in sorted(keys, key=lambda k: (k[0], k[1])):
         summaries = {n: o.phases[(g, phase)] for n, o in obs.items() if (g, phase) in o.phases}
         finished = {n: s for n, s in summaries.items() if s.ended == "COMMIT_PHASE"}
@@ -244,7 +301,15 @@ def partial_commit(obs: Mapping[str, NodeObservation], estimators: Estimators, n
         participants = sorted({p for s in summaries.values() for p in s.participants})
         first_end = min(s.end_ts or now for s in finished.values())
         timeout = estimators[phase].timeout()
-        lagging = [p for p in participants if p not in finished]
+
+        # no evidence that one missed the commit: not seen at all (its unreachable finding says so),
+        # or a node that lost its whole history (node_behind says so, once)
+        unknown = {
+            p
+            for p in participants
+            if p not in summaries and (p not in obs or not obs[p].reachable or (g, phase) in lost.get(p, ()))
+        }
+        lagging = [p for p in participants if p not in finished and p not in unknown]
         if not lagging or now - first_end <= timeout:
             continue
         missing = {}
@@ -357,7 +422,7 @@ def run_detectors(
     silent = heartbeat_loss(obs, thresholds, now)
     dead = {f.nodes[0] for f in silent}  # a node whose agent is silent: its stale gossip says nothing more
     split = [f for f in partition(obs, thresholds, now) if not (f.kind == "gossip_stale" and f.nodes[0] in dead)]
-    findings = gaps + slow + silent + partial + split
+    findings = gaps + slow + silent + partial + split + node_behind(obs)
     if last_pass is not None and now - last_pass > thresholds.heartbeat_window:
         return DetectionPass(
             findings,

@@ -21,7 +21,7 @@ from ..config import load_repo
 from ..config.model import PHASES, PhasePolicy, RepoConfig
 from ..config.model import phase_order as order
 from ..coord import Backend, Lease, open_backend
-from ..detect.detectors import NodeObservation, PhaseSummary, unrecorded_ends
+from ..detect.detectors import NodeObservation, PhaseSummary, forgotten, position, unrecorded_ends
 from ..detect.observe import observe
 from ..detect.phi import Estimators
 from ..errors import ConfigError, HaiosError, InputError, RepoError
@@ -295,11 +295,6 @@ def observed_hash(observations: dict[str, NodeObservation]) -> str:
     return "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
-def _position(o: NodeObservation) -> tuple[int, int]:
-    state = o.state or {}
-    return order(int(state.get("g") or 0), state.get("ph"))
-
-
 def candidates(observations: dict[str, NodeObservation]) -> dict[tuple[int, str], list[str]]:
     """The transitions that need a decision, each with its participants.
 
@@ -311,6 +306,7 @@ def candidates(observations: dict[str, NodeObservation]) -> dict[tuple[int, str]
         for key, s in o.phases.items():
             seen[key][name] = s
     found: dict[tuple[int, str], set[str]] = {}
+    lost = forgotten(observations)  # a node that lost its history: one doctor finding, no trace per transition
     for key, by_node in seen.items():
         participants = {p for s in by_node.values() for p in s.participants}
         ends = {s.ended for s in by_node.values()}
@@ -322,8 +318,10 @@ def candidates(observations: dict[str, NodeObservation]) -> dict[tuple[int, str]
                 obs = observations.get(p)
                 if mine_s is not None and mine_s.ended == "COMMIT_PHASE":
                     continue
-                if mine_s is None and obs is not None and obs.reachable and _position(obs) >= order(*key):
+                if mine_s is None and obs is not None and obs.reachable and position(obs) >= order(*key):
                     continue  # committed long ago: its summary left the observation cache
+                if key in lost.get(p, ()):
+                    continue  # its root was deleted or re-provisioned: 'haios node rejoin' catches it up
                 if mine_s is None and (obs is None or not obs.reachable):
                     continue  # not seen at all: no evidence that it missed the commit (it is checked once reachable)
                 found[key] = participants

@@ -27,6 +27,7 @@ from .. import audit
 from ..clock import wall_clock
 from ..config.model import phase_order as order
 from ..coord import new_holder
+from ..detect.detectors import forgotten
 from ..errors import BlockedError, HaiosError, UsageError, VerificationError
 from ..node.transaction import CATCH_UP_PREFIX, next_transition
 from . import journal as journals
@@ -127,8 +128,11 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
                         f"{answer['last_lamport']}"
                     )
                     return _finish(path, ctx, result, plan.observed_hash)
-        if node not in ctx.membership.evicted:
+        evicted = node in ctx.membership.evicted
+        if not evicted and node not in forgotten(ctx.observations):
             raise UsageError(f"{node} is not evicted (status/membership.yaml): it already takes part")
+        # not evicted but without the history its peers committed with it (a root deleted and made
+        # again, or re-provisioned): it catches up the same way
         if plan.minority:
             raise BlockedError(
                 f"minority view: {len(plan.reachable)} of {len(plan.active)} active members reachable; nothing changes",
@@ -148,7 +152,7 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
         runner = _Runner(ctx, holder or new_holder(), clock, None)
         for g, phase in _open_transitions(ctx, node):
             trace = plan_transition(
-                ctx, g, phase, [node], force_rollback=f"{node} rejoins after eviction; the cluster went on without it"
+                ctx, g, phase, [node], force_rollback=f"{node} rejoins; the cluster went on without it"
             )
             if trace.verdict == "nothing":
                 continue
@@ -175,7 +179,11 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
         for g, phase in _missed(_state(ctx, node), result.peer_position):
             lease = ctx.backend.acquire(phase, runner.holder, result.trace_id, ctx.config.thresholds.lease_ttl, clock())
             try:
-                note = f"caught up after eviction: committed by {', '.join(peers)} while {node} was evicted"
+                note = (
+                    f"caught up after eviction: committed by {', '.join(peers)} while {node} was evicted"
+                    if evicted
+                    else f"caught up: committed by {', '.join(peers)}; {node}'s root had lost its record of it"
+                )
                 ctx.transport.call(
                     node,
                     {
@@ -191,7 +199,8 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
                 ctx.backend.release(lease, clock())
             result.caught_up.append((g, phase))
         how = f"caught up {len(result.caught_up)} transitions to g={result.peer_position[0]} {result.peer_position[1]}"
-        members.rejoined(path, node, clock(), how)
+        if evicted:
+            members.rejoined(path, node, clock(), how)
         result.rejoined = True
         result.note = how
         return _finish(path, ctx, result, plan.observed_hash)
