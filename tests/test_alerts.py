@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from helpers import Invoke, at
-from helpers.cluster import git, head, plant
+from helpers.cluster import git, gossip_at, head, plant
 from ruamel.yaml import YAML
 
 from haios import controlfile
@@ -86,13 +86,13 @@ def test_awaiting_ack_and_membership_alerts(cluster: Path, cli: Invoke) -> None:
     body = {"node": "node-3", "peers": {}, "partition_status": "PARTITIONED", "since": "2026-01-01T00:00:00Z"}
     controlfile.write_mapping(gossip, body, expected_version=controlfile.current_version(gossip))
     now = time.time()
-    reconcile(cluster, clock=at(now))
-    pending = reconcile(cluster, clock=at(now + 31 * 60))  # isolated past the eviction TTL
+    reconcile(cluster, clock=gossip_at(cluster, now))
+    pending = reconcile(cluster, clock=gossip_at(cluster, now + 31 * 60))  # isolated past the eviction TTL
     assert ("pending_eviction", "firing", "warning") in [
         (a["alert"], a["state"], a["severity"]) for a in pending.alerts
     ]
     body["partition_status"] = "NORMAL"
     controlfile.write_mapping(gossip, body, expected_version=controlfile.current_version(gossip))
-    healed = reconcile(cluster, clock=at(now + 32 * 60))
+    healed = reconcile(cluster, clock=gossip_at(cluster, now + 32 * 60))
     assert ("pending_eviction", "resolved") in [(a["alert"], a["state"]) for a in healed.alerts]
     assert _states(cluster)["pending_eviction--node-3"] == "resolved"

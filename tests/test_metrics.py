@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from helpers import Invoke, at, promtool, subprocs
-from helpers.cluster import began, git, plant
+from helpers.cluster import began, git, gossip_at, plant
 from helpers.sshd import free_port
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -122,7 +122,7 @@ def test_partition_duration_and_evictions(cluster: Path) -> None:
     controlfile.write_mapping(gossip, body, expected_version=controlfile.current_version(gossip))
     since = time.time() - 90
     membership = cluster / "status/membership.yaml"
-    reconcile(cluster, clock=at(since))  # isolated since 90 s ago
+    reconcile(cluster, clock=gossip_at(cluster, since))  # isolated since 90 s ago
     assert "node-3" in membership.read_text()
     body["partition_status"] = "NORMAL"
     controlfile.write_mapping(gossip, body, expected_version=controlfile.current_version(gossip))

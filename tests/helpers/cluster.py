@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from haios import controlfile
@@ -53,6 +54,17 @@ def refresh_heartbeats(directory: Path) -> None:
     for root in sorted((directory / "nodes").iterdir()):
         if (root / "heartbeat").exists():
             beat(root, root.name)
+
+
+def gossip_at(directory: Path, t: float) -> Callable[[], float]:
+    """The clock of a reconcile at ``t``, after each node's agent rewrote its gossip at ``t`` (a gossip
+    file not rewritten within the heartbeat window is stale and decides nothing)."""
+    from haios.node.heartbeat import utc
+
+    for path in sorted((directory / "nodes").glob("*/gossip")):
+        body, version = controlfile.read_mapping(path)
+        controlfile.write_mapping(path, {**body, "updated_at": utc(t)}, expected_version=version)
+    return lambda: t
 
 
 def head(directory: Path) -> str:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from helpers import Invoke, at
-from helpers.cluster import plant
+from helpers.cluster import gossip_at, plant
 from jsonschema import Draft202012Validator
 
 from haios import controlfile
@@ -38,15 +37,6 @@ def _partition(cluster: Path, node: str, since: float | None) -> None:
     controlfile.write_mapping(path, body, expected_version=controlfile.current_version(path))
 
 
-def _alive(cluster: Path, t: float) -> Callable[[], float]:
-    """The clock of a reconcile at ``t``, after each node's agent rewrote its gossip at ``t`` (a stale
-    gossip file is no partition verdict)."""
-    for path in sorted((cluster / "nodes").glob("*/gossip")):
-        body, version = controlfile.read_mapping(path)
-        controlfile.write_mapping(path, {**body, "updated_at": utc(t)}, expected_version=version)
-    return at(t)
-
-
 def _positions(cluster: Path) -> dict[str, tuple[int, str]]:
     out = {}
     for n in ("node-1", "node-2", "node-3"):
@@ -59,22 +49,22 @@ def test_isolated_node_is_evicted_after_ttl_and_grace_then_rejoins(cluster: Path
     plant(cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-3": 1})
     t0 = time.time()
     _partition(cluster, "node-3", t0)
-    first = reconcile(cluster, clock=_alive(cluster, t0))
+    first = reconcile(cluster, clock=gossip_at(cluster, t0))
     assert first.exit_code() == 3 and first.outcomes[0].after == "BLOCKED"
     assert load(cluster).nodes["node-3"]["why"] == "its gossip says PARTITIONED"
     assert first.next_due == pytest.approx(t0 + 30 * MIN)  # when it becomes pending
 
-    pending = reconcile(cluster, clock=_alive(cluster, t0 + 31 * MIN))
+    pending = reconcile(cluster, clock=gossip_at(cluster, t0 + 31 * MIN))
     m = load(cluster)
     assert pending.exit_code() == 3 and pending.plan.membership["pending_eviction"] == ["node-3"]
     assert [a["alert"] for a in m.alerts] == ["pending_eviction"]
     assert pending.next_due == pytest.approx(t0 + 46 * MIN)  # the 15-min grace
-    assert reconcile(cluster, clock=_alive(cluster, t0 + 40 * MIN)).exit_code() == 3  # still in its grace
+    assert reconcile(cluster, clock=gossip_at(cluster, t0 + 40 * MIN)).exit_code() == 3  # still in its grace
     assert [a["alert"] for a in load(cluster).alerts] == ["pending_eviction"]  # raised once
 
     # after the grace: 2 of 3 members healthy is a majority, so node-3 is evicted and the blocked
     # trace goes on without it (node-1 and node-2 both PREPAREd: roll forward)
-    evicted = reconcile(cluster, clock=_alive(cluster, t0 + 47 * MIN))
+    evicted = reconcile(cluster, clock=gossip_at(cluster, t0 + 47 * MIN))
     assert evicted.exit_code() == 0, evicted.to_json()
     m = load(cluster)
     assert m.evicted == {"node-3"} and m.minority_evictions_total == 1
@@ -91,7 +81,7 @@ def test_isolated_node_is_evicted_after_ttl_and_grace_then_rejoins(cluster: Path
     assert ("evicted", ("node-3",)) in kinds and not [k for k in kinds if k[0] == "wal_gap"]  # rejoin, not reconcile
     assert {n["node"]: n["health"] for n in report["nodes"]}["node-3"] == "EVICTED"
     assert (
-        reconcile(cluster, clock=_alive(cluster, t0 + 48 * MIN)).exit_code() == 0
+        reconcile(cluster, clock=gossip_at(cluster, t0 + 48 * MIN)).exit_code() == 0
     )  # evicted: node-3's open phase is not ours
 
     # the cluster goes on without it
@@ -121,25 +111,25 @@ def test_eviction_refused_when_no_healthy_majority_would_remain(cluster: Path) -
     t0 = time.time()
     for node in ("node-2", "node-3"):  # reachable by the reconciler, but cut off from their peers
         _partition(cluster, node, t0)
-    assert reconcile(cluster, clock=_alive(cluster, t0)).exit_code() == 3
-    assert reconcile(cluster, clock=_alive(cluster, t0 + 31 * MIN)).plan.membership["pending_eviction"] == [
+    assert reconcile(cluster, clock=gossip_at(cluster, t0)).exit_code() == 3
+    assert reconcile(cluster, clock=gossip_at(cluster, t0 + 31 * MIN)).plan.membership["pending_eviction"] == [
         "node-2",
         "node-3",
     ]
-    refused = reconcile(cluster, clock=_alive(cluster, t0 + 47 * MIN))
+    refused = reconcile(cluster, clock=gossip_at(cluster, t0 + 47 * MIN))
     m = load(cluster)
     assert refused.exit_code() == 3 and m.evicted == set() and m.minority_evictions_total == 0
     assert refused.plan.membership["eviction_blocked"] == ["node-2", "node-3"]
     pages = [a for a in m.alerts if a["alert"] == "eviction_blocked"]
     assert [a["node"] for a in pages] == ["node-2", "node-3"]
     assert "only 1 of 3 members are healthy, not a majority" in pages[0]["message"]
-    reconcile(cluster, clock=_alive(cluster, t0 + 60 * MIN))
+    reconcile(cluster, clock=gossip_at(cluster, t0 + 60 * MIN))
     assert len([a for a in load(cluster).alerts if a["alert"] == "eviction_blocked"]) == 2  # paged once each
     assert _positions(cluster)["node-1"] == (1, "IDLE")  # nothing moved
 
     # one of them heals: node-3 may now be evicted (2 of 3 healthy)
     _partition(cluster, "node-2", None)
-    healed = reconcile(cluster, clock=_alive(cluster, t0 + 61 * MIN))
+    healed = reconcile(cluster, clock=gossip_at(cluster, t0 + 61 * MIN))
     assert load(cluster).evicted == {"node-3"} and healed.plan.membership["eviction_blocked"] == []
     assert load(cluster).nodes.get("node-2") is None  # its isolation is forgotten
 
