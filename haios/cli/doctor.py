@@ -94,24 +94,17 @@ def _cost(cost: list[dict[str, object]]) -> str:
     )
 
 
-def _traces_table(traces: list[dict[str, Any]]) -> Table:
-    table = Table(title="open recovery traces", show_lines=False)
-    for column in ("trace", "g", "phase", "state", "attempts", "next attempt", "breakers", "cost"):
-        table.add_column(column)
+def _trace_lines(traces: list[dict[str, Any]]) -> None:
+    """Each open trace as a line of its own, its id whole whatever the terminal's width (the id is
+    what an override names), then what holds it on an indented line."""
+    _render.out("open recovery traces", style="bold")
     for t in traces:
+        _render.out(f"  {t['trace_id']}  g={t['g']} {t['phase']}  {t['state']}", style="yellow")
         breakers = ", ".join(f"{name}: {state}" for name, state in t["breakers"].items()) or "-"
-        cells = (
-            t["trace_id"],
-            t["g"],
-            t["phase"],
-            t["state"],
-            t["attempts"],
-            t["next_attempt_utc"] or "-",
-            breakers,
-            _cost(t["cost"]),
+        _render.out(
+            f"      attempts {t['attempts']}, next attempt {t['next_attempt_utc'] or '-'}, "
+            f"breakers {breakers}, cost {_cost(t['cost'])}"
         )
-        table.add_row(*(_render.cell(v) for v in cells))
-    return table
 
 
 def status(
@@ -135,7 +128,7 @@ def status(
     console = _render.console()
     console.print(_table(report))
     if traces:
-        console.print(_traces_table(traces))
+        _trace_lines(traces)
     for label, key in (("evicted", "evicted"), ("pending eviction", "pending_eviction")):
         if members[key]:
             _render.out(f"{label}: {', '.join(members[key])}", style="yellow")

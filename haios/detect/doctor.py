@@ -7,6 +7,7 @@ the evidence it rests on, when it was first seen, and the command that fixes it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from ..fsutil import atomic_write, makedirs_durable
 from ..node.heartbeat import parse_utc, utc
 from ..node.transaction import crash_window
 from ..recovery import journal as journals
+from ..recovery.journal import trace_for
 from ..transport import DEFAULT_PARALLEL, MIRROR_DIR, ClusterTransport, open_transport
 from ..untrusted import read_json
 from ..wal import verify
@@ -134,6 +136,8 @@ class DoctorReport:
         }
 
 
+# findings about one transition that recovery handles as a trace: their evidence names that trace
+INCIDENT_KINDS = frozenset({"wal_gap", "partial_commit", "exec_sla", "state_behind_wal", "state_older_than_wal"})
 ECB_DAILY = "https://www.ecb.europa.eu/stats/eurofxref/eurofxref-daily.xml"
 
 
@@ -756,8 +760,21 @@ def run_doctor(
             fix = fix.replace(f"<root of {node}>", str(root))
         return fix
 
+    def traced(f: Finding) -> dict[str, Any]:
+        """The evidence, with the id of the recovery trace that ``plan`` gives this incident (the id an
+        override names); the phase's own trace from its BEGIN_PHASE stays as ``phase_trace_id``."""
+        if f.g is None or f.phase is None or f.kind not in INCIDENT_KINDS:
+            return f.evidence
+        evidence = dict(f.evidence)
+        if "trace_id" in evidence:
+            evidence["phase_trace_id"] = evidence.pop("trace_id")
+        with contextlib.suppress(ConfigError):  # a journal of (g, phase) that cannot be read: its own finding
+            evidence["trace_id"] = trace_for(path, f.g, f.phase, observations)
+        return evidence
+
     report.findings = [
-        Finding(**{**f.__dict__, "first_seen": seen.get(f.key, at), "fix": concrete(f.fix)}) for f in findings
+        Finding(**{**f.__dict__, "first_seen": seen.get(f.key, at), "fix": concrete(f.fix), "evidence": traced(f)})
+        for f in findings
     ]
     makedirs_durable(path / CACHE_DIR)
     atomic_write(

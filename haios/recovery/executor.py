@@ -141,6 +141,7 @@ class RunResult:
             "suspended": self.plan.suspended,
             "membership": self.plan.membership,
             "unreadable": self.plan.unreadable,
+            "unreached": self.plan.unreached,
             "traces": [o.as_dict() for o in self.outcomes],
             "overrides": self.plan.overrides,
             "commit": self.commit,

@@ -9,12 +9,12 @@ nothing leaves every journal byte-identical.
 
 from __future__ import annotations
 
+import hashlib
 import re
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config.yamlload import load_status
 from ..controlfile import dump_mapping
@@ -24,13 +24,46 @@ from ..node.heartbeat import utc
 from ..untrusted import read_regular
 from .machine import NEEDS_A_HUMAN, TERMINAL, State
 
+if TYPE_CHECKING:
+    from ..detect.detectors import NodeObservation
+
 JOURNAL_DIR = "status/recoveries"
 JOURNAL_SCHEMA = "haios-trace/v1"
 
 
-def new_trace_id(g: int, phase: str) -> str:
-    """``<g>-<phase>-<random>``: sortable by transition, unique per incident."""
-    return f"{g}-{phase.lower()}-{uuid.uuid4().hex[:12]}"
+def incident_trace_id(g: int, phase: str, begins: Iterable[tuple[str, int, str]], taken: Iterable[str] = ()) -> str:
+    """``<g>-<phase>-<digest>``: sortable by transition, and the same for one incident in ``doctor``,
+    ``plan``, ``plan --out``, ``reconcile`` and ``audit``, however often they run. The digest is of
+    the participants' BEGIN_PHASE records (``begins``: node, Lamport index, the phase's own trace), so
+    the next attempt at (g, phase), which begins anew, is another incident. ``taken``: ids of traces
+    that have ended; an incident never reuses one (``-2``, ``-3``, … follow it)."""
+    canon = "\n".join([str(g), phase, *sorted(f"{n}:{lamport}:{trace}" for n, lamport, trace in begins)])
+    base = f"{g}-{phase.lower()}-{hashlib.sha256(canon.encode()).hexdigest()[:12]}"
+    used = set(taken)
+    trace_id, n = base, 1
+    while trace_id in used:
+        n += 1
+        trace_id = f"{base}-{n}"
+    return trace_id
+
+
+def begins_of(observations: Mapping[str, NodeObservation], g: int, phase: str) -> list[tuple[str, int, str]]:
+    """What identifies an incident at (g, phase): each node's latest BEGIN_PHASE of it."""
+    return [
+        (name, s.begin_lamport, s.trace_id)
+        for name, o in observations.items()
+        if (s := o.phases.get((g, phase))) is not None
+    ]
+
+
+def trace_for(repo: Path, g: int, phase: str, observations: Mapping[str, NodeObservation]) -> str:
+    """The trace id an incident at (g, phase) has now: the open journal's, else the one the next
+    ``plan`` gives it (what ``doctor`` shows, so that an override can be written from it)."""
+    history = journals_for(repo, g, phase)
+    running = [j for j in history if not j.terminal]
+    if running:
+        return running[-1].trace_id
+    return incident_trace_id(g, phase, begins_of(observations, g, phase), (j.trace_id for j in history))
 
 
 @dataclass

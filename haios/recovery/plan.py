@@ -400,7 +400,8 @@ def _trace_identity(
     open_journals = [j for j in history if not j.terminal]
     if open_journals:
         return open_journals[-1].trace_id, open_journals[-1], finished_rollbacks
-    return journals.new_trace_id(g, phase), None, finished_rollbacks
+    begins = journals.begins_of(ctx.observations, g, phase)
+    return journals.incident_trace_id(g, phase, begins, by_id), None, finished_rollbacks
 
 
 def _state_from_records(infos: dict[str, dict[str, Any]], trace_id: str) -> State:

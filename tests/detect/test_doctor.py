@@ -69,7 +69,7 @@ def test_doctor_acceptance_kill_names_node_g_phase_with_phi(cli: Invoke, tmp_pat
     result = cli("--repo", directory, "doctor")
     assert result.exit_code == 2
     assert "CRITICAL wal_gap node-5 g=1 ANALYZE: BEGIN_PHASE without COMMIT/ABORT" in result.stdout
-    for evidence in ("begin_lamport: 1", "trace_id: sim-7-1-ANALYZE", "timeout_s: 1.458", "phi: "):
+    for evidence in ("begin_lamport: 1", "phase_trace_id: sim-7-1-ANALYZE", "timeout_s: 1.458", "phi: "):
         assert evidence in result.stdout
     assert f"fix: haios --repo {directory} reconcile   # rolls g=1 ANALYZE back on node-5" in result.stdout
     data = json.loads(cli("--repo", directory, "doctor", "-o", "json").stdout)

@@ -4,6 +4,7 @@ the minority view — on a real simulated cluster with real ssh-keygen keys and 
 from __future__ import annotations
 
 import hashlib
+import time
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from ruamel.yaml import YAML
 
 from haios import controlfile
 from haios.errors import StorageError
+from haios.node.heartbeat import utc
 from haios.overrides import apply as overrides_apply
 from haios.overrides.verify import APPLIED_FILE, applied
 from haios.recovery import build, reconcile
@@ -208,7 +210,8 @@ def test_abort_stops_the_trace_without_compensating(cluster: Path, keys: dict[st
 def test_force_rollback_of_a_phase_that_could_roll_forward(cluster: Path, keys: dict[str, Path], cli: Invoke) -> None:
     plant(cluster, node_1="prepare", node_2="prepare", node_3="prepare", effects={"node-2": 1})
     gossip = cluster / "nodes/node-3/gossip"
-    body = {"node": "node-3", "peers": {}, "partition_status": "PARTITIONED", "since": "2026-01-01T00:00:00Z"}
+    now = utc(time.time())  # its agent keeps the file current: a stale one is no verdict
+    body = {"node": "node-3", "peers": {}, "partition_status": "PARTITIONED", "since": now, "updated_at": now}
     controlfile.write_mapping(gossip, body, expected_version=controlfile.current_version(gossip))
     result = reconcile(cluster)
     assert result.exit_code() == 3 and result.outcomes[0].after == "BLOCKED"
