@@ -2,22 +2,29 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+RUNTIME := $(VENV)/.runtime-stamp
 STAMP := $(VENV)/.installed-stamp
 LINTED := haios tests benchmarks
 
 .PHONY: demo test soak lint typecheck unit docs venv clean
 
-$(STAMP): pyproject.toml
+# haios and what it needs at run time: all the demo installs
+$(RUNTIME): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 		|| { echo "haios needs Python 3.11 or newer (PYTHON=$(PYTHON))"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --editable .
+	touch $@
+
+# the test extras on top (pytest, linters, type stubs, the benchmarks' baselines)
+$(STAMP): $(RUNTIME)
 	$(BIN)/python -m pip install --quiet --editable '.[test]'
 	touch $@
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
 
 test: $(STAMP)

@@ -47,7 +47,11 @@ def _write_crash_log(exc: BaseException) -> Path | None:
     return None
 
 
-def _report(kind: str, message: str, hint: str, code: int, extra: dict[str, Any] | None = None) -> int:
+def _report(
+    kind: str, message: str, hint: str, code: int, extra: dict[str, Any] | None = None, command: str = "haios"
+) -> int:
+    # a hint is runnable as printed: the command the user ran, and the --repo they passed
+    hint = _render.runnable(hint).replace("haios COMMAND", command)
     line = f"error: {message}" + (f" (hint: {hint})" if hint else "")
     error = {"error": {"type": kind, "message": message, "hint": hint, "exit_code": code, **(extra or {})}}
     if current.get().output is Output.json:
@@ -58,7 +62,26 @@ def _report(kind: str, message: str, hint: str, code: int, extra: dict[str, Any]
     return code
 
 
-def handle(exc: BaseException, debug: bool) -> int:
+def command_path(group: object, argv: Sequence[str]) -> str:
+    """``haios node rejoin`` for ``argv`` of ``node rejoin node-3 --repo r``: the subcommands named,
+    skipping options and their values (``haios`` when none is)."""
+    words = ["haios"]
+    current_cmd = group
+    for arg in argv:
+        if arg == "--":
+            break
+        commands = getattr(current_cmd, "commands", None)  # a group's subcommands by name
+        if arg.startswith("-") or not isinstance(commands, dict):
+            continue
+        found = commands.get(arg)
+        if found is None:
+            continue  # an option's value, or an argument
+        words.append(arg)
+        current_cmd = found
+    return " ".join(words)
+
+
+def handle(exc: BaseException, debug: bool, command: str = "haios") -> int:
     """Turn ``exc`` into output on stderr (and stdout for JSON) and return the exit code."""
     if isinstance(exc, HaiosError):
         if debug:
@@ -69,7 +92,7 @@ def handle(exc: BaseException, debug: bool) -> int:
         corruption = getattr(exc, "corruption", None)
         if corruption is not None and hasattr(corruption, "as_dict"):
             extra = {"corruption": corruption.as_dict()}  # so that a remote caller can rebuild the error
-        return _report(type(exc).__name__, " ".join(exc.message.split()), exc.hint, exc.exit_code, extra)
+        return _report(type(exc).__name__, " ".join(exc.message.split()), exc.hint, exc.exit_code, extra, command)
     if isinstance(exc, KeyboardInterrupt):
         return _report("Interrupted", "interrupted", "", EXIT_INTERRUPTED)
     if isinstance(exc, typer.Abort):
@@ -118,7 +141,7 @@ class HaiosGroup(TyperGroup):
             if isinstance(exc, SystemExit):
                 code = exc.code if isinstance(exc.code, int) else EXIT_ERROR
             else:
-                code = handle(exc, debug)
+                code = handle(exc, debug, command_path(self, argv))
         finally:
             current.reset(token)
         if standalone_mode:

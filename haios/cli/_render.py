@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import sys
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -70,6 +73,21 @@ def words(value: object, key: str = "") -> str:
 
 def _nested(text: str) -> str:
     return f"({text})" if ", " in text else text
+
+
+# the commands that act on a desired-state repo: a fix naming one runs where the user's --repo points
+_REPO_COMMANDS = re.compile(
+    r"\bhaios (?=(?:plan|reconcile|doctor|status|audit|validate|report|budget|override|node|metrics)\b)"
+)
+
+
+def runnable(text: str) -> str:
+    """``text`` (a hint, a fix) runnable as printed: every ``haios COMMAND`` it names gets the
+    ``--repo DIR`` the user passed (nothing when they did not: the current directory is the repo)."""
+    repo = current.get().repo
+    if repo == Path("."):
+        return text
+    return _REPO_COMMANDS.sub(f"haios --repo {shlex.quote(str(repo))} ", text)
 
 
 def cell(value: object, *, style: str = "") -> Text:

@@ -71,7 +71,7 @@ def doctor(
         )
         for key, value in f.evidence.items():
             _render.out(f"    {key}: {_render.words(value, key)}")
-        _render.out(f"    fix: {f.fix}", style="cyan")
+        _render.out(f"    fix: {_render.runnable(f.fix)}", style="cyan")
     if report.healthy:
         notes = len(report.findings)
         _render.out(

@@ -14,6 +14,7 @@ import typer
 
 from .. import audit as audit_lib
 from ..config.validate import require_repo
+from ..coord import holder_words
 from ..errors import HaiosError, UsageError
 from ..fsutil import atomic_write
 from ..node.heartbeat import utc
@@ -44,18 +45,24 @@ def _cost_line(cost: list[dict[str, Any]]) -> str:
 def _tampered_lines(tampered: dict[str, list[str]]) -> None:
     for node, problems in sorted(tampered.items()):
         for problem in problems:
-            _render.out(f"integrity: {node}: {problem} ('haios doctor' says how to restore it)", style="red")
+            _render.out(
+                _render.runnable(f"integrity: {node}: {problem} ('haios doctor' says how to restore it)"), style="red"
+            )
 
 
 def _unreadable_lines(unreadable: dict[str, str]) -> None:
     for problem in unreadable.values():
-        _render.out(f"cannot use {problem} (what needs it waits; 'haios validate' says more)", style="red")
+        _render.out(
+            _render.runnable(f"cannot use {problem} (what needs it waits; 'haios validate' says more)"), style="red"
+        )
 
 
 def _refused_line(refused: list[str]) -> None:
     if refused:
         _render.out(
-            f"refused, host key not the pinned one: {', '.join(refused)} ('haios doctor' shows the fingerprints)",
+            _render.runnable(
+                f"refused, host key not the pinned one: {', '.join(refused)} ('haios doctor' shows the fingerprints)"
+            ),
             style="red",
         )
 
@@ -64,12 +71,12 @@ def _unreached_lines(unreached: dict[str, dict[str, str]]) -> None:
     for why in unreached.values():
         _render.out(f"not reached: {why['error']}", style="red")
         if why.get("hint"):
-            _render.out(f"    fix: {why['hint']}", style="cyan")
+            _render.out(f"    fix: {_render.runnable(why['hint'])}", style="cyan")
 
 
 def _membership_lines(membership: dict[str, Any]) -> None:
-    if membership.get("evicted"):
-        _render.out(f"evicted (taking no part until 'haios node rejoin'): {', '.join(membership['evicted'])}")
+    for node in membership.get("evicted") or []:
+        _render.out(_render.runnable(f"evicted: {node} (takes no part until: haios node rejoin {node})"))
     if membership.get("pending_eviction"):
         _render.out(f"pending eviction: {', '.join(membership['pending_eviction'])}", style="yellow")
     if membership.get("eviction_blocked"):
@@ -128,7 +135,12 @@ def _print_plan(plan: Plan) -> None:
         if t.cost and (t.verdict in ("rollback", "needs_human") or any(c["over"] for c in t.cost)):
             _render.out(_cost_line(t.cost))
         if t.held_by:
-            _render.out(f"    lease held by {t.held_by['holder']} (trace {t.held_by['trace_id']})", style="red")
+            held = t.held_by
+            _render.out(
+                f"    lease held by {holder_words(str(held['holder']))} for trace {held['trace_id']} "
+                f"until {utc(float(held['expires']))}",
+                style="red",
+            )
         for i, s in enumerate(t.steps, 1):
             key = f" {s['key']}" if s.get("key") else ""
             _render.out(f"    {i}. {s['node']}  {s['action']}{key}: {s['detail']}")
@@ -344,7 +356,11 @@ def audit(
         _render.out(f"    decision: {journal.decision}: {journal.reason}")
         _render.out(f"    fencing tokens: {', '.join(map(str, journal.tokens)) or '-'}")
         for s in journal.steps:
-            extra = " ".join(f"{k}={v}" for k, v in s.items() if k not in ("at", "node", "action", "outcome"))
+            extra = " ".join(
+                f"{k}={_render.words(v, k)}" if not isinstance(v, dict) else f"{k}=({_render.words(v, k)})"
+                for k, v in s.items()
+                if k not in ("at", "node", "action", "outcome")
+            )
             _render.out(f"    {s['at']} {s.get('node') or '-'} {s['action']}: {s['outcome']} {extra}".rstrip())
         for a in journal.alerts:
             _render.out(f"    ALERT {a['alert']}: {a['message']}", style="red")

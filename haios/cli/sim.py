@@ -129,7 +129,10 @@ def run(
             f"{report.committed} of {report.transitions} transitions committed; last committed g={report.last[0]} {report.last[1]}"
         )
         for fault in report.faults:
-            _render.out("  fault: " + " ".join(f"{k}={v}" for k, v in fault.items() if k not in ("start", "end")))
+            _render.out(
+                "  fault: "
+                + " ".join(f"{k}={_render.words(v, k)}" for k, v in fault.items() if k not in ("start", "end"))
+            )
         if report.stopped_at is not None:
             _render.out(f"stopped at g={report.stopped_at[0]} {report.stopped_at[1]}: {report.reason}")
             _render.info(f"next: haios --repo {directory} plan   # then: haios --repo {directory} reconcile")

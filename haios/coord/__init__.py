@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..config.model import RepoConfig
 from ..errors import ConfigError
-from .base import Backend, Barrier, BarrierMoved, Lease, holder_alive, new_holder
+from .base import Backend, Barrier, BarrierMoved, Lease, holder_alive, holder_words, new_holder
 from .git import GitBackend
 
 
@@ -31,4 +31,14 @@ def open_backend(config: RepoConfig) -> Backend:
     )
 
 
-__all__ = ["Backend", "Barrier", "BarrierMoved", "GitBackend", "Lease", "holder_alive", "new_holder", "open_backend"]
+__all__ = [
+    "Backend",
+    "Barrier",
+    "BarrierMoved",
+    "GitBackend",
+    "Lease",
+    "holder_alive",
+    "holder_words",
+    "new_holder",
+    "open_backend",
+]

@@ -86,6 +86,15 @@ def new_holder() -> str:
     return f"{socket.gethostname()}/{pid}/{_start_time(pid) or 0}/{uuid.uuid4().hex[:8]}"
 
 
+def holder_words(holder: str) -> str:
+    """A lease holder as a person reads it: ``pid 7832 on host build-1`` (a holder of another form,
+    from another tool or version, as it is)."""
+    parts = holder.split("/")
+    if len(parts) == 4 and parts[1].isdigit():
+        return f"pid {parts[1]} on host {parts[0]}"
+    return holder
+
+
 def holder_alive(holder: str) -> bool | None:
     """Whether the holder's process still runs: known only for holders on this host (None otherwise)."""
     parts = holder.split("/")

@@ -20,6 +20,7 @@ from ..config import Problem, load_repo
 from ..config.model import PHASES, RepoConfig
 from ..config.validate import check_override_file
 from ..config.yamlload import load_status
+from ..coord import holder_words
 from ..errors import ConfigError, HaiosError
 from ..events import make
 from ..fsutil import atomic_write, makedirs_durable
@@ -409,7 +410,7 @@ def _stale_leases(config: RepoConfig, at: float) -> list[Finding]:
                 (),
                 None,
                 shard,
-                f"shard {shard} is still leased to {lease.holder} for trace {lease.trace_id}, but {why}",
+                f"shard {shard} is still leased to {holder_words(lease.holder)} for trace {lease.trace_id}, but {why}",
                 {
                     "holder": lease.holder,
                     "trace_id": lease.trace_id,

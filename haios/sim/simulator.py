@@ -440,7 +440,8 @@ def sim_run(directory: Path | str, *, iterations: int, seed: int, faults: dict[s
             if result.outcome == "aborted" and damage is None and not owed and all(w.alive for w in workers.values()):
                 continue  # every participant rolled back cleanly (e.g. a partitioned minority refused): retry
             report.stopped_at = (g, phase)
-            report.reason = damage["fault"] if damage else f"{result.outcome}: {result.failed or 'coordinator stopped'}"
+            failed = "; ".join(result.failed[n] for n in sorted(result.failed)) or "coordinator stopped"
+            report.reason = damage["fault"] if damage else f"{result.outcome}: {failed}"
             if owed and result.outcome == "aborted" and not damage:
                 report.reason += " (side effects to compensate)"
             break

@@ -55,7 +55,8 @@ def test_integrity_error_message_names_file_and_fix(cli: Invoke, repo: Path, mon
     assert result.exit_code == EXIT_VERIFICATION
     assert result.stderr == (
         "error: nodes/node-1/state.txt: integrity check failed: sha256 does not match the body (v=1) "
-        "(hint: the file was corrupted or edited by hand; restore it from a snapshot or a peer, or run 'haios doctor')\n"
+        "(hint: the file was corrupted or edited by hand; restore it from a snapshot or a peer, or run "
+        f"'haios --repo {repo} doctor')\n"
     )
 
 
@@ -134,3 +135,18 @@ def test_ctrl_c_is_exit_130_with_a_message(cli: Invoke, repo: Path, monkeypatch:
     result = cli("--repo", repo, "validate")
     assert result.exit_code == 130
     assert result.stderr == "error: interrupted\n"
+
+
+def test_every_hint_is_runnable_as_printed(cli: Invoke, repo: Path, tmp_path: Path) -> None:
+    """A usage hint names the command that was run, not a placeholder; a hint naming a haios command
+    carries the --repo the user passed."""
+    result = cli("--repo", repo, "node", "rejoin", "node-7")
+    assert result.exit_code == 1
+    assert "hint: see 'haios node rejoin --help'" in result.stderr
+    assert "COMMAND" not in result.stderr
+    result = cli("--repo", repo, "reconcile", "--dry-run", "--plan", tmp_path / "p.json")
+    assert "hint: see 'haios reconcile --help'" in result.stderr
+    (repo / "policies/thresholds.yaml").write_text("apiVersion: haios/v1\nkind: Thresholds\nphi: 3\n")
+    result = cli("--repo", repo, "plan")
+    assert result.exit_code == 1
+    assert f"'haios --repo {repo} validate'" in result.stderr  # where the user's repo is, not the current directory

@@ -166,7 +166,7 @@ def test_init_bad_transport(cli: Invoke, tmp_path: Path) -> None:
     result = cli("init", tmp_path / "r", "--transport", "pigeon")
     assert result.exit_code == 1
     assert (
-        result.stderr == "error: --transport must be local or ssh (got 'pigeon') (hint: see 'haios COMMAND --help')\n"
+        result.stderr == "error: --transport must be local or ssh (got 'pigeon') (hint: see 'haios init --help')\n"
     )
 
 

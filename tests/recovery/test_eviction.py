@@ -73,7 +73,8 @@ def test_isolated_node_is_evicted_after_ttl_and_grace_then_rejoins(cluster: Path
     assert (outcome.verdict, outcome.before, outcome.after) == ("forward", "BLOCKED", "CLEAN_EXIT")
     assert _positions(cluster)["node-1"] == (2, "ANALYZE")
     assert participants(cluster, load_repo(cluster)) == ["node-1", "node-2"]
-    assert "evicted (taking no part until 'haios node rejoin'): node-3" in cli("--repo", cluster, "plan").stdout
+    shown = cli("--repo", cluster, "plan").stdout
+    assert f"evicted: node-3 (takes no part until: haios --repo {cluster} node rejoin node-3)" in shown
     doctor = cli("--repo", cluster, "-o", "json", "doctor")
     report = json.loads(doctor.stdout)
     Draft202012Validator(json.loads((SCHEMAS / "doctor-report.schema.json").read_text())).validate(report)

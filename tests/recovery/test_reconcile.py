@@ -191,7 +191,7 @@ def test_plan_exit_4_when_another_reconciler_holds_the_shard(cluster: Path, cli:
     plant(cluster, node_1="commit", node_2="prepare", node_3="prepare")
     GitBackend(cluster).acquire("ANALYZE", "elsewhere/1/2/cafe", "their-trace", 600, time.time())
     result = cli("--repo", cluster, "plan")
-    assert result.exit_code == 4 and "lease held by elsewhere/1/2/cafe (trace their-trace)" in result.stdout
+    assert result.exit_code == 4 and "lease held by pid 1 on host elsewhere for trace their-trace until 20" in result.stdout
     result = cli("--repo", cluster, "reconcile")
     assert result.exit_code == 4 and "shard ANALYZE is held by elsewhere/1/2/cafe" in result.stdout
     assert positions(cluster)["node-2"] == (1, "IDLE")
