@@ -126,6 +126,67 @@ def commit_run(
     raise RepoError(f"{repo}: could not commit the audit record: {detail}")
 
 
+# what reconcile writes itself: never an edit of the desired state
+_OWN = (":(exclude)status", ":(exclude).haios")
+
+
+@dataclass(frozen=True)
+class WorkTree:
+    """What the git checkout of the desired-state repo holds besides its commit."""
+
+    dirty: list[str]  # tracked desired-state files with uncommitted edits (staged or not)
+    detached: bool  # HEAD names a commit, not a branch: a new commit would be on no branch
+
+
+def worktree(repo: Path) -> WorkTree:
+    """The uncommitted edits to tracked desired-state files, and the branch HEAD is on."""
+    git = _git()
+    try:
+        with git.Repo(repo) as r:
+            if not r.head.is_valid():
+                return WorkTree([], False)  # no commit yet: the first one starts the branch
+            listed = r.git.status("--porcelain", "--untracked-files=no", "-z", "--", ".", *_OWN)
+            dirty = sorted(entry[3:] for entry in listed.split("\0") if len(entry) > 3)
+            return WorkTree(dirty, r.head.is_detached)
+    except git.GitError as exc:
+        raise RepoError(f"{repo}: git status failed: {' '.join(str(exc).split())}") from exc
+
+
+def require_committed(repo: Path, allow_dirty: bool) -> list[str]:
+    """Refuse a desired state that is not the committed one (unless ``allow_dirty``), and a detached
+    HEAD, where an audit commit would be on no branch. Returns the uncommitted files allowed."""
+    tree = worktree(repo)
+    if tree.dirty and not allow_dirty:
+        shown = ", ".join(tree.dirty[:5]) + (f" and {len(tree.dirty) - 5} more" if len(tree.dirty) > 5 else "")
+        raise RepoError(
+            f"{repo}: uncommitted edits to the desired state ({shown}); reconcile acts on the committed one",
+            hint=f"commit them (git -C {repo} commit -a), or pass --allow-dirty to act on them as they are",
+        )
+    if tree.detached:
+        raise RepoError(
+            f"{repo}: HEAD is detached: the audit commit would be on no branch",
+            hint=f"check out the branch reconcile commits to (git -C {repo} switch main)",
+        )
+    return tree.dirty
+
+
+def unpushed(repo: Path, remote: str | None = None) -> int | None:
+    """How many commits of the current branch ``remote`` has not got, as far as the last fetch or
+    push knows (None: unknown, no remote-tracking branch)."""
+    git = _git()
+    name = remote or "origin"
+    try:
+        with git.Repo(repo) as r:
+            if r.head.is_detached or not r.head.is_valid():
+                return None
+            tracking = f"refs/remotes/{name}/{r.active_branch.name}"
+            if not any(ref.path == tracking for ref in r.refs):
+                return None
+            return int(r.git.rev_list("--count", f"{tracking}..HEAD").strip() or 0)
+    except (git.GitError, ValueError):
+        return None
+
+
 def push(repo: Path, remote: str | None = None) -> str:
     """Push the current branch (and the lease refs) to ``remote`` (default: the branch's upstream or origin)."""
     git = _git()

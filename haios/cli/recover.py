@@ -170,6 +170,11 @@ def plan(
     """
     opts = resolve(ctx, repo=repo, output=output)
     result, _ = build(opts.repo, parallelism=max_parallel)
+    if result.uncommitted:
+        _render.err(
+            f"warning: uncommitted edits to the desired state ({', '.join(result.uncommitted)}): this plan reads "
+            "them as they are; reconcile refuses them unless --allow-dirty"
+        )
     write_if_asked(opts.repo, metrics_textfile, pushgateway)
     if out is not None:
         atomic_write(out, (json.dumps(result.to_json(), indent=2, sort_keys=False) + "\n").encode())
@@ -267,7 +272,14 @@ def reconcile(
         ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only: the same as 'haios plan'.")] = False,
-    push: Annotated[bool, typer.Option("--push", help="Push the audit commit to the remote.")] = False,
+    push: Annotated[
+        bool,
+        typer.Option("--push", help="Push the audit commit, and any an earlier run could not push, to the remote."),
+    ] = False,
+    allow_dirty: Annotated[
+        bool,
+        typer.Option("--allow-dirty", help="Act on uncommitted edits to the desired state instead of refusing them."),
+    ] = False,
     remote: Annotated[
         str | None, typer.Option("--remote", help="The remote for --push (default: origin).", show_default=False)
     ] = None,
@@ -312,6 +324,13 @@ def reconcile(
             remote=remote,
             parallelism=max_parallel,
             events=_render.emit_event if opts.output is Output.ndjson else None,
+            allow_dirty=allow_dirty,
+        )
+    if result.uncommitted:
+        _render.err(f"warning: acted on uncommitted edits to the desired state: {', '.join(result.uncommitted)}")
+    if result.pushed_owed:
+        _render.info(
+            f"pushed {result.pushed_owed} audit commit{'s' if result.pushed_owed != 1 else ''} an earlier run owed"
         )
     write_if_asked(opts.repo, metrics_textfile, pushgateway)
     if opts.output is Output.json:

@@ -99,6 +99,8 @@ class RunResult:
     outcomes: list[TraceOutcome] = field(default_factory=list)
     commit: str | None = None
     pushed_to: str | None = None
+    pushed_owed: int = 0  # audit commits an earlier run made but did not get pushed, pushed by this one
+    uncommitted: list[str] = field(default_factory=list)  # desired-state files acted on uncommitted (--allow-dirty)
     note: str = ""
     membership_due: float | None = None  # when an isolated node becomes pending or is evicted
     alerts: list[dict[str, Any]] = field(default_factory=list)  # alerts raised or resolved by this run
@@ -146,6 +148,8 @@ class RunResult:
             "overrides": self.plan.overrides,
             "commit": self.commit,
             "pushed_to": self.pushed_to,
+            "pushed_owed": self.pushed_owed,
+            "uncommitted": self.uncommitted,
             "note": self.note,
             "next_due": self.next_due,
             "alerts": self.alerts,
@@ -823,8 +827,13 @@ def reconcile(
     parallelism: int = DEFAULT_PARALLEL,
     events: Sink | None = None,
     clock: Callable[[], float] | None = None,
+    allow_dirty: bool = True,
 ) -> RunResult:
     """Plan and carry the plan out; with ``plan``, execute exactly that plan (refused if stale).
+
+    A repo whose HEAD is detached is refused (an audit commit would be on no branch); so are
+    uncommitted edits to tracked desired-state files unless ``allow_dirty`` (``haios reconcile``
+    refuses them unless ``--allow-dirty``), which the result lists as ``uncommitted``.
 
     The run's clock is the wall clock; with ``now``, it starts at ``now`` and advances with the wall
     clock; with ``clock``, it is that callable alone (a simulator's or a test's virtual time).
@@ -843,7 +852,9 @@ def reconcile(
             clock = wall_clock(now)
         elif now is not None:
             raise UsageError("reconcile takes now or clock, not both")
+        uncommitted = audit.require_committed(Path(repo), allow_dirty)
         result = _reconcile(Path(repo), clock, plan, holder, progress, push, remote, parallelism, emit)
+        result.uncommitted = uncommitted
         code = result.exit_code()
         emit(make("run", exit_code=code, next_due=result.next_due, note=result.note or None))
         return result
@@ -1006,6 +1017,11 @@ def _execute(
         result.commit = audit.commit_run(path, paths, subject, body, traces, plan.observed_hash)
     if push and result.commit is not None:
         result.pushed_to = audit.push(path, remote)
+    elif push:  # nothing new: still push what an earlier, rejected push left behind
+        owed = audit.unpushed(path, remote)
+        if owed is None or owed > 0:
+            result.pushed_to = audit.push(path, remote)
+            result.pushed_owed = owed or 0
     if result.commit is not None:
         emit(make("commit", commit=result.commit, pushed_to=result.pushed_to, traces=[o.trace_id for o in changed]))
     return result

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .. import audit
 from ..budget import FX_FILE, UnknownCurrency, trace_cost
 from ..config import load_repo
 from ..config.model import PHASES, PhasePolicy, RepoConfig
@@ -146,6 +147,9 @@ class Plan:
     # active members this run could not observe (refused ones are in ``refused``): node -> why, and
     # what to do about it. What they hold is unknown: the plan never calls it committed
     unreached: dict[str, dict[str, str]] = field(default_factory=dict)
+    # tracked desired-state files with uncommitted edits: this plan reads them as they are on disk,
+    # reconcile refuses them unless --allow-dirty
+    uncommitted: list[str] = field(default_factory=list)
 
     @property
     def minority(self) -> bool:
@@ -196,6 +200,7 @@ class Plan:
             "tampered": self.tampered,
             "unreadable": self.unreadable,
             "unreached": self.unreached,
+            "uncommitted": self.uncommitted,
             "overrides": self.overrides,
             "exit_code": self.exit_code(),
         }
@@ -225,6 +230,7 @@ class Plan:
                 for k, v in dict(data.get("unreached") or {}).items()
                 if isinstance(v, dict)
             },
+            [str(f) for f in data.get("uncommitted") or []],
         )
 
 
@@ -791,6 +797,7 @@ def build(
         refused=sorted(n for n, o in observations.items() if o.refused),
         tampered={n: list(o.control_errors) for n, o in sorted(observations.items()) if o.control_errors},
         unreadable=unreadable,
+        uncommitted=audit.worktree(path).dirty,
         unreached={
             n: {"error": observations[n].error or "unreachable", "hint": observations[n].hint or ""}
             for n in active
@@ -930,6 +937,12 @@ def render_markdown(plan: Plan) -> str:
         + (" — **suspended: plan only**" if plan.suspended else ""),
         "",
     ]
+    if plan.uncommitted:
+        lines += [
+            f"**Uncommitted edits** to {', '.join(f'`{f}`' for f in plan.uncommitted)}: this plan reads them as "
+            "they are; reconcile refuses them unless `--allow-dirty`",
+            "",
+        ]
     for problem in plan.unreadable.values():
         lines += [f"**Cannot use** {problem}: the transitions that need it wait", ""]
     m = plan.membership
