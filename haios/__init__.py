@@ -5,28 +5,75 @@ The public library API. Nothing here imports the command line (typer, rich).
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
-from .config import Problem, RepoConfig, ValidationReport, load_repo, validate_repo
-from .config.scaffold import InitResult, init_repo
-from .controlfile import ControlFile
-from .errors import (
-    BlockedError,
-    ConfigError,
-    ControlFileError,
-    ControlFileMissing,
-    FencedError,
-    HaiosError,
-    IntegrityError,
-    Interrupted,
-    LockHeldError,
-    RepoError,
-    StorageError,
-    UsageError,
-    VerificationError,
-    VersionConflict,
-)
-from .fsutil import atomic_write
+# the names below are imported on first use (PEP 562): ``import haios`` (and ``haios --version``)
+# stays cheap, and a program pays only for the parts it touches
+_LAZY = {
+    "Problem": ".config",
+    "RepoConfig": ".config",
+    "ValidationReport": ".config",
+    "load_repo": ".config",
+    "validate_repo": ".config",
+    "InitResult": ".config.scaffold",
+    "init_repo": ".config.scaffold",
+    "ControlFile": ".controlfile",
+    "atomic_write": ".fsutil",
+    **dict.fromkeys(
+        (
+            "BlockedError",
+            "ConfigError",
+            "ControlFileError",
+            "ControlFileMissing",
+            "FencedError",
+            "HaiosError",
+            "IntegrityError",
+            "Interrupted",
+            "LockHeldError",
+            "RepoError",
+            "StorageError",
+            "UsageError",
+            "VerificationError",
+            "VersionConflict",
+        ),
+        ".errors",
+    ),
+}
+
+if TYPE_CHECKING:
+    from .config import Problem, RepoConfig, ValidationReport, load_repo, validate_repo
+    from .config.scaffold import InitResult, init_repo
+    from .controlfile import ControlFile
+    from .errors import (
+        BlockedError,
+        ConfigError,
+        ControlFileError,
+        ControlFileMissing,
+        FencedError,
+        HaiosError,
+        IntegrityError,
+        Interrupted,
+        LockHeldError,
+        RepoError,
+        StorageError,
+        UsageError,
+        VerificationError,
+        VersionConflict,
+    )
+    from .fsutil import atomic_write
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'haios' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # once imported, an ordinary attribute
+    return value
+
 
 __all__ = [
     "BlockedError",

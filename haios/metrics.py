@@ -245,7 +245,7 @@ class HaiosCollector(Collector):
         yield family
         yield CounterMetricFamily(
             "minority_evictions",
-            "Isolated members evicted while the healthy ones were still a majority (SPEC §4.7).",
+            "Isolated members evicted while the healthy ones were still a majority.",
             value=m.minority_evictions_total,
         )
         yield GaugeMetricFamily("haios_evicted_nodes", "Members evicted and not rejoined yet.", value=len(m.evicted))

@@ -1,5 +1,34 @@
-"""The command line (typer). Commands parse arguments, call one library function and render the result."""
+"""The command line (typer). Commands parse arguments, call one library function and render the result.
 
-from ._app import app, main
+``main`` answers a bare ``haios --version`` before the command line itself is imported: the version
+is what a script asks for most often, and it should not cost the import of every command.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from .. import __version__
+
+if TYPE_CHECKING:
+    from typer import Typer
 
 __all__ = ["app", "main"]
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--version"]:
+        sys.stdout.write(f"haios {__version__}\n")
+        return
+    from ._app import main as run
+
+    run()
+
+
+def __getattr__(name: str) -> Typer:
+    if name == "app":
+        from ._app import app
+
+        return app
+    raise AttributeError(f"module 'haios.cli' has no attribute {name!r}")

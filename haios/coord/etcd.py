@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 from ..config.model import PHASES
 from ..errors import CoordinationError, FencedError, LockHeldError
-from .base import Barrier, BarrierMoved, Lease, check_advance
+from .base import Barrier, BarrierMoved, Lease, check_advance, held_error
 
 T = TypeVar("T")
 MIN_TTL = 2  # etcd rounds shorter leases up to its own minimum anyway
@@ -205,11 +205,7 @@ class EtcdBackend:
             if found is not None:
                 current = self._lease_from(shard, found[0], found[1])
                 if current.holder != holder and current.live(now):
-                    raise LockHeldError(
-                        f"shard {shard} is held by {current.holder} for trace {current.trace_id} "
-                        f"(token {current.token}, until {current.expires:.0f})",
-                        hint="another reconciler is working on it; run again after it finishes or its lease expires",
-                    )
+                    raise held_error(shard, current)
                 # ours from before, or its holder is gone: delete it, so the next one gets a new revision
                 try:
                     self._txn(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FencedError, LockHeldError, RepoError
-from .base import Barrier, BarrierMoved, Lease, check_advance
+from .base import Barrier, BarrierMoved, Lease, check_advance, held_error
 
 REF_PREFIX = "refs/haios/locks/"
 BARRIER_REF = "refs/haios/barrier"
@@ -123,11 +123,7 @@ class GitBackend:
             old = self._oid(shard)
             current = self._load(old) if old else None
             if current is not None and current.holder != holder and current.live(now):
-                raise LockHeldError(
-                    f"shard {shard} is held by {current.holder} for trace {current.trace_id} "
-                    f"(token {current.token}, until {current.expires:.0f})",
-                    hint="another reconciler is working on it; run again after it finishes or its lease expires",
-                )
+                raise held_error(shard, current)
             previous = None
             if current is not None and not current.released and current.holder != holder:
                 previous = {"holder": current.holder, "trace_id": current.trace_id, "token": current.token}

@@ -289,7 +289,7 @@ def rollback(
     if missing:
         raise BarrierError(
             f"{root}: (g={g}, {phase}) on {node.name} has side effects not yet compensated: {', '.join(missing)}",
-            hint="compensation runs before the state is rewound (SPEC §4.3)",
+            hint="compensation runs before the state is rewound (docs/recovery.md)",
         )
     tx = node.resume(g, phase)
     tx.abort(reason, abandoned=[k for k in (abandon or []) if k in log.side_effects and k not in log.compensated])

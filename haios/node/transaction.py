@@ -432,7 +432,7 @@ class Node:
             raise BarrierError(
                 f"{self.root}: (g={first['g']}, {first['phase']}) was rolled back on {self.name} with side effects "
                 f"not compensated yet ({', '.join(first['keys'])}); {phase} of g={g} must wait",
-                hint="run 'haios reconcile': it compensates them (SPEC §4.3)",
+                hint="run 'haios reconcile': it compensates them",
             )
         missed, tail = self.unrecorded_ends()
         if missed:

@@ -853,7 +853,10 @@ def _override_effects(repo: Path, plan: Plan, offers: list[Offer]) -> list[dict[
         elif offer.state != "valid":
             row["effect"] = offer.state
         elif plan.minority:
-            row["effect"], row["why"] = "refused", "minority view: overrides are refused (SPEC §4.7)"
+            row["effect"], row["why"] = (
+                "refused",
+                "minority view: overrides are refused until a majority of the members is reachable",
+            )
         elif mine is not None:
             row["effect"] = "not applicable"
             row["why"] = f"the trace is carrying out an earlier override (nonce {mine['nonce']})"

@@ -144,7 +144,7 @@ def decide(views: Mapping[str, View], inputs: Inputs) -> Decision:
         return Decision(
             "needs_human",
             Event.NEEDS_HUMAN,
-            f"flapping: {inputs.rollbacks_so_far} automatic rollbacks of this transition already (SPEC §4.5); "
+            f"flapping: {inputs.rollbacks_so_far} automatic rollbacks of this transition already; "
             "a signed resume override is needed",
         )
     return Decision("rollback", Event.ROLL_BACK, reason)

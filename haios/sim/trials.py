@@ -149,7 +149,7 @@ def run_trial(
             trial.error = f"did not converge in {MAX_ROUNDS} reconcile runs"
         bad_blocks = [b for b in trial.blocked_on if b["state"] not in ALLOWED_BLOCKS and b["state"] != "MINORITY"]
         if bad_blocks:
-            trial.error = f"blocked for a reason SPEC §4 does not allow: {bad_blocks}"
+            trial.error = f"blocked for a reason recovery does not allow (docs/recovery.md): {bad_blocks}"
             trial.outcome = "error"
         for v in sim_check(directory):
             if _explained(v, trial.blocked_on, corrupt_nodes):

@@ -113,6 +113,26 @@ def test_version(cli: Invoke) -> None:
     assert (result.exit_code, result.stdout) == (0, f"haios {__version__}\n")
 
 
+def test_version_and_help_need_no_repo_and_version_imports_nothing_heavy(tmp_path: Path) -> None:
+    """In a directory that is no repo: ``--version`` answers without importing the command line or
+    any heavy library (the import budget), and ``--help`` works."""
+    proc = subprocs.run(
+        [sys.executable, "-X", "importtime", "-m", "haios", "--version"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (proc.returncode, proc.stdout) == (0, f"haios {__version__}\n")
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    heavy = {"typer", "rich", "git", "jsonschema", "paramiko", "prometheus_client", "ruamel.yaml", "haios.cli._app"}
+    assert not imported & heavy, sorted(imported & heavy)
+    helped = subprocs.run(
+        [sys.executable, "-m", "haios", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert helped.returncode == 0 and "reconcile" in helped.stdout
+
+
 def test_help_exits_zero(cli: Invoke) -> None:
     result = cli("--help")
     assert result.exit_code == 0 and "validate" in result.stdout

@@ -165,9 +165,7 @@ def test_init_bad_cluster_name(cli: Invoke, tmp_path: Path) -> None:
 def test_init_bad_transport(cli: Invoke, tmp_path: Path) -> None:
     result = cli("init", tmp_path / "r", "--transport", "pigeon")
     assert result.exit_code == 1
-    assert (
-        result.stderr == "error: --transport must be local or ssh (got 'pigeon') (hint: see 'haios init --help')\n"
-    )
+    assert result.stderr == "error: --transport must be local or ssh (got 'pigeon') (hint: see 'haios init --help')\n"
 
 
 def test_init_zero_nodes_is_usage_error(cli: Invoke, tmp_path: Path) -> None:

@@ -4,9 +4,9 @@ the minority view — on a real simulated cluster with real ssh-keygen keys and 
 from __future__ import annotations
 
 import hashlib
-import time
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest

@@ -102,6 +102,7 @@ def test_reconcile_rolls_back_compensating_first(cluster: Path) -> None:
 def test_reconcile_waits_for_the_phi_timeout(cluster: Path, cli: Invoke) -> None:
     thresholds = cluster / "policies/thresholds.yaml"
     thresholds.write_text(thresholds.read_text().replace("    ANALYZE: 10ms", "    ANALYZE: 10m"))
+    git(cluster, "commit", "-qam", "a 10-minute ANALYZE prior")  # reconcile acts on the committed desired state
     plant(cluster, node_1="prepare", node_2="prepare", node_3="begin", settle=False)
     before = head(cluster)
     result = cli("--repo", cluster, "--output", "json", "plan")
@@ -132,7 +133,7 @@ def test_reconcile_executes_exactly_its_plan_and_refuses_a_stale_one(cluster: Pa
     assert cli("--repo", cluster, "plan", "--out", plan_file).exit_code == 2
     thresholds = cluster / "policies/thresholds.yaml"
     thresholds.write_text(thresholds.read_text().replace("runtime_mode: NORMAL", "runtime_mode: STRICT"))
-    result = cli("--repo", cluster, "reconcile", "--plan", plan_file)
+    result = cli("--repo", cluster, "reconcile", "--plan", plan_file, "--allow-dirty")
     assert result.exit_code == 1 and "the desired state changed" in result.stderr
     git(cluster, "commit", "-qam", "strict mode")
     assert cli("--repo", cluster, "plan", "--out", plan_file).exit_code == 2
@@ -191,9 +192,12 @@ def test_plan_exit_4_when_another_reconciler_holds_the_shard(cluster: Path, cli:
     plant(cluster, node_1="commit", node_2="prepare", node_3="prepare")
     GitBackend(cluster).acquire("ANALYZE", "elsewhere/1/2/cafe", "their-trace", 600, time.time())
     result = cli("--repo", cluster, "plan")
-    assert result.exit_code == 4 and "lease held by pid 1 on host elsewhere for trace their-trace until 20" in result.stdout
+    assert (
+        result.exit_code == 4
+        and "lease held by pid 1 on host elsewhere for trace their-trace until 20" in result.stdout
+    )
     result = cli("--repo", cluster, "reconcile")
-    assert result.exit_code == 4 and "shard ANALYZE is held by elsewhere/1/2/cafe" in result.stdout
+    assert result.exit_code == 4 and "shard ANALYZE is held by pid 1 on host elsewhere" in result.stdout
     assert positions(cluster)["node-2"] == (1, "IDLE")
 
 
@@ -202,9 +206,11 @@ def test_hold_policy_and_suspend(cluster: Path, cli: Invoke) -> None:
     state = cluster / "desired/state.yaml"
     text = state.read_text()
     state.write_text(text.replace("  ANALYZE:\n    on_partial: auto", "  ANALYZE:\n    on_partial: hold"))
+    git(cluster, "commit", "-qam", "hold ANALYZE")
     result = cli("--repo", cluster, "reconcile")
     assert result.exit_code == 3 and "on_partial is hold" in result.stdout
     state.write_text(text.replace("suspend: false", "suspend: true"))
+    git(cluster, "commit", "-qam", "suspend")
     for path in (cluster / JOURNAL_DIR).glob("*.yaml"):
         path.unlink()
     before = head(cluster)
