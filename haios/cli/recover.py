@@ -74,6 +74,14 @@ def _unreached_lines(unreached: dict[str, dict[str, str]]) -> None:
             _render.out(f"    fix: {_render.runnable(why['hint'])}", style="cyan")
 
 
+def _abandoned_lines(abandoned: list[dict[str, Any]]) -> None:
+    """HARD_FAILED traces that left compensations behind, and the override that retries them."""
+    for a in abandoned:
+        what = ", ".join(f"{x['key']} on {x['node']} ({x['compensator']})" for x in a["abandoned"])
+        _render.out(f"HARD_FAILED {a['trace_id']} g={a['g']} {a['phase']} left uncompensated: {what}", style="red")
+        _render.out(f"    retry: {_render.runnable(a['retry'])}", style="cyan")
+
+
 def _membership_lines(membership: dict[str, Any]) -> None:
     for node in membership.get("evicted") or []:
         _render.out(_render.runnable(f"evicted: {node} (takes no part until: haios node rejoin {node})"))
@@ -119,6 +127,7 @@ def _print_plan(plan: Plan) -> None:
     _membership_lines(plan.membership)
     _override_lines(plan.overrides)
     _unreached_lines(plan.unreached)
+    _abandoned_lines(plan.abandoned)
     if not plan.traces:
         settled = not plan.unreached and not plan.refused
         _render.out(settled_line(plan), style="green" if settled else "red")
@@ -221,7 +230,13 @@ def _progress(opts: GlobalOptions) -> Iterator[Progress | None]:
 
 
 def _print_result(result: RunResult) -> None:
-    verbs = {"forward": "rolled forward", "rollback": "rolled back", "resume": "resumed", "abort": "aborted"}
+    verbs = {
+        "forward": "rolled forward",
+        "rollback": "rolled back",
+        "resume": "resumed",
+        "abort": "aborted",
+        "retry": "retried",
+    }
     if result.note:
         _render.out(result.note, style="yellow")
     _refused_line(result.plan.refused)

@@ -406,11 +406,14 @@ class _Runner:
             elif action == "force-rollback":
                 state, _ = step(state, Event.ACK_ROLLBACK)
             reopened: list[str] = []
+            keys = [s["key"] for s in trace.steps if s["action"] == "compensate"]
             if action != "abort" and State(j.state) is State.BLOCKED_COMPENSATOR:
                 # one more attempt for every compensator that ran out of them
-                keys = [s["key"] for s in trace.steps if s["action"] == "compensate"]
                 reopened = self.sel.reopen(keys, now, nonce)
                 j.blocked_since = None
+            elif action == "resume" and State(j.state) is State.HARD_FAILED:
+                # one more attempt for every compensation the trace abandoned
+                reopened = self.sel.reopen(keys, now, nonce, abandoned=True)
             j.set_state(state, now, reason=trace.reason)
             j.grant = {"file": file, "action": action, "nonce": nonce, "signers": offer.signers}
             detail = {"reopened": reopened} if reopened else {}
@@ -427,6 +430,8 @@ class _Runner:
         now = self.clock()
         if trace.verdict == "abort":
             return self._abort(trace, j, lease, outcome)
+        if trace.verdict == "retry":
+            return self._retry(trace, j, lease, outcome)
         state = State(j.state)
         if state is State.BLOCKED:
             state, _ = step(state, Event.HEALED)
@@ -524,10 +529,14 @@ class _Runner:
             self._tick(trace, node, action, index, finished=True)
         return lease
 
-    def _compensate(self, trace: TracePlan, j: journals.Journal, lease: Lease, s: dict[str, Any]) -> dict[str, float]:
+    def _compensate(
+        self, trace: TracePlan, j: journals.Journal, lease: Lease, s: dict[str, Any], *, retry: bool = False
+    ) -> dict[str, float]:
         """One compensation under the SEL's rules: at most one success per key, back-off between
         attempts, the compensator's circuit breaker, the cost cap (SPEC §4.4). Returns where the
-        time went (``sel_compensate``: the compensator itself; the node's record of it)."""
+        time went (``sel_compensate``: the compensator itself; the node's record of it). With
+        ``retry`` (the one more attempt a HARD_FAILED trace was granted) a failure leaves the trace's
+        state alone: the caller decides what it makes of it."""
         node, key, name = s["node"], s["key"], s["compensator"]
         now = self.clock()
         try:
@@ -543,6 +552,8 @@ class _Runner:
             )
         except ParamsMismatch as exc:
             j.add_step(now, node, "compensate", "refused", key=key, error=exc.message)
+            if retry:
+                raise _Stop(3, exc.message) from None
             raise _Stop(3, exc.message, self._exhausted(j, now, f"{name} for {key} on {node}: {exc.message}")) from None
         admission = self.sel.admit(entry, now, self.run_id)
         if admission.replay:
@@ -552,6 +563,8 @@ class _Runner:
             )
             return dict(done.get("timings") or {})
         if admission.exhausted:
+            if retry:
+                raise _Stop(3, f"compensator {name} for {key}: {admission.why}")
             due = self._exhausted(j, now, f"{name} for {key} on {node}: {admission.why}")
             raise _Stop(3, f"compensator {name} for {key}: {admission.why}: BLOCKED_COMPENSATOR", due)
         if not admission.run:
@@ -585,6 +598,8 @@ class _Runner:
             attempt=entry.failures,
             timings={"sel_compensate": took},
         )
+        if retry:
+            raise _Stop(3, f"compensator {name} for {key} failed: {result}")
         if entry.state == EXHAUSTED:
             why = "not retryable" if not retryable else f"failed {entry.failures} times"
             due = self._exhausted(j, now, f"{name} for {key} on {node} {why}: {result}")
@@ -671,6 +686,39 @@ class _Runner:
         outcome.verdict = "rollback"
         return self._steps(back, j, lease, outcome, state)
 
+    def _retry(self, trace: TracePlan, j: journals.Journal, lease: Lease, outcome: TraceOutcome) -> Lease:
+        """A signed resume on a HARD_FAILED trace: one more attempt for each compensation it abandoned,
+        under the ledger's rules (a key that succeeded is not run again). A compensation that fails
+        again is abandoned again; the trace is CLEAN_EXIT once none is left, else HARD_FAILED still."""
+        failed: list[str] = []
+        for index, s in enumerate(trace.steps, 1):
+            lease = self._renew(lease)
+            self._tick(trace, s["node"], "compensate", index, finished=False)
+            try:
+                timings = self._compensate(trace, j, lease, s, retry=True)
+            except _Stop as stop:
+                self.sel.abandon([s["key"]], self.clock())
+                j.add_step(self.clock(), s["node"], "compensate", "abandoned again", key=s["key"], error=stop.note)
+                failed.append(s["key"])
+            else:
+                j.add_step(self.clock(), s["node"], "compensate", "compensated", key=s["key"], timings=timings)
+            outcome.steps += 1
+            self._tick(trace, s["node"], "compensate", index, finished=True)
+        now = self.clock()
+        j.abandoned = [a for a in j.abandoned if a.get("key") in failed]
+        if failed:
+            j.set_state(State.HARD_FAILED, now, reason=f"one more attempt failed for {', '.join(failed)}")
+            raise _Stop(3, f"HARD_FAILED: {', '.join(failed)} still uncompensated after one more attempt")
+        j.set_state(State.CLEAN_EXIT, now, decision="rollback", reason=f"{trace.reason}: every one compensated")
+        return lease
+
+    def _begin(self, trace: TracePlan, node: str) -> int | None:
+        """Where the node's attempt at the trace's (g, phase) begins in its WAL: how a later run finds
+        that attempt's records once the node has moved past it."""
+        o = self.ctx.observations.get(node)
+        summary = o.phases.get((trace.g, trace.phase)) if o is not None else None
+        return summary.begin_lamport if summary is not None else None
+
     def _hard_fail(
         self, trace: TracePlan, j: journals.Journal, lease: Lease, outcome: TraceOutcome, state: State
     ) -> Lease:
@@ -690,6 +738,13 @@ class _Runner:
         owed |= {k for k, v in j.compensation.items() if v.get("state") not in (SUCCEEDED, None)}
         stuck = sorted(owed)
         self.sel.abandon(stuck, now)
+        # what a signed resume would run again (plan lists it with the override that does)
+        keep = ("node", "key", "kind", "compensator", "params", "cost", "from_lamport")
+        j.abandoned = [
+            {k: x.get(k) for k in keep} | {"from_lamport": x.get("from_lamport") or self._begin(trace, x["node"])}
+            for x in trace.steps
+            if x["action"] == "compensate" and x["key"] in stuck
+        ]
         for node in trace.participants:
             result = self._op(
                 trace,

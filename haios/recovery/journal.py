@@ -88,6 +88,9 @@ class Journal:
     overrides: list[dict[str, Any]] = field(default_factory=list)  # signed overrides applied to this trace
     grant: dict[str, Any] | None = None  # the override being carried out: {action, nonce}
     detection: dict[str, Any] | None = None  # {last_activity, detected_at}: time to detect (SPEC §9)
+    # the compensations a HARD_FAILED trace gave up on, each as the step that would run it (node,
+    # key, compensator, kind, params, from_lamport): what a signed resume gives one more attempt
+    abandoned: list[dict[str, Any]] = field(default_factory=list)
     dirty: bool = field(default=False, repr=False, compare=False)
     writes: int = field(default=0, repr=False, compare=False)  # saves during this run
     # told of every state change, step and alert as it is recorded (kind, fields): the event stream
@@ -128,6 +131,7 @@ class Journal:
             "overrides": list(self.overrides),
             "grant": self.grant,
             "detection": self.detection,
+            **({"abandoned": list(self.abandoned)} if self.abandoned else {}),
         }
 
     @classmethod
@@ -153,6 +157,7 @@ class Journal:
             overrides=list(data.get("overrides") or []),
             grant=data.get("grant"),
             detection=data.get("detection"),
+            abandoned=[dict(a) for a in data.get("abandoned") or []],
         )
 
     # -- changes (each marks the journal for saving) ---------------------------------------------
@@ -239,10 +244,28 @@ def journals_for(repo: Path, g: int, phase: str) -> list[Journal]:
 _TERMINAL_LINE = re.compile(r"^state: (CLEAN_EXIT|HARD_FAILED|ABORTED)$", re.MULTILINE)
 
 
+_HARD_FAILED_LINE = re.compile(r"^state: HARD_FAILED$", re.MULTILINE)
+
+
+def hard_failed(repo: Path) -> list[Journal]:
+    """The HARD_FAILED traces that abandoned compensations, oldest first (a journal that cannot be
+    read is left out here: its own finding says so)."""
+    found = _scan(repo, lambda text: bool(_HARD_FAILED_LINE.search(text)), [])
+    return sorted(
+        (j for j in found if j.state == State.HARD_FAILED.value and j.abandoned),
+        key=lambda j: (j.opened_at, j.trace_id),
+    )
+
+
 def open_journals(repo: Path, unreadable: list[ConfigError] | None = None) -> list[Journal]:
     """Journals of traces that have not ended (a cheap text check skips the finished ones). With
     ``unreadable``, a journal that cannot be read is added there (it concerns its own trace only)
     instead of ending the call."""
+    return _scan(repo, lambda text: not _TERMINAL_LINE.search(text), unreadable)
+
+
+def _scan(repo: Path, wanted: Callable[[str], bool], unreadable: list[ConfigError] | None) -> list[Journal]:
+    """The journals whose text ``wanted`` picks (a cheap check before the parse)."""
     directory = repo / JOURNAL_DIR
     if not directory.is_dir():
         return []
@@ -250,9 +273,7 @@ def open_journals(repo: Path, unreadable: list[ConfigError] | None = None) -> li
     for path in sorted(directory.glob("*.yaml")):
         try:
             data = read_regular(path, "status", within=directory)
-            if data is None:
-                continue
-            if not _TERMINAL_LINE.search(data.decode("utf-8", "replace")):
+            if data is not None and wanted(data.decode("utf-8", "replace")):
                 found.append(load(path))
         except (ConfigError, InputError) as exc:
             error = exc if isinstance(exc, ConfigError) else ConfigError(exc.message, hint=JOURNAL_HINT)

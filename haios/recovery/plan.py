@@ -39,10 +39,10 @@ from . import journal as journals
 from . import membership as members
 from .machine import NEEDS_A_HUMAN, TERMINAL, Event, State
 from .planner import Decision, Inputs, View, decide, steps_for
-from .sel import BREAKERS_FILE, SWINGS_FILE, SelStore, resource_of
+from .sel import BREAKERS_FILE, SUCCEEDED, SWINGS_FILE, SelStore, resource_of
 
 PLAN_SCHEMA = "haios-plan/v1"
-ACTIONABLE = frozenset({"forward", "rollback", "resume", "abort"})
+ACTIONABLE = frozenset({"forward", "rollback", "resume", "abort", "retry"})
 UNREADABLE = "unreadable"  # the verdict of a transition whose journal, or a file it needs, cannot be read
 COST_ALERT = "COST_CAP_EXCEEDED"  # SPEC §4.4: the cost cap or the swing limit halted automation
 BUDGET_FILE = "policies/budget.yaml"
@@ -150,6 +150,9 @@ class Plan:
     # tracked desired-state files with uncommitted edits: this plan reads them as they are on disk,
     # reconcile refuses them unless --allow-dirty
     uncommitted: list[str] = field(default_factory=list)
+    # HARD_FAILED traces whose abandoned compensations no override retries yet: trace_id, g, phase,
+    # abandoned [{node, key, compensator}], and the command that makes the override that would
+    abandoned: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def minority(self) -> bool:
@@ -201,6 +204,7 @@ class Plan:
             "unreadable": self.unreadable,
             "unreached": self.unreached,
             "uncommitted": self.uncommitted,
+            "abandoned": self.abandoned,
             "overrides": self.overrides,
             "exit_code": self.exit_code(),
         }
@@ -231,6 +235,7 @@ class Plan:
                 if isinstance(v, dict)
             },
             [str(f) for f in data.get("uncommitted") or []],
+            [dict(a) for a in data.get("abandoned") or [] if isinstance(a, dict)],
         )
 
 
@@ -834,8 +839,68 @@ def build(
             continue  # nothing to do, and no open trace to close
         trace.held_by = _held_by(ctx.backend, phase, at, leases) if trace.actionable else None
         plan.traces.append(trace)
+    for j in journals.hard_failed(path):
+        retry = _retry_abandoned(ctx, store, j)
+        if isinstance(retry, TracePlan):
+            retry.held_by = _held_by(ctx.backend, retry.phase, at, leases)
+            plan.traces.append(retry)
+        elif retry:
+            plan.abandoned.append(retry)
     plan.overrides = _override_effects(path, plan, offers)
     return plan, ctx
+
+
+def _retry_abandoned(ctx: Context, store: SelStore, j: journals.Journal) -> TracePlan | dict[str, Any]:
+    """A HARD_FAILED trace's abandoned compensations that have not succeeded since: one more attempt
+    for each under a valid signed ``resume`` for the trace (a TracePlan with verdict ``retry``), else
+    what is left behind and the command that makes the override that would retry it (empty: none)."""
+    owed = []
+    for a in j.abandoned:
+        entry = store.entry(str(a.get("key")))
+        if entry is None or entry.state != SUCCEEDED:
+            owed.append(a)
+    if not owed:
+        return {}
+    offer = ctx.overrides.get(j.trace_id)
+    spent = {str(o.get("nonce")) for o in j.overrides}
+    if offer is None or offer.action != "resume" or offer.nonce in spent:
+        return {
+            "trace_id": j.trace_id,
+            "g": j.g,
+            "phase": j.phase,
+            "abandoned": [{k: a.get(k) for k in ("node", "key", "compensator")} for a in owed],
+            "retry": f"haios override new --trace {j.trace_id} --action resume --reason "
+            "'retry the abandoned compensations'   # then sign it and merge it",
+        }
+    signers = ", ".join(offer.signers) or "-"
+    steps = [
+        {
+            **a,
+            "action": "compensate",
+            "detail": f"{a.get('compensator')} for {a.get('kind')}: one more attempt (abandoned by HARD_FAILED)",
+        }
+        for a in owed
+    ]
+    return TracePlan(
+        j.trace_id,
+        j.g,
+        j.phase,
+        j.state,
+        "retry",
+        f"resume override signed by {signers}: one more attempt for the compensations HARD_FAILED abandoned "
+        f"({', '.join(str(a.get('key')) for a in owed)})",
+        sorted({str(a.get("node")) for a in owed}),
+        steps,
+        resumed=True,
+        override={
+            "file": offer.file,
+            "action": offer.action,
+            "nonce": offer.nonce,
+            "signers": offer.signers,
+            "effect": "applies",
+            "why": "",
+        },
+    )
 
 
 def _override_effects(repo: Path, plan: Plan, offers: list[Offer]) -> list[dict[str, Any]]:
@@ -967,6 +1032,13 @@ def render_markdown(plan: Plan) -> str:
                 f"{o.get('have', 0)} of {o.get('need', 1)} | **{o['effect']}**{why} |"
             )
         lines.append("")
+    for a in plan.abandoned:
+        what = ", ".join(f"`{x['key']}` on `{x['node']}`" for x in a["abandoned"])
+        lines += [
+            f"**HARD_FAILED** `{a['trace_id']}` (g={a['g']} {a['phase']}) left uncompensated: {what}; "
+            f"a signed resume retries them: `{a['retry'].split('   #')[0]}`",
+            "",
+        ]
     for lost in plan.unreached.values():
         lines += [f"**Not reached:** {lost['error']}" + (f" — {lost['hint']}" if lost["hint"] else ""), ""]
     if not plan.traces:

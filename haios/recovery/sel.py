@@ -403,14 +403,16 @@ class SelStore:
                 self._save_breakers(breakers)
         return entry
 
-    def reopen(self, keys: list[str], now: float, by: str) -> list[str]:
-        """A signed override grants each exhausted key one more attempt (its next failure exhausts it
-        again); returns the keys reopened. ``by``: the override's nonce, for the record."""
+    def reopen(self, keys: list[str], now: float, by: str, *, abandoned: bool = False) -> list[str]:
+        """A signed override grants each exhausted key (with ``abandoned``, each abandoned one too:
+        a resume of a HARD_FAILED trace) one more attempt (its next failure exhausts it again);
+        returns the keys reopened. ``by``: the override's nonce, for the record."""
         reopened = []
+        states = (EXHAUSTED, ABANDONED) if abandoned else (EXHAUSTED,)
         with self._locked():
             for key in keys:
                 entry = self.entry(key)
-                if entry is not None and entry.state == EXHAUSTED:
+                if entry is not None and entry.state in states:
                     entry.state, entry.next_attempt_at = PENDING, None
                     entry.attempts.append({"at": now, "utc": utc(now), "outcome": "reopened", "override": by})
                     self._save(entry)

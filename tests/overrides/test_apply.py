@@ -16,6 +16,7 @@ from helpers.overrides import signed_override, supervisors
 from ruamel.yaml import YAML
 
 from haios import controlfile
+from haios.config import load_repo
 from haios.errors import StorageError
 from haios.node.heartbeat import utc
 from haios.overrides import apply as overrides_apply
@@ -351,3 +352,57 @@ def test_an_applied_override_stays_spent_after_status_is_reverted(
     assert cli("--repo", cluster, "override", "verify", path).exit_code == 0  # nothing known here...
     verified = cli("--repo", cluster, "override", "verify", "--nodes", path)
     assert verified.exit_code == 5 and "applied on node-1, node-2, node-3" in verified.stdout, verified.stdout
+
+
+def test_resume_of_a_hard_failed_trace_retries_its_abandoned_compensation_once(
+    cluster: Path, keys: dict[str, Path], cli: Invoke
+) -> None:
+    """HARD_FAILED abandons the compensation of an expensive resource. plan lists it with the override
+    that would retry it; a signed resume gives it one more attempt, recorded in the ledger and the
+    journal once; the resource is deleted exactly once."""
+    from helpers import at
+
+    from haios.recovery.sel import SUCCEEDED, SelStore
+
+    plant(cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-1": 1})
+    cloud = FakeCloud(sim_dir(cluster) / "cloud")
+    cloud.set_faults({"fail": {"delete": {"fakecloud.vm": -1}}})
+    now = time.time()
+    for _ in range(40):  # cron runs at the times the runs say work is due, until it gives up (bounded)
+        result = reconcile(cluster, clock=at(now))
+        if result.outcomes and result.outcomes[0].after == "HARD_FAILED":
+            break
+        now = max(now + 60.0, result.next_due or 0.0)
+    (outcome,) = result.outcomes
+    assert outcome.after == "HARD_FAILED"
+    trace = outcome.trace_id
+    plan = json.loads(cli("--repo", cluster, "plan", "-o", "json").stdout)
+    (left,) = plan["abandoned"]
+    assert left["trace_id"] == trace and left["abandoned"] == [
+        {"node": "node-1", "key": KEY, "compensator": "fakecloud-vm"}
+    ]
+    assert f"haios override new --trace {trace} --action resume" in left["retry"]
+    text = cli("--repo", cluster, "plan").stdout
+    assert f"HARD_FAILED {trace}" in text and f"{KEY} on node-1" in text and f"--repo {cluster}" in text
+
+    cloud.set_faults({})  # the cloud works again; a human signs a resume for the trace
+    _override(cli, cluster, keys, trace, "resume", ("alice", "bob"))
+    later = now + 600
+    planned, _ = build(cluster, now=later)
+    (retry,) = [t for t in planned.traces if t.trace_id == trace]
+    assert retry.verdict == "retry" and [s["key"] for s in retry.steps] == [KEY]
+    assert planned.abandoned == [] and planned.exit_code() == 2
+    done = reconcile(cluster, clock=at(later))
+    assert done.exit_code() == 0, json.dumps(done.to_json()["traces"])
+    assert done.outcomes[0].after == "CLEAN_EXIT"
+    entry = SelStore(cluster, load_repo(cluster).thresholds).entry(KEY)
+    assert entry is not None and entry.state == SUCCEEDED
+    assert [a["outcome"] for a in entry.attempts][-3:] == ["abandoned", "reopened", "ok"]
+    assert deletes(cluster) == {KEY: 1}
+    j = _journal(cluster, trace)
+    assert [s["outcome"] for s in j.steps if s["action"] == "compensate" and s.get("key") == KEY][-1] == "compensated"
+    assert len(j.overrides) == 1 and not j.abandoned
+    # once: the next run has nothing to do and deletes nothing
+    again = reconcile(cluster, clock=at(later + 60))
+    assert again.exit_code() == 0 and deletes(cluster) == {KEY: 1}
+    assert json.loads(cli("--repo", cluster, "plan", "-o", "json").stdout)["abandoned"] == []
