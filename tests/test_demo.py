@@ -29,6 +29,9 @@ def test_demo_ends_healthy_with_the_recovery_in_the_audit_log(tmp_path: Path) ->
     assert ": healthy (5 nodes)" in out and "every invariant holds" in out
     assert re.search(r"^    2-construct-\w+: CLEAN_EXIT \(token 1\)$", out, re.MULTILINE)
     assert "nothing to do: every transition is committed or rolled back on all its participants" in out
+    # no Python reprs reach a person: no dicts, no None, no tuples in what the demo prints
+    reprs = [line for line in out.splitlines() if re.search(r"\{'|': |\bNone\b|\('\w+', ", line)]
+    assert reprs == [], reprs
 
     # the acceptance of the metrics and the timeline, on the demo's own cluster
     sim = Path(re.findall(r"^The demo cluster is in (.+)$", out, re.MULTILINE)[-1])
