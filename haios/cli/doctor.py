@@ -59,7 +59,7 @@ def doctor(
     console = _render.console()
     if report.nodes:
         console.print(_table(report))
-    if report.pause_reason:
+    if report.pause_reason and any(report.held_back(f) for f in report.findings):
         _render.out(f"note: {report.pause_reason}", style="yellow")
     for f in report.findings:
         held = report.held_back(f)

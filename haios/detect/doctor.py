@@ -755,7 +755,13 @@ def run_doctor(
         else {}
     )
 
+    remote_nodes = {n.name for n in config.cluster.nodes if n.transport == "ssh"}
+
     def concrete(fix: str) -> str:  # detectors do not know where roots are; the report does
+        for node in remote_nodes:  # 'haios node heartbeat' beats local nodes; a remote one beats itself
+            if fix.startswith(f"haios --repo <repo> node heartbeat {node} "):
+                every = f"{config.thresholds.heartbeat_interval:g}s"
+                return f"on {node}: start its agent, 'haios node heartbeat --every {every}' (docs/ssh.md, The node's agent)"
         fix = fix.replace("<repo>", str(path))
         for node, root in local.items():
             fix = fix.replace(f"<root of {node}>", str(root))

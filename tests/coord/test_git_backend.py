@@ -34,7 +34,7 @@ def test_git_lease_tokens_strictly_increase(repo: Path) -> None:
 def test_git_lease_held_names_its_holder(repo: Path) -> None:
     backend = GitBackend(repo)
     backend.acquire("IDLE", "other-host/1/2/abc", "trace-a", 60, T0)
-    with pytest.raises(LockHeldError, match="held by other-host/1/2/abc for trace trace-a") as info:
+    with pytest.raises(LockHeldError, match="held by pid 1 on host other-host for trace trace-a") as info:
         backend.acquire("IDLE", "me", "trace-b", 60, T0 + 1)
     assert info.value.exit_code == 4
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from helpers import subprocs
-from helpers.cluster import deletes, plant
+from helpers.cluster import deletes, git, plant
 from helpers.sshd import host_fingerprint, keygen, sshd_binary
 
 from haios.sim.check import sim_check
@@ -170,6 +170,7 @@ def cluster_behind(net: Net, tmp_path: Path) -> Path:
             f'  command: [sh, -c, \'touch compensating; sleep 2; exec "$0" "$@"\', {sys.executable}, -m, haios,',
         )
     )
+    git(directory, "commit", "-qam", "test set-up: addresses, a short ANALYZE prior, a slow compensator")
     return directory
 
 

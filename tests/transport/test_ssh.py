@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from helpers import Invoke, subprocs
-from helpers.cluster import plant
+from helpers.cluster import git, plant
 from helpers.sshd import Sshd
 
 from haios.config import load_repo
@@ -33,6 +33,7 @@ def ssh_cluster(tmp_path: Path, ssh_env: Sshd) -> Path:
     directory = sim_init(tmp_path / "cluster", 3, ssh=_layout(ssh_env))
     thresholds = directory / "policies/thresholds.yaml"
     thresholds.write_text(thresholds.read_text().replace("    ANALYZE: 500ms", "    ANALYZE: 10ms"))
+    git(directory, "commit", "-qam", "test set-up: a short ANALYZE prior")
     assert sim_run(directory, iterations=1, seed=7, faults={}).committed == 5
     return directory
 
@@ -75,6 +76,7 @@ def test_pinned_host_key_mismatch_is_refused_with_exit_5(ssh_cluster: Path, cli:
     text = config.read_text()
     wrong = "SHA256:" + "A" * 43
     config.write_text(text.replace(_layout_key(text), wrong))
+    git(ssh_cluster, "commit", "-qam", "a host key that is not the node's")
     before = (ssh_cluster / "nodes/node-1/state.txt").read_bytes()
     for command in (["doctor"], ["plan"], ["reconcile"], ["status"]):
         result = cli("--repo", ssh_cluster, *command)
@@ -256,6 +258,7 @@ def test_sshd_killed_mid_reconcile_then_restarted_resumes_the_trace(
         cluster = sim_init(tmp_path / "cluster", 3, ssh=_layout(own))
         thresholds = cluster / "policies/thresholds.yaml"
         thresholds.write_text(thresholds.read_text().replace("    ANALYZE: 500ms", "    ANALYZE: 10ms"))
+        git(cluster, "commit", "-qam", "test set-up: a short ANALYZE prior")
         assert sim_run(cluster, iterations=1, seed=7, faults={}).committed == 5
         plant(cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-1": 2, "node-2": 1})
         real = Transport.call
@@ -400,8 +403,12 @@ def test_init_then_provision_ssh_nodes_then_doctor(tmp_path: Path, ssh_env: Sshd
     again = cli("--repo", repo, "node", "provision", "node-2")
     assert again.stdout.splitlines() == ["node-2: already provisioned"]
     doctor = cli("--repo", repo, "-o", "json", "doctor")
-    kinds = {f["kind"] for f in json.loads(doctor.stdout)["findings"]}
+    findings = json.loads(doctor.stdout)["findings"]
+    kinds = {f["kind"] for f in findings}
     assert not kinds & {"unreachable", "host_key", "version", "control_file"}, kinds  # only heartbeats missing
+    # the fix for a remote node's heartbeat is to start its agent there, not a local command
+    fixes = [f["fix"] for f in findings if f["kind"].startswith("heartbeat")]
+    assert fixes and all(fix.startswith("on node-") and "start its agent" in fix for fix in fixes), fixes
 
 
 def test_disk_full_on_a_node_is_a_clean_error_and_nothing_half_written(
