@@ -27,10 +27,10 @@ from .config.yamlload import load_status
 from .controlfile import dump_mapping
 from .errors import ConfigError, HaiosError
 from .fsutil import atomic_write, makedirs_durable
-from .node.heartbeat import utc
 from .recovery import journal as journals
 from .recovery import membership as members
 from .recovery.machine import State
+from .timefmt import utc
 
 ALERTS_DIR = "status/alerts"
 SCHEMA = "haios-alert/v1"

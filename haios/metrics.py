@@ -37,11 +37,11 @@ from prometheus_client.samples import Exemplar
 from .detect.observe import CACHE_DIR
 from .errors import ConfigError, HaiosError, MetricsError
 from .fsutil import atomic_write, makedirs_durable
-from .node.heartbeat import parse_utc
 from .node.timing import STEPS
 from .recovery import journal as journals
 from .recovery import membership as members
 from .recovery.machine import TERMINAL, State
+from .timefmt import parse_utc
 from .untrusted import read_json
 
 RUNS_FILE = "status/observed/runs.json"  # this machine's reconcile runs (not committed: status/observed/)

@@ -24,8 +24,8 @@ from . import __version__
 from .config import load_repo
 from .config.model import PHASES
 from .errors import HaiosError
-from .node.heartbeat import parse_utc, utc
 from .recovery import journal as journals
+from .timefmt import parse_utc, utc
 from .transport import open_transport
 from .wal import RecordType, WalCorruptError, read_records
 

@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from ..node.heartbeat import utc
+from ..timefmt import utc
 from ..untrusted import inert
 from ._options import GlobalOptions, Output, current
 

@@ -17,12 +17,12 @@ from ..config.validate import require_repo
 from ..coord import holder_words
 from ..errors import HaiosError, UsageError
 from ..fsutil import atomic_write
-from ..node.heartbeat import utc
 from ..recovery import Plan, RunResult, build, render_markdown
 from ..recovery import reconcile as run_reconcile
 from ..recovery.executor import Progress
 from ..recovery.journal import find as find_journal
 from ..recovery.plan import plan_events, settled_line
+from ..timefmt import utc
 from ..transport import DEFAULT_PARALLEL
 from ..untrusted import read_json
 from . import _render

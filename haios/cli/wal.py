@@ -6,12 +6,12 @@ import collections
 import json
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from ..timefmt import utc
 from ..untrusted import is_number
 from ..wal import Record, WalCorruptError, WalReader, repair, verify, wal_dir
 from . import _render
@@ -30,7 +30,7 @@ FromOpt = Annotated[int | None, typer.Option("--from", help="Start at this Lampo
 
 def _ts(value: Any) -> str | None:
     if is_number(value):
-        return datetime.fromtimestamp(value, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return utc(float(value))
     return None
 
 

@@ -13,11 +13,11 @@ import os
 import socket
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ..config.model import PHASES, phase_order
 from ..errors import BarrierError, LockHeldError
+from ..timefmt import utc
 
 
 @dataclass(frozen=True)
@@ -91,13 +91,9 @@ def held_error(shard: str, current: Lease) -> LockHeldError:
     """The error for a shard another reconciler's live lease holds, in words."""
     return LockHeldError(
         f"shard {shard} is held by {holder_words(current.holder)} for trace {current.trace_id} "
-        f"(token {current.token}, until {_utc(current.expires)})",
+        f"(token {current.token}, until {utc(current.expires)})",
         hint="another reconciler is working on it; run again after it finishes or its lease expires",
     )
-
-
-def _utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def holder_words(holder: str) -> str:

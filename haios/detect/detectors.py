@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config.model import phase_order
-from ..node.heartbeat import gossip_age, gossip_partitioned, parse_utc
+from ..node.heartbeat import gossip_age, gossip_partitioned
+from ..timefmt import parse_utc
 from .phi import Estimators
 
 

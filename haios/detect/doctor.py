@@ -24,10 +24,10 @@ from ..coord import holder_words
 from ..errors import ConfigError, HaiosError
 from ..events import make
 from ..fsutil import atomic_write, makedirs_durable
-from ..node.heartbeat import parse_utc, utc
 from ..node.transaction import crash_window
 from ..recovery import journal as journals
 from ..recovery.journal import trace_for
+from ..timefmt import parse_utc, utc
 from ..transport import DEFAULT_PARALLEL, MIRROR_DIR, ClusterTransport, open_transport
 from ..untrusted import read_json
 from ..wal import verify

@@ -13,21 +13,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .. import __version__, controlfile
 from ..errors import HaiosError, VersionConflict
+from ..timefmt import parse_utc, utc
 from ..transport import Transport
-
-
-def utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def parse_utc(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 def gossip_age(gossip: Mapping[str, Any] | None, now: float) -> float | None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config.model import PHASES
-from .heartbeat import parse_utc
+from ..timefmt import parse_utc
 
 
 def _int(value: Any) -> bool:

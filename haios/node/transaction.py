@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,7 @@ from ..config.dataschemas import DataSchema, validate_data
 from ..config.model import PHASES, build_thresholds, phase_order
 from ..errors import BarrierError, BlockedError, ControlFileError, HaiosError, PartitionError, VersionConflict
 from ..fsutil import fsync_dir, makedirs_durable
+from ..timefmt import utc
 from ..untrusted import is_number
 from ..vclock import VClock
 from ..wal import Cursor, Record, RecordType, Wal, WalCorruptError, read_records
@@ -69,10 +69,6 @@ def next_transition(g: int, ph: str | None) -> tuple[int, str]:
     if ph is None or ph == "IDLE":
         return g + 1, "ANALYZE"
     return g, PHASES[PHASES.index(ph) + 1]
-
-
-def _utc(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
 @dataclass
@@ -468,7 +464,7 @@ class Node:
             now = self.clock()
             controlfile.write_mapping(
                 self.root / f"exec_status_{g}.txt",
-                {"g": g, "phase": phase, "status": "IN_PROGRESS", "started_at": _utc(now), "updated_at": _utc(now)},
+                {"g": g, "phase": phase, "status": "IN_PROGRESS", "started_at": utc(now), "updated_at": utc(now)},
                 expected_version=controlfile.current_version(self.root / f"exec_status_{g}.txt"),
             )
             controlfile.write_mapping(
@@ -672,7 +668,7 @@ class PhaseTx:
     def _exec_status(self, status: str) -> None:
         path = self.node.root / f"exec_status_{self.g}.txt"
         body, version = controlfile.read_mapping(path)
-        body.update(status=status, updated_at=_utc(self.node.clock()))
+        body.update(status=status, updated_at=utc(self.node.clock()))
         controlfile.write_mapping(path, body, expected_version=version)
 
     def close(self) -> None:

@@ -30,10 +30,10 @@ from ..coord import Lease, new_holder
 from ..errors import FencedError, HaiosError, LockHeldError, TransportError, UsageError
 from ..events import Sink, logged, make
 from ..fsutil import atomic_write, makedirs_durable
-from ..node.heartbeat import utc
 from ..node.transaction import OVERRIDE_STEP
 from ..overrides import apply as overrides
 from ..overrides.verify import APPLIED_FILE, applied
+from ..timefmt import utc
 from ..transport import DEFAULT_PARALLEL
 from . import journal as journals
 from . import membership as members

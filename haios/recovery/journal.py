@@ -20,7 +20,7 @@ from ..config.yamlload import load_status
 from ..controlfile import dump_mapping
 from ..errors import ConfigError, InputError
 from ..fsutil import atomic_write, makedirs_durable
-from ..node.heartbeat import utc
+from ..timefmt import utc
 from ..untrusted import read_regular
 from .machine import NEEDS_A_HUMAN, TERMINAL, State
 

@@ -26,7 +26,8 @@ from ..controlfile import dump_mapping
 from ..detect.detectors import NodeObservation
 from ..errors import ConfigError
 from ..fsutil import atomic_write, makedirs_durable
-from ..node.heartbeat import gossip_partitioned, parse_utc, utc
+from ..node.heartbeat import gossip_partitioned
+from ..timefmt import parse_utc, utc
 from ..untrusted import is_number
 
 MEMBERSHIP_FILE = "status/membership.yaml"

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config.model import RepoConfig
 from ..errors import ConfigError
-from ..node.heartbeat import utc
+from ..timefmt import utc
 from . import journal as journals
 from . import membership as members
 from .sel import SelStore

@@ -39,7 +39,7 @@ from ..config.yamlload import load_status
 from ..controlfile import dump_mapping
 from ..errors import ConfigError
 from ..fsutil import atomic_write, makedirs_durable
-from ..node.heartbeat import utc
+from ..timefmt import utc
 from ..untrusted import is_number
 
 SEL_DIR = "status/sel"

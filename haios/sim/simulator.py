@@ -34,9 +34,10 @@ from ..config.scaffold import init_repo
 from ..errors import BlockedError, HaiosError, UsageError
 from ..fsutil import atomic_write, makedirs_durable
 from ..gitrepo import init_and_commit
-from ..node.heartbeat import beat, utc
+from ..node.heartbeat import beat
 from ..node.transaction import scan_phases
 from ..recovery.membership import participants
+from ..timefmt import utc
 from ..vclock import VClock
 from ..wal import read_records
 from ..wal.reader import list_segments

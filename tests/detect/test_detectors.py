@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from haios.detect.detectors import NodeObservation, PhaseSummary, Thresholds, run_detectors
 from haios.detect.phi import Estimators
-from haios.node.heartbeat import utc
+from haios.timefmt import utc
 
 NOW = 1_790_000_000.0
 TH = Thresholds(heartbeat_interval=15, unhealthy_after=3, partition_window=45)

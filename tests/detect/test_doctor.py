@@ -14,9 +14,9 @@ from jsonschema import Draft202012Validator
 
 from haios import controlfile
 from haios.detect.doctor import run_doctor
-from haios.node.heartbeat import utc
 from haios.resources import schema
 from haios.sim.simulator import parse_faults, sim_init, sim_run
+from haios.timefmt import utc
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,7 @@ def refresh_heartbeats(directory: Path) -> None:
 def gossip_at(directory: Path, t: float) -> Callable[[], float]:
     """The clock of a reconcile at ``t``, after each node's agent rewrote its gossip at ``t`` (a gossip
     file not rewritten within the heartbeat window is stale and decides nothing)."""
-    from haios.node.heartbeat import utc
+    from haios.timefmt import utc
 
     for path in sorted((directory / "nodes").glob("*/gossip")):
         body, version = controlfile.read_mapping(path)

@@ -9,7 +9,8 @@ import pytest
 import haios
 from haios import controlfile
 from haios.node import Node, init_node_root
-from haios.node.heartbeat import beat, parse_utc, update_gossip, utc
+from haios.node.heartbeat import beat, update_gossip
+from haios.timefmt import parse_utc, utc
 from haios.transport import LocalTransport
 
 T0 = 1_790_000_000.0

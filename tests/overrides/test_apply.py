@@ -18,7 +18,6 @@ from ruamel.yaml import YAML
 from haios import controlfile
 from haios.config import load_repo
 from haios.errors import StorageError
-from haios.node.heartbeat import utc
 from haios.overrides import apply as overrides_apply
 from haios.overrides.verify import APPLIED_FILE, applied
 from haios.recovery import build, reconcile
@@ -26,6 +25,7 @@ from haios.recovery.journal import JOURNAL_DIR, Journal, find
 from haios.sim.check import sim_check
 from haios.sim.cloud import FakeCloud
 from haios.sim.simulator import sim_dir
+from haios.timefmt import utc
 from haios.wal import RecordType, read_records
 
 KEY = "key-node-1-0"

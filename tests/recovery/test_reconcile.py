@@ -14,12 +14,13 @@ from helpers.cluster import deletes, git, head, plant, positions
 from haios import controlfile
 from haios.audit import history
 from haios.coord import GitBackend
-from haios.node.heartbeat import beat, utc
+from haios.node.heartbeat import beat
 from haios.recovery import build, reconcile
 from haios.recovery.journal import JOURNAL_DIR, find
 from haios.sim.check import sim_check
 from haios.sim.cloud import FakeCloud
 from haios.sim.simulator import sim_dir
+from haios.timefmt import utc
 from haios.wal import read_records
 
 
