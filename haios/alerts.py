@@ -27,12 +27,12 @@ from .config.yamlload import load_status
 from .controlfile import dump_mapping
 from .errors import ConfigError, HaiosError
 from .fsutil import atomic_write, makedirs_durable
+from .layout import ALERTS_DIR, JOURNAL_DIR
 from .recovery import journal as journals
 from .recovery import membership as members
 from .recovery.machine import State
 from .timefmt import utc
 
-ALERTS_DIR = "status/alerts"
 SCHEMA = "haios-alert/v1"
 SEVERITY = {
     "awaiting_ack": "page",
@@ -90,7 +90,7 @@ def current(repo: Path, unknown: set[str] | None = None) -> dict[str, Alert]:
     membership record cannot be read (the alerts they raised neither hold nor resolve)."""
     found: dict[str, Alert] = {}
     unknown = set() if unknown is None else unknown
-    directory = repo / journals.JOURNAL_DIR
+    directory = repo / JOURNAL_DIR
     for path in sorted(directory.glob("*.yaml")) if directory.is_dir() else []:
         try:
             j = journals.load(path)

@@ -37,6 +37,7 @@ from prometheus_client.samples import Exemplar
 from .detect.observe import CACHE_DIR
 from .errors import ConfigError, HaiosError, MetricsError
 from .fsutil import atomic_write, makedirs_durable
+from .layout import JOURNAL_DIR, PLACEMENT_FILE, RUNS_FILE
 from .node.timing import STEPS
 from .recovery import journal as journals
 from .recovery import membership as members
@@ -44,7 +45,6 @@ from .recovery.machine import TERMINAL, State
 from .timefmt import parse_utc
 from .untrusted import read_json
 
-RUNS_FILE = "status/observed/runs.json"  # this machine's reconcile runs (not committed: status/observed/)
 # phases and recoveries take from a fraction of a second (a simulator) to hours (a real CONSTRUCT)
 PHASE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
 # one recovery step: an fsync, a snapshot restore, a compensator (an API call, a playbook)
@@ -146,7 +146,7 @@ class HaiosCollector(Collector):
         self.cluster = cluster
 
     def _journals(self) -> list[journals.Journal]:
-        directory = self.repo / journals.JOURNAL_DIR
+        directory = self.repo / JOURNAL_DIR
         if not directory.is_dir():
             return []
         found = []
@@ -333,7 +333,7 @@ class HaiosCollector(Collector):
 
     def _replica_copies(self) -> dict[str, int]:
         """How many peers hold a copy of each node's WAL (none without replication)."""
-        from .replication.placement import PLACEMENT_FILE, load
+        from .replication.placement import load
 
         if not (self.repo / PLACEMENT_FILE).exists():
             return {}

@@ -24,6 +24,7 @@ from . import __version__
 from .config import load_repo
 from .config.model import PHASES
 from .errors import HaiosError
+from .layout import JOURNAL_DIR
 from .recovery import journal as journals
 from .timefmt import parse_utc, utc
 from .transport import open_transport
@@ -109,7 +110,7 @@ def build(repo: Path | str, *, since: float, now: float | None = None) -> Timeli
             _node_records(root, node, since, timeline)
     finally:
         transport.close()
-    directory = path / journals.JOURNAL_DIR
+    directory = path / JOURNAL_DIR
     for jpath in sorted(directory.glob("*.yaml")) if directory.is_dir() else []:
         j = journals.load(jpath)
         d = j.detection or {}

@@ -15,13 +15,13 @@ from pathlib import Path
 from ..errors import HaiosError, StorageError, UsageError
 from ..fsutil import atomic_write, fsync_dir, makedirs_durable
 from ..gitrepo import init_and_commit
+from ..layout import SCHEMA_DIR
 from ..node.root import init_node_root
 from ..resources import data_dir
 from .model import NAME_RE, PHASES
 from .validate import load_repo
 
 MAX_INIT_NODES = 10000
-SCHEMA_DIR = ".haios/schemas"
 DEFAULT_SSH_ROOT = "/var/lib/haios"
 
 # The schema each file of the repo is checked against; used for the editor modelines.

@@ -24,6 +24,7 @@ from ..coord import holder_words
 from ..errors import ConfigError, HaiosError
 from ..events import make
 from ..fsutil import atomic_write, makedirs_durable
+from ..layout import MEMBERSHIP_FILE, RECORDS
 from ..node.transaction import crash_window
 from ..recovery import journal as journals
 from ..recovery.journal import trace_for
@@ -423,23 +424,14 @@ def _stale_leases(config: RepoConfig, at: float) -> list[Finding]:
     return out
 
 
-_STATUS_FILES = (
-    "status/overrides/applied.yaml",
-    "status/membership.yaml",
-    "status/sel/breakers.yaml",
-    "status/sel/swings.yaml",
-    "status/replication.yaml",
-)
-
-
 def _unreadable_status(path: Path, membership: ConfigError | None) -> list[Finding]:
     """A finding for each of haios's own cluster-wide records under ``status/`` that cannot be read
     (restored by hand, or tampered with), before a run that needs it fails on it (``membership``:
     why the membership record, read with its own checks, cannot be)."""
     findings = []
-    for rel in _STATUS_FILES:
-        error = membership if rel == "status/membership.yaml" else None
-        if rel != "status/membership.yaml":
+    for rel in RECORDS:
+        error = membership if rel == MEMBERSHIP_FILE else None
+        if rel != MEMBERSHIP_FILE:
             try:
                 load_status(path / rel, "a readable haios record", rel)
             except ConfigError as exc:

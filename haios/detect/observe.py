@@ -24,6 +24,7 @@ from typing import Any
 from .. import controlfile
 from ..errors import EXIT_VERIFICATION, HaiosError
 from ..fsutil import atomic_write, makedirs_durable
+from ..layout import OBSERVED_DIR
 from ..node import shapes
 from ..node.transaction import ABANDON_STEP, CATCH_UP_PREFIX, OVERRIDE_STEP
 from ..procutil import worker_initializer
@@ -35,7 +36,7 @@ from ..wal.reader import list_segments
 from ..wal.writer import LOCK_NAME
 from .detectors import NodeObservation, PhaseSummary
 
-CACHE_DIR = "status/observed"
+CACHE_DIR = OBSERVED_DIR
 _SUMMARISED = frozenset(
     {
         RecordType.BEGIN_PHASE,

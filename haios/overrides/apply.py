@@ -20,9 +20,10 @@ from ..controlfile import dump_mapping
 from ..detect.observe import cached_override_nonces, observe
 from ..errors import HaiosError
 from ..fsutil import locked_dir, makedirs_durable, replace_in_dir
+from ..layout import APPLIED_FILE
 from ..transport import open_transport
 from ..untrusted import in_repo
-from .verify import APPLIED_FILE, applied, check, state_of
+from .verify import applied, check, state_of
 
 APPLIED_SCHEMA = "haios-overrides-applied/v1"
 OVERRIDES_DIR = "overrides"

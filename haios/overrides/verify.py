@@ -16,12 +16,12 @@ from typing import Any
 from ..config.model import Override, RepoConfig, Supervisor, parse_time
 from ..config.yamlload import load_status
 from ..errors import ConfigError
+from ..layout import APPLIED_FILE
 from .keys import parse_public_key
 from .sshsig import SignatureError, verify
 
 NAMESPACE = "haios-override"
 PAYLOAD_SCHEMA = "haios-override/v1"
-APPLIED_FILE = "status/overrides/applied.yaml"
 
 
 def _when(text: str | None) -> float | None:

@@ -30,9 +30,10 @@ from ..coord import Lease, new_holder
 from ..errors import FencedError, HaiosError, LockHeldError, TransportError, UsageError
 from ..events import Sink, logged, make
 from ..fsutil import atomic_write, makedirs_durable
+from ..layout import ALERTS_DIR, APPLIED_FILE, JOURNAL_DIR, MEMBERSHIP_FILE, PLACEMENT_FILE, SEL_DIR, STATUS_FILE
 from ..node.transaction import OVERRIDE_STEP
 from ..overrides import apply as overrides
-from ..overrides.verify import APPLIED_FILE, applied
+from ..overrides.verify import applied
 from ..timefmt import utc
 from ..transport import DEFAULT_PARALLEL
 from . import journal as journals
@@ -49,9 +50,8 @@ from .plan import (
     plan_events,
     plan_transition,
 )
-from .sel import EXHAUSTED, SEL_DIR, SUCCEEDED, Entry, ParamsMismatch, SelStore
+from .sel import EXHAUSTED, SUCCEEDED, Entry, ParamsMismatch, SelStore
 
-STATUS_FILE = "status/cluster.yaml"
 Progress = Callable[[dict[str, Any]], None]
 # in-run waits before retrying a transport error (never a compensator's own failure: that waits for a later run)
 TRANSIENT_RETRIES = (0.2, 0.5, 1.0)
@@ -782,11 +782,9 @@ def _status_file(ctx: Context) -> dict[str, Any]:
         nodes[spec.name] = {"g": body.get("g"), "ph": body.get("ph")} if body else {"unreachable": True}
     open_traces = (
         sorted(
-            j.trace_id
-            for p in sorted((ctx.repo / journals.JOURNAL_DIR).glob("*.yaml"))
-            if not (j := journals.load(p)).terminal
+            j.trace_id for p in sorted((ctx.repo / JOURNAL_DIR).glob("*.yaml")) if not (j := journals.load(p)).terminal
         )
-        if (ctx.repo / journals.JOURNAL_DIR).is_dir()
+        if (ctx.repo / JOURNAL_DIR).is_dir()
         else []
     )
     return {"cluster": ctx.config.cluster.name, "nodes": nodes, "open_traces": open_traces}
@@ -1031,33 +1029,33 @@ def _execute(
             break  # we are stale: stop touching anything
     changed = [o for o in result.outcomes if o.recorded]
     # a fenced or locked-out run publishes nothing; nor does one that cannot tell who is evicted
-    if not any(o.code == 4 for o in result.outcomes) and members.MEMBERSHIP_FILE not in ctx.unreadable:
+    if not any(o.code == 4 for o in result.outcomes) and MEMBERSHIP_FILE not in ctx.unreadable:
         result.barrier = _publish_barrier(path, ctx, runner.holder, clock(), bool(changed))
     paths = [
-        journals.JOURNAL_DIR,
+        JOURNAL_DIR,
         STATUS_FILE,
         SEL_DIR,
-        members.MEMBERSHIP_FILE,
+        MEMBERSHIP_FILE,
         str(Path(APPLIED_FILE).parent),
-        alerts.ALERTS_DIR,
+        ALERTS_DIR,
     ]
     events = ctx.membership.events
     if events:
         members.save(path, ctx.membership)
     from ..replication import placement
 
-    if members.MEMBERSHIP_FILE not in ctx.unreadable and (
-        ctx.config.cluster.replication.mode != "off" or (path / placement.PLACEMENT_FILE).exists()
+    if MEMBERSHIP_FILE not in ctx.unreadable and (
+        ctx.config.cluster.replication.mode != "off" or (path / PLACEMENT_FILE).exists()
     ):
         placed = placement.sync(path, ctx.config, members.participants(path, ctx.config), ctx.transport, clock())
         result.placement = placed.lines()  # an origin still not told is said on every run...
         if placed.saved:  # ...but committed only when the placement file changes
-            paths.append(placement.PLACEMENT_FILE)
+            paths.append(PLACEMENT_FILE)
     raised = alerts.sync(path, clock())  # after the journals and membership: what holds now
     result.alerts = [c.as_dict() for c in raised]
     for c in raised:
         emit(make("alert", c.alert.trace_id, node=c.alert.node, **c.as_dict()))
-    if changed or events or raised or placement.PLACEMENT_FILE in paths:
+    if changed or events or raised or PLACEMENT_FILE in paths:
         _write_status(ctx)
         subject, body = _message(result.outcomes, events, raised, result.placement)
         traces = [

@@ -20,6 +20,7 @@ from ..config.yamlload import load_status
 from ..controlfile import dump_mapping
 from ..errors import ConfigError, InputError
 from ..fsutil import atomic_write, makedirs_durable
+from ..layout import JOURNAL_DIR
 from ..timefmt import utc
 from ..untrusted import read_regular
 from .machine import NEEDS_A_HUMAN, TERMINAL, State
@@ -27,7 +28,6 @@ from .machine import NEEDS_A_HUMAN, TERMINAL, State
 if TYPE_CHECKING:
     from ..detect.detectors import NodeObservation
 
-JOURNAL_DIR = "status/recoveries"
 JOURNAL_SCHEMA = "haios-trace/v1"
 
 

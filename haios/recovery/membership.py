@@ -26,11 +26,11 @@ from ..controlfile import dump_mapping
 from ..detect.detectors import NodeObservation
 from ..errors import ConfigError
 from ..fsutil import atomic_write, makedirs_durable
+from ..layout import MEMBERSHIP_FILE
 from ..node.heartbeat import gossip_partitioned
 from ..timefmt import parse_utc, utc
 from ..untrusted import is_number
 
-MEMBERSHIP_FILE = "status/membership.yaml"
 SCHEMA = "haios-membership/v1"
 PARTITIONS_KEPT = 500  # ended isolations remembered (the metric's history)
 

@@ -28,10 +28,11 @@ from ..detect.phi import Estimators
 from ..errors import ConfigError, HaiosError, InputError, RepoError
 from ..events import make
 from ..gitrepo import _git
+from ..layout import APPLIED_FILE, BREAKERS_FILE, JOURNAL_DIR, MEMBERSHIP_FILE, SWINGS_FILE
 from ..node.heartbeat import gossip_partitioned
 from ..node.transaction import OVERRIDE_STEP, crash_window, next_transition
 from ..overrides.apply import Offer, mark_spent, scan
-from ..overrides.verify import APPLIED_FILE, applied
+from ..overrides.verify import applied
 from ..transport import DEFAULT_PARALLEL, Transport, open_transport
 from ..untrusted import in_repo, read_regular
 from ..wal import WalCorruptError
@@ -39,7 +40,7 @@ from . import journal as journals
 from . import membership as members
 from .machine import NEEDS_A_HUMAN, TERMINAL, Event, State
 from .planner import Decision, Inputs, View, decide, steps_for
-from .sel import BREAKERS_FILE, SUCCEEDED, SWINGS_FILE, SelStore, resource_of
+from .sel import SUCCEEDED, SelStore, resource_of
 
 PLAN_SCHEMA = "haios-plan/v1"
 ACTIONABLE = frozenset({"forward", "rollback", "resume", "abort", "retry"})
@@ -702,7 +703,7 @@ def _unusable(ctx: Context, trace: TracePlan) -> list[str]:
     the trace, the playbooks its steps run, and the budget (and the rates, when a cost is in another
     currency than its region's limit) when it compensates."""
     config = ctx.config
-    why = [ctx.unreadable[members.MEMBERSHIP_FILE]] if members.MEMBERSHIP_FILE in ctx.unreadable else []
+    why = [ctx.unreadable[MEMBERSHIP_FILE]] if MEMBERSHIP_FILE in ctx.unreadable else []
     if trace.trace_id in ctx.unjudged:
         why.append(ctx.unjudged[trace.trace_id])
     compensations = [s for s in trace.steps if s["action"] == "compensate"]
@@ -773,7 +774,7 @@ def build(
         membership = members.assess(path, config, observations, at)
     except ConfigError as exc:  # who is evicted is unknown: every transition waits for the file
         membership = members.Membership()
-        unreadable[members.MEMBERSHIP_FILE] = in_repo(path, exc.one_line())
+        unreadable[MEMBERSHIP_FILE] = in_repo(path, exc.one_line())
     store = SelStore(path, config.thresholds)
     for rel, read in (
         (BREAKERS_FILE, store.breakers),
@@ -929,7 +930,7 @@ def _override_effects(repo: Path, plan: Plan, offers: list[Offer]) -> list[dict[
             journal = journals.find(repo, offer.trace_id or "")
             row["effect"] = "not applicable"
             row["why"] = (
-                f"no trace {offer.trace_id} in {journals.JOURNAL_DIR}"
+                f"no trace {offer.trace_id} in {JOURNAL_DIR}"
                 if journal is None
                 else f"trace {offer.trace_id} has ended ({journal.state})"
             )

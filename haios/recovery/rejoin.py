@@ -29,13 +29,12 @@ from ..config.model import phase_order as order
 from ..coord import new_holder
 from ..detect.detectors import forgotten
 from ..errors import BlockedError, HaiosError, UsageError, VerificationError
+from ..layout import JOURNAL_DIR, MEMBERSHIP_FILE, SEL_DIR, STATUS_FILE
 from ..node.transaction import CATCH_UP_PREFIX, next_transition
-from . import journal as journals
 from . import membership as members
-from .executor import STATUS_FILE, TraceOutcome, _Runner, _write_status, close_transport, node_state
+from .executor import TraceOutcome, _Runner, _write_status, close_transport, node_state
 from .machine import State
 from .plan import Context, build, plan_transition
-from .sel import SEL_DIR
 
 MAX_CATCH_UP = 50_000  # transitions; beyond that a node is restored, not replayed
 
@@ -230,6 +229,6 @@ def _finish(path: Path, ctx: Context, result: RejoinResult, observed: str) -> Re
         body.append(f"WAL restored from {r['source']} ({r['reason']}); the old one kept as {r['kept'] or '-'}")
     if result.rejoined or result.restored or any(o.recorded for o in result.rolled_back):
         _write_status(ctx)
-        paths = [journals.JOURNAL_DIR, STATUS_FILE, SEL_DIR, members.MEMBERSHIP_FILE]
+        paths = [JOURNAL_DIR, STATUS_FILE, SEL_DIR, MEMBERSHIP_FILE]
         result.commit = audit.commit_run(path, paths, subject, body, traces, observed)
     return result

@@ -39,13 +39,11 @@ from ..config.yamlload import load_status
 from ..controlfile import dump_mapping
 from ..errors import ConfigError
 from ..fsutil import atomic_write, makedirs_durable
+from ..layout import BREAKERS_FILE, SEL_DIR, SEL_KEYS_DIR, SWINGS_FILE
 from ..timefmt import utc
 from ..untrusted import is_number
 
-SEL_DIR = "status/sel"
-KEYS_DIR = f"{SEL_DIR}/keys"
-BREAKERS_FILE = f"{SEL_DIR}/breakers.yaml"
-SWINGS_FILE = f"{SEL_DIR}/swings.yaml"
+KEYS_DIR = SEL_KEYS_DIR
 ENTRY_SCHEMA = "haios-sel-entry/v1"
 SWING_RETENTION = 7 * 86400.0  # deletes older than this are forgotten (a swing window is shorter)
 

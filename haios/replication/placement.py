@@ -22,8 +22,7 @@ from ..config.yamlload import load_status
 from ..controlfile import dump_mapping
 from ..errors import ConfigError, HaiosError
 from ..fsutil import atomic_write, makedirs_durable
-
-PLACEMENT_FILE = "status/replication.yaml"
+from ..layout import PLACEMENT_FILE
 
 
 @dataclass

@@ -24,7 +24,7 @@ from .. import controlfile
 from ..config import load_repo
 from ..config.model import PHASES
 from ..errors import HaiosError
-from ..recovery.journal import JOURNAL_DIR
+from ..layout import JOURNAL_DIR
 from ..recovery.journal import load as load_journal
 from ..recovery.machine import State
 from ..wal import Record, RecordType, WalCorruptError, WalReader

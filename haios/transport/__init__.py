@@ -8,11 +8,11 @@ from typing import Any
 
 from ..config.model import RepoConfig
 from ..errors import TransportError
+from ..layout import MIRROR_DIR
 from .base import Completed, Transport
 from .local import LocalTransport
 
 KNOWN_HOSTS = "known_hosts"  # in the desired-state repo: pinned host keys of nodes without host_key
-MIRROR_DIR = "status/observed/mirror"  # copies of remote nodes' WAL and control files (a cache)
 DEFAULT_PARALLEL = 32  # remote nodes observed at once (--max-parallel)
 
 
