@@ -150,6 +150,17 @@ def rate(request: pytest.FixtureRequest) -> Callable[[str], None]:
     return lambda text: request.node.user_properties.append(("rate", text))
 
 
+# the fixtures that start a real service (OpenSSH sshd, an etcd cluster, a Prometheus Pushgateway, a
+# network namespace with sshd in it): every test that uses one is marked ``service``
+SERVICE_FIXTURES = frozenset({"sshd", "ssh_env", "etcd", "pushgateway", "net"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.service)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     lines = [
         f"{report.nodeid}: {value}"

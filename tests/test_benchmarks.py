@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import subprocs
 
 PROJECT = Path(__file__).parent.parent
@@ -48,6 +49,7 @@ def test_benchmarks_reconcile_bench_quick_run_prints_its_table(tmp_path: Path) -
     assert list(work.iterdir()) == []  # cleaned up
 
 
+@pytest.mark.service  # the benchmark starts sshd
 def test_benchmarks_fanout_bench_quick_run_prints_its_table(tmp_path: Path) -> None:
     from helpers.sshd import sshd_binary
 

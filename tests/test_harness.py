@@ -105,16 +105,43 @@ AGED = [
 def test_harness_an_hour_older_session_changes_nothing(tmp_path: Path, rate: Callable[[str], None]) -> None:
     """The tests that read timestamps from the session's shared fixtures pass just the same when an
     hour has passed since those were built (--clock-shift), as on a slow machine late in a long run."""
-    project = Path(__file__).parent.parent
     started = time.monotonic()
-    proc = subprocs.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--clock-shift", "3600"]
-        + ["--basetemp", str(tmp_path / "inner"), *AGED],
-        cwd=project,
+    proc = _inner_pytest(tmp_path, ["--clock-shift", "3600", *AGED], timeout=800)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    rate(f"{len(AGED)} files an hour older in {time.monotonic() - started:.0f} s")
+
+
+def test_harness_every_test_that_starts_a_service_is_marked(tmp_path: Path) -> None:
+    """``-m service`` selects the tests that start sshd, etcd, a Pushgateway or a namespace with
+    sshd, and ``-m 'not service'`` the rest: CI can run them apart, a machine without them skip them."""
+    targets = ["tests/transport", "tests/coord", "tests/test_metrics.py"]
+    proc = _inner_pytest(tmp_path, ["--collect-only", "-m", "service", *targets], timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    chosen = {line.split("[")[0] for line in proc.stdout.splitlines() if "::" in line}
+    for test in (
+        "tests/transport/test_ssh.py::test_ssh_cluster_reconciles_like_a_local_one",
+        "tests/transport/test_ssh.py::test_sshd_killed_mid_reconcile_then_restarted_resumes_the_trace",
+        "tests/transport/test_partition.py::test_minority_cut_mid_reconcile_then_healed",
+        "tests/transport/test_replication_ssh.py::test_ssh_peers_down_refuse_durable_appends",
+        "tests/coord/test_etcd_backend.py::test_one_of_four_reconcilers_takes_the_shard",
+        "tests/test_metrics.py::test_push_to_a_real_pushgateway_and_delete",
+    ):
+        assert test in chosen, test
+    for test in (
+        "tests/transport/test_ssh.py::test_remote_words_are_quoted",
+        "tests/coord/test_git_backend.py::test_git_lease_held_names_its_holder",
+        "tests/test_metrics.py::test_a_pushgateway_that_is_down",
+    ):
+        assert test not in chosen, test
+
+
+def _inner_pytest(tmp_path: Path, args: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """pytest run on the project from inside a test, with its own base temp directory."""
+    return subprocs.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "inner"), *args],
+        cwd=Path(__file__).parent.parent,
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
         capture_output=True,
         text=True,
-        timeout=800,
+        timeout=timeout,
     )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    rate(f"{len(AGED)} files an hour older in {time.monotonic() - started:.0f} s")

@@ -54,6 +54,7 @@ def test_replicas_over_ssh_and_restore_through_rejoin(ssh_replicated: Path, cli:
     assert [n["quorum"] for n in json.loads(shown.stdout)["nodes"]] == [2, 2, 2]
 
 
+@pytest.mark.service  # starts an sshd of its own (it kills it)
 def test_ssh_peers_down_refuse_durable_appends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from helpers.sshd import make_sshd
 

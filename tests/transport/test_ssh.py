@@ -240,6 +240,7 @@ def test_mirror_fetches_only_new_wal_bytes(ssh_cluster: Path) -> None:
     assert first > wal_bytes and second < 0.05 * wal_bytes + 4096  # control files and a 512-byte probe per segment
 
 
+@pytest.mark.service  # starts an sshd of its own (it kills it)
 def test_sshd_killed_mid_reconcile_then_restarted_resumes_the_trace(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
