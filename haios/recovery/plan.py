@@ -857,7 +857,10 @@ def _retry_abandoned(ctx: Context, store: SelStore, j: journals.Journal) -> Trac
     what is left behind and the command that makes the override that would retry it (empty: none)."""
     owed = []
     for a in j.abandoned:
-        entry = store.entry(str(a.get("key")))
+        try:
+            entry = store.entry(str(a.get("key")))
+        except ConfigError:  # its ledger entry cannot be read: still owed, as far as anyone can tell
+            entry = None
         if entry is None or entry.state != SUCCEEDED:
             owed.append(a)
     if not owed:
