@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config.model import phase_order
-from ..node.heartbeat import gossip_age, gossip_partitioned
+from ..node.heartbeat import gossip_age
 from ..timefmt import parse_utc
 from .phi import Estimators
 
@@ -125,10 +125,10 @@ def forgotten(obs: Mapping[str, NodeObservation]) -> dict[str, list[tuple[int, s
     return out
 
 
-def node_behind(obs: Mapping[str, NodeObservation]) -> list[Finding]:
-    """One finding per node that lost its history (:func:`forgotten`)."""
+def node_behind(obs: Mapping[str, NodeObservation], forgot: Mapping[str, list[tuple[int, str]]]) -> list[Finding]:
+    """One finding per node that lost its history (``forgot``: :func:`forgotten` of ``obs``)."""
     findings = []
-    for node, lost in forgotten(obs).items():
+    for node, lost in forgot.items():
         (g0, p0), (g1, p1) = lost[0], lost[-1]
         state = obs[node].state or {}
         findings.append(
@@ -289,11 +289,15 @@ def heartbeat_loss(obs: Mapping[str, NodeObservation], thresholds: Thresholds, n
     return findings
 
 
-def partial_commit(obs: Mapping[str, NodeObservation], estimators: Estimators, now: float) -> list[Finding]:
+def partial_commit(
+    obs: Mapping[str, NodeObservation],
+    estimators: Estimators,
+    now: float,
+    forgot: Mapping[str, list[tuple[int, str]]],
+) -> list[Finding]:
     """Once one participant finished (g, phase), every other must finish within the Φ timeout."""
     findings = []
     keys = {k for o in obs.values() for k in o.phases}
-    lost = forgotten(obs)
     for g, phase in sorted(keys, key=lambda k: (k[0], k[1])):
         summaries = {n: o.phases[(g, phase)] for n, o in obs.items() if (g, phase) in o.phases}
         finished = {n: s for n, s in summaries.items() if s.ended == "COMMIT_PHASE"}
@@ -308,7 +312,7 @@ def partial_commit(obs: Mapping[str, NodeObservation], estimators: Estimators, n
         unknown = {
             p
             for p in participants
-            if p not in summaries and (p not in obs or not obs[p].reachable or (g, phase) in lost.get(p, ()))
+            if p not in summaries and (p not in obs or not obs[p].reachable or (g, phase) in forgot.get(p, ()))
         }
         lagging = [p for p in participants if p not in finished and p not in unknown]
         if not lagging or now - first_end <= timeout:
@@ -383,7 +387,7 @@ def partition(obs: Mapping[str, NodeObservation], thresholds: Thresholds, now: f
         silent = sorted(
             p for p, heard in peers.items() if heard is None or written - parse_utc(heard) > thresholds.partition_window
         )
-        if gossip_partitioned(o.gossip, now, thresholds.heartbeat_window) or (peers and 2 * len(silent) > len(peers)):
+        if claims or (peers and 2 * len(silent) > len(peers)):  # a fresh file (a stale one was judged above)
             findings.append(
                 Finding(
                     "partition",
@@ -415,7 +419,8 @@ def run_detectors(
     last_pass: float | None,
 ) -> DetectionPass:
     """Every detector over one pass; applies the local-pause rule."""
-    partial = partial_commit(obs, estimators, now)
+    forgot = forgotten(obs)  # read by two detectors: worked out once
+    partial = partial_commit(obs, estimators, now, forgot)
     covered = {(n, f.g, f.phase) for f in partial for n in f.nodes}
     gaps = [f for f in wal_gap(obs, estimators, now) if (f.nodes[0], f.g, f.phase) not in covered]
     covered |= {(f.nodes[0], f.g, f.phase) for f in gaps}
@@ -423,7 +428,7 @@ def run_detectors(
     silent = heartbeat_loss(obs, thresholds, now)
     dead = {f.nodes[0] for f in silent}  # a node whose agent is silent: its stale gossip says nothing more
     split = [f for f in partition(obs, thresholds, now) if not (f.kind == "gossip_stale" and f.nodes[0] in dead)]
-    findings = gaps + slow + silent + partial + split + node_behind(obs)
+    findings = gaps + slow + silent + partial + split + node_behind(obs, forgot)
     if last_pass is not None and now - last_pass > thresholds.heartbeat_window:
         return DetectionPass(
             findings,

@@ -759,6 +759,8 @@ def run_doctor(
             fix = fix.replace(f"<root of {node}>", str(root))
         return fix
 
+    traces: dict[tuple[int, str], str] = {}
+
     def traced(f: Finding) -> dict[str, Any]:
         """The evidence, with the id of the recovery trace that ``plan`` gives this incident (the id an
         override names); the phase's own trace from its BEGIN_PHASE stays as ``phase_trace_id``."""
@@ -767,8 +769,12 @@ def run_doctor(
         evidence = dict(f.evidence)
         if "trace_id" in evidence:
             evidence["phase_trace_id"] = evidence.pop("trace_id")
-        with contextlib.suppress(ConfigError):  # a journal of (g, phase) that cannot be read: its own finding
-            evidence["trace_id"] = trace_for(path, f.g, f.phase, observations)
+        key = (f.g, f.phase)
+        if key not in traces:  # several findings of one transition: its journals are read once
+            with contextlib.suppress(ConfigError):  # a journal of (g, phase) that cannot be read: its own finding
+                traces[key] = trace_for(path, f.g, f.phase, observations)
+        if key in traces:
+            evidence["trace_id"] = traces[key]
         return evidence
 
     report.findings = [

@@ -50,6 +50,8 @@ from .paths import confine
 from .timing import measure
 
 _END = (RecordType.COMMIT_PHASE, RecordType.ABORT_PHASE)
+# the heartbeat window before a policy names one (interval x unhealthy_after of the defaults)
+DEFAULT_HEARTBEAT_WINDOW = build_thresholds({}).heartbeat_window
 log = logging.getLogger("haios.replication")
 
 
@@ -229,18 +231,17 @@ class Node:
 
     def _heartbeat_window(self) -> float:
         """interval x unhealthy_after from the pushed policy; the defaults before one was pushed."""
-        defaults = build_thresholds({})
         try:
             pushed = self.policy.get("thresholds") if (self.root / "policy").exists() else None
         except HaiosError:
             pushed = None
         if not isinstance(pushed, dict):
-            return defaults.heartbeat_window
+            return DEFAULT_HEARTBEAT_WINDOW
         interval: Any = pushed.get("heartbeat_interval")
         after: Any = pushed.get("heartbeat_unhealthy_after")
         if is_number(interval) and is_number(after) and interval > 0 and after > 0:
             return float(interval * after)
-        return defaults.heartbeat_window
+        return DEFAULT_HEARTBEAT_WINDOW
 
     @property
     def policy(self) -> dict[str, Any]:
