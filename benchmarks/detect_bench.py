@@ -29,9 +29,9 @@ from _common import print_table, run_child
 
 from haios import controlfile
 from haios.config import load_repo
-from haios.config.scaffold import init_repo
-from haios.detect.doctor import run_doctor
 from haios.node import Node
+from haios.ops.doctor import run_doctor
+from haios.ops.init import init_repo
 from haios.sim.simulator import sim_init, sim_run
 from haios.wal import RecordType, Wal
 
@@ -39,7 +39,7 @@ POLL = 0.1
 
 DOCTOR_CHILD = """
 import json, resource, sys, time
-from haios.detect.doctor import run_doctor
+from haios.ops.doctor import run_doctor
 t = time.perf_counter(); report = run_doctor(sys.argv[1]); elapsed = time.perf_counter() - t
 print(json.dumps({"seconds": elapsed, "bytes": report.bytes_read, "healthy": report.healthy,
                   "findings": len(report.findings), "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))

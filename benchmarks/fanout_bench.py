@@ -41,7 +41,7 @@ from helpers.sshd import Sshd, make_sshd  # noqa: E402 - the tests' sshd fixture
 
 from haios.config import load_repo  # noqa: E402
 from haios.node.heartbeat import beat  # noqa: E402
-from haios.recovery import build  # noqa: E402
+from haios.ops import build  # noqa: E402
 from haios.sim.simulator import SshLayout, reach_through_sshd  # noqa: E402
 from haios.transport import open_transport  # noqa: E402
 

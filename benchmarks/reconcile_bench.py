@@ -31,7 +31,7 @@ from haios.sim.trials import run_trials
 
 RECONCILE_CHILD = """
 import json, resource, sys, time
-from haios.recovery import reconcile
+from haios.ops import reconcile
 t = time.perf_counter(); result = reconcile(sys.argv[1]); elapsed = time.perf_counter() - t
 rss = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 print(json.dumps({"seconds": elapsed, "exit": result.exit_code(), "commit": result.commit,

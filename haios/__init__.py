@@ -18,8 +18,8 @@ _LAZY = {
     "ValidationReport": ".config",
     "load_repo": ".config",
     "validate_repo": ".config",
-    "InitResult": ".config.scaffold",
-    "init_repo": ".config.scaffold",
+    "InitResult": ".ops.init",
+    "init_repo": ".ops.init",
     "ControlFile": ".controlfile",
     "atomic_write": ".fsutil",
     **dict.fromkeys(
@@ -44,8 +44,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .config import Problem, RepoConfig, ValidationReport, load_repo, validate_repo
-    from .config.scaffold import InitResult, init_repo
+    from .config import RepoConfig, ValidationReport, load_repo, validate_repo
     from .controlfile import ControlFile
     from .errors import (
         BlockedError,
@@ -57,6 +56,7 @@ if TYPE_CHECKING:
         IntegrityError,
         Interrupted,
         LockHeldError,
+        Problem,
         RepoError,
         StorageError,
         UsageError,
@@ -64,6 +64,7 @@ if TYPE_CHECKING:
         VersionConflict,
     )
     from .fsutil import atomic_write
+    from .ops.init import InitResult, init_repo
 
 
 def __getattr__(name: str) -> object:

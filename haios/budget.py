@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config.model import Budget, FxRates
-from .errors import ConfigError, InputError, UsageError
+from .errors import ConfigError, InputError, UnknownCurrency, UsageError
 from .fsutil import atomic_write
 from .untrusted import read_regular
 
@@ -23,10 +23,6 @@ FX_FILE = "policies/fx.yaml"
 ECB_SOURCE = "European Central Bank euro foreign exchange reference rates"
 _ECB_NS = "http://www.ecb.int/vocabulary/2002-08-01/eurofxref"
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
-
-
-class UnknownCurrency(ConfigError):
-    default_hint = "add its rate to policies/fx.yaml (haios budget fx-import eurofxref-daily.xml)"
 
 
 def convert(amount: float, currency: str, to: str, fx: FxRates) -> float:

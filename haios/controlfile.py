@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config.yamlload import YamlRejected, load_yaml
-from .errors import ControlFileError, ControlFileMissing, InputError, IntegrityError, VersionConflict
+from .config.yamlload import load_yaml
+from .errors import ControlFileError, ControlFileMissing, InputError, IntegrityError, VersionConflict, YamlRejected
 from .fsutil import locked_dir, replace_in_dir
 from .untrusted import read_file
 

@@ -34,10 +34,10 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 
-from .detect.observe import CACHE_DIR
 from .errors import ConfigError, HaiosError, MetricsError
 from .fsutil import atomic_write, makedirs_durable
 from .layout import JOURNAL_DIR, PLACEMENT_FILE, RUNS_FILE
+from .layout import OBSERVED_DIR as CACHE_DIR
 from .node.timing import STEPS
 from .recovery import journal as journals
 from .recovery import membership as members

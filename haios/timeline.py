@@ -23,12 +23,12 @@ from typing import Any
 from . import __version__
 from .config import load_repo
 from .config.model import PHASES
-from .errors import HaiosError
+from .errors import HaiosError, WalCorruptError
 from .layout import JOURNAL_DIR
 from .recovery import journal as journals
 from .timefmt import parse_utc, utc
 from .transport import open_transport
-from .wal import RecordType, WalCorruptError, read_records
+from .wal import RecordType, read_records
 
 COLOURS = {"committed": "#2e7d32", "aborted": "#c62828", "open": "#f9a825"}
 

@@ -26,7 +26,7 @@ from datetime import date
 from enum import Enum
 from typing import Any
 
-from .errors import VerificationError
+from .errors import ForensicMismatch
 
 
 class Order(Enum):
@@ -34,12 +34,6 @@ class Order(Enum):
     AFTER = "after"
     EQUAL = "equal"
     CONCURRENT = "concurrent"
-
-
-class ForensicMismatch(VerificationError):
-    """Re-ingested events disagree with the tombstone left when their node was pruned."""
-
-    default_hint = "the archived log is not the one this cluster pruned; do not merge it (compare its source)"
 
 
 class VClock(Mapping[str, int]):

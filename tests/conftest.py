@@ -263,7 +263,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from helpers.cluster import quick_cluster
 
-    from haios.recovery import build, reconcile
+    from haios.ops import build, reconcile
     from haios.sim.simulator import sim_run
 
     directory = quick_cluster(tmp_path_factory.mktemp("metrics") / "cluster", 4)

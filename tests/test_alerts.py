@@ -13,7 +13,7 @@ from ruamel.yaml import YAML
 
 from haios import controlfile
 from haios.alerts import ALERTS_DIR, RESOLVED_KEPT, recorded, sync
-from haios.recovery import reconcile
+from haios.ops import reconcile
 
 
 def _never_compensates(cluster: Path) -> None:

@@ -22,7 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from haios import controlfile
 from haios.metrics import RUNS_FILE, exposition, register
-from haios.recovery import Plan, build, reconcile
+from haios.ops import build, reconcile
+from haios.recovery import Plan
 from haios.recovery.journal import JOURNAL_DIR, load
 
 

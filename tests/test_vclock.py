@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from haios.errors import ForensicMismatch
 from haios.vclock import (
     Event,
-    ForensicMismatch,
     Order,
     VClock,
     check_reingest,

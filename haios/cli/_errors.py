@@ -18,7 +18,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from ..errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ConfigError, HaiosError
+from ..errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, HaiosError
 from ..fsutil import atomic_write, makedirs_durable
 from ..untrusted import inert
 from . import _render
@@ -86,13 +86,9 @@ def handle(exc: BaseException, debug: bool, command: str = "haios") -> int:
     if isinstance(exc, HaiosError):
         if debug:
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-        extra = None
-        if isinstance(exc, ConfigError) and exc.problems:
-            extra = {"problems": [getattr(p, "as_dict", lambda p=p: str(p))() for p in exc.problems]}
-        corruption = getattr(exc, "corruption", None)
-        if corruption is not None and hasattr(corruption, "as_dict"):
-            extra = {"corruption": corruption.as_dict()}  # so that a remote caller can rebuild the error
-        return _report(type(exc).__name__, " ".join(exc.message.split()), exc.hint, exc.exit_code, extra, command)
+        wire = exc.to_wire()  # all of it: a remote caller rebuilds the error from it (errors.from_wire)
+        kind, message, hint, code = wire.pop("type"), wire.pop("message"), wire.pop("hint"), wire.pop("exit_code")
+        return _report(kind, message, hint, code, wire or None, command)
     if isinstance(exc, KeyboardInterrupt):
         return _report("Interrupted", "interrupted", "", EXIT_INTERRUPTED)
     if isinstance(exc, typer.Abort):

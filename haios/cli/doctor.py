@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from ..config import load_repo
-from ..detect.doctor import DoctorReport, run_doctor
-from ..recovery.report import membership, open_traces
+from ..ops.doctor import DoctorReport, run_doctor
+from ..ops.status import membership, open_traces
 from ..transport import DEFAULT_PARALLEL
 from . import _render
 from ._options import MaxParallelOpt, Output, OutputOpt, RepoOpt, resolve

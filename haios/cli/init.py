@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..config.scaffold import init_repo
+from ..ops.init import init_repo
 from . import _render
 from ._options import Output, OutputOpt, resolve
 

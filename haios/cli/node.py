@@ -9,13 +9,14 @@ from typing import Annotated, Any
 
 import typer
 
+from .. import replication as _replication  # noqa: F401 - plugs WAL replication into the nodes run here
 from ..config import load_repo, parse_duration
 from ..config.model import NAME_RE
 from ..errors import HaiosError, UsageError
 from ..node import Node
 from ..node.heartbeat import beat, update_gossip
 from ..node.recover import dispatch
-from ..recovery.rejoin import rejoin as do_rejoin
+from ..ops.rejoin import rejoin as do_rejoin
 from ..transport import LocalTransport
 from . import _render
 from ._options import Output, OutputOpt, RepoOpt, resolve
@@ -200,7 +201,9 @@ def heartbeat(
         now = time.time()
         seqs = {name: beat(roots[name], name, now)["seq"] for name in chosen}  # every beat first, then gossip
         for name in chosen:
-            gossip = update_gossip(roots[name], name, members, transport, now, config.thresholds.partition_window)
+            gossip = update_gossip(
+                roots[name], name, members, transport.read_file, now, config.thresholds.partition_window
+            )
             _render.emit_ndjson({"node": name, "seq": seqs[name], "partition_status": gossip["partition_status"]})
         beats += 1
         if interval is None or (count is not None and beats >= count):
@@ -381,7 +384,7 @@ def provision(
     """Create the node roots of the repo's nodes that lack one — local ones here, ssh ones on the node
     through 'haios node init' — with the policy compiled from the desired state. Existing roots are
     left alone. Exit 0 when every node has a root, 1 when one could not be reached or created."""
-    from ..recovery.plan import desired_commit
+    from ..ops.plan import desired_commit
     from ..transport import open_transport
 
     opts = resolve(ctx, repo=repo, output=output)

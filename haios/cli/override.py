@@ -13,10 +13,11 @@ import typer
 
 from ..config import load_repo, parse_duration
 from ..config.validate import check_override_file, payload_problems
-from ..errors import UsageError, VerificationError
+from ..errors import SignatureError, UsageError, VerificationError
 from ..fsutil import atomic_write, makedirs_durable
-from ..overrides.apply import applied_nonces, mark_spent, replay_problem, scan, spent_on
-from ..overrides.sshsig import SignatureError, sign
+from ..ops.observe import applied_nonces
+from ..overrides.apply import mark_spent, replay_problem, scan, spent_on
+from ..overrides.sshsig import sign
 from ..overrides.verify import NAMESPACE, PAYLOAD_SCHEMA, Verdict, check
 from . import _render
 from ._options import Output, OutputOpt, RepoOpt, resolve

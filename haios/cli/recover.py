@@ -17,11 +17,12 @@ from ..config.validate import require_repo
 from ..coord import holder_words
 from ..errors import HaiosError, UsageError
 from ..fsutil import atomic_write
-from ..recovery import Plan, RunResult, build, render_markdown
-from ..recovery import reconcile as run_reconcile
-from ..recovery.executor import Progress
+from ..ops.context import close_transport
+from ..ops.plan import build, plan_events, settled_line
+from ..ops.reconcile import reconcile as run_reconcile
 from ..recovery.journal import find as find_journal
-from ..recovery.plan import plan_events, settled_line
+from ..recovery.model import Plan, RunResult
+from ..recovery.trace import Progress
 from ..timefmt import utc
 from ..transport import DEFAULT_PARALLEL
 from ..untrusted import read_json
@@ -30,6 +31,74 @@ from ._options import GlobalOptions, MaxParallelOpt, Output, OutputOpt, RepoOpt,
 from .metrics import MetricsTextfileOpt, PushgatewayOpt, write_if_asked
 
 _CODES = {0: "nothing to do", 2: "changes pending", 3: "blocked: needs a human", 4: "locked by another reconciler"}
+
+
+def render_markdown(plan: Plan) -> str:
+    """The plan as a pull-request comment."""
+    code = plan.exit_code()
+    head = {0: "nothing to do", 2: "changes pending", 3: "blocked: needs a human", 4: "locked by another reconciler"}
+    lines = [
+        f"### haios plan for `{plan.cluster}` — {head.get(code, str(code))}",
+        "",
+        f"Desired state `{(plan.desired_commit or 'uncommitted')[:12]}`, observed `{plan.observed_hash[:19]}`, "
+        f"{len(plan.reachable)} of {len(plan.active)} active members reachable"
+        + (" — **minority view: nothing will change**" if plan.minority else "")
+        + (" — **suspended: plan only**" if plan.suspended else ""),
+        "",
+    ]
+    if plan.uncommitted:
+        lines += [
+            f"**Uncommitted edits** to {', '.join(f'`{f}`' for f in plan.uncommitted)}: this plan reads them as "
+            "they are; reconcile refuses them unless `--allow-dirty`",
+            "",
+        ]
+    for problem in plan.unreadable.values():
+        lines += [f"**Cannot use** {problem}: the transitions that need it wait", ""]
+    m = plan.membership
+    for label, key in (("Evicted", "evicted"), ("Pending eviction", "pending_eviction")):
+        if m.get(key):
+            lines += [f"{label}: {', '.join(f'`{n}`' for n in m[key])}", ""]
+    if m.get("eviction_blocked"):
+        lines += [
+            f"**Eviction refused (no healthy majority would remain): {', '.join(m['eviction_blocked'])} — page a human**",
+            "",
+        ]
+    shown = [o for o in plan.overrides if o.get("effect") != "applied"]
+    if shown:
+        lines += ["| override | action | trace | signatures | effect |", "|---|---|---|---|---|"]
+        for o in shown:
+            why = f": {o['why']}".replace("|", "\\|") if o.get("why") else ""
+            lines.append(
+                f"| `{o['file']}` | {o.get('action') or '-'} | `{o.get('trace_id') or '-'}` | "
+                f"{o.get('have', 0)} of {o.get('need', 1)} | **{o['effect']}**{why} |"
+            )
+        lines.append("")
+    for a in plan.abandoned:
+        what = ", ".join(f"`{x['key']}` on `{x['node']}`" for x in a["abandoned"])
+        lines += [
+            f"**HARD_FAILED** `{a['trace_id']}` (g={a['g']} {a['phase']}) left uncompensated: {what}; "
+            f"a signed resume retries them: `{a['retry'].split('   #')[0]}`",
+            "",
+        ]
+    for lost in plan.unreached.values():
+        lines += [f"**Not reached:** {lost['error']}" + (f" — {lost['hint']}" if lost["hint"] else ""), ""]
+    if not plan.traces:
+        settled = settled_line(plan)
+        lines.append(settled[0].upper() + settled[1:] + ".")
+        return "\n".join(lines) + "\n"
+    lines += ["| transition | trace | decision | why |", "|---|---|---|---|"]
+    for t in plan.traces:
+        why = t.reason.replace("|", "\\|")
+        lines.append(f"| g={t.g} {t.phase} | `{t.trace_id}` | **{t.verdict}** ({t.state}) | {why} |")
+    for t in plan.traces:
+        if not t.steps:
+            continue
+        lines += ["", f"<details><summary>g={t.g} {t.phase}: {len(t.steps)} steps</summary>", ""]
+        for i, s in enumerate(t.steps, 1):
+            key = f" `{s['key']}`" if s.get("key") else ""
+            lines.append(f"{i}. `{s['node']}` **{s['action']}**{key}: {s['detail']}")
+        lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
 
 
 class PlanFormat(StrEnum):
@@ -178,7 +247,8 @@ def plan(
     is leased by another reconciler.
     """
     opts = resolve(ctx, repo=repo, output=output)
-    result, _ = build(opts.repo, parallelism=max_parallel)
+    result, seen = build(opts.repo, parallelism=max_parallel)
+    close_transport(seen.transport)
     if result.uncommitted:
         _render.err(
             f"warning: uncommitted edits to the desired state ({', '.join(result.uncommitted)}): this plan reads "

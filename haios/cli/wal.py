@@ -11,9 +11,10 @@ from typing import Annotated, Any
 
 import typer
 
+from ..errors import WalCorruptError
 from ..timefmt import utc
 from ..untrusted import is_number
-from ..wal import Record, WalCorruptError, WalReader, repair, verify, wal_dir
+from ..wal import Record, WalReader, repair, verify, wal_dir
 from . import _render
 from ._options import Output, OutputOpt, resolve
 

@@ -17,15 +17,11 @@ from typing import Protocol
 
 from ..clock import wall_time
 from ..config.model import PHASES
-from ..errors import BarrierError, HaiosError
+from ..errors import BarrierError, ParticipantFailed
 from ..node.transaction import next_transition
 from ..vclock import VClock
 
 COORDINATOR = "coordinator"
-
-
-class ParticipantFailed(HaiosError):
-    """A participant could not take part (refused, crashed, unreachable)."""
 
 
 class Participant(Protocol):

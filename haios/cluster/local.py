@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import HaiosError
+from .. import replication as _replication  # noqa: F401 - plugs WAL replication into the nodes run here
+from ..errors import HaiosError, ParticipantFailed
 from ..node import Node, PhaseTx
 from ..vclock import VClock
-from .driver import ParticipantFailed
 
 Work = Callable[[PhaseTx], None]
 

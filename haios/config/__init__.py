@@ -1,7 +1,7 @@
 """The desired-state repo: load (ruamel.yaml) → validate (jsonschema) → frozen dataclasses."""
 
+from ..errors import Problem
 from .model import RepoConfig, parse_duration
-from .problems import Problem
 from .validate import ValidationReport, load_repo, validate_repo
 
 __all__ = ["Problem", "RepoConfig", "ValidationReport", "load_repo", "parse_duration", "validate_repo"]

@@ -14,19 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import HaiosError, InputError
+from ..errors import DataSchemaError, InputError, Problem, YamlRejected
 from ..untrusted import read_json
-from .problems import Problem
-from .yamlload import YamlRejected, load_yaml
+from .yamlload import load_yaml
 
 FOLDER = "schemas"
 SUFFIX = ".schema.json"
-
-
-class DataSchemaError(HaiosError):
-    """A data/ file a phase writes does not match the schema registered for it."""
-
-    default_hint = "fix the executor's output, or the schema in the desired-state repo's schemas/ folder"
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 KeyPath = tuple[str | int, ...]
 
 
@@ -16,26 +14,3 @@ def format_key_path(path: KeyPath) -> str:
         else:
             out += f".{part}" if out else part
     return out or "(root)"
-
-
-@dataclass(frozen=True, order=True)
-class Problem:
-    """One problem in one file of the desired-state repo. ``line`` and ``column`` are 1-based."""
-
-    file: str
-    line: int
-    column: int
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}: {self.key}: {self.message}"
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "file": self.file,
-            "line": self.line,
-            "column": self.column,
-            "key": self.key,
-            "message": self.message,
-        }

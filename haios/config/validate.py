@@ -15,15 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Problem, YamlRejected
 from ..resources import schema
+from ..sshkeys import parse_public_key
 from ..untrusted import MAX_DEPTH, bounded_int, nesting_depth
 from . import model
 from .dataschemas import FOLDER as DATA_SCHEMA_FOLDER
 from .dataschemas import SUFFIX as DATA_SCHEMA_SUFFIX
 from .dataschemas import load_data_schemas
-from .problems import KeyPath, Problem
-from .yamlload import YamlDoc, YamlRejected, load_yaml_file
+from .problems import KeyPath
+from .yamlload import YamlDoc, load_yaml_file
 
 # SPEC §1: the files of the repo, their kinds and the schema each is checked against.
 FIXED_FILES: dict[str, tuple[str, str]] = {
@@ -279,8 +280,6 @@ def _check_playbooks(playbooks: dict[str, YamlDoc]) -> Iterator[Problem]:
 
 
 def _check_rbac(doc: YamlDoc) -> Iterator[Problem]:
-    from ..overrides.keys import parse_public_key
-
     names: dict[str, int] = {}
     owners: dict[bytes, str] = {}
     for i, sup in enumerate(doc.value["supervisors"]):

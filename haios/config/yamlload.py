@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, Problem, YamlRejected
 from ..untrusted import LIMITS, MAX_DEPTH, bounded_int, read_regular
-from .problems import KeyPath, Problem, format_key_path
+from .problems import KeyPath, format_key_path
 
 MAX_BYTES = LIMITS["desired"]
 """Largest desired-state file haios reads (1 MiB); bigger files are refused unread."""
@@ -32,14 +32,6 @@ _INT8 = re.compile(r"0o[0-7]+")
 _INT16 = re.compile(r"0x[0-9a-fA-F]+")
 _FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 _NONFINITE = re.compile(r"[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)")
-
-
-class YamlRejected(Exception):
-    """The file cannot be loaded; ``problem`` says where and why."""
-
-    def __init__(self, problem: Problem) -> None:
-        super().__init__(str(problem))
-        self.problem = problem
 
 
 @dataclass

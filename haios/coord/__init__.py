@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config.model import RepoConfig
-from ..errors import ConfigError
-from .base import Backend, Barrier, BarrierMoved, Lease, holder_alive, holder_words, new_holder
+from ..errors import BarrierMoved, ConfigError
+from .base import Backend, Barrier, Lease, holder_alive, holder_words, new_holder
 from .git import GitBackend
 
 

@@ -58,12 +58,6 @@ class Barrier:
         return asdict(self)
 
 
-class BarrierMoved(LockHeldError):
-    """Someone else moved the barrier between our read and our update."""
-
-    default_hint = "another reconciler published first; read the barrier again"
-
-
 def check_advance(seen: Barrier, g: int, phase: str) -> None:
     """Refuse a barrier update that would move it backwards or to an unknown phase."""
     if phase not in PHASES:

@@ -36,8 +36,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from ..config.model import PHASES
-from ..errors import CoordinationError, FencedError, LockHeldError
-from .base import Barrier, BarrierMoved, Lease, check_advance, held_error
+from ..errors import BarrierMoved, CoordinationError, FencedError, LockHeldError
+from .base import Barrier, Lease, check_advance, held_error
 
 T = TypeVar("T")
 MIN_TTL = 2  # etcd rounds shorter leases up to its own minimum anyway

@@ -17,8 +17,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from ..errors import FencedError, LockHeldError, RepoError
-from .base import Barrier, BarrierMoved, Lease, check_advance, held_error
+from ..errors import BarrierMoved, FencedError, LockHeldError, RepoError
+from .base import Barrier, Lease, check_advance, held_error
 
 REF_PREFIX = "refs/haios/locks/"
 BARRIER_REF = "refs/haios/barrier"

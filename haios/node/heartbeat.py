@@ -12,14 +12,13 @@ not the node's own refusal, not a reconciler's verdict. Its staleness is a findi
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .. import __version__, controlfile
 from ..errors import HaiosError, VersionConflict
 from ..timefmt import parse_utc, utc
-from ..transport import Transport
 
 
 def gossip_age(gossip: Mapping[str, Any] | None, now: float) -> float | None:
@@ -65,10 +64,14 @@ def partition_status(peers: dict[str, str | None], now: float, window: float) ->
     return "PARTITIONED" if peers and silent * 2 > len(peers) else "NORMAL"
 
 
+PeerReader = Callable[[str, str], "bytes | None"]
+"""``read(peer, relpath)``: a file of a peer's root, None when it has none (a transport's read_file)."""
+
+
 def update_gossip(
-    root: Path, node: str, peers: Iterable[str], transport: Transport, now: float, window: float
+    root: Path, node: str, peers: Iterable[str], read: PeerReader, now: float, window: float
 ) -> dict[str, Any]:
-    """Read every peer's heartbeat through ``transport``, record when each was last heard, set the status.
+    """Read every peer's heartbeat with ``read``, record when each was last heard, set the status.
 
     An unreachable peer or an unreadable heartbeat counts as silence, never as an error.
     """
@@ -79,7 +82,7 @@ def update_gossip(
     for peer in sorted(set(peers) - {node}):
         last = (previous.get("peers") or {}).get(peer)
         try:
-            data = transport.read_file(peer, "heartbeat")
+            data = read(peer, "heartbeat")
             if data is not None:
                 wall = controlfile.load_mapping(controlfile.decode(data, f"{peer}:heartbeat"))["wall_time"]
                 if last is None or parse_utc(wall) > parse_utc(last):

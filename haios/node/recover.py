@@ -19,8 +19,9 @@ from typing import Any
 
 from .. import controlfile
 from ..config.model import PHASES, phase_order
-from ..errors import BarrierError, ControlFileError, UsageError, VersionConflict
-from ..wal import Record, RecordType, WalCorruptError, read_records
+from ..errors import BarrierError, ControlFileError, UsageError, VersionConflict, WalCorruptError
+from ..wal import Record, RecordType, read_records
+from . import replicas
 from .fence import check_fence
 from .timing import STEPS, collecting
 from .transaction import ABANDON_STEP, Node, PhaseLog, crash_window, scan_phases
@@ -328,58 +329,6 @@ def catchup(root: Path, *, trace_id: str, token: int, g: int, phase: str, note: 
     return {"node": node.name, "outcome": "committed"}
 
 
-def restore_wal(root: Path) -> dict[str, Any]:
-    """Rebuild the node's WAL from its replica peers when it is missing or corrupt (SPEC §6.1)."""
-    from ..replication.restore import restore_wal as restore
-
-    return restore(root).as_dict()
-
-
-def replication(
-    root: Path,
-    permit_async: str | None = None,
-    group: list[str] | None = None,
-    settings: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The node's replica group as it stands (``replication`` control file, else the ring's choice).
-    With ``settings``, take the replication settings reconcile sends (turning it on or off); with
-    ``group`` (the origin first), the placement reconcile decided; with ``permit_async``, let that
-    peer acknowledge before its fsync for a while (SPEC §6.1)."""
-    from ..replication.origin import Replicator, Settings, quorum, read_state
-
-    node = Node(root)
-    if settings is not None:
-        if not isinstance(settings, dict) or settings.get("mode") not in ("off", "sync-majority"):
-            raise UsageError(f"replication settings for {node.name} must say mode off or sync-majority: {settings}")
-        if read_state(root)[0].get("settings") != settings:
-            Replicator(node.name, root, Settings.from_policy({}), links={}).configure(settings)
-    current = Settings.for_node(root, node.policy)
-    if not current.on:
-        return {"node": node.name, "mode": current.mode}
-    replicator = Replicator(node.name, root, current, links={})
-    if group is not None:
-        if not group or group[0] != node.name or len(set(group)) != len(group):
-            raise UsageError(f"a replica group for {node.name} must start with it and name each peer once: {group}")
-        if list(group[1:]) != replicator.peers() or read_state(root)[0].get("group") is None:
-            replicator.place(list(group[1:]))
-    if permit_async is not None:
-        if permit_async not in replicator.peers():
-            raise UsageError(f"{permit_async} is not a replica peer of {node.name} ({', '.join(replicator.peers())})")
-        replicator.permit_async(permit_async)
-    body, _ = read_state(root)
-    peers = replicator.peers()
-    return {
-        "node": node.name,
-        "mode": current.mode,
-        "group": [node.name, *peers],
-        "quorum": quorum(1 + len(peers)),
-        "lagging": body.get("lagging") or {},
-        "permit_async": body.get("permit_async"),
-        "epoch": body.get("epoch", 0),
-        "history": (body.get("history") or [])[-5:],
-    }
-
-
 def dispatch(root: Path, request: dict[str, Any]) -> dict[str, Any]:
     """Run one operation from a JSON request ``{"op": ..., ...}`` (the remote form of the functions above)."""
     op = request.get("op")
@@ -395,8 +344,7 @@ def dispatch(root: Path, request: dict[str, Any]) -> dict[str, Any]:
         "repair": repair,
         "checkpoint": checkpoint,
         "catchup": catchup,
-        "restore_wal": restore_wal,
-        "replication": replication,
+        **replicas.operations(),
     }
     func = operations.get(str(op))
     if func is None:
@@ -425,7 +373,5 @@ __all__ = [
     "forward",
     "inspect",
     "repair",
-    "replication",
-    "restore_wal",
     "rollback",
 ]

@@ -36,15 +36,24 @@ from .. import controlfile
 from ..clock import wall_time
 from ..config.dataschemas import DataSchema, validate_data
 from ..config.model import PHASES, build_thresholds, phase_order
-from ..errors import BarrierError, BlockedError, ControlFileError, HaiosError, PartitionError, VersionConflict
+from ..errors import (
+    BarrierError,
+    ControlFileError,
+    HaiosError,
+    PartitionError,
+    StateBehindError,
+    VersionConflict,
+    WalCorruptError,
+    WalMissingError,
+)
 from ..fsutil import fsync_dir, makedirs_durable
 from ..timefmt import utc
 from ..untrusted import is_number
 from ..vclock import VClock
-from ..wal import Cursor, Record, RecordType, Wal, WalCorruptError, read_records
+from ..wal import Cursor, Record, RecordType, Wal, read_records
 from ..wal.format import RECORD_HEADER
 from ..wal.reader import WalReader, list_segments
-from . import shapes, snapshot
+from . import replicas, shapes, snapshot
 from .heartbeat import gossip_partitioned
 from .paths import confine
 from .timing import measure
@@ -53,10 +62,6 @@ _END = (RecordType.COMMIT_PHASE, RecordType.ABORT_PHASE)
 # the heartbeat window before a policy names one (interval x unhealthy_after of the defaults)
 DEFAULT_HEARTBEAT_WINDOW = build_thresholds({}).heartbeat_window
 log = logging.getLogger("haios.replication")
-
-
-class WalMissingError(BlockedError):
-    """A replicated node's WAL is gone: writing a new one would fork its history from its replicas'."""
 
 
 def _flush_step(rtype: RecordType, durable: bool) -> str:
@@ -110,15 +115,6 @@ def crash_window(state: dict[str, Any], missed: int) -> bool:
     """Whether ``missed`` end records past state.txt's cursor are what a crash right after an end
     record leaves: one, of the phase ``state`` says is in progress (more is an older or edited state.txt)."""
     return missed == 1 and state.get("status") == "IN_PHASE"
-
-
-class StateBehindError(BarrierError):
-    """state.txt does not know of a phase its WAL ended: nothing begins until it does."""
-
-    default_hint = (
-        "run 'haios reconcile': after a crash it brings state.txt up to the WAL; an older state.txt waits for "
-        "a signed resume ('haios doctor' says which it is)"
-    )
 
 
 ABANDON_STEP = "abandon"  # RECOVERY step: side effects of an already aborted phase left uncompensated
@@ -325,9 +321,9 @@ class Node:
     def replicator(self) -> Any:
         """The node's WAL replicator (SPEC §6.1), or None when the policy leaves replication off."""
         if self._replicator is None:
-            from ..replication.origin import replicator_for
-
-            self._replicator = replicator_for(self.name, self.root, self.policy, clock=self.clock) or False
+            replication = replicas.installed(self.root, self.policy)
+            found = replication.replicator_for(self.name, self.root, self.policy, self.clock) if replication else None
+            self._replicator = found or False
         return self._replicator or None
 
     def close(self) -> None:
@@ -370,10 +366,11 @@ class Node:
 
     def _heal_torn_tail(self, replicator: Any) -> dict[str, Any] | None:
         """Restore the WAL from a replica that holds more than the torn WAL's good part, if one does."""
-        from ..replication.restore import restore_wal
-
+        replication = replicas.installed(self.root, self.policy)
+        if replication is None:
+            return None
         try:
-            result = restore_wal(self.root, links=replicator.links, force=True)
+            result = replication.heal(self.root, replicator.links)
         except HaiosError as exc:
             log.warning("%s: torn WAL tail; no replica holds more (%s): cutting it", self.name, exc.one_line())
             return None
@@ -384,7 +381,8 @@ class Node:
             result.last_lamport,
             result.kept,
         )
-        return result.as_dict()
+        healed: dict[str, Any] = result.as_dict()
+        return healed
 
     def _vclock(self) -> VClock:
         last: Record | None = None

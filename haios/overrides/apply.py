@@ -17,11 +17,9 @@ from typing import Any
 from ..config.model import RepoConfig
 from ..config.validate import check_override_file
 from ..controlfile import dump_mapping
-from ..detect.observe import cached_override_nonces, observe
 from ..errors import HaiosError
 from ..fsutil import locked_dir, makedirs_durable, replace_in_dir
 from ..layout import APPLIED_FILE
-from ..transport import open_transport
 from ..untrusted import in_repo
 from .verify import applied, check, state_of
 
@@ -117,21 +115,6 @@ def spent_on(nonces_of: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
         for nonce in nonces:
             spent.setdefault(nonce, []).append(node)
     return spent
-
-
-def applied_nonces(repo: Path, config: RepoConfig, *, fresh: bool = False) -> dict[str, list[str]]:
-    """node -> the nonces of the overrides its WAL says were applied to it: as the last ``doctor``,
-    ``plan`` or ``reconcile`` pass saw them, or (``fresh``) read from the nodes now, through the
-    transport; a node that cannot be reached now counts with what the last pass saw."""
-    found = {n.name: cached_override_nonces(repo, n.name) for n in config.cluster.nodes}
-    if fresh:
-        transport = open_transport(repo, config)
-        try:
-            observations, _ = observe(repo, transport, sorted(set(found) & set(transport.nodes())))
-        finally:
-            transport.close()
-        found.update({n: list(o.override_nonces) for n, o in observations.items() if o.reachable})
-    return found
 
 
 def replay_problem(nonce: str, nodes: list[str]) -> str:

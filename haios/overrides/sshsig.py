@@ -25,7 +25,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .keys import PublicKey, _Reader, ec_public_key, parse_blob
+from ..errors import SignatureError
+from ..sshkeys import PublicKey, _Reader, ec_public_key, parse_blob
 
 MAGIC = b"SSHSIG"
 VERSION = 1
@@ -33,10 +34,6 @@ BEGIN = "-----BEGIN SSH SIGNATURE-----"
 END = "-----END SSH SIGNATURE-----"
 HASHES = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
 _EC_HASH = {"nistp256": "sha256", "nistp384": "sha384", "nistp521": "sha512"}
-
-
-class SignatureError(ValueError):
-    """A signature that is malformed or does not verify; the message says which rule failed."""
 
 
 SK_TYPES = ("sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")

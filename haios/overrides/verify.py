@@ -15,10 +15,10 @@ from typing import Any
 
 from ..config.model import Override, RepoConfig, Supervisor, parse_time
 from ..config.yamlload import load_status
-from ..errors import ConfigError
+from ..errors import ConfigError, SignatureError
 from ..layout import APPLIED_FILE
-from .keys import parse_public_key
-from .sshsig import SignatureError, verify
+from ..sshkeys import parse_public_key
+from .sshsig import verify
 
 NAMESPACE = "haios-override"
 PAYLOAD_SCHEMA = "haios-override/v1"

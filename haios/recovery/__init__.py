@@ -1,29 +1,30 @@
-"""Recovery (SPEC §4): the per-trace state machine, the decision rule, plans and the executor."""
+"""Recovery (SPEC §4), the core: the per-trace state machine, the decision rule, assessing one
+transition, the trace runner driven by the machine, compensation under the side-effect ledger.
+It writes only its own files (journals, the ledger); :mod:`haios.ops` opens everything else."""
 
-from .executor import RunResult, TraceOutcome, reconcile
-from .machine import Action, Event, InvalidTransition, State, step
-from .plan import Plan, TracePlan, build, render_markdown
+from ..errors import InvalidTransition, NonRetryable
+from .machine import Action, Event, State, step
+from .model import Plan, RunResult, StepAction, TraceOutcome, TracePlan, Verdict
 from .planner import Decision, Inputs, View, decide, steps_for
-from .sel import NonRetryable, SelStore
+from .sel import SelStore
 
 __all__ = [
     "Action",
     "Decision",
     "Event",
     "Inputs",
-    "NonRetryable",
     "InvalidTransition",
+    "NonRetryable",
     "Plan",
     "RunResult",
     "SelStore",
     "State",
+    "StepAction",
     "TraceOutcome",
     "TracePlan",
+    "Verdict",
     "View",
-    "build",
     "decide",
-    "reconcile",
-    "render_markdown",
     "step",
     "steps_for",
 ]

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..config.yamlload import load_status
 from ..controlfile import dump_mapping
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, InvalidTransition
 from ..fsutil import atomic_write, makedirs_durable
 from ..layout import JOURNAL_DIR
 from ..timefmt import utc
 from ..untrusted import read_regular
-from .machine import NEEDS_A_HUMAN, TERMINAL, State
+from .machine import NEEDS_A_HUMAN, TERMINAL, WORK, Action, Event, State, step
 
 if TYPE_CHECKING:
     from ..detect.detectors import NodeObservation
@@ -163,6 +163,7 @@ class Journal:
     # -- changes (each marks the journal for saving) ---------------------------------------------
 
     def set_state(self, state: State, now: float, *, decision: str | None = None, reason: str | None = None) -> None:
+        decision = None if decision is None else str(decision)  # a Verdict is kept as its word
         changed = (state.value, decision or self.decision, reason or self.reason) != (
             self.state,
             self.decision,
@@ -213,6 +214,44 @@ class Journal:
         atomic_write(self.path(repo), dump_mapping(self.as_dict()))
         self.dirty = False
         self.writes += 1
+
+
+def advance(
+    j: Journal,
+    event: Event,
+    clock: Callable[[], float],
+    *,
+    decision: str | None = None,
+    reason: str | None = None,
+    alert: tuple[str, str, dict[str, Any]] | None = None,
+    once: bool = False,
+    work: Mapping[Action, Callable[[], None]] | None = None,
+) -> State:
+    """Step the state machine from the journal's state with ``event`` and carry out the actions it
+    returns, in order: a work action by its handler in ``work`` (one the caller has no handler for is
+    a bug), ``ALERT`` by raising ``alert`` (name, message, detail) in the journal (with ``once``: unless it
+    carries that alert already), ``WAIT`` and
+    ``RELEASE_BARRIER`` by nothing more (the run leaves the trace; a terminal state frees the
+    transitions after it). A state that is not terminal is recorded before the work, so that a run
+    killed midway finds it and goes on; a terminal one only once its work is done."""
+    target, actions = step(State(j.state), event)
+    if target not in TERMINAL:
+        j.set_state(target, clock(), decision=decision, reason=reason)
+    for action in actions:
+        if action in WORK:
+            handler = (work or {}).get(action)
+            if handler is None:
+                raise InvalidTransition(f"{event.value} in {j.state} asks for {action.value}, which nobody carries out")
+            handler()
+    if target in TERMINAL:
+        j.set_state(target, clock(), decision=decision, reason=reason)
+    if Action.ALERT in actions:
+        if alert is None:
+            raise InvalidTransition(f"{event.value} raises an alert, but none was given")
+        name, message, detail = alert
+        if not (once and any(a["alert"] == name for a in j.alerts)):
+            j.alert(clock(), name, message, **detail)
+    return target
 
 
 JOURNAL_HINT = "restore it from git (git checkout -- status/recoveries)"

@@ -8,14 +8,19 @@
     BLOCKED_COMPENSATOR ─(T_blocked)─► HARD_FAILED (releases the barrier, alert)
     AWAITING_ACK (flapping, corrupt WAL, hold policy, cost cap: needs a signed override)
     ABORTED (a signed abort override: ABORT_PHASE everywhere, nothing compensated, the barrier released)
+    HARD_FAILED ─(signed resume: its abandoned compensations once more, all succeed)─► CLEAN_EXIT
 
 The whole transition table is :data:`TABLE`; anything not in it is a bug and raises
-:class:`InvalidTransition`. Actions name what the executor must do next, in order.
+:class:`InvalidTransition`. Actions name what the trace runner must do next, in order
+(:func:`haios.recovery.journal.advance` carries them out); a signed override's ACK event only
+records the human's word, and the roll-back it allows does the work.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+
+from ..errors import InvalidTransition
 
 
 class State(StrEnum):
@@ -58,6 +63,17 @@ class Action(StrEnum):
     WAIT = "wait"
 
 
+WORK = frozenset(
+    {
+        Action.REPLAY_AND_COMMIT,
+        Action.COMPENSATE,
+        Action.RESTORE_AND_ABORT,
+        Action.RUN_RESUME_HOOK,
+        Action.ABANDON_AND_ABORT,
+    }
+)
+"""Actions that change nodes (the rest — ALERT, RELEASE_BARRIER, WAIT — are bookkeeping)."""
+
 TERMINAL = frozenset({State.CLEAN_EXIT, State.HARD_FAILED, State.ABORTED})
 NEEDS_A_HUMAN = frozenset({State.AWAITING_ACK, State.BLOCKED_COMPENSATOR, State.HARD_FAILED})
 """States that make reconcile exit 3 (SPEC §10)."""
@@ -95,26 +111,27 @@ TABLE: dict[tuple[State, Event], tuple[State, tuple[Action, ...]]] = {
         _S.HARD_FAILED,
         (_A.ABANDON_AND_ABORT, _A.ALERT, _A.RELEASE_BARRIER),
     ),
-    (_S.BLOCKED_COMPENSATOR, _E.ACK_ROLLBACK): (_S.ROLLBACK, _BACK),
-    (_S.BLOCKED_COMPENSATOR, _E.ACK_RESUME): (_S.ROLLBACK, _BACK),  # one more attempt per exhausted key
+    # a signed override records a human's word; the work is the ROLL_BACK that follows it in the same run
+    (_S.BLOCKED_COMPENSATOR, _E.ACK_ROLLBACK): (_S.ROLLBACK, ()),
+    (_S.BLOCKED_COMPENSATOR, _E.ACK_RESUME): (_S.ROLLBACK, ()),  # one more attempt per exhausted key
     (_S.AWAITING_ACK, _E.NEEDS_HUMAN): (_S.AWAITING_ACK, (_A.WAIT,)),
     (_S.AWAITING_ACK, _E.ACK_RESUME): (_S.INTERRUPTED, ()),
-    (_S.AWAITING_ACK, _E.ACK_ROLLBACK): (_S.ROLLBACK, _BACK),
+    (_S.AWAITING_ACK, _E.ACK_ROLLBACK): (_S.ROLLBACK, ()),
     # a force-rollback override may also turn a trace that would roll forward (or wait) around
-    (_S.INTERRUPTED, _E.ACK_ROLLBACK): (_S.ROLLBACK, _BACK),
-    (_S.RECONCILE, _E.ACK_ROLLBACK): (_S.ROLLBACK, _BACK),
-    (_S.ROLLBACK, _E.ACK_ROLLBACK): (_S.ROLLBACK, _BACK),
+    (_S.INTERRUPTED, _E.ACK_ROLLBACK): (_S.ROLLBACK, ()),
+    (_S.RECONCILE, _E.ACK_ROLLBACK): (_S.ROLLBACK, ()),
+    (_S.ROLLBACK, _E.ACK_ROLLBACK): (_S.ROLLBACK, ()),
     # an abort override, once ABORT_PHASE is written on every participant that had the phase open
     (_S.INTERRUPTED, _E.ACK_ABORT): (_S.ABORTED, (_A.ABANDON_AND_ABORT, _A.RELEASE_BARRIER)),
     (_S.RECONCILE, _E.ACK_ABORT): (_S.ABORTED, (_A.ABANDON_AND_ABORT, _A.RELEASE_BARRIER)),
     (_S.ROLLBACK, _E.ACK_ABORT): (_S.ABORTED, (_A.ABANDON_AND_ABORT, _A.RELEASE_BARRIER)),
     (_S.AWAITING_ACK, _E.ACK_ABORT): (_S.ABORTED, (_A.ABANDON_AND_ABORT, _A.RELEASE_BARRIER)),
     (_S.BLOCKED_COMPENSATOR, _E.ACK_ABORT): (_S.ABORTED, (_A.ABANDON_AND_ABORT, _A.RELEASE_BARRIER)),
+    # a signed resume on a HARD_FAILED trace: one more attempt for each compensation it abandoned
+    (_S.HARD_FAILED, _E.ACK_RESUME): (_S.HARD_FAILED, (_A.COMPENSATE,)),
+    (_S.HARD_FAILED, _E.COMPENSATOR_FAILED): (_S.HARD_FAILED, (_A.WAIT,)),  # abandoned again
+    (_S.HARD_FAILED, _E.DONE): (_S.CLEAN_EXIT, ()),  # every one compensated at last
 }
-
-
-class InvalidTransition(Exception):
-    """An event that the state machine does not allow in a state (a bug in the caller)."""
 
 
 def step(state: State, event: Event) -> tuple[State, tuple[Action, ...]]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..config.model import PhasePolicy
 from .machine import Event
+from .model import StepAction, Verdict
 
 STATUSES = ("committed", "aborted", "prepared", "begun", "absent", "unreachable", "partitioned", "corrupt")
 
@@ -33,7 +34,7 @@ class View:
 
 @dataclass(frozen=True)
 class Decision:
-    verdict: str  # nothing | forward | rollback | resume | abort | wait | blocked | needs_human
+    verdict: Verdict
     event: Event | None
     reason: str
     wait_until: float | None = None
@@ -54,8 +55,8 @@ class Inputs:
 def _nothing(views: Mapping[str, View], reason: str) -> Decision:
     torn = [n for n in sorted(views) if views[n].torn]
     if torn:
-        return Decision("forward", Event.ROLL_FORWARD, f"{reason}; cut the torn WAL tail of {', '.join(torn)}")
-    return Decision("nothing", None, reason)
+        return Decision(Verdict.FORWARD, Event.ROLL_FORWARD, f"{reason}; cut the torn WAL tail of {', '.join(torn)}")
+    return Decision(Verdict.NOTHING, None, reason)
 
 
 def _unreachable(node: str, detail: str) -> str:
@@ -72,14 +73,14 @@ def decide(views: Mapping[str, View], inputs: Inputs) -> Decision:
         by[views[name].status].append(name)
     if by["corrupt"]:
         return Decision(
-            "needs_human",
+            Verdict.NEEDS_HUMAN,
             Event.NEEDS_HUMAN,
             f"the WAL of {', '.join(by['corrupt'])} is corrupt mid-log: never guess (repair or restore it first)",
         )
     if by["unreachable"] or by["partitioned"]:
         who = [_unreachable(n, views[n].detail) for n in by["unreachable"]]
         who += [f"{n} PARTITIONED" for n in by["partitioned"]]
-        return Decision("blocked", Event.PARTITIONED, f"waiting for {', '.join(who)} (BLOCKED, not FAILED)")
+        return Decision(Verdict.BLOCKED, Event.PARTITIONED, f"waiting for {', '.join(who)} (BLOCKED, not FAILED)")
     committed, prepared, begun = by["committed"], by["prepared"], by["begun"]
     aborted, absent = by["aborted"], by["absent"]
     if committed:
@@ -88,13 +89,13 @@ def decide(views: Mapping[str, View], inputs: Inputs) -> Decision:
         if begun or aborted or absent:
             others = begun + aborted + absent
             return Decision(
-                "needs_human",
+                Verdict.NEEDS_HUMAN,
                 Event.NEEDS_HUMAN,
                 f"committed on {', '.join(committed)} but {', '.join(others)} cannot commit "
                 "(no PREPARE): the transition cannot be made atomic automatically",
             )
         return Decision(
-            "forward",
+            Verdict.FORWARD,
             Event.ROLL_FORWARD,
             f"committed on {', '.join(committed)}; {', '.join(prepared)} PREPAREd: roll forward",
         )
@@ -104,7 +105,7 @@ def decide(views: Mapping[str, View], inputs: Inputs) -> Decision:
             # SPEC §4.3: an aborted phase's side effects are compensated by recovery, whoever aborted it
             keys = [k for n in owing for k in views[n].uncompensated]
             return Decision(
-                "rollback",
+                Verdict.ROLLBACK,
                 Event.ROLL_BACK,
                 f"aborted on {', '.join(aborted)}; side effects not compensated yet: {', '.join(keys)}",
             )
@@ -114,7 +115,7 @@ def decide(views: Mapping[str, View], inputs: Inputs) -> Decision:
         deadline = started + inputs.timeout
         if inputs.now < deadline:
             return Decision(
-                "wait",
+                Verdict.WAIT,
                 None,
                 f"{', '.join(begun)} without PREPARE for {inputs.now - started:.1f} s; "
                 f"the Φ timeout ({inputs.timeout:.1f} s) has not expired",
@@ -123,12 +124,12 @@ def decide(views: Mapping[str, View], inputs: Inputs) -> Decision:
         policy = inputs.policy
         if policy.on_partial == "hold":
             return Decision(
-                "needs_human", Event.NEEDS_HUMAN, f"{', '.join(begun)} without PREPARE and on_partial is hold"
+                Verdict.NEEDS_HUMAN, Event.NEEDS_HUMAN, f"{', '.join(begun)} without PREPARE and on_partial is hold"
             )
         resumable = policy.on_partial == "resume" and policy.resume_playbook
         if resumable and inputs.resume_attempts < policy.max_resume_attempts:
             return Decision(
-                "resume",
+                Verdict.RESUME,
                 Event.RESUME,
                 f"{', '.join(begun)} without PREPARE: resume hook {policy.resume_playbook} "
                 f"(attempt {inputs.resume_attempts + 1} of {policy.max_resume_attempts})",
@@ -139,15 +140,15 @@ def decide(views: Mapping[str, View], inputs: Inputs) -> Decision:
     elif inputs.policy.on_partial == "rollback":
         reason = f"PREPAREd on {', '.join(prepared)}, committed nowhere, and on_partial is rollback"
     else:
-        return Decision("forward", Event.ROLL_FORWARD, f"PREPAREd on every participant ({', '.join(prepared)})")
+        return Decision(Verdict.FORWARD, Event.ROLL_FORWARD, f"PREPAREd on every participant ({', '.join(prepared)})")
     if inputs.rollbacks_so_far >= inputs.max_auto_attempts:
         return Decision(
-            "needs_human",
+            Verdict.NEEDS_HUMAN,
             Event.NEEDS_HUMAN,
             f"flapping: {inputs.rollbacks_so_far} automatic rollbacks of this transition already; "
             "a signed resume override is needed",
         )
-    return Decision("rollback", Event.ROLL_BACK, reason)
+    return Decision(Verdict.ROLLBACK, Event.ROLL_BACK, reason)
 
 
 def steps_for(
@@ -155,17 +156,25 @@ def steps_for(
 ) -> list[dict[str, Any]]:
     """The node operations that carry ``decision`` out, in order."""
     steps: list[dict[str, Any]] = []
-    if decision.verdict not in ("forward", "rollback", "resume", "abort"):
+    if decision.verdict not in (Verdict.FORWARD, Verdict.ROLLBACK, Verdict.RESUME, Verdict.ABORT):
         return steps
     names = sorted(views)
     for n in names:
         if views[n].torn:
-            steps.append({"node": n, "action": "repair", "detail": "cut the torn WAL tail (kept in .broken)"})
-    if decision.verdict == "forward":
+            steps.append(
+                {"node": n, "action": StepAction.REPAIR.value, "detail": "cut the torn WAL tail (kept in .broken)"}
+            )
+    if decision.verdict is Verdict.FORWARD:
         for n in names:
             if views[n].status == "prepared":
-                steps.append({"node": n, "action": "forward", "detail": "replay intents idempotently, COMMIT_PHASE"})
-    elif decision.verdict == "abort":
+                steps.append(
+                    {
+                        "node": n,
+                        "action": StepAction.FORWARD.value,
+                        "detail": "replay intents idempotently, COMMIT_PHASE",
+                    }
+                )
+    elif decision.verdict is Verdict.ABORT:
         # a signed abort: ABORT_PHASE (data/ restored from the BEGIN snapshot) without compensating,
         # the side effects still owed named as abandoned in the record
         for n in names:
@@ -174,19 +183,19 @@ def steps_for(
                 steps.append(
                     {
                         "node": n,
-                        "action": "rollback",
+                        "action": StepAction.ROLLBACK.value,
                         "abandon": owed,
                         "detail": "ABORT_PHASE without compensation"
                         + (f", abandoning {', '.join(owed)}" if owed else ""),
                     }
                 )
-    elif decision.verdict == "resume":
+    elif decision.verdict is Verdict.RESUME:
         for n in names:
             if views[n].status == "begun":
                 steps.append(
                     {
                         "node": n,
-                        "action": "resume",
+                        "action": StepAction.RESUME.value,
                         "playbook": resume_playbook,
                         "detail": "continue after the last STEP",
                     }
@@ -200,7 +209,7 @@ def steps_for(
                 steps.append(
                     {
                         "node": n,
-                        "action": "compensate",
+                        "action": StepAction.COMPENSATE.value,
                         "key": effect["key"],
                         "kind": effect["kind"],
                         "compensator": effect["compensator"],
@@ -214,6 +223,10 @@ def steps_for(
         for n in names:
             if views[n].status in ("prepared", "begun"):
                 steps.append(
-                    {"node": n, "action": "rollback", "detail": "restore data/ from the BEGIN snapshot, ABORT_PHASE"}
+                    {
+                        "node": n,
+                        "action": StepAction.ROLLBACK.value,
+                        "detail": "restore data/ from the BEGIN snapshot, ABORT_PHASE",
+                    }
                 )
     return steps

@@ -37,7 +37,7 @@ from typing import Any
 from ..config.model import Thresholds
 from ..config.yamlload import load_status
 from ..controlfile import dump_mapping
-from ..errors import ConfigError
+from ..errors import ConfigError, ParamsMismatch
 from ..fsutil import atomic_write, makedirs_durable
 from ..layout import BREAKERS_FILE, SEL_DIR, SEL_KEYS_DIR, SWINGS_FILE
 from ..timefmt import utc
@@ -49,20 +49,6 @@ SWING_RETENTION = 7 * 86400.0  # deletes older than this are forgotten (a swing 
 
 PENDING, SUCCEEDED, EXHAUSTED, ABANDONED = "pending", "succeeded", "exhausted", "abandoned"
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
-
-
-class NonRetryable(Exception):
-    """Raise it from a Python compensator for a failure that no retry can fix (a bad request, no
-    permission): the compensation fails at once, without further attempts. Any exception class with
-    ``retryable = False`` counts the same."""
-
-    retryable = False
-
-
-class ParamsMismatch(ConfigError):
-    """The same idempotency key came with other parameters (SPEC §4.4: an error, never a rerun)."""
-
-    default_hint = "an idempotency key names one call: give the new call a new key"
 
 
 def params_digest(compensator: str, kind: str, params: dict[str, Any]) -> str:

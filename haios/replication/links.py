@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from ..config.model import NodeSpec
-from ..errors import HaiosError, TransportError, UsageError
+from ..errors import HaiosError, TransportError, UsageError, from_wire
 from . import peer
 
 OPS = ("replica_append", "replica_status", "replica_fetch")
@@ -40,7 +40,7 @@ def handle(root: Path, request: dict[str, Any], *, sync: Callable[[int], None] =
 
 
 def error_answer(exc: HaiosError) -> dict[str, Any]:
-    return {"error": {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}}
+    return {"error": exc.to_wire()}
 
 
 def serve(root: Path, lines: Iterable[str], write: Callable[[str], None]) -> int:
@@ -78,9 +78,7 @@ class PeerLink(Protocol):
 
 def _answer(name: str, root: str, answer: dict[str, Any]) -> dict[str, Any]:
     if isinstance(answer.get("error"), dict):
-        from ..transport.ssh import remote_error
-
-        raise remote_error(name, root, answer["error"])
+        raise from_wire(answer["error"], node=name)
     return answer
 
 

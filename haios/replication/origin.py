@@ -34,30 +34,23 @@ from typing import Any
 
 from .. import controlfile
 from ..clock import wall_time
-from ..cluster.ring import Ring
-from ..errors import BlockedError, HaiosError, TransportError
+from ..errors import HaiosError, QuorumError, TransportError
+from ..node.replicas import REPLICATION_FILE
 from ..wal.format import SEGMENT_HEADER_SIZE, SegmentHeader, decode_segment_header
 from ..wal.reader import list_segments
+from ..wal.writer import Upto
 from .links import PeerLink, open_links
 from .peer import Chunk
+from .ring import Ring
 
 log = logging.getLogger("haios.replication")
 
-STATE_FILE = "replication"  # the node's replication control file
+STATE_FILE = REPLICATION_FILE  # the node's replication control file
 MIN_WRITE_TIMEOUT = 0.05  # seconds: scheduler noise is not a slow disk
 MIN_SAMPLES = 8  # acks seen before anyone is judged slow
 READMIT_AFTER = 8  # consecutive fast acks of a caught-up LAGGING peer before it counts again
 HISTORY_KEPT = 50
 MAX_CHUNK = 8 * 1024 * 1024  # raw bytes of one chunk
-
-
-class QuorumError(BlockedError):
-    """Fewer than a majority of the node's replica group can acknowledge a durable record."""
-
-    default_hint = (
-        "a majority of the replica group must be reachable; bring the peers back ('haios doctor' names them) "
-        "or, for one slow peer, 'haios node replication --permit-async PEER'"
-    )
 
 
 def _why(error: BaseException) -> str:
@@ -124,17 +117,6 @@ class _Position:
     """How far a peer holds the stream: segment, offset and the chain state there."""
 
     seq: int
-    offset: int
-    lamport: int
-    crc: int
-
-
-@dataclass(frozen=True)
-class Upto:
-    """The end of a durable append: what every peer must hold before it counts."""
-
-    seq: int
-    segment: str
     offset: int
     lamport: int
     crc: int

@@ -25,19 +25,13 @@ from typing import Any
 
 import lz4.block
 
-from ..errors import UsageError, VerificationError
+from ..errors import ReplicaChunkError, UsageError, WalCorruptError
 from ..fsutil import fsync_dir, locked_dir, makedirs_durable, write_all
 from ..wal.format import SEGMENT_HEADER_SIZE, SEGMENT_NAME, decode_segment_header
-from ..wal.reader import Cursor, WalCorruptError, WalReader, list_segments, verify
+from ..wal.reader import Cursor, WalReader, list_segments, verify
 
 REPLICAS_DIR = "replicas"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-
-
-class ReplicaChunkError(VerificationError):
-    """A chunk of records that does not verify against the replica's chain."""
-
-    default_hint = "the origin resends it; if it keeps failing, check the link and the peer's disk"
 
 
 @dataclass(frozen=True)

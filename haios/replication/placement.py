@@ -1,7 +1,7 @@
 """Where each node's WAL stream is replicated, kept by reconcile in ``status/replication.yaml``.
 
 Every reconcile run carries the placement forward for the current members (active, not evicted)
-with :func:`haios.cluster.ring.advance` — new members placed at once, departed ones dropped, every
+with :func:`haios.replication.ring.advance` — new members placed at once, departed ones dropped, every
 other move only after the sticky window and at most a quarter of the streams per window — and tells
 each origin whose peers changed its new group (the node records it as a reconfiguration). An origin
 that cannot be told now is remembered in ``unpushed`` and told on a later run. The file is part of
@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cluster.ring import Placement, advance
 from ..config.model import RepoConfig
 from ..config.yamlload import load_status
 from ..controlfile import dump_mapping
 from ..errors import ConfigError, HaiosError
 from ..fsutil import atomic_write, makedirs_durable
 from ..layout import PLACEMENT_FILE
+from .ring import Placement, advance
 
 
 @dataclass

@@ -23,11 +23,11 @@ from typing import Any
 from .. import controlfile
 from ..config import load_repo
 from ..config.model import PHASES
-from ..errors import HaiosError
+from ..errors import HaiosError, WalCorruptError
 from ..layout import JOURNAL_DIR
 from ..recovery.journal import load as load_journal
 from ..recovery.machine import State
-from ..wal import Record, RecordType, WalCorruptError, WalReader
+from ..wal import Record, RecordType, WalReader
 from .cloud import FakeCloud
 from .simulator import sim_dir, sim_roots
 

@@ -16,17 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import HaiosError
+from ..errors import CloudError
 from ..fsutil import atomic_write, makedirs_durable
 
 KINDS = ("fakecloud.vm", "fakecloud.dns")
 BASE_COST = {"fakecloud.vm": 12.0, "fakecloud.dns": 0.5}
-
-
-class CloudError(HaiosError):
-    """The fake cloud refused a call (an injected failure)."""
-
-    default_hint = "the compensator will be retried"
 
 
 class FakeCloud:

@@ -27,15 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from .. import controlfile
-from ..cluster import ParticipantFailed, PhaseDriver
+from ..cluster import PhaseDriver
 from ..config import load_repo
 from ..config.model import PHASES, RepoConfig
-from ..config.scaffold import init_repo
-from ..errors import BlockedError, HaiosError, UsageError
+from ..errors import BlockedError, HaiosError, ParticipantFailed, UsageError
 from ..fsutil import atomic_write, makedirs_durable
 from ..gitrepo import init_and_commit
 from ..node.heartbeat import beat
 from ..node.transaction import scan_phases
+from ..ops.init import init_repo
 from ..recovery.membership import participants
 from ..timefmt import utc
 from ..vclock import VClock

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HaiosError
+from ..ops.reconcile import reconcile
 from ..procutil import worker_initializer
-from ..recovery import reconcile
 from ..recovery.machine import State
 from .check import Violation, sim_check
 from .simulator import FAULT_KINDS, SshLayout, parse_faults, sim_init, sim_run

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import replication as _replication  # noqa: F401 - plugs WAL replication into the node this runs
 from ..errors import HaiosError
 from ..node import Node
 from ..procutil import die_with_parent

@@ -34,19 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config.model import NAME_RE, NodeSpec, ssh_root_ok
-from ..errors import HaiosError, IntegrityError, TransportError, UsageError, VerificationError
+from ..errors import HaiosError, HostKeyError, IntegrityError, TransportError, UsageError, from_wire
 from ..untrusted import LIMITS
 from .base import Completed
 
 SAFE_WORD = re.compile(r"^[A-Za-z0-9._:/@+=,%-]*$")  # argv words that need no quoting at all
 CONNECT_RETRIES = (0.2, 0.5, 1.0)  # waits between attempts to open a connection
 MIRROR_FILES = ("state.txt", "heartbeat", "gossip", "fence", "policy")
-
-
-class HostKeyError(VerificationError):
-    """The node presented a host key that is not the pinned one (or none is pinned)."""
-
-    default_hint = "check the node's host key (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on it) and pin it"
 
 
 def fingerprint(key_blob: bytes) -> str:
@@ -561,7 +555,7 @@ def _result(node: str, root: str, done: Completed) -> dict[str, Any]:
     if done.returncode == 0 and isinstance(data, dict) and "error" not in data:
         return data
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
-        raise remote_error(node, root, data["error"])
+        raise remote_error(node, data["error"])
     if done.returncode == 127 or "command not found" in done.stderr or "No such file" in done.stderr:
         raise TransportError(
             f"{node}: haios is not installed on the node ({' '.join(done.stderr.split())[:200]})",
@@ -572,22 +566,6 @@ def _result(node: str, root: str, done: Completed) -> dict[str, Any]:
     )
 
 
-def remote_error(node: str, root: str, error: dict[str, Any]) -> HaiosError:
-    """Rebuild the HaiosError a node reported, as its own class where haios has one."""
-    from .. import errors
-    from ..wal.reader import Corruption, WalCorruptError
-
-    kind, message, hint = str(error.get("type")), str(error.get("message", "")), str(error.get("hint") or "")
-    if kind == "WalCorruptError" and isinstance(error.get("corruption"), dict):
-        c = error["corruption"]
-        corruption = Corruption(c["segment"], int(c["offset"]), c.get("lamport"), c["reason"], bool(c["torn_tail"]))
-        return WalCorruptError(Path(root) / "wal", corruption)
-    from ..config.dataschemas import DataSchemaError
-
-    cls = {"DataSchemaError": DataSchemaError}.get(kind) or getattr(errors, kind, None)
-    message = f"{node}: {message}" if not message.startswith(node) else message
-    if isinstance(cls, type) and issubclass(cls, HaiosError) and cls.__init__ is HaiosError.__init__:
-        return cls(message, hint=hint or None)
-    exc = HaiosError(message, hint=hint or None)
-    exc.exit_code = int(error.get("exit_code") or 1)
-    return exc
+def remote_error(node: str, error: dict[str, Any]) -> HaiosError:
+    """Rebuild the HaiosError a node reported, as the class it was raised as there."""
+    return from_wire(error, node=node)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, SegmentHeaderError
 from ..untrusted import load_json
 
 FORMAT_VERSION = 1
@@ -109,10 +109,6 @@ class SegmentHeader:
         )
         crc = zlib.crc32(body[: SEGMENT_HEADER_SIZE - 8])
         return body[: SEGMENT_HEADER_SIZE - 8] + struct.pack("<I4x", crc)
-
-
-class SegmentHeaderError(ValueError):
-    """The segment header is not valid."""
 
 
 def decode_segment_header(data: bytes) -> SegmentHeader:

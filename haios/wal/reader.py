@@ -23,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, VerificationError
+from ..errors import Corruption, InputError, SegmentHeaderError, VerificationError, WalCorruptError
 from .format import (
     FLAG_JUMP,
     FLAG_LZ4,
@@ -35,7 +35,6 @@ from .format import (
     SEGMENT_NAME,
     RecordType,
     SegmentHeader,
-    SegmentHeaderError,
     decode_payload,
     decode_segment_header,
     lz4_bound,
@@ -68,51 +67,6 @@ class Record:
     def payload(self) -> dict[str, Any]:
         """The payload, parsed once (a reader that verifies payloads has parsed it already)."""
         return parse_json(self.raw)
-
-
-@dataclass(frozen=True)
-class Corruption:
-    """The first bad place in a WAL."""
-
-    segment: str
-    offset: int
-    lamport: int | None  # the Lamport index expected there
-    reason: str
-    torn_tail: bool
-
-    @property
-    def kind(self) -> str:
-        return "torn tail" if self.torn_tail else "mid-log corruption"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "segment": self.segment,
-            "offset": self.offset,
-            "lamport": self.lamport,
-            "reason": self.reason,
-            "torn_tail": self.torn_tail,
-        }
-
-    def describe(self) -> str:
-        where = f"segment {self.segment} offset {self.offset}"
-        if self.lamport is not None:
-            where += f" (lamport {self.lamport})"
-        return f"{where}: {self.reason} [{self.kind}]"
-
-
-class WalCorruptError(VerificationError):
-    """The WAL has a bad record; ``corruption`` says where and whether it is a torn tail."""
-
-    def __init__(self, directory: Path, corruption: Corruption) -> None:
-        hint = (
-            f"a crash left a partial record; run 'haios wal repair {directory}'"
-            if corruption.torn_tail
-            else f"records after this point would be lost by a repair; restore the node from a replica, "
-            f"or run 'haios wal repair --force {directory}' to keep only the valid prefix"
-        )
-        super().__init__(f"{directory}: {corruption.describe()}", hint=hint)
-        self.directory = directory
-        self.corruption = corruption
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import VerificationError
+from ..errors import Corruption, RepairRefused
 from ..fsutil import atomic_write, fsync_dir
 from .format import RECORD_HEADER, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, decode_segment_header
-from .reader import Corruption, _File, _valid_record_at, list_segments, verify, wal_dir
-
-
-class RepairRefused(VerificationError):
-    """Repair would drop records after mid-log corruption; refused without --force."""
+from .reader import _File, _valid_record_at, list_segments, verify, wal_dir
 
 
 @dataclass

@@ -18,12 +18,13 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from ..clock import wall_time
-from ..errors import HaiosError, LockHeldError, StorageError
+from ..errors import WalFailedError, WalLockedError, WalReadOnlyError
 from ..fsutil import TEMP_SUFFIX, fsync_dir, makedirs_durable, temp_name, write_all
 from . import format as fmt
 from .reader import Cursor, WalReader, list_segments
@@ -33,22 +34,24 @@ log = logging.getLogger("haios.wal")
 LOCK_NAME = ".writer.lock"
 
 
-class WalReadOnlyError(HaiosError):
-    """The WAL is open read-only (for example while the node is PARTITIONED); appends are refused."""
+@dataclass(frozen=True)
+class Upto:
+    """The end of a durable append: what every peer must hold before it counts."""
 
-    default_hint = "the node refuses writes while it is partitioned or read-only; wait for it to heal"
+    seq: int
+    segment: str
+    offset: int
+    lamport: int
+    crc: int
 
 
-class WalFailedError(StorageError):
-    """An earlier write or fsync failed; this writer refuses to continue."""
+class Replicator(Protocol):
+    """What the WAL needs of its replication (SPEC §6.1; :class:`haios.replication.Replicator`
+    implements it): refuse a durable append a majority cannot acknowledge, and stream each one."""
 
-    default_hint = "close the WAL and open it again: opening repairs the tail, no acknowledged record is lost"
+    def ensure_quorum(self) -> None: ...
 
-
-class WalLockedError(LockHeldError):
-    """Another process holds the WAL's writer lock."""
-
-    default_hint = "only one writer per node: stop the other writer first"
+    def replicate(self, wal: Path, wal_id: int, upto: Upto, local_fsync_s: float) -> Any: ...
 
 
 class Wal:
@@ -89,7 +92,7 @@ class Wal:
         self._segment_name = ""
         # With WAL replication (SPEC §6.1): ships every durable append to the node's replica group
         # and returns only when a majority holds it (haios.replication.Replicator).
-        self.replicator: Any = None
+        self.replicator: Replicator | None = None  # set by the node when its policy replicates
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -130,7 +133,7 @@ class Wal:
         return wal
 
     def _recover(self, repair: bool) -> None:
-        from .reader import WalCorruptError
+        from ..errors import WalCorruptError
         from .repair import repair as repair_wal
 
         if not self.read_only:
@@ -233,8 +236,6 @@ class Wal:
             started = time.monotonic()
             self._sync_to(target)
             if replicator is not None:
-                from ..replication.origin import Upto
-
                 replicator.replicate(self.directory, self._wal_id, Upto(*upto), time.monotonic() - started)
         return lamport
 

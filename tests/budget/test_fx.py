@@ -10,11 +10,11 @@ import pytest
 from helpers import Invoke, subprocs
 from helpers.cluster import git
 
-from haios.budget import UnknownCurrency, convert, import_ecb, parse_ecb, trace_cost
+from haios.budget import convert, import_ecb, parse_ecb, trace_cost
 from haios.config import load_repo
 from haios.config.model import Budget, FxRates, Limit
-from haios.detect.doctor import run_doctor
-from haios.errors import ConfigError, UsageError
+from haios.errors import ConfigError, UnknownCurrency, UsageError
+from haios.ops.doctor import run_doctor
 
 SAMPLE = Path(__file__).parent / "data" / "eurofxref-daily.xml"
 SAMPLE_DAY = datetime(2026, 11, 26, 16, 0, tzinfo=UTC).timestamp()  # the ECB publishes around 16:00 CET

@@ -188,8 +188,8 @@ def test_init_json_output(cli: Invoke, tmp_path: Path) -> None:
 def test_init_failure_leaves_nothing_behind(cli: Invoke, tmp_path: Path, monkeypatch: object) -> None:
     import pytest
 
-    from haios.config import scaffold
     from haios.errors import RepoError
+    from haios.ops import init as scaffold
 
     def broken_git(path: Path, message: str) -> str:
         raise RepoError(f"{path}: git failed: simulated")

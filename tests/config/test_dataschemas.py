@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from haios import controlfile, load_repo, validate_repo
-from haios.config.dataschemas import DataSchemaError
+from haios.errors import DataSchemaError
 from haios.node import Node, init_node_root, scan_phases
 from haios.wal import RecordType, read_records
 

@@ -218,7 +218,7 @@ def test_validate_supervisor_keys_parse(repo: Path) -> None:
         f"supervisors:\n  - name: alice\n    keys:\n      - {good}\n      - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBBB\n"
         f"  - name: bob\n    keys: ['{good}']\n    valid_after: 2026-02-01\n    valid_before: 2026-01-01T00:00:00Z\n",
     )
-    from haios.overrides.keys import parse_public_key
+    from haios.sshkeys import parse_public_key
 
     fp = parse_public_key(good).fingerprint
     assert _problems(repo) == [

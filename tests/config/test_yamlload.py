@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from haios.config.yamlload import MAX_BYTES, YamlRejected, load_yaml
+from haios.config.yamlload import MAX_BYTES, load_yaml
+from haios.errors import YamlRejected
 
 
 def _reject(data: bytes) -> str:

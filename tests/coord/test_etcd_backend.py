@@ -20,7 +20,7 @@ from haios.coord import GitBackend, open_backend
 from haios.coord.etcd import EtcdBackend
 from haios.errors import CoordinationError, FencedError, LockHeldError
 from haios.node.fence import check_fence
-from haios.recovery import reconcile
+from haios.ops import reconcile
 
 
 def _use_etcd(cluster: Path, etcd: EtcdCluster) -> None:
@@ -154,8 +154,8 @@ def test_no_endpoint_is_a_config_error() -> None:
 
 
 def test_etcd_barrier_compare_and_swap_on_mod_revision(etcd: EtcdCluster) -> None:
-    from haios.coord import Barrier, BarrierMoved
-    from haios.errors import BarrierError
+    from haios.coord import Barrier
+    from haios.errors import BarrierError, BarrierMoved
 
     a, b = (EtcdBackend(etcd.endpoints, cluster="c1") for _ in range(2))
     assert a.barrier() == Barrier()

@@ -1,8 +1,9 @@
-"""The git lease backend against real git repositories (a bare one as the remote)."""
+"""What only the git lease backend does, against real git repositories (a bare one as the remote):
+every update a commit in the shard's history, a remote updated by an atomic push with lease. The
+rest of the contract every backend keeps is tests/coord/test_contract.py."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from helpers import subprocs
 
 from haios.coord import GitBackend, Lease, holder_alive, new_holder
 from haios.coord.git import REF_PREFIX, _Lost
-from haios.errors import FencedError, LockHeldError
+from haios.errors import LockHeldError
 
 T0 = 1_800_000_000.0
 
@@ -31,26 +32,6 @@ def test_git_lease_tokens_strictly_increase(repo: Path) -> None:
     assert len(history) == 6  # every acquire and release is a commit in the shard's history
 
 
-def test_git_lease_held_names_its_holder(repo: Path) -> None:
-    backend = GitBackend(repo)
-    backend.acquire("IDLE", "other-host/1/2/abc", "trace-a", 60, T0)
-    with pytest.raises(LockHeldError, match="held by pid 1 on host other-host for trace trace-a") as info:
-        backend.acquire("IDLE", "me", "trace-b", 60, T0 + 1)
-    assert info.value.exit_code == 4
-
-
-def test_git_lease_expired_is_taken_over_with_a_higher_token(repo: Path) -> None:
-    backend = GitBackend(repo)
-    first = backend.acquire("ANALYZE", "other-host/1/2/abc", "trace-a", 60, T0)
-    second = backend.acquire("ANALYZE", "me", "trace-a", 60, T0 + 61)
-    assert second.token == first.token + 1
-    assert second.previous == {"holder": "other-host/1/2/abc", "trace_id": "trace-a", "token": 1}
-    with pytest.raises(FencedError, match="taken over"):
-        backend.renew(first, 60, T0 + 62)
-    backend.release(first, T0 + 62)  # not ours any more: a no-op
-    assert backend.read("ANALYZE") == second
-
-
 def test_git_lease_of_a_dead_local_process_is_taken_over_at_once(repo: Path) -> None:
     proc = subprocs.spawn(["true"])
     proc.wait()
@@ -63,37 +44,6 @@ def test_git_lease_of_a_dead_local_process_is_taken_over_at_once(repo: Path) -> 
     backend = GitBackend(repo)
     backend.acquire("BLUEPRINT", dead, "trace-a", 3600, T0)
     assert backend.acquire("BLUEPRINT", new_holder(), "trace-a", 60, T0 + 1).token == 2
-
-
-def test_git_lease_renew_extends(repo: Path) -> None:
-    backend = GitBackend(repo)
-    lease = backend.acquire("IDLE", "me", "t", 60, T0)
-    renewed = backend.renew(lease, 60, T0 + 50)
-    assert (renewed.token, renewed.expires) == (lease.token, T0 + 110)
-    with pytest.raises(LockHeldError):
-        backend.acquire("IDLE", "you", "t2", 60, T0 + 100)
-
-
-def test_git_lease_compare_and_swap_under_contention(repo: Path) -> None:
-    """Eight threads race for one shard at the same instant: exactly one wins."""
-    backend_args = repo
-    winners: list[int] = []
-    losers: list[str] = []
-    barrier = threading.Barrier(8)
-
-    def contend(i: int) -> None:
-        barrier.wait()
-        try:
-            winners.append(GitBackend(backend_args).acquire("CONSTRUCT", f"h{i}", f"t{i}", 60, T0).token)
-        except LockHeldError as exc:
-            losers.append(exc.message)
-
-    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert winners == [1] and len(losers) == 7
 
 
 def test_git_lease_on_a_remote_is_an_atomic_push_with_lease(repo: Path, tmp_path: Path) -> None:
@@ -118,8 +68,8 @@ def test_git_lease_on_a_remote_is_an_atomic_push_with_lease(repo: Path, tmp_path
 
 
 def test_git_barrier_is_a_compare_and_swap_that_never_goes_back(repo: Path) -> None:
-    from haios.coord import Barrier, BarrierMoved
-    from haios.errors import BarrierError
+    from haios.coord import Barrier
+    from haios.errors import BarrierError, BarrierMoved
 
     backend, rival = GitBackend(repo), GitBackend(repo)
     assert backend.barrier() == Barrier()

@@ -13,7 +13,7 @@ from helpers import Invoke
 from jsonschema import Draft202012Validator
 
 from haios import controlfile
-from haios.detect.doctor import run_doctor
+from haios.ops.doctor import run_doctor
 from haios.resources import schema
 from haios.sim.simulator import parse_faults, sim_init, sim_run
 from haios.timefmt import utc
@@ -155,7 +155,7 @@ def test_doctor_stale_gossip_is_no_partition(cli: Invoke, healthy: Path, tmp_pat
     """A PARTITIONED gossip file nobody rewrites any more (its writer stopped) while the node beats:
     one gossip_stale warning, no partition, and neither plan nor the node itself count it."""
     from haios.node.transaction import Node
-    from haios.recovery.plan import build
+    from haios.ops import build
 
     directory = _fresh_copy(healthy, tmp_path / "g")
     root = directory / "nodes/node-2"

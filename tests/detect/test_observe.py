@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from haios.config import load_repo
-from haios.detect import observe as observe_mod
+from haios.ops import observe as observe_mod
 from haios.sim.simulator import sim_init, sim_run
 from haios.transport import LocalTransport
 

@@ -117,7 +117,7 @@ def plant(
 
 def wait_for_phi(directory: Path, limit: float = 15.0) -> None:
     """Until no trace of the plan is waiting for its Φ timeout (bounded)."""
-    from haios.recovery import build
+    from haios.ops import build
 
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:

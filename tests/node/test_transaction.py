@@ -11,10 +11,10 @@ from helpers import subprocs
 from helpers.executor import POINTS
 
 from haios import controlfile
-from haios.errors import BarrierError, FencedError, PartitionError, PathEscapeError, VersionConflict
+from haios.errors import BarrierError, FencedError, PartitionError, PathEscapeError, VersionConflict, WalReadOnlyError
 from haios.node import Node, apply_intents, check_fence, init_node_root, next_transition, scan_phases, snapshot
 from haios.timefmt import parse_utc
-from haios.wal import RecordType, WalReadOnlyError, read_records, repair, verify
+from haios.wal import RecordType, read_records, repair, verify
 
 PROJECT = Path(__file__).parent.parent.parent
 

@@ -18,9 +18,9 @@ from ruamel.yaml import YAML
 from haios import controlfile
 from haios.config import load_repo
 from haios.errors import StorageError
+from haios.ops import build, reconcile
 from haios.overrides import apply as overrides_apply
 from haios.overrides.verify import APPLIED_FILE, applied
-from haios.recovery import build, reconcile
 from haios.recovery.journal import JOURNAL_DIR, Journal, find
 from haios.sim.check import sim_check
 from haios.sim.cloud import FakeCloud

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from haios.overrides.keys import parse_public_key
+from haios.sshkeys import parse_public_key
 
 
 def _line(key: object) -> str:

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from helpers import subprocs
 
-from haios.overrides.keys import parse_public_key
-from haios.overrides.sshsig import MAGIC, SignatureError, armor, parse, sign, unarmor, verify
+from haios.errors import SignatureError
+from haios.overrides.sshsig import MAGIC, armor, parse, sign, unarmor, verify
+from haios.sshkeys import parse_public_key
 
 NS = "haios-override"
 PAYLOAD = b'{"action":"resume","cluster":"c1","nonce":"00112233445566778899aabbccddeeff"}'

@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from helpers import Invoke, subprocs
 
-from haios.overrides.keys import parse_public_key
-from haios.overrides.sshsig import MAGIC, SignatureError, armor, sk_signed_data, verify
+from haios.errors import SignatureError
+from haios.overrides.sshsig import MAGIC, armor, sk_signed_data, verify
+from haios.sshkeys import parse_public_key
 
 NAMESPACE = "haios-override"
 MESSAGE = b'{"action":"resume"}'

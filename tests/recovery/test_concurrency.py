@@ -12,7 +12,7 @@ from helpers.cluster import deletes, plant
 
 from haios.errors import FencedError
 from haios.node import recover
-from haios.recovery import reconcile
+from haios.ops import reconcile
 from haios.recovery.journal import JOURNAL_DIR, load
 from haios.sim.cloud import FakeCloud
 from haios.sim.simulator import sim_dir

@@ -19,7 +19,7 @@ from helpers.cluster import deletes, plant
 
 from haios import controlfile
 from haios.audit import history
-from haios.recovery import reconcile
+from haios.ops import reconcile
 from haios.recovery.journal import JOURNAL_DIR, load
 from haios.sim.check import sim_check
 from haios.wal import RecordType, read_records

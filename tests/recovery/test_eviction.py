@@ -14,9 +14,9 @@ from jsonschema import Draft202012Validator
 from haios import controlfile
 from haios.config import load_repo
 from haios.errors import BlockedError
-from haios.recovery import reconcile
+from haios.ops import reconcile
+from haios.ops.rejoin import rejoin
 from haios.recovery.membership import load, participants
-from haios.recovery.rejoin import rejoin
 from haios.sim.check import sim_check
 from haios.sim.simulator import sim_run
 from haios.timefmt import utc

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from haios.recovery.machine import TABLE, TERMINAL, Action, Event, InvalidTransition, State, allowed, step
+from haios.errors import InvalidTransition
+from haios.recovery.machine import TABLE, TERMINAL, Action, Event, State, allowed, step
 
 
 def test_machine_roll_forward_path() -> None:
@@ -60,9 +61,23 @@ def test_machine_signed_overrides() -> None:
             step(State.BLOCKED, event)  # a partitioned trace waits for the heal first
 
 
-def test_machine_terminal_states_accept_nothing() -> None:
-    for state in TERMINAL:
+def test_machine_terminal_states_accept_nothing_but_a_retry() -> None:
+    """A terminal state ends the trace; only HARD_FAILED takes a signed resume, which tries the
+    abandoned compensations once more (and ends CLEAN_EXIT when every one succeeds)."""
+    for state in TERMINAL - {State.HARD_FAILED}:
         assert allowed(state) == []
+    assert step(State.HARD_FAILED, Event.ACK_RESUME) == (State.HARD_FAILED, (Action.COMPENSATE,))
+    assert step(State.HARD_FAILED, Event.DONE) == (State.CLEAN_EXIT, ())
+    assert step(State.HARD_FAILED, Event.COMPENSATOR_FAILED)[0] is State.HARD_FAILED
+    with pytest.raises(InvalidTransition):
+        step(State.HARD_FAILED, Event.ACK_ROLLBACK)
+
+
+def test_machine_an_ack_records_and_the_roll_back_works() -> None:
+    """An override's ACK moves the state; the ROLL_BACK that follows carries the work out."""
+    state, actions = step(State.AWAITING_ACK, Event.ACK_ROLLBACK)
+    assert (state, actions) == (State.ROLLBACK, ())
+    assert step(state, Event.ROLL_BACK) == (State.ROLLBACK, (Action.COMPENSATE, Action.RESTORE_AND_ABORT))
 
 
 def test_machine_every_state_is_reachable_from_interrupted() -> None:

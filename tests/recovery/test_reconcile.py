@@ -15,7 +15,7 @@ from haios import controlfile
 from haios.audit import history
 from haios.coord import GitBackend
 from haios.node.heartbeat import beat
-from haios.recovery import build, reconcile
+from haios.ops import build, reconcile
 from haios.recovery.journal import JOURNAL_DIR, find
 from haios.sim.check import sim_check
 from haios.sim.cloud import FakeCloud

@@ -16,16 +16,10 @@ from helpers import Invoke, at
 from helpers.cluster import deletes, git, plant
 
 from haios.config import load_repo
-from haios.recovery import reconcile
+from haios.errors import ParamsMismatch
+from haios.ops import reconcile
 from haios.recovery.journal import JOURNAL_DIR, Journal, find
-from haios.recovery.sel import (
-    EXHAUSTED,
-    SUCCEEDED,
-    ParamsMismatch,
-    SelStore,
-    backoff_ceiling,
-    full_jitter,
-)
+from haios.recovery.sel import EXHAUSTED, SUCCEEDED, SelStore, backoff_ceiling, full_jitter
 from haios.sim.check import sim_check
 from haios.sim.cloud import FakeCloud
 from haios.sim.simulator import sim_dir, sim_run
@@ -362,7 +356,7 @@ def test_transport_errors_are_retried_within_the_run_only(
     """A node not reached (nothing ran) is retried at once, a few times; past that the run ends with
     an error and the trace waits for the next run — no compensation attempt is used up."""
     from haios.errors import TransportError
-    from haios.recovery import executor
+    from haios.recovery import compensate
     from haios.transport.local import LocalTransport
 
     plant(cluster, node_1="prepare", node_2="prepare", node_3="begin", effects={"node-1": 1})
@@ -377,7 +371,7 @@ def test_transport_errors_are_retried_within_the_run_only(
 
     with monkeypatch.context() as m:
         m.setattr(LocalTransport, "run", flaky)
-        m.setattr(executor, "TRANSIENT_RETRIES", (0.01, 0.01, 0.01))
+        m.setattr(compensate, "TRANSIENT_RETRIES", (0.01, 0.01, 0.01))
         result = reconcile(cluster)
     entry = _store(cluster).entry(KEY)
     assert entry is not None and entry.failures == 0

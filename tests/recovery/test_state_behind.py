@@ -17,10 +17,10 @@ from helpers.cluster import plant, positions
 from helpers.overrides import signed_override, supervisors
 
 from haios import controlfile
-from haios.detect.doctor import run_doctor
+from haios.errors import StateBehindError
 from haios.node import Node
-from haios.node.transaction import StateBehindError
-from haios.recovery import build, reconcile
+from haios.ops import build, reconcile
+from haios.ops.doctor import run_doctor
 from haios.sim.check import sim_check
 from haios.wal import RecordType
 

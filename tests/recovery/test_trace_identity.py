@@ -12,7 +12,7 @@ from helpers import Invoke
 from helpers.cluster import plant
 
 from haios.audit import history
-from haios.recovery import build
+from haios.ops import build
 from haios.recovery.journal import incident_trace_id
 
 
@@ -51,7 +51,7 @@ def test_another_attempt_or_an_ended_trace_gives_another_id() -> None:
 def test_status_never_cuts_a_trace_id(cluster: Path, cli: Invoke) -> None:
     """On a narrow terminal the other columns fold; the id an override needs stays whole on one line."""
     from haios import controlfile
-    from haios.recovery import reconcile
+    from haios.ops import reconcile
     from haios.timefmt import utc
 
     plant(cluster, node_1="commit", node_2="prepare", node_3="prepare")

@@ -11,10 +11,10 @@ from helpers import Invoke
 from helpers.cluster import git
 
 from haios import controlfile
-from haios.cluster.ring import Ring
 from haios.config import load_repo
 from haios.errors import TransportError
 from haios.replication import placement
+from haios.replication.ring import Ring
 from haios.sim.simulator import sim_init, sim_run
 from haios.wal import read_records
 

@@ -14,14 +14,13 @@ import pytest
 from helpers import Invoke
 
 from haios import controlfile
-from haios.detect.doctor import run_doctor
-from haios.errors import EXIT_BLOCKED
+from haios.errors import EXIT_BLOCKED, QuorumError, ReplicaChunkError, WalMissingError
 from haios.node import Node
-from haios.node.transaction import WalMissingError
-from haios.replication import QuorumError, Replicator, Settings
+from haios.ops.doctor import run_doctor
+from haios.replication import Replicator, Settings
 from haios.replication.links import LocalLink, serve
 from haios.replication.origin import MIN_SAMPLES, STATE_FILE
-from haios.replication.peer import Chunk, ReplicaChunkError, receive
+from haios.replication.peer import Chunk, receive
 from haios.replication.restore import restore_wal
 from haios.sim.check import sim_check
 from haios.sim.simulator import sim_init, sim_run

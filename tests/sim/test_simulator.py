@@ -10,9 +10,9 @@ import pytest
 from helpers import Invoke
 
 from haios import controlfile
-from haios.errors import UsageError
+from haios.errors import CloudError, UsageError
 from haios.sim.check import sim_check
-from haios.sim.cloud import CloudError, FakeCloud
+from haios.sim.cloud import FakeCloud
 from haios.sim.simulator import log_fault, parse_faults, sim_dir, sim_init, sim_run
 from haios.wal import RecordType, Wal, read_records
 

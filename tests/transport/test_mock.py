@@ -8,8 +8,8 @@ from pathlib import Path
 from helpers.cluster import plant
 
 from haios.config import load_repo
-from haios.detect.observe import observe
-from haios.recovery import build
+from haios.ops import build
+from haios.ops.observe import observe
 from haios.transport import LocalTransport
 from haios.transport.base import Completed
 from haios.transport.mock import MockTransport

@@ -11,9 +11,8 @@ import pytest
 from helpers import Invoke
 from helpers.sshd import Sshd
 
-from haios.errors import TransportError
+from haios.errors import QuorumError, TransportError
 from haios.node import Node
-from haios.replication import QuorumError
 from haios.sim.check import sim_check
 from haios.sim.simulator import SshLayout, sim_init, sim_run
 from haios.wal import RecordType, read_records

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +17,11 @@ from helpers.sshd import Sshd
 
 from haios.config import load_repo
 from haios.config.model import NodeSpec
-from haios.errors import TransportError, UsageError
-from haios.recovery import build, reconcile
+from haios.errors import HostKeyError, QuorumError, TransportError, UsageError, WalMissingError
+from haios.ops import build, reconcile
 from haios.sim.check import sim_check
 from haios.sim.simulator import SshLayout, sim_init, sim_run
-from haios.transport.ssh import HostKeyError, SshTransport, check_node, quote_command
+from haios.transport.ssh import SshTransport, check_node, quote_command
 
 
 def _layout(sshd: Sshd) -> SshLayout:
@@ -225,6 +226,46 @@ def test_remote_errors_arrive_as_their_own_class(ssh_cluster: Path, ssh_env: Ssh
             )
         with pytest.raises(UsageError, match="trace_id"):
             t.call("node-1", {"op": "inspect", "g": 1, "phase": "IDLE", "trace_id": "$(id)"})
+
+
+def test_remote_quorum_and_wal_missing_errors_keep_their_class_and_exit_code(ssh_cluster: Path) -> None:
+    """A node that replicates refuses what its replicas cannot take: the caller gets the node's own
+    QuorumError (exit 3), and once its WAL is gone, WalMissingError (exit 3) — not a plain HaiosError."""
+    config = load_repo(ssh_cluster)
+    root = Path(config.cluster.node("node-1").root)
+    gone = {"transport": "local", "root": str(ssh_cluster / "no-such-peer")}
+    settings = {"mode": "sync-majority", "replicas": 3, "peers": {"node-2": gone, "node-3": gone}}
+    fence = {"trace_id": "t", "g": 1, "phase": "IDLE", "step": "x", "outcome": "ok"}
+    with SshTransport(config.cluster.nodes, mirror=ssh_cluster / "m") as t:
+        assert t.call("node-1", {"op": "replication", "settings": settings})["mode"] == "sync-majority"
+        with pytest.raises(QuorumError) as quorum:
+            t.call("node-1", {"op": "checkpoint", "token": 5, **fence})
+        assert quorum.value.exit_code == 3 and quorum.value.message.startswith("node-1: ")
+        shutil.rmtree(root / "wal")
+        with pytest.raises(WalMissingError) as missing:
+            t.call("node-1", {"op": "checkpoint", "token": 6, **fence})
+        assert missing.value.exit_code == 3 and "haios node rejoin node-1" in missing.value.hint
+
+
+def test_a_remote_host_key_error_keeps_its_class_and_exit_code(ssh_cluster: Path, tmp_path: Path) -> None:
+    """A node whose own SSH hop refuses a host key (a jump, a replica peer) says HostKeyError; it
+    reaches the caller as HostKeyError, exit 5, with the node's hint."""
+    node = tmp_path / "node-haios"
+    node.write_text(
+        "#!/bin/sh\n"
+        f'[ "$1" = --version ] && exec {sys.executable} -m haios --version\n'
+        f"exec {sys.executable} -c 'import json, sys; from haios.errors import HostKeyError; "
+        'print(json.dumps({"error": HostKeyError("peer-9 presented an unpinned host key").to_wire()})); '
+        "sys.exit(5)'\n"
+    )
+    node.chmod(0o755)
+    config = load_repo(ssh_cluster)
+    transport = SshTransport(config.cluster.nodes, mirror=tmp_path / "m", remote_command=str(node))
+    with transport as t, pytest.raises(HostKeyError) as refused:
+        t.call("node-1", {"op": "inspect", "g": 1, "phase": "IDLE"})
+    assert refused.value.exit_code == 5
+    assert refused.value.message == "node-1: peer-9 presented an unpinned host key"
+    assert "pin it" in refused.value.hint
 
 
 def test_mirror_fetches_only_new_wal_bytes(ssh_cluster: Path) -> None:

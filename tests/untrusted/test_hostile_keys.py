@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from untrusted.hostile import KEYS, SIGNATURES
 
 from haios.config import validate_repo
-from haios.overrides.keys import parse_blob, parse_public_key
-from haios.overrides.sshsig import MAGIC, SignatureError, parse, verify
+from haios.errors import SignatureError
+from haios.overrides.sshsig import MAGIC, parse, verify
+from haios.sshkeys import parse_blob, parse_public_key
 
 TYPES = (
     "ssh-ed25519",

@@ -10,8 +10,9 @@ import pytest
 from untrusted.hostile import CORE, DESIRED, NODE_FILES, STATUS, TEXT, as_control_file, outcome, planted
 
 from haios.config import validate_repo
-from haios.detect.doctor import run_doctor
-from haios.recovery.plan import Plan, build
+from haios.ops import build
+from haios.ops.doctor import run_doctor
+from haios.recovery import Plan
 
 # files every decision of a run depends on: a bad one is an error of the run (exit 1), naming it
 RUN_LEVEL = CORE

@@ -11,9 +11,9 @@ from pathlib import Path
 import lz4.block
 import pytest
 
-from haios.errors import InputError
-from haios.wal import WalCorruptError, read_records
+from haios.errors import InputError, WalCorruptError
 from haios.wal import format as fmt
+from haios.wal import read_records
 from haios.wal.reader import MAX_INFLATION, WalReader
 
 SALT = 0xABCD

@@ -16,9 +16,9 @@ import pytest
 from helpers import Invoke
 from helpers.cluster import deletes, git, head, plant, positions, wait_for_phi
 
-from haios.detect.doctor import run_doctor
 from haios.node import Node
-from haios.recovery import build
+from haios.ops import build
+from haios.ops.doctor import run_doctor
 from haios.recovery.journal import JOURNAL_DIR
 from haios.sim.cloud import FakeCloud
 from haios.sim.simulator import sim_dir

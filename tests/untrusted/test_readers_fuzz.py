@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from untrusted.hostile import TEXT
 
 from haios import controlfile
-from haios.config.yamlload import YamlRejected, load_yaml
-from haios.errors import ControlFileError, InputError
+from haios.config.yamlload import load_yaml
+from haios.errors import ControlFileError, InputError, YamlRejected
 from haios.node import shapes
 from haios.untrusted import LIMITS, MAX_DEPTH, inert, load_json, nesting_depth, read_regular
 

@@ -10,9 +10,9 @@ import pytest
 
 from haios import controlfile
 from haios.config import validate_repo
-from haios.detect.doctor import run_doctor
 from haios.errors import InputError, IntegrityError
-from haios.recovery.plan import build
+from haios.ops import build
+from haios.ops.doctor import run_doctor
 from haios.untrusted import read_regular
 
 

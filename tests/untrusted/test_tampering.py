@@ -8,7 +8,7 @@ from pathlib import Path
 
 from helpers import Invoke
 
-from haios.detect.doctor import run_doctor
+from haios.ops.doctor import run_doctor
 
 
 def test_a_tampered_control_file_makes_plan_and_reconcile_exit_5(cluster: Path, cli: Invoke) -> None:

@@ -12,8 +12,9 @@ from helpers.wal import MakeWal, flip, segments
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from haios.wal import WalCorruptError, read_records, repair, verify
+from haios.errors import WalCorruptError
 from haios.wal import format as fmt
+from haios.wal import read_records, repair, verify
 
 
 def _bytes(directory: Path) -> dict[str, bytes]:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from helpers.wal import MakeWal, flip, segments
 
-from haios.wal import RepairRefused, read_records, repair, verify
+from haios.errors import RepairRefused
+from haios.wal import read_records, repair, verify
 
 
 def test_repair_clean_wal_does_nothing(make_wal: MakeWal) -> None:

@@ -12,17 +12,8 @@ import pytest
 from helpers import subprocs
 from helpers.wal import segments
 
-from haios.wal import (
-    MAX_PAYLOAD,
-    RecordType,
-    Wal,
-    WalFailedError,
-    WalLockedError,
-    WalReadOnlyError,
-    read_records,
-    repair,
-    verify,
-)
+from haios.errors import WalFailedError, WalLockedError, WalReadOnlyError
+from haios.wal import MAX_PAYLOAD, RecordType, Wal, read_records, repair, verify
 from haios.wal import format as fmt
 from haios.wal import writer as writer_module
 
@@ -270,7 +261,7 @@ def test_writer_repair_then_append_then_crash_then_read_back(tmp_path: Path) -> 
 def test_writer_open_refuses_mid_log_corruption(tmp_path: Path) -> None:
     from helpers.wal import flip
 
-    from haios.wal import WalCorruptError
+    from haios.errors import WalCorruptError
 
     with Wal.open(tmp_path) as wal:
         for i in range(10):

@@ -16,12 +16,20 @@ from typing import Any
 
 from .. import controlfile
 from ..budget import fx_age as rates_age
-from ..config import Problem, load_repo
+from ..config import load_repo
 from ..config.model import PHASES, RepoConfig
 from ..config.validate import check_override_file
 from ..config.yamlload import load_status
 from ..coord import holder_words
-from ..errors import ConfigError, HaiosError
+from ..detect.detectors import (
+    Finding,
+    NodeObservation,
+    Thresholds,
+    run_detectors,
+    unrecorded_ends,
+)
+from ..detect.phi import Estimators
+from ..errors import ConfigError, HaiosError, Problem
 from ..events import make
 from ..fsutil import atomic_write, makedirs_durable
 from ..layout import MEMBERSHIP_FILE, RECORDS
@@ -32,15 +40,7 @@ from ..timefmt import parse_utc, utc
 from ..transport import DEFAULT_PARALLEL, MIRROR_DIR, ClusterTransport, open_transport
 from ..untrusted import read_json
 from ..wal import verify
-from .detectors import (
-    Finding,
-    NodeObservation,
-    Thresholds,
-    run_detectors,
-    unrecorded_ends,
-)
 from .observe import CACHE_DIR, observe
-from .phi import Estimators
 
 SCHEMA = "haios-doctor/v1"
 

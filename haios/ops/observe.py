@@ -22,19 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from .. import controlfile
-from ..errors import EXIT_VERIFICATION, HaiosError
+from ..config.model import RepoConfig
+from ..detect.detectors import NodeObservation, PhaseSummary
+from ..errors import EXIT_VERIFICATION, HaiosError, SegmentHeaderError, WalCorruptError
 from ..fsutil import atomic_write, makedirs_durable
 from ..layout import OBSERVED_DIR
 from ..node import shapes
 from ..node.transaction import ABANDON_STEP, CATCH_UP_PREFIX, OVERRIDE_STEP
 from ..procutil import worker_initializer
-from ..transport import Transport
+from ..transport import Transport, open_transport
 from ..untrusted import read_json
-from ..wal import Cursor, RecordType, WalCorruptError, WalReader
-from ..wal.format import SEGMENT_HEADER_SIZE, SegmentHeaderError, decode_segment_header
+from ..wal import Cursor, RecordType, WalReader
+from ..wal.format import SEGMENT_HEADER_SIZE, decode_segment_header
 from ..wal.reader import list_segments
 from ..wal.writer import LOCK_NAME
-from .detectors import NodeObservation, PhaseSummary
 
 CACHE_DIR = OBSERVED_DIR
 _SUMMARISED = frozenset(
@@ -477,3 +478,18 @@ def observe(
             for phase, values in durs.items():
                 durations.setdefault(phase, []).extend(values)
     return observations, durations
+
+
+def applied_nonces(repo: Path, config: RepoConfig, *, fresh: bool = False) -> dict[str, list[str]]:
+    """node -> the nonces of the overrides its WAL says were applied to it: as the last ``doctor``,
+    ``plan`` or ``reconcile`` pass saw them, or (``fresh``) read from the nodes now, through the
+    transport; a node that cannot be reached now counts with what the last pass saw."""
+    found = {n.name: cached_override_nonces(repo, n.name) for n in config.cluster.nodes}
+    if fresh:
+        transport = open_transport(repo, config)
+        try:
+            observations, _ = observe(repo, transport, sorted(set(found) & set(transport.nodes())))
+        finally:
+            transport.close()
+        found.update({n: list(o.override_nonces) for n, o in observations.items() if o.reachable})
+    return found

@@ -9,7 +9,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from haios.cluster.ring import MAX_MOVE_FRACTION, STICKY_WINDOW, Placement, Ring, advance
+from haios.replication.ring import MAX_MOVE_FRACTION, STICKY_WINDOW, Placement, Ring, advance
 
 names = st.lists(st.from_regex(r"[a-z][a-z0-9-]{0,11}", fullmatch=True), min_size=1, max_size=40, unique=True)
 

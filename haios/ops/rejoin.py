@@ -28,13 +28,18 @@ from ..clock import wall_clock
 from ..config.model import phase_order as order
 from ..coord import new_holder
 from ..detect.detectors import forgotten
-from ..errors import BlockedError, HaiosError, UsageError, VerificationError
+from ..errors import EXIT_BLOCKED, EXIT_PENDING, BlockedError, HaiosError, UsageError, VerificationError
 from ..layout import JOURNAL_DIR, MEMBERSHIP_FILE, SEL_DIR, STATUS_FILE
 from ..node.transaction import CATCH_UP_PREFIX, next_transition
-from . import membership as members
-from .executor import TraceOutcome, _Runner, _write_status, close_transport, node_state
-from .machine import State
-from .plan import Context, build, plan_transition
+from ..recovery import membership as members
+from ..recovery.assess import assess
+from ..recovery.machine import State
+from ..recovery.model import Context, TraceOutcome, Verdict
+from ..recovery.nodeops import NodeOps, node_state, restore_wal
+from ..recovery.trace import TraceRunner
+from .context import close_transport
+from .finish import write_status
+from .plan import build
 
 MAX_CATCH_UP = 50_000  # transitions; beyond that a node is restored, not replayed
 
@@ -90,7 +95,7 @@ def _missed(start: tuple[int, str | None], end: tuple[int, str | None]) -> list[
 
 def _state(ctx: Context, node: str) -> tuple[int, str | None]:
     """The node's position as its state.txt says now (after the rollbacks above)."""
-    state = node_state(ctx, node)
+    state = node_state(ctx.transport, node)
     if state is None:
         raise HaiosError(f"{node}: state.txt is missing", hint="run 'haios doctor' to see what the node root lacks")
     return _position(state)
@@ -115,7 +120,7 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
             raise UsageError(f"{node}: not a node of haios.yaml")
         if ctx.config.cluster.replication.mode != "off":
             # a node whose WAL is lost or corrupt gets it back from its replica peers first
-            answer = ctx.transport.call(node, {"op": "restore_wal"})
+            answer = restore_wal(ctx.transport, node)
             if answer.get("restored"):
                 result.restored = answer
                 plan, ctx = build(path, now=clock())
@@ -148,20 +153,18 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
                 f"{node}: the WAL is corrupt mid-log ({wal_error.get('reason', 'corrupt')})",
                 hint="repair or restore it first ('haios wal verify' shows where)",
             )
-        runner = _Runner(ctx, holder or new_holder(), clock, None)
+        runner = TraceRunner(ctx, holder or new_holder(), clock)
         for g, phase in _open_transitions(ctx, node):
-            trace = plan_transition(
-                ctx, g, phase, [node], force_rollback=f"{node} rejoins; the cluster went on without it"
-            )
-            if trace.verdict == "nothing":
+            trace = assess(ctx, g, phase, [node], force_rollback=f"{node} rejoins; the cluster went on without it")
+            if trace.verdict is Verdict.NOTHING:
                 continue
-            if trace.verdict != "rollback":
-                result.code, result.note = 3, f"g={g} {phase} on {node}: {trace.reason}"
+            if trace.verdict is not Verdict.ROLLBACK:
+                result.code, result.note = EXIT_BLOCKED, f"g={g} {phase} on {node}: {trace.reason}"
                 return _finish(path, ctx, result, plan.observed_hash)
             outcome = runner.run(trace)
             result.rolled_back.append(outcome)
             if outcome.after != State.CLEAN_EXIT.value:
-                result.code = outcome.code or 2
+                result.code = outcome.code or EXIT_PENDING
                 result.note = f"g={g} {phase} on {node} is not rolled back yet: {outcome.note}; run rejoin again later"
                 return _finish(path, ctx, result, plan.observed_hash)
         peers = [
@@ -183,17 +186,7 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
                     if evicted
                     else f"caught up: committed by {', '.join(peers)}; {node}'s root had lost its record of it"
                 )
-                ctx.transport.call(
-                    node,
-                    {
-                        "op": "catchup",
-                        "trace_id": result.trace_id,
-                        "token": lease.token,
-                        "g": g,
-                        "phase": phase,
-                        "note": note,
-                    },
-                )
+                NodeOps(ctx.transport, result.trace_id, g, phase, lease.token).catchup(node, note=note)
             finally:
                 ctx.backend.release(lease, clock())
             result.caught_up.append((g, phase))
@@ -228,7 +221,7 @@ def _finish(path: Path, ctx: Context, result: RejoinResult, observed: str) -> Re
         r = result.restored
         body.append(f"WAL restored from {r['source']} ({r['reason']}); the old one kept as {r['kept'] or '-'}")
     if result.rejoined or result.restored or any(o.recorded for o in result.rolled_back):
-        _write_status(ctx)
+        write_status(ctx)
         paths = [JOURNAL_DIR, STATUS_FILE, SEL_DIR, MEMBERSHIP_FILE]
         result.commit = audit.commit_run(path, paths, subject, body, traces, observed)
     return result

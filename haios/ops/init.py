@@ -12,14 +12,14 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config.model import NAME_RE, PHASES
+from ..config.validate import load_repo
 from ..errors import HaiosError, StorageError, UsageError
 from ..fsutil import atomic_write, fsync_dir, makedirs_durable
 from ..gitrepo import init_and_commit
 from ..layout import SCHEMA_DIR
 from ..node.root import init_node_root
 from ..resources import data_dir
-from .model import NAME_RE, PHASES
-from .validate import load_repo
 
 MAX_INIT_NODES = 10000
 DEFAULT_SSH_ROOT = "/var/lib/haios"

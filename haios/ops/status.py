@@ -8,10 +8,10 @@ from typing import Any
 
 from ..config.model import RepoConfig
 from ..errors import ConfigError
+from ..recovery import journal as journals
+from ..recovery import membership as members
+from ..recovery.sel import SelStore
 from ..timefmt import utc
-from . import journal as journals
-from . import membership as members
-from .sel import SelStore
 
 
 def open_traces(repo: Path, config: RepoConfig, now: float) -> list[dict[str, Any]]:

@@ -1,0 +1,172 @@
+"""``haios reconcile``: plan, refuse a stale plan, run every trace in transition order through the
+trace runner (:mod:`haios.recovery.trace`) behind the PHASE_ORDER_BARRIER, then finish the run
+(:mod:`.finish`: barrier, membership, placement, alerts, the audit commit and push)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .. import audit
+from ..clock import wall_clock
+from ..config.model import phase_order as order
+from ..coord import Backend, new_holder
+from ..errors import EXIT_ERROR, EXIT_LOCKED, EXIT_PENDING, HaiosError, UsageError
+from ..events import Sink, logged, make
+from ..metrics import record_run
+from ..recovery.machine import TERMINAL, State
+from ..recovery.model import Context, Plan, RunResult, TraceOutcome, TracePlan
+from ..recovery.trace import Progress, TraceRunner
+from ..transport import DEFAULT_PARALLEL, Transport
+from .context import open_context
+from .finish import finish
+from .plan import plan_events, plan_from
+
+
+def reconcile(
+    repo: Path | str,
+    *,
+    now: float | None = None,
+    plan: Plan | None = None,
+    holder: str | None = None,
+    progress: Progress | None = None,
+    push: bool = False,
+    remote: str | None = None,
+    parallelism: int = DEFAULT_PARALLEL,
+    events: Sink | None = None,
+    clock: Callable[[], float] | None = None,
+    allow_dirty: bool = True,
+    transport: Transport | None = None,
+    backend: Backend | None = None,
+) -> RunResult:
+    """Plan and carry the plan out; with ``plan``, execute exactly that plan (refused if stale).
+
+    A repo whose HEAD is detached is refused (an audit commit would be on no branch); so are
+    uncommitted edits to tracked desired-state files unless ``allow_dirty`` (``haios reconcile``
+    refuses them unless ``--allow-dirty``), which the result lists as ``uncommitted``.
+
+    The run's clock is the wall clock; with ``now``, it starts at ``now`` and advances with the wall
+    clock; with ``clock``, it is that callable alone (a simulator's or a test's virtual time).
+    ``transport`` and ``backend``: use these instead of the ones haios.yaml names (a transport given
+    is left open).
+
+    ``events`` is told of everything as it happens (:mod:`haios.events`: detections, every recovery
+    step, state change and alert, each trace's outcome, the commit, the run's end). Every run,
+    whatever its outcome, is added to this machine's run record (``status/observed/``) for the
+    ``haios_reconcile_*`` metrics."""
+    started = time.monotonic()
+    code = EXIT_ERROR
+    emit = logged(events)
+    try:
+        if clock is None:
+            clock = wall_clock(now)
+        elif now is not None:
+            raise UsageError("reconcile takes now or clock, not both")
+        uncommitted = audit.require_committed(Path(repo), allow_dirty)
+        opened = open_context(repo, transport=transport, backend=backend, clock=clock)
+        try:
+            fresh, ctx = plan_from(opened, clock(), parallelism)
+            result = _execute(ctx, clock, fresh, plan, holder, progress, emit)
+            if result.holder is not None:  # the traces ran (not a minority view, not suspended)
+                finish(ctx, result, result.holder, clock, emit, push=push, remote=remote)
+        finally:
+            opened.close()  # a transport opened for this run: its connections end with it
+        result.uncommitted = uncommitted
+        code = result.exit_code()
+        emit(make("run", exit_code=code, next_due=result.next_due, note=result.note or None))
+        return result
+    finally:
+        if (Path(repo) / "haios.yaml").is_file():
+            with contextlib.suppress(HaiosError):  # a metric that cannot be written never fails the run
+                record_run(Path(repo), code=code, seconds=time.monotonic() - started, finished=time.time())
+
+
+def refuse_stale(plan: Plan, fresh: Plan) -> None:
+    """A plan made earlier is executed only while it still describes the desired state and the cluster."""
+    stale = []
+    if plan.desired_digest != fresh.desired_digest or plan.desired_commit != fresh.desired_commit:
+        stale.append(
+            f"the desired state changed (plan {(plan.desired_commit or '-')[:12]}, now {(fresh.desired_commit or '-')[:12]})"
+        )
+    if plan.observed_hash != fresh.observed_hash:
+        stale.append("the cluster changed since the plan was made (observed hash differs)")
+    if stale:
+        raise HaiosError(
+            f"refusing a stale plan: {'; '.join(stale)}",
+            hint="make a new plan with 'haios plan --out FILE' and review it",
+        )
+
+
+def _execute(
+    ctx: Context,
+    clock: Callable[[], float],
+    fresh: Plan,
+    plan: Plan | None,
+    holder: str | None,
+    progress: Progress | None,
+    emit: Sink,
+) -> RunResult:
+    if plan is not None:
+        refuse_stale(plan, fresh)
+    else:
+        plan = fresh
+    t = ctx.config.thresholds
+    result = RunResult(plan, membership_due=ctx.membership.due(t.eviction_ttl, t.eviction_grace))
+    for event in plan_events(plan, steps=False):
+        emit(event)
+    if plan.minority:
+        result.note = (
+            f"minority view: {len(plan.reachable)} of {len(plan.active)} active members reachable; nothing changed"
+        )
+        refused = [o["file"] for o in plan.overrides if o.get("effect") == "refused"]
+        if refused:
+            result.note += f"; overrides refused: {', '.join(refused)}"
+        return result
+    if plan.suspended:
+        result.note = "the desired state says suspend: plan only, nothing changed"
+        result.outcomes = [_untouched(tp, EXIT_PENDING if tp.actionable else 0) for tp in plan.traces]
+        return result
+    runner = TraceRunner(ctx, holder or new_holder(), clock, progress, plan.desired_commit, emit)
+    result.holder = runner.holder
+    _run_in_order(runner, plan, result, emit)
+    return result
+
+
+def _untouched(trace: TracePlan, code: int, note: str = "") -> TraceOutcome:
+    return TraceOutcome(
+        trace.trace_id, trace.g, trace.phase, trace.verdict, trace.state, trace.state, code=code, note=note
+    )
+
+
+def _run_in_order(runner: TraceRunner, plan: Plan, result: RunResult, emit: Sink) -> None:
+    """Every trace in transition order; nothing after an unfinished transition moves (PHASE_ORDER_BARRIER)."""
+    blocked_at: tuple[int, int] | None = None
+    for trace in sorted(plan.traces, key=lambda t: order(t.g, t.phase)):
+        if blocked_at is not None and order(trace.g, trace.phase) > blocked_at and trace.actionable:
+            result.outcomes.append(
+                _untouched(trace, EXIT_PENDING, "waits for an earlier transition (PHASE_ORDER_BARRIER)")
+            )
+            continue
+        outcome = runner.run(trace)
+        result.outcomes.append(outcome)
+        emit(
+            make(
+                "trace",
+                outcome.trace_id,
+                g=outcome.g,
+                phase=outcome.phase,
+                verdict=outcome.verdict,
+                before=outcome.before,
+                after=outcome.after,
+                steps=outcome.steps,
+                code=outcome.code,
+                note=outcome.note or None,
+                override=outcome.override,
+            )
+        )
+        if State(outcome.after) not in TERMINAL and blocked_at is None:
+            blocked_at = order(trace.g, trace.phase)
+        if outcome.code == EXIT_LOCKED and "fencing token" in outcome.note:
+            break  # we are stale: stop touching anything
