@@ -19,7 +19,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import RepoError
 from .gitrepo import _git, _identity_env
@@ -152,10 +152,11 @@ def worktree(repo: Path) -> WorkTree:
         raise RepoError(f"{repo}: git status failed: {' '.join(str(exc).split())}") from exc
 
 
-def require_committed(repo: Path, allow_dirty: bool) -> list[str]:
+def require_committed(repo: Path, allow_dirty: bool, tree: WorkTree | None = None) -> list[str]:
     """Refuse a desired state that is not the committed one (unless ``allow_dirty``), and a detached
-    HEAD, where an audit commit would be on no branch. Returns the uncommitted files allowed."""
-    tree = worktree(repo)
+    HEAD, where an audit commit would be on no branch. Returns the uncommitted files allowed.
+    ``tree``: the work tree as already read."""
+    tree = tree if tree is not None else worktree(repo)
     if tree.dirty and not allow_dirty:
         shown = ", ".join(tree.dirty[:5]) + (f" and {len(tree.dirty) - 5} more" if len(tree.dirty) > 5 else "")
         raise RepoError(
@@ -234,3 +235,105 @@ def history(repo: Path, *, trace_id: str | None = None, limit: int | None = None
             continue
         entries.append(AuditEntry(sha, date, subject, body, traces, observed))
     return entries
+
+
+def desired_commit(repo: Path) -> str | None:
+    """The last commit that changed the desired state (anything outside ``status/``)."""
+    git = _git()
+    try:
+        with git.Repo(repo) as r:
+            if not r.head.is_valid():
+                return None
+            sha = r.git.log("-1", "--format=%H", "--", ".", ":(exclude)status").strip()
+            return sha or None
+    except git.GitError as exc:
+        raise RepoError(f"{repo}: git log failed: {' '.join(str(exc).split())}") from exc
+
+
+class Recorder(Protocol):
+    """Where a run reads the desired state's version and records what it did: git
+    (:class:`GitRecorder`), or memory (:class:`MemoryRecorder`)."""
+
+    def require_committed(self, allow_dirty: bool) -> list[str]: ...
+
+    def dirty(self) -> list[str]: ...
+
+    def desired_commit(self) -> str | None: ...
+
+    def commit_run(
+        self, paths: list[str], subject: str, body: list[str], traces: list[dict[str, Any]], observed_hash: str
+    ) -> str | None: ...
+
+    def push(self, remote: str | None) -> str: ...
+
+    def unpushed(self, remote: str | None) -> int | None: ...
+
+
+@dataclass
+class GitRecorder:
+    """The audit trail in the desired-state repo's git history (the default). The work tree is read
+    once per run: what the run refused or allowed is what its plan reports."""
+
+    repo: Path
+    _tree: WorkTree | None = field(default=None, repr=False)
+
+    def _worktree(self) -> WorkTree:
+        if self._tree is None:
+            self._tree = worktree(self.repo)
+        return self._tree
+
+    def require_committed(self, allow_dirty: bool) -> list[str]:
+        return require_committed(self.repo, allow_dirty, self._worktree())
+
+    def dirty(self) -> list[str]:
+        return self._worktree().dirty
+
+    def desired_commit(self) -> str | None:
+        return desired_commit(self.repo)
+
+    def commit_run(
+        self, paths: list[str], subject: str, body: list[str], traces: list[dict[str, Any]], observed_hash: str
+    ) -> str | None:
+        return commit_run(self.repo, paths, subject, body, traces, observed_hash)
+
+    def push(self, remote: str | None) -> str:
+        return push(self.repo, remote)
+
+    def unpushed(self, remote: str | None) -> int | None:
+        return unpushed(self.repo, remote)
+
+
+@dataclass
+class MemoryRecorder:
+    """The audit trail in memory, for runs of the recovery core without git (tests, virtual runs):
+    every commit a run would make, in ``commits``; the desired state is what is on disk."""
+
+    desired: str | None = None  # the desired-state commit to report
+    commits: list[dict[str, Any]] = field(default_factory=list)
+    pushed: list[str] = field(default_factory=list)
+
+    def require_committed(self, allow_dirty: bool) -> list[str]:
+        return []
+
+    def dirty(self) -> list[str]:
+        return []
+
+    def desired_commit(self) -> str | None:
+        return self.desired
+
+    def commit_run(
+        self, paths: list[str], subject: str, body: list[str], traces: list[dict[str, Any]], observed_hash: str
+    ) -> str | None:
+        sha = f"{len(self.commits) + 1:040x}"
+        self.commits.append(
+            {"commit": sha, "paths": list(paths), "subject": subject, "body": list(body), "traces": list(traces)}
+        )
+        return sha
+
+    def push(self, remote: str | None) -> str:
+        name = remote or "origin"
+        self.pushed.append(name)
+        return name
+
+    def unpushed(self, remote: str | None) -> int | None:
+        return 0

@@ -384,7 +384,7 @@ def provision(
     """Create the node roots of the repo's nodes that lack one — local ones here, ssh ones on the node
     through 'haios node init' — with the policy compiled from the desired state. Existing roots are
     left alone. Exit 0 when every node has a root, 1 when one could not be reached or created."""
-    from ..ops.plan import desired_commit
+    from ..audit import desired_commit
     from ..transport import open_transport
 
     opts = resolve(ctx, repo=repo, output=output)

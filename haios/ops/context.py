@@ -1,6 +1,7 @@
 """What every use case opens first: the desired-state repo's configuration, a transport to its
-nodes, its coordination backend and a clock — each of them given (a test's mock transport, an
-in-memory backend, a fake clock) or opened from ``haios.yaml``.
+nodes, its coordination backend, a clock and the audit trail — each of them given (a test's mock
+transport, an in-memory backend, a fake clock, an in-memory audit trail) or opened from
+``haios.yaml`` and git.
 
 This floor is the only one that opens a repo, a transport or a backend; the recovery core below it is
 handed what it needs (:class:`haios.recovery.model.Context`).
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..audit import GitRecorder, Recorder
 from ..clock import wall_clock
 from ..config import load_repo
 from ..config.model import RepoConfig
@@ -26,6 +28,7 @@ class OpsContext:
     transport: Transport
     backend: Backend
     clock: Callable[[], float]
+    recorder: Recorder  # where the desired state's version is read and the run recorded
     owns_transport: bool  # opened here: closed by close()
 
     def close(self) -> None:
@@ -47,9 +50,10 @@ def open_context(
     transport: Transport | None = None,
     backend: Backend | None = None,
     clock: Callable[[], float] | None = None,
+    recorder: Recorder | None = None,
 ) -> OpsContext:
     """Open the repo (a policy file that is not valid blocks only what needs it: ``degraded``), and
-    whatever of transport, backend and clock was not given."""
+    whatever of transport, backend, clock and recorder (git) was not given."""
     path = Path(repo)
     config = load_repo(path, overrides=False, degraded=True)
     return OpsContext(
@@ -58,5 +62,6 @@ def open_context(
         transport if transport is not None else open_transport(path, config),
         backend if backend is not None else open_backend(config),
         clock if clock is not None else wall_clock(None),
+        recorder if recorder is not None else GitRecorder(path),
         owns_transport=transport is None,
     )

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import alerts, audit
+from .. import alerts
+from ..audit import Recorder
 from ..config.model import phase_order as order
 from ..controlfile import dump_mapping
 from ..errors import EXIT_LOCKED, BarrierMoved, HaiosError
@@ -123,6 +124,7 @@ def finish(
     holder: str,
     clock: Callable[[], float],
     emit: Sink,
+    recorder: Recorder,
     *,
     push: bool = False,
     remote: str | None = None,
@@ -161,17 +163,17 @@ def finish(
             }
             for o in changed
         ]
-        result.commit = audit.commit_run(path, paths, subject, body, traces, plan.observed_hash)
-    _push(result, path, push, remote)
+        result.commit = recorder.commit_run(paths, subject, body, traces, plan.observed_hash)
+    _push(result, recorder, push, remote)
     if result.commit is not None:
         emit(make("commit", commit=result.commit, pushed_to=result.pushed_to, traces=[o.trace_id for o in changed]))
 
 
-def _push(result: RunResult, path: Path, push: bool, remote: str | None) -> None:
+def _push(result: RunResult, recorder: Recorder, push: bool, remote: str | None) -> None:
     if push and result.commit is not None:
-        result.pushed_to = audit.push(path, remote)
+        result.pushed_to = recorder.push(remote)
     elif push:  # nothing new: still push what an earlier, rejected push left behind
-        owed = audit.unpushed(path, remote)
+        owed = recorder.unpushed(remote)
         if owed is None or owed > 0:
-            result.pushed_to = audit.push(path, remote)
+            result.pushed_to = recorder.push(remote)
             result.pushed_owed = owed or 0

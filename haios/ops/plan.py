@@ -14,15 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import audit
+from ..audit import Recorder
 from ..config.model import PHASES
 from ..config.model import phase_order as order
 from ..coord import Backend, Lease
 from ..detect.detectors import NodeObservation
 from ..detect.phi import Estimators
-from ..errors import ConfigError, InputError, RepoError
+from ..errors import ConfigError, InputError
 from ..events import make
-from ..gitrepo import _git
 from ..layout import APPLIED_FILE, BREAKERS_FILE, MEMBERSHIP_FILE, SWINGS_FILE
 from ..overrides.apply import mark_spent, scan
 from ..overrides.verify import applied
@@ -39,19 +38,6 @@ from .context import OpsContext, open_context
 from .observe import observe
 
 _CONFIG_GLOBS = ("haios.yaml", "desired/*.yaml", "policies/*.yaml", "playbooks/*.yaml", "overrides/*.yaml")
-
-
-def desired_commit(repo: Path) -> str | None:
-    """The last commit that changed the desired state (anything outside ``status/``)."""
-    git = _git()
-    try:
-        with git.Repo(repo) as r:
-            if not r.head.is_valid():
-                return None
-            sha = r.git.log("-1", "--format=%H", "--", ".", ":(exclude)status").strip()
-            return sha or None
-    except git.GitError as exc:
-        raise RepoError(f"{repo}: git log failed: {' '.join(str(exc).split())}") from exc
 
 
 def desired_digest(repo: Path) -> str:
@@ -102,19 +88,20 @@ def build(
     now: float | None = None,
     transport: Transport | None = None,
     backend: Backend | None = None,
+    recorder: Recorder | None = None,
     parallelism: int = DEFAULT_PARALLEL,
 ) -> tuple[Plan, Context]:
     """Observe and decide; nothing on any node changes (``parallelism``: remote nodes observed at
     once). A transport this opens is closed by the caller (:func:`haios.ops.context.close_transport`
     on ``ctx.transport``) when it is done with the context."""
-    opened = open_context(repo, transport=transport, backend=backend)
+    opened = open_context(repo, transport=transport, backend=backend, recorder=recorder)
     return plan_from(opened, time.time() if now is None else now, parallelism)
 
 
 def plan_from(opened: OpsContext, at: float, parallelism: int = DEFAULT_PARALLEL) -> tuple[Plan, Context]:
     """The plan at ``at`` for an opened repo, and the context the executor carries it out with."""
     ctx = _observed(opened, at, parallelism)
-    plan = _frame(ctx)
+    plan = _frame(ctx, opened.recorder)
     offers = scan(ctx.config, at)
     # status/ may have lost the record (a revert, a restore); the nodes' WALs keep it
     mark_spent(offers, {node: o.override_nonces for node, o in ctx.observations.items()})
@@ -161,7 +148,7 @@ def _observed(opened: OpsContext, at: float, parallelism: int) -> Context:
     return ctx
 
 
-def _frame(ctx: Context) -> Plan:
+def _frame(ctx: Context, recorder: Recorder) -> Plan:
     """The plan without its traces: what it was made from and who was seen."""
     path, observations = ctx.repo, ctx.observations
     active = [n for n in ctx.config.desired.active_members() if n not in ctx.membership.evicted]
@@ -169,7 +156,7 @@ def _frame(ctx: Context) -> Plan:
         str(path),
         ctx.config.cluster.name,
         ctx.now,
-        desired_commit(path),
+        recorder.desired_commit(),
         desired_digest(path),
         observed_hash(observations),
         active,
@@ -179,7 +166,7 @@ def _frame(ctx: Context) -> Plan:
         refused=sorted(n for n, o in observations.items() if o.refused),
         tampered={n: list(o.control_errors) for n, o in sorted(observations.items()) if o.control_errors},
         unreadable=ctx.unreadable,
-        uncommitted=audit.worktree(path).dirty,
+        uncommitted=recorder.dirty(),
         unreached={
             n: {"error": observations[n].error or "unreachable", "hint": observations[n].hint or ""}
             for n in active

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import audit
+from ..audit import Recorder
 from ..clock import wall_clock
 from ..config.model import phase_order as order
 from ..coord import Backend, new_holder
@@ -40,6 +40,7 @@ def reconcile(
     allow_dirty: bool = True,
     transport: Transport | None = None,
     backend: Backend | None = None,
+    recorder: Recorder | None = None,
 ) -> RunResult:
     """Plan and carry the plan out; with ``plan``, execute exactly that plan (refused if stale).
 
@@ -49,8 +50,9 @@ def reconcile(
 
     The run's clock is the wall clock; with ``now``, it starts at ``now`` and advances with the wall
     clock; with ``clock``, it is that callable alone (a simulator's or a test's virtual time).
-    ``transport`` and ``backend``: use these instead of the ones haios.yaml names (a transport given
-    is left open).
+    ``transport``, ``backend`` and ``recorder``: use these instead of the ones haios.yaml names and
+    git (a transport given is left open); with a mock transport, an in-memory backend and an
+    in-memory recorder a run starts no process at all.
 
     ``events`` is told of everything as it happens (:mod:`haios.events`: detections, every recovery
     step, state change and alert, each trace's outcome, the commit, the run's end). Every run,
@@ -64,13 +66,13 @@ def reconcile(
             clock = wall_clock(now)
         elif now is not None:
             raise UsageError("reconcile takes now or clock, not both")
-        uncommitted = audit.require_committed(Path(repo), allow_dirty)
-        opened = open_context(repo, transport=transport, backend=backend, clock=clock)
+        opened = open_context(repo, transport=transport, backend=backend, clock=clock, recorder=recorder)
         try:
+            uncommitted = opened.recorder.require_committed(allow_dirty)
             fresh, ctx = plan_from(opened, clock(), parallelism)
             result = _execute(ctx, clock, fresh, plan, holder, progress, emit)
             if result.holder is not None:  # the traces ran (not a minority view, not suspended)
-                finish(ctx, result, result.holder, clock, emit, push=push, remote=remote)
+                finish(ctx, result, result.holder, clock, emit, opened.recorder, push=push, remote=remote)
         finally:
             opened.close()  # a transport opened for this run: its connections end with it
         result.uncommitted = uncommitted
