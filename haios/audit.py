@@ -217,11 +217,11 @@ def history(repo: Path, *, trace_id: str | None = None, limit: int | None = None
             if limit:
                 args.append(f"-n{limit}")
             out = r.git.log(*args)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
         raise RepoError(
             f"{repo}: not a git repository, so it has no audit trail",
             hint="the desired-state repo is a git repository: pass --repo DIR, or create one with 'haios init DIR'",
-        ) from None
+        ) from exc
     except git.GitCommandError as exc:
         raise RepoError(f"{repo}: git log failed: {' '.join(str(exc.stderr).split())}") from exc
     entries = []

@@ -51,8 +51,7 @@ from ..timefmt import utc
 from ..untrusted import is_number
 from ..vclock import VClock
 from ..wal import Cursor, Record, RecordType, Wal, read_records
-from ..wal.format import RECORD_HEADER
-from ..wal.reader import WalReader, list_segments
+from ..wal.reader import WalReader, cursor_holds, list_segments
 from . import replicas, shapes, snapshot
 from .heartbeat import gossip_partitioned
 from .paths import confine
@@ -169,22 +168,12 @@ def _cursor_fits(wal: Path, cursor: Cursor, start: int | None) -> bool:
     """Whether the record that ends at the cursor is still the one state.txt recorded.
 
     A repair may cut the record away and a later append may end at the very same offset, so the
-    size alone proves nothing: the record header at ``start`` must carry the cursor's CRC and
-    Lamport index and end exactly at the cursor.
+    size alone proves nothing: :func:`haios.wal.reader.cursor_holds` checks the record at ``start``.
     """
-    for path in wal.glob(f"{cursor.seq:016x}-*.wal"):
-        if path.stat().st_size < cursor.offset:
-            return False
-        if start is None:
-            return True  # written before haios kept the start: the size check is all there is
-        with open(path, "rb") as fh:
-            fh.seek(start)
-            header = fh.read(RECORD_HEADER.size)
-        if len(header) != RECORD_HEADER.size:
-            return False
-        crc, length, _t, _f, _r, _salt, lamport, _prev, _raw = RECORD_HEADER.unpack(header)
-        return (crc, lamport, start + RECORD_HEADER.size + length) == (cursor.crc, cursor.lamport, cursor.offset)
-    return False
+    if start is not None:
+        return cursor_holds(wal, cursor, start)
+    # written before haios kept the start: the size check is all there is
+    return any(path.stat().st_size >= cursor.offset for path in wal.glob(f"{cursor.seq:016x}-*.wal"))
 
 
 class Node:

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import controlfile
+from .. import __version__, controlfile
 from ..budget import fx_age as rates_age
 from ..config import load_repo
 from ..config.model import PHASES, RepoConfig
 from ..config.validate import check_override_file
 from ..config.yamlload import load_status
-from ..coord import holder_words
+from ..coord import holder_words, open_backend
+from ..coord.etcd import EtcdBackend
 from ..detect.detectors import (
     Finding,
     NodeObservation,
@@ -29,13 +30,14 @@ from ..detect.detectors import (
     unrecorded_ends,
 )
 from ..detect.phi import Estimators
-from ..errors import ConfigError, HaiosError, Problem
+from ..errors import EXIT_OK, EXIT_PENDING, EXIT_VERIFICATION, ConfigError, HaiosError, Problem
 from ..events import make
 from ..fsutil import atomic_write, makedirs_durable
 from ..layout import MEMBERSHIP_FILE, RECORDS
 from ..node.transaction import crash_window
 from ..recovery import journal as journals
 from ..recovery.journal import trace_for
+from ..recovery.membership import load as load_membership
 from ..timefmt import parse_utc, utc
 from ..transport import DEFAULT_PARALLEL, MIRROR_DIR, ClusterTransport, open_transport
 from ..untrusted import read_json
@@ -85,8 +87,8 @@ class DoctorReport:
     def exit_code(self) -> int:
         """0 healthy, 5 a node failed verification (host key), 2 other findings (held back or not)."""
         if any(f.kind == "host_key" for f in self.findings):
-            return 5
-        return 0 if self.healthy else 2
+            return EXIT_VERIFICATION
+        return EXIT_OK if self.healthy else EXIT_PENDING
 
     def events(self) -> list[dict[str, Any]]:
         """The report as events (:mod:`haios.events`): one per finding, then the pass's end."""
@@ -352,9 +354,6 @@ def _coordination(config: RepoConfig) -> list[Finding]:
     """Each etcd endpoint that does not answer as a member of a cluster with a leader (SPEC §6.2)."""
     if config.cluster.coordination.backend != "etcd":
         return []
-    from ..coord import open_backend
-    from ..coord.etcd import EtcdBackend
-
     try:
         backend = open_backend(config)
     except HaiosError as exc:
@@ -381,8 +380,6 @@ def _coordination(config: RepoConfig) -> list[Finding]:
 
 def _stale_leases(config: RepoConfig, at: float) -> list[Finding]:
     """Recovery leases left behind by a reconciler that died or overran (SPEC §4.6)."""
-    from ..coord import open_backend
-
     try:
         backend = open_backend(config)
         leases = [(shard, backend.read(shard)) for shard in PHASES]
@@ -521,7 +518,6 @@ def _versions(
     transport: ClusterTransport, config: RepoConfig, observations: dict[str, NodeObservation]
 ) -> list[Finding]:
     """Every reachable ssh node must run a haios whose major.minor version is this one's."""
-    from .. import __version__
     from ..transport.ssh import compatible
 
     out = []
@@ -553,10 +549,8 @@ def _versions(
 
 def _membership(repo: Path) -> list[Finding]:
     """Evictions (SPEC §4.7) as status/membership.yaml records them."""
-    from ..recovery.membership import load
-
     try:
-        m = load(repo)
+        m = load_membership(repo)
     except ConfigError as exc:
         return [Finding("membership", "warning", (), None, None, exc.message, {}, exc.hint or "")]
     out = []
@@ -632,6 +626,23 @@ def _config_finding(repo: Path, summary: str, evidence: dict[str, Any]) -> Findi
     return Finding("config", "critical", (), None, None, summary, evidence, f"haios --repo {repo} validate")
 
 
+@dataclass
+class _Gathered:
+    """What one doctor pass read: the nodes (through the transport) and this machine's memory of the
+    last pass."""
+
+    config: RepoConfig
+    local: dict[str, Path]  # where each root is, as the user knows it (a remote path for ssh nodes)
+    views: dict[str, Path]  # where haios reads it
+    observations: dict[str, NodeObservation]
+    durations: dict[str, list[float]]
+    versions: list[Finding]
+    replication: list[Finding]
+    last_pass: float | None
+    evicted: set[str]
+    membership_error: ConfigError | None
+
+
 def run_doctor(
     repo: Path | str,
     *,
@@ -640,7 +651,8 @@ def run_doctor(
     parallelism: int = DEFAULT_PARALLEL,
     timeout: float = 60.0,
 ) -> DoctorReport:
-    """Diagnose the cluster of the desired-state repo at ``repo``.
+    """Diagnose the cluster of the desired-state repo at ``repo``: gather what the nodes hold, judge
+    it, remember the findings for the next pass.
 
     ``parallelism`` bounds how many nodes are observed at once over SSH (``--max-parallel``). Local
     nodes are read one after the other: reading a local WAL is CPU-bound, and threads only add
@@ -661,7 +673,14 @@ def run_doctor(
             if isinstance(p, Problem)
         ]
         return report
-    # where each root is, as the user knows it (a remote path for ssh nodes), and where haios reads it
+    seen = _gather(path, config, parallelism, timeout)
+    report.bytes_read = sum(o.bytes_read for o in seen.observations.values())
+    findings = _judge(path, seen, report, at, full)
+    _remember(path, seen, report, findings, at)
+    return report
+
+
+def _gather(path: Path, config: RepoConfig, parallelism: int, timeout: float) -> _Gathered:
     local = {n.name: n.local_root(path) if n.transport == "local" else Path(n.root) for n in config.cluster.nodes}
     views = {
         n.name: local[n.name] if n.transport == "local" else path / MIRROR_DIR / n.name for n in config.cluster.nodes
@@ -676,92 +695,151 @@ def run_doctor(
         replication = _replication(config, transport, observations)
     finally:
         transport.close()
-    report.bytes_read = sum(o.bytes_read for o in observations.values())
-    estimators = Estimators.from_thresholds(config.thresholds)
-    estimators.feed(durations)
-    t = config.thresholds
+    pass_file = path / CACHE_DIR / "pass.json"
+    try:
+        last_pass: float | None = float(read_json(pass_file, "status", within=pass_file.parent)["at"])
+    except (HaiosError, ValueError, KeyError, TypeError):  # none yet, or not one haios wrote: no memory
+        last_pass = None
+    membership_error: ConfigError | None = None
+    try:
+        evicted = load_membership(path).evicted  # their own findings say what to do: rejoin
+    except ConfigError as exc:
+        evicted, membership_error = set(), exc
+    return _Gathered(
+        config, local, views, observations, durations, versions, replication, last_pass, evicted, membership_error
+    )
+
+
+def _judge(path: Path, seen: _Gathered, report: DoctorReport, at: float, full: bool) -> list[Finding]:
+    """Every finding: the detectors over the active members, then each node's files and every
+    cluster-wide record."""
+    config, t = seen.config, seen.config.thresholds
+    estimators = Estimators.from_thresholds(t)
+    estimators.feed(seen.durations)
     thresholds = Thresholds(
         heartbeat_interval=t.heartbeat_interval,
         unhealthy_after=t.heartbeat_unhealthy_after,
         partition_window=t.partition_window,
         sla={phase: policy.sla for phase, policy in config.desired.phases.items()},
     )
-    pass_file = path / CACHE_DIR / "pass.json"
-    try:
-        last_pass = float(read_json(pass_file, "status", within=pass_file.parent)["at"])
-    except (HaiosError, ValueError, KeyError, TypeError):  # none yet, or not one haios wrote: no memory
-        last_pass = None
-    from ..recovery.membership import load as load_membership
-
-    membership_error: ConfigError | None = None
-    try:
-        evicted = load_membership(path).evicted  # their own findings say what to do: rejoin
-    except ConfigError as exc:
-        evicted, membership_error = set(), exc
-    active = set(config.desired.active_members()) - evicted
-    detection = run_detectors(
-        {n: o for n, o in observations.items() if n in active}, estimators, thresholds, at, last_pass=last_pass
-    )
+    active = set(config.desired.active_members()) - seen.evicted
+    observed = {n: o for n, o in seen.observations.items() if n in active}
+    detection = run_detectors(observed, estimators, thresholds, at, last_pass=seen.last_pass)
     report.convicted, report.pause_reason = detection.convicted, detection.reason
     findings = list(detection.findings)
-    gone = {f.nodes[0] for f in replication if f.kind == "wal_missing"}
+    gone = {f.nodes[0] for f in seen.replication if f.kind == "wal_missing"}
     if gone:  # a node whose WAL is gone has no record of any phase: one finding says so, not one per phase
         findings = [f for f in findings if not (f.kind in ("partial_commit", "wal_gap") and set(f.nodes) <= gone)]
-    for node, obs in observations.items():
-        findings += _integrity(obs, local[node], views[node], full, config.cluster.replication.mode != "off")
-        if obs.heartbeat is not None:
-            ahead = parse_utc(obs.heartbeat["wall_time"]) - at
-            if ahead > t.max_clock_skew:
-                findings.append(
-                    Finding(
-                        "clock_skew",
-                        "warning",
-                        (node,),
-                        None,
-                        None,
-                        f"heartbeat written {ahead:.1f} s in the future (limit {t.max_clock_skew:g} s)",
-                        {"heartbeat": obs.heartbeat},
-                        f"synchronise {node}'s clock (NTP)",
-                    )
-                )
+    replicated = config.cluster.replication.mode != "off"
+    for node, obs in seen.observations.items():
+        findings += _integrity(obs, seen.local[node], seen.views[node], full, replicated)
+        findings += _clock_skew(node, obs, at, t.max_clock_skew)
     # a file not every decision needs: the transitions that need it wait (plan says which)
     findings += [_config_finding(path, problem, {"file": rel}) for rel, problem in config.unreadable.items()]
     findings += _fx(path, config, at)
     findings += _override_files(path, at)
     findings += _unreadable_journals(path)
-    findings += _unreadable_status(path, membership_error)
-    findings += versions
-    findings += replication
+    findings += _unreadable_status(path, seen.membership_error)
+    findings += seen.versions
+    findings += seen.replication
     findings += _coordination(config)
     findings += _stale_leases(config, at)
     findings += _membership(path)
-    # first seen: remembered between passes
+    return findings
+
+
+def _clock_skew(node: str, obs: NodeObservation, at: float, limit: float) -> list[Finding]:
+    if obs.heartbeat is None:
+        return []
+    ahead = parse_utc(obs.heartbeat["wall_time"]) - at
+    if ahead <= limit:
+        return []
+    return [
+        Finding(
+            "clock_skew",
+            "warning",
+            (node,),
+            None,
+            None,
+            f"heartbeat written {ahead:.1f} s in the future (limit {limit:g} s)",
+            {"heartbeat": obs.heartbeat},
+            f"synchronise {node}'s clock (NTP)",
+        )
+    ]
+
+
+def _remember(path: Path, seen: _Gathered, report: DoctorReport, findings: list[Finding], at: float) -> None:
+    """The report's findings — first seen when (remembered between passes), each fix runnable as
+    printed, the incident's trace id — and its rows; then this pass is remembered."""
     seen_file = path / CACHE_DIR / "findings.json"
     try:
         remembered = read_json(seen_file, "status", within=seen_file.parent)
     except HaiosError:
         remembered = None
-    seen: dict[str, float] = (
+    first: dict[str, float] = (
         {str(k): float(v) for k, v in remembered.items() if isinstance(v, (int, float))}
         if isinstance(remembered, dict)
         else {}
     )
+    fixes = _Fixes(path, seen)
+    report.findings = [
+        Finding(
+            **{
+                **f.__dict__,
+                "first_seen": first.get(f.key, at),
+                "fix": fixes.concrete(f.fix),
+                "evidence": fixes.traced(f),
+            }
+        )
+        for f in findings
+    ]
+    makedirs_durable(path / CACHE_DIR)
+    atomic_write(
+        seen_file, json.dumps({f.key: f.first_seen for f in report.findings}, sort_keys=True).encode(), durable=False
+    )
+    atomic_write(path / CACHE_DIR / "pass.json", json.dumps({"at": at}).encode(), durable=False)
+    for node in sorted(seen.observations):
+        report.nodes.append(_row(node, seen.observations[node], report.findings, at))
 
-    remote_nodes = {n.name for n in config.cluster.nodes if n.transport == "ssh"}
 
-    def concrete(fix: str) -> str:  # detectors do not know where roots are; the report does
-        for node in remote_nodes:  # 'haios node heartbeat' beats local nodes; a remote one beats itself
+def _row(node: str, obs: NodeObservation, findings: list[Finding], at: float) -> NodeRow:
+    age = at - parse_utc(obs.heartbeat["wall_time"]) if obs.heartbeat else None
+    wal = "ok" if obs.reachable else "-"  # a WAL that was not read is not known to be ok
+    if obs.wal_error is not None:
+        wal = "torn tail" if obs.wal_error["torn_tail"] else "CORRUPT"
+    state = obs.state or {}
+    return NodeRow(
+        node,
+        _health(obs, findings),
+        state.get("g"),
+        state.get("ph"),
+        None if age is None else round(age, 1),
+        wal,
+        obs.last_lamport,
+        obs.records,
+    )
+
+
+class _Fixes:
+    """What makes a finding's fix runnable as printed and its evidence name the incident's trace."""
+
+    def __init__(self, path: Path, seen: _Gathered) -> None:
+        self.path, self.seen = path, seen
+        self.remote = {n.name for n in seen.config.cluster.nodes if n.transport == "ssh"}
+        self.traces: dict[tuple[int, str], str] = {}
+
+    def concrete(self, fix: str) -> str:
+        """Detectors do not know where roots are; the report does."""
+        for node in self.remote:  # 'haios node heartbeat' beats local nodes; a remote one beats itself
             if fix.startswith(f"haios --repo <repo> node heartbeat {node} "):
-                every = f"{config.thresholds.heartbeat_interval:g}s"
+                every = f"{self.seen.config.thresholds.heartbeat_interval:g}s"
                 return f"on {node}: start its agent, 'haios node heartbeat --every {every}' (docs/ssh.md, The node's agent)"
-        fix = fix.replace("<repo>", str(path))
-        for node, root in local.items():
+        fix = fix.replace("<repo>", str(self.path))
+        for node, root in self.seen.local.items():
             fix = fix.replace(f"<root of {node}>", str(root))
         return fix
 
-    traces: dict[tuple[int, str], str] = {}
-
-    def traced(f: Finding) -> dict[str, Any]:
+    def traced(self, f: Finding) -> dict[str, Any]:
         """The evidence, with the id of the recovery trace that ``plan`` gives this incident (the id an
         override names); the phase's own trace from its BEGIN_PHASE stays as ``phase_trace_id``."""
         if f.g is None or f.phase is None or f.kind not in INCIDENT_KINDS:
@@ -770,38 +848,9 @@ def run_doctor(
         if "trace_id" in evidence:
             evidence["phase_trace_id"] = evidence.pop("trace_id")
         key = (f.g, f.phase)
-        if key not in traces:  # several findings of one transition: its journals are read once
+        if key not in self.traces:  # several findings of one transition: its journals are read once
             with contextlib.suppress(ConfigError):  # a journal of (g, phase) that cannot be read: its own finding
-                traces[key] = trace_for(path, f.g, f.phase, observations)
-        if key in traces:
-            evidence["trace_id"] = traces[key]
+                self.traces[key] = trace_for(self.path, f.g, f.phase, self.seen.observations)
+        if key in self.traces:
+            evidence["trace_id"] = self.traces[key]
         return evidence
-
-    report.findings = [
-        Finding(**{**f.__dict__, "first_seen": seen.get(f.key, at), "fix": concrete(f.fix), "evidence": traced(f)})
-        for f in findings
-    ]
-    makedirs_durable(path / CACHE_DIR)
-    atomic_write(
-        seen_file, json.dumps({f.key: f.first_seen for f in report.findings}, sort_keys=True).encode(), durable=False
-    )
-    atomic_write(pass_file, json.dumps({"at": at}).encode(), durable=False)
-    for node in sorted(observations):
-        obs = observations[node]
-        age = at - parse_utc(obs.heartbeat["wall_time"]) if obs.heartbeat else None
-        wal = "ok" if obs.reachable else "-"  # a WAL that was not read is not known to be ok
-        if obs.wal_error is not None:
-            wal = "torn tail" if obs.wal_error["torn_tail"] else "CORRUPT"
-        report.nodes.append(
-            NodeRow(
-                node,
-                _health(obs, report.findings),
-                (obs.state or {}).get("g"),
-                (obs.state or {}).get("ph"),
-                None if age is None else round(age, 1),
-                wal,
-                obs.last_lamport,
-                obs.records,
-            )
-        )
-    return report

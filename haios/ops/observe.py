@@ -14,7 +14,6 @@ import fcntl
 import json
 import os
 import struct
-import zlib
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, replace
@@ -32,9 +31,9 @@ from ..node.transaction import ABANDON_STEP, CATCH_UP_PREFIX, OVERRIDE_STEP
 from ..procutil import worker_initializer
 from ..transport import Transport, open_transport
 from ..untrusted import read_json
-from ..wal import Cursor, RecordType, WalReader
+from ..wal import Cursor, Record, RecordType, WalReader
 from ..wal.format import SEGMENT_HEADER_SIZE, decode_segment_header
-from ..wal.reader import list_segments
+from ..wal.reader import cursor_holds, list_segments
 from ..wal.writer import LOCK_NAME
 
 CACHE_DIR = OBSERVED_DIR
@@ -161,10 +160,7 @@ def _still_as_read(wal: Path, cursor: Cursor, state: dict[str, Any]) -> bool:
                     return False  # rewritten in place, nothing appended: what was read may have changed
                 found = info.st_size >= cursor.offset
                 if found and isinstance(last_record, int) and SEGMENT_HEADER_SIZE <= last_record < cursor.offset:
-                    fh.seek(last_record)
-                    record = fh.read(cursor.offset - last_record)
-                    (crc,) = struct.unpack_from("<I", record)
-                    found = crc == cursor.crc and zlib.crc32(record[4:]) == crc
+                    found = cursor_holds(wal, cursor, last_record)
         except (OSError, SegmentHeaderError, struct.error):
             return False
     return found
@@ -179,6 +175,64 @@ def _segments_read(wal: Path, cursor: Cursor | None) -> dict[str, list[int]]:
         info = seg.path.stat()
         out[seg.name] = [info.st_size, info.st_mtime_ns]
     return out
+
+
+def _fold(
+    record: Record,
+    phases: dict[tuple[int, str], PhaseSummary],
+    io: dict[str, int],
+    durations: dict[str, list[float]],
+    spent: list[str],
+) -> None:
+    """One WAL record into the phase summaries, the I/O counters, the phase durations and the
+    override nonces spent on the node."""
+    p = record.payload
+    key: tuple[int, str] = (p.get("g", -1), p.get("phase", ""))
+    if record.type is RecordType.BEGIN_PHASE:
+        io["snapshot_bytes"] += int(p.get("snapshot_bytes") or 0)
+        phases[key] = PhaseSummary(
+            p["g"],
+            p["phase"],
+            p.get("trace_id", ""),
+            tuple(p["participants"]),
+            p["ts"],
+            record.lamport,
+            last_ts=p["ts"],
+        )
+    elif record.type is RecordType.COMPENSATED and key in phases:
+        s = phases[key]  # compensation comes during recovery, before or after the phase ended
+        if p["key"] not in s.compensated:
+            phases[key] = replace(s, compensated=(*s.compensated, p["key"]))
+    elif record.type is RecordType.RECOVERY:
+        nonce = (p.get("outcome") or {}).get("nonce") if p.get("step") == OVERRIDE_STEP else None
+        if isinstance(nonce, str) and nonce not in spent:
+            spent.append(nonce)  # an override applied here: spent for good, whatever status/ says
+        if key in phases and p.get("step") == ABANDON_STEP:
+            s = phases[key]
+            more = tuple(k for k in p["outcome"]["abandoned"] if k not in s.abandoned)
+            phases[key] = replace(s, abandoned=(*s.abandoned, *more))
+    elif key in phases and phases[key].ended is None:
+        s = phases[key]
+        if record.type is RecordType.SIDE_EFFECT:
+            if p["key"] not in s.effects:
+                phases[key] = replace(s, effects=(*s.effects, p["key"]), last_ts=p["ts"])
+        elif record.type is RecordType.PREPARE:
+            io["data_bytes"] += int(p.get("data_bytes") or 0)
+            phases[key] = replace(s, prepared=True, last_ts=p["ts"])
+        elif record.type in (RecordType.COMMIT_PHASE, RecordType.ABORT_PHASE):
+            phases[key] = replace(
+                s,
+                ended=record.type.name,
+                end_ts=p["ts"],
+                end_lamport=record.lamport,
+                abandoned=tuple(p.get("abandoned") or ()),
+                last_ts=p["ts"],
+            )
+            if record.type is RecordType.COMMIT_PHASE and not s.trace_id.startswith(CATCH_UP_PREFIX):
+                # (a rejoining node's catch-up commits take no time: not a duration of the phase)
+                window = durations.setdefault(s.phase, [])
+                window.append(p["ts"] - s.begin_ts)
+                del window[:-100]
 
 
 def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any], int, dict[str, Any] | None]:
@@ -211,53 +265,7 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
             last_record = record.offset
             if record.type not in _SUMMARISED:
                 continue  # framing and CRC are verified; only these types need their payload read
-            p = record.payload
-            key: tuple[int, str] = (p.get("g", -1), p.get("phase", ""))
-            if record.type is RecordType.BEGIN_PHASE:
-                io["snapshot_bytes"] += int(p.get("snapshot_bytes") or 0)
-                phases[key] = PhaseSummary(
-                    p["g"],
-                    p["phase"],
-                    p.get("trace_id", ""),
-                    tuple(p["participants"]),
-                    p["ts"],
-                    record.lamport,
-                    last_ts=p["ts"],
-                )
-            elif record.type is RecordType.COMPENSATED and key in phases:
-                s = phases[key]  # compensation comes during recovery, before or after the phase ended
-                if p["key"] not in s.compensated:
-                    phases[key] = replace(s, compensated=(*s.compensated, p["key"]))
-            elif record.type is RecordType.RECOVERY:
-                nonce = (p.get("outcome") or {}).get("nonce") if p.get("step") == OVERRIDE_STEP else None
-                if isinstance(nonce, str) and nonce not in spent:
-                    spent.append(nonce)  # an override applied here: spent for good, whatever status/ says
-                if key in phases and p.get("step") == ABANDON_STEP:
-                    s = phases[key]
-                    more = tuple(k for k in p["outcome"]["abandoned"] if k not in s.abandoned)
-                    phases[key] = replace(s, abandoned=(*s.abandoned, *more))
-            elif key in phases and phases[key].ended is None:
-                s = phases[key]
-                if record.type is RecordType.SIDE_EFFECT:
-                    if p["key"] not in s.effects:
-                        phases[key] = replace(s, effects=(*s.effects, p["key"]), last_ts=p["ts"])
-                elif record.type is RecordType.PREPARE:
-                    io["data_bytes"] += int(p.get("data_bytes") or 0)
-                    phases[key] = replace(s, prepared=True, last_ts=p["ts"])
-                elif record.type in (RecordType.COMMIT_PHASE, RecordType.ABORT_PHASE):
-                    phases[key] = replace(
-                        s,
-                        ended=record.type.name,
-                        end_ts=p["ts"],
-                        end_lamport=record.lamport,
-                        abandoned=tuple(p.get("abandoned") or ()),
-                        last_ts=p["ts"],
-                    )
-                    if record.type is RecordType.COMMIT_PHASE and not s.trace_id.startswith(CATCH_UP_PREFIX):
-                        # (a rejoining node's catch-up commits take no time: not a duration of the phase)
-                        window = durations.setdefault(s.phase, [])
-                        window.append(p["ts"] - s.begin_ts)
-                        del window[:-100]
+            _fold(record, phases, io, durations, spent)
     except WalCorruptError as exc:
         corruption = exc.corruption.as_dict()
     completed = sorted((s for s in phases.values() if s.ended), key=lambda s: s.end_lamport or 0)

@@ -142,31 +142,10 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
                 f"minority view: {len(plan.reachable)} of {len(plan.active)} active members reachable; nothing changes",
                 hint="rejoin once a majority of the cluster is reachable",
             )
-        why = members.isolation(ctx.observations.get(node), ctx.now, ctx.config.thresholds.heartbeat_window)
-        if why is not None:
-            raise BlockedError(
-                f"{node} is still isolated ({why[0]})", hint="rejoin it once it is reachable and healthy"
-            )
-        wal_error = ctx.observations[node].wal_error
-        if wal_error is not None and not wal_error.get("torn_tail"):
-            raise VerificationError(
-                f"{node}: the WAL is corrupt mid-log ({wal_error.get('reason', 'corrupt')})",
-                hint="repair or restore it first ('haios wal verify' shows where)",
-            )
+        _ready(ctx, node)
         runner = TraceRunner(ctx, holder or new_holder(), clock)
-        for g, phase in _open_transitions(ctx, node):
-            trace = assess(ctx, g, phase, [node], force_rollback=f"{node} rejoins; the cluster went on without it")
-            if trace.verdict is Verdict.NOTHING:
-                continue
-            if trace.verdict is not Verdict.ROLLBACK:
-                result.code, result.note = EXIT_BLOCKED, f"g={g} {phase} on {node}: {trace.reason}"
-                return _finish(path, ctx, result, plan.observed_hash)
-            outcome = runner.run(trace)
-            result.rolled_back.append(outcome)
-            if outcome.after != State.CLEAN_EXIT.value:
-                result.code = outcome.code or EXIT_PENDING
-                result.note = f"g={g} {phase} on {node} is not rolled back yet: {outcome.note}; run rejoin again later"
-                return _finish(path, ctx, result, plan.observed_hash)
+        if not _rolled_back(ctx, runner, node, result):
+            return _finish(path, ctx, result, plan.observed_hash)
         peers = [
             n
             for n in plan.active
@@ -199,6 +178,38 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
     finally:
         for opened in contexts:
             close_transport(opened.transport)
+
+
+def _ready(ctx: Context, node: str) -> None:
+    """A node rejoins only when it is reachable, not isolated, and its WAL is readable."""
+    why = members.isolation(ctx.observations.get(node), ctx.now, ctx.config.thresholds.heartbeat_window)
+    if why is not None:
+        raise BlockedError(f"{node} is still isolated ({why[0]})", hint="rejoin it once it is reachable and healthy")
+    wal_error = ctx.observations[node].wal_error
+    if wal_error is not None and not wal_error.get("torn_tail"):
+        raise VerificationError(
+            f"{node}: the WAL is corrupt mid-log ({wal_error.get('reason', 'corrupt')})",
+            hint="repair or restore it first ('haios wal verify' shows where)",
+        )
+
+
+def _rolled_back(ctx: Context, runner: TraceRunner, node: str, result: RejoinResult) -> bool:
+    """Roll back, on the node alone, every transition it left half done; False (the result says why)
+    when one cannot be rolled back now."""
+    for g, phase in _open_transitions(ctx, node):
+        trace = assess(ctx, g, phase, [node], force_rollback=f"{node} rejoins; the cluster went on without it")
+        if trace.verdict is Verdict.NOTHING:
+            continue
+        if trace.verdict is not Verdict.ROLLBACK:
+            result.code, result.note = EXIT_BLOCKED, f"g={g} {phase} on {node}: {trace.reason}"
+            return False
+        outcome = runner.run(trace)
+        result.rolled_back.append(outcome)
+        if outcome.after != State.CLEAN_EXIT.value:
+            result.code = outcome.code or EXIT_PENDING
+            result.note = f"g={g} {phase} on {node} is not rolled back yet: {outcome.note}; run rejoin again later"
+            return False
+    return True
 
 
 def _finish(path: Path, ctx: Context, result: RejoinResult, observed: str) -> RejoinResult:

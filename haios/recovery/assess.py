@@ -121,6 +121,21 @@ def _view(ctx: Context, node: str, g: int, phase: str, summary: PhaseSummary | N
     )
 
 
+def _views(
+    ctx: Context, g: int, phase: str, participants: list[str]
+) -> tuple[dict[str, View], dict[str, dict[str, Any]]]:
+    """Each participant's view of (g, phase), and what ``inspect`` answered where it was asked."""
+    views: dict[str, View] = {}
+    infos: dict[str, dict[str, Any]] = {}
+    for node in participants:
+        o = ctx.observations.get(node)
+        summary = o.phases.get((g, phase)) if o is not None else None
+        views[node], info = _view(ctx, node, g, phase, summary)
+        if info:
+            infos[node] = info
+    return views, infos
+
+
 def _trace_identity(
     ctx: Context, g: int, phase: str, infos: dict[str, dict[str, Any]]
 ) -> tuple[str, journals.Journal | None, int]:
@@ -160,14 +175,7 @@ def assess(
     force_rollback: str | None = None,
 ) -> TracePlan:
     """Views, identity and decision for one transition (``force_rollback``: the reason replay failed)."""
-    views: dict[str, View] = {}
-    infos: dict[str, dict[str, Any]] = {}
-    for node in participants:
-        o = ctx.observations.get(node)
-        summary = o.phases.get((g, phase)) if o is not None else None
-        views[node], info = _view(ctx, node, g, phase, summary)
-        if info:
-            infos[node] = info
+    views, infos = _views(ctx, g, phase, participants)
     trace_id, journal, rollbacks = _trace_identity(ctx, g, phase, infos)
     state = State(journal.state) if journal is not None else _state_from_records(infos, trace_id)
     policy = ctx.config.desired.phases.get(phase) or PhasePolicy()
@@ -219,12 +227,23 @@ def assess(
         ],
         override=override,
     )
+    trace.last_activity = _last_activity(ctx, g, phase, participants)
+    return _checked(ctx, trace, state, granted)
+
+
+def _last_activity(ctx: Context, g: int, phase: str, participants: list[str]) -> float | None:
+    """The transition's last sign of life on any participant (what detection latency is measured from)."""
     seen = [
         s.last_ts if s.last_ts is not None else s.begin_ts
         for n in participants
         if (o := ctx.observations.get(n)) is not None and (s := o.phases.get((g, phase))) is not None
     ]
-    trace.last_activity = max(seen) if seen else None
+    return max(seen) if seen else None
+
+
+def _checked(ctx: Context, trace: TracePlan, state: State, granted: bool) -> TracePlan:
+    """The trace as it may go: waiting, untouched, while a file it needs cannot be used, and asking a
+    human when its rollback would break the cost cap (unless a signed override already is that human)."""
     unusable = _unusable(ctx, trace)
     if unusable:  # a file it needs cannot be used: it waits, untouched, and nothing else does
         trace.verdict, trace.steps = Verdict.UNREADABLE, []
@@ -234,7 +253,6 @@ def assess(
         return trace
     if trace.spent and not ctx.config.blocking(BUDGET_FILE):
         breach, trace.cost = cost_breach(ctx, trace, SelStore(ctx.repo, ctx.config.thresholds))
-        # a signed override is a human's decision: the cost cap asked for exactly that
         if (
             breach is not None
             and trace.verdict is Verdict.ROLLBACK

@@ -66,6 +66,55 @@ def _unreachable(node: str, detail: str) -> str:
     return f"{node} unreachable ({why[:160]})" if why and why != "unreachable" else f"{node} unreachable"
 
 
+def _after_commit(views: Mapping[str, View], by: dict[str, list[str]]) -> Decision:
+    """Committed somewhere: forward when everyone else PREPAREd, a human when someone cannot commit."""
+    committed, prepared = by["committed"], by["prepared"]
+    others = by["begun"] + by["aborted"] + by["absent"]
+    if not prepared and not others:
+        return _nothing(views, "committed on every participant")
+    if others:
+        return Decision(
+            Verdict.NEEDS_HUMAN,
+            Event.NEEDS_HUMAN,
+            f"committed on {', '.join(committed)} but {', '.join(others)} cannot commit "
+            "(no PREPARE): the transition cannot be made atomic automatically",
+        )
+    return Decision(
+        Verdict.FORWARD,
+        Event.ROLL_FORWARD,
+        f"committed on {', '.join(committed)}; {', '.join(prepared)} PREPAREd: roll forward",
+    )
+
+
+def _begun_only(views: Mapping[str, View], begun: list[str], inputs: Inputs) -> Decision | str:
+    """Participants that began without PREPARE: wait for the Φ timeout, hold, resume — or the reason
+    to roll back."""
+    started = max((views[n].begin_ts or 0.0) for n in begun)
+    deadline = started + inputs.timeout
+    if inputs.now < deadline:
+        return Decision(
+            Verdict.WAIT,
+            None,
+            f"{', '.join(begun)} without PREPARE for {inputs.now - started:.1f} s; "
+            f"the Φ timeout ({inputs.timeout:.1f} s) has not expired",
+            wait_until=deadline,
+        )
+    policy = inputs.policy
+    if policy.on_partial == "hold":
+        return Decision(
+            Verdict.NEEDS_HUMAN, Event.NEEDS_HUMAN, f"{', '.join(begun)} without PREPARE and on_partial is hold"
+        )
+    resumable = policy.on_partial == "resume" and policy.resume_playbook
+    if resumable and inputs.resume_attempts < policy.max_resume_attempts:
+        return Decision(
+            Verdict.RESUME,
+            Event.RESUME,
+            f"{', '.join(begun)} without PREPARE: resume hook {policy.resume_playbook} "
+            f"(attempt {inputs.resume_attempts + 1} of {policy.max_resume_attempts})",
+        )
+    return f"{', '.join(begun)} without PREPARE past the Φ timeout ({inputs.timeout:.1f} s): roll back"
+
+
 def decide(views: Mapping[str, View], inputs: Inputs) -> Decision:
     """SPEC §4.2 for one (g, phase); the first rule that applies wins."""
     by: dict[str, list[str]] = {s: [] for s in STATUSES}
@@ -84,21 +133,7 @@ def decide(views: Mapping[str, View], inputs: Inputs) -> Decision:
     committed, prepared, begun = by["committed"], by["prepared"], by["begun"]
     aborted, absent = by["aborted"], by["absent"]
     if committed:
-        if not prepared and not begun and not aborted and not absent:
-            return _nothing(views, "committed on every participant")
-        if begun or aborted or absent:
-            others = begun + aborted + absent
-            return Decision(
-                Verdict.NEEDS_HUMAN,
-                Event.NEEDS_HUMAN,
-                f"committed on {', '.join(committed)} but {', '.join(others)} cannot commit "
-                "(no PREPARE): the transition cannot be made atomic automatically",
-            )
-        return Decision(
-            Verdict.FORWARD,
-            Event.ROLL_FORWARD,
-            f"committed on {', '.join(committed)}; {', '.join(prepared)} PREPAREd: roll forward",
-        )
+        return _after_commit(views, by)
     if not prepared and not begun:
         owing = [n for n in aborted if views[n].uncompensated]
         if owing:
@@ -111,30 +146,10 @@ def decide(views: Mapping[str, View], inputs: Inputs) -> Decision:
             )
         return _nothing(views, "rolled back (or never begun) on every participant")
     if begun:
-        started = max((views[n].begin_ts or 0.0) for n in begun)
-        deadline = started + inputs.timeout
-        if inputs.now < deadline:
-            return Decision(
-                Verdict.WAIT,
-                None,
-                f"{', '.join(begun)} without PREPARE for {inputs.now - started:.1f} s; "
-                f"the Φ timeout ({inputs.timeout:.1f} s) has not expired",
-                wait_until=deadline,
-            )
-        policy = inputs.policy
-        if policy.on_partial == "hold":
-            return Decision(
-                Verdict.NEEDS_HUMAN, Event.NEEDS_HUMAN, f"{', '.join(begun)} without PREPARE and on_partial is hold"
-            )
-        resumable = policy.on_partial == "resume" and policy.resume_playbook
-        if resumable and inputs.resume_attempts < policy.max_resume_attempts:
-            return Decision(
-                Verdict.RESUME,
-                Event.RESUME,
-                f"{', '.join(begun)} without PREPARE: resume hook {policy.resume_playbook} "
-                f"(attempt {inputs.resume_attempts + 1} of {policy.max_resume_attempts})",
-            )
-        reason = f"{', '.join(begun)} without PREPARE past the Φ timeout ({inputs.timeout:.1f} s): roll back"
+        found = _begun_only(views, begun, inputs)
+        if isinstance(found, Decision):
+            return found
+        reason = found
     elif aborted or absent:
         reason = f"{', '.join(aborted + absent)} aborted or never began while {', '.join(prepared)} PREPAREd: roll back"
     elif inputs.policy.on_partial == "rollback":

@@ -14,10 +14,8 @@ unfinished step — every node operation is idempotent and every compensator get
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from ..coord.base import Lease
 from ..errors import (
     EXIT_BLOCKED,
     EXIT_ERROR,
@@ -31,34 +29,17 @@ from ..errors import (
 )
 from ..events import Sink, make
 from ..timefmt import utc
-from . import grant
+from . import endings, grant
 from . import journal as journals
 from .assess import assess
 from .compensate import Compensations, placeholders
+from .endings import STEPS_OF, TraceRun
 from .machine import NEEDS_A_HUMAN, TERMINAL, Action, Event, State
 from .model import STOPPED, Context, StepAction, TraceOutcome, TracePlan, TraceStop, Verdict
 from .nodeops import NodeOps
-from .sel import SUCCEEDED, SelStore
+from .sel import SelStore
 
 Progress = Callable[[dict[str, Any]], None]
-
-# the plan steps each action carries out, in the plan's order
-_STEPS_OF = {
-    Action.REPLAY_AND_COMMIT: frozenset({StepAction.REPAIR, StepAction.SETTLE, StepAction.FORWARD}),
-    Action.COMPENSATE: frozenset({StepAction.REPAIR, StepAction.SETTLE, StepAction.COMPENSATE}),
-    Action.RESTORE_AND_ABORT: frozenset({StepAction.ROLLBACK}),
-    Action.ABANDON_AND_ABORT: frozenset({StepAction.REPAIR, StepAction.SETTLE, StepAction.ROLLBACK}),
-}
-
-
-@dataclass
-class _Run:
-    """One trace in this run: its plan, journal, lease and what is reported of it."""
-
-    trace: TracePlan
-    j: journals.Journal
-    lease: Lease
-    outcome: TraceOutcome
 
 
 class TraceRunner:
@@ -85,11 +66,11 @@ class TraceRunner:
 
     # -- plumbing --------------------------------------------------------------------------------
 
-    def _ops(self, r: _Run) -> NodeOps:
+    def ops(self, r: TraceRun) -> NodeOps:
         t = r.trace
         return NodeOps(self.ctx.transport, t.trace_id, t.g, t.phase, r.lease.token)
 
-    def _tick(self, trace: TracePlan, node: str | None, action: str, index: int, finished: bool) -> None:
+    def tick(self, trace: TracePlan, node: str | None, action: str, index: int, finished: bool) -> None:
         """Tell the progress callback that step ``index`` of the trace starts or has finished
         (``node_total``: how many of the trace's steps run on that node)."""
         if self.progress is not None:
@@ -97,7 +78,7 @@ class TraceRunner:
             event = {"trace_id": trace.trace_id, "node": node, "action": action, "step": index}
             self.progress({**event, "total": len(trace.steps), "node_total": node_total, "finished": finished})
 
-    def _renew(self, r: _Run) -> None:
+    def renew(self, r: TraceRun) -> None:
         now = self.clock()
         if r.lease.expires - now <= self.t.lease_ttl / 2:
             r.lease = self.ctx.backend.renew(r.lease, self.t.lease_ttl, now)
@@ -156,10 +137,10 @@ class TraceRunner:
         except LockHeldError as exc:
             outcome.code, outcome.note = EXIT_LOCKED, exc.message
             return outcome
-        self._leased(_Run(trace, j, lease, outcome), granted, now)
+        self._leased(TraceRun(trace, j, lease, outcome), granted, now)
         return outcome
 
-    def _leased(self, r: _Run, granted: bool, now: float) -> None:
+    def _leased(self, r: TraceRun, granted: bool, now: float) -> None:
         """The trace's work under its lease, which is released at the end (unless it was taken over)."""
         trace, j, outcome = r.trace, r.j, r.outcome
         outcome.token = r.lease.token
@@ -173,7 +154,7 @@ class TraceRunner:
         try:
             if granted:
                 assert trace.override is not None
-                grant.apply(self.ctx, self.sel, self.clock, trace, j, self._ops(r), self.desired_commit)
+                grant.apply(self.ctx, self.sel, self.clock, trace, j, self.ops(r), self.desired_commit)
                 if trace.override["effect"] == "applies":
                     outcome.override = {k: trace.override[k] for k in ("file", "action", "nonce")}
             self._drive(r)
@@ -245,20 +226,20 @@ class TraceRunner:
         note = f"BLOCKED_COMPENSATOR: {j.reason}; HARD_FAILED at {utc(until)} unless a human acts"
         return TraceStop(EXIT_BLOCKED, note, until)
 
-    def _drive(self, r: _Run) -> None:
+    def _drive(self, r: TraceRun) -> None:
         """Feed the machine the plan's event and carry out what it asks for."""
         j = r.j
         if r.trace.verdict is Verdict.ABORT:
-            return self._abort(r)
+            return endings.abort(self, r)
         if r.trace.verdict is Verdict.RETRY:
-            return self._retry(r)
+            return endings.retry(self, r)
         if State(j.state) is State.BLOCKED:
             journals.advance(j, Event.HEALED, self.clock)
         if State(j.state) is State.BLOCKED_COMPENSATOR:
             waiting = self._still_blocked(j, self.clock())
             if waiting is not None:
                 raise waiting
-            return self._hard_fail(r)
+            return endings.hard_fail(self, r)
         if r.trace.verdict is Verdict.RESUME:
             journals.advance(j, Event.RESUME, self.clock, work={Action.RUN_RESUME_HOOK: lambda: self._resume(r)})
             self._after_resume(r.trace, r.outcome)
@@ -277,26 +258,26 @@ class TraceRunner:
         if not trace.actionable:
             raise TraceStop(EXIT_BLOCKED if trace.verdict in STOPPED else EXIT_PENDING, trace.reason)
 
-    def _work(self, r: _Run, plan: TracePlan) -> Mapping[Action, Callable[[], None]]:
+    def _work(self, r: TraceRun, plan: TracePlan) -> Mapping[Action, Callable[[], None]]:
         """The handlers of the actions that run ``plan``'s steps."""
 
         def runs(kinds: frozenset[StepAction]) -> Callable[[], None]:
-            return lambda: self._steps(r, plan, kinds)
+            return lambda: self.steps(r, plan, kinds)
 
-        return {action: runs(kinds) for action, kinds in _STEPS_OF.items() if action is not Action.ABANDON_AND_ABORT}
+        return {action: runs(kinds) for action, kinds in STEPS_OF.items() if action is not Action.ABANDON_AND_ABORT}
 
     # -- steps -----------------------------------------------------------------------------------
 
-    def _steps(self, r: _Run, plan: TracePlan, kinds: frozenset[StepAction]) -> None:
+    def steps(self, r: TraceRun, plan: TracePlan, kinds: frozenset[StepAction]) -> None:
         """Run ``plan``'s steps of ``kinds``, in order, each checkpointed on its node and in the journal."""
         j = r.j
         for index, s in enumerate(plan.steps, 1):
             action = StepAction(s["action"])
             if action not in kinds:
                 continue
-            self._renew(r)
+            self.renew(r)
             node = s["node"]
-            self._tick(plan, node, action, index, finished=False)
+            self.tick(plan, node, action, index, finished=False)
             result = self._step(r, plan, action, s)
             if result is None:  # replay failed validation: the rollback ran instead
                 return
@@ -311,11 +292,11 @@ class TraceRunner:
             )
             j.save(self.ctx.repo)  # after the node's checkpoint: the journal tells the story, the WAL decides
             r.outcome.steps += 1
-            self._tick(plan, node, action, index, finished=True)
+            self.tick(plan, node, action, index, finished=True)
 
-    def _step(self, r: _Run, plan: TracePlan, action: StepAction, s: dict[str, Any]) -> dict[str, Any] | None:
+    def _step(self, r: TraceRun, plan: TracePlan, action: StepAction, s: dict[str, Any]) -> dict[str, Any] | None:
         """One node operation of a plan step (None: a forward that failed validation, handled)."""
-        ops, node = self._ops(r), s["node"]
+        ops, node = self.ops(r), s["node"]
         if action is StepAction.REPAIR:
             return ops.repair(node)
         if action is StepAction.FORWARD:
@@ -335,10 +316,10 @@ class TraceRunner:
             return ops.rollback(node, reason=reason, abandon=s.get("abandon"))
         raise UsageError(f"plan step {action.value!r} cannot run here")
 
-    def _resume(self, r: _Run) -> None:
+    def _resume(self, r: TraceRun) -> None:
         """RUN_RESUME_HOOK: the phase's resume playbook on every participant that began it; then the
         transition is assessed again (the hook may have brought it to PREPARE)."""
-        trace, j, ops = r.trace, r.j, self._ops(r)
+        trace, j, ops = r.trace, r.j, self.ops(r)
         for s in trace.steps:
             if s["action"] != StepAction.RESUME:
                 continue
@@ -355,7 +336,7 @@ class TraceRunner:
         j.dirty = True
         r.trace = assess(self.ctx, trace.g, trace.phase, trace.participants, resume_attempts=j.resume_attempts)
 
-    def _validation_failed(self, r: _Run, error: str) -> None:
+    def _validation_failed(self, r: TraceRun, error: str) -> None:
         """Replay found a file its schema rejects: roll back if nothing committed yet (SPEC §4.2)."""
         j, trace = r.j, r.trace
         back = assess(self.ctx, trace.g, trace.phase, trace.participants, force_rollback=error)
@@ -372,114 +353,3 @@ class TraceRunner:
         journals.advance(
             j, Event.VALIDATION_FAILED, self.clock, decision=Verdict.ROLLBACK, reason=back.reason, work=work
         )
-
-    # -- the ways a trace ends without rolling forward or back -------------------------------------
-
-    def _abort(self, r: _Run) -> None:
-        """A signed abort: ABORT_PHASE on every participant that has the phase open, nothing
-        compensated (the side effects still owed are abandoned, and named), the barrier released."""
-        trace, j = r.trace, r.j
-        abandoned = sorted({k for s in trace.steps for k in s.get("abandon") or []})
-
-        def abandon_and_abort() -> None:
-            self.sel.abandon(abandoned, self.clock())  # no compensator runs for these again
-            self._steps(r, trace, _STEPS_OF[Action.ABANDON_AND_ABORT])
-
-        if State(j.state) is State.BLOCKED:
-            journals.advance(j, Event.HEALED, self.clock)
-        left = f"; left uncompensated: {', '.join(abandoned)}" if abandoned else ""
-        journals.advance(
-            j,
-            Event.ACK_ABORT,
-            self.clock,
-            decision=Verdict.ABORT,
-            reason=f"{trace.reason}{left}",
-            work={Action.ABANDON_AND_ABORT: abandon_and_abort},
-        )
-
-    def _retry(self, r: _Run) -> None:
-        """A signed resume on a HARD_FAILED trace: one more attempt for each compensation it abandoned,
-        under the ledger's rules (a key that succeeded is not run again). A compensation that fails
-        again is abandoned again; the trace is CLEAN_EXIT once none is left, else HARD_FAILED still."""
-        trace, j = r.trace, r.j
-        failed: list[str] = []
-
-        def compensate_each() -> None:
-            for index, s in enumerate(trace.steps, 1):
-                self._renew(r)
-                self._tick(trace, s["node"], "compensate", index, finished=False)
-                try:
-                    timings = self.compensations.compensate(trace, j, self._ops(r), s, retry=True)
-                except TraceStop as stop:
-                    self.sel.abandon([s["key"]], self.clock())
-                    j.add_step(self.clock(), s["node"], "compensate", "abandoned again", key=s["key"], error=stop.note)
-                    failed.append(s["key"])
-                else:
-                    j.add_step(self.clock(), s["node"], "compensate", "compensated", key=s["key"], timings=timings)
-                r.outcome.steps += 1
-                self._tick(trace, s["node"], "compensate", index, finished=True)
-
-        journals.advance(j, Event.ACK_RESUME, self.clock, work={Action.COMPENSATE: compensate_each})
-        j.abandoned = [a for a in j.abandoned if a.get("key") in failed]
-        if failed:
-            journals.advance(
-                j, Event.COMPENSATOR_FAILED, self.clock, reason=f"one more attempt failed for {', '.join(failed)}"
-            )
-            raise TraceStop(
-                EXIT_BLOCKED, f"HARD_FAILED: {', '.join(failed)} still uncompensated after one more attempt"
-            )
-        reason = f"{trace.reason}: every one compensated"
-        journals.advance(j, Event.DONE, self.clock, decision=Verdict.ROLLBACK, reason=reason)
-
-    def _begin(self, trace: TracePlan, node: str) -> int | None:
-        """Where the node's attempt at the trace's (g, phase) begins in its WAL: how a later run finds
-        that attempt's records once the node has moved past it."""
-        o = self.ctx.observations.get(node)
-        summary = o.phases.get((trace.g, trace.phase)) if o is not None else None
-        return summary.begin_lamport if summary is not None else None
-
-    def _hard_fail(self, r: _Run) -> None:
-        """T_blocked passed: give up on the stuck side effects, abort everywhere, alert (SPEC §4.1)."""
-        trace, j, ops = r.trace, r.j, self._ops(r)
-        compensations = [x for x in trace.steps if x["action"] == StepAction.COMPENSATE]
-        done: list[tuple[dict[str, Any], Any]] = []
-        owed: set[str] = set()
-        for x in compensations:
-            entry = self.sel.entry(x["key"])
-            if entry is not None and entry.state == SUCCEEDED:
-                done.append((x, entry.result))  # it did succeed (a run was killed before the node heard)
-            else:
-                owed.add(x["key"])
-        owed |= {k for k, v in j.compensation.items() if v.get("state") not in (SUCCEEDED, None)}
-        stuck = sorted(owed)
-
-        def abandon_and_abort() -> None:
-            for x, result in done:  # record that, not a debt
-                ops.compensated(x["node"], key=x["key"], result=result, from_lamport=x.get("from_lamport"))
-            self.sel.abandon(stuck, self.clock())
-            # what a signed resume would run again (plan lists it with the override that does)
-            keep = ("node", "key", "kind", "compensator", "params", "cost", "from_lamport")
-            j.abandoned = [
-                {k: x.get(k) for k in keep} | {"from_lamport": x.get("from_lamport") or self._begin(trace, x["node"])}
-                for x in compensations
-                if x["key"] in stuck
-            ]
-            why = f"HARD_FAILED {trace.trace_id}: compensators failed for {self.t.t_blocked:.0f} s"
-            for node in trace.participants:
-                result = ops.rollback(node, reason=why, abandon=stuck)
-                j.add_step(self.clock(), node, "rollback", str(result.get("outcome")), abandoned=stuck)
-                r.outcome.steps += 1
-
-        message = (
-            f"g={trace.g} {trace.phase}: BLOCKED_COMPENSATOR for {self.t.t_blocked / 60:.0f} min; rolled back "
-            f"without compensating {', '.join(stuck)}; the barrier is released"
-        )
-        journals.advance(
-            j,
-            Event.T_BLOCKED_EXPIRED,
-            self.clock,
-            reason=f"compensation of {', '.join(stuck)} failed past T_blocked",
-            alert=("compensator_timeout", message, {}),
-            work={Action.ABANDON_AND_ABORT: abandon_and_abort},
-        )
-        raise TraceStop(EXIT_BLOCKED, f"HARD_FAILED: {', '.join(stuck)} left uncompensated (alert raised)")

@@ -136,7 +136,9 @@ class SshLink:
                 raise
             except Exception as exc:  # noqa: BLE001 - paramiko and socket errors of every kind
                 self.close()
-                raise TransportError(f"{self.name}: replication link broke: {exc or type(exc).__name__}") from None
+                from ..transport.ssh import ssh_error  # (paramiko is loaded: this link is an SSH one)
+
+                raise ssh_error(self.name, "replication link broke", exc) from exc
             if not line:
                 problem = (
                     channel.recv_stderr(4096).decode(errors="replace").strip() if channel.recv_stderr_ready() else ""

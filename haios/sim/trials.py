@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import HaiosError
+from ..errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_LOCKED, HaiosError
 from ..ops.reconcile import reconcile
 from ..procutil import worker_initializer
 from ..recovery.machine import State
@@ -124,24 +124,24 @@ def run_trial(
             if code == 0:
                 trial.outcome = "converged"
                 break
-            waiting = [o for o in result.outcomes if o.code == 3]
-            if code == 3 and not result.plan.minority and all(o.after in WAITS_FOR_TIME for o in waiting):
+            waiting = [o for o in result.outcomes if o.code == EXIT_BLOCKED]
+            if code == EXIT_BLOCKED and not result.plan.minority and all(o.after in WAITS_FOR_TIME for o in waiting):
                 # BLOCKED_COMPENSATOR ends by itself (HARD_FAILED after T_blocked): cron goes on
                 virtual = max(virtual + CRON_INTERVAL, result.next_due or 0.0)
                 continue
-            if code == 3:
+            if code == EXIT_BLOCKED:
                 trial.outcome = "blocked"
                 for o in result.outcomes:
-                    if o.code == 3:
+                    if o.code == EXIT_BLOCKED:
                         trial.blocked_on.append({"g": o.g, "phase": o.phase, "state": o.after, "why": o.note})
                 if result.plan.minority:
                     trial.blocked_on.append({"g": None, "phase": None, "state": "MINORITY", "why": result.note})
                 for t in result.plan.traces:
                     corrupt_nodes.update(t.corrupt)
                 break
-            if code in (1, 4):
+            if code in (EXIT_ERROR, EXIT_LOCKED):
                 trial.outcome = "error"
-                trial.error = "; ".join(o.note for o in result.outcomes if o.code in (1, 4))
+                trial.error = "; ".join(o.note for o in result.outcomes if o.code in (EXIT_ERROR, EXIT_LOCKED))
                 break
             virtual = max(virtual + CRON_INTERVAL, result.next_due or 0.0)  # the next cron run
         else:

@@ -189,7 +189,7 @@ class SshTransport:
                 raise TransportError(
                     f"{node}: authentication as {spec.user} at {spec.address}:{spec.port} failed ({exc})",
                     hint="install the reconciler's public key in the node's authorized_keys, or set HAIOS_SSH_IDENTITY",
-                ) from None
+                ) from exc
             except (OSError, paramiko.SSHException, EOFError) as exc:
                 client.close()
                 last = exc
@@ -199,7 +199,7 @@ class SshTransport:
         raise TransportError(
             f"{node}: cannot connect to {spec.address}:{spec.port}: {_why(last)}",
             hint=_connect_hint(last, spec),
-        )
+        ) from last
 
     def _conn(self, node: str) -> _Conn:
         with self._locks[node] if node in self._locks else threading.Lock():
@@ -218,7 +218,7 @@ class SshTransport:
                 conn.sftp.get_channel().settimeout(self.io_timeout)
             except Exception as exc:  # noqa: BLE001 - paramiko raises several unrelated types here
                 self._drop(node)
-                raise TransportError(f"{node}: SFTP is not available: {_why(exc)}") from None
+                raise ssh_error(node, "SFTP is not available", exc) from exc
         return conn.sftp
 
     def _drop(self, node: str) -> None:
@@ -258,7 +258,7 @@ class SshTransport:
             raise
         except Exception as exc:  # noqa: BLE001 - OSError, a timeout, paramiko's SSHException, EOFError
             self._drop(node)
-            raise TransportError(f"{node}: cannot read {what}: {_why(exc)}") from None
+            raise ssh_error(node, f"cannot read {what}", exc) from exc
 
     def read_file(self, node: str, relpath: str) -> bytes | None:
         sftp = self._sftp(node)
@@ -376,10 +376,10 @@ class SshTransport:
                 raise EOFError("the connection closed before the command finished")
         except (TimeoutError, OSError, EOFError) as exc:
             self._drop(node)
-            raise TransportError(f"{node}: the connection broke during a command: {_why(exc)}") from None
+            raise ssh_error(node, "the connection broke during a command", exc) from exc
         except Exception as exc:  # noqa: BLE001 - paramiko's SSHException family
             self._drop(node)
-            raise TransportError(f"{node}: the command could not run: {_why(exc)}") from None
+            raise ssh_error(node, "the command could not run", exc) from exc
         return Completed(code, out.decode(errors="replace"), err.decode(errors="replace"))
 
     def open_stream(self, node: str, words: list[str]) -> Any:
@@ -392,7 +392,7 @@ class SshTransport:
             chan.exec_command(quote_command([*self.remote, *words]))
         except Exception as exc:  # noqa: BLE001 - paramiko's SSHException family and socket errors
             self._drop(node)
-            raise TransportError(f"{node}: cannot start a command: {_why(exc)}") from None
+            raise ssh_error(node, "cannot start a command", exc) from exc
         return chan
 
     def version(self, node: str) -> str:
@@ -529,20 +529,44 @@ def _connect_hint(exc: BaseException | None, spec: NodeSpec) -> str:
     return "check that the node is up and sshd listens there"
 
 
+def _ssh_words() -> tuple[tuple[type[BaseException], str], ...]:
+    """paramiko's and the socket layer's errors in words, the first class that matches wins; the
+    exception itself stays the TransportError's cause (``raise ... from exc``)."""
+    import paramiko  # (loaded already: the error came from an SSH connection)
+
+    return (
+        (socket.gaierror, "the name does not resolve"),
+        (ConnectionRefusedError, "connection refused"),
+        (TimeoutError, "timed out"),
+        (paramiko.AuthenticationException, "authentication failed"),
+        (paramiko.ChannelException, "the server refused a channel"),
+        (EOFError, "the connection closed"),
+    )
+
+
 def _why(exc: BaseException | None) -> str:
+    """What went wrong, in words (:func:`_ssh_words`; anything else: its class and message)."""
     if exc is None:
         return "unknown error"
-    if isinstance(exc, socket.gaierror):
-        return f"the name does not resolve ({exc.strerror or exc})"
     causes = list(getattr(exc, "errors", {}).values())  # paramiko's NoValidConnectionsError: one per address
     if causes and all(isinstance(c, ConnectionRefusedError) for c in causes):
         return "connection refused"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
+    for cls, words in _ssh_words():
+        if isinstance(exc, cls):
+            if isinstance(exc, socket.gaierror):
+                return f"{words} ({exc.strerror or exc})"
+            if cls in (ConnectionRefusedError, TimeoutError):
+                return words
+            text = " ".join(str(exc).split())
+            return f"{words}: {text}" if text and text != words else words
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
+
+
+def ssh_error(node: str, doing: str, exc: BaseException, *, hint: str | None = None) -> TransportError:
+    """The TransportError for a paramiko or socket error while ``doing`` something with ``node``
+    (raise it ``from exc``: the cause stays attached)."""
+    return TransportError(f"{node}: {doing}: {_why(exc)}", hint=hint)
 
 
 def _result(node: str, root: str, done: Completed) -> dict[str, Any]:

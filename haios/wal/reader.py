@@ -90,6 +90,29 @@ class Cursor:
     crc: int
 
 
+def cursor_holds(wal: Path, cursor: Cursor, start: int) -> bool:
+    """Whether the record that starts at ``start`` is still the one that ended at ``cursor``: its
+    header carries the cursor's CRC and Lamport index, it ends exactly at the cursor, and its bytes
+    still have that CRC. A repair may cut the record away and a later append end at the very same
+    offset, and a bit may flip inside it: the size alone proves nothing. The one cursor check of
+    haios (the node's state.txt cursor, the observation cache's)."""
+    for path in wal.glob(f"{cursor.seq:016x}-*.wal"):
+        if start < SEGMENT_HEADER_SIZE or start + RECORD_HEADER.size > cursor.offset:
+            return False
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(start)
+                record = fh.read(cursor.offset - start)
+        except OSError:
+            return False
+        if len(record) != cursor.offset - start:
+            return False
+        crc, length, _t, _f, _r, _salt, lamport, _prev, _raw = RECORD_HEADER.unpack_from(record)
+        ends = start + RECORD_HEADER.size + length
+        return (crc, lamport, ends) == (cursor.crc, cursor.lamport, cursor.offset) and zlib.crc32(record[4:]) == crc
+    return False
+
+
 def wal_dir(path: Path | str) -> Path:
     """``path`` itself, or ``path/wal`` when ``path`` is a node root."""
     p = Path(path)
