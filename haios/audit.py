@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import RepoError
-from .gitrepo import _git, _identity_env
+from .gitrepo import _git, _identity_env, git_error
 from .untrusted import inert
 
 _TRAILER_VALUE = re.compile(r"[A-Za-z0-9._:@+=/-]{1,200}")
@@ -122,8 +122,8 @@ def commit_run(
             if "index.lock" not in str(exc.stderr):
                 break
             time.sleep(0.1)
-    detail = " ".join(str(getattr(last, "stderr", "") or last).split())
-    raise RepoError(f"{repo}: could not commit the audit record: {detail}")
+    assert last is not None
+    raise git_error(repo, "committing the audit record", last) from last
 
 
 # what reconcile writes itself: never an edit of the desired state
@@ -149,7 +149,7 @@ def worktree(repo: Path) -> WorkTree:
             dirty = sorted(entry[3:] for entry in listed.split("\0") if len(entry) > 3)
             return WorkTree(dirty, r.head.is_detached)
     except git.GitError as exc:
-        raise RepoError(f"{repo}: git status failed: {' '.join(str(exc).split())}") from exc
+        raise git_error(repo, "git status", exc) from exc
 
 
 def require_committed(repo: Path, allow_dirty: bool, tree: WorkTree | None = None) -> list[str]:
@@ -200,7 +200,7 @@ def push(repo: Path, remote: str | None = None) -> str:
             r.git.push("--quiet", name, f"HEAD:refs/heads/{branch}")
             return name
     except git.GitCommandError as exc:
-        raise RepoError(f"{repo}: git push failed: {' '.join(str(exc.stderr).split())}") from exc
+        raise git_error(repo, "git push", exc) from exc
 
 
 def history(repo: Path, *, trace_id: str | None = None, limit: int | None = None) -> list[AuditEntry]:
@@ -223,7 +223,7 @@ def history(repo: Path, *, trace_id: str | None = None, limit: int | None = None
             hint="the desired-state repo is a git repository: pass --repo DIR, or create one with 'haios init DIR'",
         ) from exc
     except git.GitCommandError as exc:
-        raise RepoError(f"{repo}: git log failed: {' '.join(str(exc.stderr).split())}") from exc
+        raise git_error(repo, "git log", exc) from exc
     entries = []
     for chunk in out.split("\x1e"):
         chunk = chunk.strip("\n")
@@ -247,7 +247,7 @@ def desired_commit(repo: Path) -> str | None:
             sha = r.git.log("-1", "--format=%H", "--", ".", ":(exclude)status").strip()
             return sha or None
     except git.GitError as exc:
-        raise RepoError(f"{repo}: git log failed: {' '.join(str(exc).split())}") from exc
+        raise git_error(repo, "git log", exc) from exc
 
 
 class Recorder(Protocol):

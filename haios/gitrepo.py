@@ -20,6 +20,22 @@ def _git() -> ModuleType:
     return git
 
 
+def git_error(repo: Path, doing: str, exc: BaseException) -> RepoError:
+    """The RepoError for a GitPython error while ``doing`` something in ``repo`` (raise it ``from
+    exc``: the cause stays attached). One table of GitPython's errors, in words."""
+    git = _git()
+    if isinstance(exc, (git.InvalidGitRepositoryError, git.NoSuchPathError)):
+        return RepoError(
+            f"{repo}: not a git repository ({doing})",
+            hint="the desired-state repo is a git repository: pass --repo DIR, or create one with 'haios init DIR'",
+        )
+    if isinstance(exc, git.GitCommandError):
+        detail = " ".join(str(exc.stderr or exc).split())
+    else:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+    return RepoError(f"{repo}: {doing} failed: {detail}")
+
+
 def _identity_env(reader: object) -> dict[str, str]:
     """Author/committer variables when git has no identity configured (cron, CI, fresh machines)."""
     env: dict[str, str] = {}
@@ -42,8 +58,7 @@ def init_and_commit(path: Path, message: str) -> str:
             sha: str = repo.head.commit.hexsha
             return sha
     except git.GitError as exc:
-        detail = " ".join(str(getattr(exc, "stderr", "") or exc).split())
-        raise RepoError(f"{path}: git failed: {detail}") from exc
+        raise git_error(path, "git init", exc) from exc
 
 
 def commit_paths(path: Path, paths: list[str], message: str) -> str | None:
@@ -59,5 +74,4 @@ def commit_paths(path: Path, paths: list[str], message: str) -> str | None:
             sha: str = repo.head.commit.hexsha
             return sha
     except git.GitError as exc:
-        detail = " ".join(str(getattr(exc, "stderr", "") or exc).split())
-        raise RepoError(f"{path}: git commit failed: {detail}") from exc
+        raise git_error(path, "git commit", exc) from exc

@@ -34,6 +34,8 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 
+from . import __version__
+from .config import load_repo
 from .errors import ConfigError, HaiosError, MetricsError
 from .fsutil import atomic_write, makedirs_durable
 from .layout import JOURNAL_DIR, PLACEMENT_FILE, RUNS_FILE
@@ -42,6 +44,7 @@ from .node.timing import STEPS
 from .recovery import journal as journals
 from .recovery import membership as members
 from .recovery.machine import TERMINAL, State
+from .replication.placement import load as load_placement
 from .timefmt import parse_utc
 from .untrusted import read_json
 
@@ -158,8 +161,6 @@ class HaiosCollector(Collector):
         return found
 
     def collect(self) -> Iterator[Metric]:
-        from . import __version__
-
         info = GaugeMetricFamily("haios_info", "The cluster these metrics are about.", labels=["cluster", "version"])
         info.add_metric([self.cluster, __version__], 1)
         yield info
@@ -333,12 +334,10 @@ class HaiosCollector(Collector):
 
     def _replica_copies(self) -> dict[str, int]:
         """How many peers hold a copy of each node's WAL (none without replication)."""
-        from .replication.placement import load
-
         if not (self.repo / PLACEMENT_FILE).exists():
             return {}
         try:
-            stored = load(self.repo)
+            stored = load_placement(self.repo)
         except HaiosError:
             return {}
         return {origin: len(peers) for origin, peers in stored.placement.streams.items()} if stored else {}
@@ -417,8 +416,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _health(self) -> tuple[int, str]:
-        from .config import load_repo
-
         try:
             load_repo(self.repo, overrides=False)
         except ConfigError as exc:

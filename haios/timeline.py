@@ -24,6 +24,7 @@ from . import __version__
 from .config import load_repo
 from .config.model import PHASES
 from .errors import HaiosError, WalCorruptError
+from .fsutil import atomic_write
 from .layout import JOURNAL_DIR
 from .recovery import journal as journals
 from .timefmt import parse_utc, utc
@@ -271,8 +272,6 @@ svg .highlight {{ stroke: #000 !important; stroke-width: 2; opacity: 1; }}
 
 def write(repo: Path | str, target: Path | str, *, since: float, now: float | None = None) -> Timeline:
     """Build the timeline and write it to ``target`` atomically."""
-    from .fsutil import atomic_write
-
     timeline = build(repo, since=since, now=now)
     atomic_write(Path(target), render(timeline).encode("utf-8"))
     return timeline

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config.model import PRIOR_MEANS
+from ..wal import RecordType
 
 Z95 = 1.6448536269514722  # the standard normal's 95th percentile
 MIN_SIGMA_RATIO = 0.01  # identical samples: the spread never falls below 1 % of the mean ...
@@ -157,8 +158,6 @@ def durations_from_records(records: Iterable[Any]) -> dict[str, list[float]]:
 
     Aborted attempts are not durations of the phase and are skipped.
     """
-    from ..wal import RecordType
-
     began: dict[tuple[int, str], float] = {}
     out: dict[str, list[float]] = {}
     for record in records:

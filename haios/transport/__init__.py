@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..config.model import RepoConfig
 from ..errors import TransportError
 from ..layout import MIRROR_DIR
+from ..node.root import init_node_root
 from .base import Completed, Transport
 from .local import LocalTransport
 
@@ -52,8 +54,6 @@ class ClusterTransport:
         """Create the node root if it does not exist (an existing one is never touched)."""
         part = self._part(node)
         if isinstance(part, LocalTransport):
-            from ..node.root import init_node_root
-
             return {"node": node, "created": init_node_root(part.root(node), node, policy)}
         provisioner = getattr(part, "provision", None)
         if provisioner is None:
@@ -66,8 +66,6 @@ class ClusterTransport:
         part = self._part(node)
         asker = getattr(part, "version", None)
         if asker is None:
-            from .. import __version__
-
             return __version__
         answer: str = asker(node)
         return answer

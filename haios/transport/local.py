@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, IntegrityError, TransportError
+from ..node.recover import dispatch
 from ..untrusted import read_regular
 from .base import Completed
 
@@ -38,8 +39,6 @@ class LocalTransport:
             raise IntegrityError(exc.path, exc.reason) from exc
 
     def call(self, node: str, request: dict[str, Any]) -> dict[str, Any]:
-        from ..node.recover import dispatch
-
         root = self.root(node)
         if not (root / "state.txt").exists():
             raise TransportError(f"{node}: no node root at {root}")

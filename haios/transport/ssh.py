@@ -33,8 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..config.model import NAME_RE, NodeSpec, ssh_root_ok
 from ..errors import HaiosError, HostKeyError, IntegrityError, TransportError, UsageError, from_wire
+from ..fsutil import atomic_write, makedirs_durable
 from ..untrusted import LIMITS
 from .base import Completed
 
@@ -277,8 +279,6 @@ class SshTransport:
 
     def local_view(self, node: str) -> Path:
         """Bring ``<mirror>/<node>`` up to date: control files whole, WAL segments by their new bytes."""
-        from ..fsutil import atomic_write, makedirs_durable
-
         sftp = self._sftp(node)
         root = self.spec(node).root.rstrip("/")
         local = self.mirror / node
@@ -418,8 +418,6 @@ class SshTransport:
 
     def _compatible(self, node: str) -> None:
         """Refuse to let a node's haios of another major.minor version act on it."""
-        from .. import __version__
-
         theirs = self.version(node)
         if compatible(theirs, __version__):
             return
