@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import controlfile
 from ..errors import HaiosError
 from ..wal.writer import Replicator
 
@@ -45,7 +46,10 @@ def installed(root: Path, policy: dict[str, Any]) -> Replication | None:
     if _installed:
         return _installed[0]
     mode = str((policy.get("replication") or {}).get("mode", "off"))
-    if mode != "off" or (root / REPLICATION_FILE).exists():
+    if (root / REPLICATION_FILE).exists():
+        told = controlfile.read_mapping(root / REPLICATION_FILE)[0].get("settings") or {}
+        mode = str(told.get("mode", mode)) if isinstance(told, dict) else mode
+    if mode != "off":
         raise HaiosError(
             f"{root}: the node replicates its WAL, but this program has no replication loaded",
             hint="this is a bug in the program that opened the node: it must import haios.replication",
