@@ -27,7 +27,7 @@ import lz4.block
 
 from ..errors import ReplicaChunkError, UsageError, WalCorruptError
 from ..fsutil import fsync_dir, locked_dir, makedirs_durable, write_all
-from ..wal.format import SEGMENT_HEADER_SIZE, SEGMENT_NAME, decode_segment_header
+from ..wal.format import SEGMENT_HEADER_SIZE, SEGMENT_NAME, decode_segment_header, lz4_decode
 from ..wal.reader import Cursor, WalReader, list_segments, verify
 
 REPLICAS_DIR = "replicas"
@@ -269,10 +269,7 @@ def unpack(packed: dict[str, Any]) -> bytes:
     body = base64.b64decode(packed["data"], validate=True)
     size = int(packed["size"])
     if packed["codec"] == "lz4":
-        try:
-            data = bytes(lz4.block.decompress(body, uncompressed_size=size))
-        except lz4.block.LZ4BlockError as exc:
-            raise ValueError(f"lz4: {exc}") from None
+        data = lz4_decode(body, size)
     elif packed["codec"] == "raw":
         data = body
     else:

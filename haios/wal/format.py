@@ -150,22 +150,29 @@ def encode_record(
     return struct.pack("<I", crc) + header[4:] + stored, crc
 
 
+def lz4_decode(stored: bytes, raw_length: int) -> bytes:
+    """lz4 block bytes back to the ``raw_length`` bytes they hold: the one place haios decodes lz4
+    (WAL payloads, replication chunks). Anything lz4 refuses is a ValueError, lz4's error its cause."""
+    import lz4.block
+
+    try:
+        raw: bytes = lz4.block.decompress(stored, uncompressed_size=raw_length)
+    except Exception as exc:  # lz4 raises LZ4BlockError (not exported in a stable place)
+        raise ValueError(f"lz4 payload does not decode: {exc}") from exc
+    return raw
+
+
 def decode_payload(stored: bytes | memoryview, raw_length: int, flags: int) -> bytes:
     """The raw JSON bytes of a stored payload; raises ValueError when it does not decode to raw_length."""
     if not flags & FLAG_LZ4:
         if len(stored) != raw_length:
             raise ValueError(f"payload length {len(stored)} differs from its recorded length {raw_length}")
         return bytes(stored)
-    import lz4.block
-
     if raw_length > MAX_PAYLOAD:
         raise ValueError(f"decoded length {raw_length} exceeds the limit {MAX_PAYLOAD}")
     if raw_length > lz4_bound(len(stored)):
         raise ValueError(f"declares {raw_length} bytes from {len(stored)} compressed: more than lz4 can expand")
-    try:
-        raw: bytes = lz4.block.decompress(bytes(stored), uncompressed_size=raw_length)
-    except Exception as exc:  # lz4 raises LZ4BlockError (not exported in a stable place)
-        raise ValueError(f"lz4 payload does not decode: {exc}") from exc
+    raw = lz4_decode(bytes(stored), raw_length)
     if len(raw) != raw_length:
         raise ValueError(f"lz4 payload decodes to {len(raw)} bytes, not {raw_length}")
     return raw
