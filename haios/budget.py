@@ -14,7 +14,9 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from .config import load_repo
 from .config.model import Budget, FxRates
+from .config.validate import validate_repo
 from .errors import ConfigError, InputError, UnknownCurrency, UsageError
 from .fsutil import atomic_write
 from .untrusted import read_regular
@@ -163,9 +165,6 @@ def import_ecb(repo: Path, source: Path, *, now: float, max_age: float | None = 
     ``max_age`` and anything that would leave the repo invalid. Returns the rates and the currencies
     dropped (those the new file no longer quotes)."""
     from ruamel.yaml import YAML
-
-    from .config import load_repo
-    from .config.validate import validate_repo
 
     try:
         data = read_regular(source, "desired", within=source.parent)

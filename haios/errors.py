@@ -548,11 +548,12 @@ def from_wire(error: dict[str, Any], *, node: str | None = None) -> HaiosError:
     if node is not None and not message.startswith(node):
         message = f"{node}: {message}"
     hint = str(error.get("hint") or "")
-    cls = _classes().get(kind, HaiosError)
+    known = _classes()
+    cls = known.get(kind, HaiosError)
     exc = cls.__new__(cls)
     HaiosError.__init__(exc, message, hint=hint)
     exc._take_fields(error)
-    if cls is HaiosError or kind not in _classes():
+    if kind not in known or cls is HaiosError:
         try:
             exc.exit_code = int(error.get("exit_code") or EXIT_ERROR)
         except (TypeError, ValueError):

@@ -10,14 +10,17 @@ from typing import Annotated, Any
 import typer
 
 from .. import replication as _replication  # noqa: F401 - plugs WAL replication into the nodes run here
+from ..audit import desired_commit
 from ..config import load_repo, parse_duration
 from ..config.model import NAME_RE
 from ..errors import HaiosError, UsageError
 from ..node import Node
 from ..node.heartbeat import beat, update_gossip
 from ..node.recover import dispatch
+from ..node.root import init_node_root
 from ..ops.rejoin import rejoin as do_rejoin
-from ..transport import LocalTransport
+from ..replication.links import serve
+from ..transport import LocalTransport, open_transport
 from . import _render
 from ._options import Output, OutputOpt, RepoOpt, resolve
 
@@ -273,8 +276,6 @@ def replica_serve(root: RootArg) -> int:
     """
     import sys
 
-    from ..replication.links import serve
-
     def write(line: str) -> None:
         sys.stdout.write(line)
         sys.stdout.flush()
@@ -305,8 +306,6 @@ def replication(
 
     Exit 0; 1 when a node could not be reached (or replication is off in haios.yaml).
     """
-    from ..transport import open_transport
-
     opts = resolve(ctx, repo=repo, output=output)
     config = load_repo(opts.repo)
     if config.cluster.replication.mode == "off":
@@ -359,8 +358,6 @@ def init_root(
 
     An existing root is never touched: prints {"created": false} and exits 0.
     """
-    from ..node.root import init_node_root
-
     text = policy.read_text(encoding="utf-8") if policy is not None else typer.get_text_stream("stdin").read()
     body = _json_arg(text, "the policy")
     if not isinstance(body, dict) or "cluster" not in body:
@@ -384,9 +381,6 @@ def provision(
     """Create the node roots of the repo's nodes that lack one — local ones here, ssh ones on the node
     through 'haios node init' — with the policy compiled from the desired state. Existing roots are
     left alone. Exit 0 when every node has a root, 1 when one could not be reached or created."""
-    from ..audit import desired_commit
-    from ..transport import open_transport
-
     opts = resolve(ctx, repo=repo, output=output)
     config = load_repo(opts.repo)
     chosen = nodes or [n.name for n in config.cluster.nodes]

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..config.model import RepoConfig
 from ..errors import BarrierMoved, ConfigError
 from .base import Backend, Barrier, Lease, holder_alive, holder_words, new_holder
+from .etcd import EtcdBackend
 from .git import GitBackend
 
 
@@ -16,8 +17,6 @@ def open_backend(config: RepoConfig) -> Backend:
     if c.backend == "git":
         return GitBackend(Path(config.path), remote=c.git_remote)
     if c.backend == "etcd":
-        from .etcd import EtcdBackend
-
         return EtcdBackend(
             c.etcd_endpoints,
             cluster=config.cluster.name,

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 from ..config.model import PHASES
 from ..errors import BarrierMoved, CoordinationError, FencedError, LockHeldError
 from .base import Barrier, Lease, check_advance, held_error
+from .git import GitBackend
 
 T = TypeVar("T")
 MIN_TTL = 2  # etcd rounds shorter leases up to its own minimum anyway
@@ -158,8 +159,6 @@ class EtcdBackend:
         if found is None:
             highest = 0
             if self.repo is not None and (self.repo / ".git").exists():
-                from .git import GitBackend
-
                 git = GitBackend(self.repo)
                 highest = max((lease.token for s in PHASES if (lease := git.read(s)) is not None), default=0)
             with contextlib.suppress(_Lost):  # another reconciler set it first: theirs counts

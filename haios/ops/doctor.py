@@ -40,6 +40,7 @@ from ..recovery.journal import trace_for
 from ..recovery.membership import load as load_membership
 from ..timefmt import parse_utc, utc
 from ..transport import DEFAULT_PARALLEL, MIRROR_DIR, ClusterTransport, open_transport
+from ..transport.ssh import compatible
 from ..untrusted import read_json
 from ..wal import verify
 from .observe import CACHE_DIR, observe
@@ -518,8 +519,6 @@ def _versions(
     transport: ClusterTransport, config: RepoConfig, observations: dict[str, NodeObservation]
 ) -> list[Finding]:
     """Every reachable ssh node must run a haios whose major.minor version is this one's."""
-    from ..transport.ssh import compatible
-
     out = []
     for spec in config.cluster.nodes:
         obs = observations.get(spec.name)

@@ -18,6 +18,7 @@ from typing import IO, Any, Protocol
 
 from ..config.model import NodeSpec
 from ..errors import HaiosError, TransportError, UsageError, from_wire
+from ..transport.ssh import SshTransport, ssh_error
 from . import peer
 
 OPS = ("replica_append", "replica_status", "replica_fetch")
@@ -136,8 +137,6 @@ class SshLink:
                 raise
             except Exception as exc:  # noqa: BLE001 - paramiko and socket errors of every kind
                 self.close()
-                from ..transport.ssh import ssh_error  # (paramiko is loaded: this link is an SSH one)
-
                 raise ssh_error(self.name, "replication link broke", exc) from exc
             if not line:
                 problem = (
@@ -189,8 +188,6 @@ def open_links(node: str, peers: dict[str, dict[str, Any]], *, base: Path, timeo
                 )
             )
     if ssh_specs:
-        from ..transport.ssh import SshTransport
-
         transport = SshTransport(ssh_specs, mirror=base / peer.REPLICAS_DIR / ".mirror", connect_timeout=timeout)
         for ssh_spec in ssh_specs:
             links[ssh_spec.name] = SshLink(ssh_spec, transport, timeout)

@@ -13,6 +13,7 @@ from ..layout import MIRROR_DIR
 from ..node.root import init_node_root
 from .base import Completed, Transport
 from .local import LocalTransport
+from .ssh import SshTransport
 
 KNOWN_HOSTS = "known_hosts"  # in the desired-state repo: pinned host keys of nodes without host_key
 DEFAULT_PARALLEL = 32  # remote nodes observed at once (--max-parallel)
@@ -86,8 +87,6 @@ def open_transport(repo: Path, config: RepoConfig) -> ClusterTransport:
         parts.update(dict.fromkeys(local, lt))
     ssh_specs = [n for n in config.cluster.nodes if n.transport == "ssh"]
     if ssh_specs:
-        from .ssh import SshTransport
-
         st = SshTransport(ssh_specs, known_hosts=repo / KNOWN_HOSTS, mirror=repo / MIRROR_DIR)
         parts.update(dict.fromkeys((s.name for s in ssh_specs), st))
     return ClusterTransport(parts)

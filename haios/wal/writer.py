@@ -24,10 +24,11 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from ..clock import wall_time
-from ..errors import WalFailedError, WalLockedError, WalReadOnlyError
+from ..errors import WalCorruptError, WalFailedError, WalLockedError, WalReadOnlyError
 from ..fsutil import TEMP_SUFFIX, fsync_dir, makedirs_durable, temp_name, write_all
 from . import format as fmt
 from .reader import Cursor, WalReader, list_segments
+from .repair import repair as repair_wal
 
 log = logging.getLogger("haios.wal")
 
@@ -133,9 +134,6 @@ class Wal:
         return wal
 
     def _recover(self, repair: bool) -> None:
-        from ..errors import WalCorruptError
-        from .repair import repair as repair_wal
-
         if not self.read_only:
             # A crash during rotation can leave a temp segment that was never renamed into place.
             for name in os.listdir(self.directory):

@@ -78,7 +78,7 @@ def test_renew_extends_and_keeps_others_out(opener: Opener) -> None:
 
 
 def test_exactly_one_of_eight_racing_reconcilers_wins(opener: Opener) -> None:
-    winners: list[int] = []
+    winners: list[tuple[int, int]] = []  # (contender, token)
     losers: list[str] = []
     start = threading.Barrier(8)
 
@@ -86,7 +86,7 @@ def test_exactly_one_of_eight_racing_reconcilers_wins(opener: Opener) -> None:
         backend = opener()
         start.wait()
         try:
-            winners.append(backend.acquire("CONSTRUCT", f"h{i}", f"t{i}", 60, T0).token)
+            winners.append((i, backend.acquire("CONSTRUCT", f"h{i}", f"t{i}", 60, T0).token))
         except LockHeldError as exc:
             losers.append(exc.message)
 
@@ -96,6 +96,9 @@ def test_exactly_one_of_eight_racing_reconcilers_wins(opener: Opener) -> None:
     for t in threads:
         t.join(timeout=60)
     assert len(winners) == 1 and len(losers) == 7
+    assert all("shard CONSTRUCT is held by" in m for m in losers)
+    (winner, token), lease = winners[0], opener().read("CONSTRUCT")
+    assert lease is not None and (lease.holder, lease.token) == (f"h{winner}", token)  # the winner's is stored
 
 
 def test_the_barrier_is_a_compare_and_swap_that_never_goes_back(opener: Opener) -> None:
