@@ -21,10 +21,11 @@ from .. import controlfile
 from ..config.model import PHASES, phase_order
 from ..errors import BarrierError, ControlFileError, UsageError, VersionConflict, WalCorruptError
 from ..wal import Record, RecordType, read_records
+from ..wal.phases import ABANDON_STEP, PhaseLog
 from . import replicas
 from .fence import check_fence
 from .timing import STEPS, collecting
-from .transaction import ABANDON_STEP, Node, PhaseLog, crash_window, scan_phases
+from .transaction import Node, crash_window, scan_phases
 
 OPS = (
     "inspect",
@@ -55,7 +56,7 @@ def _tail_logs(
         if not exc.corruption.torn_tail:
             raise
         torn = exc.corruption.as_dict()
-    return scan_phases(node.root, records=records), torn
+    return scan_phases(node.root, records=records, begun_at=from_lamport), torn
 
 
 def _status(node: Node, log: PhaseLog | None, g: int, phase: str) -> str:

@@ -27,7 +27,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -50,7 +50,8 @@ from ..fsutil import fsync_dir, makedirs_durable
 from ..timefmt import utc
 from ..untrusted import is_number
 from ..vclock import VClock
-from ..wal import Cursor, Record, RecordType, Wal, read_records
+from ..wal import Cursor, Record, RecordType, Wal, phases, read_records
+from ..wal.phases import PhaseLog
 from ..wal.reader import WalReader, cursor_holds, list_segments
 from . import replicas, shapes, snapshot
 from .heartbeat import gossip_partitioned
@@ -77,27 +78,6 @@ def next_transition(g: int, ph: str | None) -> tuple[int, str]:
     return g, PHASES[PHASES.index(ph) + 1]
 
 
-@dataclass
-class PhaseLog:
-    """What the WAL holds for one (g, phase) since its last BEGIN_PHASE."""
-
-    g: int
-    phase: str
-    trace_id: str
-    snapshot: str
-    participants: list[str]
-    begin_lamport: int
-    intents: list[dict[str, Any]] = field(default_factory=list)
-    side_effects: dict[str, dict[str, Any]] = field(default_factory=dict)
-    done: dict[str, Any] = field(default_factory=dict)
-    steps: dict[str, Any] = field(default_factory=dict)
-    prepared: str | None = None  # the PREPARE digest
-    ended: str | None = None  # "COMMIT_PHASE" or "ABORT_PHASE"
-    compensated: dict[str, Any] = field(default_factory=dict)  # key -> result of the COMPENSATED record
-    abandoned: list[str] = field(default_factory=list)  # keys a HARD_FAILED rollback gave up on
-    recovery: list[dict[str, Any]] = field(default_factory=list)  # RECOVERY checkpoints, in order
-
-
 @dataclass(frozen=True)
 class EndMark:
     """A COMMIT_PHASE or ABORT_PHASE record, with what state.txt keeps of the record that ended a phase."""
@@ -116,45 +96,16 @@ def crash_window(state: dict[str, Any], missed: int) -> bool:
     return missed == 1 and state.get("status") == "IN_PHASE"
 
 
-ABANDON_STEP = "abandon"  # RECOVERY step: side effects of an already aborted phase left uncompensated
 OVERRIDE_STEP = "override"  # RECOVERY step: a signed override applied (its nonce is spent on this node for good)
 CATCH_UP_PREFIX = "rejoin-"  # trace ids of the transitions a rejoining node commits to catch up
 
 
-def scan_phases(root: Path, *, records: Iterable[Record] | None = None) -> dict[tuple[int, str], PhaseLog]:
-    """The latest attempt of every (g, phase) in the node's WAL (or in ``records``, a part of it)."""
-    logs: dict[tuple[int, str], PhaseLog] = {}
-    current: PhaseLog | None = None
-    for record in read_records(root / "wal") if records is None else records:
-        p = record.payload
-        if record.type is RecordType.BEGIN_PHASE:
-            current = PhaseLog(
-                p["g"], p["phase"], p.get("trace_id", ""), p["snapshot"], list(p["participants"]), record.lamport
-            )
-            logs[(current.g, current.phase)] = current
-            continue
-        if current is None or (p.get("g"), p.get("phase")) != (current.g, current.phase):
-            continue
-        if record.type is RecordType.INTENT:
-            current.intents.append(p)
-        elif record.type is RecordType.SIDE_EFFECT:
-            current.side_effects[p["key"]] = p
-        elif record.type is RecordType.SIDE_EFFECT_DONE:
-            current.done[p["key"]] = p["result"]
-        elif record.type is RecordType.STEP:
-            current.steps[p["name"]] = p["outcome"]
-        elif record.type is RecordType.PREPARE:
-            current.prepared = p["digest"]
-        elif record.type in _END:
-            current.ended = record.type.name
-            current.abandoned = list(p.get("abandoned") or [])
-        elif record.type is RecordType.COMPENSATED:
-            current.compensated[p["key"]] = p["result"]
-        elif record.type is RecordType.RECOVERY:
-            current.recovery.append(p)
-            if p.get("step") == ABANDON_STEP:  # a HARD_FAILED trace gave up on an aborted phase's debts
-                current.abandoned += [k for k in p["outcome"]["abandoned"] if k not in current.abandoned]
-    return logs
+def scan_phases(
+    root: Path, *, records: Iterable[Record] | None = None, begun_at: int | None = None
+) -> dict[tuple[int, str], PhaseLog]:
+    """The latest attempt of every (g, phase) in the node's WAL (or in ``records``, a part of it);
+    with ``begun_at``, the attempt whose BEGIN_PHASE has that Lamport index instead of a later one."""
+    return phases.scan(read_records(root / "wal") if records is None else records, begun_at=begun_at)
 
 
 def intents_digest(intents: list[dict[str, Any]]) -> str:

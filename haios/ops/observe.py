@@ -16,7 +16,7 @@ import os
 import struct
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,13 @@ from ..errors import EXIT_VERIFICATION, HaiosError, SegmentHeaderError, WalCorru
 from ..fsutil import atomic_write, makedirs_durable
 from ..layout import OBSERVED_DIR
 from ..node import shapes
-from ..node.transaction import ABANDON_STEP, CATCH_UP_PREFIX, OVERRIDE_STEP
+from ..node.transaction import CATCH_UP_PREFIX, OVERRIDE_STEP
 from ..procutil import worker_initializer
 from ..transport import Transport, open_transport
 from ..untrusted import read_json
 from ..wal import Cursor, Record, RecordType, WalReader
 from ..wal.format import SEGMENT_HEADER_SIZE, decode_segment_header
+from ..wal.phases import PhaseLog, Phases
 from ..wal.reader import cursor_holds, list_segments
 from ..wal.writer import LOCK_NAME
 
@@ -49,7 +50,7 @@ _SUMMARISED = frozenset(
     }
 )
 KEEP_COMPLETED = 20  # completed phase summaries kept per node (open ones are always kept)
-STATE_VERSION = 5
+STATE_VERSION = 6  # 6: the phases kept are the WAL projection's own (lean) attempts
 
 
 def _cache_path(repo: Path, node: str) -> Path:
@@ -95,21 +96,40 @@ def _load_cache(repo: Path, node: str) -> dict[str, Any] | None:
     return data
 
 
-def _summaries_from(data: list[dict[str, Any]]) -> dict[tuple[int, str], PhaseSummary]:
-    out = {}
+def _logs_from(data: list[dict[str, Any]]) -> list[PhaseLog]:
+    """The attempts a cache kept (lean: keys, not payloads); ValueError/TypeError when malformed."""
+    out = []
     for item in data:
-        if not isinstance(item.get("g"), int) or not isinstance(item.get("phase"), str):
-            raise ValueError("a phase summary without its g and phase")
-        item = {
-            **item,
-            "participants": tuple(item["participants"]),
-            "effects": tuple(item.get("effects", ())),
-            "compensated": tuple(item.get("compensated", ())),
-            "abandoned": tuple(item.get("abandoned", ())),
-        }
-        s = PhaseSummary(**item)
-        out[(s.g, s.phase)] = s
+        if not isinstance(item, dict) or not isinstance(item.get("g"), int) or not isinstance(item.get("phase"), str):
+            raise ValueError("a phase without its g and phase")
+        log = PhaseLog(**item)
+        if not all(isinstance(k, str) for k in (*log.side_effects, *log.compensated, *log.abandoned)):
+            raise ValueError("a side-effect key that is not a string")
+        out.append(log)
     return out
+
+
+def _summary(log: PhaseLog) -> PhaseSummary:
+    return PhaseSummary(
+        log.g,
+        log.phase,
+        log.trace_id,
+        tuple(log.participants),
+        log.begin_ts,
+        log.begin_lamport,
+        prepared=log.prepared is not None,
+        ended=log.ended,
+        end_ts=log.end_ts,
+        end_lamport=log.end_lamport,
+        effects=tuple(log.side_effects),
+        compensated=tuple(log.compensated),
+        abandoned=tuple(log.abandoned),
+        last_ts=log.last_ts,
+    )
+
+
+def _summaries_from(data: list[dict[str, Any]]) -> dict[tuple[int, str], PhaseSummary]:
+    return {log.key: _summary(log) for log in _logs_from(data)}
 
 
 def cached_override_nonces(repo: Path, node: str) -> list[str]:
@@ -178,61 +198,29 @@ def _segments_read(wal: Path, cursor: Cursor | None) -> dict[str, list[int]]:
 
 
 def _fold(
-    record: Record,
-    phases: dict[tuple[int, str], PhaseSummary],
-    io: dict[str, int],
-    durations: dict[str, list[float]],
-    spent: list[str],
+    record: Record, phases: Phases, io: dict[str, int], durations: dict[str, list[float]], spent: list[str]
 ) -> None:
-    """One WAL record into the phase summaries, the I/O counters, the phase durations and the
-    override nonces spent on the node."""
+    """One WAL record into the phase projection, and into what only a watcher counts: the I/O
+    counters, the phase durations and the override nonces spent on the node."""
+    log = phases.fold(record)
     p = record.payload
-    key: tuple[int, str] = (p.get("g", -1), p.get("phase", ""))
     if record.type is RecordType.BEGIN_PHASE:
         io["snapshot_bytes"] += int(p.get("snapshot_bytes") or 0)
-        phases[key] = PhaseSummary(
-            p["g"],
-            p["phase"],
-            p.get("trace_id", ""),
-            tuple(p["participants"]),
-            p["ts"],
-            record.lamport,
-            last_ts=p["ts"],
-        )
-    elif record.type is RecordType.COMPENSATED and key in phases:
-        s = phases[key]  # compensation comes during recovery, before or after the phase ended
-        if p["key"] not in s.compensated:
-            phases[key] = replace(s, compensated=(*s.compensated, p["key"]))
+    elif record.type is RecordType.PREPARE and log is not None:
+        io["data_bytes"] += int(p.get("data_bytes") or 0)
     elif record.type is RecordType.RECOVERY:
         nonce = (p.get("outcome") or {}).get("nonce") if p.get("step") == OVERRIDE_STEP else None
         if isinstance(nonce, str) and nonce not in spent:
             spent.append(nonce)  # an override applied here: spent for good, whatever status/ says
-        if key in phases and p.get("step") == ABANDON_STEP:
-            s = phases[key]
-            more = tuple(k for k in p["outcome"]["abandoned"] if k not in s.abandoned)
-            phases[key] = replace(s, abandoned=(*s.abandoned, *more))
-    elif key in phases and phases[key].ended is None:
-        s = phases[key]
-        if record.type is RecordType.SIDE_EFFECT:
-            if p["key"] not in s.effects:
-                phases[key] = replace(s, effects=(*s.effects, p["key"]), last_ts=p["ts"])
-        elif record.type is RecordType.PREPARE:
-            io["data_bytes"] += int(p.get("data_bytes") or 0)
-            phases[key] = replace(s, prepared=True, last_ts=p["ts"])
-        elif record.type in (RecordType.COMMIT_PHASE, RecordType.ABORT_PHASE):
-            phases[key] = replace(
-                s,
-                ended=record.type.name,
-                end_ts=p["ts"],
-                end_lamport=record.lamport,
-                abandoned=tuple(p.get("abandoned") or ()),
-                last_ts=p["ts"],
-            )
-            if record.type is RecordType.COMMIT_PHASE and not s.trace_id.startswith(CATCH_UP_PREFIX):
-                # (a rejoining node's catch-up commits take no time: not a duration of the phase)
-                window = durations.setdefault(s.phase, [])
-                window.append(p["ts"] - s.begin_ts)
-                del window[:-100]
+    elif (
+        record.type is RecordType.COMMIT_PHASE
+        and log is not None
+        and log.end_ts is not None
+        and not log.trace_id.startswith(CATCH_UP_PREFIX)  # a rejoining node's catch-up commits take no time
+    ):
+        window = durations.setdefault(log.phase, [])
+        window.append(log.end_ts - log.begin_ts)
+        del window[:-100]
 
 
 def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any], int, dict[str, Any] | None]:
@@ -254,7 +242,7 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
     # A short record at the very end is an append in progress only while a writer holds the lock;
     # otherwise it is a torn tail and must be reported.
     reader = WalReader(root / "wal", cursor=cursor, partial_ok=writer_active(root / "wal"), decode=False)
-    phases = _summaries_from(state["phases"])
+    phases = Phases(_logs_from(state["phases"]))
     io = state.setdefault("io", {"wal_bytes": 0, "snapshot_bytes": 0, "data_bytes": 0})
     durations: dict[str, list[float]] = {k: list(v) for k, v in state["durations"].items()}
     corruption = None
@@ -268,16 +256,16 @@ def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any],
             _fold(record, phases, io, durations, spent)
     except WalCorruptError as exc:
         corruption = exc.corruption.as_dict()
-    completed = sorted((s for s in phases.values() if s.ended), key=lambda s: s.end_lamport or 0)
+    completed = sorted((s for s in phases.logs.values() if s.ended), key=lambda s: s.end_lamport or 0)
     recent = completed[-KEEP_COMPLETED:]
     # open phases, and aborted ones whose side effects still need compensating, are always kept
-    kept = [s for s in phases.values() if not s.ended]
+    kept = [s for s in phases.logs.values() if not s.ended]
     kept += [s for s in completed[:-KEEP_COMPLETED] if s.ended == "ABORT_PHASE" and s.uncompensated] + recent
     state.update(
         segments=_segments_read(root / "wal", reader.cursor or cursor),
         last_record=last_record,  # where the record before the cursor starts (checked on the next pass)
         cursor=asdict(reader.cursor) if reader.cursor else state["cursor"],
-        phases=[asdict(s) for s in kept],
+        phases=[asdict(s.lean()) for s in kept],
         durations=durations,
         last_lamport=reader.cursor.lamport if reader.cursor else state["last_lamport"],
         records=state["records"] + reader.records,

@@ -228,3 +228,33 @@ def test_recover_cursor_is_not_fooled_by_a_record_of_the_same_length(node_root: 
     opened = Node(node_root).open_phase()
     assert opened is not None and (opened.g, opened.phase) == (1, "ANALYZE") and opened.prepared is not None
     assert recover.inspect(node_root, 1, "ANALYZE")["status"] == "prepared"
+
+
+def test_recover_compensates_an_attempt_the_node_moved_past(node_root: Path) -> None:
+    """A HARD_FAILED trace gave up on an aborted attempt's side effect; the node began (g, phase)
+    again, under the same side-effect key, and committed it. A signed retry of the trace then
+    compensates the first attempt: its COMPENSATED record belongs to that attempt, never to the
+    second one (whose side effect is live), and running it again writes nothing."""
+    tx = Node(node_root).begin(1, "ANALYZE", participants=["n1"], trace_id="first")
+    tx.side_effect("k0", "fakecloud.vm", {"resource": "vm0"}, "fakecloud-vm", COST)
+    tx.abort("coordinator abort")
+    args = {"trace_id": "t", "token": 1, "g": 1, "phase": "ANALYZE"}
+    recover.rollback(node_root, **args, reason="hard", abandon=["k0"])  # type: ignore[arg-type]
+    later = Node(node_root).begin(1, "ANALYZE", participants=["n1"], trace_id="second")
+    later.side_effect("k0", "fakecloud.vm", {"resource": "vm0"}, "fakecloud-vm", COST)
+    later.intent("b.conf", b"b\n")
+    later.prepare()
+    later.commit()
+    second = scan_phases(node_root)[(1, "ANALYZE")]
+    assert (second.trace_id, second.ended, list(second.compensated)) == ("second", "COMMIT_PHASE", [])
+    first = recover.compensated(node_root, **args, key="k0", result={}, from_lamport=1)  # type: ignore[arg-type]
+    again = recover.compensated(node_root, **args, key="k0", result={}, from_lamport=1)  # type: ignore[arg-type]
+    assert (first["outcome"], again["outcome"]) == ("compensated", "already compensated")
+    kinds = [r.type for r in read_records(node_root / "wal")]
+    assert kinds.count(RecordType.COMPENSATED) == 1  # idempotent: no second record
+    info = recover.inspect(node_root, 1, "ANALYZE", from_lamport=1)
+    assert (info["status"], info["begin_trace"]) == ("aborted", "first")
+    assert [(e["key"], e["compensated"], e["abandoned"]) for e in info["side_effects"]] == [("k0", True, True)]
+    assert "compensate:k0" in [step["step"] for step in info["recovery"]]
+    now = scan_phases(node_root)[(1, "ANALYZE")]  # the latest attempt: its own k0 is not compensated
+    assert (now.trace_id, list(now.compensated), now.uncompensated) == ("second", [], ["k0"])
