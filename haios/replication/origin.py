@@ -36,10 +36,11 @@ from .. import controlfile
 from ..clock import wall_time
 from ..errors import HaiosError, QuorumError, TransportError
 from ..node.replicas import REPLICATION_FILE
+from ..transport.base import Exchange
 from ..wal.format import SEGMENT_HEADER_SIZE, SegmentHeader, decode_segment_header
 from ..wal.reader import list_segments
 from ..wal.writer import Upto
-from .links import PeerLink, open_links
+from .links import open_links
 from .peer import Chunk
 from .ring import Ring
 
@@ -138,7 +139,7 @@ class Replicator:
         root: Path,
         settings: Settings,
         *,
-        links: dict[str, PeerLink] | None = None,
+        links: dict[str, Exchange] | None = None,
         clock: Callable[[], float] = wall_time,
         link_timeout: float = 10.0,
     ) -> None:
@@ -244,7 +245,7 @@ class Replicator:
 
     # -- shipping --------------------------------------------------------------------------------
 
-    def _link(self, peer: str) -> PeerLink:
+    def _link(self, peer: str) -> Exchange:
         link = self.links.get(peer)
         if link is None:
             raise TransportError(f"{peer}: the policy names no way to reach this replica peer")

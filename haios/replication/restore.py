@@ -20,9 +20,10 @@ from typing import Any
 from .. import controlfile
 from ..errors import BlockedError, HaiosError, TransportError
 from ..fsutil import fsync_dir, makedirs_durable, write_all
+from ..transport.base import Exchange
 from ..wal.reader import list_segments, verify
 from ..wal.writer import LOCK_NAME
-from .links import PeerLink, open_links
+from .links import open_links
 from .origin import Settings
 from .peer import unpack
 
@@ -69,7 +70,7 @@ def wal_damage(root: Path) -> tuple[str | None, int]:
     return f"corrupt: {report.corruption.describe()}", report.last_lamport or 0
 
 
-def _fetch(link: PeerLink, node: str, segments: list[list[Any]], target: Path) -> int:
+def _fetch(link: Exchange, node: str, segments: list[list[Any]], target: Path) -> int:
     total = 0
     for name, size in segments:
         fd = os.open(target / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -97,7 +98,7 @@ def _fetch(link: PeerLink, node: str, segments: list[list[Any]], target: Path) -
 
 
 def restore_wal(
-    root: Path, *, links: dict[str, PeerLink] | None = None, force: bool = False, link_timeout: float = 10.0
+    root: Path, *, links: dict[str, Exchange] | None = None, force: bool = False, link_timeout: float = 10.0
 ) -> RestoreResult:
     """Restore the node's WAL from its replicas if it is missing or corrupt (or always, with ``force``
     when a replica is longer than the local WAL)."""

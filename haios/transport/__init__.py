@@ -3,15 +3,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..config.model import RepoConfig
+from ..config.model import NodeSpec, RepoConfig
 from ..errors import TransportError
 from ..layout import MIRROR_DIR
 from ..node.root import init_node_root
-from .base import Completed, Transport
+from .base import Completed, Exchange, Handler, Transport
 from .local import LocalTransport
 from .ssh import SshTransport
 
@@ -51,6 +52,9 @@ class ClusterTransport:
     def run(self, node: str, argv: list[str], *, timeout: float, env: dict[str, str] | None = None) -> Completed:
         return self._part(node).run(node, argv, timeout=timeout, env=env)
 
+    def exchange(self, node: str, *, command: list[str], handler: Handler) -> Exchange:
+        return self._part(node).exchange(node, command=command, handler=handler)
+
     def provision(self, node: str, policy: dict[str, Any]) -> dict[str, Any]:
         """Create the node root if it does not exist (an existing one is never touched)."""
         part = self._part(node)
@@ -78,18 +82,32 @@ class ClusterTransport:
                 closer()
 
 
-def open_transport(repo: Path, config: RepoConfig) -> ClusterTransport:
-    """Local nodes through :class:`LocalTransport`, ssh nodes through one :class:`SshTransport`."""
-    local = {n.name: n.local_root(repo) for n in config.cluster.nodes if n.transport == "local"}
+def transport_for(
+    specs: Iterable[NodeSpec],
+    *,
+    base: Path,
+    mirror: Path,
+    known_hosts: Path | None = None,
+    connect_timeout: float | None = None,
+) -> ClusterTransport:
+    """Local nodes (roots relative to ``base``) through one :class:`LocalTransport`, ssh nodes through
+    one :class:`SshTransport` (pinning host keys in ``known_hosts``, mirroring into ``mirror``)."""
+    specs = list(specs)
+    local = {n.name: n.local_root(base) for n in specs if n.transport == "local"}
     parts: dict[str, Transport] = {}
     if local:
         lt = LocalTransport(local)
         parts.update(dict.fromkeys(local, lt))
-    ssh_specs = [n for n in config.cluster.nodes if n.transport == "ssh"]
+    ssh_specs = [n for n in specs if n.transport == "ssh"]
     if ssh_specs:
-        st = SshTransport(ssh_specs, known_hosts=repo / KNOWN_HOSTS, mirror=repo / MIRROR_DIR)
+        st = SshTransport(ssh_specs, known_hosts=known_hosts, mirror=mirror, connect_timeout=connect_timeout)
         parts.update(dict.fromkeys((s.name for s in ssh_specs), st))
     return ClusterTransport(parts)
+
+
+def open_transport(repo: Path, config: RepoConfig) -> ClusterTransport:
+    """The repo's nodes, each through the transport ``haios.yaml`` names for it."""
+    return transport_for(config.cluster.nodes, base=repo, mirror=repo / MIRROR_DIR, known_hosts=repo / KNOWN_HOSTS)
 
 
 __all__ = [
@@ -97,7 +115,9 @@ __all__ = [
     "MIRROR_DIR",
     "ClusterTransport",
     "Completed",
+    "Exchange",
     "LocalTransport",
     "Transport",
     "open_transport",
+    "transport_for",
 ]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+Handler = Callable[[Path, dict[str, Any]], dict[str, Any]]
+"""A node-side server run in this process: (node root, request) -> answer."""
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,18 @@ class Completed:
     @property
     def ok(self) -> bool:
         return self.returncode == 0
+
+
+class Exchange(Protocol):
+    """A long-lived conversation with one node: one JSON request, then its JSON answer, in turn (the
+    replication stream). The node's HaiosErrors arrive as themselves; a node that cannot be reached,
+    or a conversation that broke, is a TransportError, and the next request starts it again."""
+
+    name: str
+
+    def request(self, request: dict[str, Any]) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
 
 
 class Transport(Protocol):
@@ -46,4 +62,10 @@ class Transport(Protocol):
 
     def run(self, node: str, argv: list[str], *, timeout: float, env: dict[str, str] | None = None) -> Completed:
         """Run a command in the node root (a compensating playbook); never raises for a non-zero exit."""
+        ...
+
+    def exchange(self, node: str, *, command: list[str], handler: Handler) -> Exchange:
+        """A conversation with a server on the node: ``haios --output json COMMAND ROOT`` answering a
+        JSON line per request line on a remote node; ``handler(root, request)`` on a node whose root is
+        on this machine."""
         ...

@@ -12,7 +12,27 @@ from typing import Any
 from ..errors import InputError, IntegrityError, TransportError
 from ..node.recover import dispatch
 from ..untrusted import read_regular
-from .base import Completed
+from .base import Completed, Handler
+
+
+class LocalExchange:
+    """A conversation with a node whose root is a directory here: each request runs in this process."""
+
+    def __init__(self, name: str, root: Path, handler: Handler) -> None:
+        self.name = name
+        self.root = root
+        self.handler = handler
+
+    def request(self, request: dict[str, Any]) -> dict[str, Any]:
+        if not (self.root / "state.txt").exists():
+            raise TransportError(f"{self.name}: no node root at {self.root}")
+        try:
+            return self.handler(self.root, request)
+        except OSError as exc:
+            raise TransportError(f"{self.name}: {exc.strerror or exc} ({self.root})") from exc
+
+    def close(self) -> None:
+        return None
 
 
 class LocalTransport:
@@ -64,3 +84,6 @@ class LocalTransport:
         except OSError as exc:
             return Completed(127, "", f"cannot run {argv[0]}: {exc.strerror}")
         return Completed(proc.returncode, proc.stdout, proc.stderr)
+
+    def exchange(self, node: str, *, command: list[str], handler: Handler) -> LocalExchange:
+        return LocalExchange(node, self.root(node), handler)

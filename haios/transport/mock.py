@@ -15,9 +15,27 @@ from typing import Any
 from ..errors import TransportError
 from ..fsutil import atomic_write, makedirs_durable
 from .base import Completed
+from .base import Handler as NodeHandler
 
 Handler = Callable[[str, dict[str, Any]], dict[str, Any]]
 Command = Callable[[str, list[str]], Completed]
+
+
+class MockExchange:
+    """A conversation with a mock node: each request goes to the mock's handler, logged as "exchange"."""
+
+    def __init__(self, mock: MockTransport, name: str) -> None:
+        self.mock = mock
+        self.name = name
+
+    def request(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.mock._up(self.name, "exchange", request)
+        if self.mock.handler is None:
+            raise TransportError(f"{self.name}: this mock answers no requests")
+        return self.mock.handler(self.name, request)
+
+    def close(self) -> None:
+        return None
 
 
 class MockTransport:
@@ -84,3 +102,9 @@ class MockTransport:
         if self.command is None:
             return Completed(127, "", f"{argv[0]}: not scripted in this mock")
         return self.command(node, argv)
+
+    def exchange(self, node: str, *, command: list[str], handler: NodeHandler) -> MockExchange:
+        """Requests go to the mock's ``handler`` (``handler`` here is the node-side server a real
+        node would run, which a mock has no root for)."""
+        self._up(node, "exchange", command)
+        return MockExchange(self, node)

@@ -28,17 +28,17 @@ import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .. import __version__
 from ..config.model import NAME_RE, NodeSpec, ssh_root_ok
 from ..errors import HaiosError, HostKeyError, IntegrityError, TransportError, UsageError, from_wire
 from ..fsutil import atomic_write, makedirs_durable
 from ..untrusted import LIMITS
-from .base import Completed
+from .base import Completed, Handler
 
 SAFE_WORD = re.compile(r"^[A-Za-z0-9._:/@+=,%-]*$")  # argv words that need no quoting at all
 CONNECT_RETRIES = (0.2, 0.5, 1.0)  # waits between attempts to open a connection
@@ -395,6 +395,10 @@ class SshTransport:
             raise ssh_error(node, "cannot start a command", exc) from exc
         return chan
 
+    def exchange(self, node: str, *, command: list[str], handler: Handler) -> SshExchange:
+        """``haios --output json COMMAND ROOT`` on the node, on a channel kept open for many requests."""
+        return SshExchange(self, node, ["--output", "json", *command, self.spec(node).root])
+
     def version(self, node: str) -> str:
         """The version of haios on the node (``haios --version``), asked once per transport."""
         if node not in self._versions:
@@ -565,6 +569,67 @@ def ssh_error(node: str, doing: str, exc: BaseException, *, hint: str | None = N
     """The TransportError for a paramiko or socket error while ``doing`` something with ``node``
     (raise it ``from exc``: the cause stays attached)."""
     return TransportError(f"{node}: {doing}: {_why(exc)}", hint=hint)
+
+
+class SshExchange:
+    """A conversation with a server on an SSH node: one channel, kept open, one JSON line each way per
+    request. The channel waits for an answer as long as the transport waits for a connection."""
+
+    def __init__(self, transport: SshTransport, name: str, words: list[str]) -> None:
+        self.name = name
+        self.transport = transport  # it owns the connection and the pinned host key
+        self.words = words
+        self._lock = threading.Lock()
+        self._stream: tuple[Any, IO[bytes], Iterator[bytes]] | None = None
+
+    def _open(self) -> tuple[Any, IO[bytes], Iterator[bytes]]:
+        if self._stream is None:
+            channel = self.transport.open_stream(self.name, self.words)
+            channel.settimeout(self.transport.connect_timeout)
+            out = channel.makefile("rb")
+            self._stream = (channel, channel.makefile_stdin("wb"), iter(out.readline, b""))
+        return self._stream
+
+    def request(self, request: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            try:
+                channel, stdin, lines = self._open()
+                stdin.write(json.dumps(request, separators=(",", ":")).encode() + b"\n")
+                stdin.flush()
+                line = next(lines, b"")
+            except HaiosError:
+                self.close()
+                raise
+            except Exception as exc:  # noqa: BLE001 - paramiko and socket errors of every kind
+                self.close()
+                raise ssh_error(self.name, "the conversation with the node broke", exc) from exc
+            if not line:
+                problem = (
+                    channel.recv_stderr(4096).decode(errors="replace").strip() if channel.recv_stderr_ready() else ""
+                )
+                self.close()
+                raise TransportError(
+                    f"{self.name}: the server on the node ended{': ' + ' '.join(problem.split())[:200] if problem else ''}"
+                )
+            try:
+                answer = json.loads(line)
+            except ValueError:
+                self.close()
+                raise TransportError(f"{self.name}: unexpected answer from the node: {line[:200]!r}") from None
+        if not isinstance(answer, dict):
+            raise TransportError(f"{self.name}: unexpected answer from the node: {line[:200]!r}")
+        if isinstance(answer.get("error"), dict):
+            raise remote_error(self.name, answer["error"])
+        return answer
+
+    def close(self) -> None:
+        """End the conversation and the connection to the node (the next request opens both again)."""
+        if self._stream is not None:
+            channel = self._stream[0]
+            self._stream = None
+            with suppress(Exception):  # closing a broken channel may fail; it is gone either way
+                channel.close()
+        self.transport.disconnect(self.name)
 
 
 def _result(node: str, root: str, done: Completed) -> dict[str, Any]:

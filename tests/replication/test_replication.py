@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -18,13 +19,14 @@ from haios.errors import EXIT_BLOCKED, QuorumError, ReplicaChunkError, WalMissin
 from haios.node import Node
 from haios.ops.doctor import run_doctor
 from haios.replication import Replicator, Settings
-from haios.replication.links import LocalLink, serve
+from haios.replication.links import handle, serve
 from haios.replication.origin import MIN_SAMPLES, STATE_FILE
 from haios.replication.peer import Chunk, receive
 from haios.replication.restore import restore_wal
 from haios.sim.check import sim_check
 from haios.sim.simulator import sim_init, sim_run
 from haios.sim.trials import run_trials
+from haios.transport.local import LocalExchange
 from haios.wal import RecordType, read_records
 from haios.wal.format import decode_segment_header
 from haios.wal.reader import list_segments, verify
@@ -42,7 +44,7 @@ def _records(wal: Path) -> list[tuple[int, int, int]]:
     return [(r.lamport, r.crc, int(r.type)) for r in read_records(wal)]
 
 
-def _node(cluster: Path, name: str, links: dict[str, LocalLink] | None = None) -> Node:
+def _node(cluster: Path, name: str, links: dict[str, LocalExchange] | None = None) -> Node:
     node = Node(cluster / "nodes" / name)
     if links is not None:
         node._replicator = Replicator(name, node.root, Settings.from_policy(node.policy), links=dict(links))
@@ -153,8 +155,8 @@ def test_slow_peer_is_demoted_to_lagging_and_writes_still_reach_a_majority(repli
 
     nodes = replicated / "nodes"
     links = {
-        "node-2": LocalLink("node-2", nodes / "node-2", sync=lambda fd: None),
-        "node-3": LocalLink("node-3", nodes / "node-3", sync=slow_sync),
+        "node-2": LocalExchange("node-2", nodes / "node-2", partial(handle, sync=lambda fd: None)),
+        "node-3": LocalExchange("node-3", nodes / "node-3", partial(handle, sync=slow_sync)),
     }
     node = Node(nodes / "node-1")
     settings = dataclasses.replace(Settings.from_policy(node.policy), min_write_timeout=1.0)
