@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import RepoError
-from .gitrepo import _git, _identity_env, git_error
+from .gitrepo import git_error, gitpython, identity_env
 from .untrusted import inert
 
 _TRAILER_VALUE = re.compile(r"[A-Za-z0-9._:@+=/-]{1,200}")
@@ -89,7 +89,7 @@ def commit_run(
     a node name or a compensator's output is written as a visible escape), so nothing read from
     outside can add a line, least of all a trailer; the trailers are written from checked values.
     """
-    git = _git()
+    git = gitpython()
     trailers = []
     for t in traces:
         trailers += [
@@ -110,7 +110,7 @@ def commit_run(
     for _ in range(_RETRIES):
         try:
             with git.Repo(repo) as r:
-                env = {**os.environ, **_identity_env(r.config_reader())}
+                env = {**os.environ, **identity_env(r.config_reader())}
                 r.git.add("--", *existing)
                 if not r.git.diff("--cached", "--name-only", "--", *existing).strip():
                     return None
@@ -140,7 +140,7 @@ class WorkTree:
 
 def worktree(repo: Path) -> WorkTree:
     """The uncommitted edits to tracked desired-state files, and the branch HEAD is on."""
-    git = _git()
+    git = gitpython()
     try:
         with git.Repo(repo) as r:
             if not r.head.is_valid():
@@ -174,7 +174,7 @@ def require_committed(repo: Path, allow_dirty: bool, tree: WorkTree | None = Non
 def unpushed(repo: Path, remote: str | None = None) -> int | None:
     """How many commits of the current branch ``remote`` has not got, as far as the last fetch or
     push knows (None: unknown, no remote-tracking branch)."""
-    git = _git()
+    git = gitpython()
     name = remote or "origin"
     try:
         with git.Repo(repo) as r:
@@ -190,7 +190,7 @@ def unpushed(repo: Path, remote: str | None = None) -> int | None:
 
 def push(repo: Path, remote: str | None = None) -> str:
     """Push the current branch (and the lease refs) to ``remote`` (default: the branch's upstream or origin)."""
-    git = _git()
+    git = gitpython()
     try:
         with git.Repo(repo) as r:
             name = remote or "origin"
@@ -205,7 +205,7 @@ def push(repo: Path, remote: str | None = None) -> str:
 
 def history(repo: Path, *, trace_id: str | None = None, limit: int | None = None) -> list[AuditEntry]:
     """The audit commits, newest first (only those with haios trailers; ``trace_id`` narrows them)."""
-    git = _git()
+    git = gitpython()
     try:
         with git.Repo(repo) as r:
             if not r.head.is_valid():
@@ -239,7 +239,7 @@ def history(repo: Path, *, trace_id: str | None = None, limit: int | None = None
 
 def desired_commit(repo: Path) -> str | None:
     """The last commit that changed the desired state (anything outside ``status/``)."""
-    git = _git()
+    git = gitpython()
     try:
         with git.Repo(repo) as r:
             if not r.head.is_valid():

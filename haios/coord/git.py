@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from ..errors import BarrierMoved, FencedError, LockHeldError, RepoError
+from ..gitrepo import run_git
 from .base import Barrier, Lease, check_advance, held_error
 
 REF_PREFIX = "refs/haios/locks/"
@@ -43,35 +43,25 @@ class GitBackend:
 
     # -- plumbing --------------------------------------------------------------------------------
 
-    def _git(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        try:
-            proc = subprocess.run(
-                ["git", *args],
-                cwd=self.repo,
-                input=stdin,
-                capture_output=True,
-                text=True,
-                env={**os.environ, **_ENV},
-                timeout=120,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise RepoError(f"{self.repo}: git {args[0]} failed: {exc}", hint="is git installed?") from exc
-        if check and proc.returncode != 0:
-            raise RepoError(f"{self.repo}: git {' '.join(args[:2])} failed: {' '.join(proc.stderr.split())}")
-        return proc
+    def _git(self, *args: str, check: bool = True) -> tuple[int, str, str]:
+        """(status, stdout, stderr) of one git command in the repo; RepoError for a failure when ``check``."""
+        status, out, err = run_git(self.repo, *args, env=_ENV)
+        if check and status != 0:
+            raise RepoError(f"{self.repo}: git {' '.join(args[:2])} failed: {' '.join(err.split())}")
+        return status, out, err
 
     def _ref(self, shard: str) -> str:
         return shard if shard.startswith("refs/") else REF_PREFIX + shard
 
     def _oid(self, shard: str) -> str | None:
-        proc = self._git("rev-parse", "--verify", "--quiet", self._ref(shard) + "^{commit}", check=False)
-        return proc.stdout.strip() or None
+        _, out, _ = self._git("rev-parse", "--verify", "--quiet", self._ref(shard) + "^{commit}", check=False)
+        return out.strip() or None
 
     def _body(self, oid: str) -> Any:
-        return json.loads(self._git("cat-file", "commit", oid).stdout.split("\n\n", 1)[1])
+        return json.loads(self._git("cat-file", "commit", oid)[1].split("\n\n", 1)[1])
 
     def _load(self, oid: str) -> Lease:
-        body = self._git("cat-file", "commit", oid).stdout.split("\n\n", 1)[1]
+        body = self._git("cat-file", "commit", oid)[1].split("\n\n", 1)[1]
         try:
             return Lease.from_dict(json.loads(body))
         except (ValueError, TypeError) as exc:
@@ -83,13 +73,13 @@ class GitBackend:
 
     def _swap(self, shard: str, lease: Lease | Barrier, old: str | None) -> None:
         if self._empty_tree is None:
-            self._empty_tree = self._git("hash-object", "-t", "tree", "-w", "--stdin", stdin="").stdout.strip()
+            self._empty_tree = self._git("hash-object", "-t", "tree", "-w", os.devnull)[1].strip()
         parents = ["-p", old] if old else []
         message = json.dumps(lease.as_dict(), sort_keys=True)
-        new = self._git("commit-tree", self._empty_tree, *parents, stdin=message).stdout.strip()
+        new = self._git("commit-tree", self._empty_tree, *parents, "-m", message)[1].strip()
         ref = self._ref(shard)
         if self.remote:
-            proc = self._git(
+            status, _, err = self._git(
                 "push",
                 "--quiet",
                 "--atomic",
@@ -98,17 +88,17 @@ class GitBackend:
                 f"{new}:{ref}",
                 check=False,
             )
-            if proc.returncode != 0:
-                if "stale info" in proc.stderr or "rejected" in proc.stderr:
+            if status != 0:
+                if "stale info" in err or "rejected" in err:
                     raise _Lost()
-                raise RepoError(f"{self.repo}: pushing {ref} to {self.remote} failed: {' '.join(proc.stderr.split())}")
+                raise RepoError(f"{self.repo}: pushing {ref} to {self.remote} failed: {' '.join(err.split())}")
             self._git("update-ref", ref, new)
             return
-        proc = self._git("update-ref", "-m", f"haios {shard}", ref, new, old or "", check=False)
-        if proc.returncode != 0:
+        status, _, err = self._git("update-ref", "-m", f"haios {shard}", ref, new, old or "", check=False)
+        if status != 0:
             if self._oid(shard) != old:
                 raise _Lost()
-            raise RepoError(f"{self.repo}: git update-ref {ref} failed: {' '.join(proc.stderr.split())}")
+            raise RepoError(f"{self.repo}: git update-ref {ref} failed: {' '.join(err.split())}")
 
     # -- the Backend interface -------------------------------------------------------------------
 

@@ -23,7 +23,8 @@ from typing import Any
 from .. import controlfile
 from ..config import load_repo
 from ..config.model import PHASES
-from ..errors import HaiosError, WalCorruptError
+from ..errors import HaiosError, RepoError, WalCorruptError
+from ..gitrepo import run_git
 from ..layout import JOURNAL_DIR
 from ..recovery.journal import load as load_journal
 from ..recovery.machine import State
@@ -218,10 +219,9 @@ def sim_check(directory: Path | str) -> list[Violation]:
     # 6. audit: every RECOVERY step's trace has a commit in the repo
     traces = {r.payload["trace_id"] for recs in records_by_node.values() for r in recs if r.type is RecordType.RECOVERY}
     if traces:
-        import git
-
-        with git.Repo(path) as repo:
-            log = repo.git.log("--format=%B")
+        status, log, err = run_git(path, "log", "--format=%B")
+        if status != 0:
+            raise RepoError(f"{path}: git log failed: {' '.join(err.split())}")
         audited = {line.split(":", 1)[1].strip() for line in log.splitlines() if line.startswith("Haios-Trace-Id:")}
         for trace in sorted(traces - audited):
             violations.append(
