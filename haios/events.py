@@ -17,6 +17,7 @@ within a version. The types:
 ``recovery.step``  a recovery step finished on a node: node, action, outcome, timings
 ``alert``          an alert raised: alert, message
 ``trace``          a trace's outcome in this run: before, after, exit code contribution
+``policy``         the compiled desired state pushed to a node: node, outcome, digest (or error)
 ``commit``         the audit commit of a run: commit, pushed_to
 ``run``            the end of a reconcile run: exit code, next_due
 ``finding``        a doctor finding: kind, severity, nodes, summary, fix
@@ -41,6 +42,7 @@ TYPES = (
     "recovery.step",
     "alert",
     "trace",
+    "policy",
     "commit",
     "run",
     "finding",

@@ -19,6 +19,7 @@ APPLIED_FILE = f"{STATUS_DIR}/overrides/applied.yaml"  # the signed overrides ca
 MEMBERSHIP_FILE = f"{STATUS_DIR}/membership.yaml"  # isolations and evictions
 PLACEMENT_FILE = f"{STATUS_DIR}/replication.yaml"  # replica groups
 ALERTS_DIR = f"{STATUS_DIR}/alerts"
+POLICY_FILE = f"{STATUS_DIR}/policy.yaml"  # the compiled desired state each member was last given
 
 OBSERVED_DIR = f"{STATUS_DIR}/observed"  # this machine's cache, not committed
 MIRROR_DIR = f"{OBSERVED_DIR}/mirror"  # copies of remote nodes' WAL and control files

@@ -82,6 +82,9 @@ def render_markdown(plan: Plan) -> str:
         ]
     for lost in plan.unreached.values():
         lines += [f"**Not reached:** {lost['error']}" + (f" — {lost['hint']}" if lost["hint"] else ""), ""]
+    if plan.policy:
+        nodes = ", ".join(f"`{p['node']}`" for p in plan.policy)
+        lines += [f"**Policy:** the desired state `{plan.policy[0]['want'][:12]}` is pushed to {nodes}", ""]
     if not plan.traces:
         settled = settled_line(plan)
         lines.append(settled[0].upper() + settled[1:] + ".")
@@ -177,6 +180,13 @@ def _override_lines(rows: list[dict[str, Any]]) -> None:
         _render.out(f"override {r['file']} ({what}): {r['effect']}{why}", style=_EFFECT_STYLE.get(r["effect"], "red"))
 
 
+def _policy_lines(owed: list[dict[str, Any]]) -> None:
+    """The members reconcile would give the committed desired state (their policy is older)."""
+    if owed:
+        nodes = ", ".join(p["node"] for p in owed)
+        _render.out(f"policy: push the desired state {owed[0]['want'][:12]} to {nodes}", style="cyan")
+
+
 def _print_plan(plan: Plan) -> None:
     desired = (plan.desired_commit or "uncommitted")[:12]
     _render.out(
@@ -197,6 +207,7 @@ def _print_plan(plan: Plan) -> None:
     _override_lines(plan.overrides)
     _unreached_lines(plan.unreached)
     _abandoned_lines(plan.abandoned)
+    _policy_lines(plan.policy)
     if not plan.traces:
         settled = not plan.unreached and not plan.refused
         _render.out(settled_line(plan), style="green" if settled else "red")
@@ -315,6 +326,11 @@ def _print_result(result: RunResult) -> None:
     _membership_lines(result.plan.membership)
     _override_lines([r for r in result.plan.overrides if r.get("effect") != "applies"])
     _unreached_lines(result.plan.unreached)
+    for p in result.policy:
+        if p["outcome"] == "failed":
+            _render.out(f"policy not pushed to {p['node']}: {p.get('error')} (a later run pushes it)", style="yellow")
+        elif p["outcome"] == "pushed":
+            _render.out(f"policy pushed to {p['node']} ({p['digest'][:12]})", style="green")
     if not result.outcomes and not result.note:
         settled = not result.plan.unreached and not result.plan.refused
         _render.out(f"nothing to do: {settled_line(result.plan)}", style="green" if settled else "yellow")

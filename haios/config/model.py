@@ -5,7 +5,10 @@ Defaults are the seed values of SPEC §3–§6; every duration is held in second
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -295,17 +298,23 @@ class RepoConfig:
         return [] if name in self.playbooks else self.blocking(f"playbooks/{name}.yaml")
 
     def compile_policy(self, desired_commit: str | None = None) -> dict[str, Any]:
-        """The compiled desired state pushed to every node's ``policy`` control file (SPEC §2.1)."""
-        return {
+        """The compiled desired state pushed to every node's ``policy`` control file (SPEC §2.1), its
+        :func:`policy_digest` first (a reader finds it on the first line without parsing the rest)."""
+        body = {
             "cluster": self.cluster.name,
             "desired_commit": desired_commit,
             "membership": {name: m.status for name, m in self.desired.membership.items()},
             "max_g": self.desired.max_g,
             "suspend": self.desired.suspend,
+            "phases": {
+                name: {"on_partial": p.on_partial, "sla": p.sla, "resume_playbook": p.resume_playbook}
+                for name, p in sorted(self.desired.phases.items())
+            },
             "thresholds": self.thresholds.as_dict(),
             "data_schemas": [s.as_dict() for s in self.data_schemas],
             **({"replication": self.replication_policy()} if self.cluster.replication.mode != "off" else {}),
         }
+        return {"digest": policy_digest(body), **body}
 
     def replication_policy(self) -> dict[str, Any]:
         """What a node needs to replicate its WAL: the mode, R, and how to reach every other node."""
@@ -324,6 +333,14 @@ class RepoConfig:
                 }
         r = self.cluster.replication
         return {"mode": r.mode, "replicas": r.replicas, "peers": peers}
+
+
+def policy_digest(policy: Mapping[str, Any]) -> str:
+    """SHA-256 of what a node enforces: the canonical JSON of a compiled policy without its digest and
+    the commit it was compiled from (a commit that changes nothing a node enforces changes no digest)."""
+    body = {k: v for k, v in policy.items() if k not in ("digest", "desired_commit")}
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canon.encode()).hexdigest()
 
 
 # placeholders for a policy file that is not valid (RepoConfig.unreadable): each grants nothing

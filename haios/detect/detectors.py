@@ -69,6 +69,7 @@ class NodeObservation:
     gossip: dict[str, Any] | None = None
     control_errors: list[str] = field(default_factory=list)
     override_nonces: tuple[str, ...] = ()  # nonces of the signed overrides its WAL says were applied
+    policy_digest: str | None = None  # the digest of the compiled desired state its policy file holds
     wal_error: dict[str, Any] | None = None
     phases: dict[tuple[int, str], PhaseSummary] = field(default_factory=dict)
     last_lamport: int = 0

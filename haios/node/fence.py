@@ -8,7 +8,8 @@ from .. import controlfile
 from ..config.model import PHASES
 from ..errors import FencedError, VersionConflict
 
-SHARDS = PHASES  # recovery locks are sharded per phase (SPEC §4.6)
+POLICY_SHARD = "policy"  # the pushes of the compiled desired state are fenced on a shard of their own
+SHARDS = (*PHASES, POLICY_SHARD)  # recovery locks are sharded per phase (SPEC §4.6)
 
 
 def check_fence(root: Path, shard: str, token: int, *, attempts: int = 20) -> int:

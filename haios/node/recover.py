@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import controlfile
-from ..config.model import PHASES, phase_order
+from ..config.model import PHASES, phase_order, policy_digest
 from ..errors import BarrierError, ControlFileError, UsageError, VersionConflict, WalCorruptError
+from ..resources import schema
 from ..wal import Record, RecordType, read_records
 from ..wal.phases import ABANDON_STEP, PhaseLog
 from . import replicas
-from .fence import check_fence
+from .fence import POLICY_SHARD, check_fence
+from .root import CONTROL_FILES
 from .timing import STEPS, collecting
 from .transaction import Node, crash_window, scan_phases
 
@@ -36,6 +38,7 @@ OPS = (
     "repair",
     "checkpoint",
     "catchup",
+    "policy",
     "restore_wal",
     "replication",
 )
@@ -330,6 +333,41 @@ def catchup(root: Path, *, trace_id: str, token: int, g: int, phase: str, note: 
     return {"node": node.name, "outcome": "committed"}
 
 
+def policy(root: Path, *, token: int, policy: dict[str, Any]) -> dict[str, Any]:
+    """Make ``policy`` (the compiled desired state, :meth:`RepoConfig.compile_policy`) the node's
+    ``policy`` control file: fenced on the policy shard (a stale reconciler's push is refused), and
+    only when its digest differs from the one the node holds. A policy that does not follow its
+    schema, whose digest is not that of its content, or that is another cluster's is refused."""
+    from jsonschema import Draft202012Validator  # only a push needs it: every other request starts faster
+
+    if not isinstance(policy, dict):
+        raise UsageError(f"{root}: a pushed policy must be a mapping")
+    error = next(iter(Draft202012Validator(schema(CONTROL_FILES["policy"])).iter_errors(policy)), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        raise UsageError(f"{root}: the pushed policy is not one haios compiles ({where}: {error.message[:200]})")
+    if policy.get("digest") != policy_digest(policy):
+        raise UsageError(f"{root}: the pushed policy's digest is not that of its content (damaged on the way?)")
+    path = root / "policy"
+    for _ in range(20):
+        current, version = controlfile.read_mapping(path) if path.exists() else ({}, None)
+        if current.get("cluster") not in (None, policy["cluster"]):
+            raise UsageError(
+                f"{root}: this node belongs to cluster {str(current['cluster'])[:64]!r}, not {policy['cluster']!r}",
+                hint="check the node's address and root in haios.yaml",
+            )
+        check_fence(root, POLICY_SHARD, token)  # SPEC §2.5: a stale reconciler never writes
+        name = Node(root).name
+        if current.get("digest") == policy["digest"]:
+            return {"node": name, "outcome": "already current", "digest": policy["digest"]}
+        try:
+            written = controlfile.write_mapping(path, policy, expected_version=version)
+        except VersionConflict:
+            continue  # pushed meanwhile by another reconciler: read again and decide again
+        return {"node": name, "outcome": "pushed", "digest": policy["digest"], "version": written}
+    raise ControlFileError(path, "too many concurrent writers; run reconcile again")
+
+
 def dispatch(root: Path, request: dict[str, Any]) -> dict[str, Any]:
     """Run one operation from a JSON request ``{"op": ..., ...}`` (the remote form of the functions above)."""
     op = request.get("op")
@@ -345,6 +383,7 @@ def dispatch(root: Path, request: dict[str, Any]) -> dict[str, Any]:
         "repair": repair,
         "checkpoint": checkpoint,
         "catchup": catchup,
+        "policy": policy,
         **replicas.operations(),
     }
     func = operations.get(str(op))
@@ -358,6 +397,7 @@ def dispatch(root: Path, request: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = func(root, **args)
     if op not in (
         "inspect",
+        "policy",
         "replication",
         "restore_wal",
     ):  # where the time went (SPEC §9's recovery steps), for the metrics
@@ -371,6 +411,7 @@ __all__ = [
     "checkpoint",
     "compensated",
     "dispatch",
+    "policy",
     "forward",
     "inspect",
     "repair",

@@ -389,7 +389,15 @@ class Node:
             )
         limit = self.max_g()
         if limit is not None and g > limit:
-            raise BarrierError(f"{self.root}: g={g} is beyond max_g={limit} (the desired state freezes the cluster)")
+            raise BarrierError(
+                f"{self.root}: g={g} is beyond max_g={limit} (the desired state freezes the cluster)",
+                hint="raise or remove max_g in desired/state.yaml, commit, and run 'haios reconcile'",
+            )
+        if self.policy.get("suspend") is True:
+            raise BarrierError(
+                f"{self.root}: {phase} of g={g} refused on {self.name}: the desired state suspends the cluster",
+                hint="set suspend: false in desired/state.yaml, commit, and run 'haios reconcile'",
+            )
         name = snapshot.snapshot_name(g, phase)
         _, snapshot_bytes = snapshot.take(self.root, name)  # before BEGIN_PHASE: a logged BEGIN has its snapshot
         trace = trace_id or uuid.uuid4().hex

@@ -733,6 +733,7 @@ def _judge(path: Path, seen: _Gathered, report: DoctorReport, at: float, full: b
     for node, obs in seen.observations.items():
         findings += _integrity(obs, seen.local[node], seen.views[node], full, replicated)
         findings += _clock_skew(node, obs, at, t.max_clock_skew)
+    findings += _policy_stale(seen)
     # a file not every decision needs: the transitions that need it wait (plan says which)
     findings += [_config_finding(path, problem, {"file": rel}) for rel, problem in config.unreadable.items()]
     findings += _fx(path, config, at)
@@ -745,6 +746,35 @@ def _judge(path: Path, seen: _Gathered, report: DoctorReport, at: float, full: b
     findings += _stale_leases(config, at)
     findings += _membership(path)
     return findings
+
+
+def _policy_stale(seen: _Gathered) -> list[Finding]:
+    """Members whose policy file is not the compiled desired state: what was committed (a freeze, a
+    suspension, a membership or threshold change) does not hold there yet."""
+    config = seen.config
+    if any(rel.startswith("schemas/") for rel in config.unreadable):
+        return []  # the compiled policy would lack a schema: the config finding says what to mend
+    want = config.compile_policy()["digest"]
+    gone = {name for name, m in config.desired.membership.items() if m.status == "decommissioned"}
+    out = []
+    for node, obs in sorted(seen.observations.items()):
+        if node in gone or not obs.reachable or obs.refused or obs.policy_digest == want:
+            continue
+        have = obs.policy_digest[:12] if obs.policy_digest else "none"
+        out.append(
+            Finding(
+                "policy_stale",
+                "warning",
+                (node,),
+                None,
+                None,
+                f"{node} enforces an older desired state (policy digest {have}, the committed one {want[:12]}): "
+                "max_g, suspend, membership and thresholds committed since do not hold there",
+                {"have": obs.policy_digest, "want": want},
+                "haios reconcile",
+            )
+        )
+    return out
 
 
 def _clock_skew(node: str, obs: NodeObservation, at: float, limit: float) -> list[Finding]:

@@ -15,13 +15,23 @@ from ..controlfile import dump_mapping
 from ..errors import EXIT_LOCKED, BarrierMoved, HaiosError
 from ..events import Sink, make
 from ..fsutil import atomic_write, makedirs_durable
-from ..layout import ALERTS_DIR, APPLIED_FILE, JOURNAL_DIR, MEMBERSHIP_FILE, PLACEMENT_FILE, SEL_DIR, STATUS_FILE
+from ..layout import (
+    ALERTS_DIR,
+    APPLIED_FILE,
+    JOURNAL_DIR,
+    MEMBERSHIP_FILE,
+    PLACEMENT_FILE,
+    POLICY_FILE,
+    SEL_DIR,
+    STATUS_FILE,
+)
 from ..recovery import journal as journals
 from ..recovery import membership as members
 from ..recovery.machine import State
 from ..recovery.model import Context, RunResult, TraceOutcome
 from ..recovery.nodeops import node_state
 from ..replication import placement
+from . import policy as policies
 
 
 def status_file(ctx: Context) -> dict[str, Any]:
@@ -84,6 +94,7 @@ def _message(
     events: list[members.Event] | None = None,
     raised: list[alerts.Change] | None = None,
     placement: list[str] | None = None,
+    pushed: list[str] | None = None,
 ) -> tuple[str, list[str]]:
     verbs = {"forward": "rolled forward", "rollback": "rolled back", "resume": "resumed", "abort": "aborted"}
     done = [o for o in outcomes if o.recorded]
@@ -98,6 +109,8 @@ def _message(
         parts = [f"alert {c.alert.alert} {c.state}" for c in raised]
     if not parts and placement:
         parts = ["replica placement"]
+    if not parts and pushed:
+        parts = [f"policy pushed to {', '.join(pushed)}"]
     subject = "haios reconcile: " + ("; ".join(parts) if parts else "recorded trace states")
     if len(subject) > 100:
         subject = f"haios reconcile: {len(done)} traces ({', '.join(sorted({o.after for o in done}))})"
@@ -151,9 +164,13 @@ def finish(
     result.alerts = [c.as_dict() for c in raised]
     for c in raised:
         emit(make("alert", c.alert.trace_id, node=c.alert.node, **c.as_dict()))
-    if changed or events or raised or PLACEMENT_FILE in paths:
+    pushed = [p["node"] for p in result.policy if p.get("outcome") == "pushed"]
+    if pushed:
+        paths.append(POLICY_FILE)
+    if changed or events or raised or PLACEMENT_FILE in paths or pushed:
         write_status(ctx)
-        subject, body = _message(result.outcomes, events, raised, result.placement)
+        subject, body = _message(result.outcomes, events, raised, result.placement, pushed)
+        body += policies.lines(result)
         traces = [
             {
                 "trace_id": o.trace_id,
@@ -164,12 +181,12 @@ def finish(
             for o in changed
         ]
         result.commit = recorder.commit_run(paths, subject, body, traces, plan.observed_hash)
-    _push(result, recorder, push, remote)
+    push_audit(result, recorder, push, remote)
     if result.commit is not None:
         emit(make("commit", commit=result.commit, pushed_to=result.pushed_to, traces=[o.trace_id for o in changed]))
 
 
-def _push(result: RunResult, recorder: Recorder, push: bool, remote: str | None) -> None:
+def push_audit(result: RunResult, recorder: Recorder, push: bool, remote: str | None) -> None:
     if push and result.commit is not None:
         result.pushed_to = recorder.push(remote)
     elif push:  # nothing new: still push what an earlier, rejected push left behind

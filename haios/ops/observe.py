@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import struct
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -51,6 +52,16 @@ _SUMMARISED = frozenset(
 )
 KEEP_COMPLETED = 20  # completed phase summaries kept per node (open ones are always kept)
 STATE_VERSION = 6  # 6: the phases kept are the WAL projection's own (lean) attempts
+
+
+_DIGEST_LINE = re.compile(rb"""^digest: ['"]?([0-9a-f]{64})['"]?$""")
+
+
+def policy_digest_line(body: bytes) -> str | None:
+    """The digest a verified ``policy`` body names on its first line (compile_policy puts it there),
+    without parsing the rest; None for a policy without one (pushed by an older haios)."""
+    match = _DIGEST_LINE.match(body.split(b"\n", 1)[0])
+    return match.group(1).decode() if match else None
 
 
 def _cache_path(repo: Path, node: str) -> Path:
@@ -316,7 +327,9 @@ def observe_node(repo: Path, node: str, root: Path) -> tuple[NodeObservation, di
             continue
         try:
             if name in ("fence", "policy", "replication"):
-                controlfile.read(path)  # integrity only: the policy holds the whole membership, large to parse
+                cf = controlfile.read(path)  # integrity only: the policy holds the whole membership, large to parse
+                if name == "policy":
+                    obs.policy_digest = policy_digest_line(cf.body)
                 continue
             body, _ = controlfile.read_mapping(path)
         except HaiosError as exc:

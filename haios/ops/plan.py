@@ -34,6 +34,7 @@ from ..recovery.model import Context, Plan, TracePlan, Verdict
 from ..recovery.sel import SelStore
 from ..transport import DEFAULT_PARALLEL, Transport
 from ..untrusted import in_repo, read_regular
+from . import policy as policies
 from .context import OpsContext, open_context
 from .observe import observe
 
@@ -110,6 +111,9 @@ def plan_from(opened: OpsContext, at: float, parallelism: int = DEFAULT_PARALLEL
     ctx.unjudged = {o.trace_id: o.why.removeprefix("cannot be judged: ") for o in offers if o.unjudged and o.trace_id}
     _decide(ctx, plan)
     plan.overrides = override_effects(ctx.repo, plan, offers)
+    # a data schema that cannot be read would be missing from the compiled policy: nothing is pushed
+    if not plan.minority and not any(f.startswith("schemas/") for f in ctx.config.unreadable):
+        plan.policy = policies.owed(ctx, ctx.config.compile_policy()["digest"])
     return plan, ctx
 
 

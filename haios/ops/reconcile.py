@@ -20,8 +20,9 @@ from ..recovery.machine import TERMINAL, State
 from ..recovery.model import Context, Plan, RunResult, TraceOutcome, TracePlan
 from ..recovery.trace import Progress, TraceRunner
 from ..transport import DEFAULT_PARALLEL, Transport
+from . import policy as policies
 from .context import open_context
-from .finish import finish
+from .finish import finish, push_audit
 from .plan import plan_events, plan_from
 
 
@@ -70,9 +71,12 @@ def reconcile(
         try:
             uncommitted = opened.recorder.require_committed(allow_dirty)
             fresh, ctx = plan_from(opened, clock(), parallelism)
-            result = _execute(ctx, clock, fresh, plan, holder, progress, emit)
+            result = _execute(ctx, clock, fresh, plan, holder or new_holder(), progress, emit)
             if result.holder is not None:  # the traces ran (not a minority view, not suspended)
                 finish(ctx, result, result.holder, clock, emit, opened.recorder, push=push, remote=remote)
+            elif result.policy:  # suspended: the policy that says so went out, and is recorded
+                policies.commit_alone(ctx, result, opened.recorder)
+                push_audit(result, opened.recorder, push, remote)
         finally:
             opened.close()  # a transport opened for this run: its connections end with it
         result.uncommitted = uncommitted
@@ -106,7 +110,7 @@ def _execute(
     clock: Callable[[], float],
     fresh: Plan,
     plan: Plan | None,
-    holder: str | None,
+    holder: str,
     progress: Progress | None,
     emit: Sink,
 ) -> RunResult:
@@ -118,6 +122,8 @@ def _execute(
     result = RunResult(plan, membership_due=ctx.membership.due(t.eviction_ttl, t.eviction_grace))
     for event in plan_events(plan, steps=False):
         emit(event)
+    # the desired state reaches the members first: a freeze or a suspension holds before anything moves
+    result.policy = policies.push(ctx, plan, clock, emit, holder)
     if plan.minority:
         result.note = (
             f"minority view: {len(plan.reachable)} of {len(plan.active)} active members reachable; nothing changed"
@@ -130,7 +136,7 @@ def _execute(
         result.note = "the desired state says suspend: plan only, nothing changed"
         result.outcomes = [_untouched(tp, EXIT_PENDING if tp.actionable else 0) for tp in plan.traces]
         return result
-    runner = TraceRunner(ctx, holder or new_holder(), clock, progress, plan.desired_commit, emit)
+    runner = TraceRunner(ctx, holder, clock, progress, plan.desired_commit, emit)
     result.holder = runner.holder
     _run_in_order(runner, plan, result, emit)
     return result

@@ -163,6 +163,8 @@ class Plan:
     # HARD_FAILED traces whose abandoned compensations no override retries yet: trace_id, g, phase,
     # abandoned [{node, key, compensator}], and the command that makes the override that would
     abandoned: list[dict[str, Any]] = field(default_factory=list)
+    # members whose policy file is not the compiled desired state: node, have (its digest), want
+    policy: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def minority(self) -> bool:
@@ -183,14 +185,15 @@ class Plan:
         """SPEC §10 for a plan: 5 a node was refused (its host key is not the pinned one) or its control
         files fail their integrity check, 3 blocked (minority view, a trace needing a human, an eviction refused
         by the majority rule), 4 a shard the
-        plan would act on is leased by another reconciler, 2 actions pending, 0 nothing to do."""
+        plan would act on is leased by another reconciler, 2 actions pending (a policy to push too), 0
+        nothing to do."""
         if self.refused or self.tampered:
             return EXIT_VERIFICATION
         if self.minority or self.blocked or self.membership.get("eviction_blocked"):
             return EXIT_BLOCKED
         if any(t.held_by and t.actionable for t in self.traces):
             return EXIT_LOCKED
-        return EXIT_PENDING if self.pending else EXIT_OK
+        return EXIT_PENDING if self.pending or self.policy else EXIT_OK
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -213,6 +216,7 @@ class Plan:
             "uncommitted": self.uncommitted,
             "abandoned": self.abandoned,
             "overrides": self.overrides,
+            "policy": self.policy,
             "exit_code": self.exit_code(),
         }
 
@@ -243,6 +247,7 @@ class Plan:
             },
             [str(f) for f in data.get("uncommitted") or []],
             [dict(a) for a in data.get("abandoned") or [] if isinstance(a, dict)],
+            [dict(p) for p in data.get("policy") or [] if isinstance(p, dict)],
         )
 
 
@@ -317,6 +322,7 @@ class RunResult:
     placement: list[str] = field(default_factory=list)  # replica placement changes of this run (SPEC §6.1)
     barrier: dict[str, Any] | None = None  # the cluster-wide barrier after this run (SPEC §6.2)
     holder: str | None = None  # the name the run's traces took leases under (None: none ran)
+    policy: list[dict[str, Any]] = field(default_factory=list)  # the pushes of the compiled desired state
 
     @property
     def changed(self) -> bool:
@@ -334,12 +340,14 @@ class RunResult:
         """SPEC §10: 5 a node was refused (its host key is not the pinned one) or its control files fail
         their integrity check, 3 needs a human (the minority view and a refused eviction too), 4 locked or
         fenced, 1 a step failed, 2 work remains for a later run (a Φ timeout not expired yet, a
-        compensator backing off, suspend), 0 converged. The first that applies wins."""
+        compensator backing off, suspend, a member not given the desired state), 0 converged. The first that applies wins."""
         if self.plan.refused or self.plan.tampered:
             return EXIT_VERIFICATION
         if self.plan.minority or self.plan.membership.get("eviction_blocked"):
             return EXIT_BLOCKED
         codes = {o.code for o in self.outcomes}
+        if any(p.get("outcome") == "failed" for p in self.policy):
+            codes.add(EXIT_PENDING)  # a member still to be given the desired state: a later run does
         for code in (EXIT_BLOCKED, EXIT_LOCKED, EXIT_ERROR, EXIT_PENDING):
             if code in codes:
                 return code
@@ -366,6 +374,7 @@ class RunResult:
             "alerts": self.alerts,
             "placement": self.placement,
             "barrier": self.barrier,
+            "policy": self.policy,
             "exit_code": self.exit_code(),
         }
 

@@ -36,6 +36,11 @@ def restore_wal(transport: Transport, node: str) -> dict[str, Any]:
     return transport.call(node, {"op": "restore_wal"})
 
 
+def push_policy(transport: Transport, node: str, *, token: int, policy: dict[str, Any]) -> dict[str, Any]:
+    """Make ``policy`` the node's policy file, fenced with ``token`` (a lease on the policy shard)."""
+    return transport.call(node, {"op": "policy", "token": token, "policy": policy})
+
+
 @dataclass(frozen=True)
 class NodeOps:
     """The recovery operations of one trace, fenced with ``token``."""

@@ -125,13 +125,18 @@ def reach_through_sshd(path: Path, ssh: SshLayout) -> None:
 
 
 def replicate(path: Path) -> None:
-    """Turn sync-majority WAL replication on in haios.yaml and push the policy that says so (and how to
-    reach every peer) to the node roots, which are fresh: nothing was written under the old one."""
+    """Turn sync-majority WAL replication on in haios.yaml (the policy that says so, and how to reach
+    every peer, reaches the fresh node roots at the end of :func:`sim_init`)."""
     config = path / "haios.yaml"
     text = re.sub(r"(?m)^  mode: 'off'.*$", "  mode: sync-majority", config.read_text(), count=1)
     atomic_write(config, text.encode())
+
+
+def provision_policy(path: Path, commit: str) -> None:
+    """Give the fresh node roots the policy compiled from the committed desired state, as the first
+    reconcile would: nothing was written under the one they were made with."""
     repo = load_repo(path)
-    policy = repo.compile_policy()
+    policy = repo.compile_policy(commit)
     for root in sim_roots(path, repo).values():
         controlfile.write_mapping(
             root / "policy", policy, expected_version=controlfile.current_version(root / "policy")
@@ -165,7 +170,8 @@ def sim_init(directory: Path | str, nodes: int, *, ssh: SshLayout | None = None,
         count=1,
     )
     atomic_write(fx, text.encode())
-    init_and_commit(path, "haios sim init: phase priors for simulated (sub-second) phases, rates dated today")
+    commit = init_and_commit(path, "haios sim init: phase priors for simulated (sub-second) phases, rates dated today")
+    provision_policy(path, commit)
     FakeCloud(sim_dir(path) / "cloud").set_faults({})
     return path
 

@@ -22,12 +22,13 @@ def git(directory: Path, *args: str) -> str:
 
 def quick_cluster(directory: Path, nodes: int) -> Path:
     """``sim init`` with a 10-ms ANALYZE prior (so Φ timeouts expire at once), committed."""
-    from haios.sim.simulator import sim_init
+    from haios.sim.simulator import provision_policy, sim_init
 
     sim_init(directory, nodes)
     thresholds = directory / "policies/thresholds.yaml"
     thresholds.write_text(thresholds.read_text().replace("    ANALYZE: 500ms", "    ANALYZE: 10ms"))
     git(directory, "commit", "-qam", "tests: a short ANALYZE prior")
+    provision_policy(directory, head(directory))  # the nodes hold what was committed, as after a reconcile
     return directory
 
 

@@ -24,6 +24,14 @@ from haios.timefmt import utc
 from haios.wal import read_records
 
 
+def _changed(directory: Path, since: str) -> list[str]:
+    """The files the commits after ``since`` changed."""
+    done = subprocs.run(
+        ["git", "diff", "--name-only", since, "HEAD"], cwd=directory, capture_output=True, text=True, check=True
+    )
+    return sorted(done.stdout.split())
+
+
 def _journal_file(directory: Path) -> Path:
     (path,) = sorted((directory / JOURNAL_DIR).glob("*.yaml"))
     return path
@@ -113,7 +121,9 @@ def test_reconcile_waits_for_the_phi_timeout(cluster: Path, cli: Invoke) -> None
     assert trace["verdict"] == "wait" and trace["wait_until"] > time.time()
     result = cli("--repo", cluster, "reconcile")
     assert result.exit_code == 2 and "the Φ timeout" in result.stdout
-    assert head(cluster) == before and not (cluster / JOURNAL_DIR).exists()
+    # the one thing done: the new prior reached the nodes (and the audit trail says so)
+    assert _changed(cluster, before) == ["status/cluster.yaml", "status/policy.yaml"]
+    assert not (cluster / JOURNAL_DIR).exists()
     # an hour later (the reconciler's clock moved), it rolls back
     assert reconcile(cluster, clock=at(time.time() + 3600)).exit_code() == 0
 
@@ -217,7 +227,8 @@ def test_hold_policy_and_suspend(cluster: Path, cli: Invoke) -> None:
     before = head(cluster)
     result = cli("--repo", cluster, "reconcile")
     assert result.exit_code == 2 and "suspend: plan only, nothing changed" in result.stdout
-    assert head(cluster) == before and positions(cluster)["node-1"] == (1, "IDLE")
+    # nothing moved but the suspension itself, on its way to the nodes
+    assert _changed(cluster, before) == ["status/policy.yaml"] and positions(cluster)["node-1"] == (1, "IDLE")
 
 
 def test_partition_blocks_then_heals_on_the_same_trace(cluster: Path) -> None:
