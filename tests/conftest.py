@@ -151,8 +151,8 @@ def rate(request: pytest.FixtureRequest) -> Callable[[str], None]:
 
 
 # the fixtures that start a real service (OpenSSH sshd, an etcd cluster, a Prometheus Pushgateway, a
-# network namespace with sshd in it): every test that uses one is marked ``service``
-SERVICE_FIXTURES = frozenset({"sshd", "ssh_env", "etcd", "pushgateway", "net"})
+# network namespace with sshd in it, the agents' lab of five): every test that uses one is marked ``service``
+SERVICE_FIXTURES = frozenset({"sshd", "ssh_env", "etcd", "pushgateway", "net", "netlab"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

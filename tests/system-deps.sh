@@ -14,6 +14,7 @@ declare -A needs=(
   [chromium]=chromium   # the HTML timeline report is opened in headless Chromium
   [etcd]=etcd-server   # the etcd coordination backend is tested against a real 3-member cluster
   [etcdctl]=etcd-client
+  [systemd-analyze]=systemd   # the shipped systemd units must pass systemd-analyze verify
 )
 
 missing=()

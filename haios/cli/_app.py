@@ -65,7 +65,7 @@ def main_options(
 
 
 def _register() -> None:
-    from . import budget, doctor, init, metrics, node, override, recover, report, sim, validate, wal
+    from . import agent, budget, doctor, init, metrics, node, override, recover, report, sim, validate, wal
 
     app.command(name="init")(init.init)
     app.command(name="validate")(validate.validate)
@@ -75,6 +75,7 @@ def _register() -> None:
     app.command(name="status")(doctor.status)
     app.command(name="audit")(recover.audit)
     app.command(name="report")(report.report)
+    app.command(name="agent")(agent.agent)
     app.add_typer(budget.app, name="budget")
     app.add_typer(metrics.app, name="metrics")
     app.add_typer(node.app, name="node")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,12 +16,16 @@ from ..config import load_repo, parse_duration
 from ..config.model import NAME_RE
 from ..errors import HaiosError, UsageError
 from ..node import Node
-from ..node.heartbeat import beat, update_gossip
+from ..node.gossip import serve as gossip_serve_one
+from ..node.gossip import view as gossip_view
 from ..node.recover import dispatch
 from ..node.root import init_node_root
+from ..ops.agent import SERVE as GOSSIP_SERVE
+from ..ops.agent import Agent
 from ..ops.rejoin import rejoin as do_rejoin
-from ..replication.links import serve
-from ..transport import LocalTransport, open_transport
+from ..replication.links import handle as replica_handle
+from ..transport import open_transport
+from ..transport.base import Exchange, Handler, serve_lines
 from . import _render
 from ._options import Output, OutputOpt, RepoOpt, resolve
 
@@ -188,30 +193,53 @@ def heartbeat(
     ] = None,
     repo: RepoOpt = None,
 ) -> int:
-    """Write a heartbeat for local nodes of the repo and update their gossip (partition status)."""
+    """Run agent rounds for the local nodes of the repo: a heartbeat each, and gossip (partition status).
+
+    For nodes on other hosts, their own agent beats ('haios agent ROOT' on each).
+    """
     opts = resolve(ctx, repo=repo)
     config = load_repo(opts.repo)
     roots = {n.name: n.local_root(opts.repo) for n in config.cluster.nodes if n.transport == "local"}
+    if not roots:
+        raise UsageError(
+            f"{opts.repo}: haios.yaml names no local node to beat for",
+            hint="on each remote node, run its agent: haios agent ROOT (see examples/deploy/)",
+        )
     chosen = nodes or sorted(roots)
     unknown = [n for n in chosen if n not in roots]
     if unknown:
         raise UsageError(f"not local nodes of {opts.repo}: {', '.join(unknown)}")
-    members = config.desired.active_members()
     interval = parse_duration(every) if every else None
-    transport = LocalTransport(roots)
+    transport = open_transport(opts.repo, config)  # the peers as the repo reaches them (local or over SSH)
+
+    def connect(peer: str) -> Exchange:
+        return transport.exchange(peer, command=GOSSIP_SERVE, handler=gossip_serve_one)
+
+    agents = {name: Agent(roots[name], log=_render.info, clock=time.time, connect=connect) for name in chosen}
     beats = 0
-    while True:
-        now = time.time()
-        seqs = {name: beat(roots[name], name, now)["seq"] for name in chosen}  # every beat first, then gossip
-        for name in chosen:
-            gossip = update_gossip(
-                roots[name], name, members, transport.read_file, now, config.thresholds.partition_window
-            )
-            _render.emit_ndjson({"node": name, "seq": seqs[name], "partition_status": gossip["partition_status"]})
-        beats += 1
-        if interval is None or (count is not None and beats >= count):
-            return 0
-        time.sleep(interval)
+    try:
+        while True:
+            for name, one in agents.items():
+                gossip = one.round()
+                seq = gossip_view(roots[name], name)[name]
+                _render.emit_ndjson({"node": name, "seq": seq, "partition_status": gossip["partition_status"]})
+            beats += 1
+            if interval is None or (count is not None and beats >= count):
+                return 0
+            time.sleep(interval)
+    finally:
+        for one in agents.values():
+            one.shutdown()
+        transport.close()
+
+
+@app.command("gossip-serve")
+def gossip_serve(root: RootArg) -> int:
+    """Answer peers' gossip for ROOT: one JSON request per stdin line, one answer per stdout line.
+
+    What a peer's agent runs here over SSH, one long-lived session per peer.
+    """
+    return _serve(root, gossip_serve_one)
 
 
 @app.command()
@@ -274,13 +302,15 @@ def replica_serve(root: RootArg) -> int:
 
     This is what an origin node runs on its ssh replica peers (one long-lived session per peer).
     """
-    import sys
+    return _serve(root, replica_handle)
 
+
+def _serve(root: Path, handler: Handler) -> int:
     def write(line: str) -> None:
         sys.stdout.write(line)
         sys.stdout.flush()
 
-    serve(root, sys.stdin, write)
+    serve_lines(root, handler, sys.stdin, write)
     return 0
 
 

@@ -312,12 +312,20 @@ class RepoConfig:
             },
             "thresholds": self.thresholds.as_dict(),
             "data_schemas": [s.as_dict() for s in self.data_schemas],
+            "peers": {name: peer for name, peer in self.peers_policy().items() if peer["transport"] == "ssh"},
             **({"replication": self.replication_policy()} if self.cluster.replication.mode != "off" else {}),
         }
         return {"digest": policy_digest(body), **body}
 
     def replication_policy(self) -> dict[str, Any]:
         """What a node needs to replicate its WAL: the mode, R, and how to reach every other node."""
+        r = self.cluster.replication
+        return {"mode": r.mode, "replicas": r.replicas, "peers": self.peers_policy()}
+
+    def peers_policy(self) -> dict[str, dict[str, Any]]:
+        """How a node reaches every node of the cluster: over SSH (its agent's gossip, replica links),
+        or, for a local node, where its root is on this machine (replica links only: local nodes are
+        beaten from the repo, by 'haios node heartbeat')."""
         peers: dict[str, dict[str, Any]] = {}
         for n in self.cluster.nodes:
             if n.transport == "local":
@@ -331,8 +339,7 @@ class RepoConfig:
                     "root": n.root,
                     **({"host_key": n.host_key} if n.host_key else {}),
                 }
-        r = self.cluster.replication
-        return {"mode": r.mode, "replicas": r.replicas, "peers": peers}
+        return peers
 
 
 def policy_digest(policy: Mapping[str, Any]) -> str:

@@ -1,18 +1,17 @@
-"""Heartbeats and gossip (SPEC §2.5): liveness of each node and its view of its peers.
+"""Heartbeats (SPEC §2.5): each node's agent rewrites ``heartbeat`` every interval (``seq``, wall time,
+and the version of its haios), and what its ``gossip`` file says of the node's partition status.
 
-Each node rewrites ``heartbeat`` every interval (``seq``, wall time, and the version of its haios). Its ``gossip`` file records when
-it last heard each peer (the wall time of the newest heartbeat it read from that peer) and its
-partition status: PARTITIONED while a majority of its peers has been silent for longer than the
-partition window; a partitioned node refuses every phase and WAL append until it hears them again.
-Every rewrite stamps ``updated_at``: a gossip file nobody has rewritten for longer than the heartbeat
-window (its writer stopped, a simulated partition ended) is stale, and a stale file decides nothing —
-not the node's own refusal, not a reconciler's verdict. Its staleness is a finding of its own.
+How the gossip file is kept is :mod:`haios.node.gossip`. A partitioned node refuses every phase and
+WAL append until it hears a majority again. Its agent stamps ``updated_at`` every round: a gossip file
+nobody has rewritten for longer than the heartbeat window (its agent stopped, a simulated partition
+ended) is stale, and a stale file decides nothing — not the node's own refusal, not a reconciler's
+verdict. Its staleness is a finding of its own.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,48 +55,3 @@ def beat(root: Path, node: str, now: float | None = None) -> dict[str, Any]:
         except VersionConflict:
             continue
     raise HaiosError(f"{root}: could not write the heartbeat (another writer keeps changing it)")
-
-
-def partition_status(peers: dict[str, str | None], now: float, window: float) -> str:
-    """PARTITIONED when more than half of ``peers`` have been silent for longer than ``window``."""
-    silent = sum(1 for heard in peers.values() if heard is None or now - parse_utc(heard) > window)
-    return "PARTITIONED" if peers and silent * 2 > len(peers) else "NORMAL"
-
-
-PeerReader = Callable[[str, str], "bytes | None"]
-"""``read(peer, relpath)``: a file of a peer's root, None when it has none (a transport's read_file)."""
-
-
-def update_gossip(
-    root: Path, node: str, peers: Iterable[str], read: PeerReader, now: float, window: float
-) -> dict[str, Any]:
-    """Read every peer's heartbeat with ``read``, record when each was last heard, set the status.
-
-    An unreachable peer or an unreadable heartbeat counts as silence, never as an error.
-    """
-    path = root / "gossip"
-    version = controlfile.current_version(path)
-    previous: dict[str, Any] = controlfile.read_mapping(path)[0] if version is not None else {}
-    heard: dict[str, str | None] = {}
-    for peer in sorted(set(peers) - {node}):
-        last = (previous.get("peers") or {}).get(peer)
-        try:
-            data = read(peer, "heartbeat")
-            if data is not None:
-                wall = controlfile.load_mapping(controlfile.decode(data, f"{peer}:heartbeat"))["wall_time"]
-                if last is None or parse_utc(wall) > parse_utc(last):
-                    last = wall
-        except (HaiosError, KeyError, ValueError, TypeError):
-            pass  # silence, or a heartbeat no haios wrote: either way nothing was heard
-        heard[peer] = last
-    status = partition_status(heard, now, window)
-    since = previous.get("since") if previous.get("partition_status") == status else utc(now)
-    body = {
-        "node": node,
-        "peers": heard,
-        "partition_status": status,
-        "since": since or utc(now),
-        "updated_at": utc(now),
-    }
-    controlfile.write_mapping(path, body, expected_version=version)
-    return body

@@ -854,15 +854,16 @@ class _Fixes:
 
     def __init__(self, path: Path, seen: _Gathered) -> None:
         self.path, self.seen = path, seen
-        self.remote = {n.name for n in seen.config.cluster.nodes if n.transport == "ssh"}
+        self.remote = {n.name: n.root for n in seen.config.cluster.nodes if n.transport == "ssh"}
         self.traces: dict[tuple[int, str], str] = {}
 
     def concrete(self, fix: str) -> str:
         """Detectors do not know where roots are; the report does."""
-        for node in self.remote:  # 'haios node heartbeat' beats local nodes; a remote one beats itself
+        for node, remote_root in self.remote.items():  # 'haios node heartbeat' beats local nodes only
             if fix.startswith(f"haios --repo <repo> node heartbeat {node} "):
-                every = f"{self.seen.config.thresholds.heartbeat_interval:g}s"
-                return f"on {node}: start its agent, 'haios node heartbeat --every {every}' (docs/ssh.md, The node's agent)"
+                return (
+                    f"on {node}: haios agent {remote_root}   # or its unit haios-agent@ (docs/ssh.md, The node's agent)"
+                )
         fix = fix.replace("<repo>", str(self.path))
         for node, root in self.seen.local.items():
             fix = fix.replace(f"<root of {node}>", str(root))

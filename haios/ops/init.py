@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..config.model import NAME_RE, PHASES
@@ -176,7 +176,8 @@ def init_repo(
         created: list[str] = []
         kept: list[str] = []
         if transport == "local":
-            policy = config.compile_policy()
+            # compiled as the repo will be once in place (local peers' roots are absolute paths)
+            policy = replace(config, path=target.resolve()).compile_policy()
             for spec in config.cluster.nodes:
                 made = init_node_root(spec.local_root(build), spec.name, policy)
                 (created if made else kept).append(spec.name)

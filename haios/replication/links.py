@@ -10,16 +10,15 @@ HaiosError class.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from ..config.model import NodeSpec
-from ..errors import HaiosError, UsageError
+from ..errors import UsageError
 from ..transport import transport_for
-from ..transport.base import Exchange
+from ..transport.base import Exchange, serve_lines
 from . import peer
 
 OPS = ("replica_append", "replica_status", "replica_fetch")
@@ -42,31 +41,9 @@ def handle(root: Path, request: dict[str, Any], *, sync: Callable[[int], None] =
     raise UsageError(f"unknown replica operation {op!r} (known: {', '.join(OPS)})")
 
 
-def error_answer(exc: HaiosError) -> dict[str, Any]:
-    return {"error": exc.to_wire()}
-
-
 def serve(root: Path, lines: Iterable[str], write: Callable[[str], None]) -> int:
-    """Answer one JSON request per line until the input ends (``haios node replica-serve``); returns
-    how many requests were answered. A bad request gets an error answer; the loop goes on."""
-    if not (root / "state.txt").exists():
-        raise UsageError(f"{root}: not a node root (no state.txt)")
-    answered = 0
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            request = json.loads(line)
-            if not isinstance(request, dict):
-                raise UsageError("a replica request must be a JSON object")
-            answer = handle(root, request)
-        except HaiosError as exc:
-            answer = error_answer(exc)
-        except ValueError as exc:
-            answer = error_answer(UsageError(f"a replica request that is not JSON: {exc}"))
-        write(json.dumps(answer, separators=(",", ":")) + "\n")
-        answered += 1
-    return answered
+    """``haios node replica-serve``: answer one JSON request per line with :func:`handle`."""
+    return serve_lines(root, handle, lines, write)
 
 
 def open_links(node: str, peers: dict[str, dict[str, Any]], *, base: Path, timeout: float) -> dict[str, Exchange]:

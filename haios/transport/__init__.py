@@ -52,8 +52,8 @@ class ClusterTransport:
     def run(self, node: str, argv: list[str], *, timeout: float, env: dict[str, str] | None = None) -> Completed:
         return self._part(node).run(node, argv, timeout=timeout, env=env)
 
-    def exchange(self, node: str, *, command: list[str], handler: Handler) -> Exchange:
-        return self._part(node).exchange(node, command=command, handler=handler)
+    def exchange(self, node: str, *, command: list[str], handler: Handler, timeout: float | None = None) -> Exchange:
+        return self._part(node).exchange(node, command=command, handler=handler, timeout=timeout)
 
     def provision(self, node: str, policy: dict[str, Any]) -> dict[str, Any]:
         """Create the node root if it does not exist (an existing one is never touched)."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from ..errors import HaiosError, UsageError
 
 Handler = Callable[[Path, dict[str, Any]], dict[str, Any]]
 """A node-side server run in this process: (node root, request) -> answer."""
@@ -64,8 +67,32 @@ class Transport(Protocol):
         """Run a command in the node root (a compensating playbook); never raises for a non-zero exit."""
         ...
 
-    def exchange(self, node: str, *, command: list[str], handler: Handler) -> Exchange:
+    def exchange(self, node: str, *, command: list[str], handler: Handler, timeout: float | None = None) -> Exchange:
         """A conversation with a server on the node: ``haios --output json COMMAND ROOT`` answering a
         JSON line per request line on a remote node; ``handler(root, request)`` on a node whose root is
-        on this machine."""
+        on this machine. ``timeout``: how long to wait for an answer (default: as for a connection)."""
         ...
+
+
+def serve_lines(root: Path, handler: Handler, lines: Iterable[str], write: Callable[[str], None]) -> int:
+    """The node's end of an :class:`Exchange`: answer one JSON request per line of ``lines`` with
+    ``handler(root, request)`` until they end; returns how many were answered. A bad request gets an
+    error answer (its HaiosError on the wire, :meth:`HaiosError.to_wire`) and the loop goes on."""
+    if not (root / "state.txt").exists():
+        raise UsageError(f"{root}: not a node root (no state.txt)")
+    answered = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise UsageError("a request must be a JSON object")
+            answer = handler(root, request)
+        except HaiosError as exc:
+            answer = {"error": exc.to_wire()}
+        except ValueError as exc:
+            answer = {"error": UsageError(f"a request that is not JSON: {exc}").to_wire()}
+        write(json.dumps(answer, separators=(",", ":")) + "\n")
+        answered += 1
+    return answered

@@ -85,5 +85,7 @@ class LocalTransport:
             return Completed(127, "", f"cannot run {argv[0]}: {exc.strerror}")
         return Completed(proc.returncode, proc.stdout, proc.stderr)
 
-    def exchange(self, node: str, *, command: list[str], handler: Handler) -> LocalExchange:
+    def exchange(
+        self, node: str, *, command: list[str], handler: Handler, timeout: float | None = None
+    ) -> LocalExchange:
         return LocalExchange(node, self.root(node), handler)

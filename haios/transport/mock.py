@@ -103,7 +103,9 @@ class MockTransport:
             return Completed(127, "", f"{argv[0]}: not scripted in this mock")
         return self.command(node, argv)
 
-    def exchange(self, node: str, *, command: list[str], handler: NodeHandler) -> MockExchange:
+    def exchange(
+        self, node: str, *, command: list[str], handler: NodeHandler, timeout: float | None = None
+    ) -> MockExchange:
         """Requests go to the mock's ``handler`` (``handler`` here is the node-side server a real
         node would run, which a mock has no root for)."""
         self._up(node, "exchange", command)

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from .. import __version__
 from ..config.model import NAME_RE, NodeSpec, ssh_root_ok
@@ -395,9 +395,10 @@ class SshTransport:
             raise ssh_error(node, "cannot start a command", exc) from exc
         return chan
 
-    def exchange(self, node: str, *, command: list[str], handler: Handler) -> SshExchange:
+    def exchange(self, node: str, *, command: list[str], handler: Handler, timeout: float | None = None) -> SshExchange:
         """``haios --output json COMMAND ROOT`` on the node, on a channel kept open for many requests."""
-        return SshExchange(self, node, ["--output", "json", *command, self.spec(node).root])
+        words = ["--output", "json", *command, self.spec(node).root]
+        return SshExchange(self, node, words, self.connect_timeout if timeout is None else timeout)
 
     def version(self, node: str) -> str:
         """The version of haios on the node (``haios --version``), asked once per transport."""
@@ -573,29 +574,30 @@ def ssh_error(node: str, doing: str, exc: BaseException, *, hint: str | None = N
 
 class SshExchange:
     """A conversation with a server on an SSH node: one channel, kept open, one JSON line each way per
-    request. The channel waits for an answer as long as the transport waits for a connection."""
+    request, each answer waited for at most ``timeout`` seconds."""
 
-    def __init__(self, transport: SshTransport, name: str, words: list[str]) -> None:
+    def __init__(self, transport: SshTransport, name: str, words: list[str], timeout: float) -> None:
         self.name = name
         self.transport = transport  # it owns the connection and the pinned host key
         self.words = words
+        self.timeout = timeout
         self._lock = threading.Lock()
-        self._stream: tuple[Any, IO[bytes], Iterator[bytes]] | None = None
+        self._stream: tuple[Any, Iterator[bytes]] | None = None
 
-    def _open(self) -> tuple[Any, IO[bytes], Iterator[bytes]]:
+    def _open(self) -> tuple[Any, Iterator[bytes]]:
+        """The channel and its answers, line by line. Requests go out with ``sendall`` and answers come
+        in with ``recv``, unbuffered by paramiko, so nothing is left to flush into a channel that broke."""
         if self._stream is None:
             channel = self.transport.open_stream(self.name, self.words)
-            channel.settimeout(self.transport.connect_timeout)
-            out = channel.makefile("rb")
-            self._stream = (channel, channel.makefile_stdin("wb"), iter(out.readline, b""))
+            channel.settimeout(self.timeout)
+            self._stream = (channel, _lines(channel))
         return self._stream
 
     def request(self, request: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             try:
-                channel, stdin, lines = self._open()
-                stdin.write(json.dumps(request, separators=(",", ":")).encode() + b"\n")
-                stdin.flush()
+                channel, lines = self._open()
+                channel.sendall(json.dumps(request, separators=(",", ":")).encode() + b"\n")
                 line = next(lines, b"")
             except HaiosError:
                 self.close()
@@ -625,11 +627,31 @@ class SshExchange:
     def close(self) -> None:
         """End the conversation and the connection to the node (the next request opens both again)."""
         if self._stream is not None:
-            channel = self._stream[0]
+            channel, _ = self._stream
             self._stream = None
             with suppress(Exception):  # closing a broken channel may fail; it is gone either way
                 channel.close()
         self.transport.disconnect(self.name)
+
+
+def _lines(channel: Any) -> Iterator[bytes]:
+    """The lines a channel sends, each with its newline; the last one without, if the channel ends
+    in the middle of it; nothing more once it ended (``recv`` times out as the channel says)."""
+    buffer = b""
+    while True:
+        end = buffer.find(b"\n")
+        if end >= 0:
+            line, buffer = buffer[: end + 1], buffer[end + 1 :]
+            yield line
+            continue
+        if len(buffer) > LIMITS["json"]:
+            raise TransportError("an answer longer than any haios sends")
+        chunk = channel.recv(65536)
+        if not chunk:
+            if buffer:
+                yield buffer
+            return
+        buffer += chunk
 
 
 def _result(node: str, root: str, done: Completed) -> dict[str, Any]:

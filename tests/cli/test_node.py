@@ -92,3 +92,10 @@ def test_node_heartbeat_for_local_nodes(cli: Invoke, repo: Path) -> None:
     assert [x["node"] for x in lines] == ["node-1", "node-2", "node-3"]
     assert all(x["partition_status"] == "NORMAL" and x["seq"] == 1 for x in lines)
     assert controlfile.read_mapping(repo / "nodes/node-2/gossip")[0]["partition_status"] == "NORMAL"
+
+
+def test_node_heartbeat_without_local_nodes_names_the_agent(cli: Invoke, tmp_path: Path) -> None:
+    repo = tmp_path / "remote"
+    assert cli("init", repo, "--nodes", "2", "--transport", "ssh").exit_code == 0
+    result = cli("--repo", repo, "node", "heartbeat")
+    assert result.exit_code == 1 and "names no local node" in result.stderr and "haios agent ROOT" in result.stderr

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,29 +22,14 @@ from pathlib import Path
 
 import pytest
 from helpers import subprocs
-from helpers.cluster import deletes, git, plant
-from helpers.sshd import host_fingerprint, keygen, sshd_binary
+from helpers.cluster import deletes, git, head, plant
+from helpers.netns import ip, make_keys, need_namespaces, sim_cluster_at, start_sshd, stop_sshds
+from helpers.sshd import host_fingerprint
 
 from haios.sim.check import sim_check
-from haios.sim.simulator import SshLayout, sim_init, sim_run
+from haios.sim.simulator import provision_policy, sim_run
 
 NODES = ("node-1", "node-2", "node-3")
-
-
-def _ip(*args: str) -> None:
-    subprocs.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-
-def _can_make_namespaces() -> str | None:
-    if os.geteuid() != 0 or sshd_binary() is None:
-        return "needs root and OpenSSH sshd"
-    probe = f"hzp{uuid.uuid4().hex[:6]}"
-    try:
-        _ip("netns", "add", probe)
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        return f"network namespaces cannot be created here ({exc})"
-    _ip("netns", "del", probe)
-    return None
 
 
 @dataclass
@@ -61,11 +45,11 @@ class Net:
 
     def cut(self, *nodes: str) -> None:
         for n in nodes:
-            _ip("-n", self.reconciler, "link", "set", self.links[n], "down")
+            ip("-n", self.reconciler, "link", "set", self.links[n], "down")
 
     def heal(self, *nodes: str) -> None:
         for n in nodes:
-            _ip("-n", self.reconciler, "link", "set", self.links[n], "up")
+            ip("-n", self.reconciler, "link", "set", self.links[n], "up")
 
     def haios(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         """haios run as the reconciler, inside its namespace."""
@@ -82,51 +66,28 @@ class Net:
 
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[Net]:
-    why = _can_make_namespaces()
-    if why is not None:
-        pytest.skip(why)
+    need_namespaces()
     tag = uuid.uuid4().hex[:5]
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    keygen(keys / "host", "haios-test-host")
-    keygen(keys / "client", "haios-test-client")
-    (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
+    keys = make_keys(tmp_path / "keys")
     reconciler = f"hz{tag}r"
     made = [reconciler]
     servers: list[subprocess.Popen[bytes]] = []
     net = Net(tag, reconciler, {}, {}, {}, servers, keys / "client", host_fingerprint(keys / "host.pub"))
     try:
-        _ip("netns", "add", reconciler)
-        _ip("-n", reconciler, "link", "set", "lo", "up")
+        ip("netns", "add", reconciler)
+        ip("-n", reconciler, "link", "set", "lo", "up")
         for i, node in enumerate(NODES, 1):
             ns = f"hz{tag}{i}"
-            _ip("netns", "add", ns)
+            ip("netns", "add", ns)
             made.append(ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
+            ip("-n", ns, "link", "set", "lo", "up")
             outer, inner = f"hr{tag}{i}", f"hn{tag}{i}"
-            _ip("link", "add", outer, "netns", reconciler, "type", "veth", "peer", "name", inner, "netns", ns)
-            _ip("-n", reconciler, "addr", "add", f"10.203.{i}.1/30", "dev", outer)
-            _ip("-n", ns, "addr", "add", f"10.203.{i}.2/30", "dev", inner)
-            _ip("-n", reconciler, "link", "set", outer, "up")
-            _ip("-n", ns, "link", "set", inner, "up")
-            config = tmp_path / f"sshd-{i}.conf"
-            config.write_text(
-                f"ListenAddress 10.203.{i}.2\nPort 22\nHostKey {keys / 'host'}\nPidFile {tmp_path / f'sshd-{i}.pid'}\n"
-                f"AuthorizedKeysFile {keys / 'authorized_keys'}\nStrictModes no\nPermitRootLogin prohibit-password\n"
-                "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nMaxStartups 100\n"
-                "Subsystem sftp internal-sftp\nSetEnv SHLVL=1\nLogLevel ERROR\n"
-            )
-            if not os.path.isdir("/run/sshd"):
-                subprocs.run(["mkdir", "-p", "/run/sshd"], check=True)
-            log = open(tmp_path / f"sshd-{i}.log", "ab")  # noqa: SIM115 - the server keeps it
-            servers.append(
-                subprocs.spawn(
-                    ["ip", "netns", "exec", ns, sshd_binary() or "sshd", "-D", "-e", "-f", str(config)],
-                    stdout=log,
-                    stderr=log,
-                )
-            )
-            log.close()
+            ip("link", "add", outer, "netns", reconciler, "type", "veth", "peer", "name", inner, "netns", ns)
+            ip("-n", reconciler, "addr", "add", f"10.203.{i}.1/30", "dev", outer)
+            ip("-n", ns, "addr", "add", f"10.203.{i}.2/30", "dev", inner)
+            ip("-n", reconciler, "link", "set", outer, "up")
+            ip("-n", ns, "link", "set", inner, "up")
+            servers.append(start_sshd(ns, f"10.203.{i}.2", keys, tmp_path, str(i)))
             net.namespaces[node], net.addresses[node], net.links[node] = ns, f"10.203.{i}.2", outer
         deadline = time.monotonic() + 10
         for node in NODES:  # listening, as seen from the reconciler's namespace
@@ -138,14 +99,7 @@ def net(tmp_path: Path) -> Iterator[Net]:
                 time.sleep(0.05)
         yield net
     finally:
-        for server in servers:  # sessions over a cut link would wait out TCP's timeouts: kill them
-            subprocs.kill_descendants(server.pid)
-            server.send_signal(signal.SIGTERM)
-        for server in servers:
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        stop_sshds(servers)
         for ns in made:  # deleting a namespace removes its veth ends too
             subprocs.run(["ip", "netns", "pids", ns], capture_output=True)
             subprocs.run(["ip", "netns", "del", ns], capture_output=True)
@@ -153,13 +107,7 @@ def net(tmp_path: Path) -> Iterator[Net]:
 
 @pytest.fixture
 def cluster_behind(net: Net, tmp_path: Path) -> Path:
-    directory = sim_init(tmp_path / "cluster", 3, ssh=SshLayout("0.0.0.0", 22, "root", net.fingerprint))
-    config = directory / "haios.yaml"
-    text = config.read_text()
-    for node in NODES:
-        start = text.index(f"  - name: {node}\n")
-        text = text[:start] + text[start:].replace("address: 0.0.0.0", f"address: {net.addresses[node]}", 1)
-    config.write_text(text)
+    directory = sim_cluster_at(tmp_path / "cluster", net.addresses, net.fingerprint)
     thresholds = directory / "policies/thresholds.yaml"
     thresholds.write_text(thresholds.read_text().replace("    ANALYZE: 500ms", "    ANALYZE: 10ms"))
     assert sim_run(directory, iterations=1, seed=7, faults={}).committed == 5
@@ -171,6 +119,7 @@ def cluster_behind(net: Net, tmp_path: Path) -> Path:
         )
     )
     git(directory, "commit", "-qam", "test set-up: addresses, a short ANALYZE prior, a slow compensator")
+    provision_policy(directory, head(directory))  # the nodes hold what was committed, as after a reconcile
     return directory
 
 

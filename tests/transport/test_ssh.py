@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers import Invoke, subprocs
-from helpers.cluster import git, plant
+from helpers.cluster import git, head, plant
 from helpers.sshd import Sshd
 
 from haios.config import load_repo
@@ -20,7 +20,7 @@ from haios.config.model import NodeSpec
 from haios.errors import HostKeyError, QuorumError, TransportError, UsageError, WalMissingError
 from haios.ops import build, reconcile
 from haios.sim.check import sim_check
-from haios.sim.simulator import SshLayout, sim_init, sim_run
+from haios.sim.simulator import SshLayout, provision_policy, sim_init, sim_run
 from haios.transport.ssh import SshTransport, check_node, quote_command
 
 
@@ -35,6 +35,7 @@ def ssh_cluster(tmp_path: Path, ssh_env: Sshd) -> Path:
     thresholds = directory / "policies/thresholds.yaml"
     thresholds.write_text(thresholds.read_text().replace("    ANALYZE: 500ms", "    ANALYZE: 10ms"))
     git(directory, "commit", "-qam", "test set-up: a short ANALYZE prior")
+    provision_policy(directory, head(directory))  # the nodes hold what was committed, as after a reconcile
     assert sim_run(directory, iterations=1, seed=7, faults={}).committed == 5
     return directory
 
@@ -450,7 +451,9 @@ def test_init_then_provision_ssh_nodes_then_doctor(tmp_path: Path, ssh_env: Sshd
     assert not kinds & {"unreachable", "host_key", "version", "control_file"}, kinds  # only heartbeats missing
     # the fix for a remote node's heartbeat is to start its agent there, not a local command
     fixes = [f["fix"] for f in findings if f["kind"].startswith("heartbeat")]
-    assert fixes and all(fix.startswith("on node-") and "start its agent" in fix for fix in fixes), fixes
+    assert fixes and all(fix.startswith("on node-") and f"haios agent {tmp_path}/srv/node-" in fix for fix in fixes), (
+        fixes
+    )
 
 
 def test_disk_full_on_a_node_is_a_clean_error_and_nothing_half_written(
