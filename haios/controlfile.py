@@ -19,6 +19,7 @@ the same version.
 
 from __future__ import annotations
 
+import copy
 import errno
 import hashlib
 import io
@@ -178,6 +179,25 @@ def read_mapping(path: Path | str) -> tuple[dict[str, Any], int]:
     """Read a haios control file and return its mapping and version."""
     cf = read(path)
     return load_mapping(cf), cf.version
+
+
+_PARSED: dict[str, tuple[int, bytes, dict[str, Any]]] = {}  # path -> (version, body hash, mapping)
+
+
+def read_mapping_cached(path: Path | str) -> tuple[dict[str, Any], int]:
+    """:func:`read_mapping`, the body parsed again only when it changed: for a process that reads the
+    same control files every few seconds (the node agent, its gossip server), where parsing a large
+    policy would be most of the work. Verified on every call; the caller gets its own copy."""
+    cf = read(path)
+    body_hash = hashlib.sha256(cf.body).digest()
+    key = os.fspath(path)
+    hit = _PARSED.get(key)
+    if hit is None or hit[0] != cf.version or hit[1] != body_hash:
+        if len(_PARSED) >= 64:
+            _PARSED.clear()
+        hit = (cf.version, body_hash, load_mapping(cf))
+        _PARSED[key] = hit
+    return copy.deepcopy(hit[2]), cf.version
 
 
 def write_mapping(path: Path | str, mapping: dict[str, Any], *, expected_version: int | None) -> int:

@@ -76,3 +76,13 @@ def test_benchmarks_replication_bench_quick_run_prints_its_table(tmp_path: Path)
     assert lines[2].startswith("BEGIN_PHASE record, R=3 local")
     assert any(line.startswith("lock acquire+release, git") for line in lines)
     assert list(work.iterdir()) == []  # cleaned up
+
+
+def test_benchmarks_agent_bench_quick_run_prints_its_table(tmp_path: Path) -> None:
+    work, proc = _quick(tmp_path, "agent_bench", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:3] == ["measure", "median", "ms"]
+    assert any(line.startswith("round, kept-open SSH sessions") for line in lines)
+    assert any(line.startswith("round, a session per round") for line in lines)
+    assert list(work.iterdir()) == []

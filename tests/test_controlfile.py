@@ -239,3 +239,17 @@ def test_crash_sigkill_writer_leaves_old_or_new(tmp_path: Path, rate: Callable[[
             _run_crash_trial(path, rng, writers)
     seconds = time.monotonic() - started
     rate(f"{trials} writers killed in {seconds:.1f} s: {trials / seconds:.1f} a second")
+
+
+def test_read_mapping_cached_parses_again_only_after_a_change(tmp_path: Path) -> None:
+    path = tmp_path / "policy"
+    controlfile.write_mapping(path, {"a": [1, 2]}, expected_version=None)
+    first, version = controlfile.read_mapping_cached(path)
+    first["a"].append(3)  # the caller's own copy: the cache keeps what the file says
+    again, _ = controlfile.read_mapping_cached(path)
+    assert (again, version) == ({"a": [1, 2]}, 1)
+    controlfile.write_mapping(path, {"a": [9]}, expected_version=1)
+    assert controlfile.read_mapping_cached(path) == ({"a": [9]}, 2)
+    path.write_bytes(path.read_bytes().replace(b"9", b"8"))  # damaged: verified on every call
+    with pytest.raises(HaiosError):
+        controlfile.read_mapping_cached(path)

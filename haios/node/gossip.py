@@ -30,7 +30,7 @@ MAX_VIEW = 10_000  # members in one view: a request naming more is refused, not 
 
 def active_members(policy: Mapping[str, Any]) -> list[str]:
     """The members a node's policy lists as active: whose silence counts towards a partition."""
-    return sorted(name for name, status in _mapping(policy, "membership").items() if status == "active")
+    return sorted(name for name, status in mapping_at(policy, "membership").items() if status == "active")
 
 
 def partition_status(peers: Mapping[str, str | None], now: float, window: float) -> str:
@@ -54,7 +54,8 @@ def _read(root: Path) -> tuple[dict[str, Any], int | None]:
     return (controlfile.read_mapping(path)[0] if version is not None else {}), version
 
 
-def _mapping(body: Mapping[str, Any], key: str) -> dict[str, Any]:
+def mapping_at(body: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """``body[key]`` when it is a mapping (keys as strings), else an empty one: a file's field as data."""
     value = body.get(key)
     return {str(k): v for k, v in value.items()} if isinstance(value, dict) else {}
 
@@ -62,7 +63,7 @@ def _mapping(body: Mapping[str, Any], key: str) -> dict[str, Any]:
 def view(root: Path, node: str) -> dict[str, int]:
     """What this node knows: its own sequence number and the highest it heard of every peer."""
     body, _ = _read(root)
-    seqs = _mapping(body, "seqs")
+    seqs = mapping_at(body, "seqs")
     known = {k: v for k, v in seqs.items() if isinstance(v, int) and not isinstance(v, bool)}
     return {**known, node: own_seq(root)}
 
@@ -97,7 +98,7 @@ def learn(
     peers = sorted(set(members) - {node})
     for _ in range(attempts):
         body, version = _read(root)
-        old_seqs, old_heard = _mapping(body, "seqs"), _mapping(body, "peers")
+        old_seqs, old_heard = mapping_at(body, "seqs"), mapping_at(body, "peers")
         seqs: dict[str, int] = {}
         when: dict[str, str | None] = {}
         for peer in peers:
@@ -143,9 +144,9 @@ def handle(root: Path, request: dict[str, Any], now: float) -> dict[str, Any]:
     if request.get("op") != "gossip":
         raise UsageError(f"unknown gossip operation {str(request.get('op'))[:64]!r} (known: gossip)")
     incoming = checked_view(request.get("view"))
-    state, _ = controlfile.read_mapping(root / "state.txt")
+    state, _ = controlfile.read_mapping_cached(root / "state.txt")
     node = str(state.get("node"))
-    policy, _ = controlfile.read_mapping(root / "policy")
+    policy, _ = controlfile.read_mapping_cached(root / "policy")
     members = [str(m) for m in (policy.get("membership") or {})]
     if request.get("from") not in members:
         raise UsageError(

@@ -54,22 +54,17 @@ class Settings:
 
     @classmethod
     def read(cls, root: Path) -> Settings:
-        state, _ = controlfile.read_mapping(root / "state.txt")
-        policy, _ = controlfile.read_mapping(root / "policy")
-        thresholds = _mapping(policy, "thresholds")
+        state, _ = controlfile.read_mapping_cached(root / "state.txt")
+        policy, _ = controlfile.read_mapping_cached(root / "policy")
+        thresholds = gossip.mapping_at(policy, "thresholds")
         interval, window = thresholds.get("heartbeat_interval"), thresholds.get("partition_window")
         return cls(
             str(state.get("node")),
             gossip.active_members(policy),
-            {k: v for k, v in _mapping(policy, "peers").items() if isinstance(v, dict)},
+            {k: v for k, v in gossip.mapping_at(policy, "peers").items() if isinstance(v, dict)},
             float(interval) if isinstance(interval, int | float) and interval > 0 else DEFAULT_INTERVAL,
             float(window) if isinstance(window, int | float) and window > 0 else DEFAULT_WINDOW,
         )
-
-
-def _mapping(body: dict[str, Any], key: str) -> dict[str, Any]:
-    value = body.get(key)
-    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 def _spec(name: str, peer: dict[str, Any]) -> NodeSpec:
@@ -198,14 +193,15 @@ class Agent:
         try:
             while not stop.is_set():
                 started = self.clock()
+                interval = DEFAULT_INTERVAL
                 try:
+                    interval = Settings.read(self.root).interval
                     self.round()
                 except HaiosError as exc:  # a damaged control file, a full disk: said, and the next round tries
                     self.log(f"{self.root}: round failed: {exc.message}")
                 rounds += 1
                 if once:
                     break
-                interval = Settings.read(self.root).interval
                 stop.wait(max(0.0, interval - (self.clock() - started)))
         finally:
             self.shutdown()

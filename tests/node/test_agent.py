@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,12 @@ def test_the_agent_command_runs_checks_and_stops_on_sigterm(tmp_path: Path) -> N
                 proc.kill()
                 proc.wait()
     assert running(root) is None
+
+
+def test_a_damaged_policy_is_said_and_the_agent_goes_on(tmp_path: Path) -> None:
+    init_node_root(tmp_path / "n1", "n1", _policy(tmp_path))
+    (tmp_path / "n1" / "policy").write_bytes(b"cluster: c\n#haios v=1 sha256=" + b"0" * 64 + b"\n")
+    lines: list[str] = []
+    agent = Agent(tmp_path / "n1", log=lines.append, clock=lambda: T0)
+    assert agent.run(threading.Event(), once=True) == 1
+    assert len(lines) == 1 and "round failed" in lines[0] and "policy" in lines[0]
