@@ -19,28 +19,21 @@ a Python start-up: the kept-open row should be a small fraction of the baseline.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import print_table
+from _common import latency_row, loopback_sshd, print_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers.sshd import make_sshd, sshd_binary  # noqa: E402 - the tests' fixtures, shared
+from helpers.sshd import sshd_binary  # noqa: E402 - the tests' fixtures, shared
 
 from haios.node.gossip import serve  # noqa: E402
 from haios.ops.agent import Agent  # noqa: E402
-from haios.sim.simulator import SshLayout, sim_init  # noqa: E402
+from haios.sim.simulator import sim_init  # noqa: E402
 from haios.transport.local import LocalExchange  # noqa: E402
-
-
-def _p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
 
 def rounds(agent: Agent, count: int, *, fresh: bool) -> list[float]:
@@ -61,9 +54,7 @@ def rounds(agent: Agent, count: int, *, fresh: bool) -> list[float]:
 
 
 def _row(name: str, values: list[float], base: list[float] | None) -> list[str]:
-    median = statistics.median(values)
-    ratio = f"{median / statistics.median(base):.3f}x" if base else "1.00x (baseline)"
-    return [name, f"{median * 1000:.2f}", f"{_p95(values) * 1000:.2f}", str(len(values)), ratio]
+    return latency_row(name, values, base, digits=3)
 
 
 def _log(line: str) -> None:
@@ -88,12 +79,7 @@ def main() -> int:
         )
         local_times = rounds(in_process, args.rounds, fresh=False)
         if sshd_binary() is not None:
-            sshd = make_sshd(work / "sshd")
-            saved = {k: os.environ.get(k) for k in ("HAIOS_SSH_IDENTITY", "HAIOS_REMOTE_COMMAND")}
-            try:
-                os.environ["HAIOS_SSH_IDENTITY"] = str(sshd.client_key)
-                os.environ["HAIOS_REMOTE_COMMAND"] = sshd.remote_command
-                layout = SshLayout("127.0.0.1", sshd.port, "root", sshd.fingerprint)
+            with loopback_sshd(work) as layout:
                 cluster = sim_init(work / "ssh", 5, ssh=layout)
                 root = cluster / "nodes/node-1"
                 per_round = rounds(Agent(root, log=_log, clock=time.time), max(3, args.rounds // 5), fresh=True)
@@ -101,13 +87,6 @@ def main() -> int:
                 rows.append(_row("round, a session per round (ssh + interpreter)", per_round, None))
                 rows.append(_row("round, kept-open SSH sessions (haios agent)", kept, per_round))
                 rows.append(_row("round, local roots in process", local_times, per_round))
-            finally:
-                sshd.stop()
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
         else:
             print("(no sshd: Debian's openssh-server is not installed; the SSH rows are left out)", file=sys.stderr)
             rows.append(_row("round, local roots in process", local_times, None))

@@ -23,28 +23,22 @@ these figures say what replication costs, for the operator deciding on it.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import print_table
+from _common import latency_row as _row
+from _common import loopback_sshd, print_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers.sshd import make_sshd, sshd_binary  # noqa: E402 - the tests' fixtures, shared
+from helpers.sshd import sshd_binary  # noqa: E402 - the tests' fixtures, shared
 
 from haios.node import Node  # noqa: E402
 from haios.node.timing import collecting  # noqa: E402
 from haios.node.transaction import next_transition  # noqa: E402
-from haios.sim.simulator import SshLayout, sim_init  # noqa: E402
-
-
-def _p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+from haios.sim.simulator import sim_init  # noqa: E402
 
 
 def begin_latencies(cluster: Path, transitions: int) -> tuple[list[float], list[float]]:
@@ -84,12 +78,6 @@ def lock_latencies(backend: object, rounds: int) -> list[float]:
     return times
 
 
-def _row(name: str, values: list[float], base: list[float] | None) -> list[str]:
-    median = statistics.median(values)
-    ratio = f"{median / statistics.median(base):.2f}x" if base else "1.00x (baseline)"
-    return [name, f"{median * 1000:.2f}", f"{_p95(values) * 1000:.2f}", str(len(values)), ratio]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, default=None, help="Work directory (default: a temporary one).")
@@ -109,24 +97,12 @@ def main() -> int:
         rows.append(_row("Node.begin (snapshot too), replication off", plain, None))
         rows.append(_row("Node.begin (snapshot too), R=3 local", local, plain))
         if sshd_binary() is not None:
-            sshd = make_sshd(work / "sshd")
-            saved = {k: os.environ.get(k) for k in ("HAIOS_SSH_IDENTITY", "HAIOS_REMOTE_COMMAND")}
-            try:
-                os.environ["HAIOS_SSH_IDENTITY"] = str(sshd.client_key)
-                os.environ["HAIOS_REMOTE_COMMAND"] = sshd.remote_command
-                layout = SshLayout("127.0.0.1", sshd.port, "root", sshd.fingerprint)
+            with loopback_sshd(work) as layout:
                 remote, remote_append = begin_latencies(
                     sim_init(work / "ssh", 3, ssh=layout, replication=True), args.transitions
                 )
                 rows.append(_row("BEGIN_PHASE record, R=3 over SSH", remote_append, plain_append))
                 rows.append(_row("Node.begin (snapshot too), R=3 over SSH", remote, plain))
-            finally:
-                sshd.stop()
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
         else:
             print("(no sshd: Debian's openssh-server is not installed; the SSH row is left out)", file=sys.stderr)
         from haios.coord.git import GitBackend
