@@ -333,7 +333,8 @@ def _print_result(result: RunResult) -> None:
             _render.out(f"policy pushed to {p['node']} ({p['digest'][:12]})", style="green")
     if not result.outcomes and not result.note:
         settled = not result.plan.unreached and not result.plan.refused
-        _render.out(f"nothing to do: {settled_line(result.plan)}", style="green" if settled else "yellow")
+        what = "nothing else to do" if any(p["outcome"] == "pushed" for p in result.policy) else "nothing to do"
+        _render.out(f"{what}: {settled_line(result.plan)}", style="green" if settled else "yellow")
     for o in result.outcomes:
         token = f", token {o.token}" if o.token is not None else ""
         what = verbs.get(o.verdict, o.verdict) if o.steps else o.verdict

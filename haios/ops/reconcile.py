@@ -77,6 +77,8 @@ def reconcile(
             elif result.policy:  # suspended: the policy that says so went out, and is recorded
                 policies.commit_alone(ctx, result, opened.recorder)
                 push_audit(result, opened.recorder, push, remote)
+                if result.commit is not None:
+                    emit(make("commit", commit=result.commit, pushed_to=result.pushed_to, traces=[]))
         finally:
             opened.close()  # a transport opened for this run: its connections end with it
         result.uncommitted = uncommitted
@@ -133,7 +135,12 @@ def _execute(
             result.note += f"; overrides refused: {', '.join(refused)}"
         return result
     if plan.suspended:
-        result.note = "the desired state says suspend: plan only, nothing changed"
+        pushed = sum(1 for p in result.policy if p["outcome"] == "pushed")
+        result.note = "the desired state says suspend: plan only, " + (
+            f"nothing changed but the policy, pushed to {pushed} member(s) so that they refuse BEGIN too"
+            if pushed
+            else "nothing changed"
+        )
         result.outcomes = [_untouched(tp, EXIT_PENDING if tp.actionable else 0) for tp in plan.traces]
         return result
     runner = TraceRunner(ctx, holder, clock, progress, plan.desired_commit, emit)

@@ -67,7 +67,7 @@ def test_a_suspension_is_pushed_though_reconcile_changes_nothing_else(cluster: P
     _commit(cluster, "suspend: false", "suspend: true", "suspend")
     result = cli("--repo", cluster, "reconcile")
     assert result.exit_code == 0, result.output
-    assert "suspend: plan only" in result.stdout
+    assert "suspend: plan only, nothing changed but the policy, pushed to 3 member(s)" in result.stdout
     assert _changed_files(cluster, head(cluster)) == ["status/policy.yaml"]
     with pytest.raises(BarrierError, match="suspends the cluster"):
         Node(cluster / "nodes/node-2").begin(2, "ANALYZE", participants=["node-1", "node-2", "node-3"])

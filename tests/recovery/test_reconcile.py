@@ -226,7 +226,7 @@ def test_hold_policy_and_suspend(cluster: Path, cli: Invoke) -> None:
         path.unlink()
     before = head(cluster)
     result = cli("--repo", cluster, "reconcile")
-    assert result.exit_code == 2 and "suspend: plan only, nothing changed" in result.stdout
+    assert result.exit_code == 2 and "suspend: plan only, nothing changed but the policy" in result.stdout
     # nothing moved but the suspension itself, on its way to the nodes
     assert _changed(cluster, before) == ["status/policy.yaml"] and positions(cluster)["node-1"] == (1, "IDLE")
 
