@@ -82,6 +82,18 @@ def checked_view(value: object) -> dict[str, int]:
     return out
 
 
+def _utc_or_none(value: object) -> str | None:
+    """A time the file names, or None when it names none this haios would write (a hostile file's
+    entry is silence, never a crash)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parse_utc(value)
+    except ValueError:
+        return None
+    return value
+
+
 def learn(
     root: Path,
     node: str,
@@ -104,7 +116,7 @@ def learn(
         for peer in peers:
             known = old_seqs.get(peer)
             known = known if isinstance(known, int) and not isinstance(known, bool) else -1
-            last = old_heard.get(peer) if isinstance(old_heard.get(peer), str) else None
+            last = _utc_or_none(old_heard.get(peer))
             if heard.get(peer, -1) > known:
                 known, last = heard[peer], utc(now)  # fresh evidence, direct or relayed
             if known >= 0:

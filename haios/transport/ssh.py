@@ -590,7 +590,7 @@ class SshExchange:
         if self._stream is None:
             channel = self.transport.open_stream(self.name, self.words)
             channel.settimeout(self.timeout)
-            self._stream = (channel, _lines(channel))
+            self._stream = (channel, _lines(channel, self.name))
         return self._stream
 
     def request(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -634,7 +634,7 @@ class SshExchange:
         self.transport.disconnect(self.name)
 
 
-def _lines(channel: Any) -> Iterator[bytes]:
+def _lines(channel: Any, name: str) -> Iterator[bytes]:
     """The lines a channel sends, each with its newline; the last one without, if the channel ends
     in the middle of it; nothing more once it ended (``recv`` times out as the channel says)."""
     buffer = b""
@@ -645,7 +645,7 @@ def _lines(channel: Any) -> Iterator[bytes]:
             yield line
             continue
         if len(buffer) > LIMITS["json"]:
-            raise TransportError("an answer longer than any haios sends")
+            raise TransportError(f"{name}: an answer longer than any haios sends (over {LIMITS['json']} bytes)")
         chunk = channel.recv(65536)
         if not chunk:
             if buffer:

@@ -85,3 +85,14 @@ def test_a_request_no_member_sent_is_refused(roots: dict[str, Path], bad: dict[s
 def test_a_view_too_large_is_refused_unread() -> None:
     with pytest.raises(UsageError, match="at most"):
         checked_view({f"n{i}": 1 for i in range(10_001)})
+
+
+def test_a_hostile_gossip_file_entry_is_silence(roots: dict[str, Path]) -> None:
+    controlfile.write_mapping(
+        roots["n1"] / "gossip",
+        {"node": "n1", "peers": {"n2": "yesterday", "n3": 7}, "seqs": {"n2": "x"}, "partition_status": "NORMAL"},
+        expected_version=None,
+    )
+    body = learn(roots["n1"], "n1", NODES, {"n4": 1, "n5": 1}, T0, window=45)
+    assert body["peers"] == {"n2": None, "n3": None, "n4": utc(T0), "n5": utc(T0)}
+    assert body["partition_status"] == "NORMAL" and body["seqs"] == {"n4": 1, "n5": 1}
