@@ -8,6 +8,10 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import pytest
+
+from haios.sim.simulator import SshLayout, sim_init
+
 from . import subprocs
 from .sshd import keygen, sshd_binary
 
@@ -31,8 +35,6 @@ def cannot_make_namespaces() -> str | None:
 
 def need_namespaces() -> None:
     """Skip the test, saying why, when :func:`cannot_make_namespaces`."""
-    import pytest
-
     why = cannot_make_namespaces()
     if why is not None:
         pytest.skip(why)
@@ -82,8 +84,6 @@ def stop_sshds(servers: list[subprocess.Popen[bytes]]) -> None:
 def sim_cluster_at(directory: Path, addresses: dict[str, str], fingerprint: str) -> Path:
     """A simulated cluster whose nodes haios reaches over SSH, each at its own address (port 22, user
     root, the host key ``fingerprint``); haios.yaml edited, not committed."""
-    from haios.sim.simulator import SshLayout, sim_init
-
     made = sim_init(directory, len(addresses), ssh=SshLayout("0.0.0.0", 22, "root", fingerprint))
     config = made / "haios.yaml"
     text = config.read_text()
