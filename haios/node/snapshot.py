@@ -3,24 +3,43 @@
 Files in ``data/`` are only ever replaced (written to a temporary file and renamed), never modified in
 place, so a hard link keeps the old content for as long as the snapshot lives.
 
-A snapshot is built in ``snapshots/.<name>.tmp`` and renamed into place once every directory in it
-is fsynced, so ``snapshots/<name>`` exists only when complete. Restoring makes ``data/`` equal to the
-snapshot file by file (by inode), which is idempotent: a restore interrupted by a crash is simply
+The node's data manifest is part of the snapshot: ``snapshots/<name>.manifest`` is a hard link to
+the manifest as it was (absent when there was none), made before the snapshot's directory is renamed
+into place. A snapshot is built in ``snapshots/.<name>.tmp`` and renamed into place once every
+directory in it is fsynced, so ``snapshots/<name>`` exists only when complete. Restoring makes ``data/`` equal to the
+snapshot file by file (by inode), then puts the manifest back, which is idempotent: a restore interrupted by a crash is simply
 run again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
 
 from ..errors import StorageError
 from ..fsutil import fsync_dir
+from .manifest import MANIFEST
 
 
 def snapshot_name(g: int, phase: str) -> str:
     return f"{g}-{phase}"
+
+
+def _manifest_of(root: Path, name: str) -> Path:
+    return root / "snapshots" / f"{name}.{MANIFEST}"
+
+
+def _link_over(src: Path, dst: Path) -> None:
+    """Make ``dst`` a hard link to ``src``, replacing it atomically."""
+    if _same_file(src, dst):
+        return  # (renaming a link over another link to the same file would do nothing)
+    tmp = dst.parent / f".{dst.name}.link"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.link(src, tmp, follow_symlinks=False)
+    os.rename(tmp, dst)
 
 
 def _link_tree(src: Path, dst: Path) -> int:
@@ -68,6 +87,10 @@ def take(root: Path, name: str) -> tuple[Path, int]:
         if final.exists():
             shutil.rmtree(final)
         written = _link_tree(root / "data", tmp)
+        if os.path.lexists(root / MANIFEST):
+            _link_over(root / MANIFEST, _manifest_of(root, name))
+        elif os.path.lexists(_manifest_of(root, name)):
+            os.unlink(_manifest_of(root, name))
         os.rename(tmp, final)
         fsync_dir(snapshots)
     except OSError as exc:
@@ -131,6 +154,16 @@ def restore(root: Path, name: str) -> int:
                 os.rename(tmp, dst)
                 changed += 1
             fsync_dir(target_dir)
+        # 3. the manifest as it was when the snapshot was taken
+        kept = _manifest_of(root, name)
+        if os.path.lexists(kept):
+            if not _same_file(kept, root / MANIFEST):
+                _link_over(kept, root / MANIFEST)
+                changed += 1
+        elif os.path.lexists(root / MANIFEST):
+            os.unlink(root / MANIFEST)
+            changed += 1
+        fsync_dir(root)
     except OSError as exc:
         raise StorageError(f"{data}: restore from {snap} failed: {os.strerror(exc.errno or 0)}") from exc
     return changed
@@ -139,4 +172,6 @@ def restore(root: Path, name: str) -> int:
 def drop(root: Path, name: str) -> None:
     """Delete a snapshot that is no longer needed (after the phase committed or was rolled back)."""
     shutil.rmtree(root / "snapshots" / name, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_manifest_of(root, name))
     fsync_dir(root / "snapshots")

@@ -42,18 +42,16 @@ from ..errors import (
     HaiosError,
     PartitionError,
     StateBehindError,
-    VersionConflict,
     WalCorruptError,
     WalMissingError,
 )
-from ..fsutil import fsync_dir, makedirs_durable
 from ..timefmt import utc
 from ..untrusted import is_number
 from ..vclock import VClock
 from ..wal import Cursor, Record, RecordType, Wal, phases, read_records
 from ..wal.phases import PhaseLog
 from ..wal.reader import WalReader, cursor_holds, list_segments
-from . import replicas, shapes, snapshot
+from . import manifest, replicas, shapes, snapshot
 from .heartbeat import gossip_partitioned
 from .paths import confine
 from .timing import measure
@@ -497,12 +495,12 @@ class PhaseTx:
         ``expected_version`` defaults to the file's version now (None: it must not exist).
         """
         self._check_open(before_prepare=True)
-        target = confine(self.node.data, path)
+        confine(self.node.data, path)  # refuses a path that would leave data/
         if any(i["path"] == path for i in self.log.intents):
             # One intent per file and phase keeps replay idempotent: log the file's final content once.
             raise HaiosError(f"{path}: this phase already has an intent for it", hint="log the final content once")
         if expected_version == "current":
-            expected_version = controlfile.current_version(target)
+            expected_version = manifest.load(self.node.root).version_of(path)
         seq = len(self.log.intents) + 1
         fields: dict[str, Any] = {"seq": seq, "path": path, "expected_version": expected_version}
         if content is None:
@@ -630,22 +628,6 @@ class PhaseTx:
         self.close()
 
 
-def intent_applied(data: Path, intent: dict[str, Any]) -> bool:
-    """Whether ``intent`` is already in effect in ``data`` (idempotent replay skips it)."""
-    target = confine(data, intent["path"])
-    if intent["op"] == "delete":
-        return not os.path.lexists(target)
-    try:
-        cf = controlfile.read(target)
-    except HaiosError:
-        return False
-    expected = intent["expected_version"]
-    return (
-        cf.version == (1 if expected is None else expected + 1)
-        and hashlib.sha256(cf.body).hexdigest() == intent["sha256"]
-    )
-
-
 def check_intents(intents: list[dict[str, Any]], schemas: list[DataSchema]) -> None:
     """Validate every file the intents write against the data schemas that cover it (DataSchemaError)."""
     for intent in intents:
@@ -654,28 +636,12 @@ def check_intents(intents: list[dict[str, Any]], schemas: list[DataSchema]) -> N
 
 
 def apply_intents(data: Path, intents: list[dict[str, Any]], schemas: list[DataSchema] | None = None) -> int:
-    """Apply logged intents to ``data`` with atomic versioned writes, skipping those already applied.
+    """Apply logged intents to ``data`` (the files byte for byte, then the node's manifest), skipping
+    those already applied.
 
     Every written file is validated first against ``schemas`` (a replay validates too). Returns how
-    many were applied now. A target whose version is neither the expected one nor the intended one
-    raises VersionConflict (someone else changed data/).
+    many were applied now. A file whose manifest version is neither the expected one nor the intended
+    one raises VersionConflict; one changed outside any phase, DataDriftError (see :mod:`.manifest`).
     """
     check_intents(intents, schemas or [])
-    applied = 0
-    for intent in intents:
-        if intent_applied(data, intent):
-            continue
-        target = confine(data, intent["path"])
-        expected = intent["expected_version"]
-        if intent["op"] == "delete":
-            actual = controlfile.current_version(target)
-            if actual != expected:
-                raise VersionConflict(target, expected=expected, actual=actual)
-            os.unlink(target)
-            fsync_dir(target.parent)
-        else:
-            makedirs_durable(target.parent)
-            content = base64.b64decode(intent["content_b64"])
-            controlfile.write(target, content, expected_version=expected)
-        applied += 1
-    return applied
+    return manifest.apply(data.parent, intents, lambda intent: base64.b64decode(intent["content_b64"]))

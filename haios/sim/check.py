@@ -6,7 +6,8 @@
    aborted by a signed override, are excused for the side effects they gave up on;
 3. **barrier** — no node began a transition before the previous one had ended on every node;
 4. **partition** — no WAL append on a node while it was PARTITIONED (the fault log's intervals);
-5. **control files** — every control file of every node verifies (and every WAL);
+5. **control files** — every control file of every node verifies (and every WAL), and every data/
+   file holds the bytes its manifest names;
 6. **audit** — every RECOVERY step in a WAL belongs to a trace that has a commit in the repo's history.
 
 Each violation carries the evidence found; nothing here changes anything.
@@ -26,6 +27,8 @@ from ..config.model import PHASES
 from ..errors import HaiosError, RepoError, WalCorruptError
 from ..gitrepo import run_git
 from ..layout import JOURNAL_DIR
+from ..node.manifest import MANIFEST
+from ..node.manifest import check as manifest_check
 from ..recovery.journal import load as load_journal
 from ..recovery.machine import State
 from ..wal import Record, RecordType, WalReader
@@ -98,16 +101,17 @@ def _attempts(node: str, records: list[Record]) -> list[Attempt]:
 
 
 def _check_control_files(node: str, root: Path, violations: list[Violation]) -> None:
-    paths = [root / name for name in ("state.txt", "policy", "fence", "heartbeat", "gossip")]
+    paths = [root / name for name in ("state.txt", "policy", "fence", "heartbeat", "gossip", MANIFEST)]
     paths += sorted(root.glob("exec_status_*.txt"))
-    paths += sorted(p for p in (root / "data").rglob("*") if p.is_file() and not p.name.startswith("."))
     for path in paths:
-        if not path.exists() and path.name in ("heartbeat", "gossip"):
+        if not path.exists() and path.name in ("heartbeat", "gossip", MANIFEST):
             continue
         try:
             controlfile.read(path)
         except HaiosError as exc:
             violations.append(Violation("control-files", node, None, None, exc.message))
+    for problem in manifest_check(root):  # data/ holds exactly the bytes the phases wrote
+        violations.append(Violation("control-files", node, None, None, problem))
 
 
 def sim_check(directory: Path | str) -> list[Violation]:

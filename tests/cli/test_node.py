@@ -51,7 +51,7 @@ def test_node_commands_run_a_phase(cli: Invoke, repo: Path, tmp_path: Path) -> N
     assert _json(cli("node", "step", root, *common, "fetch").stdout)["steps"] == {"fetch": "ok"}
     assert _json(cli("node", "prepare", root, *common).stdout)["intents"] == 1
     assert _json(cli("node", "commit", root, *common).stdout)["committed"] is True
-    assert controlfile.read(root / "data/app/conf").body == b"v=2\n"
+    assert (root / "data/app/conf").read_bytes() == b"v=2\n"
     assert [r.type for r in read_records(root / "wal")] == [
         RecordType.BEGIN_PHASE,
         RecordType.INTENT,

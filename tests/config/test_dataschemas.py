@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from haios import controlfile, load_repo, validate_repo
+from haios import load_repo, validate_repo
 from haios.errors import DataSchemaError
 from haios.node import Node, init_node_root, scan_phases
 from haios.wal import RecordType, read_records
@@ -79,7 +79,7 @@ def test_dataschemas_good_file_and_yaml_content(node_root: Path) -> None:
         tx.intent("app/web.json", b"port: 8080\n")  # YAML is accepted too
         tx.prepare()
         tx.commit()
-    assert controlfile.read(node_root / "data/app/web.json").body == b"port: 8080\n"
+    assert (node_root / "data/app/web.json").read_bytes() == b"port: 8080\n"
 
 
 def test_dataschemas_unparsable_content_is_refused(node_root: Path) -> None:

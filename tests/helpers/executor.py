@@ -7,8 +7,8 @@ import signal
 import sys
 from pathlib import Path
 
-from haios import controlfile
 from haios.node import Node
+from haios.node import manifest as manifest_module
 from haios.node import transaction as tx_module
 
 POINTS = [
@@ -32,15 +32,14 @@ def die(point: str, stop: str) -> None:
 
 def main() -> None:
     root, stop = Path(sys.argv[1]), sys.argv[2]
-    real_apply, real_write, real_append = tx_module.apply_intents, controlfile.write, None
+    real_apply, real_write, real_append = tx_module.apply_intents, manifest_module.write_data, None
     writes = [0]
 
-    def counting_write(path: object, body: object, *, expected_version: int | None) -> int:
-        if str(path).startswith(str(root / "data")):
-            writes[0] += 1
-            if writes[0] == 2:
-                die("mid_apply", stop)
-        return real_write(path, body, expected_version=expected_version)  # type: ignore[arg-type]
+    def counting_write(target: Path, body: bytes) -> None:
+        writes[0] += 1
+        if writes[0] == 2:
+            die("mid_apply", stop)  # one data/ file written, the next not, the manifest not yet
+        real_write(target, body)
 
     def apply(data: Path, intents: list[dict[str, object]], schemas: object = None) -> int:
         die("after_prepare_record", stop)
@@ -49,7 +48,7 @@ def main() -> None:
         return applied
 
     tx_module.apply_intents = apply
-    controlfile.write = counting_write  # type: ignore[assignment]
+    manifest_module.write_data = counting_write
     node = Node(root)
     tx = node.begin(1, "ANALYZE", participants=[node.name])
     real_append = tx._append

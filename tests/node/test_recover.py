@@ -55,7 +55,7 @@ def test_recover_forward_is_idempotent_and_checkpointed(node_root: Path) -> None
     assert result["outcome"] == "committed"
     state, _ = controlfile.read_mapping(node_root / "state.txt")
     assert (state["g"], state["ph"]) == (1, "ANALYZE")
-    assert controlfile.read(node_root / "data/a.conf").body == b"new\n"
+    assert (node_root / "data/a.conf").read_bytes() == b"new\n"
     assert recover.forward(node_root, trace_id="t1", token=3, g=1, phase="ANALYZE")["outcome"] == "already committed"
     steps = _recovery(node_root)
     assert [(s["trace_id"], s["token"], s["shard"], s["step"], s["outcome"]) for s in steps] == [

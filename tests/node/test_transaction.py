@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -12,7 +13,17 @@ from helpers.executor import POINTS
 
 from haios import controlfile
 from haios.errors import BarrierError, FencedError, PartitionError, PathEscapeError, VersionConflict, WalReadOnlyError
-from haios.node import Node, apply_intents, check_fence, init_node_root, next_transition, scan_phases, snapshot
+from haios.node import (
+    Node,
+    apply_intents,
+    check_fence,
+    init_node_root,
+    manifest,
+    next_transition,
+    scan_phases,
+    snapshot,
+)
+from haios.node.manifest import DataDriftError
 from haios.timefmt import parse_utc
 from haios.wal import RecordType, read_records, repair, verify
 
@@ -39,7 +50,7 @@ def test_transaction_commit_updates_state_data_and_exec_status(node_root: Path) 
     _run(node, 1, "ANALYZE", {"etc/a.conf": b"a\n"})
     state, _ = node.state()
     assert (state["g"], state["ph"], state["status"]) == (1, "ANALYZE", "READY")
-    assert controlfile.read(node_root / "data/etc/a.conf").body == b"a\n"
+    assert (node_root / "data/etc/a.conf").read_bytes() == b"a\n"
     status, _ = controlfile.read_mapping(node_root / "exec_status_1.txt")
     assert status == {
         "g": 1,
@@ -122,11 +133,22 @@ def test_transaction_symlink_escape_refused(node_root: Path, tmp_path: Path) -> 
     assert list((tmp_path / "outside").iterdir()) == []
 
 
-def test_transaction_version_conflict_when_data_changed_underneath(node_root: Path) -> None:
+def test_transaction_refuses_to_overwrite_data_changed_underneath(node_root: Path) -> None:
     node = Node(node_root)
     tx = node.begin(1, "ANALYZE", participants=["n1"])
     tx.intent("f", b"mine\n")
-    controlfile.write(node_root / "data/f", b"theirs\n", expected_version=None)  # someone else
+    (node_root / "data/f").write_bytes(b"theirs\n")  # someone else, outside any phase
+    with pytest.raises(DataDriftError, match=r"data/f: a file is there \(changed outside any phase\)"):
+        tx.prepare()
+    tx.close()
+    assert (node_root / "data/f").read_bytes() == b"theirs\n"  # nothing lost
+
+
+def test_transaction_version_conflict_when_another_phase_wrote_first(node_root: Path) -> None:
+    node = Node(node_root)
+    _run(node, 1, "ANALYZE", {"f": b"one"})
+    tx = node.begin(1, "BLUEPRINT", participants=["n1"])
+    tx.intent("f", b"two", expected_version=None)  # written as if the file were new
     with pytest.raises(VersionConflict, match="expected absent, found v1"):
         tx.prepare()
     tx.close()
@@ -206,16 +228,23 @@ def test_snapshot_is_hard_links_and_restore_is_idempotent(node_root: Path) -> No
 
 
 def _files(data: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(data)): controlfile.read(p).body for p in data.rglob("*") if p.is_file()}
+    return {str(p.relative_to(data)): p.read_bytes() for p in data.rglob("*") if p.is_file()}
+
+
+def _seed(root: Path, files: dict[str, bytes]) -> None:
+    """data/ files as if an earlier phase had written them (bytes and manifest)."""
+    intents = [
+        {"path": k, "op": "write", "expected_version": None, "sha256": hashlib.sha256(v).hexdigest()}
+        for k, v in files.items()
+    ]
+    manifest.apply(root, intents, lambda intent: files[intent["path"]])
 
 
 @pytest.mark.parametrize("point", POINTS)
 def test_crash_at_each_step_leaves_exactly_one_way_out(tmp_path: Path, point: str) -> None:
     root = tmp_path / "n1"
     init_node_root(root, "n1", {"cluster": "c", "max_g": None})
-    (root / "data/etc").mkdir()
-    controlfile.write(root / "data/etc/a.conf", b"old a\n", expected_version=None)
-    controlfile.write(root / "data/old.txt", b"obsolete\n", expected_version=None)
+    _seed(root, {"etc/a.conf": b"old a\n", "old.txt": b"obsolete\n"})
     original = _files(root / "data")
     intended = {"etc/a.conf": b"new a\n", "etc/b.conf": b"brand new b\n"}
     env = {**os.environ, "PYTHONPATH": f"{PROJECT}{os.pathsep}{PROJECT / 'tests'}", "PYTHONDONTWRITEBYTECODE": "1"}
@@ -232,13 +261,14 @@ def test_crash_at_each_step_leaves_exactly_one_way_out(tmp_path: Path, point: st
         apply_intents(root / "data", log.intents)
         assert apply_intents(root / "data", log.intents) == 0
         assert _files(root / "data") == intended
+        assert manifest.check(root) == []  # the manifest names exactly these bytes
         assert point in ("after_prepare_record", "mid_apply", "after_apply", "after_commit_record", "none")
     else:
         # roll back: nothing was applied and the snapshot is intact
         assert _files(root / "data") == original
         assert _files(root / "snapshots/1-ANALYZE") == original
         snapshot.restore(root, "1-ANALYZE")
-        assert _files(root / "data") == original
+        assert _files(root / "data") == original and manifest.check(root) == []
         assert point in ("after_begin", "after_first_intent", "after_intents", "after_side_effect")
     if point == "after_side_effect":
         assert set(log.side_effects) == {"vm-1"}  # logged before the call: recovery will compensate it

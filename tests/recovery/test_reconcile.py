@@ -53,7 +53,7 @@ def test_reconcile_rolls_forward_a_partial_commit(cluster: Path, cli: Invoke) ->
         result.stdout,
     )
     assert positions(cluster) == {n: (2, "ANALYZE") for n in ("node-1", "node-2", "node-3")}
-    assert controlfile.read(cluster / "nodes/node-3/data/analyze/node-3.conf").body == b"planted on node-3\n"
+    assert (cluster / "nodes/node-3/data/analyze/node-3.conf").read_bytes() == b"planted on node-3\n"
     assert sim_check(cluster) == []
     # the audit commit: status files and the journal, trailers git itself can parse
     commit = head(cluster)

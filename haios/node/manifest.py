@@ -1,0 +1,207 @@
+"""What haios knows of each ``data/`` file, kept beside it in ``ROOT/data.manifest`` (a control file).
+
+``data/`` holds the bytes a phase wrote, exactly: a consumer reads a JSON file, a binary or a file
+without a trailing newline as it was written, with nothing appended. Their integrity lives in the
+WAL's INTENT records (the sha256 of each write) and here: for every file haios wrote, the version it
+is at (the optimistic concurrency an INTENT's ``expected_version`` refers to), its sha256 and its size.
+
+Applying intents writes the files first, then the manifest once. A crash between the two leaves
+files whose bytes are those of the INTENTs being applied while the manifest still names the old
+ones, which is exactly what a replay recognises and finishes. A file whose bytes are neither what
+the manifest says nor what the INTENT says was changed behind haios's back: it is never overwritten
+unseen (:class:`DataDriftError`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import controlfile
+from ..errors import HaiosError, IntegrityError, VersionConflict
+from ..fsutil import atomic_write, fsync_dir, makedirs_durable
+from .paths import confine
+
+MANIFEST = "data.manifest"
+_HASH_CHUNK = 1 << 20
+
+
+class DataDriftError(HaiosError):
+    """A data/ file differs from what haios last wrote there (changed outside any phase)."""
+
+    exit_code = 3
+    default_hint = (
+        "something other than a phase changed data/; keep what you need of the file, put back what "
+        "the manifest names ('haios wal inspect' shows the INTENT that wrote it), then run again"
+    )
+
+
+@dataclass(frozen=True)
+class Entry:
+    version: int
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    files: dict[str, Entry]
+    version: int | None  # the control file's version (None: there is none yet)
+
+    def version_of(self, relpath: str) -> int | None:
+        entry = self.files.get(relpath)
+        return None if entry is None else entry.version
+
+
+def _entry(path: Path, name: object, value: object) -> tuple[str, Entry]:
+    if (
+        isinstance(name, str)
+        and isinstance(value, list)
+        and len(value) == 3
+        and type(value[0]) is int
+        and value[0] >= 1
+        and isinstance(value[1], str)
+        and len(value[1]) == 64
+        and type(value[2]) is int
+        and value[2] >= 0
+    ):
+        return name, Entry(value[0], value[1], value[2])
+    raise IntegrityError(path, f"entry {str(name)[:80]!r} is not [version, sha256, size]")
+
+
+def load(root: Path) -> Manifest:
+    """The node's manifest (empty when no phase wrote data/ yet). A damaged one is IntegrityError."""
+    path = root / MANIFEST
+    try:
+        cf = controlfile.read(path)
+    except HaiosError:
+        if not os.path.lexists(path):
+            return Manifest({}, None)
+        raise
+    try:
+        body: Any = json.loads(cf.body) if cf.body else {}
+    except ValueError as exc:
+        raise IntegrityError(path, f"not a JSON manifest: {exc}") from exc
+    files = body.get("files") if isinstance(body, dict) else None
+    if not isinstance(files, dict):
+        raise IntegrityError(path, "not a manifest: no 'files' mapping")
+    return Manifest(dict(_entry(path, k, v) for k, v in files.items()), cf.version)
+
+
+def _store(root: Path, files: dict[str, Entry], expected_version: int | None) -> None:
+    body = {"files": {k: [e.version, e.sha256, e.size] for k, e in sorted(files.items())}}
+    controlfile.write(
+        root / MANIFEST, json.dumps(body, separators=(",", ":")) + "\n", expected_version=expected_version
+    )
+
+
+def file_sha256(path: Path) -> str | None:
+    """sha256 of a regular file's bytes; None when there is no file there (or not a regular one)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _version_after(intent: dict[str, Any]) -> int:
+    expected = intent["expected_version"]
+    return 1 if expected is None else int(expected) + 1
+
+
+def applied(manifest: Manifest, intent: dict[str, Any]) -> bool:
+    """Whether the manifest already records ``intent`` as done."""
+    entry = manifest.files.get(intent["path"])
+    if intent["op"] == "delete":
+        return entry is None
+    return entry is not None and (entry.version, entry.sha256) == (_version_after(intent), intent["sha256"])
+
+
+def write_data(target: Path, body: bytes) -> None:
+    """Replace one data/ file with ``body``, atomically and durably (the bytes exactly)."""
+    atomic_write(target, body)
+
+
+def apply(root: Path, intents: Iterable[dict[str, Any]], content: Callable[[dict[str, Any]], bytes]) -> int:
+    """Apply ``intents`` to ``root/data``: the files (atomic, durable), then the manifest once.
+
+    ``content(intent)`` gives a write's bytes. Intents the manifest already records are skipped, so a
+    replay after a crash finishes what the first run began. Returns how many were applied now.
+    Raises VersionConflict when the manifest's version of a file is neither the expected nor the
+    intended one, DataDriftError when a file's bytes are neither the manifest's nor the intent's.
+    """
+    data = root / "data"
+    manifest = load(root)
+    files = dict(manifest.files)
+    todo = [i for i in intents if not applied(manifest, i)]
+    for intent in todo:
+        path, expected = intent["path"], intent["expected_version"]
+        target = confine(data, path)
+        entry = files.get(path)
+        actual = None if entry is None else entry.version
+        if actual != expected:
+            raise VersionConflict(target, expected=expected, actual=actual)
+        now = file_sha256(target)
+        if now not in ((None if entry is None else entry.sha256), intent["sha256"]) and not (
+            intent["op"] == "delete" and now is None
+        ):
+            state = "is there" if entry is None else "differs from the one haios wrote"
+            raise DataDriftError(f"{target}: a file {state} (changed outside any phase); the phase would replace it")
+    for intent in todo:
+        target = confine(data, intent["path"])
+        if intent["op"] == "delete":
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)
+                fsync_dir(target.parent)
+            files.pop(intent["path"], None)
+        else:
+            makedirs_durable(target.parent)
+            body = content(intent)
+            write_data(target, body)
+            files[intent["path"]] = Entry(_version_after(intent), intent["sha256"], len(body))
+    if todo:
+        _store(root, files, manifest.version)
+    return len(todo)
+
+
+def check(root: Path) -> list[str]:
+    """What in ``data/`` disagrees with the manifest: files changed, missing or never written by a phase.
+
+    Returns one line per file (empty: all agree). A damaged manifest is one line too.
+    """
+    try:
+        manifest = load(root)
+    except HaiosError as exc:
+        return [exc.message]
+    data = root / "data"
+    problems: list[str] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(data):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            rel = path.relative_to(data).as_posix()
+            if name.startswith(".") and name.endswith((".tmp", ".restore")):
+                continue  # a writer's temporary file
+            seen.add(rel)
+            entry = manifest.files.get(rel)
+            if entry is None:
+                problems.append(f"data/{rel}: not written by any phase (not in the manifest)")
+            elif file_sha256(path) != entry.sha256:
+                problems.append(f"data/{rel}: its bytes differ from version {entry.version} that haios wrote")
+    for rel in sorted(set(manifest.files) - seen):
+        problems.append(f"data/{rel}: in the manifest (version {manifest.files[rel].version}) but missing")
+    return problems
