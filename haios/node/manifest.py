@@ -7,9 +7,11 @@ is at (the optimistic concurrency an INTENT's ``expected_version`` refers to), i
 
 Applying intents writes the files first, then the manifest once. A crash between the two leaves
 files whose bytes are those of the INTENTs being applied while the manifest still names the old
-ones, which is exactly what a replay recognises and finishes. A file whose bytes are neither what
-the manifest says nor what the INTENT says was changed behind haios's back: it is never overwritten
-unseen (:class:`DataDriftError`).
+ones, which is exactly what a replay recognises and finishes. Each INTENT also names the bytes the
+phase read (``base_sha256``, None for a file that was not there): a file whose bytes are neither
+those nor the INTENT's was changed behind the phase's back, and is never overwritten unseen
+(:class:`DataDriftError`). A file put in data/ by hand before any phase wrote it is adopted by the
+first phase that read it and wrote it.
 """
 
 from __future__ import annotations
@@ -154,11 +156,11 @@ def apply(root: Path, intents: Iterable[dict[str, Any]], content: Callable[[dict
         actual = None if entry is None else entry.version
         if actual != expected:
             raise VersionConflict(target, expected=expected, actual=actual)
+        # the bytes the phase saw when it logged the intent (older records: what the manifest names)
+        base = intent["base_sha256"] if "base_sha256" in intent else (None if entry is None else entry.sha256)
         now = file_sha256(target)
-        if now not in ((None if entry is None else entry.sha256), intent["sha256"]) and not (
-            intent["op"] == "delete" and now is None
-        ):
-            state = "is there" if entry is None else "differs from the one haios wrote"
+        if now not in (base, intent["sha256"]) and not (intent["op"] == "delete" and now is None):
+            state = "is there" if base is None else "differs from the one the phase read"
             raise DataDriftError(f"{target}: a file {state} (changed outside any phase); the phase would replace it")
     for intent in todo:
         target = confine(data, intent["path"])

@@ -495,14 +495,19 @@ class PhaseTx:
         ``expected_version`` defaults to the file's version now (None: it must not exist).
         """
         self._check_open(before_prepare=True)
-        confine(self.node.data, path)  # refuses a path that would leave data/
+        target = confine(self.node.data, path)  # refuses a path that would leave data/
         if any(i["path"] == path for i in self.log.intents):
             # One intent per file and phase keeps replay idempotent: log the file's final content once.
             raise HaiosError(f"{path}: this phase already has an intent for it", hint="log the final content once")
         if expected_version == "current":
             expected_version = manifest.load(self.node.root).version_of(path)
         seq = len(self.log.intents) + 1
-        fields: dict[str, Any] = {"seq": seq, "path": path, "expected_version": expected_version}
+        fields: dict[str, Any] = {
+            "seq": seq,
+            "path": path,
+            "expected_version": expected_version,
+            "base_sha256": manifest.file_sha256(target),  # what the phase read: applying checks it is still so
+        }
         if content is None:
             fields.update(op="delete", sha256=None)
         else:

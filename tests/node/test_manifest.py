@@ -11,7 +11,7 @@ import pytest
 from haios import controlfile
 from haios.errors import IntegrityError
 from haios.node import Node, init_node_root, manifest
-from haios.node.manifest import MANIFEST
+from haios.node.manifest import MANIFEST, DataDriftError
 
 
 @pytest.fixture
@@ -119,3 +119,22 @@ def test_a_hostile_manifest_is_one_finding_never_a_crash(root: Path, body: bytes
     assert len(manifest.check(root)) == 1
     with pytest.raises(IntegrityError):
         _phase(Node(root), 1, "ANALYZE", {"f": b"1"})
+
+
+def test_a_file_put_in_data_by_hand_is_adopted_by_the_phase_that_read_it(root: Path) -> None:
+    (root / "data/hosts").write_bytes(b"127.0.0.1 localhost")  # there before haios managed anything
+    _phase(Node(root), 1, "ANALYZE", {"hosts": b"127.0.0.1 localhost\n10.0.0.2 db"})
+    assert (root / "data/hosts").read_bytes() == b"127.0.0.1 localhost\n10.0.0.2 db"
+    assert manifest.load(root).version_of("hosts") == 1 and manifest.check(root) == []
+
+
+def test_a_file_changed_between_the_intent_and_prepare_is_never_overwritten(root: Path) -> None:
+    node = Node(root)
+    _phase(node, 1, "ANALYZE", {"f": b"1"})
+    tx = node.begin(1, "BLUEPRINT", participants=["n1"])
+    tx.intent("f", b"2")
+    (root / "data/f").write_bytes(b"edited meanwhile")
+    with pytest.raises(DataDriftError, match="differs from the one the phase read"):
+        tx.prepare()
+    tx.close()
+    assert (root / "data/f").read_bytes() == b"edited meanwhile"
