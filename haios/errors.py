@@ -498,6 +498,16 @@ class ForensicMismatch(VerificationError):
     default_hint = "the archived log is not the one this cluster pruned; do not merge it (compare its source)"
 
 
+class DataDriftError(HaiosError):
+    """A data/ file differs from the bytes the phase read or haios last wrote (changed outside any phase)."""
+
+    exit_code = EXIT_BLOCKED
+    default_hint = (
+        "something other than a phase changed data/; keep what you need of the file, put back what "
+        "the phase read ('haios wal inspect' shows the INTENT), then run again"
+    )
+
+
 class ParticipantFailed(HaiosError):
     """A participant could not take part (refused, crashed, unreachable)."""
 

@@ -27,22 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import controlfile
-from ..errors import HaiosError, IntegrityError, VersionConflict
+from ..errors import DataDriftError, HaiosError, IntegrityError, VersionConflict
 from ..fsutil import atomic_write, fsync_dir, makedirs_durable
 from .paths import confine
 
 MANIFEST = "data.manifest"
 _HASH_CHUNK = 1 << 20
-
-
-class DataDriftError(HaiosError):
-    """A data/ file differs from what haios last wrote there (changed outside any phase)."""
-
-    exit_code = 3
-    default_hint = (
-        "something other than a phase changed data/; keep what you need of the file, put back what "
-        "the manifest names ('haios wal inspect' shows the INTENT that wrote it), then run again"
-    )
 
 
 @dataclass(frozen=True)
@@ -157,7 +147,7 @@ def apply(root: Path, intents: Iterable[dict[str, Any]], content: Callable[[dict
         if actual != expected:
             raise VersionConflict(target, expected=expected, actual=actual)
         # the bytes the phase saw when it logged the intent (older records: what the manifest names)
-        base = intent["base_sha256"] if "base_sha256" in intent else (None if entry is None else entry.sha256)
+        base = intent.get("base_sha256", None if entry is None else entry.sha256)
         now = file_sha256(target)
         if now not in (base, intent["sha256"]) and not (intent["op"] == "delete" and now is None):
             state = "is there" if base is None else "differs from the one the phase read"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from haios import controlfile
-from haios.errors import IntegrityError
+from haios.errors import DataDriftError, IntegrityError
 from haios.node import Node, init_node_root, manifest
-from haios.node.manifest import MANIFEST, DataDriftError
+from haios.node.manifest import MANIFEST
 
 
 @pytest.fixture

@@ -12,7 +12,15 @@ from helpers import subprocs
 from helpers.executor import POINTS
 
 from haios import controlfile
-from haios.errors import BarrierError, FencedError, PartitionError, PathEscapeError, VersionConflict, WalReadOnlyError
+from haios.errors import (
+    BarrierError,
+    DataDriftError,
+    FencedError,
+    PartitionError,
+    PathEscapeError,
+    VersionConflict,
+    WalReadOnlyError,
+)
 from haios.node import (
     Node,
     apply_intents,
@@ -23,7 +31,6 @@ from haios.node import (
     scan_phases,
     snapshot,
 )
-from haios.node.manifest import DataDriftError
 from haios.timefmt import parse_utc
 from haios.wal import RecordType, read_records, repair, verify
 
