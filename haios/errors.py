@@ -28,6 +28,7 @@ code; anything that is not a ``HaiosError`` is a bug and is reported as such (wi
     ├── MetricsError                1  metrics could not be pushed to a Pushgateway or served
     ├── CoordinationError           1  the coordination backend (etcd) could not be reached
     ├── ParticipantFailed           1  a participant could not take part in a phase
+    │   └── CommandFailed           1  the phase's command failed on the node, which aborted the phase
     ├── CloudError                  1  the simulator's fake cloud refused a call (an injected failure)
     ├── NonRetryable                1  a compensator's failure no retry can fix
     ├── InvalidTransition           1  an event the recovery state machine does not allow (a bug)
@@ -43,6 +44,7 @@ code; anything that is not a ``HaiosError`` is a bug and is reported as such (wi
     │   └── ForensicMismatch        5  re-ingested events disagree with their tombstone
     ├── BlockedError                3  needs a human: AWAITING_ACK, BLOCKED_COMPENSATOR, minority view
     │   ├── PartitionError          3  the node is PARTITIONED: its WAL is read-only until it heals
+    │   ├── DataDriftError          3  a data/ file changed outside any phase: never overwritten unseen
     │   ├── WalMissingError         3  a replicated node's WAL is gone: restore it from the replicas
     │   └── QuorumError             3  a majority of the replica group cannot acknowledge
     ├── LockHeldError               4  another reconciler holds the lock
@@ -498,7 +500,7 @@ class ForensicMismatch(VerificationError):
     default_hint = "the archived log is not the one this cluster pruned; do not merge it (compare its source)"
 
 
-class DataDriftError(HaiosError):
+class DataDriftError(BlockedError):
     """A data/ file differs from the bytes the phase read or haios last wrote (changed outside any phase)."""
 
     exit_code = EXIT_BLOCKED
@@ -510,6 +512,11 @@ class DataDriftError(HaiosError):
 
 class ParticipantFailed(HaiosError):
     """A participant could not take part (refused, crashed, unreachable)."""
+
+
+class CommandFailed(ParticipantFailed):
+    """The phase's command failed on a node (it exited non-zero, overran or was killed): the node
+    aborted the phase; retrying without a change would fail again."""
 
 
 class CloudError(HaiosError):

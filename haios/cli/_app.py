@@ -65,7 +65,7 @@ def main_options(
 
 
 def _register() -> None:
-    from . import agent, budget, doctor, init, metrics, node, override, recover, report, sim, validate, wal
+    from . import agent, budget, doctor, init, metrics, node, override, recover, report, run, sim, validate, wal
 
     app.command(name="init")(init.init)
     app.command(name="validate")(validate.validate)
@@ -76,6 +76,7 @@ def _register() -> None:
     app.command(name="audit")(recover.audit)
     app.command(name="report")(report.report)
     app.command(name="agent")(agent.agent)
+    app.command(name="run")(run.run)
     app.add_typer(budget.app, name="budget")
     app.add_typer(metrics.app, name="metrics")
     app.add_typer(node.app, name="node")

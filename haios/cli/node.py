@@ -20,6 +20,8 @@ from ..node.gossip import serve as gossip_serve_one
 from ..node.gossip import view as gossip_view
 from ..node.recover import dispatch
 from ..node.root import init_node_root
+from ..node.runner import participate as participate_one
+from ..node.runner import run_phase
 from ..ops.agent import SERVE as GOSSIP_SERVE
 from ..ops.agent import Agent
 from ..ops.rejoin import rejoin as do_rejoin
@@ -177,6 +179,55 @@ def abort(
     tx.abort(reason)
     _render.emit_ndjson({"g": g, "phase": phase, "aborted": True, "reason": reason})
     return 0
+
+
+@app.command(name="run")
+def run_cmd(
+    root: RootArg,
+    g: GOpt,
+    phase: PhaseOpt,
+    command: Annotated[
+        list[str], typer.Argument(help="The command, after '--', run in the stage.", show_default=False)
+    ],
+    participants: Annotated[
+        str | None,
+        typer.Option("--participants", help="Comma-separated node names (default: this node).", show_default=False),
+    ] = None,
+    trace_id: Annotated[
+        str | None, typer.Option("--trace-id", help="Trace id (default: a new one).", show_default=False)
+    ] = None,
+    timeout: Annotated[
+        str | None,
+        typer.Option("--timeout", help="Stop the command after this long (e.g. 10m) and abort.", show_default=False),
+    ] = None,
+    commit: Annotated[bool, typer.Option("--commit", help="Commit at once (a node on its own).")] = False,
+) -> int:
+    """Run CMD as (g, phase): BEGIN, CMD on a staging copy of data/, then PREPARE (or ABORT).
+
+    CMD runs in $HAIOS_STAGE, a private copy of data/, with HAIOS_ROOT, HAIOS_NODE, HAIOS_G,
+    HAIOS_PHASE and HAIOS_TRACE set; its output goes to ROOT/run.log. When it exits 0, every file it
+    changed, added or removed becomes an INTENT (its bytes, exactly) and the phase is prepared (with
+    --commit, committed); it logs side effects and steps before making them with 'haios node
+    side-effect' / 'haios node step'. Any other exit, a timeout or SIGTERM aborts the phase: data/
+    is left as it was.
+
+    Exit 0 prepared (or committed); 2 the command failed and the phase was aborted; 1 on error.
+    """
+    names = [p for p in (participants or "").split(",") if p] or None
+    limit = parse_duration(timeout) if timeout is not None else None
+    done = run_phase(root, g, phase, command, participants=names, trace_id=trace_id, timeout=limit, commit=commit)
+    _render.emit_ndjson(done.to_json())
+    return 0 if done.outcome != "aborted" else 2
+
+
+@app.command()
+def participate(root: RootArg) -> int:
+    """Take part in 'haios run' transitions for ROOT: one JSON request per stdin line (prepare: run
+    the phase's command up to PREPARE; commit; abort), one answer per stdout line.
+
+    What 'haios run' starts on each member over SSH, one session per run.
+    """
+    return _serve(root, participate_one)
 
 
 @app.command()

@@ -49,6 +49,7 @@ class TransitionResult:
     prepared: list[str] = field(default_factory=list)
     committed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, ParticipantFailed] = field(default_factory=dict)  # the failures themselves
     started: float = 0.0
     finished: float = 0.0
 
@@ -91,17 +92,19 @@ class PhaseDriver:
         self.vc = self.vc.tick(COORDINATOR)
         sent = self.vc
 
-        def prepare(p: Participant) -> tuple[str, VClock | None, str | None]:
+        def prepare(p: Participant) -> tuple[str, VClock | None, ParticipantFailed | None]:
             try:
                 return p.name, p.prepare(g, phase, names, result.trace_id, sent), None
             except ParticipantFailed as exc:
-                return p.name, None, exc.message
+                return p.name, None, exc
 
         with ThreadPoolExecutor(max_workers=max(1, len(self.participants))) as pool:
             answers = list(pool.map(prepare, self.participants))
         for name, vc, error in answers:
             if vc is None:
-                result.failed[name] = error or "failed"
+                result.failed[name] = error.message if error else "failed"
+                if error is not None:
+                    result.errors[name] = error
             else:
                 result.prepared.append(name)
                 self.vc = self.vc.merge(vc)
@@ -122,6 +125,7 @@ class PhaseDriver:
                 result.committed.append(p.name)
             except ParticipantFailed as exc:
                 result.failed[p.name] = exc.message
+                result.errors[p.name] = exc
         result.finished = self.clock()
         if not result.failed:
             result.outcome = "committed"

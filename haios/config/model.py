@@ -121,6 +121,8 @@ class PhasePolicy:
     sla: float | None = None
     resume_playbook: str | None = None
     max_resume_attempts: int = 2
+    command: tuple[str, ...] | None = None  # what 'haios run' has every member run (haios node run)
+    timeout: float = 600.0  # how long that command may run
 
 
 @dataclass(frozen=True)
@@ -400,6 +402,8 @@ def build_desired(v: dict[str, Any]) -> DesiredState:
             sla=parse_duration(p["sla"]) if "sla" in p else None,
             resume_playbook=p.get("resume_playbook"),
             max_resume_attempts=p.get("max_resume_attempts", 2),
+            command=tuple(p["command"]) if "command" in p else None,
+            timeout=parse_duration(p["timeout"]) if "timeout" in p else 600.0,
         )
     return DesiredState(membership, phases, v.get("suspend", False), v.get("max_g"))
 

@@ -138,7 +138,6 @@ class Node:
         self.root = Path(root)
         self.clock = clock
         self.sync = sync  # the WAL's fdatasync (the simulator slows it down)
-        self._policy: tuple[int, dict[str, Any]] | None = None
         self._replicator: Any = None  # haios.replication.Replicator, made when the policy asks for one
         self.healed: dict[str, Any] | None = None  # a torn tail restored from a replica (open_wal)
         state, _ = controlfile.read_mapping(self.root / "state.txt")
@@ -152,7 +151,7 @@ class Node:
         return self.root / "data"
 
     def state(self) -> tuple[dict[str, Any], int]:
-        return controlfile.read_mapping(self.root / "state.txt")
+        return controlfile.read_mapping_cached(self.root / "state.txt")
 
     def partitioned(self) -> bool:
         """Whether this node's gossip says PARTITIONED, and says it now: a gossip file nobody has
@@ -179,12 +178,9 @@ class Node:
 
     @property
     def policy(self) -> dict[str, Any]:
-        """The compiled desired state reconcile pushed; parsed again only when its version changes
-        (it holds the whole membership, so parsing it is the expensive part)."""
-        cf = controlfile.read(self.root / "policy")
-        if self._policy is None or self._policy[0] != cf.version:
-            self._policy = (cf.version, controlfile.load_mapping(cf))
-        return self._policy[1]
+        """The compiled desired state reconcile pushed; parsed again only when it changes (it holds
+        the whole membership, so parsing it is the expensive part)."""
+        return controlfile.read_mapping_cached(self.root / "policy")[0]
 
     def data_schemas(self) -> list[DataSchema]:
         """The schemas for data/ files that reconcile pushed in the policy file."""

@@ -133,10 +133,12 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
                     )
                     return _finish(path, ctx, result, plan.observed_hash)
         evicted = node in ctx.membership.evicted
-        if not evicted and node not in forgotten(ctx.observations):
-            raise UsageError(f"{node} is not evicted (status/membership.yaml): it already takes part")
+        lost = node in forgotten(ctx.observations)
+        if not evicted and not lost and not _left_behind(ctx, plan.active, node):
+            raise UsageError(f"{node} is not evicted (status/membership.yaml) and not behind: it already takes part")
         # not evicted but without the history its peers committed with it (a root deleted and made
-        # again, or re-provisioned): it catches up the same way
+        # again, or re-provisioned), or left out of transitions while it was cut off (a 'haios run'
+        # went on with the majority): it catches up the same way
         if plan.minority:
             raise BlockedError(
                 f"minority view: {len(plan.reachable)} of {len(plan.active)} active members reachable; nothing changes",
@@ -160,11 +162,12 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
         for g, phase in _missed(_state(ctx, node), result.peer_position):
             lease = ctx.backend.acquire(phase, runner.holder, result.trace_id, ctx.config.thresholds.lease_ttl, clock())
             try:
-                note = (
-                    f"caught up after eviction: committed by {', '.join(peers)} while {node} was evicted"
-                    if evicted
-                    else f"caught up: committed by {', '.join(peers)}; {node}'s root had lost its record of it"
-                )
+                if evicted:
+                    note = f"caught up after eviction: committed by {', '.join(peers)} while {node} was evicted"
+                elif lost:
+                    note = f"caught up: committed by {', '.join(peers)}; {node}'s root had lost its record of it"
+                else:
+                    note = f"caught up: committed by {', '.join(peers)} while {node} was cut off from them"
                 NodeOps(ctx.transport, result.trace_id, g, phase, lease.token).catchup(node, note=note)
             finally:
                 ctx.backend.release(lease, clock())
@@ -178,6 +181,20 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
     finally:
         for opened in contexts:
             close_transport(opened.transport)
+
+
+def _left_behind(ctx: Context, active: list[str], node: str) -> bool:
+    """Whether ``node`` is behind every other reachable active member with nothing open on it: the
+    cluster went on without it (it was cut off, and left out of those transitions)."""
+    obs = ctx.observations.get(node)
+    if obs is None or not obs.reachable or obs.state is None or obs.state.get("status") != "READY":
+        return False
+    others = [
+        _position(o.state)
+        for n in active
+        if n != node and (o := ctx.observations.get(n)) is not None and o.reachable and o.state is not None
+    ]
+    return bool(others) and all(order(*_position(obs.state)) < order(*p) for p in others)
 
 
 def _ready(ctx: Context, node: str) -> None:

@@ -1,0 +1,90 @@
+"""A participant reached over the transport: ``haios node participate ROOT`` on the node, one
+conversation (an :class:`~haios.transport.base.Exchange`) kept open for the whole ``haios run``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+from ..config.model import PhasePolicy
+from ..errors import CommandFailed, HaiosError, ParticipantFailed
+from ..node.runner import KILL_GRACE
+from ..node.runner import participate as participate_here
+from ..transport.base import Exchange, Transport
+from ..vclock import VClock
+
+SERVE = ["node", "participate"]
+ANSWER_MARGIN = 120.0  # seconds past a command's timeout to wait for the answer (BEGIN, fsyncs, PREPARE)
+
+
+def answer_timeout(phases: Mapping[str, PhasePolicy]) -> float:
+    """How long a coordinator waits for a prepare: the longest command timeout, and a margin."""
+    return max((p.timeout for p in phases.values()), default=0.0) + KILL_GRACE + ANSWER_MARGIN
+
+
+def open_exchange(transport: Transport, node: str, phases: Mapping[str, PhasePolicy]) -> Exchange:
+    return transport.exchange(node, command=SERVE, handler=participate_here, timeout=answer_timeout(phases))
+
+
+def _clock(answer: dict[str, Any], name: str) -> VClock:
+    try:
+        return VClock.from_json(answer.get("vc") or {})
+    except (TypeError, ValueError) as exc:
+        raise ParticipantFailed(f"{name}: its answer carries no valid vector clock ({exc})") from exc
+
+
+class RemoteParticipant:
+    """One member of a ``haios run`` transition (:class:`haios.cluster.driver.Participant`)."""
+
+    def __init__(self, name: str, exchange: Exchange, phases: Mapping[str, PhasePolicy]) -> None:
+        self.name = name
+        self.exchange = exchange
+        self.phases = phases
+        self.at: tuple[int, str] | None = None  # the transition prepared
+        self.last: dict[str, Any] = {}  # the node's last answer
+
+    def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            answer = self.exchange.request(request)
+        except HaiosError as exc:  # kept as the cause: a coordinator tells a partition from a lost link
+            raise ParticipantFailed(f"{self.name}: {exc.one_line()}") from exc
+        if not isinstance(answer, dict) or answer.get("outcome") not in ("prepared", "committed", "aborted"):
+            raise ParticipantFailed(f"{self.name}: an answer that is not a participant's: {str(answer)[:200]}")
+        self.last = answer
+        return answer
+
+    def prepare(self, g: int, phase: str, participants: list[str], trace_id: str, vc: VClock) -> VClock:
+        policy = self.phases.get(phase) or PhasePolicy()
+        self.at = (g, phase)
+        answer = self._ask(
+            {
+                "op": "prepare",
+                "g": g,
+                "phase": phase,
+                "participants": participants,
+                "trace_id": trace_id,
+                "vc": vc.to_json(),
+                "command": list(policy.command or ()),
+                "timeout": policy.timeout,
+            }
+        )
+        if answer["outcome"] != "prepared":
+            raise CommandFailed(f"{self.name}: {phase} of g={g} aborted: {answer.get('reason') or 'no reason given'}")
+        return _clock(answer, self.name)
+
+    def commit(self, vc: VClock) -> VClock:
+        if self.at is None:
+            raise ParticipantFailed(f"{self.name}: nothing prepared")
+        g, phase = self.at
+        answer = self._ask({"op": "commit", "g": g, "phase": phase, "vc": vc.to_json()})
+        if answer["outcome"] != "committed":
+            raise ParticipantFailed(f"{self.name}: (g={g}, {phase}) was not committed: {answer['outcome']}")
+        return _clock(answer, self.name)
+
+    def abort(self, reason: str) -> None:
+        if self.at is None:
+            return
+        g, phase = self.at
+        with contextlib.suppress(HaiosError):  # best effort: recovery rolls back what is left open
+            self._ask({"op": "abort", "g": g, "phase": phase, "reason": reason})
