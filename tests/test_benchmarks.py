@@ -86,3 +86,12 @@ def test_benchmarks_agent_bench_quick_run_prints_its_table(tmp_path: Path) -> No
     assert any(line.startswith("round, kept-open SSH sessions") for line in lines)
     assert any(line.startswith("round, a session per round") for line in lines)
     assert list(work.iterdir()) == []
+
+
+def test_benchmarks_run_bench_quick_run_prints_its_table(tmp_path: Path) -> None:
+    work, proc = _quick(tmp_path, "run_bench", "--no-lab", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:3] == ["measure", "median", "ms"]
+    assert any(line.startswith("node run: haios node run -- true") for line in lines)
+    assert list(work.iterdir()) == []

@@ -23,7 +23,13 @@ def _systemd_analyze() -> str:
 
 def test_the_deployment_files_are_all_there() -> None:
     names = {p.name for p in DEPLOY.iterdir()}
-    assert {"haios-agent@.service", "haios-reconcile.service", "haios-reconcile.timer", "crontab"} <= names
+    assert {
+        "haios-agent@.service",
+        "haios-reconcile.service",
+        "haios-reconcile.timer",
+        "haios-run.service",
+        "crontab",
+    } <= names
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)

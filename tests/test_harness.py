@@ -123,7 +123,7 @@ def test_harness_every_test_that_starts_a_service_is_marked(tmp_path: Path) -> N
         "tests/transport/test_ssh.py::test_ssh_cluster_reconciles_like_a_local_one",
         "tests/transport/test_ssh.py::test_sshd_killed_mid_reconcile_then_restarted_resumes_the_trace",
         "tests/transport/test_partition.py::test_minority_cut_mid_reconcile_then_healed",
-        "tests/transport/test_agent_lab.py::test_split_two_three_and_heal_with_real_agents",
+        "tests/transport/test_lab.py::test_split_two_three_the_majority_runs_on_and_the_two_catch_up",
         "tests/transport/test_agent_ssh.py::test_the_agent_gossips_over_kept_open_ssh_sessions",
         "tests/transport/test_replication_ssh.py::test_ssh_peers_down_refuse_durable_appends",
         "tests/coord/test_etcd_backend.py::test_tokens_of_every_shard_come_from_one_counter",

@@ -1,7 +1,8 @@
 """The command line (typer). Commands parse arguments, call one library function and render the result.
 
 ``main`` answers a bare ``haios --version`` before the command line itself is imported: the version
-is what a script asks for most often, and it should not cost the import of every command.
+is what a script asks for most often, and it should not cost the import of every command. The node's
+servers that peers start over SSH skip it too (:mod:`._serve`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ def main() -> None:
     if sys.argv[1:] == ["--version"]:
         sys.stdout.write(f"haios {__version__}\n")
         return
+    from ._serve import fast_server, serve
+
+    server = fast_server(sys.argv[1:])
+    if server is not None:  # a node's server for a peer: started with what it needs only
+        sys.exit(serve(server, sys.argv[-1]))
     from ._app import main as run
 
     run()

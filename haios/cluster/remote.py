@@ -9,22 +9,18 @@ from typing import Any
 
 from ..config.model import PhasePolicy
 from ..errors import CommandFailed, HaiosError, ParticipantFailed
-from ..node.runner import KILL_GRACE
 from ..node.runner import participate as participate_here
 from ..transport.base import Exchange, Transport
 from ..vclock import VClock
 
 SERVE = ["node", "participate"]
-ANSWER_MARGIN = 120.0  # seconds past a command's timeout to wait for the answer (BEGIN, fsyncs, PREPARE)
 
 
-def answer_timeout(phases: Mapping[str, PhasePolicy]) -> float:
-    """How long a coordinator waits for a prepare: the longest command timeout, and a margin."""
-    return max((p.timeout for p in phases.values()), default=0.0) + KILL_GRACE + ANSWER_MARGIN
-
-
-def open_exchange(transport: Transport, node: str, phases: Mapping[str, PhasePolicy]) -> Exchange:
-    return transport.exchange(node, command=SERVE, handler=participate_here, timeout=answer_timeout(phases))
+def open_exchange(transport: Transport, node: str, silence: float) -> Exchange:
+    """The conversation with the member's participant server. A prepare lasts as long as the phase's
+    command (the node stops it at its timeout); the node sends ALIVE lines meanwhile, and a member
+    silent for longer than ``silence`` seconds (the heartbeat window) is taken as gone."""
+    return transport.exchange(node, command=SERVE, handler=participate_here, timeout=silence)
 
 
 def _clock(answer: dict[str, Any], name: str) -> VClock:
@@ -48,7 +44,8 @@ class RemoteParticipant:
         try:
             answer = self.exchange.request(request)
         except HaiosError as exc:  # kept as the cause: a coordinator tells a partition from a lost link
-            raise ParticipantFailed(f"{self.name}: {exc.one_line()}") from exc
+            said = exc.message if exc.message.startswith(f"{self.name}: ") else f"{self.name}: {exc.message}"
+            raise ParticipantFailed(said) from exc
         if not isinstance(answer, dict) or answer.get("outcome") not in ("prepared", "committed", "aborted"):
             raise ParticipantFailed(f"{self.name}: an answer that is not a participant's: {str(answer)[:200]}")
         self.last = answer

@@ -19,6 +19,7 @@ import random
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 
 from .. import controlfile
 from ..config.model import NodeSpec
-from ..errors import HaiosError, LockHeldError, UsageError
+from ..errors import HaiosError, LockHeldError, TransportError, UsageError
 from ..node import gossip
 from ..node.heartbeat import beat
 from ..timefmt import parse_utc
@@ -94,7 +95,9 @@ class Agent:
     _peers: dict[str, dict[str, Any]] = field(default_factory=dict)
     _silent: set[str] = field(default_factory=set)  # peers whose last request failed (logged once)
     _status: str | None = None
-    _pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(FANOUT, thread_name_prefix="gossip"))
+    _pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(2 * FANOUT, thread_name_prefix="gossip")
+    )
 
     def _exchange(self, settings: Settings, peer: str) -> Exchange:
         if settings.peers != self._peers:  # a pushed policy changed how peers are reached: start afresh
@@ -136,18 +139,24 @@ class Agent:
                 self._failed(node, peer, exc)
         request = {"op": "gossip", "from": node, "view": mine}
         asked = {self._pool.submit(_ask, exchange, request): peer for peer, exchange in exchanges.items()}
-        for done in as_completed(asked):
-            peer = asked[done]
-            try:
-                theirs = done.result()
-            except HaiosError as exc:
-                self._failed(node, peer, exc)
-                continue
-            if peer in self._silent:
-                self._silent.discard(peer)
-                self.log(f"{node}: reached {peer} again")
-            for name, seq in theirs.items():
-                heard[name] = max(seq, heard.get(name, -1))
+        budget = _budget(settings)
+        try:
+            for done in as_completed(asked, timeout=budget):
+                peer = asked[done]
+                try:
+                    theirs = done.result()
+                except HaiosError as exc:
+                    self._failed(node, peer, exc)
+                    continue
+                if peer in self._silent:
+                    self._silent.discard(peer)
+                    self.log(f"{node}: reached {peer} again")
+                for name, seq in theirs.items():
+                    heard[name] = max(seq, heard.get(name, -1))
+        except FutureTimeout:  # the round ends on time: the gossip file is rewritten every interval
+            for future, peer in asked.items():
+                if not future.done():
+                    self._failed(node, peer, TransportError(f"{peer}: no answer within this round's {budget:g} s"))
         body = gossip.learn(self.root, node, settings.members, heard, self.clock(), window=settings.window)
         if body["partition_status"] != self._status:
             quiet = [p for p, when in body["peers"].items() if when is None or now - parse_utc(when) > settings.window]
@@ -212,6 +221,13 @@ def _connect(settings: Settings) -> float:
     """How long a peer may take to accept a connection (peers are asked at once, so a round waits
     for the slowest: it stays well within the interval)."""
     return max(2.0, settings.interval / 4)
+
+
+def _budget(settings: Settings) -> float:
+    """How long a round waits for its peers' answers: within the interval, so that the node's gossip
+    file is rewritten at least once per interval however slow its peers (a file older than the
+    heartbeat window would be no verdict). A peer that misses it is asked again next round."""
+    return max(1.0, 0.8 * settings.interval)
 
 
 def _answer(settings: Settings) -> float:

@@ -155,6 +155,9 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
             and ctx.observations[n].reachable
             and members.isolation(ctx.observations[n], ctx.now, ctx.config.thresholds.heartbeat_window) is None
         ]
+        if not evicted and not lost:  # left behind: it catches up with those that went on without it
+            mine = order(*_state(ctx, node))
+            peers = [n for n in peers if order(*_position(ctx.observations[n].state)) > mine]
         if not peers:
             raise BlockedError(f"{node}: no healthy peer to catch up from")
         # every transition up to the least advanced healthy peer is committed cluster-wide
@@ -184,8 +187,8 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
 
 
 def _left_behind(ctx: Context, active: list[str], node: str) -> bool:
-    """Whether ``node`` is behind every other reachable active member with nothing open on it: the
-    cluster went on without it (it was cut off, and left out of those transitions)."""
+    """Whether ``node``, with nothing open on it, is behind other reachable active members: they went
+    on without it (it was cut off, and left out of those transitions)."""
     obs = ctx.observations.get(node)
     if obs is None or not obs.reachable or obs.state is None or obs.state.get("status") != "READY":
         return False
@@ -194,7 +197,7 @@ def _left_behind(ctx: Context, active: list[str], node: str) -> bool:
         for n in active
         if n != node and (o := ctx.observations.get(n)) is not None and o.reachable and o.state is not None
     ]
-    return bool(others) and all(order(*_position(obs.state)) < order(*p) for p in others)
+    return any(order(*_position(obs.state)) < order(*p) for p in others)
 
 
 def _ready(ctx: Context, node: str) -> None:

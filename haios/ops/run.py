@@ -23,16 +23,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import controlfile
 from ..cluster.driver import PhaseDriver, TransitionResult
-from ..cluster.remote import RemoteParticipant, answer_timeout, open_exchange
+from ..cluster.remote import RemoteParticipant, open_exchange
 from ..config import load_repo
-from ..config.model import RepoConfig
+from ..config.model import PhasePolicy, RepoConfig
 from ..config.model import phase_order as order
 from ..controlfile import dump_mapping
 from ..coord import Lease, new_holder
@@ -96,6 +96,7 @@ class RunReport:
     goal: int | None  # run until (goal, IDLE)
     steps: list[Step] = field(default_factory=list)
     caught_up: list[str] = field(default_factory=list)
+    behind: dict[str, str] = field(default_factory=dict)  # members left out at the end, and why
     stopped: str = "done"  # done | max_g | suspended | stop | failed | blocked
     note: str = ""
     code: int = EXIT_OK
@@ -115,6 +116,7 @@ class RunReport:
             "stopped": self.stopped,
             "note": self.note,
             "caught_up": self.caught_up,
+            "left_out": self.behind,
             "steps": [s.to_json() for s in self.steps],
             "commit": self.commit,
             "exit_code": self.code,
@@ -161,9 +163,11 @@ class _Run:
         self.progress = progress
         self.holder = new_holder()
         self.exchanges: dict[str, Exchange] = {}
-        self.timeout = answer_timeout(ctx.config.desired.phases)
+        self.silence = ctx.config.thresholds.heartbeat_window
         self.seen = fingerprint(ctx.repo)
         self.left_out: dict[str, str] = {}  # members that cannot take part now, and why
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="haios-run-survey")
+        self._looking: Future[dict[str, dict[str, Any] | str]] | None = None  # a survey of them under way
 
     # -- the members -------------------------------------------------------------------------------
 
@@ -179,7 +183,7 @@ class _Run:
                 state = node_state(self.ctx.transport, name)
                 raw = self.ctx.transport.read_file(name, "gossip")
             except HaiosError as exc:
-                return name, f"unreachable: {exc.one_line()}"
+                return name, f"unreachable: {exc.message.removeprefix(f'{name}: ')}"
             if state is None:
                 return name, "no state.txt: not provisioned"
             if raw is not None:
@@ -199,7 +203,7 @@ class _Run:
 
     def exchange(self, name: str) -> Exchange:
         if name not in self.exchanges:
-            self.exchanges[name] = open_exchange(self.ctx.transport, name, self.ctx.config.desired.phases)
+            self.exchanges[name] = open_exchange(self.ctx.transport, name, self.silence)
         return self.exchanges[name]
 
     def drop(self, name: str) -> None:
@@ -211,6 +215,10 @@ class _Run:
         for name in list(self.exchanges):
             self.drop(name)
 
+    def shutdown(self) -> None:
+        self.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
     # -- the loop ------------------------------------------------------------------------------------
 
     def reload(self, report: RunReport) -> bool:
@@ -221,9 +229,9 @@ class _Run:
         if seen != self.seen:
             config = load_repo(self.ctx.repo, overrides=False, degraded=True)
             self.seen = seen
-        if answer_timeout(config.desired.phases) != self.timeout:
-            self.close()  # the exchanges wait for answers by the old timeouts
-            self.timeout = answer_timeout(config.desired.phases)
+        if config.thresholds.heartbeat_window != self.silence:
+            self.close()  # the exchanges bear silence by the old window
+            self.silence = config.thresholds.heartbeat_window
         self.ctx.config = config
         nxt = next_transition(*report.position)
         if config.desired.suspend:
@@ -265,6 +273,7 @@ class _Run:
             RUN_SHARD, self.holder, f"run-{uuid.uuid4().hex[:12]}", self.ctx.config.thresholds.lease_ttl, time.time()
         )
         left_out = self.left_out
+        self.include(report, left_out, now=True)  # those behind catch up before the first transition
         try:
             while order(*report.position) < order(report.goal or 0, "IDLE"):
                 if self.stop.is_set():
@@ -276,16 +285,41 @@ class _Run:
                 run_lease = self.ctx.backend.renew(run_lease, self.ctx.config.thresholds.lease_ttl, time.time())
                 if not self.transition(driver, report, left_out):
                     return report
-            report.stopped, report.note = "done", f"reached g={report.position[0]} {report.position[1]}"
+            report.stopped, report.note = "done", f"reached {_where(report.position)}"
             return report
         finally:
+            if left_out:  # the run did not bring every member along: a later run (or reconcile) must
+                report.behind = dict(left_out)
+                report.note += "; left out: " + "; ".join(f"{n}: {why}" for n, why in sorted(left_out.items()))
+                if report.code == EXIT_OK:
+                    report.code = EXIT_PENDING
             self.ctx.backend.release(run_lease, time.time())
 
-    def include(self, report: RunReport, left_out: dict[str, str]) -> None:
-        """Take back the members left out that are healthy again, catching up those behind."""
+    def include(self, report: RunReport, left_out: dict[str, str], *, now: bool = False) -> None:
+        """Take back the members left out that are healthy again, catching up those behind. They are
+        looked at in the background (a member that is down costs a connection timeout, which the
+        transitions of the others do not wait for) and taken back at the next call after; ``now``
+        looks and takes back at once."""
         if not left_out:
             return
-        for name, state in self.survey(sorted(left_out)).items():
+        if self._looking is None:
+            if now:
+                self._take_back(report, left_out, self.survey(sorted(left_out)))
+                return
+            self._looking = self._pool.submit(self.survey, sorted(left_out))
+        if now:
+            wait([self._looking])
+        if not self._looking.done():
+            return
+        surveyed, self._looking = self._looking.result(), None
+        self._take_back(report, left_out, surveyed)
+
+    def _take_back(
+        self, report: RunReport, left_out: dict[str, str], surveyed: dict[str, dict[str, Any] | str]
+    ) -> None:
+        for name, state in surveyed.items():
+            if name not in left_out:
+                continue
             if isinstance(state, str):
                 left_out[name] = state
                 continue
@@ -313,9 +347,11 @@ class _Run:
         quorum = len(names) // 2 + 1
         lease: Lease | None = None
         try:
-            lease = self.ctx.backend.acquire(phase, self.holder, f"run-{g}-{phase}", self.timeout * 2, time.time())
+            longest = (self.ctx.config.desired.phases.get(phase) or PhasePolicy()).timeout
+            ttl = 2 * (longest + self.silence)  # outlives the transition, and a run that died lets go of it
+            lease = self.ctx.backend.acquire(phase, self.holder, f"run-{g}-{phase}", ttl, time.time())
             for _ in range(ATTEMPTS):
-                taking = [n for n in names if n not in left_out]
+                taking = self.majority(names, quorum, report, left_out)
                 if len(taking) < quorum:
                     report.stopped, report.code = "blocked", EXIT_BLOCKED
                     report.note = (
@@ -361,6 +397,18 @@ class _Run:
             if lease is not None:
                 self.ctx.backend.release(lease, time.time())
 
+    def majority(self, names: list[str], quorum: int, report: RunReport, left_out: dict[str, str]) -> list[str]:
+        """The members that can take part. Fewer than a majority may be a blip (a slow round of the
+        agents, a host restarting): the run looks again every heartbeat interval for as long as three
+        heartbeat windows, or until it is asked to stop."""
+        patience = time.monotonic() + 3 * self.silence
+        while True:
+            taking = [n for n in names if n not in left_out]
+            if len(taking) >= quorum or time.monotonic() >= patience or self.stop.is_set():
+                return taking
+            self.stop.wait(self.ctx.config.thresholds.heartbeat_interval)
+            self.include(report, left_out)
+
     def leave_out(self, result: TransitionResult, left_out: dict[str, str], report: RunReport) -> bool:
         """Leave out the members whose failure was theirs to be cut off; False when one failed otherwise."""
         for name, error in sorted(result.errors.items()):
@@ -371,7 +419,9 @@ class _Run:
                 report.stopped, report.code = "failed", EXIT_BLOCKED
                 report.note = f"(g={result.g}, {result.phase}) aborted: {error.message}"
                 return False
-            left_out[name] = "PARTITIONED" if isinstance(cause, PartitionError) else error.message
+            left_out[name] = (
+                "PARTITIONED" if isinstance(cause, PartitionError) else error.message.removeprefix(f"{name}: ")
+            )
             self.drop(name)
         return True
 
@@ -427,7 +477,7 @@ def run(
         try:
             runner.run(report)
         finally:
-            runner.close()
+            runner.shutdown()
             if report.steps or report.caught_up:
                 report.commit = _record(context, report)
         asked = iterations is not None or until_g is not None

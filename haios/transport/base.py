@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -70,29 +72,43 @@ class Transport(Protocol):
     def exchange(self, node: str, *, command: list[str], handler: Handler, timeout: float | None = None) -> Exchange:
         """A conversation with a server on the node: ``haios --output json COMMAND ROOT`` answering a
         JSON line per request line on a remote node; ``handler(root, request)`` on a node whose root is
-        on this machine. ``timeout``: how long to wait for an answer (default: as for a connection)."""
+        on this machine. ``timeout``: the longest silence to bear while waiting for an answer (a long
+        request keeps the server sending :data:`ALIVE` lines; default: as for a connection)."""
         ...
+
+
+ALIVE = '{"alive":1}\n'  # what a server sends while a request takes long: the client waits on
+ALIVE_EVERY = 1.0  # seconds between two of them (a client's timeout is the longest silence it bears)
 
 
 def serve_lines(root: Path, handler: Handler, lines: Iterable[str], write: Callable[[str], None]) -> int:
     """The node's end of an :class:`Exchange`: answer one JSON request per line of ``lines`` with
     ``handler(root, request)`` until they end; returns how many were answered. A bad request gets an
-    error answer (its HaiosError on the wire, :meth:`HaiosError.to_wire`) and the loop goes on."""
+    error answer (its HaiosError on the wire, :meth:`HaiosError.to_wire`) and the loop goes on.
+    While a request takes longer than :data:`ALIVE_EVERY`, an :data:`ALIVE` line goes out each time
+    that passes, so the client can tell a long request (a phase's command) from a node that is gone."""
     if not (root / "state.txt").exists():
         raise UsageError(f"{root}: not a node root (no state.txt)")
     answered = 0
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            request = json.loads(line)
-            if not isinstance(request, dict):
-                raise UsageError("a request must be a JSON object")
-            answer = handler(root, request)
-        except HaiosError as exc:
-            answer = {"error": exc.to_wire()}
-        except ValueError as exc:
-            answer = {"error": UsageError(f"a request that is not JSON: {exc}").to_wire()}
-        write(json.dumps(answer, separators=(",", ":")) + "\n")
-        answered += 1
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="haios-serve") as pool:
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+                if not isinstance(request, dict):
+                    raise UsageError("a request must be a JSON object")
+                working = pool.submit(handler, root, request)
+                while True:
+                    try:
+                        answer = working.result(timeout=ALIVE_EVERY)
+                        break
+                    except FutureTimeout:
+                        write(ALIVE)
+            except HaiosError as exc:
+                answer = {"error": exc.to_wire()}
+            except ValueError as exc:
+                answer = {"error": UsageError(f"a request that is not JSON: {exc}").to_wire()}
+            write(json.dumps(answer, separators=(",", ":")) + "\n")
+            answered += 1
     return answered

@@ -38,7 +38,7 @@ from ..config.model import NAME_RE, NodeSpec, ssh_root_ok
 from ..errors import HaiosError, HostKeyError, IntegrityError, TransportError, UsageError, from_wire
 from ..fsutil import atomic_write, makedirs_durable
 from ..untrusted import LIMITS
-from .base import Completed, Handler
+from .base import ALIVE, Completed, Handler
 
 SAFE_WORD = re.compile(r"^[A-Za-z0-9._:/@+=,%-]*$")  # argv words that need no quoting at all
 CONNECT_RETRIES = (0.2, 0.5, 1.0)  # waits between attempts to open a connection
@@ -572,9 +572,13 @@ def ssh_error(node: str, doing: str, exc: BaseException, *, hint: str | None = N
     return TransportError(f"{node}: {doing}: {_why(exc)}", hint=hint)
 
 
+_ALIVE = ALIVE.encode()
+
+
 class SshExchange:
     """A conversation with a server on an SSH node: one channel, kept open, one JSON line each way per
-    request, each answer waited for at most ``timeout`` seconds."""
+    request; the answer is waited for as long as the server sends an ALIVE line at least every
+    ``timeout`` seconds."""
 
     def __init__(self, transport: SshTransport, name: str, words: list[str], timeout: float) -> None:
         self.name = name
@@ -589,7 +593,8 @@ class SshExchange:
         in with ``recv``, unbuffered by paramiko, so nothing is left to flush into a channel that broke."""
         if self._stream is None:
             channel = self.transport.open_stream(self.name, self.words)
-            channel.settimeout(self.timeout)
+            # the first answer also waits for the server to start (an interpreter on a loaded node)
+            channel.settimeout(max(self.timeout, self.transport.io_timeout))
             self._stream = (channel, _lines(channel, self.name))
         return self._stream
 
@@ -599,6 +604,8 @@ class SshExchange:
                 channel, lines = self._open()
                 channel.sendall(json.dumps(request, separators=(",", ":")).encode() + b"\n")
                 line = next(lines, b"")
+                while line == _ALIVE:  # the node is still at it: each line restarts the wait
+                    line = next(lines, b"")
             except HaiosError:
                 self.close()
                 raise
@@ -618,6 +625,7 @@ class SshExchange:
             except ValueError:
                 self.close()
                 raise TransportError(f"{self.name}: unexpected answer from the node: {line[:200]!r}") from None
+            channel.settimeout(self.timeout)  # the server is up: from now on, its own timeout
         if not isinstance(answer, dict):
             raise TransportError(f"{self.name}: unexpected answer from the node: {line[:200]!r}")
         if isinstance(answer.get("error"), dict):

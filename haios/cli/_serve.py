@@ -1,0 +1,64 @@
+"""The node's servers started by a peer or a coordinator over SSH, without the command line.
+
+``haios --output json node gossip-serve|participate|replica-serve|recover ROOT`` is what another
+machine runs here — every agent on every peer, every ``haios run`` — so it starts with only the modules its
+server needs, not every command's (a fifth of the time, which is what keeps a loaded node answering).
+The words are exactly those the transport sends; anything else goes through the command line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from ..errors import HaiosError, UsageError
+
+SERVERS = {
+    "gossip-serve": ("haios.node.gossip", "serve"),
+    "participate": ("haios.node.runner", "participate"),
+    "replica-serve": ("haios.replication.links", "handle"),
+    "recover": ("haios.node.recover", "dispatch"),  # one request on stdin, not a conversation
+}
+
+
+def fast_server(argv: list[str]) -> str | None:
+    """The server ``argv`` asks for, when it is exactly one of :data:`SERVERS` the way the transport
+    words it (``--output json node NAME ROOT``)."""
+    if len(argv) == 5 and argv[:3] == ["--output", "json", "node"] and argv[3] in SERVERS:
+        return argv[3]
+    return None
+
+
+def serve(name: str, root: str) -> int:
+    """Answer requests on stdin for ROOT with the server ``name``; errors as the command line's JSON."""
+    from .. import replication  # noqa: F401 - plugs WAL replication into the nodes written here
+    from ..transport.base import serve_lines
+
+    module, attribute = SERVERS[name]
+    handler = getattr(importlib.import_module(module), attribute)
+
+    def write(line: str) -> None:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+    try:
+        if name == "recover":
+            text = sys.stdin.read()
+            try:
+                request = json.loads(text)
+            except ValueError as exc:
+                raise UsageError(f"the request is not valid JSON: {exc}") from exc
+            if not isinstance(request, dict):
+                raise UsageError("the request must be a JSON object")
+            write(json.dumps(handler(Path(root), request), separators=(",", ":")) + "\n")
+        else:
+            serve_lines(Path(root), handler, sys.stdin, write)
+    except HaiosError as exc:
+        sys.stdout.write(json.dumps({"error": exc.to_wire()}) + "\n")
+        sys.stderr.write(f"error: {exc.one_line()}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return 0
