@@ -85,6 +85,7 @@ def lab_iteration(work: Path, iterations: int) -> list[list[str]]:
     if why is not None:
         print(f"lab iteration left out: {why}", file=sys.stderr)
         return []
+    (work / "lab").mkdir()
     lab = up(work / "lab")
     try:
         make_cluster(lab, work / "lab" / "cluster", interval=5.0, window=20.0)
