@@ -114,7 +114,7 @@ def test_harness_an_hour_older_session_changes_nothing(tmp_path: Path, rate: Cal
 def test_harness_every_test_that_starts_a_service_is_marked(tmp_path: Path) -> None:
     """``-m service`` selects the tests that start sshd, etcd, a Pushgateway or a namespace with
     sshd, and ``-m 'not service'`` the rest: CI can run them apart, a machine without them skip them."""
-    targets = ["tests/transport", "tests/coord", "tests/test_metrics.py"]
+    targets = ["tests/transport", "tests/lab", "tests/coord", "tests/test_metrics.py"]
     proc = _inner_pytest(tmp_path, ["--collect-only", "-m", "service", *targets], timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     ids = {line.strip() for line in proc.stdout.splitlines() if "::" in line}
@@ -123,7 +123,7 @@ def test_harness_every_test_that_starts_a_service_is_marked(tmp_path: Path) -> N
         "tests/transport/test_ssh.py::test_ssh_cluster_reconciles_like_a_local_one",
         "tests/transport/test_ssh.py::test_sshd_killed_mid_reconcile_then_restarted_resumes_the_trace",
         "tests/transport/test_partition.py::test_minority_cut_mid_reconcile_then_healed",
-        "tests/transport/test_lab.py::test_split_two_three_the_majority_runs_on_and_the_two_catch_up",
+        "tests/lab/test_lab.py::test_split_two_three_the_majority_runs_on_and_the_two_catch_up",
         "tests/transport/test_agent_ssh.py::test_the_agent_gossips_over_kept_open_ssh_sessions",
         "tests/transport/test_replication_ssh.py::test_ssh_peers_down_refuse_durable_appends",
         "tests/coord/test_etcd_backend.py::test_tokens_of_every_shard_come_from_one_counter",

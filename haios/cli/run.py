@@ -37,7 +37,8 @@ def run(
     up once it is back. SIGTERM or Ctrl-C stops the run between transitions.
 
     Exit 0 done (or stopped where the desired state says); 2 stopped before the goal (a signal, or
-    max_g/suspend short of --iterations/--until-g); 3 blocked: a phase command failed, no majority,
+    max_g/suspend short of --iterations/--until-g), or members left behind (named in the note; a
+    later run catches them up); 3 blocked: a phase command failed, no majority,
     or a transition is half done (run 'haios reconcile'); 4 another 'haios run' or a recovery holds
     the lease; 1 on error.
     """

@@ -42,6 +42,7 @@ from ..errors import (
     EXIT_PENDING,
     BarrierError,
     BarrierMoved,
+    BlockedError,
     CommandFailed,
     HaiosError,
     PartitionError,
@@ -252,7 +253,7 @@ class _Run:
         opened = {n: s for n, s in surveyed.items() if isinstance(s, str) and s.startswith("a transition is open")}
         if opened:
             name = sorted(opened)[0]
-            raise BarrierError(
+            raise BlockedError(
                 f"{name}: {opened[name]}; the cluster is not between transitions",
                 hint="run 'haios reconcile' to finish it, then 'haios run' again",
             )
@@ -273,8 +274,8 @@ class _Run:
             RUN_SHARD, self.holder, f"run-{uuid.uuid4().hex[:12]}", self.ctx.config.thresholds.lease_ttl, time.time()
         )
         left_out = self.left_out
-        self.include(report, left_out, now=True)  # those behind catch up before the first transition
         try:
+            self.include(report, left_out, now=True)  # those behind catch up before the first transition
             while order(*report.position) < order(report.goal or 0, "IDLE"):
                 if self.stop.is_set():
                     report.stopped, report.code = "stop", EXIT_PENDING

@@ -298,19 +298,19 @@ def trial(lab: Lab, rng: Any, *, iterations: int = 2) -> Trial:
     fault = rng.choice(FAULTS)
     target = rng.choice(sorted(lab.hosts)) if fault in ("kill_host", "cut_host") else ""
     proc = lab.spawn("run", "--until-g", str(goal))
-    time.sleep(rng.uniform(0.2, 2.0))
+    time.sleep(rng.uniform(0.2, 1.5))  # into the run
     if fault == "kill_host":
         lab.kill_host(target)
-        time.sleep(rng.uniform(0.2, 2.0))
+        time.sleep(rng.uniform(0.2, 1.0))
         lab.start_host(target)
     elif fault == "cut_host":
         lab.cut(target)
-        time.sleep(rng.uniform(0.5, 4.0))
+        time.sleep(rng.uniform(0.5, 2.5))
         lab.mend(target)
     elif fault == "split":
         target = "|".join(("+".join(LEFT), "+".join(RIGHT)))
         lab.pull_cable()
-        time.sleep(rng.uniform(1.0, 6.0))
+        time.sleep(rng.uniform(1.0, 3.0))
         lab.plug_cable()
     else:
         target = "haios run"

@@ -4,11 +4,8 @@ their own)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from helpers.lab import Lab, down, up
-from helpers.netns import need_namespaces
 from helpers.sshd import Sshd, make_sshd, sshd_binary
 
 
@@ -32,14 +29,3 @@ def ssh_env(sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> Sshd:
     monkeypatch.setenv("HAIOS_SSH_IDENTITY", str(sshd.client_key))
     monkeypatch.setenv("HAIOS_REMOTE_COMMAND", sshd.remote_command)
     return sshd
-
-
-@pytest.fixture
-def netlab(tmp_path: Path) -> Iterator[Lab]:
-    """The five-host lab (tests/helpers/lab.py), taken down after the test."""
-    need_namespaces()
-    lab = up(tmp_path)
-    try:
-        yield lab
-    finally:
-        down(lab)

@@ -11,11 +11,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from helpers.lab import Lab, lab_cluster, trial
 
 TRIALS = 30
 
 
+@pytest.mark.timeout(1800)  # about 8 minutes alone; bounded by each trial's own limits
 def test_random_faults_leave_no_violation(netlab: Lab, tmp_path: Path, rate: Callable[[str], None]) -> None:
     lab_cluster(netlab, tmp_path)
     rng = random.Random(2211)

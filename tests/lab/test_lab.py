@@ -30,6 +30,7 @@ def _wait(what: Callable[[], bool], seconds: float, why: str) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.timeout(1200)  # about a minute alone
 def test_run_twenty_iterations_on_five_hosts_byte_exact(netlab: Lab, tmp_path: Path) -> None:
     cluster = lab_cluster(netlab, tmp_path)
     ran = netlab.run("run", "--iterations", "20", timeout=900)
@@ -44,6 +45,7 @@ def test_run_twenty_iterations_on_five_hosts_byte_exact(netlab: Lab, tmp_path: P
     assert netlab.run("reconcile").returncode == 0
 
 
+@pytest.mark.timeout(1200)  # two to three minutes alone
 def test_split_two_three_the_majority_runs_on_and_the_two_catch_up(netlab: Lab, tmp_path: Path) -> None:
     cluster = lab_cluster(netlab, tmp_path)
     proc = netlab.spawn("run", "--iterations", "8")
