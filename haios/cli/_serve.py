@@ -61,4 +61,7 @@ def serve(name: str, root: str) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # the peer hung up (a broken pipe): there is nobody left to tell
+        sys.stderr.write(f"error: {root}: the conversation ended: {exc.strerror or exc}\n")
+        return 1
     return 0
