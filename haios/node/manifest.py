@@ -114,11 +114,12 @@ def _version_after(intent: dict[str, Any]) -> int:
     return 1 if expected is None else int(expected) + 1
 
 
-def applied(manifest: Manifest, intent: dict[str, Any]) -> bool:
-    """Whether the manifest already records ``intent`` as done."""
+def applied(manifest: Manifest, data: Path, intent: dict[str, Any]) -> bool:
+    """Whether ``intent`` is already done: the manifest records it (and, for a delete, the file is gone:
+    one put in data/ by hand was never in the manifest)."""
     entry = manifest.files.get(intent["path"])
     if intent["op"] == "delete":
-        return entry is None
+        return entry is None and not os.path.lexists(confine(data, intent["path"]))
     return entry is not None and (entry.version, entry.sha256) == (_version_after(intent), intent["sha256"])
 
 
@@ -138,7 +139,7 @@ def apply(root: Path, intents: Iterable[dict[str, Any]], content: Callable[[dict
     data = root / "data"
     manifest = load(root)
     files = dict(manifest.files)
-    todo = [i for i in intents if not applied(manifest, i)]
+    todo = [i for i in intents if not applied(manifest, data, i)]
     for intent in todo:
         path, expected = intent["path"], intent["expected_version"]
         target = confine(data, path)

@@ -138,3 +138,9 @@ def test_a_file_changed_between_the_intent_and_prepare_is_never_overwritten(root
         tx.prepare()
     tx.close()
     assert (root / "data/f").read_bytes() == b"edited meanwhile"
+
+
+def test_a_phase_removes_a_file_that_was_put_in_data_by_hand(root: Path) -> None:
+    (root / "data/stray.conf").write_bytes(b"left by someone")
+    _phase(Node(root), 1, "ANALYZE", {"stray.conf": None})
+    assert not (root / "data/stray.conf").exists() and manifest.check(root) == []
