@@ -159,6 +159,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.service)
+    # the lab's tests are the longest and mostly serial: handed out first, they run beside the rest
+    # instead of after it (a stable sort: every other test keeps its order)
+    items.sort(key=lambda item: 0 if item.path.parent.name == "lab" and item.path.parent.parent.name == "tests" else 1)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
