@@ -45,6 +45,7 @@ code; anything that is not a ``HaiosError`` is a bug and is reported as such (wi
     ├── BlockedError                3  needs a human: AWAITING_ACK, BLOCKED_COMPENSATOR, minority view
     │   ├── PartitionError          3  the node is PARTITIONED: its WAL is read-only until it heals
     │   ├── DataDriftError          3  a data/ file changed outside any phase: never overwritten unseen
+    │   ├── CausalOrderError        3  a replay would put a causally older version of a file over a newer one
     │   ├── WalMissingError         3  a replicated node's WAL is gone: restore it from the replicas
     │   └── QuorumError             3  a majority of the replica group cannot acknowledge
     ├── LockHeldError               4  another reconciler holds the lock
@@ -498,6 +499,17 @@ class ForensicMismatch(VerificationError):
     """Re-ingested events disagree with the tombstone left when their node was pruned."""
 
     default_hint = "the archived log is not the one this cluster pruned; do not merge it (compare its source)"
+
+
+class CausalOrderError(BlockedError):
+    """A replay would write a version of a causally ordered data/ file (its schema sets
+    ``requires_causal``) whose vector clock happened before the clock of the version it holds."""
+
+    exit_code = EXIT_BLOCKED
+    default_hint = (
+        "the file holds a newer version than the one being replayed: keep it, and abort the older "
+        "transition with a signed override (haios override new --trace ID --action abort)"
+    )
 
 
 class DataDriftError(BlockedError):

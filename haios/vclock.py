@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from enum import Enum
@@ -159,6 +159,61 @@ def sort_events(events: Iterable[Event]) -> list[Event]:
                     f"at lamport {later.lamport}: Lamport indexes contradict the vector clocks"
                 )
     return ordered
+
+
+def describe_clock(vc: Mapping[str, int]) -> str:
+    """A clock in a line of text: ``n1:3 n2:1`` (``0`` for the zero clock)."""
+    return " ".join(f"{node}:{counter}" for node, counter in sorted(vc.items())) or "0"
+
+
+def _clock_sum(vc: Mapping[str, int]) -> int:
+    return sum(vc.values())
+
+
+def causal_order(items: Sequence[tuple[str, Mapping[str, int]]]) -> list[int]:
+    """The indexes of ``items`` — ``(node, clock)`` pairs, each node's in the order it logged them —
+    in a causal order: every item comes after all that happened before it.
+
+    Items that are concurrent come in a deterministic order: the smallest ``(sum of the clock, node,
+    index)`` first. The sum grows along every causal chain, so it is a Lamport index, and the
+    tie-break is the total order of SPEC §7. Clocks that contradict their nodes' logging order (a
+    damaged or forged log) cannot deadlock it: the smallest key left is taken.
+
+    >>> causal_order([("b", {"b": 1}), ("a", {"a": 1}), ("a", {"a": 2, "b": 1})])
+    [1, 0, 2]
+    """
+    clocks = [vc if isinstance(vc, VClock) else VClock(vc) for _, vc in items]
+    after: list[set[int]] = [set() for _ in items]  # after[i]: items that must come after i
+    blockers = [0] * len(items)
+    last_of: dict[str, int] = {}
+    for j, (node, _) in enumerate(items):
+        earlier = {i for i in range(len(items)) if i != j and clocks[i].happened_before(clocks[j])}
+        if node in last_of:
+            earlier.add(last_of[node])  # a node's own records are in its log's order
+        last_of[node] = j
+        for i in earlier:
+            if j not in after[i]:
+                after[i].add(j)
+                blockers[j] += 1
+
+    def key(i: int) -> tuple[int, str, int]:
+        return (_clock_sum(clocks[i]), items[i][0], i)
+
+    ready = sorted((i for i in range(len(items)) if not blockers[i]), key=key)
+    done: list[int] = []
+    left = set(range(len(items)))
+    while left:
+        i = ready.pop(0) if ready else min(left, key=key)  # a cycle: only forged clocks make one
+        if i not in left:
+            continue
+        left.discard(i)
+        done.append(i)
+        for j in after[i]:
+            blockers[j] -= 1
+            if not blockers[j] and j in left:
+                ready.append(j)
+        ready.sort(key=key)
+    return done
 
 
 # -- retention: tombstones --------------------------------------------------------------------------

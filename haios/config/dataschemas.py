@@ -3,13 +3,16 @@
 Each ``schemas/NAME.schema.json`` is a JSON Schema (draft 2020-12) with one extra top-level key,
 ``x-haios-paths``: globs relative to a node's ``data/`` (``fnmatch`` syntax; ``*`` also matches
 ``/``). A phase that writes a matching file is validated against it (SPEC §2.4): the content is read
-as YAML (JSON is YAML) with the same strict rules as the desired-state files.
+as YAML (JSON is YAML) with the same strict rules as the desired-state files. A schema that sets
+``requires_causal: true`` gives its files a file-level vector clock (SPEC §7): a replay never puts a
+causally older version over a newer one.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,16 +30,29 @@ class DataSchema:
     name: str
     paths: tuple[str, ...]
     schema: dict[str, Any]
+    requires_causal: bool = False  # its files keep a file-level vector clock (SPEC §7)
 
     def matches(self, path: str) -> bool:
         return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.paths)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "paths": list(self.paths), "schema": self.schema}
+        return {
+            "name": self.name,
+            "paths": list(self.paths),
+            "schema": self.schema,
+            "requires_causal": self.requires_causal,
+        }
 
     @classmethod
     def from_dict(cls, value: dict[str, Any]) -> DataSchema:
-        return cls(str(value["name"]), tuple(value["paths"]), dict(value["schema"]))
+        causal = value.get("requires_causal", False) is True
+        return cls(str(value["name"]), tuple(value["paths"]), dict(value["schema"]), causal)
+
+
+def causal_paths(schemas: list[DataSchema]) -> Callable[[str], bool]:
+    """Whether a data/ path is covered by a schema that sets ``requires_causal``."""
+    causal = [s for s in schemas if s.requires_causal]
+    return lambda path: any(s.matches(path) for s in causal)
 
 
 def load_data_schemas(repo: Path) -> tuple[list[DataSchema], list[Problem]]:
@@ -70,12 +86,16 @@ def load_data_schemas(repo: Path) -> tuple[list[DataSchema], list[Problem]]:
         if bad:
             problems.append(Problem(rel, 1, 1, "x-haios-paths", f"globs must stay inside data/ (found {bad[0]!r})"))
             continue
+        causal = value.get("requires_causal", False)
+        if not isinstance(causal, bool):
+            problems.append(Problem(rel, 1, 1, "requires_causal", "is true or false"))
+            continue
         try:
             Draft202012Validator.check_schema(value)
         except SchemaError as exc:
             problems.append(Problem(rel, 1, 1, "(root)", f"not a valid JSON Schema: {' '.join(exc.message.split())}"))
             continue
-        schemas.append(DataSchema(name[: -len(SUFFIX)], tuple(paths), value))
+        schemas.append(DataSchema(name[: -len(SUFFIX)], tuple(paths), value, causal))
     return schemas, problems
 
 

@@ -3,7 +3,9 @@
 ``data/`` holds the bytes a phase wrote, exactly: a consumer reads a JSON file, a binary or a file
 without a trailing newline as it was written, with nothing appended. Their integrity lives in the
 WAL's INTENT records (the sha256 of each write) and here: for every file haios wrote, the version it
-is at (the optimistic concurrency an INTENT's ``expected_version`` refers to), its sha256 and its size.
+is at (the optimistic concurrency an INTENT's ``expected_version`` refers to), its sha256 and its size,
+and — for a file whose data schema sets ``requires_causal`` — the vector clock of the INTENT that
+wrote it, so that no replay puts a causally older version over it.
 
 Applying intents writes the files first, then the manifest once. A crash between the two leaves
 files whose bytes are those of the INTENTs being applied while the manifest still names the old
@@ -27,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import controlfile
-from ..errors import DataDriftError, HaiosError, IntegrityError, VersionConflict
+from ..errors import CausalOrderError, DataDriftError, HaiosError, IntegrityError, VersionConflict
 from ..fsutil import atomic_write, fsync_dir, makedirs_durable
+from ..vclock import VClock, describe_clock
 from .paths import confine
 
 MANIFEST = "data.manifest"
@@ -40,6 +43,7 @@ class Entry:
     version: int
     sha256: str
     size: int
+    vc: VClock | None = None  # the clock of the INTENT that wrote it (files whose schema requires causal order)
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ def _entry(path: Path, name: object, value: object) -> tuple[str, Entry]:
     if (
         isinstance(name, str)
         and isinstance(value, list)
-        and len(value) == 3
+        and len(value) in (3, 4)
         and type(value[0]) is int
         and value[0] >= 1
         and isinstance(value[1], str)
@@ -64,8 +68,13 @@ def _entry(path: Path, name: object, value: object) -> tuple[str, Entry]:
         and type(value[2]) is int
         and value[2] >= 0
     ):
-        return name, Entry(value[0], value[1], value[2])
-    raise IntegrityError(path, f"entry {str(name)[:80]!r} is not [version, sha256, size]")
+        try:
+            vc = VClock.from_json(value[3]) if len(value) == 4 else None
+        except ValueError:
+            pass
+        else:
+            return name, Entry(value[0], value[1], value[2], vc)
+    raise IntegrityError(path, f"entry {str(name)[:80]!r} is not [version, sha256, size] or [..., clock]")
 
 
 def load(root: Path) -> Manifest:
@@ -87,8 +96,13 @@ def load(root: Path) -> Manifest:
     return Manifest(dict(_entry(path, k, v) for k, v in files.items()), cf.version)
 
 
+def _row(entry: Entry) -> list[Any]:
+    row: list[Any] = [entry.version, entry.sha256, entry.size]
+    return row if entry.vc is None else [*row, entry.vc.to_json()]
+
+
 def _store(root: Path, files: dict[str, Entry], expected_version: int | None) -> None:
-    body = {"files": {k: [e.version, e.sha256, e.size] for k, e in sorted(files.items())}}
+    body = {"files": {k: _row(e) for k, e in sorted(files.items())}}
     controlfile.write(
         root / MANIFEST, json.dumps(body, separators=(",", ":")) + "\n", expected_version=expected_version
     )
@@ -128,22 +142,45 @@ def write_data(target: Path, body: bytes) -> None:
     atomic_write(target, body)
 
 
-def apply(root: Path, intents: Iterable[dict[str, Any]], content: Callable[[dict[str, Any]], bytes]) -> int:
+def _intent_clock(intent: dict[str, Any]) -> VClock | None:
+    try:
+        return VClock.from_json(intent["vc"]) if intent.get("vc") else None
+    except ValueError:
+        return None
+
+
+def apply(
+    root: Path,
+    intents: Iterable[dict[str, Any]],
+    content: Callable[[dict[str, Any]], bytes],
+    causal: Callable[[str], bool] | None = None,
+) -> int:
     """Apply ``intents`` to ``root/data``: the files (atomic, durable), then the manifest once.
 
     ``content(intent)`` gives a write's bytes. Intents the manifest already records are skipped, so a
     replay after a crash finishes what the first run began. Returns how many were applied now.
     Raises VersionConflict when the manifest's version of a file is neither the expected nor the
     intended one, DataDriftError when a file's bytes are neither the manifest's nor the intent's.
+
+    A path for which ``causal(path)`` holds keeps the vector clock of the INTENT that wrote it, and an
+    intent whose clock happened before that one is refused (CausalOrderError), versions aside.
     """
     data = root / "data"
     manifest = load(root)
     files = dict(manifest.files)
     todo = [i for i in intents if not applied(manifest, data, i)]
+    ordered = causal or (lambda _path: False)
     for intent in todo:
         path, expected = intent["path"], intent["expected_version"]
         target = confine(data, path)
         entry = files.get(path)
+        clock = _intent_clock(intent)
+        held = None if entry is None else entry.vc
+        if clock is not None and held is not None and ordered(path) and clock.happened_before(held):
+            raise CausalOrderError(
+                f"data/{path}: the replayed version (clock {describe_clock(clock)}) happened before "
+                f"the version it holds (clock {describe_clock(held)})"
+            )
         actual = None if entry is None else entry.version
         if actual != expected:
             raise VersionConflict(target, expected=expected, actual=actual)
@@ -164,7 +201,8 @@ def apply(root: Path, intents: Iterable[dict[str, Any]], content: Callable[[dict
             makedirs_durable(target.parent)
             body = content(intent)
             write_data(target, body)
-            files[intent["path"]] = Entry(_version_after(intent), intent["sha256"], len(body))
+            vc = _intent_clock(intent) if ordered(intent["path"]) else None
+            files[intent["path"]] = Entry(_version_after(intent), intent["sha256"], len(body), vc)
     if todo:
         _store(root, files, manifest.version)
     return len(todo)

@@ -94,6 +94,7 @@ def inspect(root: Path, g: int, phase: str, from_lamport: int | None = None) -> 
                     "params": effect["params"],
                     "compensator": effect["compensator"],
                     "cost": effect.get("cost"),
+                    "vc": effect.get("vc") or {},
                     "done": log.done.get(key),
                     "returned": key in log.done,
                     "compensated": key in log.compensated,

@@ -34,7 +34,7 @@ from typing import Any
 
 from .. import controlfile
 from ..clock import wall_time
-from ..config.dataschemas import DataSchema, validate_data
+from ..config.dataschemas import DataSchema, causal_paths, validate_data
 from ..config.model import PHASES, build_thresholds, phase_order
 from ..errors import (
     BarrierError,
@@ -513,7 +513,7 @@ class PhaseTx:
                 content_b64=base64.b64encode(content).decode("ascii"),
             )
         self._append(RecordType.INTENT, fields, durable=False)
-        self.log.intents.append(fields)
+        self.log.intents.append({**fields, "vc": self.vc.to_json()})  # as a replay reads it from the WAL
         return seq
 
     def side_effect(self, key: str, kind: str, params: dict[str, Any], compensator: str, cost: dict[str, Any]) -> None:
@@ -645,4 +645,5 @@ def apply_intents(data: Path, intents: list[dict[str, Any]], schemas: list[DataS
     one raises VersionConflict; one changed outside any phase, DataDriftError (see :mod:`.manifest`).
     """
     check_intents(intents, schemas or [])
-    return manifest.apply(data.parent, intents, lambda intent: base64.b64decode(intent["content_b64"]))
+    causal = causal_paths(schemas or [])
+    return manifest.apply(data.parent, intents, lambda intent: base64.b64decode(intent["content_b64"]), causal)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config.model import PhasePolicy
+from ..vclock import VClock, causal_order, describe_clock
 from .machine import Event
 from .model import StepAction, Verdict
 
@@ -166,6 +167,15 @@ def decide(views: Mapping[str, View], inputs: Inputs) -> Decision:
     return Decision(Verdict.ROLLBACK, Event.ROLL_BACK, reason)
 
 
+def _clock(value: Any) -> VClock:
+    """A side effect's vector clock as the node reported it; one that is not a clock (a damaged or
+    forged record) is the zero clock: concurrent with the others, still after its node's earlier ones."""
+    try:
+        return VClock.from_json(value or {})
+    except ValueError:
+        return VClock()
+
+
 def steps_for(
     decision: Decision, views: Mapping[str, View], *, resume_playbook: str | None = None
 ) -> list[dict[str, Any]]:
@@ -216,25 +226,30 @@ def steps_for(
                     }
                 )
     else:
-        # SPEC §4.3: compensate in reverse order (unknown outcomes too), then rewind the state
-        for n in names:
-            for effect in reversed(views[n].side_effects):
-                if effect.get("compensated") or effect.get("abandoned"):
-                    continue
-                steps.append(
-                    {
-                        "node": n,
-                        "action": StepAction.COMPENSATE.value,
-                        "key": effect["key"],
-                        "kind": effect["kind"],
-                        "compensator": effect["compensator"],
-                        "params": effect["params"],
-                        "cost": effect.get("cost"),
-                        "from_lamport": views[n].from_lamport,
-                        "detail": f"{effect['compensator']} for {effect['kind']}"
-                        + ("" if effect.get("returned") else " (outcome unknown)"),
-                    }
-                )
+        # SPEC §4.3: compensate in reverse causal order across the participants (unknown outcomes
+        # too), then rewind the state
+        debts = [
+            (n, e) for n in names for e in views[n].side_effects if not e.get("compensated") and not e.get("abandoned")
+        ]
+        clocks = [(n, _clock(e.get("vc"))) for n, e in debts]
+        for i in reversed(causal_order(clocks)):
+            n, effect = debts[i]
+            steps.append(
+                {
+                    "node": n,
+                    "action": StepAction.COMPENSATE.value,
+                    "key": effect["key"],
+                    "kind": effect["kind"],
+                    "compensator": effect["compensator"],
+                    "params": effect["params"],
+                    "cost": effect.get("cost"),
+                    "from_lamport": views[n].from_lamport,
+                    "vc": clocks[i][1].to_json(),
+                    "detail": f"{effect['compensator']} for {effect['kind']}"
+                    + ("" if effect.get("returned") else " (outcome unknown)")
+                    + f" [clock {describe_clock(clocks[i][1])}]",
+                }
+            )
         for n in names:
             if views[n].status in ("prepared", "begun"):
                 steps.append(
