@@ -17,12 +17,14 @@ from typing import Any
 from .config import load_repo
 from .config.model import Budget, FxRates
 from .config.validate import validate_repo
-from .errors import ConfigError, InputError, UnknownCurrency, UsageError
+from .errors import ConfigError, DownloadError, InputError, UnknownCurrency, UsageError
 from .fsutil import atomic_write
 from .untrusted import read_regular
 
 FX_FILE = "policies/fx.yaml"
 ECB_SOURCE = "European Central Bank euro foreign exchange reference rates"
+ECB_DAILY_URL = "https://www.ecb.europa.eu/stats/eurofxref/eurofxref-daily.xml"
+FETCH_LIMIT = 4 << 20  # the daily file is 2 KiB, the 90-day one 40 KiB: anything far bigger is not the ECB's
 _ECB_NS = "http://www.ecb.int/vocabulary/2002-08-01/eurofxref"
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
@@ -160,18 +162,61 @@ def parse_ecb(data: bytes, name: str) -> EcbRates:
     return EcbRates(newest, days[newest])
 
 
-def import_ecb(repo: Path, source: Path, *, now: float, max_age: float | None = None) -> tuple[EcbRates, list[str]]:
-    """Write the file's rates into ``policies/fx.yaml`` (comments kept), refusing rates older than
-    ``max_age`` and anything that would leave the repo invalid. Returns the rates and the currencies
-    dropped (those the new file no longer quotes)."""
-    from ruamel.yaml import YAML
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
 
+
+def fetch(url: str, *, timeout: float, limit: int = FETCH_LIMIT) -> bytes:
+    """The body of ``url`` (HTTP 200 only), read within ``timeout`` seconds per network operation and
+    refused past ``limit`` bytes; every failure is one DownloadError naming the URL."""
+    import urllib.error
+    import urllib.request
+
+    if not is_url(url):
+        raise UsageError(f"{url}: only http:// and https:// URLs are fetched")
+    request = urllib.request.Request(url, headers={"User-Agent": "haios budget fx-import"})
     try:
-        data = read_regular(source, "desired", within=source.parent)
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) only, checked above
+            if response.status != 200:
+                raise DownloadError(f"{url}: HTTP {response.status} {response.reason}")
+            body: bytes = response.read(limit + 1)
+    except urllib.error.HTTPError as exc:
+        raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise DownloadError(f"{url}: {exc.reason}") from None
+    except TimeoutError:
+        raise DownloadError(f"{url}: no answer within {timeout:g} s") from None
+    except (OSError, ValueError) as exc:  # a connection reset mid-body, a malformed URL
+        raise DownloadError(f"{url}: {exc}") from None
+    if len(body) > limit:
+        raise DownloadError(f"{url}: more than {limit >> 20} MiB: not an ECB reference-rate file")
+    return body
+
+
+def read_source(source: str, *, timeout: float) -> bytes:
+    """The bytes of ``source``: a URL fetched (:func:`fetch`), else a local file read."""
+    if is_url(source):
+        return fetch(source, timeout=timeout)
+    path = Path(source)
+    try:
+        data = read_regular(path, "desired", within=path.parent)
     except InputError as exc:
         raise UsageError(exc.message) from None
     if data is None:
         raise UsageError(f"{source}: no such file")
+    return data
+
+
+def import_ecb(
+    repo: Path, source: Path | str, *, now: float, max_age: float | None = None, timeout: float = 30.0
+) -> tuple[EcbRates, list[str]]:
+    """Write the rates of ``source`` (a file, or an http(s) URL fetched within ``timeout``) into
+    ``policies/fx.yaml`` (comments kept), refusing rates older than ``max_age`` and anything that
+    would leave the repo invalid. Returns the rates and the currencies dropped (those the new file no
+    longer quotes)."""
+    from ruamel.yaml import YAML
+
+    data = read_source(str(source), timeout=timeout)
     rates = parse_ecb(data, str(source))
     config = load_repo(repo)
     if config.fx.base != "EUR":

@@ -24,6 +24,7 @@ code; anything that is not a ``HaiosError`` is a bug and is reported as such (wi
     ├── DataSchemaError             1  a data/ file a phase wrote does not match its schema
     ├── WalReadOnlyError            1  the WAL is read-only (a PARTITIONED node): appends refused
     ├── TransportError              1  a node could not be reached or read
+    ├── DownloadError               1  a file could not be fetched from its URL
     ├── RepoError                   1  a git operation on the desired-state repo failed
     ├── MetricsError                1  metrics could not be pushed to a Pushgateway or served
     ├── CoordinationError           1  the coordination backend (etcd) could not be reached
@@ -303,6 +304,12 @@ class TransportError(HaiosError):
     default_hint = "check that the node is up and reachable ('haios doctor' tests every node)"
 
 
+class DownloadError(HaiosError):
+    """A file could not be fetched from its URL: unreachable, refused, too slow, too big, not HTTP 200."""
+
+    default_hint = "check the URL and this machine's network, or download the file by hand and pass its path"
+
+
 class RepoError(HaiosError):
     """A git operation on the desired-state repo failed."""
 
@@ -376,7 +383,7 @@ class YamlRejected(ConfigError):
 class UnknownCurrency(ConfigError):
     """A cost is in a currency that ``policies/fx.yaml`` has no rate for."""
 
-    default_hint = "add its rate to policies/fx.yaml (haios budget fx-import eurofxref-daily.xml)"
+    default_hint = "add its rate to policies/fx.yaml (haios budget fx-import)"
 
 
 class ParamsMismatch(ConfigError):

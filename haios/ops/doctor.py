@@ -143,7 +143,6 @@ class DoctorReport:
 
 # findings about one transition that recovery handles as a trace: their evidence names that trace
 INCIDENT_KINDS = frozenset({"wal_gap", "partial_commit", "exec_sla", "state_behind_wal", "state_older_than_wal"})
-ECB_DAILY = "https://www.ecb.europa.eu/stats/eurofxref/eurofxref-daily.xml"
 
 
 def _fx(repo: Path, config: RepoConfig, at: float) -> list[Finding]:
@@ -154,7 +153,7 @@ def _fx(repo: Path, config: RepoConfig, at: float) -> list[Finding]:
     currencies = sorted(config.currencies())
     if len(currencies) < 2:
         return []  # nothing is converted: the rates are never used
-    fix = f"curl -fsSO {ECB_DAILY} && haios --repo {repo} budget fx-import eurofxref-daily.xml"
+    fix = f"haios --repo {repo} budget fx-import"  # fetches today's file from the ECB
     if config.fx.default:
         return [
             Finding(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import re
+import socket
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,6 +14,7 @@ import pytest
 from helpers import Invoke, subprocs
 from helpers.cluster import git
 
+from haios import budget as budget_module
 from haios.budget import convert, import_ecb, parse_ecb, trace_cost
 from haios.config import load_repo
 from haios.config.model import Budget, FxRates, Limit
@@ -153,10 +158,7 @@ def test_doctor_asks_for_rates_only_once_costs_are_converted(repo: Path) -> None
     (finding,) = [f for f in run_doctor(repo).findings if f.kind.startswith("fx_")]
     assert finding.kind == "fx_default" and finding.summary.endswith("never imported: import rates")
     assert "between EUR, USD" in finding.summary
-    assert finding.fix == (
-        "curl -fsSO https://www.ecb.europa.eu/stats/eurofxref/eurofxref-daily.xml && "
-        f"haios --repo {repo} budget fx-import eurofxref-daily.xml"
-    )
+    assert finding.fix == f"haios --repo {repo} budget fx-import"
     import_ecb(repo, SAMPLE, now=SAMPLE_DAY)
     text = (repo / "policies/fx.yaml").read_text()
     assert re.search(r"base: EUR\ndate: '?2026-11-26'?\n", text)  # the date goes where a reader looks for it
@@ -164,3 +166,97 @@ def test_doctor_asks_for_rates_only_once_costs_are_converted(repo: Path) -> None
     (stale,) = [f for f in run_doctor(repo, now=SAMPLE_DAY + 6 * 86400).findings if f.kind.startswith("fx_")]
     assert stale.kind == "fx_stale" and "rates are of 2026-11-26" in stale.summary
     assert "limit 4 days" in stale.summary and stale.fix == finding.fix
+
+
+class _Ecb(http.server.BaseHTTPRequestHandler):
+    """A loopback stand-in for the ECB's web server: ``/daily.xml`` the sample, ``/slow`` never
+    answers in time, ``/big`` more than the limit, ``/broken`` cut XML, anything else 404."""
+
+    stall = threading.Event()
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server protocol
+        if self.path == "/slow":
+            self.stall.wait(10)  # released when the test ends
+            return
+        body = {
+            "/daily.xml": SAMPLE.read_bytes(),
+            "/big": b"<x>" + b" " * (5 << 20),
+            "/broken": SAMPLE.read_bytes()[:300],
+        }.get(self.path)
+        if body is None:
+            self.send_error(404, "Not Found")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+@pytest.fixture
+def ecb() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ecb)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        _Ecb.stall.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+        _Ecb.stall.clear()
+
+
+def test_fx_import_fetches_a_url(repo: Path, cli: Invoke, ecb: str) -> None:
+    result = cli("--repo", repo, "budget", "fx-import", f"{ecb}/daily.xml", "--max-age", "36500d")
+    assert result.exit_code == 0, result.output
+    assert "policies/fx.yaml: 30 rates of 2026-11-26 (EUR base)" in result.stdout
+    assert load_repo(repo).fx.rates["USD"] == 1.0437
+
+
+@pytest.mark.parametrize(
+    ("path", "said"),
+    [
+        ("/missing", "HTTP 404"),
+        ("/slow", "no answer within 0.5 s"),
+        ("/big", "more than 4 MiB"),
+        ("/broken", "not well-formed XML"),
+    ],
+)
+def test_fx_import_from_a_url_that_fails_changes_nothing(
+    repo: Path, cli: Invoke, ecb: str, path: str, said: str
+) -> None:
+    fx = repo / "policies/fx.yaml"
+    before = fx.read_bytes()
+    result = cli("--repo", repo, "budget", "fx-import", f"{ecb}{path}", "--timeout", "0.5", "--max-age", "36500d")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    line = result.stderr.strip().splitlines()[0]
+    assert f"{ecb}{path}" in line and said in line, result.stderr
+    assert fx.read_bytes() == before
+
+
+def test_fx_import_from_nowhere_is_one_line(repo: Path, cli: Invoke) -> None:
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = cli("--repo", repo, "budget", "fx-import", f"http://127.0.0.1:{port}/daily.xml", "--timeout", "2")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"http://127.0.0.1:{port}/daily.xml: " in result.stderr and "refused" in result.stderr.lower()
+
+
+def test_fx_import_defaults_to_the_ecb(repo: Path, cli: Invoke, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[str] = []
+
+    def fetch(url: str, *, timeout: float) -> bytes:  # no internet here: the URL asked for is what counts
+        asked.append(url)
+        return SAMPLE.read_bytes()
+
+    monkeypatch.setattr(budget_module, "fetch", fetch)
+    result = cli("--repo", repo, "budget", "fx-import", "--max-age", "36500d")
+    assert result.exit_code == 0, result.output
+    assert asked == ["https://www.ecb.europa.eu/stats/eurofxref/eurofxref-daily.xml"]
