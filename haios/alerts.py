@@ -6,7 +6,8 @@ Two kinds:
 *conditions* fire while something holds and resolve when it stops holding:
     ``awaiting_ack`` and ``COST_CAP_EXCEEDED`` (a trace in AWAITING_ACK), ``sel_compensator_failed``
     (a trace in BLOCKED_COMPENSATOR), ``pending_eviction``, ``eviction_blocked`` and ``node_evicted``
-    (a member's eviction state);
+    (a member's eviction state), ``agent_down`` (a member's heartbeat older than the heartbeat window,
+    as this run read it);
 *events* happened once and stay ``raised``:
     ``compensator_timeout`` (a trace became HARD_FAILED, leaving side effects uncompensated).
 
@@ -19,7 +20,7 @@ which the audit commit and the event stream report.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ SEVERITY = {
     "eviction_blocked": "page",
     "pending_eviction": "warning",
     "node_evicted": "warning",
+    "agent_down": "warning",
 }
 RESOLVED_KEPT = 30 * 86400.0  # resolved alerts are removed this long after they resolved
 
@@ -172,10 +174,24 @@ def _write(repo: Path, alert: Alert, state: str, since: float, now: float) -> No
     atomic_write(repo / ALERTS_DIR / f"{alert.id}.yaml", dump_mapping(body))
 
 
-def sync(repo: Path, now: float) -> list[Change]:
-    """Bring ``status/alerts/`` up to date at ``now``; returns the changes (none: nothing written)."""
+@dataclass(frozen=True)
+class Agents:
+    """What a run saw of the members' heartbeats: ``down`` (node: why) and the nodes it could not
+    read (``unseen``: their ``agent_down`` alert neither fires nor resolves)."""
+
+    down: dict[str, str]
+    unseen: frozenset[str]
+    seen: dict[str, dict[str, Any]] = field(default_factory=dict)  # node: last_heartbeat, age_s (for events)
+
+
+def sync(repo: Path, now: float, agents: Agents | None = None) -> list[Change]:
+    """Bring ``status/alerts/`` up to date at ``now``; returns the changes (none: nothing written).
+    Without ``agents`` the ``agent_down`` alerts stay as they are."""
     unknown: set[str] = set()
     holding = current(repo, unknown)
+    for node, why in sorted((agents.down if agents else {}).items()):
+        holding[_id("agent_down", node)] = Alert(_id("agent_down", node), "agent_down", why, node=node)
+    unknown.update(f"agent:{n}" for n in (agents.unseen if agents else ()))
     stored = recorded(repo)
     changes: list[Change] = []
     for key, alert in sorted(holding.items()):
@@ -190,8 +206,10 @@ def sync(repo: Path, now: float) -> list[Change]:
     for key, data in sorted(stored.items()):
         if key in holding:
             continue
-        if data.get("trace_id") in unknown or (
-            _UNKNOWN_MEMBERSHIP in unknown and data.get("alert") in _MEMBERSHIP_ALERTS
+        if (
+            data.get("trace_id") in unknown
+            or (_UNKNOWN_MEMBERSHIP in unknown and data.get("alert") in _MEMBERSHIP_ALERTS)
+            or (data.get("alert") == "agent_down" and (agents is None or f"agent:{data.get('node')}" in unknown))
         ):
             continue  # what raised it cannot be read now: it is neither resolved nor raised again
         if data.get("state") == "firing":

@@ -22,6 +22,9 @@ within a version. The types:
 ``run``            the end of a reconcile run: exit code, next_due
 ``finding``        a doctor finding: kind, severity, nodes, summary, fix
 ``doctor``         the end of a doctor pass: healthy, exit code
+``phase_transition.finished``  recovery committed or aborted a transition: outcome, nodes, vector clock
+``agent.down``     a member's heartbeat is lost (once, when its ``agent_down`` alert fires): age
+``phase_ready``    the barrier moved: every member finished (g, phase)
 =================  ==========================================================================
 """
 
@@ -47,7 +50,12 @@ TYPES = (
     "run",
     "finding",
     "doctor",
+    "phase_transition.finished",
+    "agent.down",
+    "phase_ready",
 )
+FAILED_PARTIAL = "FAILED_PARTIAL"
+"""What a tripped transition is marked (SPEC §3): in its trace's journal and its ``detection`` event."""
 Sink = Callable[[dict[str, Any]], None]
 log = logging.getLogger("haios.events")
 

@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 
 from helpers import Invoke, at
-from helpers.cluster import git, gossip_at, head, plant
+from helpers.cluster import beat_at, git, gossip_at, head, plant
 from ruamel.yaml import YAML
 
 from haios import controlfile
 from haios.alerts import ALERTS_DIR, RESOLVED_KEPT, recorded, sync
+from haios.node.heartbeat import beat
 from haios.ops import reconcile
 
 
@@ -44,10 +45,10 @@ def test_an_alert_is_raised_once_resolved_once(cluster: Path) -> None:
     assert f"{ALERTS_DIR}/sel_compensator_failed--{trace}.yaml" in git(cluster, "show", "--name-only", "HEAD")
 
     commit = head(cluster)
-    again = reconcile(cluster, clock=at(now + 60))  # nothing changed: nothing raised, nothing committed
+    again = reconcile(cluster, clock=beat_at(cluster, now + 60))  # nothing changed: nothing raised, nothing committed
     assert again.exit_code() == 3 and again.alerts == [] and head(cluster) == commit
 
-    later = reconcile(cluster, clock=at(now + 3601))  # T_blocked passed: HARD_FAILED
+    later = reconcile(cluster, clock=beat_at(cluster, now + 3601))  # T_blocked passed: HARD_FAILED
     assert later.outcomes[0].after == "HARD_FAILED"
     assert sorted((a["alert"], a["state"]) for a in later.alerts) == [
         ("compensator_timeout", "raised"),
@@ -61,7 +62,9 @@ def test_an_alert_is_raised_once_resolved_once(cluster: Path) -> None:
     assert "alert compensator_timeout (page) raised" in message
     assert "alert sel_compensator_failed (page) resolved" in message
     commit = head(cluster)
-    assert reconcile(cluster, clock=at(now + 7200)).alerts == [] and head(cluster) == commit  # an event is raised once
+    assert (
+        reconcile(cluster, clock=beat_at(cluster, now + 7200)).alerts == [] and head(cluster) == commit
+    )  # raised once
 
     resolved = recorded(cluster)[f"sel_compensator_failed--{trace}"]
     assert resolved["resolved_ts"] == now + 3601  # the run's own clock, however long the run took
@@ -96,3 +99,27 @@ def test_awaiting_ack_and_membership_alerts(cluster: Path, cli: Invoke) -> None:
     healed = reconcile(cluster, clock=gossip_at(cluster, now + 32 * 60))
     assert ("pending_eviction", "resolved") in [(a["alert"], a["state"]) for a in healed.alerts]
     assert _states(cluster)["pending_eviction--node-3"] == "resolved"
+
+
+def test_agent_down_fires_once_with_its_event_and_resolves_when_it_beats_again(cluster: Path, cli: Invoke) -> None:
+    """A member whose heartbeat is older than the heartbeat window (3 x 15 s here): an ``agent_down``
+    alert, an ``agent.down`` event and a line of the audit commit, once; resolved when it beats again."""
+    for name in ("node-2", "node-3"):
+        beat(cluster / "nodes" / name, name)
+    beat(cluster / "nodes/node-1", "node-1", time.time() - 75)  # node-1's agent stopped 75 s ago
+    result = cli("--repo", cluster, "-o", "ndjson", "reconcile")
+    assert result.exit_code == 0, result.output
+    stream = [json.loads(line) for line in result.stdout.splitlines()]
+    (down,) = [e for e in stream if e["type"] == "agent.down"]
+    assert down["node"] == "node-1" and 75 <= down["age_s"] < 75 + 60 and "s ago (window 45 s)" in down["why"]
+    assert _states(cluster) == {"agent_down--node-1": "firing"}
+    assert "alert agent_down (warning) firing: node-1: last heartbeat " in git(cluster, "log", "-1", "--format=%B")
+    commit = head(cluster)
+    again = cli("--repo", cluster, "-o", "ndjson", "reconcile")
+    assert "agent.down" not in again.stdout and head(cluster) == commit  # raised once
+    for name in ("node-1", "node-2", "node-3"):
+        beat(cluster / "nodes" / name, name)
+    back = cli("--repo", cluster, "-o", "ndjson", "reconcile")
+    assert back.exit_code == 0 and _states(cluster) == {"agent_down--node-1": "resolved"}
+    resolved = [json.loads(line) for line in back.stdout.splitlines() if '"type":"alert"' in line]
+    assert [(e["alert"], e["state"]) for e in resolved] == [("agent_down", "resolved")]

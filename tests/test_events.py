@@ -44,11 +44,13 @@ def test_reconcile_streams_what_happens(cluster: Path, cli: Invoke) -> None:
         "trace.state",
         *["recovery.step"] * len(journal.steps),
         "trace.state",
+        "phase_transition.finished",
         "trace",
+        "phase_ready",  # the barrier reached (g=1, IDLE): every member stands there again
         "commit",
         "run",
     ]
-    assert {e["trace_id"] for e in stream if e["type"] not in ("commit", "run")} == {journal.trace_id}
+    assert {e["trace_id"] for e in stream if e["type"] not in ("commit", "run", "phase_ready")} == {journal.trace_id}
     steps = [e for e in stream if e["type"] == "recovery.step"]
     assert [(e["node"], e["action"], e["outcome"]) for e in steps] == [
         (s["node"], s["action"], s["outcome"]) for s in journal.steps
@@ -56,6 +58,15 @@ def test_reconcile_streams_what_happens(cluster: Path, cli: Invoke) -> None:
     assert steps[0]["action"] == "compensate" and steps[0]["timings"]["sel_compensate"] > 0
     states = [(e["from"], e["to"]) for e in stream if e["type"] == "trace.state"]
     assert states == [("INTERRUPTED", "ROLLBACK"), ("ROLLBACK", "CLEAN_EXIT")]
+    (detected,) = [e for e in stream if e["type"] == "detection"]
+    assert detected["transition"] == "FAILED_PARTIAL" and journal.transition == "FAILED_PARTIAL"
+    (finished,) = [e for e in stream if e["type"] == "phase_transition.finished"]
+    assert (finished["g"], finished["phase"], finished["outcome"]) == (2, "ANALYZE", "aborted")
+    assert finished["nodes"] == ["node-1", "node-2", "node-3"] and finished["vc"]["node-1"] > 0
+    assert journal.finished is not None and journal.finished["vc"] == finished["vc"]
+    (ready,) = [e for e in stream if e["type"] == "phase_ready"]
+    assert (ready["g"], ready["phase"]) == (1, "IDLE")
+    assert "barrier: phase_ready(g=1) at IDLE" in git(cluster, "log", "-1", "--format=%B")
     assert stream[-2]["commit"] == git(cluster, "rev-parse", "HEAD").strip()
     assert stream[-1]["exit_code"] == 0
     assert all(a["ts"] <= b["ts"] for a, b in zip(stream[1:], stream[2:], strict=False))  # in the order it happened

@@ -145,11 +145,13 @@ def forward(root: Path, *, trace_id: str, token: int, g: int, phase: str) -> dic
     try:
         before = len(tx.intents)
         tx.prepare()  # idempotent: applies only the intents not yet in effect, validating each file
+        tx.event("phase_transition.finished", outcome="committed", recovery=trace_id)
         tx.commit()
+        vc = tx.vc.to_json()
     finally:
         tx.close()
     checkpoint(root, trace_id=trace_id, token=token, g=g, phase=phase, step="commit", outcome="committed")
-    return {"node": node.name, "outcome": "committed", "intents": before}
+    return {"node": node.name, "outcome": "committed", "intents": before, "vc": vc}
 
 
 def settle(root: Path, *, trace_id: str, token: int, g: int, phase: str, force: bool = False) -> dict[str, Any]:
@@ -298,9 +300,10 @@ def rollback(
             hint="compensation runs before the state is rewound (docs/recovery.md)",
         )
     tx = node.resume(g, phase)
+    tx.event("phase_transition.finished", outcome="aborted", recovery=trace_id)
     tx.abort(reason, abandoned=[k for k in (abandon or []) if k in log.side_effects and k not in log.compensated])
     checkpoint(root, trace_id=trace_id, token=token, g=g, phase=phase, step="abort", outcome="aborted")
-    return {"node": node.name, "outcome": "aborted", "abandoned": list(abandon or [])}
+    return {"node": node.name, "outcome": "aborted", "abandoned": list(abandon or []), "vc": tx.vc.to_json()}
 
 
 def repair(root: Path, *, trace_id: str, token: int, g: int, phase: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from ..recovery.machine import State
 from ..recovery.model import Context, RunResult, TraceOutcome
 from ..recovery.nodeops import node_state
 from ..replication import placement
+from ..timefmt import parse_utc
 from . import policy as policies
 
 
@@ -87,6 +88,31 @@ def _publish_barrier(path: Path, ctx: Context, holder: str, now: float, moved: b
         return ctx.backend.advance_barrier(seen, g, phase, holder, now).as_dict()
     except BarrierMoved:
         return ctx.backend.barrier().as_dict()  # another reconciler published first
+
+
+def _agents(ctx: Context, now: float) -> alerts.Agents:
+    """Whose agent is down, by the heartbeats this run read: a member whose last heartbeat is older
+    than the heartbeat window. A member not read (unreachable) or that never beat is left as it was."""
+    window = ctx.config.thresholds.heartbeat_window
+    down: dict[str, str] = {}
+    seen: dict[str, dict[str, Any]] = {}
+    unseen: set[str] = set()
+    for name in members.participants(ctx.repo, ctx.config):
+        o = ctx.observations.get(name)
+        beat = o.heartbeat if o is not None and o.reachable else None
+        try:
+            age = now - parse_utc(str(beat["wall_time"])) if beat is not None else None
+        except (KeyError, TypeError, ValueError):
+            age = None
+        if age is None:
+            unseen.add(name)
+            continue
+        seen[name] = {"last_heartbeat": beat["wall_time"] if beat else None, "age_s": round(age, 1)}
+        if age > window:
+            down[name] = (
+                f"{name}: last heartbeat {age:.0f} s ago (window {window:.0f} s): its agent is down or cannot write"
+            )
+    return alerts.Agents(down, frozenset(unseen), seen)
 
 
 def _message(
@@ -147,8 +173,14 @@ def finish(
     path, plan = ctx.repo, result.plan
     changed = [o for o in result.outcomes if o.recorded]
     # a fenced or locked-out run publishes nothing; nor does one that cannot tell who is evicted
+    ready: list[str] = []
     if not any(o.code == EXIT_LOCKED for o in result.outcomes) and MEMBERSHIP_FILE not in ctx.unreadable:
+        before = ctx.backend.barrier()
         result.barrier = _publish_barrier(path, ctx, holder, clock(), bool(changed))
+        if result.barrier is not None and (result.barrier["g"], result.barrier["phase"]) != (before.g, before.phase):
+            g, phase = result.barrier["g"], result.barrier["phase"]
+            emit(make("phase_ready", g=g, phase=phase, previous={"g": before.g, "phase": before.phase}))
+            ready.append(f"barrier: phase_ready(g={g}) at {phase}: every member finished it")
     paths = [JOURNAL_DIR, STATUS_FILE, SEL_DIR, MEMBERSHIP_FILE, str(Path(APPLIED_FILE).parent), ALERTS_DIR]
     events = ctx.membership.events
     if events:
@@ -160,17 +192,20 @@ def finish(
         result.placement = placed.lines()  # an origin still not told is said on every run...
         if placed.saved:  # ...but committed only when the placement file changes
             paths.append(PLACEMENT_FILE)
-    raised = alerts.sync(path, clock())  # after the journals and membership: what holds now
+    agents = _agents(ctx, clock())
+    raised = alerts.sync(path, clock(), agents)  # after the journals and membership: what holds now
     result.alerts = [c.as_dict() for c in raised]
     for c in raised:
         emit(make("alert", c.alert.trace_id, node=c.alert.node, **c.as_dict()))
+        if c.alert.alert == "agent_down" and c.state == "firing" and c.alert.node is not None:
+            emit(make("agent.down", node=c.alert.node, why=c.alert.message, **agents.seen.get(c.alert.node, {})))
     pushed = [p["node"] for p in result.policy if p.get("outcome") == "pushed"]
     if pushed:
         paths.append(POLICY_FILE)
     if changed or events or raised or PLACEMENT_FILE in paths or pushed:
         write_status(ctx)
         subject, body = _message(result.outcomes, events, raised, result.placement, pushed)
-        body += policies.lines(result)
+        body += policies.lines(result) + ready
         traces = [
             {
                 "trace_id": o.trace_id,

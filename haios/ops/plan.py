@@ -21,7 +21,7 @@ from ..coord import Backend, Lease
 from ..detect.detectors import NodeObservation
 from ..detect.phi import Estimators
 from ..errors import ConfigError, InputError
-from ..events import make
+from ..events import FAILED_PARTIAL, make
 from ..layout import APPLIED_FILE, BREAKERS_FILE, MEMBERSHIP_FILE, SWINGS_FILE
 from ..overrides.apply import mark_spent, scan
 from ..overrides.verify import applied
@@ -234,6 +234,7 @@ def plan_events(plan: Plan, *, steps: bool = True) -> list[dict[str, Any]]:
                 why=t.reason,
                 participants=t.participants,
                 last_activity=t.last_activity,
+                transition=None if t.verdict is Verdict.NOTHING else FAILED_PARTIAL,
             )
         )
         for i, s in enumerate(t.steps if steps else [], 1):

@@ -4,7 +4,7 @@ attempt a signed resume grants a HARD_FAILED trace, and HARD_FAILED itself once 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..coord.base import Lease
@@ -34,6 +34,8 @@ class TraceRun:
     j: journals.Journal
     lease: Lease
     outcome: TraceOutcome
+    # the participants this run committed or aborted the transition on: node -> (outcome, vector clock)
+    ended: dict[str, tuple[str, dict[str, int]]] = field(default_factory=dict)
 
 
 def abort(runner: TraceRunner, r: TraceRun) -> None:

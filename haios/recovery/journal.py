@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..config.yamlload import load_status
 from ..controlfile import dump_mapping
 from ..errors import ConfigError, InputError, InvalidTransition
+from ..events import FAILED_PARTIAL
 from ..fsutil import atomic_write, makedirs_durable
 from ..layout import JOURNAL_DIR
 from ..timefmt import utc
@@ -91,6 +92,10 @@ class Journal:
     # the compensations a HARD_FAILED trace gave up on, each as the step that would run it (node,
     # key, compensator, kind, params, from_lamport): what a signed resume gives one more attempt
     abandoned: list[dict[str, Any]] = field(default_factory=list)
+    # what the detection made of the transition (SPEC §3: any trip marks it FAILED_PARTIAL)
+    transition: str = FAILED_PARTIAL
+    # how recovery ended the transition on its participants: outcome, nodes, their merged vector clock, at
+    finished: dict[str, Any] | None = None
     dirty: bool = field(default=False, repr=False, compare=False)
     writes: int = field(default=0, repr=False, compare=False)  # saves during this run
     # told of every state change, step and alert as it is recorded (kind, fields): the event stream
@@ -131,7 +136,9 @@ class Journal:
             "overrides": list(self.overrides),
             "grant": self.grant,
             "detection": self.detection,
+            "transition": self.transition,
             **({"abandoned": list(self.abandoned)} if self.abandoned else {}),
+            **({"finished": dict(self.finished)} if self.finished else {}),
         }
 
     @classmethod
@@ -158,6 +165,8 @@ class Journal:
             grant=data.get("grant"),
             detection=data.get("detection"),
             abandoned=[dict(a) for a in data.get("abandoned") or []],
+            transition=str(data.get("transition") or FAILED_PARTIAL),
+            finished=dict(data["finished"]) if isinstance(data.get("finished"), dict) else None,
         )
 
     # -- changes (each marks the journal for saving) ---------------------------------------------

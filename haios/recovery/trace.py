@@ -13,6 +13,7 @@ unfinished step — every node operation is idempotent and every compensator get
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,6 +30,7 @@ from ..errors import (
 )
 from ..events import Sink, make
 from ..timefmt import utc
+from ..vclock import VClock
 from . import endings, grant
 from . import journal as journals
 from .assess import assess
@@ -158,6 +160,7 @@ class TraceRunner:
                 if trace.override["effect"] == "applies":
                     outcome.override = {k: trace.override[k] for k in ("file", "action", "nonce")}
             self._drive(r)
+            self._finished(r)
         except TraceStop as stop:
             outcome.code, outcome.note, outcome.due = stop.code, stop.note, stop.due
         except FencedError as exc:
@@ -182,6 +185,39 @@ class TraceRunner:
             outcome.recorded = j.writes > 0
             if not released:
                 self.ctx.backend.release(r.lease, self.clock())
+
+    def _finished(self, r: TraceRun) -> None:
+        """``phase_transition.finished`` once recovery committed or aborted the transition: in the
+        journal and as an event, with the participants' clocks merged (each node wrote its own EVENT
+        record before its end record)."""
+        if not r.ended or State(r.j.state) not in TERMINAL:
+            return
+        outcomes = {outcome for outcome, _ in r.ended.values()}
+        merged = VClock()
+        for _, vc in r.ended.values():
+            with contextlib.suppress(ValueError):  # a node's answer is data: a bad clock adds nothing
+                merged = merged.merge(VClock.from_json(vc))
+        finished = {
+            "outcome": "committed" if "committed" in outcomes else "aborted",
+            "nodes": sorted(r.ended),
+            "vc": merged.to_json(),
+            "at": utc(self.clock()),
+        }
+        r.j.finished = finished
+        r.j.dirty = True
+        if self.events is not None:
+            t = r.trace
+            self.events(
+                make(
+                    "phase_transition.finished",
+                    t.trace_id,
+                    g=t.g,
+                    phase=t.phase,
+                    outcome=finished["outcome"],
+                    nodes=finished["nodes"],
+                    vc=finished["vc"],
+                )
+            )
 
     def _record_waiting(self, trace: TracePlan, j: journals.Journal, outcome: TraceOutcome) -> None:
         """A trace this run does not act on: what its journal and outcome say of it."""
@@ -291,6 +327,8 @@ class TraceRunner:
                 **({"timings": result["timings"]} if result.get("timings") else {}),
             )
             j.save(self.ctx.repo)  # after the node's checkpoint: the journal tells the story, the WAL decides
+            if result.get("outcome") in ("committed", "aborted") and isinstance(result.get("vc"), dict):
+                r.ended[node] = (str(result["outcome"]), result["vc"])
             r.outcome.steps += 1
             self.tick(plan, node, action, index, finished=True)
 

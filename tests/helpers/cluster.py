@@ -57,6 +57,17 @@ def refresh_heartbeats(directory: Path) -> None:
             beat(root, root.name)
 
 
+def beat_at(directory: Path, t: float) -> Callable[[], float]:
+    """The clock of a run at ``t``, after every node's agent beat at ``t`` (a heartbeat older than
+    the heartbeat window is an agent down, and an ``agent_down`` alert)."""
+    from haios.node.heartbeat import beat
+
+    for root in sorted((directory / "nodes").iterdir()):
+        if (root / "heartbeat").exists():
+            beat(root, root.name, t)
+    return lambda: t
+
+
 def gossip_at(directory: Path, t: float) -> Callable[[], float]:
     """The clock of a reconcile at ``t``, after each node's agent rewrote its gossip at ``t`` (a gossip
     file not rewritten within the heartbeat window is stale and decides nothing)."""
