@@ -581,7 +581,24 @@ def _membership(repo: Path) -> list[Finding]:
                 f"restore connectivity to {node} or to enough other members (page)",
             )
         )
+    for node in m.deferred:
+        entry = m.nodes[node]
+        out.append(
+            Finding(
+                "eviction_deferred",
+                "warning",
+                (node,),
+                None,
+                None,
+                f"{node} is due for eviction since {utc(float(entry['deferred_since']))}, deferred: at most one "
+                "member is evicted per partition window",
+                {"isolated_since": entry.get("isolated_utc"), "why": entry.get("why")},
+                f"haios --repo {repo} reconcile   # evicts it once the window has passed, if it is still isolated",
+            )
+        )
     for node in m.pending:
+        if node in m.deferred:
+            continue
         entry = m.nodes[node]
         out.append(
             Finding(

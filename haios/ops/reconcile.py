@@ -121,7 +121,7 @@ def _execute(
     else:
         plan = fresh
     t = ctx.config.thresholds
-    result = RunResult(plan, membership_due=ctx.membership.due(t.eviction_ttl, t.eviction_grace))
+    result = RunResult(plan, membership_due=ctx.membership.due(t.eviction_ttl, t.eviction_grace, t.partition_window))
     for event in plan_events(plan, steps=False):
         emit(event)
     # the desired state reaches the members first: a freeze or a suspension holds before anything moves

@@ -7,6 +7,11 @@ if the members left healthy are still a majority of the membership. Otherwise th
 refused and the report pages a human (alert ``eviction_blocked``): evicting into a minority would
 let a minority decide for the cluster. ``minority_evictions_total`` counts evictions carried out.
 
+Admission control: at most one eviction per partition window (``partition.window``), the member
+isolated longest first; another that is due meanwhile is *deferred* (a finding, not an alert) and
+evicted on a later run if it is still isolated. The majority is always counted over the whole
+active membership, evicted members included, so an eviction never lowers the bar for the next one.
+
 An evicted node takes part in no transition and no recovery trace (its half-done work is left as it
 is) until ``haios node rejoin`` brings it back. Healing alone does not end an eviction.
 
@@ -71,6 +76,7 @@ class Membership:
     events: list[Event] = field(default_factory=list)
     # isolations that ended (node, since, healed_at, seconds), newest last: partition_duration_seconds
     partitions: list[dict[str, Any]] = field(default_factory=list)
+    last_eviction_at: float | None = None  # admission control: one eviction per partition window
 
     @property
     def evicted(self) -> set[str]:
@@ -83,6 +89,12 @@ class Membership:
         )
 
     @property
+    def deferred(self) -> list[str]:
+        return sorted(
+            n for n, e in self.nodes.items() if e.get("deferred_since") is not None and e.get("evicted_at") is None
+        )
+
+    @property
     def blocked(self) -> list[str]:
         return sorted(
             n for n, e in self.nodes.items() if e.get("blocked_since") is not None and e.get("evicted_at") is None
@@ -92,18 +104,22 @@ class Membership:
         return {
             "schema": SCHEMA,
             "minority_evictions_total": self.minority_evictions_total,
+            "last_eviction_at": self.last_eviction_at,
             "nodes": {n: self.nodes[n] for n in sorted(self.nodes)},
             "alerts": self.alerts,
             "partitions": self.partitions,
         }
 
-    def due(self, t_ttl: float, t_grace: float) -> float | None:
-        """When the next isolated node becomes pending or is evicted, if nothing heals first."""
+    def due(self, t_ttl: float, t_grace: float, window: float = 0.0) -> float | None:
+        """When the next isolated node becomes pending or is evicted, if nothing heals first
+        (``window``: the partition window a deferred eviction waits after the last one)."""
         times = []
         for e in self.nodes.values():
             if e.get("evicted_at") is not None or e.get("blocked_since") is not None:
                 continue
-            if e.get("pending_since") is not None:
+            if e.get("deferred_since") is not None and self.last_eviction_at is not None:
+                times.append(self.last_eviction_at + window)
+            elif e.get("pending_since") is not None:
                 times.append(float(e["pending_since"]) + t_grace)
             else:
                 times.append(float(e["isolated_since"]) + t_ttl)
@@ -114,6 +130,7 @@ class Membership:
             "evicted": sorted(self.evicted),
             "pending_eviction": self.pending,
             "eviction_blocked": self.blocked,
+            "eviction_deferred": self.deferred,
             "minority_evictions_total": self.minority_evictions_total,
         }
 
@@ -138,6 +155,7 @@ def load(repo: Path) -> Membership:
         list(data.get("alerts") or []),
         int(data.get("minority_evictions_total") or 0),
         partitions=list(data.get("partitions") or []),
+        last_eviction_at=float(data["last_eviction_at"]) if data.get("last_eviction_at") is not None else None,
     )
 
 
@@ -149,13 +167,15 @@ def _shape_problem(data: dict[str, Any]) -> str | None:
     for name, entry in nodes.items():
         if not isinstance(entry, dict) or not is_number(entry.get("isolated_since")):
             return f"nodes.{name} has no isolated_since time"
-        for key in ("pending_since", "evicted_at", "blocked_since"):
+        for key in ("pending_since", "evicted_at", "blocked_since", "deferred_since"):
             if entry.get(key) is not None and not is_number(entry[key]):
                 return f"nodes.{name}.{key} is not a time"
     for key in ("alerts", "partitions"):
         items = data.get(key) or []
         if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
             return f"{key} is not a list of mappings"
+    if data.get("last_eviction_at") is not None and not is_number(data["last_eviction_at"]):
+        return "last_eviction_at is not a time"
     total = data.get("minority_evictions_total") or 0
     if not isinstance(total, int) or isinstance(total, bool) or total < 0:
         return "minority_evictions_total is not a count"
@@ -183,6 +203,7 @@ def assess(repo: Path, config: RepoConfig, observations: dict[str, NodeObservati
             isolated[name] = found
     for name in sorted(set(m.nodes) - set(members)):
         del m.nodes[name]  # no longer an active member (draining, decommissioned): nothing to evict or rejoin
+    due: list[str] = []
     for name in members:
         entry = m.nodes.get(name)
         if entry is not None and entry.get("evicted_at") is not None:
@@ -217,25 +238,30 @@ def assess(repo: Path, config: RepoConfig, observations: dict[str, NodeObservati
                 ),
             )
             continue
-        if now - float(entry["pending_since"]) < t.eviction_grace:
-            continue
-        evicted = m.evicted
-        healthy = [n for n in members if n not in isolated and n not in evicted]
-        if 2 * len(healthy) > len(members):
-            entry.update(evicted_at=now, evicted_utc=utc(now))
-            entry.pop("blocked_since", None)
-            m.minority_evictions_total += 1
-            m._event(
-                now,
-                Event(
-                    name,
-                    "evicted",
-                    f"{name} evicted after {(now - since) / 60:.0f} min isolated; {len(healthy)} of "
-                    f"{len(members)} members healthy remain (a majority)",
-                    alert="node_evicted",
-                ),
-            )
-        elif entry.get("blocked_since") is None:
+        if now - float(entry["pending_since"]) >= t.eviction_grace:
+            due.append(name)
+    # the member isolated longest first: the one admission control lets through
+    for name in sorted(due, key=lambda n: (float(m.nodes[n]["isolated_since"]), n)):
+        _evict_or_refuse(m, name, members, isolated, now, t.partition_window)
+    return m
+
+
+def _evict_or_refuse(
+    m: Membership,
+    name: str,
+    members: list[str],
+    isolated: dict[str, tuple[str, float | None]],
+    now: float,
+    window: float,
+) -> None:
+    """Evict ``name`` (its grace is over) if a healthy majority of the whole membership remains and
+    no member was evicted within the partition window; else refuse (a page) or defer (a finding)."""
+    entry = m.nodes[name]
+    since = float(entry["isolated_since"])
+    evicted = m.evicted
+    healthy = [n for n in members if n not in isolated and n not in evicted]
+    if 2 * len(healthy) <= len(members):
+        if entry.get("blocked_since") is None:
             entry["blocked_since"] = now
             m._event(
                 now,
@@ -247,7 +273,36 @@ def assess(repo: Path, config: RepoConfig, observations: dict[str, NodeObservati
                     alert="eviction_blocked",
                 ),
             )
-    return m
+        return
+    entry.pop("blocked_since", None)
+    last = m.last_eviction_at
+    if last is not None and now - last < window:
+        if entry.get("deferred_since") is None:
+            entry["deferred_since"] = now
+            m._event(
+                now,
+                Event(
+                    name,
+                    "eviction_deferred",
+                    f"{name} is due for eviction, but a member was evicted {now - last:.0f} s ago: at most one "
+                    f"eviction per partition window ({window:.0f} s); it is evicted on a later run if still isolated",
+                ),
+            )
+        return
+    entry.pop("deferred_since", None)
+    entry.update(evicted_at=now, evicted_utc=utc(now))
+    m.last_eviction_at = now
+    m.minority_evictions_total += 1
+    m._event(
+        now,
+        Event(
+            name,
+            "evicted",
+            f"{name} evicted after {(now - since) / 60:.0f} min isolated; {len(healthy)} of "
+            f"{len(members)} members healthy remain (a majority)",
+            alert="node_evicted",
+        ),
+    )
 
 
 def participants(repo: Path, config: RepoConfig) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from helpers import Invoke, at
-from helpers.cluster import gossip_at, plant
+from helpers.cluster import git, gossip_at, plant, quick_cluster
 from jsonschema import Draft202012Validator
 
 from haios import controlfile
@@ -147,3 +147,40 @@ def test_a_short_partition_is_forgotten(cluster: Path) -> None:
     _partition(cluster, "node-3", t0 + 25 * MIN)  # a new isolation starts its own clock
     reconcile(cluster, clock=at(t0 + 25 * MIN))
     assert reconcile(cluster, clock=at(t0 + 50 * MIN)).plan.membership["pending_eviction"] == []
+
+
+def test_one_eviction_per_partition_window_the_others_deferred(tmp_path: Path, cli: Invoke) -> None:
+    """Five members, two isolated at once: 3 of 5 healthy would allow both, but one is evicted per
+    partition window (the longest isolated first); the other is deferred — a finding — and evicted
+    by the first run a window later."""
+    cluster = quick_cluster(tmp_path / "cluster", 5)
+    t0 = time.time()
+    _partition(cluster, "node-5", t0 - 10)  # isolated a little longer: the first to go
+    _partition(cluster, "node-4", t0)
+    reconcile(cluster, clock=gossip_at(cluster, t0))
+    reconcile(cluster, clock=gossip_at(cluster, t0 + 31 * MIN))
+    assert load(cluster).pending == ["node-4", "node-5"]
+
+    first = reconcile(cluster, clock=gossip_at(cluster, t0 + 47 * MIN))
+    m = load(cluster)
+    assert m.evicted == {"node-5"} and m.deferred == ["node-4"] and m.minority_evictions_total == 1
+    assert first.plan.membership["eviction_deferred"] == ["node-4"]
+    assert first.next_due == pytest.approx(t0 + 47 * MIN + 45)  # when the window has passed
+    message = git(cluster, "log", "-1", "--format=%B")
+    assert "membership: node-4 is due for eviction, but a member was evicted 0 s ago: at most one eviction" in message
+    doctor = cli("--repo", cluster, "-o", "json", "doctor")
+    (deferred,) = [f for f in json.loads(doctor.stdout)["findings"] if f["kind"] == "eviction_deferred"]
+    assert (
+        deferred["nodes"] == ["node-4"]
+        and deferred["fix"]
+        == f"haios --repo {cluster} reconcile   # evicts it once the window has passed, if it is still isolated"
+    )
+
+    within = reconcile(cluster, clock=gossip_at(cluster, t0 + 47 * MIN + 30))  # still within the window
+    assert load(cluster).evicted == {"node-5"} and within.commit is None  # deferred still, said once
+
+    later = reconcile(cluster, clock=gossip_at(cluster, t0 + 47 * MIN + 46))
+    m = load(cluster)
+    assert m.evicted == {"node-4", "node-5"} and m.deferred == [] and m.minority_evictions_total == 2
+    assert later.plan.membership["eviction_deferred"] == []
+    assert [a["node"] for a in m.alerts if a["alert"] == "node_evicted"] == ["node-5", "node-4"]
