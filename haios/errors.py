@@ -47,6 +47,7 @@ code; anything that is not a ``HaiosError`` is a bug and is reported as such (wi
     │   ├── PartitionError          3  the node is PARTITIONED: its WAL is read-only until it heals
     │   ├── DataDriftError          3  a data/ file changed outside any phase: never overwritten unseen
     │   ├── CausalOrderError        3  a replay would put a causally older version of a file over a newer one
+    │   ├── ReplayConflict          3  a version conflict that redoing the replay from the WAL did not clear
     │   ├── WalMissingError         3  a replicated node's WAL is gone: restore it from the replicas
     │   └── QuorumError             3  a majority of the replica group cannot acknowledge
     ├── LockHeldError               4  another reconciler holds the lock
@@ -516,6 +517,17 @@ class CausalOrderError(BlockedError):
     default_hint = (
         "the file holds a newer version than the one being replayed: keep it, and abort the older "
         "transition with a signed override (haios override new --trace ID --action abort)"
+    )
+
+
+class ReplayConflict(BlockedError):
+    """A roll-forward met a version conflict (in data/ or a control file) that aborting the partial
+    write and redoing it from the WAL, a bounded number of times, did not clear."""
+
+    exit_code = EXIT_BLOCKED
+    default_hint = (
+        "compare the file with the WAL's INTENTs ('haios wal inspect'), put back the version the WAL names, "
+        "then run reconcile again"
     )
 
 

@@ -208,6 +208,17 @@ def apply(
     return len(todo)
 
 
+def set_entry(root: Path, relpath: str, entry: Entry | None) -> None:
+    """Put one file's manifest entry (None: remove it), leaving the others as they are."""
+    manifest = load(root)
+    files = dict(manifest.files)
+    if entry is None:
+        files.pop(relpath, None)
+    else:
+        files[relpath] = entry
+    _store(root, files, manifest.version)
+
+
 def check(root: Path) -> list[str]:
     """What in ``data/`` disagrees with the manifest: files changed, missing or never written by a phase.
 

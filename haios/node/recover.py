@@ -11,6 +11,7 @@ which is how a transport carries them to a remote node (``haios node recover ROO
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from dataclasses import asdict
 from inspect import signature
@@ -19,11 +20,11 @@ from typing import Any
 
 from .. import controlfile
 from ..config.model import PHASES, phase_order, policy_digest
-from ..errors import BarrierError, ControlFileError, UsageError, VersionConflict, WalCorruptError
+from ..errors import BarrierError, ControlFileError, ReplayConflict, UsageError, VersionConflict, WalCorruptError
 from ..resources import schema
 from ..wal import Record, RecordType, read_records
 from ..wal.phases import ABANDON_STEP, PhaseLog
-from . import replicas
+from . import manifest, replicas
 from .fence import POLICY_SHARD, check_fence
 from .root import CONTROL_FILES
 from .timing import STEPS, collecting
@@ -141,17 +142,83 @@ def forward(root: Path, *, trace_id: str, token: int, g: int, phase: str) -> dic
         return {"node": node.name, "outcome": "already committed"}
     if status != "prepared":
         raise BarrierError(f"{root}: (g={g}, {phase}) is {status} on {node.name}; only a PREPAREd phase rolls forward")
-    tx = node.resume(g, phase)
-    try:
-        before = len(tx.intents)
-        tx.prepare()  # idempotent: applies only the intents not yet in effect, validating each file
-        tx.event("phase_transition.finished", outcome="committed", recovery=trace_id)
-        tx.commit()
-        vc = tx.vc.to_json()
-    finally:
-        tx.close()
+    redone: list[str] = []
+    before, vc = 0, {}
+    for attempt in range(1, REDO_ATTEMPTS + 1):
+        if attempt > 1 and _status(node, _tail_logs(node)[0].get((g, phase)), g, phase) == "committed":
+            break  # COMMIT_PHASE made it, the state.txt write after it did not: settled below
+        tx = node.resume(g, phase)
+        try:
+            before = len(tx.intents)
+            tx.prepare()  # idempotent: applies only the intents not yet in effect, validating each file
+            tx.event("phase_transition.finished", outcome="committed", recovery=trace_id)
+            tx.commit()
+            vc = tx.vc.to_json()
+            break
+        except VersionConflict as exc:
+            # ABORT + REDO (SPEC §2.2): the partial write is dropped and the replay done again from the WAL
+            why = _redo(node, exc, tx.intents)
+            redone.append(why)
+            if attempt == REDO_ATTEMPTS:
+                raise ReplayConflict(
+                    f"{exc.message}, still after {REDO_ATTEMPTS} attempts to redo the roll-forward from the WAL ({why})"
+                ) from None
+        finally:
+            tx.close()
+    settle(root, trace_id=trace_id, token=token, g=g, phase=phase)  # a commit whose state.txt write conflicted
+    vc = vc or dict(node.state()[0].get("vc") or {})
     checkpoint(root, trace_id=trace_id, token=token, g=g, phase=phase, step="commit", outcome="committed")
-    return {"node": node.name, "outcome": "committed", "intents": before, "vc": vc}
+    answer: dict[str, Any] = {"node": node.name, "outcome": "committed", "intents": before, "vc": vc}
+    return {**answer, "redone": redone} if redone else answer
+
+
+REDO_ATTEMPTS = 3
+
+
+def _committed_version(node: Node, relpath: str) -> tuple[int, str, int] | None:
+    """(version, sha256, size) the WAL's committed phases leave ``data/<relpath>`` at (None: absent)."""
+    found: tuple[int, str, int] | None = None
+    logs = scan_phases(node.root)
+    for log in sorted(logs.values(), key=lambda entry: phase_order(entry.g, entry.phase)):
+        if log.ended != "COMMIT_PHASE":
+            continue
+        for intent in log.intents:
+            if intent.get("path") != relpath:
+                continue
+            if intent.get("op") == "delete":
+                found = None
+            else:
+                expected = intent.get("expected_version")
+                size = len(base64.b64decode(intent.get("content_b64") or ""))
+                found = (1 if expected is None else int(expected) + 1, str(intent["sha256"]), size)
+    return found
+
+
+def _redo(node: Node, exc: VersionConflict, intents: list[dict[str, Any]]) -> str:
+    """Undo what makes ``exc`` before the replay is tried again; returns what was done, in words.
+
+    A conflict on a data/ file is the manifest disagreeing with the WAL (a manifest write lost or put
+    back): its entry is rebuilt from the committed INTENTs, when the file's bytes are the committed
+    ones or those of the replay itself. A control file's conflict (another writer first) needs only
+    the fresh read the next attempt makes."""
+    try:
+        relpath = Path(exc.path).relative_to(node.data).as_posix()
+    except ValueError:
+        return f"{Path(exc.path).name} read again"
+    committed = _committed_version(node, relpath)
+    held = manifest.load(node.root).files.get(relpath)
+    now = manifest.file_sha256(node.data / relpath)
+    ours = {i["sha256"] for i in intents if i.get("path") == relpath and i.get("op") == "write"}
+    if committed is None:
+        if held is not None and (now is None or now in ours):
+            manifest.set_entry(node.root, relpath, None)
+            return f"data/{relpath}: absent by the WAL; its manifest entry v{held.version} dropped"
+        return f"data/{relpath}: absent by the WAL, but its bytes are neither absent nor the replay's"
+    version, sha, size = committed
+    if now in (sha, *ours) and (held is None or (held.version, held.sha256) != (version, sha)):
+        manifest.set_entry(node.root, relpath, manifest.Entry(version, sha, size))
+        return f"data/{relpath}: manifest entry set to v{version} from the WAL"
+    return f"data/{relpath}: the WAL's last committed version is v{version}, its bytes are not"
 
 
 def settle(root: Path, *, trace_id: str, token: int, g: int, phase: str, force: bool = False) -> dict[str, Any]:

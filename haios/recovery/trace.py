@@ -325,6 +325,7 @@ class TraceRunner:
                 **({"key": s["key"]} if "key" in s else {}),
                 **({"abandoned": list(s["abandon"])} if s.get("abandon") else {}),
                 **({"timings": result["timings"]} if result.get("timings") else {}),
+                **({"redone": list(result["redone"])} if result.get("redone") else {}),
             )
             j.save(self.ctx.repo)  # after the node's checkpoint: the journal tells the story, the WAL decides
             if result.get("outcome") in ("committed", "aborted") and isinstance(result.get("vc"), dict):
