@@ -26,7 +26,9 @@ def test_dataschemas_registered_and_compiled_into_the_policy(repo: Path) -> None
     report = validate_repo(repo)
     assert report.ok and "schemas/app.schema.json" in report.files
     policy = load_repo(repo).compile_policy()
-    assert policy["data_schemas"] == [{"name": "app", "paths": ["app/*.json"], "schema": APP_SCHEMA}]
+    assert policy["data_schemas"] == [
+        {"name": "app", "paths": ["app/*.json"], "schema": APP_SCHEMA, "requires_causal": False}
+    ]
 
 
 def test_dataschemas_problems_are_reported(repo: Path) -> None:
@@ -53,7 +55,9 @@ def node_root(tmp_path: Path) -> Path:
         {
             "cluster": "c",
             "max_g": None,
-            "data_schemas": [{"name": "app", "paths": ["app/*.json"], "schema": APP_SCHEMA}],
+            "data_schemas": [
+                {"name": "app", "paths": ["app/*.json"], "schema": APP_SCHEMA}
+            ],  # as older haios pushed it
         },
     )
     return root

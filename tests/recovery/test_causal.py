@@ -8,14 +8,14 @@ import re
 from pathlib import Path
 
 from helpers import Invoke
-from helpers.cluster import git, head, wait_for_phi
+from helpers.cluster import git, wait_for_phi
 
 from haios import controlfile
 from haios.node import Node
 from haios.node.manifest import MANIFEST, file_sha256
 from haios.recovery.journal import find
 from haios.sim.cloud import FakeCloud
-from haios.sim.simulator import provision_policy, sim_dir
+from haios.sim.simulator import sim_dir
 from haios.vclock import VClock
 
 EFFECT = {"amount": 1, "currency": "EUR"}
@@ -70,13 +70,18 @@ def test_compensations_run_in_reverse_causal_order_across_nodes(cluster: Path, c
     assert [s["action"] for s in journal.steps][-3:] == ["rollback"] * 3
 
 
-def _causal_schema(cluster: Path, causal: bool) -> None:
+def _causal_schema(cluster: Path, cli: Invoke, causal: bool) -> None:
+    """The schema committed, and pushed to the nodes by a reconcile (each node checks the policy)."""
     schema = {"x-haios-paths": ["analyze/*"], "type": "string", "requires_causal": causal}
     (cluster / "schemas").mkdir(exist_ok=True)
     (cluster / "schemas/conf.schema.json").write_text(json.dumps(schema))
     git(cluster, "add", "schemas")
     git(cluster, "commit", "-qm", "tests: analyze/ files in causal order")
-    provision_policy(cluster, head(cluster))
+    pushed = cli("--repo", cluster, "-o", "json", "reconcile")
+    assert pushed.exit_code == 0, pushed.stdout + pushed.stderr
+    for n in ("node-1", "node-2", "node-3"):
+        policy, _ = controlfile.read_mapping(cluster / "nodes" / n / "policy")
+        assert policy["data_schemas"][0]["requires_causal"] is causal
 
 
 def _replay_over_newer(cluster: Path) -> str:
@@ -105,7 +110,7 @@ def _replay_over_newer(cluster: Path) -> str:
 
 
 def test_a_replay_never_puts_a_causally_older_version_over_a_newer_one(cluster: Path, cli: Invoke) -> None:
-    _causal_schema(cluster, True)
+    _causal_schema(cluster, cli, True)
     newer = _replay_over_newer(cluster)
     done = cli("--repo", cluster, "reconcile")
     assert done.exit_code == 3, done.stdout + done.stderr
@@ -116,7 +121,7 @@ def test_a_replay_never_puts_a_causally_older_version_over_a_newer_one(cluster: 
 
 
 def test_without_requires_causal_the_version_check_decides(cluster: Path, cli: Invoke) -> None:
-    _causal_schema(cluster, False)
+    _causal_schema(cluster, cli, False)
     newer = _replay_over_newer(cluster)
     done = cli("--repo", cluster, "reconcile")
     assert done.exit_code != 0
