@@ -43,11 +43,12 @@ unit: $(STAMP)
 	$(BIN)/pytest -n auto --dist loadfile --durations=30
 
 # The long rehearsals at full size (the suite runs a sample of each): 300 local and 50 SSH trials,
-# 1,000 SIGKILLed WAL and control-file writers.
+# 1,000 SIGKILLed WAL and control-file writers, every fixture-reading file an hour older.
 soak: $(STAMP)
 	bash tests/system-deps.sh
-	HAIOS_TRIALS=300 HAIOS_SSH_TRIALS=50 HAIOS_CRASH_TRIALS=1000 $(BIN)/pytest --durations=10 -m slow \
-		tests/sim/test_trials.py tests/transport/test_ssh.py tests/wal/test_crash.py tests/test_controlfile.py
+	HAIOS_TRIALS=300 HAIOS_SSH_TRIALS=50 HAIOS_CRASH_TRIALS=1000 HAIOS_SOAK=1 $(BIN)/pytest --durations=10 -m slow \
+		tests/sim/test_trials.py tests/transport/test_ssh.py tests/wal/test_crash.py tests/test_controlfile.py \
+		tests/test_harness.py
 
 docs: $(STAMP)
 	$(BIN)/python -m haios.cli._docs > docs/cli.md
