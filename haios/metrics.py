@@ -46,7 +46,7 @@ from .recovery import membership as members
 from .recovery.machine import TERMINAL, State
 from .replication.placement import load as load_placement
 from .timefmt import parse_utc
-from .untrusted import read_json
+from .untrusted import is_number, read_json
 
 # phases and recoveries take from a fraction of a second (a simulator) to hours (a real CONSTRUCT)
 PHASE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
@@ -292,55 +292,97 @@ class HaiosCollector(Collector):
         yield family
 
     def _io(self) -> Iterator[Metric]:
-        """Bytes per node from the observation cache (status/observed/<node>.json), which reads every
-        WAL byte once: the WAL itself, the snapshots BEGIN_PHASE reports, the data PREPARE reports;
-        with WAL replication, the copies of the WAL its peers write (status/replication.yaml says how
-        many: replicas are byte-for-byte copies)."""
+        """Bytes per node (:func:`node_io`), and the write overhead: local (WAL + snapshots per data
+        byte, the budget's measure) and with the replicas beside it."""
         counters = CounterMetricFamily(
             "haios_io_bytes",
             "Bytes written for a node: its WAL, its WAL's replicas on its peers, its snapshots, and the data "
             "its phases wrote to data/.",
             labels=["node", "kind"],
         )
-        copies = self._replica_copies()
-        ratios = []
-        for path in sorted((self.repo / CACHE_DIR).glob("*.json")):
-            try:
-                cache = read_json(path, "status", within=path.parent)
-            except HaiosError:
-                continue
-            io = cache.get("io") if isinstance(cache, dict) else None
-            if not isinstance(io, dict):
-                continue  # not a node's cache (the run record, doctor's memory)
-            wal = float(io.get("wal_bytes") or 0)
-            replica = wal * copies.get(path.stem, 0)
-            for kind, value in (
-                ("wal", wal),
-                ("replica", replica),
-                ("snapshot", float(io.get("snapshot_bytes") or 0)),
-                ("data", float(io.get("data_bytes") or 0)),
-            ):
-                counters.add_metric([path.stem, kind], value)
-            if io.get("data_bytes"):
-                ratios.append((wal + replica + float(io["snapshot_bytes"])) / float(io["data_bytes"]))
+        nodes = node_io(self.repo)
+        for n in nodes:
+            for kind, amount in (("wal", n.wal), ("replica", n.replica), ("snapshot", n.snapshot), ("data", n.data)):
+                counters.add_metric([n.node, kind], amount)
         yield counters
-        if ratios:
+        local = [n.local_ratio for n in nodes if n.local_ratio is not None]
+        if local:
             yield GaugeMetricFamily(
                 "max_io_overhead_ratio",
-                "The largest, over the nodes, of (WAL + replica + snapshot bytes) / data bytes the phases wrote "
-                "(guard: 2.2).",
-                value=max(ratios),
+                "The largest, over the nodes, of (WAL + snapshot bytes) / data bytes the phases wrote: the "
+                "local write overhead (budget: thresholds io.max_overhead_ratio, 2.2).",
+                value=max(local),
+            )
+        replicated = [n.replicated_ratio for n in nodes if n.replicated_ratio is not None]
+        if replicated and any(n.replica for n in nodes):
+            yield GaugeMetricFamily(
+                "max_io_overhead_ratio_replicated",
+                "The largest, over the nodes, of (WAL + replica + snapshot bytes) / data bytes: what the "
+                "cluster writes for a node's data with its WAL's copies (R copies cost at least R x).",
+                value=max(replicated),
             )
 
-    def _replica_copies(self) -> dict[str, int]:
-        """How many peers hold a copy of each node's WAL (none without replication)."""
-        if not (self.repo / PLACEMENT_FILE).exists():
-            return {}
+
+@dataclass(frozen=True)
+class NodeIo:
+    """What was written for one node, in bytes, from its observation cache."""
+
+    node: str
+    wal: float
+    replica: float  # the copies of its WAL on its replica peers
+    snapshot: float
+    data: float  # what its phases wrote to data/
+
+    @property
+    def local_ratio(self) -> float | None:
+        """(WAL + snapshots) / data: the node's own write overhead (None: no data written yet)."""
+        return (self.wal + self.snapshot) / self.data if self.data else None
+
+    @property
+    def replicated_ratio(self) -> float | None:
+        """(WAL + replicas + snapshots) / data: with the copies its peers write."""
+        return (self.wal + self.replica + self.snapshot) / self.data if self.data else None
+
+
+def node_io(repo: Path) -> list[NodeIo]:
+    """Bytes per node from the observation cache (status/observed/<node>.json), which reads every
+    WAL byte once: the WAL itself, the snapshots BEGIN_PHASE reports, the data PREPARE reports; with
+    WAL replication, the copies of the WAL its peers write (status/replication.yaml says how many:
+    replicas are byte-for-byte copies). A cache that cannot be read is left out."""
+    copies = _replica_copies(repo)
+    out = []
+    for path in sorted((repo / CACHE_DIR).glob("*.json")):
         try:
-            stored = load_placement(self.repo)
+            cache = read_json(path, "status", within=path.parent)
         except HaiosError:
-            return {}
-        return {origin: len(peers) for origin, peers in stored.placement.streams.items()} if stored else {}
+            continue
+        io = cache.get("io") if isinstance(cache, dict) else None
+        if not isinstance(io, dict) or not all(
+            is_number(io.get(k) or 0) for k in ("wal_bytes", "snapshot_bytes", "data_bytes")
+        ):
+            continue  # not a node's cache (the run record, doctor's memory), or not numbers
+        wal = float(io.get("wal_bytes") or 0)
+        out.append(
+            NodeIo(
+                path.stem,
+                wal,
+                wal * copies.get(path.stem, 0),
+                float(io.get("snapshot_bytes") or 0),
+                float(io.get("data_bytes") or 0),
+            )
+        )
+    return out
+
+
+def _replica_copies(repo: Path) -> dict[str, int]:
+    """How many peers hold a copy of each node's WAL (none without replication)."""
+    if not (repo / PLACEMENT_FILE).exists():
+        return {}
+    try:
+        stored = load_placement(repo)
+    except HaiosError:
+        return {}
+    return {origin: len(peers) for origin, peers in stored.placement.streams.items()} if stored else {}
 
 
 def register(registry: CollectorRegistry, repo: Path | str, cluster: str) -> HaiosCollector:

@@ -20,6 +20,15 @@ def init(
     ] = None,
     nodes: Annotated[int, typer.Option("--nodes", help="Number of nodes.", min=1)] = 3,
     transport: Annotated[str, typer.Option("--transport", help="How nodes are reached: local or ssh.")] = "local",
+    replication: Annotated[
+        str | None,
+        typer.Option(
+            "--replication",
+            help="sync-majority (every WAL on a majority of its replica group) or off (one disk per node). "
+            "Default: sync-majority from 3 nodes, off below.",
+            show_default=False,
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Write into a non-empty directory (existing node roots are kept).")
     ] = False,
@@ -27,7 +36,9 @@ def init(
 ) -> int:
     """Create a desired-state repo with working defaults, node roots for local nodes, and a first commit."""
     opts = resolve(ctx, output=output)
-    result = init_repo(directory, cluster=cluster, nodes=nodes, transport=transport, force=force)
+    result = init_repo(
+        directory, cluster=cluster, nodes=nodes, transport=transport, force=force, replication=replication
+    )
     if opts.output is not Output.text:
         _render.emit_json(
             {
@@ -35,6 +46,7 @@ def init(
                 "cluster": result.cluster,
                 "nodes": result.nodes,
                 "transport": result.transport,
+                "replication": result.replication,
                 "commit": result.commit,
                 "node_roots_created": result.node_roots_created,
                 "node_roots_kept": result.node_roots_kept,
@@ -44,7 +56,7 @@ def init(
     count = len(result.nodes)
     _render.out(
         f"Created {result.path}: cluster {result.cluster}, {count} node{'s' if count != 1 else ''} "
-        f"({result.transport} transport), commit {result.commit[:12]}"
+        f"({result.transport} transport, replication {result.replication}), commit {result.commit[:12]}"
     )
     if result.node_roots_kept:
         _render.info(f"kept existing node roots: {', '.join(result.node_roots_kept)}")

@@ -169,6 +169,7 @@ class Thresholds:
     permit_async_for: float = 1800.0
     max_clock_skew: float = 2.0
     vclock_retention: float = 90 * 86400.0
+    max_io_overhead_ratio: float = 2.2  # local writes (WAL + snapshots) per byte of data a phase wrote
 
     @property
     def heartbeat_window(self) -> float:
@@ -447,6 +448,7 @@ def build_thresholds(v: dict[str, Any]) -> Thresholds:
         permit_async_for=_dur(rp, "permit_async_for", d.permit_async_for),
         max_clock_skew=_dur(ck, "max_skew", d.max_clock_skew),
         vclock_retention=_dur(ck, "vclock_retention", d.vclock_retention),
+        max_io_overhead_ratio=float(v.get("io", {}).get("max_overhead_ratio", d.max_io_overhead_ratio)),
     )
 
 

@@ -34,6 +34,7 @@ from ..errors import EXIT_OK, EXIT_PENDING, EXIT_VERIFICATION, ConfigError, Haio
 from ..events import make
 from ..fsutil import atomic_write, makedirs_durable
 from ..layout import MEMBERSHIP_FILE, RECORDS
+from ..metrics import node_io
 from ..node.transaction import crash_window
 from ..recovery import journal as journals
 from ..recovery.journal import trace_for
@@ -545,6 +546,44 @@ def _versions(
     return out
 
 
+IO_JUDGED_FROM = 1 << 20  # data bytes: below, a node's fixed per-record costs say more than its writes
+
+
+def _io_overhead(repo: Path, budget: float) -> list[Finding]:
+    """A node that writes more locally (WAL + snapshots) per byte of data than the budget allows, once
+    it wrote enough data to judge; its replicated total is said beside it, not held against it."""
+    out = []
+    for n in node_io(repo):
+        ratio = n.local_ratio
+        if ratio is None or n.data < IO_JUDGED_FROM or ratio <= budget:
+            continue
+        mib = 1 << 20
+        beside = f"; with its WAL's copies on its peers {n.replicated_ratio:.2f}x" if n.replica else ""
+        out.append(
+            Finding(
+                "io_overhead",
+                "warning",
+                (n.node,),
+                None,
+                None,
+                f"{n.node} wrote {ratio:.2f}x its data locally (WAL {n.wal / mib:.1f} MiB + snapshots "
+                f"{n.snapshot / mib:.1f} MiB for {n.data / mib:.1f} MiB of data), over the budget of {budget:g}x"
+                + beside,
+                {
+                    "ratio": round(ratio, 3),
+                    "replicated_ratio": round(n.replicated_ratio or 0.0, 3),
+                    "budget": budget,
+                    "wal_bytes": n.wal,
+                    "snapshot_bytes": n.snapshot,
+                    "data_bytes": n.data,
+                },
+                "an INTENT logs a file whole (base64): have phases write only the files they change, or raise "
+                "io.max_overhead_ratio in policies/thresholds.yaml",
+            )
+        )
+    return out
+
+
 def _membership(repo: Path) -> list[Finding]:
     """Evictions (SPEC §4.7) as status/membership.yaml records them."""
     try:
@@ -761,6 +800,7 @@ def _judge(path: Path, seen: _Gathered, report: DoctorReport, at: float, full: b
     findings += _coordination(config)
     findings += _stale_leases(config, at)
     findings += _membership(path)
+    findings += _io_overhead(path, t.max_io_overhead_ratio)
     return findings
 
 

@@ -42,6 +42,7 @@ class InitResult:
     nodes: list[str]
     transport: str
     commit: str
+    replication: str = "off"
     node_roots_created: list[str] = field(default_factory=list)
     node_roots_kept: list[str] = field(default_factory=list)
 
@@ -57,7 +58,16 @@ def _modeline(rel: str, schema_name: str) -> str:
     return f"# yaml-language-server: $schema={'../' * depth}{SCHEMA_DIR}/{schema_name}.schema.json\n"
 
 
-def _cluster_yaml(cluster: str, nodes: list[str], transport: str) -> str:
+REPLICATION_FROM = 3  # nodes: from here on a cluster replicates its WALs unless told not to
+
+
+def default_replication(nodes: int) -> str:
+    """Never trust one disk: a cluster of 3 or more nodes replicates every WAL to a majority of its
+    replica group by default; with fewer there is no majority of others to replicate to."""
+    return "sync-majority" if nodes >= REPLICATION_FROM else "off"
+
+
+def _cluster_yaml(cluster: str, nodes: list[str], transport: str, replication: str) -> str:
     lines = [
         _modeline("haios.yaml", "cluster"),
         "# The cluster haios manages: its nodes and how haios coordinates them. Reference: docs/config.md\n",
@@ -83,7 +93,11 @@ def _cluster_yaml(cluster: str, nodes: list[str], transport: str) -> str:
         "coordination:\n",
         "  backend: git                   # locks and fencing tokens as refs in this repo; or etcd\n",
         "replication:\n",
-        "  mode: 'off'                    # or sync-majority\n",
+        (
+            "  mode: sync-majority            # every WAL on a majority of its replica group; 'off' trusts one disk\n"
+            if replication == "sync-majority"
+            else "  mode: 'off'                    # or sync-majority (a WAL on a majority of its replica group)\n"
+        ),
     ]
     return "".join(lines)
 
@@ -110,8 +124,8 @@ def _write_text(root: Path, rel: str, text: str) -> None:
     atomic_write(target, text.encode("utf-8"))
 
 
-def _populate(root: Path, cluster: str, nodes: list[str], transport: str) -> None:
-    _write_text(root, "haios.yaml", _cluster_yaml(cluster, nodes, transport))
+def _populate(root: Path, cluster: str, nodes: list[str], transport: str, replication: str) -> None:
+    _write_text(root, "haios.yaml", _cluster_yaml(cluster, nodes, transport, replication))
     _write_text(root, "desired/state.yaml", _desired_yaml(nodes))
     for name in ("thresholds", "budget", "fx", "rbac"):
         rel = f"policies/{name}.yaml"
@@ -142,8 +156,10 @@ def init_repo(
     nodes: int = 3,
     transport: str = "local",
     force: bool = False,
+    replication: str | None = None,
 ) -> InitResult:
-    """Create a desired-state repo at ``directory`` (see ``haios init --help``)."""
+    """Create a desired-state repo at ``directory`` (see ``haios init --help``). ``replication``:
+    ``sync-majority`` or ``off``; by default on from 3 nodes (:func:`default_replication`)."""
     target = Path(directory)
     name = cluster if cluster is not None else default_cluster_name(target)
     if not NAME_RE.fullmatch(name):
@@ -155,6 +171,11 @@ def init_repo(
         raise UsageError(f"--nodes must be between 1 and {MAX_INIT_NODES} (got {nodes})")
     if transport not in ("local", "ssh"):
         raise UsageError(f"--transport must be local or ssh (got {transport!r})")
+    mode = default_replication(nodes) if replication is None else replication
+    if mode not in ("sync-majority", "off"):
+        raise UsageError(f"--replication must be sync-majority or off (got {mode!r})")
+    if mode == "sync-majority" and nodes < 2:
+        raise UsageError("--replication sync-majority needs at least 2 nodes (a WAL is replicated to other nodes)")
     if target.exists() and not target.is_dir():
         raise UsageError(f"{target}: exists and is not a directory")
     non_empty = target.is_dir() and any(target.iterdir())
@@ -171,7 +192,7 @@ def init_repo(
         build = target.parent / f".{target.name}.haios-init-{os.getpid()}"
         shutil.rmtree(build, ignore_errors=True)
     try:
-        _populate(build, name, node_names, transport)
+        _populate(build, name, node_names, transport, mode)
         config = load_repo(build, overrides=True)  # the scaffold must itself be valid
         created: list[str] = []
         kept: list[str] = []
@@ -197,4 +218,4 @@ def init_repo(
         if build != target:
             shutil.rmtree(build, ignore_errors=True)
         raise
-    return InitResult(target, name, node_names, transport, commit, created, kept)
+    return InitResult(target, name, node_names, transport, commit, mode, created, kept)

@@ -19,7 +19,8 @@ def test_init_creates_valid_repo_with_one_commit(cli: Invoke, tmp_path: Path) ->
         assert len(commits) == 1
         assert commits[0].message.strip() == "haios init: cluster demo-repo with 3 nodes (local transport)"
         assert result.stdout == (
-            f"Created {tmp_path / 'demo-repo'}: cluster demo-repo, 3 nodes (local transport), commit {commits[0].hexsha[:12]}\n"
+            f"Created {tmp_path / 'demo-repo'}: cluster demo-repo, 3 nodes (local transport, replication "
+            f"sync-majority), commit {commits[0].hexsha[:12]}\n"
         )
         assert result.stderr == f"next: haios --repo {tmp_path / 'demo-repo'} validate\n"
         assert not repo.is_dirty(untracked_files=True)
