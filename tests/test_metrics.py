@@ -333,6 +333,8 @@ def test_init_replicates_from_three_nodes_and_doctor_holds_writes_to_the_budget(
     assert "mode: 'off'" in (tmp_path / "two/haios.yaml").read_text()
     assert cli("init", tmp_path / "optout", "--replication", "off").exit_code == 0
     assert "mode: 'off'" in (tmp_path / "optout/haios.yaml").read_text()
+    assert cli("sim", "init", tmp_path / "sim", "--nodes", "3").exit_code == 0  # rehearsals stay fast
+    assert "mode: 'off'" in (tmp_path / "sim/haios.yaml").read_text()
     made = cli("init", tmp_path / "repo")
     assert made.exit_code == 0 and "replication sync-majority" in made.stdout
     repo = tmp_path / "repo"

@@ -149,7 +149,7 @@ def sim_init(directory: Path | str, nodes: int, *, ssh: SshLayout | None = None,
     their roots directly, as a HAiOS scheduler on each node would); with ``replication``, every
     node's WAL is replicated to a majority of its replica group (SPEC §6.1)."""
     path = Path(directory)
-    init_repo(path, cluster="sim", nodes=nodes, transport="local")
+    init_repo(path, cluster="sim", nodes=nodes, transport="local", replication="off")  # rehearsals stay fast
     if ssh is not None:
         reach_through_sshd(path, ssh)
     if replication:
