@@ -12,7 +12,7 @@ from .. import alerts
 from ..audit import Recorder
 from ..config.model import phase_order as order
 from ..controlfile import dump_mapping
-from ..errors import EXIT_LOCKED, BarrierMoved, HaiosError
+from ..errors import EXIT_LOCKED, BarrierMoved, ConfigError, HaiosError
 from ..events import Sink, make
 from ..fsutil import atomic_write, makedirs_durable
 from ..layout import (
@@ -97,7 +97,11 @@ def _agents(ctx: Context, now: float) -> alerts.Agents:
     down: dict[str, str] = {}
     seen: dict[str, dict[str, Any]] = {}
     unseen: set[str] = set()
-    for name in members.participants(ctx.repo, ctx.config):
+    try:
+        names = members.participants(ctx.repo, ctx.config)
+    except ConfigError:  # status/membership.yaml cannot be read: its own finding; the active members then
+        names = ctx.config.desired.active_members()
+    for name in names:
         o = ctx.observations.get(name)
         beat = o.heartbeat if o is not None and o.reachable else None
         try:

@@ -109,6 +109,7 @@ def test_recover_rollback_waits_for_compensation(node_root: Path) -> None:
 def test_recover_abandon_lets_a_hard_failed_trace_abort(node_root: Path) -> None:
     _half_done(node_root, prepare=False, effects=1)
     result = recover.rollback(node_root, trace_id="t", token=1, g=1, phase="ANALYZE", reason="hard", abandon=["k0"])
+    assert result.pop("vc")["n1"] > 0  # the clock of its end, for phase_transition.finished
     assert result == {"node": "n1", "outcome": "aborted", "abandoned": ["k0"]}
 
 
