@@ -38,9 +38,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict haios
 
-# One pytest worker per CPU this process may run on (taskset counts), each test file on one worker.
+# One pytest worker per CPU this process may run on (taskset counts) and one more — many tests wait
+# on subprocesses, sshd and timeouts — each test file on one worker, handed out in the suite's order
+# (the lab's long tests first, so that they run beside the rest rather than after it).
+WORKERS := $(shell echo $$(( $$(nproc) + 1 )))
 unit: $(STAMP)
-	$(BIN)/pytest -n auto --dist loadfile --durations=30
+	$(BIN)/pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder --durations=30
 
 # The long rehearsals at full size (the suite runs a sample of each): 300 local and 50 SSH trials,
 # 1,000 SIGKILLed WAL and control-file writers, every fixture-reading file an hour older.
