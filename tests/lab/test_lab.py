@@ -1,11 +1,20 @@
 """The multi-host lab (tests/helpers/lab.py): five hosts, each a network namespace with its own
 address, sshd and ``haios agent``; ``haios run`` and ``haios reconcile`` from an operator's namespace
 over SSH with pinned host keys; faults on real processes and links.
+
+Every lab test is in this one file, so that the suite runs them one after another on one worker: two
+labs at once on a 2-core machine starve each other's agents.
+
+The 30 trials, each one random fault on real processes and links while ``haios run`` goes on — a
+host's processes SIGKILLed and started again, a host's link down, a 2|3 split, ``haios run``
+SIGKILLed — healed, converged with ``haios reconcile`` and ``haios run``, and every invariant checked
+from the hosts' disks. More: ``python tests/lab.py trials --count N``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 import signal
 import time
 from collections.abc import Callable
@@ -13,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from helpers.cluster import git
-from helpers.lab import HOSTS, LAB_SETTLE, LEFT, RIGHT, Lab, converge, expected_data, lab_cluster
+from helpers.lab import HOSTS, LAB_SETTLE, LEFT, RIGHT, Lab, converge, expected_data, lab_cluster, trial
 
 from haios.errors import PartitionError
 from haios.node import Node, manifest
@@ -91,3 +100,20 @@ def test_max_g_committed_while_running_stops_every_host(netlab: Lab, tmp_path: P
     assert "policy_stale" not in doctor.stdout, doctor.stdout[-3000:]
     for node in HOSTS:
         assert Node(netlab.root(node)).max_g() == 3
+
+
+TRIALS = 30
+
+
+@pytest.mark.timeout(1800)  # about 6 minutes alone; bounded by each trial's own limits
+def test_random_faults_leave_no_violation(netlab: Lab, tmp_path: Path, rate: Callable[[str], None]) -> None:
+    lab_cluster(netlab, tmp_path)
+    rng = random.Random(2211)
+    started = time.monotonic()
+    seen: list[str] = []
+    for _ in range(TRIALS):
+        done = trial(netlab, rng, iterations=1)
+        seen.append(f"{done.fault} {done.target}: g={done.goal}, run exit {done.run_exit}, {done.rounds} round(s)")
+        assert done.violations == [], "\n".join([*seen, *done.violations])
+    minutes = (time.monotonic() - started) / 60
+    rate(f"{TRIALS} lab trials in {minutes * 60:.0f} s: {TRIALS / minutes:.1f} trials/minute")
