@@ -71,9 +71,8 @@ def _entry(path: Path, name: object, value: object) -> tuple[str, Entry]:
         try:
             vc = VClock.from_json(value[3]) if len(value) == 4 else None
         except ValueError:
-            pass
-        else:
-            return name, Entry(value[0], value[1], value[2], vc)
+            raise IntegrityError(path, f"entry {name[:80]!r}: its clock is not a vector clock") from None
+        return name, Entry(value[0], value[1], value[2], vc)
     raise IntegrityError(path, f"entry {str(name)[:80]!r} is not [version, sha256, size] or [..., clock]")
 
 

@@ -12,6 +12,7 @@ from .. import alerts
 from ..audit import Recorder
 from ..config.model import phase_order as order
 from ..controlfile import dump_mapping
+from ..coord.base import Barrier
 from ..errors import EXIT_LOCKED, BarrierMoved, ConfigError, HaiosError
 from ..events import Sink, make
 from ..fsutil import atomic_write, makedirs_durable
@@ -62,11 +63,13 @@ def write_status(ctx: Context) -> None:
     atomic_write(path, data)
 
 
-def _publish_barrier(path: Path, ctx: Context, holder: str, now: float, moved: bool) -> dict[str, Any] | None:
+def _publish_barrier(
+    path: Path, ctx: Context, holder: str, now: float, moved: bool, seen: Barrier
+) -> dict[str, Any] | None:
     """Move the backend's barrier up to the last transition every member has committed, when every
     member can be read and none is in the middle of a phase (an unseen one might be behind); returns
-    the barrier as it then stands. ``moved``: this run changed nodes, so their state is read again."""
-    seen = ctx.backend.barrier()
+    the barrier as it then stands. ``moved``: this run changed nodes, so their state is read again;
+    ``seen``: the barrier as this run read it."""
     positions = []
     for name in members.participants(path, ctx.config):
         obs = ctx.observations.get(name)
@@ -180,7 +183,7 @@ def finish(
     ready: list[str] = []
     if not any(o.code == EXIT_LOCKED for o in result.outcomes) and MEMBERSHIP_FILE not in ctx.unreadable:
         before = ctx.backend.barrier()
-        result.barrier = _publish_barrier(path, ctx, holder, clock(), bool(changed))
+        result.barrier = _publish_barrier(path, ctx, holder, clock(), bool(changed), before)
         if result.barrier is not None and (result.barrier["g"], result.barrier["phase"]) != (before.g, before.phase):
             g, phase = result.barrier["g"], result.barrier["phase"]
             emit(make("phase_ready", g=g, phase=phase, previous={"g": before.g, "phase": before.phase}))
