@@ -301,7 +301,8 @@ def recover(
         typer.Option("--request", help="The operation as JSON (default: read it from stdin).", show_default=False),
     ] = None,
 ) -> int:
-    """Run one recovery operation (as JSON: inspect, forward, compensated, rollback, repair, checkpoint, catchup).
+    """Run one recovery operation (as JSON: inspect, committed, forward, compensated, rollback, repair, checkpoint,
+    catchup).
 
     This is how reconcile reaches a remote node; every operation that writes checks the fencing
     token first (exit 4 when it is stale).
@@ -327,10 +328,14 @@ def rejoin(
     end its eviction (one audit commit). A node that was not evicted but whose root holds no record
     of transitions its peers committed with it (deleted and made again, re-provisioned) is caught up
     the same way. With WAL replication on, a node whose WAL is lost or corrupt gets it back from its
-    replica peers first (evicted or not).
+    replica peers first (evicted or not). Catching up replays on it what the transitions it missed
+    wrote, taken from the first healthy peer (in name order) whose WAL holds a copy that verifies;
+    a transition no peer can serve stops the catch-up, names what is missing, and leaves the node
+    not caught up.
 
     Exit 0 rejoined; 2 a rollback on it must wait (a compensator backing off: run it again later);
-    3 it needs a human or is still isolated; 5 its WAL is corrupt; 1 on error.
+    3 it needs a human, is still isolated, or no peer holds what it is missing; 5 its WAL is
+    corrupt; 1 on error.
     """
     opts = resolve(ctx, repo=repo, output=output)
     result = do_rejoin(opts.repo, node)

@@ -20,11 +20,20 @@ from typing import Any
 
 from .. import controlfile
 from ..config.model import PHASES, phase_order, policy_digest
-from ..errors import BarrierError, ControlFileError, ReplayConflict, UsageError, VersionConflict, WalCorruptError
+from ..errors import (
+    BarrierError,
+    ControlFileError,
+    ReplayConflict,
+    UsageError,
+    VerificationError,
+    VersionConflict,
+    WalCorruptError,
+)
 from ..resources import schema
 from ..wal import Record, RecordType, read_records
 from ..wal.phases import ABANDON_STEP, PhaseLog
 from . import manifest, replicas
+from .catchup import CATCH_UP_STEP, committed_transitions, decoded, source_step, verify_transition
 from .fence import POLICY_SHARD, check_fence
 from .root import CONTROL_FILES
 from .timing import STEPS, collecting
@@ -39,6 +48,7 @@ OPS = (
     "repair",
     "checkpoint",
     "catchup",
+    "committed",
     "policy",
     "restore_wal",
     "replication",
@@ -383,25 +393,50 @@ def repair(root: Path, *, trace_id: str, token: int, g: int, phase: str) -> dict
     return {"node": node.name, "outcome": "repaired"}
 
 
-def catchup(root: Path, *, trace_id: str, token: int, g: int, phase: str, note: str) -> dict[str, Any]:
-    """Commit (g, phase) on a rejoining node that missed it while evicted: a transition of its own,
-    with no intents and a STEP saying why, so its position follows the cluster's and its WAL tells
-    the story. Idempotent: a transition it already has is left alone."""
+def catchup(
+    root: Path, *, trace_id: str, token: int, g: int, phase: str, note: str, source: dict[str, Any]
+) -> dict[str, Any]:
+    """Commit (g, phase) on a rejoining node that missed it: a transition of its own whose intents
+    are those ``source`` — a peer's committed transition (:func:`.catchup.committed_transitions`) —
+    logged, verified here against their hashes and the peer's PREPARE digest, then logged, applied to
+    data/ and committed like any phase, with a STEP naming the peer. Idempotent: a transition it
+    already has is left alone."""
     node = _guard(root, phase, token)
     state, _ = node.state()
     if phase_order(int(state.get("g") or 0), state.get("ph")) >= phase_order(g, phase):
         return {"node": node.name, "outcome": "already committed"}
+    problem = verify_transition(source, g, phase)
+    if problem is not None:
+        raise VerificationError(
+            f"{root}: the catch-up source of g={g} {phase} from {str(source.get('node'))[:64]} fails its check: {problem}",
+            hint="run 'haios node rejoin' again: it takes the transition from a peer whose copy verifies",
+        )
     if node.open_phase() is not None:
         raise BarrierError(
             f"{root}: {node.name} has a transition open; it must be rolled back before catching up",
             hint="run 'haios node rejoin' again: it rolls the open transition back first",
         )
     with node.begin(g, phase, participants=[node.name], trace_id=trace_id) as tx:
-        tx.step("catch-up", note)
+        tx.step(CATCH_UP_STEP, source_step(source, note))
+        for intent in source["intents"]:
+            tx.intent(str(intent["path"]), decoded(intent))  # against this node's own versions
         tx.prepare()
         tx.commit()
     checkpoint(root, trace_id=trace_id, token=token, g=g, phase=phase, step="catchup", outcome="committed")
-    return {"node": node.name, "outcome": "committed"}
+    return {"node": node.name, "outcome": "committed", "files": len(source["intents"])}
+
+
+def committed(root: Path, *, after: list[Any], until: list[Any]) -> dict[str, Any]:
+    """The transitions this node committed after position ``after`` up to ``until`` ([g, phase]),
+    with their intents: what a rejoining peer catches up from (read only)."""
+    try:
+        low = (int(after[0]), None if after[1] is None else str(after[1]))
+        high = (int(until[0]), str(until[1]))
+    except (TypeError, ValueError, IndexError):
+        raise UsageError("'committed' takes after and until as [g, phase]") from None
+    if high[1] not in PHASES or low[1] not in (None, *PHASES):
+        raise UsageError(f"unknown phase in {after!r} .. {until!r}")
+    return {"node": Node(root).name, "transitions": committed_transitions(root, low, high)}
 
 
 def policy(root: Path, *, token: int, policy: dict[str, Any]) -> dict[str, Any]:
@@ -445,6 +480,8 @@ def dispatch(root: Path, request: dict[str, Any]) -> dict[str, Any]:
     args = {k: v for k, v in request.items() if k != "op"}
     if op == "inspect":
         args = {k: args[k] for k in ("g", "phase", "from_lamport") if k in args}  # it takes no token
+    elif op == "committed":
+        args = {k: args[k] for k in ("after", "until") if k in args}
     operations: dict[str, Callable[..., dict[str, Any]]] = {
         "inspect": inspect,
         "forward": forward,
@@ -454,6 +491,7 @@ def dispatch(root: Path, request: dict[str, Any]) -> dict[str, Any]:
         "repair": repair,
         "checkpoint": checkpoint,
         "catchup": catchup,
+        "committed": committed,
         "policy": policy,
         **replicas.operations(),
     }
@@ -468,6 +506,7 @@ def dispatch(root: Path, request: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = func(root, **args)
     if op not in (
         "inspect",
+        "committed",
         "policy",
         "replication",
         "restore_wal",
@@ -480,6 +519,7 @@ __all__ = [
     "OPS",
     "catchup",
     "checkpoint",
+    "committed",
     "compensated",
     "dispatch",
     "policy",

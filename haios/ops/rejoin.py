@@ -10,9 +10,12 @@ The cluster went on without the node. Before it takes part again:
    side-effect ledger's rules); a rollback that cannot finish now (a compensator backing off, a
    cost cap) stops the rejoin, and running it again continues where it stopped;
 3. it catches up with its peers: every transition the healthy members have all committed since
-   the node's own position is committed on the node too — without intents (its share of that work
-   was never done) and with a STEP record saying so — so that its position, WAL and barrier agree
-   with the cluster's.
+   the node's own position is committed on the node too, with the intents a peer's WAL holds for
+   it — the first healthy peer in name order whose copy verifies (each file's bytes against its
+   SHA-256, all of them against the PREPARE digest the peer logged), checked again on the node —
+   so that its data/, position, WAL and barrier agree with the cluster's. A transition no peer
+   holds a verified copy of stops the catch-up there: the node is not marked caught up, and the
+   answer names each transition still missing and why each peer could not serve it (exit 3).
 4. ``status/membership.yaml`` forgets the eviction, and one commit records all of it.
 """
 
@@ -30,12 +33,13 @@ from ..coord import new_holder
 from ..detect.detectors import forgotten
 from ..errors import EXIT_BLOCKED, EXIT_PENDING, BlockedError, HaiosError, UsageError, VerificationError
 from ..layout import JOURNAL_DIR, MEMBERSHIP_FILE, SEL_DIR, STATUS_FILE
+from ..node.catchup import verify_transition
 from ..node.transaction import CATCH_UP_PREFIX, next_transition
 from ..recovery import membership as members
 from ..recovery.assess import assess
 from ..recovery.machine import State
 from ..recovery.model import Context, TraceOutcome, Verdict
-from ..recovery.nodeops import NodeOps, node_state, restore_wal
+from ..recovery.nodeops import NodeOps, committed, node_state, restore_wal
 from ..recovery.trace import TraceRunner
 from .context import close_transport
 from .finish import write_status
@@ -53,6 +57,7 @@ class RejoinResult:
     peer_position: tuple[int, str | None] = (0, None)
     rejoined: bool = False
     restored: dict[str, Any] | None = None  # the WAL restore from replicas, when there was one
+    missing: list[dict[str, Any]] = field(default_factory=list)  # transitions no peer could serve
     commit: str | None = None
     note: str = ""
     code: int = 0
@@ -67,6 +72,7 @@ class RejoinResult:
             "peer_position": {"g": self.peer_position[0], "ph": self.peer_position[1]},
             "rejoined": self.rejoined,
             "restored": self.restored,
+            "missing": self.missing,
             "commit": self.commit,
             "note": self.note,
             "exit_code": self.code,
@@ -162,7 +168,21 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
             raise BlockedError(f"{node}: no healthy peer to catch up from")
         # every transition up to the least advanced healthy peer is committed cluster-wide
         result.peer_position = min((_position(ctx.observations[n].state) for n in peers), key=lambda p: order(*p))
-        for g, phase in _missed(_state(ctx, node), result.peer_position):
+        start = _state(ctx, node)
+        missed = _missed(start, result.peer_position)
+        sources, unserved = _sources(ctx, peers, start, result.peer_position, missed)
+        for g, phase in missed:
+            source = sources.get((g, phase))
+            if source is None:
+                result.missing = [{"g": k[0], "phase": k[1], "peers": unserved[k]} for k in missed if k in unserved]
+                why = "; ".join(f"{peer}: {reason}" for peer, reason in unserved[(g, phase)].items())
+                result.code = EXIT_BLOCKED
+                result.note = (
+                    f"caught up {len(result.caught_up)} transitions, then stopped: no healthy peer holds a verified "
+                    f"copy of what g={g} {phase} wrote ({why}); {len(result.missing)} "
+                    f"transition{'s' if len(result.missing) != 1 else ''} still missing, so {node} is not caught up"
+                )
+                return _finish(path, ctx, result, plan.observed_hash)
             lease = ctx.backend.acquire(phase, runner.holder, result.trace_id, ctx.config.thresholds.lease_ttl, clock())
             try:
                 if evicted:
@@ -171,7 +191,7 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
                     note = f"caught up: committed by {', '.join(peers)}; {node}'s root had lost its record of it"
                 else:
                     note = f"caught up: committed by {', '.join(peers)} while {node} was cut off from them"
-                NodeOps(ctx.transport, result.trace_id, g, phase, lease.token).catchup(node, note=note)
+                NodeOps(ctx.transport, result.trace_id, g, phase, lease.token).catchup(node, note=note, source=source)
             finally:
                 ctx.backend.release(lease, clock())
             result.caught_up.append((g, phase))
@@ -184,6 +204,38 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
     finally:
         for opened in contexts:
             close_transport(opened.transport)
+
+
+def _sources(
+    ctx: Context,
+    peers: list[str],
+    start: tuple[int, str | None],
+    end: tuple[int, str | None],
+    missed: list[tuple[int, str]],
+) -> tuple[dict[tuple[int, str], dict[str, Any]], dict[tuple[int, str], dict[str, str]]]:
+    """For each missed transition, the committed copy of the first peer (in name order) whose copy
+    verifies; and for those none can serve, why each peer could not."""
+    found: dict[tuple[int, str], dict[str, Any]] = {}
+    why: dict[tuple[int, str], dict[str, str]] = {key: {} for key in missed}
+    for peer in sorted(peers):
+        wanted = [key for key in missed if key not in found]
+        if not wanted:
+            break
+        try:
+            answer = committed(ctx.transport, peer, start, end)
+        except HaiosError as exc:
+            for key in wanted:
+                why[key][peer] = f"its WAL could not be read ({exc.one_line()})"
+            continue
+        held = {(t.get("g"), t.get("phase")): t for t in answer if isinstance(t.get("g"), int)}
+        for key in wanted:
+            transition = held.get(key)
+            problem = "its WAL does not hold the commit" if transition is None else verify_transition(transition, *key)
+            if problem is not None:
+                why[key][peer] = problem
+            elif transition is not None:
+                found[key] = {**transition, "node": peer}
+    return found, {key: reasons for key, reasons in why.items() if key not in found}
 
 
 def _left_behind(ctx: Context, active: list[str], node: str) -> bool:
@@ -240,6 +292,7 @@ def _finish(path: Path, ctx: Context, result: RejoinResult, observed: str) -> Re
         body.append(f"g={o.g} {o.phase} (trace {o.trace_id}): {o.before} -> {o.after}")
         body += [f"  - {line}" for line in o.done]
     body += [f"caught up g={g} {p}" for g, p in result.caught_up]
+    body += [f"missing g={m['g']} {m['phase']}: no peer holds a verified copy" for m in result.missing]
     traces = [{"trace_id": o.trace_id, "result": o.after, "fencing_token": o.token or "-"} for o in result.rolled_back]
     traces.append(
         {
@@ -251,7 +304,7 @@ def _finish(path: Path, ctx: Context, result: RejoinResult, observed: str) -> Re
     if result.restored:
         r = result.restored
         body.append(f"WAL restored from {r['source']} ({r['reason']}); the old one kept as {r['kept'] or '-'}")
-    if result.rejoined or result.restored or any(o.recorded for o in result.rolled_back):
+    if result.rejoined or result.restored or result.caught_up or any(o.recorded for o in result.rolled_back):
         write_status(ctx)
         paths = [JOURNAL_DIR, STATUS_FILE, SEL_DIR, MEMBERSHIP_FILE]
         result.commit = audit.commit_run(path, paths, subject, body, traces, observed)

@@ -25,6 +25,16 @@ def inspect(transport: Transport, node: str, g: int, phase: str, *, from_lamport
     return transport.call(node, request)
 
 
+def committed(
+    transport: Transport, node: str, after: tuple[int, str | None], until: tuple[int, str | None]
+) -> list[dict[str, Any]]:
+    """The transitions ``node`` committed after position ``after`` up to ``until``, each with the
+    intents it logged (read only): what a rejoining peer catches up from."""
+    answer = transport.call(node, {"op": "committed", "after": list(after), "until": list(until)})
+    transitions = answer.get("transitions")
+    return [t for t in transitions if isinstance(t, dict)] if isinstance(transitions, list) else []
+
+
 def node_state(transport: Transport, node: str) -> dict[str, Any] | None:
     """The node's state.txt as it is now, read through the transport (None: it has none)."""
     raw = transport.read_file(node, "state.txt")
@@ -77,9 +87,10 @@ class NodeOps:
         """Record on the node that the side effect ``key`` was compensated, with the compensator's result."""
         return self._call(node, "compensated", key=key, result=result, from_lamport=from_lamport)
 
-    def catchup(self, node: str, *, note: str) -> dict[str, Any]:
-        """Commit (g, phase) on a node that missed it, without intents, with a STEP record saying why."""
-        return self._call(node, "catchup", note=note)
+    def catchup(self, node: str, *, note: str, source: dict[str, Any]) -> dict[str, Any]:
+        """Commit (g, phase) on a node that missed it with the intents ``source`` (a peer's committed
+        transition) logged, verified there against their hashes, and a STEP naming the peer."""
+        return self._call(node, "catchup", note=note, source=source)
 
     def checkpoint(self, node: str, *, step: str, outcome: Any) -> dict[str, Any]:
         """A RECOVERY record of a step that changes nothing in data/ (a resume hook, an override's nonce)."""

@@ -48,6 +48,7 @@ def test_catch_up_commits_are_not_duration_samples(tmp_path: Path) -> None:
     """A rejoining node commits the transitions it missed in milliseconds: those must not drag the
     phase's P95 (and so its Φ timeout) down."""
     from haios.node import Node, init_node_root, recover
+    from haios.node.transaction import intents_digest
 
     root = tmp_path / "nodes" / "n1"
     init_node_root(root, "n1", {"cluster": "c", "max_g": None})
@@ -55,7 +56,8 @@ def test_catch_up_commits_are_not_duration_samples(tmp_path: Path) -> None:
     with Node(root, clock=lambda: next(clock, 160.0)).begin(1, "ANALYZE", participants=["n1"]) as tx:
         tx.prepare()
         tx.commit()  # a real ANALYZE: one minute
-    recover.catchup(root, trace_id="rejoin-n1-0123", token=1, g=1, phase="BLUEPRINT", note="missed")
+    source = {"node": "n2", "g": 1, "phase": "BLUEPRINT", "trace_id": "t", "intents": [], "digest": intents_digest([])}
+    recover.catchup(root, trace_id="rejoin-n1-0123", token=1, g=1, phase="BLUEPRINT", note="missed", source=source)
     obs, durations = observe_mod.observe_node(tmp_path, "n1", root)
     assert obs.state is not None and (obs.state["g"], obs.state["ph"]) == (1, "BLUEPRINT")
     assert durations.get("ANALYZE") == [60.0] and "BLUEPRINT" not in durations
