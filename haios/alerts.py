@@ -9,7 +9,9 @@ Two kinds:
     (a member's eviction state), ``agent_down`` (a member's heartbeat older than the heartbeat window,
     as this run read it);
 *events* happened once and stay ``raised``:
-    ``compensator_timeout`` (a trace became HARD_FAILED, leaving side effects uncompensated).
+    ``compensator_timeout`` (a trace became HARD_FAILED, leaving side effects uncompensated),
+    ``forensic_mismatch`` (a log that came back under a tombstoned name disagrees with its
+    tombstone: :func:`raise_event`, by ``haios wal import`` or ``haios node rejoin``).
 
 Each file holds the alert's id, name, severity, scope (trace or node), message, state (firing,
 resolved, raised) and times. The alerts come from what ``status/`` already records (trace journals,
@@ -44,6 +46,7 @@ SEVERITY = {
     "pending_eviction": "warning",
     "node_evicted": "warning",
     "agent_down": "warning",
+    "forensic_mismatch": "page",
 }
 RESOLVED_KEPT = 30 * 86400.0  # resolved alerts are removed this long after they resolved
 
@@ -172,6 +175,18 @@ def _write(repo: Path, alert: Alert, state: str, since: float, now: float) -> No
     }
     makedirs_durable(repo / ALERTS_DIR)
     atomic_write(repo / ALERTS_DIR / f"{alert.id}.yaml", dump_mapping(body))
+
+
+def raise_event(
+    repo: Path, name: str, message: str, now: float, *, node: str | None = None, key: str = ""
+) -> Change | None:
+    """Record an event alert that no status file implies (``forensic_mismatch``): raised once per
+    ``key``; None when it was raised before."""
+    alert = Alert(_id(name, *(p for p in (node, key) if p)), name, message, node=node, event=True)
+    if alert.id in recorded(repo):
+        return None
+    _write(repo, alert, "raised", now, now)
+    return Change(alert, "raised")
 
 
 @dataclass(frozen=True)

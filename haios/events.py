@@ -53,6 +53,8 @@ TYPES = (
     "phase_transition.finished",
     "agent.down",
     "phase_ready",
+    "vclock.pruned",
+    "forensic_mismatch",
 )
 FAILED_PARTIAL = "FAILED_PARTIAL"
 """What a tripped transition is marked (SPEC §3): in its trace's journal and its ``detection`` event."""

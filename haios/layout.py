@@ -19,6 +19,7 @@ APPLIED_FILE = f"{STATUS_DIR}/overrides/applied.yaml"  # the signed overrides ca
 MEMBERSHIP_FILE = f"{STATUS_DIR}/membership.yaml"  # isolations and evictions
 PLACEMENT_FILE = f"{STATUS_DIR}/replication.yaml"  # replica groups
 ALERTS_DIR = f"{STATUS_DIR}/alerts"
+TOMBSTONES_FILE = f"{STATUS_DIR}/vclock-tombstones.yaml"  # pruned vector-clock entries (SPEC §7)
 POLICY_FILE = f"{STATUS_DIR}/policy.yaml"  # the compiled desired state each member was last given
 
 OBSERVED_DIR = f"{STATUS_DIR}/observed"  # this machine's cache, not committed
@@ -28,4 +29,4 @@ RUNS_FILE = f"{OBSERVED_DIR}/runs.json"  # this machine's reconcile runs, for th
 SCHEMA_DIR = ".haios/schemas"  # the JSON Schemas the repo's files name for editors
 
 # haios's cluster-wide records that a run reads whole: doctor checks each can be read
-RECORDS = (APPLIED_FILE, MEMBERSHIP_FILE, BREAKERS_FILE, SWINGS_FILE, PLACEMENT_FILE)
+RECORDS = (APPLIED_FILE, MEMBERSHIP_FILE, BREAKERS_FILE, SWINGS_FILE, PLACEMENT_FILE, TOMBSTONES_FILE)

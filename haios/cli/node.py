@@ -201,6 +201,14 @@ def run_cmd(
         typer.Option("--timeout", help="Stop the command after this long (e.g. 10m) and abort.", show_default=False),
     ] = None,
     commit: Annotated[bool, typer.Option("--commit", help="Commit at once (a node on its own).")] = False,
+    resumable: Annotated[
+        bool,
+        typer.Option(
+            "--resumable",
+            help="CMD skips the steps it already logged ($HAIOS_STEPS_DONE): killed mid-way, it is resumed "
+            "after its last STEP by recovery instead of rolled back.",
+        ),
+    ] = False,
 ) -> int:
     """Run CMD as (g, phase): BEGIN, CMD on a staging copy of data/, then PREPARE (or ABORT).
 
@@ -209,13 +217,25 @@ def run_cmd(
     changed, added or removed becomes an INTENT (its bytes, exactly) and the phase is prepared (with
     --commit, committed); it logs side effects and steps before making them with 'haios node
     side-effect' / 'haios node step'. Any other exit, a timeout or SIGTERM aborts the phase: data/
-    is left as it was.
+    is left as it was. HAIOS_STEPS_DONE is the JSON list of the steps already logged ([] on a first
+    run) and HAIOS_RESUMED 1 when recovery runs a --resumable CMD again after its last STEP, in the
+    stage its killed run left.
 
     Exit 0 prepared (or committed); 2 the command failed and the phase was aborted; 1 on error.
     """
     names = [p for p in (participants or "").split(",") if p] or None
     limit = parse_duration(timeout) if timeout is not None else None
-    done = run_phase(root, g, phase, command, participants=names, trace_id=trace_id, timeout=limit, commit=commit)
+    done = run_phase(
+        root,
+        g,
+        phase,
+        command,
+        participants=names,
+        trace_id=trace_id,
+        timeout=limit,
+        commit=commit,
+        resumable=resumable,
+    )
     _render.emit_ndjson(done.to_json())
     return 0 if done.outcome != "aborted" else 2
 

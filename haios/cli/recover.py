@@ -331,6 +331,16 @@ def _print_result(result: RunResult) -> None:
             _render.out(f"policy not pushed to {p['node']}: {p.get('error')} (a later run pushes it)", style="yellow")
         elif p["outcome"] == "pushed":
             _render.out(f"policy pushed to {p['node']} ({p['digest'][:12]})", style="green")
+    for p in result.vclock.get("pruned") or []:
+        _render.out(
+            f"vclock: {p['node']}'s entry pruned (tombstone: counter {p['last_counter']}, final clock read from "
+            f"{p['source']})",
+            style="green",
+        )
+    for node, why in sorted((result.vclock.get("waiting") or {}).items()):
+        _render.out(f"vclock: {node}'s entry kept for now: {why}", style="yellow")
+    if result.vclock.get("error"):
+        _render.out(f"vclock: nothing pruned: {result.vclock['error']}", style="yellow")
     if not result.outcomes and not result.note:
         settled = not result.plan.unreached and not result.plan.refused
         what = "nothing else to do" if any(p["outcome"] == "pushed" for p in result.policy) else "nothing to do"

@@ -1,4 +1,4 @@
-"""``haios wal inspect|verify|repair|tail``: read any node's WAL."""
+"""``haios wal inspect|verify|repair|tail|import``: read any node's WAL; keep a decommissioned node's archived one."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import WalCorruptError
+from ..ops.archive import import_wal
 from ..timefmt import utc
 from ..untrusted import is_number
 from ..wal import Record, WalReader, repair, verify, wal_dir
 from . import _render
-from ._options import Output, OutputOpt, resolve
+from ._options import Output, OutputOpt, RepoOpt, resolve
 
 app = typer.Typer(help="Read, verify and repair a node's write-ahead log.", no_args_is_help=True)
 
@@ -162,6 +163,35 @@ def repair_cmd(
         )
     else:
         _render.out(report.summary())
+    return 0
+
+
+@app.command(name="import")
+def import_cmd(
+    ctx: typer.Context,
+    directory: DirArg,
+    node: Annotated[str, typer.Option("--node", help="The decommissioned node that wrote it.", show_default=False)],
+    repo: RepoOpt = None,
+    output: OutputOpt = None,
+) -> int:
+    """Keep an archived WAL of a decommissioned node in the desired-state repo (archive/NODE/wal/, one
+    commit), after checking it: it must verify, hold NODE's records only, and — when NODE's clock
+    entry was pruned — end exactly where NODE's tombstone says (counter and clock hash).
+
+    Exit 0 imported (or already); 5 it does not verify, holds another node's records, or does not
+    match the tombstone (FORENSIC_MISMATCH: the alert is raised and committed, nothing is kept);
+    1 NODE is not a decommissioned member, or on error.
+    """
+    opts = resolve(ctx, repo=repo, output=output)
+    result = import_wal(opts.repo, wal_dir(directory), node)
+    if opts.output is not Output.text:
+        _render.emit_json(result.to_json())
+        return 0
+    span = f"lamport {result.first_lamport}..{result.last_lamport}"
+    done = f"commit {result.commit[:12]}" if result.commit else result.outcome
+    _render.out(
+        f"{node}: {result.records} records ({span}) kept in {result.path}; tombstone: {result.tombstone} ({done})"
+    )
     return 0
 
 

@@ -64,6 +64,7 @@ class RemoteParticipant:
                 "vc": vc.to_json(),
                 "command": list(policy.command or ()),
                 "timeout": policy.timeout,
+                "resumable": policy.resumable,
             }
         )
         if answer["outcome"] != "prepared":

@@ -123,6 +123,7 @@ class PhasePolicy:
     max_resume_attempts: int = 2
     command: tuple[str, ...] | None = None  # what 'haios run' has every member run (haios node run)
     timeout: float = 600.0  # how long that command may run
+    resumable: bool = False  # the command skips the steps it logged: killed mid-way, it is resumed
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,8 @@ class RepoConfig:
     # files that are not valid and that not every decision needs (file -> its first problem), loaded
     # with load_repo(degraded=True): each stands here as a placeholder that grants nothing
     unreadable: dict[str, str] = field(default_factory=dict)
+    # decommissioned nodes whose vector-clock entries are pruned (status/vclock-tombstones.yaml)
+    vclock_pruned: tuple[str, ...] = ()
 
     def blocking(self, *files: str) -> list[str]:
         """The first problem (``FILE:LINE:COL: KEY: MESSAGE``) of each of ``files`` that cannot be used
@@ -317,6 +320,7 @@ class RepoConfig:
             "data_schemas": [s.as_dict() for s in self.data_schemas],
             "peers": {name: peer for name, peer in self.peers_policy().items() if peer["transport"] == "ssh"},
             **({"replication": self.replication_policy()} if self.cluster.replication.mode != "off" else {}),
+            **({"vclock_pruned": sorted(self.vclock_pruned)} if self.vclock_pruned else {}),
         }
         return {"digest": policy_digest(body), **body}
 
@@ -393,18 +397,24 @@ def build_cluster(v: dict[str, Any]) -> Cluster:
     return Cluster(v["name"], nodes, coordination, Replication(r.get("mode", "off"), r.get("replicas", 3)))
 
 
+# a long CONSTRUCT killed mid-way resumes after its last STEP when its command is resumable (and
+# rolls back when it is not); every other phase follows the decision rule
+DEFAULT_ON_PARTIAL = {"CONSTRUCT": "resume"}
+
+
 def build_desired(v: dict[str, Any]) -> DesiredState:
     membership = {name: Member(m["status"], m.get("since")) for name, m in v["membership"].items()}
     phases = {}
     for phase in PHASES:
         p = v.get("phases", {}).get(phase, {})
         phases[phase] = PhasePolicy(
-            on_partial=p.get("on_partial", "auto"),
+            on_partial=p.get("on_partial", DEFAULT_ON_PARTIAL.get(phase, "auto")),
             sla=parse_duration(p["sla"]) if "sla" in p else None,
             resume_playbook=p.get("resume_playbook"),
             max_resume_attempts=p.get("max_resume_attempts", 2),
             command=tuple(p["command"]) if "command" in p else None,
             timeout=parse_duration(p["timeout"]) if "timeout" in p else 600.0,
+            resumable=bool(p.get("resumable", False)),
         )
     return DesiredState(membership, phases, v.get("suspend", False), v.get("max_g"))
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, Problem, YamlRejected
+from ..layout import TOMBSTONES_FILE
 from ..resources import schema
 from ..sshkeys import parse_public_key
 from ..untrusted import MAX_DEPTH, bounded_int, nesting_depth
@@ -24,7 +25,7 @@ from .dataschemas import FOLDER as DATA_SCHEMA_FOLDER
 from .dataschemas import SUFFIX as DATA_SCHEMA_SUFFIX
 from .dataschemas import load_data_schemas
 from .problems import KeyPath
-from .yamlload import YamlDoc, load_yaml_file
+from .yamlload import YamlDoc, load_status, load_yaml_file
 
 # SPEC §1: the files of the repo, their kinds and the schema each is checked against.
 FIXED_FILES: dict[str, tuple[str, str]] = {
@@ -248,8 +249,10 @@ def _check_desired(
         yield desired.problem(("membership",), "no node is active; at least one must be")
     for phase, policy in desired.value.get("phases", {}).items():
         book = policy.get("resume_playbook")
-        if policy.get("on_partial") == "resume" and book is None:
-            yield desired.problem(("phases", phase, "on_partial"), "on_partial: resume needs a resume_playbook")
+        if policy.get("resumable") and "command" not in policy:
+            yield desired.problem(
+                ("phases", phase, "resumable"), "resumable says what the phase's command does: set command"
+            )
         if book is None:
             continue
         if policy.get("on_partial") != "resume":
@@ -530,10 +533,34 @@ def load_repo(repo: Path | str, *, overrides: bool = False, degraded: bool = Fal
         },
         overrides=tuple(model.build_override(f"overrides/{n}.yaml", d.value) for n, d in sorted(found.items())),
         data_schemas=tuple(load_data_schemas(path)[0]),
+        vclock_pruned=pruned_clocks(path),
         unreadable={
             rel: str(problems[0]) + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
             for rel, problems in sorted(unreadable.items())
         },
+    )
+
+
+def pruned_clocks(repo: Path) -> tuple[str, ...]:
+    """The nodes whose vector-clock entries are pruned: the tombstones of
+    ``status/vclock-tombstones.yaml`` that were not revived (:mod:`haios.recovery.clockgc` keeps the
+    file). One that cannot be read prunes nothing here; doctor reports it as an unreadable record."""
+    try:
+        doc = load_status(repo / TOMBSTONES_FILE, "a tombstone record", TOMBSTONES_FILE)
+    except ConfigError:
+        return ()
+    stones = doc.get("tombstones") if isinstance(doc, dict) else None
+    if not isinstance(stones, dict):
+        return ()
+    return tuple(
+        sorted(
+            name
+            for name, stone in stones.items()
+            if isinstance(name, str)
+            and model.NAME_RE.fullmatch(name)
+            and isinstance(stone, dict)
+            and not stone.get("revived_at")
+        )
     )
 
 

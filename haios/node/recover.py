@@ -32,10 +32,11 @@ from ..errors import (
 from ..resources import schema
 from ..wal import Record, RecordType, read_records
 from ..wal.phases import ABANDON_STEP, PhaseLog
-from . import manifest, replicas
+from . import clocks, manifest, replicas
 from .catchup import CATCH_UP_STEP, committed_transitions, decoded, source_step, verify_transition
 from .fence import POLICY_SHARD, check_fence
 from .root import CONTROL_FILES
+from .runner import resume_phase
 from .timing import STEPS, collecting
 from .transaction import Node, crash_window, scan_phases
 
@@ -49,6 +50,9 @@ OPS = (
     "checkpoint",
     "catchup",
     "committed",
+    "resume",
+    "clock",
+    "see",
     "policy",
     "restore_wal",
     "replication",
@@ -426,6 +430,14 @@ def catchup(
     return {"node": node.name, "outcome": "committed", "files": len(source["intents"])}
 
 
+def resume(root: Path, *, trace_id: str, token: int, g: int, phase: str) -> dict[str, Any]:
+    """Run the open (g, phase)'s resumable command again after its last STEP (:func:`.runner.resume_phase`)."""
+    _guard(root, phase, token)
+    done = resume_phase(root, g, phase)
+    checkpoint(root, trace_id=trace_id, token=token, g=g, phase=phase, step="resume", outcome=done.outcome)
+    return done.to_json()
+
+
 def committed(root: Path, *, after: list[Any], until: list[Any]) -> dict[str, Any]:
     """The transitions this node committed after position ``after`` up to ``until`` ([g, phase]),
     with their intents: what a rejoining peer catches up from (read only)."""
@@ -482,6 +494,8 @@ def dispatch(root: Path, request: dict[str, Any]) -> dict[str, Any]:
         args = {k: args[k] for k in ("g", "phase", "from_lamport") if k in args}  # it takes no token
     elif op == "committed":
         args = {k: args[k] for k in ("after", "until") if k in args}
+    elif op == "clock":
+        args = {k: args[k] for k in ("origin",) if k in args}
     operations: dict[str, Callable[..., dict[str, Any]]] = {
         "inspect": inspect,
         "forward": forward,
@@ -492,6 +506,9 @@ def dispatch(root: Path, request: dict[str, Any]) -> dict[str, Any]:
         "checkpoint": checkpoint,
         "catchup": catchup,
         "committed": committed,
+        "resume": resume,
+        "clock": clocks.clock,
+        "see": clocks.see,
         "policy": policy,
         **replicas.operations(),
     }
@@ -507,6 +524,8 @@ def dispatch(root: Path, request: dict[str, Any]) -> dict[str, Any]:
     if op not in (
         "inspect",
         "committed",
+        "clock",
+        "see",
         "policy",
         "replication",
         "restore_wal",

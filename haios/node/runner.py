@@ -19,6 +19,7 @@ coordinator's channel); the last lines of a failed command are in the abort reas
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -33,6 +34,7 @@ from typing import Any
 
 from ..errors import BarrierError, HaiosError, StorageError, UsageError
 from ..vclock import VClock
+from ..wal.phases import COMMAND_STEP, INTERNAL_STEP
 from . import manifest
 from .transaction import Node, PhaseTx
 
@@ -222,6 +224,7 @@ def run_phase(
     vc: VClock | None = None,
     commit: bool = False,
     env: dict[str, str] | None = None,
+    resumable: bool = False,
 ) -> RunOutcome:
     """Run ``command`` as (g, phase) on the node root: BEGIN, the command on a stage, PREPARE or ABORT.
     An empty ``command`` is a phase with no work (BEGIN, PREPARE).
@@ -229,6 +232,9 @@ def run_phase(
     ``participants`` default to the node alone; ``vc`` is the coordinator's clock (merged into the
     phase's, with a ``phase_transition.started`` event); ``commit`` commits at once (a node on its
     own). A SIGTERM while the command runs stops it and aborts the phase before it is passed on.
+    ``resumable``: the command skips the STEPs it already logged (``$HAIOS_STEPS_DONE``), so a run
+    killed mid-way may be resumed (:func:`resume_phase`) instead of rolled back; the command line is
+    logged with the phase (a STEP ``haios.command``) for that.
     """
     if command and "/" in command[0] and not os.path.isabs(command[0]):
         command = [os.path.abspath(command[0]), *command[1:]]  # it runs in the stage, not here
@@ -247,50 +253,16 @@ def run_phase(
                 tx.commit()
                 outcome.outcome = "committed"
             return outcome
+        tx.step(COMMAND_STEP, {"argv": command, "timeout": timeout, "resumable": resumable})
         tx.close()  # the WAL is the command's to log side effects and steps in, while it runs
         shutil.rmtree(stage, ignore_errors=True)
         stage.parent.mkdir(exist_ok=True)
         _copy_tree(node.data, stage)
-        child_env = {
-            **os.environ,
-            **(env or {}),
-            "HAIOS_ROOT": str(node.root),
-            "HAIOS_NODE": node.name,
-            "HAIOS_G": str(g),
-            "HAIOS_PHASE": phase,
-            "HAIOS_TRACE": tx.log.trace_id,
-            "HAIOS_STAGE": str(stage),
-        }
-        log = _log_to(node.root)
-        try:
-            start = log.tell()
-            header = f"--- g={g} {phase} trace {tx.log.trace_id}: {' '.join(command)}\n"
-            log.write(header.encode())
-            log.flush()
-            with _signals_stop():
-                outcome.exit_code, why = _run_command(command, cwd=stage, env=child_env, log=log, timeout=timeout)
-        finally:
-            log.close()
+        why = _in_stage(node, tx, command, stage, timeout, env, outcome, steps_done=[])
         tx = node.resume(g, phase)  # with whatever the command logged meanwhile
-        if outcome.exit_code == 0:
-            try:
-                written, removed = stage_changes(node.data, stage)
-            except UsageError as exc:
-                why = exc.message
-            else:
-                known = manifest.load(node.root)
-                for rel, body in written.items():
-                    tx.intent(rel, body, expected_version=known.version_of(rel))
-                for rel in removed:
-                    tx.intent(rel, None, expected_version=known.version_of(rel))
-                outcome.digest = tx.prepare()
-                outcome.changed, outcome.removed, outcome.outcome = sorted(written), removed, "prepared"
-                if commit:
-                    tx.commit()
-                    outcome.outcome = "committed"
-                return outcome
-        tail = _tail(node.root, start + len(header))
-        outcome.reason = f"{why}: {tail}" if tail else why
+        if outcome.exit_code == 0 and _prepare_from_stage(node, tx, stage, outcome, commit):
+            return outcome
+        outcome.reason = why if outcome.exit_code != 0 else outcome.reason
         tx.abort(outcome.reason)
         return outcome
     except _Stopped as stopped:
@@ -305,6 +277,132 @@ def run_phase(
         outcome.seconds = time.monotonic() - started
         outcome.vc = tx.vc.to_json()
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _in_stage(
+    node: Node,
+    tx: PhaseTx,
+    command: list[str],
+    stage: Path,
+    timeout: float | None,
+    env: dict[str, str] | None,
+    outcome: RunOutcome,
+    *,
+    steps_done: list[str],
+    resumed: bool = False,
+) -> str:
+    """Run the command in the stage (its output to run.log); sets ``outcome.exit_code`` and returns
+    why it did not exit 0, with the last lines it wrote ("" when it did)."""
+    child_env = {
+        **os.environ,
+        **(env or {}),
+        "HAIOS_ROOT": str(node.root),
+        "HAIOS_NODE": node.name,
+        "HAIOS_G": str(tx.g),
+        "HAIOS_PHASE": tx.phase,
+        "HAIOS_TRACE": tx.log.trace_id,
+        "HAIOS_STAGE": str(stage),
+        "HAIOS_STEPS_DONE": json.dumps(steps_done),
+        "HAIOS_RESUMED": "1" if resumed else "0",
+    }
+    log = _log_to(node.root)
+    try:
+        start = log.tell()
+        again = " (resumed after its last STEP)" if resumed else ""
+        header = f"--- g={tx.g} {tx.phase} trace {tx.log.trace_id}{again}: {' '.join(command)}\n"
+        log.write(header.encode())
+        log.flush()
+        with _signals_stop():
+            outcome.exit_code, why = _run_command(command, cwd=stage, env=child_env, log=log, timeout=timeout)
+    finally:
+        log.close()
+    if outcome.exit_code == 0:
+        return ""
+    tail = _tail(node.root, start + len(header))
+    return f"{why}: {tail}" if tail else why
+
+
+def _prepare_from_stage(node: Node, tx: PhaseTx, stage: Path, outcome: RunOutcome, commit: bool) -> bool:
+    """Turn what the command did to the stage into INTENTs and PREPARE (and COMMIT with ``commit``);
+    False (``outcome.reason`` says why) when the stage holds what data/ cannot take."""
+    try:
+        written, removed = stage_changes(node.data, stage)
+    except UsageError as exc:
+        outcome.reason = exc.message
+        return False
+    known = manifest.load(node.root)
+    for rel, body in written.items():
+        tx.intent(rel, body, expected_version=known.version_of(rel))
+    for rel in removed:
+        tx.intent(rel, None, expected_version=known.version_of(rel))
+    outcome.digest = tx.prepare()
+    outcome.changed, outcome.removed, outcome.outcome = sorted(written), removed, "prepared"
+    if commit:
+        tx.commit()
+        outcome.outcome = "committed"
+    return True
+
+
+def resume_phase(root: Path | str, g: int, phase: str) -> RunOutcome:
+    """Run the command of an open (g, phase) again, after its last STEP, in the stage its killed run
+    left (what its finished steps made is there): the command is told which steps are done
+    (``$HAIOS_STEPS_DONE``, ``$HAIOS_RESUMED=1``). Exit 0 prepares the phase as a first run would.
+
+    Only a phase whose command declared itself resumable, and whose stage is still there, is run
+    again. When it cannot be — no stage, the command fails again, or what it leaves cannot be taken
+    — the phase stays open and its ``haios.command`` STEP is logged again, not resumable, with why:
+    recovery then rolls it back. ``outcome`` is ``prepared``, ``not resumable`` or ``failed``."""
+    node = Node(Path(root).absolute())
+    log = node.open_phase()
+    if log is None or (log.g, log.phase) != (g, phase):
+        raise BarrierError(f"{node.root}: (g={g}, {phase}) is not open on {node.name}; nothing to resume")
+    outcome = RunOutcome(node.name, g, phase, log.trace_id, "not resumable")
+    if log.prepared:
+        outcome.outcome, outcome.digest = "prepared", log.prepared
+        return outcome
+    declared = log.steps.get(COMMAND_STEP)
+    argv = declared.get("argv") if isinstance(declared, dict) else None
+    if not isinstance(declared, dict) or not declared.get("resumable") or not _is_argv(argv):
+        outcome.reason = "its command did not declare itself resumable"
+        return outcome
+    assert isinstance(argv, list)  # (checked above)
+    limit = declared.get("timeout")
+    timeout = float(limit) if isinstance(limit, int | float) and not isinstance(limit, bool) and limit > 0 else None
+    stage = node.root / STAGE_DIR / f"{g}-{phase}"
+    started = time.monotonic()
+    tx = node.resume(g, phase)
+    try:
+        if not stage.is_dir():
+            outcome.reason = f"its stage {stage.name} is gone: the work of the steps it logged is lost"
+        else:
+            done = [name for name in log.steps if not name.startswith(INTERNAL_STEP)]
+            tx.close()
+            why = _in_stage(
+                node,
+                tx,
+                argv,
+                stage,
+                timeout,
+                None,
+                outcome,
+                steps_done=done,
+                resumed=True,
+            )
+            tx = node.resume(g, phase)
+            if outcome.exit_code == 0 and _prepare_from_stage(node, tx, stage, outcome, False):
+                shutil.rmtree(stage, ignore_errors=True)
+                return outcome
+            outcome.outcome, outcome.reason = "failed", why or outcome.reason
+        tx.step(COMMAND_STEP, {**declared, "resumable": False, "why": outcome.reason})
+        return outcome
+    finally:
+        tx.close()
+        outcome.seconds = time.monotonic() - started
+        outcome.vc = tx.vc.to_json()
+
+
+def _is_argv(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(w, str) for w in value)
 
 
 def _abort_open(node: Node, g: int, phase: str, reason: str) -> None:
@@ -347,6 +445,9 @@ def participate(root: Path, request: dict[str, Any]) -> dict[str, Any]:
             raise UsageError("prepare: 'participants' is a list of node names")
         if timeout is not None and not isinstance(timeout, int | float):
             raise UsageError("prepare: 'timeout' is a number of seconds")
+        resumable = request.get("resumable", False)
+        if not isinstance(resumable, bool):
+            raise UsageError("prepare: 'resumable' is true or false")
         done = run_phase(
             root,
             g,
@@ -356,6 +457,7 @@ def participate(root: Path, request: dict[str, Any]) -> dict[str, Any]:
             trace_id=str(trace_id or "") or None,
             timeout=timeout,
             vc=vc,
+            resumable=resumable,
         )
         return done.to_json()
     if op not in ("commit", "abort"):

@@ -49,7 +49,7 @@ from ..timefmt import utc
 from ..untrusted import is_number
 from ..vclock import VClock
 from ..wal import Cursor, Record, RecordType, Wal, phases, read_records
-from ..wal.phases import PhaseLog
+from ..wal.phases import INTERNAL_STEP, PhaseLog
 from ..wal.reader import WalReader, cursor_holds, list_segments
 from . import manifest, replicas, shapes, snapshot
 from .heartbeat import gossip_partitioned
@@ -318,23 +318,48 @@ class Node:
         healed: dict[str, Any] = result.as_dict()
         return healed
 
+    def pruned(self) -> frozenset[str]:
+        """The nodes whose vector-clock entries the cluster has pruned (SPEC §7): the policy's
+        ``vclock_pruned``; this node's clocks no longer carry them."""
+        try:
+            names = self.policy.get("vclock_pruned") if (self.root / "policy").exists() else None
+        except HaiosError:
+            names = None
+        if not isinstance(names, list):
+            return frozenset()
+        return frozenset(n for n in names if isinstance(n, str) and n != self.name)  # never its own counter
+
     def _vclock(self) -> VClock:
         last: Record | None = None
         for record in self._tail():
             last = record
         if last is not None:
-            return VClock.from_json(last.payload.get("vc", {}))
-        return VClock.from_json(self.state()[0].get("vc") or {})
+            vc = VClock.from_json(last.payload.get("vc", {}))
+        else:
+            vc = VClock.from_json(self.state()[0].get("vc") or {})
+        return vc.without(self.pruned())
 
     def append(
-        self, g: int, phase: str, trace_id: str, rtype: RecordType, fields: dict[str, Any], *, durable: bool = True
+        self,
+        g: int,
+        phase: str,
+        trace_id: str,
+        rtype: RecordType,
+        fields: dict[str, Any],
+        *,
+        durable: bool = True,
+        seen: VClock | None = None,
     ) -> int:
-        """Append one record about (g, phase) whether or not that phase is open (recovery checkpoints)."""
+        """Append one record about (g, phase) whether or not that phase is open (recovery checkpoints);
+        ``seen``: a clock the record's event has seen (merged into the node's)."""
         if self.partitioned():
             raise PartitionError(f"{self.root}: node {self.name} is PARTITIONED; its WAL is read-only")
         with self._wal() as wal:
             with measure("vc_merge"):
-                vc = self._vclock().tick(self.name)
+                vc = self._vclock()
+                if seen is not None:
+                    vc = vc.merge(seen).without(self.pruned())
+                vc = vc.tick(self.name)
             payload = {
                 "node": self.name,
                 "g": g,
@@ -446,7 +471,8 @@ class PhaseTx:
 
     @property
     def completed_steps(self) -> dict[str, Any]:
-        return dict(self.log.steps)
+        """The sub-steps the phase's command logged (not those haios logs itself, ``haios.*``)."""
+        return {name: outcome for name, outcome in self.log.steps.items() if not name.startswith(INTERNAL_STEP)}
 
     @property
     def intents(self) -> list[dict[str, Any]]:
@@ -478,8 +504,9 @@ class PhaseTx:
             raise BarrierError(f"(g={self.g}, {self.phase}) is prepared: no more intents or side effects")
 
     def observe(self, vc: VClock) -> None:
-        """Merge a clock received from another process (the coordinator) into this phase's clock."""
-        self.vc = self.vc.merge(vc)
+        """Merge a clock received from another process (the coordinator) into this phase's clock
+        (without the entries of pruned nodes)."""
+        self.vc = self.vc.merge(vc).without(self.node.pruned())
 
     def event(self, name: str, **fields: Any) -> int:
         """Append an EVENT record (``phase_transition.started`` / ``finished``) carrying the vector clock."""

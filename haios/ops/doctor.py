@@ -33,9 +33,10 @@ from ..detect.phi import Estimators
 from ..errors import EXIT_OK, EXIT_PENDING, EXIT_VERIFICATION, ConfigError, HaiosError, Problem
 from ..events import make
 from ..fsutil import atomic_write, makedirs_durable
-from ..layout import MEMBERSHIP_FILE, RECORDS
+from ..layout import MEMBERSHIP_FILE, RECORDS, TOMBSTONES_FILE
 from ..metrics import node_io
 from ..node.transaction import crash_window
+from ..recovery import clockgc
 from ..recovery import journal as journals
 from ..recovery.journal import trace_for
 from ..recovery.membership import load as load_membership
@@ -431,7 +432,10 @@ def _unreadable_status(path: Path, membership: ConfigError | None) -> list[Findi
         error = membership if rel == MEMBERSHIP_FILE else None
         if rel != MEMBERSHIP_FILE:
             try:
-                load_status(path / rel, "a readable haios record", rel)
+                if rel == TOMBSTONES_FILE:
+                    clockgc.load(path)  # every tombstone checked, as the clock GC reads them
+                else:
+                    load_status(path / rel, "a readable haios record", rel)
             except ConfigError as exc:
                 error = exc
         if error is not None:

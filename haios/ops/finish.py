@@ -5,12 +5,14 @@ changed (nothing changed: nothing committed) and, when asked, the push."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .. import alerts
 from ..audit import Recorder
 from ..config.model import phase_order as order
+from ..config.validate import pruned_clocks
 from ..controlfile import dump_mapping
 from ..coord.base import Barrier
 from ..errors import EXIT_LOCKED, BarrierMoved, ConfigError, HaiosError
@@ -25,7 +27,9 @@ from ..layout import (
     POLICY_FILE,
     SEL_DIR,
     STATUS_FILE,
+    TOMBSTONES_FILE,
 )
+from ..recovery import clockgc
 from ..recovery import journal as journals
 from ..recovery import membership as members
 from ..recovery.machine import State
@@ -199,6 +203,9 @@ def finish(
         result.placement = placed.lines()  # an origin still not told is said on every run...
         if placed.saved:  # ...but committed only when the placement file changes
             paths.append(PLACEMENT_FILE)
+    gc = _vclock_gc(ctx, result, holder, clock, emit)
+    if gc is not None and gc.saved:
+        paths.append(TOMBSTONES_FILE)
     agents = _agents(ctx, clock())
     raised = alerts.sync(path, clock(), agents)  # after the journals and membership: what holds now
     result.alerts = [c.as_dict() for c in raised]
@@ -209,10 +216,10 @@ def finish(
     pushed = [p["node"] for p in result.policy if p.get("outcome") == "pushed"]
     if pushed:
         paths.append(POLICY_FILE)
-    if changed or events or raised or PLACEMENT_FILE in paths or pushed:
+    if changed or events or raised or PLACEMENT_FILE in paths or TOMBSTONES_FILE in paths or pushed:
         write_status(ctx)
         subject, body = _message(result.outcomes, events, raised, result.placement, pushed)
-        body += policies.lines(result) + ready
+        body += policies.lines(result) + ready + (gc.lines() if gc is not None else [])
         traces = [
             {
                 "trace_id": o.trace_id,
@@ -226,6 +233,25 @@ def finish(
     push_audit(result, recorder, push, remote)
     if result.commit is not None:
         emit(make("commit", commit=result.commit, pushed_to=result.pushed_to, traces=[o.trace_id for o in changed]))
+
+
+def _vclock_gc(
+    ctx: Context, result: RunResult, holder: str, clock: Callable[[], float], emit: Sink
+) -> clockgc.GcResult | None:
+    """Prune the clock entries of nodes decommissioned longer than the retention (SPEC §7), and give
+    the members the policy that names them at once. Not in a minority view or a fenced run: every
+    active member must be seen to have seen a node's last event."""
+    if result.plan.minority or any(o.code == EXIT_LOCKED for o in result.outcomes):
+        return None
+    gc = clockgc.collect(ctx, clock, holder)
+    result.vclock = gc.as_dict() if (gc.pruned or gc.merged or gc.waiting or gc.error) else {}
+    for entry in gc.pruned:
+        emit(make("vclock.pruned", node=entry["node"], last_counter=entry["last_counter"], source=entry["source"]))
+    if gc.saved:
+        ctx.config = replace(ctx.config, vclock_pruned=pruned_clocks(ctx.repo))
+        owed = [{"node": n} for n in policies.members(ctx)]
+        result.policy += policies.push(ctx, replace(result.plan, policy=owed), clock, emit, holder)
+    return gc
 
 
 def push_audit(result: RunResult, recorder: Recorder, push: bool, remote: str | None) -> None:

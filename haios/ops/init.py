@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..config.model import NAME_RE, PHASES
+from ..config.model import DEFAULT_ON_PARTIAL, NAME_RE, PHASES
 from ..config.validate import load_repo
 from ..errors import HaiosError, StorageError, UsageError
 from ..fsutil import atomic_write, fsync_dir, makedirs_durable
@@ -114,7 +114,15 @@ def _desired_yaml(nodes: list[str]) -> str:
     ]
     lines += [f"  {name}:\n    status: active\n" for name in nodes]
     lines.append("phases:                          # on_partial: auto | rollback | hold | resume\n")
-    lines += [f"  {phase}:\n    on_partial: auto\n" for phase in PHASES]
+    lines += [
+        f"  {phase}:\n    on_partial: {DEFAULT_ON_PARTIAL.get(phase, 'auto')}\n"
+        + (
+            "    # resumed after its last STEP when its command is resumable; rolled back when not\n"
+            if phase == "CONSTRUCT"
+            else ""
+        )
+        for phase in PHASES
+    ]
     return "".join(lines)
 
 

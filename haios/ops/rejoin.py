@@ -32,15 +32,18 @@ from ..config.model import phase_order as order
 from ..coord import new_holder
 from ..detect.detectors import forgotten
 from ..errors import EXIT_BLOCKED, EXIT_PENDING, BlockedError, HaiosError, UsageError, VerificationError
-from ..layout import JOURNAL_DIR, MEMBERSHIP_FILE, SEL_DIR, STATUS_FILE
+from ..layout import JOURNAL_DIR, MEMBERSHIP_FILE, SEL_DIR, STATUS_FILE, TOMBSTONES_FILE
 from ..node.catchup import verify_transition
 from ..node.transaction import CATCH_UP_PREFIX, next_transition
 from ..recovery import membership as members
 from ..recovery.assess import assess
+from ..recovery.clockgc import revive
 from ..recovery.machine import State
 from ..recovery.model import Context, TraceOutcome, Verdict
 from ..recovery.nodeops import NodeOps, committed, node_state, restore_wal
 from ..recovery.trace import TraceRunner
+from ..vclock import Event, VClock
+from .archive import check_tombstone
 from .context import close_transport
 from .finish import write_status
 from .plan import build
@@ -58,6 +61,7 @@ class RejoinResult:
     rejoined: bool = False
     restored: dict[str, Any] | None = None  # the WAL restore from replicas, when there was one
     missing: list[dict[str, Any]] = field(default_factory=list)  # transitions no peer could serve
+    revived: bool = False  # its name's clock tombstone matched its log: its entry is kept again
     commit: str | None = None
     note: str = ""
     code: int = 0
@@ -73,6 +77,7 @@ class RejoinResult:
             "rejoined": self.rejoined,
             "restored": self.restored,
             "missing": self.missing,
+            "revived": self.revived,
             "commit": self.commit,
             "note": self.note,
             "exit_code": self.code,
@@ -124,6 +129,11 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
         result = RejoinResult(node, f"{CATCH_UP_PREFIX}{node}-{uuid.uuid4().hex[:12]}")
         if node not in {n.name for n in ctx.config.cluster.nodes}:
             raise UsageError(f"{node}: not a node of haios.yaml")
+        # a name whose clock entry was pruned comes back only with the log its tombstone recorded
+        tombstone = check_tombstone(
+            path, node, lambda: _last_event(ctx, node), f"{node} rejoining under a decommissioned name", clock()
+        )
+        result.revived = tombstone == "matches"  # recorded with the rejoin's commit
         if ctx.config.cluster.replication.mode != "off":
             # a node whose WAL is lost or corrupt gets it back from its replica peers first
             answer = restore_wal(ctx.transport, node)
@@ -141,6 +151,9 @@ def rejoin(repo: Path | str, node: str, *, now: float | None = None, holder: str
         evicted = node in ctx.membership.evicted
         lost = node in forgotten(ctx.observations)
         if not evicted and not lost and not _left_behind(ctx, plan.active, node):
+            if result.revived:
+                result.note = f"its log matches its clock tombstone; {node} already takes part"
+                return _finish(path, ctx, result, plan.observed_hash)
             raise UsageError(f"{node} is not evicted (status/membership.yaml) and not behind: it already takes part")
         # not evicted but without the history its peers committed with it (a root deleted and made
         # again, or re-provisioned), or left out of transitions while it was cut off (a 'haios run'
@@ -238,6 +251,15 @@ def _sources(
     return found, {key: reasons for key, reasons in why.items() if key not in found}
 
 
+def _last_event(ctx: Context, node: str) -> Event | None:
+    """The node's last WAL record as an event of the total order (None: its WAL is empty)."""
+    answer = ctx.transport.call(node, {"op": "clock"})
+    vc, lamport = answer.get("vc"), answer.get("lamport")
+    if not isinstance(vc, dict) or not isinstance(lamport, int):
+        return None
+    return Event(node, lamport, VClock.from_json(vc))
+
+
 def _left_behind(ctx: Context, active: list[str], node: str) -> bool:
     """Whether ``node``, with nothing open on it, is behind other reachable active members: they went
     on without it (it was cut off, and left out of those transitions)."""
@@ -304,8 +326,19 @@ def _finish(path: Path, ctx: Context, result: RejoinResult, observed: str) -> Re
     if result.restored:
         r = result.restored
         body.append(f"WAL restored from {r['source']} ({r['reason']}); the old one kept as {r['kept'] or '-'}")
-    if result.rejoined or result.restored or result.caught_up or any(o.recorded for o in result.rolled_back):
+    if result.revived:
+        revive(path, result.node, ctx.now)
+        body.append(
+            f"its clock tombstone matched its log: {result.node}'s entry is kept again from the next policy push"
+        )
+    if (
+        result.rejoined
+        or result.restored
+        or result.caught_up
+        or result.revived
+        or any(o.recorded for o in result.rolled_back)
+    ):
         write_status(ctx)
-        paths = [JOURNAL_DIR, STATUS_FILE, SEL_DIR, MEMBERSHIP_FILE]
+        paths = [JOURNAL_DIR, STATUS_FILE, SEL_DIR, MEMBERSHIP_FILE, TOMBSTONES_FILE]
         result.commit = audit.commit_run(path, paths, subject, body, traces, observed)
     return result

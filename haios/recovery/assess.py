@@ -22,6 +22,7 @@ from ..layout import BREAKERS_FILE, MEMBERSHIP_FILE, SWINGS_FILE
 from ..node.heartbeat import gossip_partitioned
 from ..node.transaction import crash_window, next_transition
 from ..untrusted import in_repo
+from ..wal.phases import COMMAND_STEP, INTERNAL_STEP
 from . import journal as journals
 from .cost import BUDGET_FILE, COST_ALERT, cost_breach, region_of
 from .grant import overridden
@@ -116,6 +117,8 @@ def _view(ctx: Context, node: str, g: int, phase: str, summary: PhaseSummary | N
             side_effects=tuple(info["side_effects"]),
             torn=torn or bool(info.get("torn_tail")),
             from_lamport=from_lamport,
+            command=command if isinstance(command := (info.get("steps") or {}).get(COMMAND_STEP), dict) else None,
+            steps_done=tuple(str(k) for k in info.get("steps") or {} if not str(k).startswith(INTERNAL_STEP)),
         ),
         info,
     )

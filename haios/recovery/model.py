@@ -323,6 +323,7 @@ class RunResult:
     barrier: dict[str, Any] | None = None  # the cluster-wide barrier after this run (SPEC §6.2)
     holder: str | None = None  # the name the run's traces took leases under (None: none ran)
     policy: list[dict[str, Any]] = field(default_factory=list)  # the pushes of the compiled desired state
+    vclock: dict[str, Any] = field(default_factory=dict)  # vector-clock GC: pruned, merged, waiting (SPEC §7)
 
     @property
     def changed(self) -> bool:
@@ -375,6 +376,7 @@ class RunResult:
             "placement": self.placement,
             "barrier": self.barrier,
             "policy": self.policy,
+            "vclock": self.vclock,
             "exit_code": self.exit_code(),
         }
 

@@ -92,6 +92,11 @@ class NodeOps:
         transition) logged, verified there against their hashes, and a STEP naming the peer."""
         return self._call(node, "catchup", note=note, source=source)
 
+    def resume_command(self, node: str) -> dict[str, Any]:
+        """Run the open phase's resumable command again after its last STEP, in the stage its killed
+        run left; ``outcome`` prepared, not resumable or failed (the node then says so in its WAL)."""
+        return self._call(node, "resume")
+
     def checkpoint(self, node: str, *, step: str, outcome: Any) -> dict[str, Any]:
         """A RECOVERY record of a step that changes nothing in data/ (a resume hook, an override's nonce)."""
         return self._call(node, "checkpoint", step=step, outcome=outcome)

@@ -27,6 +27,13 @@ class View:
     torn: bool = False
     detail: str = ""
     from_lamport: int | None = None  # where the phase's BEGIN_PHASE is, when it already ended
+    command: Mapping[str, Any] | None = None  # the phase command the attempt logged (haios.command)
+    steps_done: tuple[str, ...] = ()  # the sub-steps its command logged, in order
+
+    @property
+    def resumable(self) -> bool:
+        """Its command declared itself resumable, and no failed resume has said otherwise since."""
+        return bool(self.command and self.command.get("resumable") is True)
 
     @property
     def uncompensated(self) -> list[str]:
@@ -105,8 +112,16 @@ def _begun_only(views: Mapping[str, View], begun: list[str], inputs: Inputs) -> 
         return Decision(
             Verdict.NEEDS_HUMAN, Event.NEEDS_HUMAN, f"{', '.join(begun)} without PREPARE and on_partial is hold"
         )
+    left = inputs.resume_attempts < policy.max_resume_attempts
+    if policy.on_partial == "resume" and left and all(views[n].resumable for n in begun):
+        return Decision(
+            Verdict.RESUME,
+            Event.RESUME,
+            f"{', '.join(begun)} without PREPARE: its command is resumable, run it again after its last STEP "
+            f"(attempt {inputs.resume_attempts + 1} of {policy.max_resume_attempts})",
+        )
     resumable = policy.on_partial == "resume" and policy.resume_playbook
-    if resumable and inputs.resume_attempts < policy.max_resume_attempts:
+    if resumable and left:
         return Decision(
             Verdict.RESUME,
             Event.RESUME,
@@ -216,7 +231,22 @@ def steps_for(
                 )
     elif decision.verdict is Verdict.RESUME:
         for n in names:
-            if views[n].status == "begun":
+            v = views[n]
+            if v.status != "begun":
+                continue
+            if v.resumable and v.command is not None:
+                skip = list(v.steps_done)
+                steps.append(
+                    {
+                        "node": n,
+                        "action": StepAction.RESUME.value,
+                        "command": list(v.command.get("argv") or []),
+                        "skip": skip,
+                        "detail": "run its command again after its last STEP"
+                        + (f", skipping {', '.join(skip)}" if skip else " (no STEP logged: from its start)"),
+                    }
+                )
+            else:
                 steps.append(
                     {
                         "node": n,

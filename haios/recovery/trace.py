@@ -362,6 +362,17 @@ class TraceRunner:
         for s in trace.steps:
             if s["action"] != StepAction.RESUME:
                 continue
+            if s.get("command") is not None:  # the phase's own command, after its last STEP
+                try:
+                    answer = ops.resume_command(s["node"])
+                except HaiosError as exc:
+                    j.add_step(self.clock(), s["node"], "resume", "failed", error=exc.one_line())
+                    continue
+                outcome = str(answer.get("outcome"))
+                detail = {"skipped": s.get("skip") or [], "reason": answer.get("reason") or None}
+                j.add_step(self.clock(), s["node"], "resume", "ok" if outcome == "prepared" else outcome, result=detail)
+                r.outcome.steps += 1
+                continue
             pb = self.ctx.config.playbooks.get(s.get("playbook") or "")
             if pb is None:
                 j.add_step(self.clock(), s["node"], "resume", "failed", error=f"no playbook {s.get('playbook')!r}")

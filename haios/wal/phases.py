@@ -22,6 +22,8 @@ from typing import Any
 from .format import RecordType
 from .reader import Record
 
+INTERNAL_STEP = "haios."  # the STEPs haios itself logs in a phase (not its command's)
+COMMAND_STEP = "haios.command"  # the phase's command, and whether it may be run again after its last STEP
 ABANDON_STEP = "abandon"  # RECOVERY step: side effects of an already aborted phase left uncompensated
 
 _BODY = frozenset(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 from pathlib import Path
@@ -35,10 +36,13 @@ def _set(cluster: Path, old: str, new: str, message: str) -> None:
 
 def _command(cluster: Path, phase: str, script: str) -> None:
     quoted = script.replace("'", "''")
+    text = (cluster / "desired/state.yaml").read_text()
+    found = re.search(rf"(?m)^  {phase}:\n    on_partial: \w+\n(?:    #.*\n)?", text)
+    assert found is not None
     _set(
         cluster,
-        f"  {phase}:\n    on_partial: auto\n",
-        f"  {phase}:\n    on_partial: auto\n    command: [sh, -c, '{quoted}']\n    timeout: 30s\n",
+        found.group(0),
+        found.group(0) + f"    command: [sh, -c, '{quoted}']\n    timeout: 30s\n",
         f"{phase} runs a command",
     )
 

@@ -180,23 +180,31 @@ def test_validate_ssh_node_needs_address_and_absolute_root(repo: Path) -> None:
     assert _problems(repo) == ["haios.yaml:10:11: nodes[0].root: an ssh node's root must be an absolute path"]
 
 
-def test_validate_resume_policy_needs_an_existing_resume_playbook(repo: Path) -> None:
-    _edit(repo / "desired/state.yaml", "  CONSTRUCT:\n    on_partial: auto", "  CONSTRUCT:\n    on_partial: resume")
-    assert _problems(repo) == [
-        "desired/state.yaml:20:17: phases.CONSTRUCT.on_partial: on_partial: resume needs a resume_playbook"
-    ]
+def test_validate_resume_policy_and_its_playbook(repo: Path) -> None:
+    text = (repo / "desired/state.yaml").read_text()
+    assert "  CONSTRUCT:\n    on_partial: resume\n" in text  # the default: resumed when it can be, else rolled back
+    assert _problems(repo) == []
+    _edit(repo / "desired/state.yaml", "  ANALYZE:\n    on_partial: auto", "  ANALYZE:\n    on_partial: resume")
+    assert _problems(repo) == []  # no playbook and no resumable command: it rolls back like auto
     _edit(
-        repo / "desired/state.yaml", "on_partial: resume", "on_partial: resume\n    resume_playbook: construct-resume"
+        repo / "desired/state.yaml",
+        "  CONSTRUCT:\n    on_partial: resume",
+        "  CONSTRUCT:\n    on_partial: resume\n    resume_playbook: construct-resume",
     )
-    assert _problems(repo) == [
-        "desired/state.yaml:21:22: phases.CONSTRUCT.resume_playbook: no playbook named 'construct-resume' in playbooks/"
-    ]
+    (problem,) = _problems(repo)
+    assert problem.endswith("phases.CONSTRUCT.resume_playbook: no playbook named 'construct-resume' in playbooks/")
     (repo / "playbooks/construct-resume.yaml").write_text(
         "apiVersion: haios/v1\nkind: Playbook\nname: construct-resume\nresumes: CONSTRUCT\n"
         "run:\n  command: [haios-executor, resume, '{g}']\n"
     )
     assert _problems(repo) == []
     assert load_repo(repo).desired.phases["CONSTRUCT"].resume_playbook == "construct-resume"
+    _edit(
+        repo / "desired/state.yaml",
+        "  IDLE:\n    on_partial: auto",
+        "  IDLE:\n    on_partial: auto\n    resume_playbook: construct-resume",
+    )
+    assert any("resume_playbook is only used with on_partial: resume" in p for p in _problems(repo))
 
 
 def test_validate_playbook_name_and_exactly_one_purpose(repo: Path) -> None:

@@ -239,10 +239,11 @@ def make_cluster(lab: Lab, directory: Path, *, interval: float = 1.0, window: fl
     desired = cluster / "desired/state.yaml"
     text = desired.read_text()
     quoted = PHASE_COMMAND.replace("'", "''")
-    for phase in PHASES:
-        text = text.replace(
-            f"  {phase}:\n    on_partial: auto\n",
-            f"  {phase}:\n    on_partial: auto\n    command: [sh, -c, '{quoted}']\n    timeout: 30s\n",
+    for phase in PHASES:  # after each phase's on_partial line (and the comment under it, if any)
+        text = re.sub(
+            rf"(?m)^(  {phase}:\n    on_partial: \w+\n(?:    #.*\n)?)",
+            lambda m: m.group(1) + f"    command: [sh, -c, '{quoted}']\n    timeout: 30s\n",
+            text,
         )
     desired.write_text(text)
     git(cluster, "commit", "-qam", "lab: the hosts, a short heartbeat interval and window, a command per phase")

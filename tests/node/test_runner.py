@@ -97,7 +97,8 @@ def test_side_effects_logged_from_inside_the_command(root: Path) -> None:
     done = run_phase(root, 1, "ANALYZE", [sys.executable, "-c", code], env={"PYTHONPATH": str(PROJECT)})
     assert done.outcome == "prepared", done.reason
     log = scan_phases(root)[(1, "ANALYZE")]
-    assert set(log.side_effects) == {"vm-1"} and log.steps == {"download": "ok"}
+    assert set(log.side_effects) == {"vm-1"} and log.steps["download"] == "ok"
+    assert log.steps["haios.command"]["resumable"] is False  # the command line, logged with the phase
 
 
 def test_what_data_cannot_take_aborts_the_phase(root: Path) -> None:
