@@ -177,7 +177,20 @@ def assess(
     resume_attempts: int | None = None,
     force_rollback: str | None = None,
 ) -> TracePlan:
-    """Views, identity and decision for one transition (``force_rollback``: the reason replay failed)."""
+    """Views, identity and decision for one transition (``force_rollback``: why it must be rolled back
+    whatever the rule says — a replay that failed validation, a rejoin, a coordinator that went on
+    without the participants)."""
+    if force_rollback is None:
+        behind = _committed_without(ctx, g, phase, participants)
+        if behind:
+            # the coordinator aborted their attempt and committed the transition with the others: only
+            # their own attempt is left, and it is rolled back on them alone (rejoin catches them up)
+            stale, committed_by = behind
+            why = (
+                f"(g={g}, {phase}) was committed without {', '.join(stale)} by {', '.join(committed_by)}: "
+                f"the attempt {'they' if len(stale) > 1 else 'it'} began was aborted by the others"
+            )
+            return assess(ctx, g, phase, stale, resume_attempts=resume_attempts, force_rollback=why)
     views, infos = _views(ctx, g, phase, participants)
     trace_id, journal, rollbacks = _trace_identity(ctx, g, phase, infos)
     state = State(journal.state) if journal is not None else _state_from_records(infos, trace_id)
@@ -194,10 +207,10 @@ def assess(
     if force_rollback is not None:
         if any(v.status == "committed" for v in views.values()):
             decision = Decision(
-                Verdict.NEEDS_HUMAN, Event.NEEDS_HUMAN, f"replay failed after commits: {force_rollback}"
+                Verdict.NEEDS_HUMAN, Event.NEEDS_HUMAN, f"cannot roll back after commits: {force_rollback}"
             )
         else:
-            decision = Decision(Verdict.ROLLBACK, Event.ROLL_BACK, f"replay failed validation: {force_rollback}")
+            decision = Decision(Verdict.ROLLBACK, Event.ROLL_BACK, force_rollback)
     override = None
     if force_rollback is None:  # (replay failing validation is no time for a human's earlier word)
         override, decision = overridden(ctx, trace_id, journal, state, views, inputs, decision, infos)
@@ -232,6 +245,25 @@ def assess(
     )
     trace.last_activity = _last_activity(ctx, g, phase, participants)
     return _checked(ctx, trace, state, granted)
+
+
+def _committed_without(ctx: Context, g: int, phase: str, participants: list[str]) -> tuple[list[str], list[str]] | None:
+    """The participants whose attempt at (g, phase) is still open while every other participant
+    committed an attempt that did not include them (a coordinator that left them out after they
+    failed to prepare); and those others. None when that is not the case."""
+    summaries = {
+        n: s for n in participants if (o := ctx.observations.get(n)) is not None and (s := o.phases.get((g, phase)))
+    }
+    committed = {n: s for n, s in summaries.items() if s.ended == "COMMIT_PHASE"}
+    open_ = [n for n, s in summaries.items() if s.ended is None]
+    if not committed or not open_ or len(committed) + len(open_) != len(participants):
+        return None
+    without = [n for n in open_ if all(n not in s.participants for s in committed.values())]
+    if without != open_:
+        return None
+    if any(summaries[n].trace_id in {s.trace_id for s in committed.values()} for n in open_):
+        return None  # the same attempt: a commit they must follow (roll forward or a human)
+    return open_, sorted(committed)
 
 
 def _last_activity(ctx: Context, g: int, phase: str, participants: list[str]) -> float | None:

@@ -389,7 +389,9 @@ class TraceRunner:
     def _validation_failed(self, r: TraceRun, error: str) -> None:
         """Replay found a file its schema rejects: roll back if nothing committed yet (SPEC §4.2)."""
         j, trace = r.j, r.trace
-        back = assess(self.ctx, trace.g, trace.phase, trace.participants, force_rollback=error)
+        back = assess(
+            self.ctx, trace.g, trace.phase, trace.participants, force_rollback=f"replay failed validation: {error}"
+        )
         if back.verdict is Verdict.UNREADABLE:  # the rollback needs a file that cannot be used: wait for it
             raise TraceStop(EXIT_BLOCKED, back.reason)
         if back.verdict is not Verdict.ROLLBACK:

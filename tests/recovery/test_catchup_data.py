@@ -9,12 +9,14 @@ import json
 import shutil
 from pathlib import Path
 
+import yaml
 from helpers import Invoke
 from helpers.cluster import positions
 
 from haios.config import load_repo
 from haios.node import Node, init_node_root, manifest
 from haios.node.catchup import CATCH_UP_STEP, committed_transitions, verify_transition
+from haios.node.runner import run_phase
 from haios.wal import read_records
 
 
@@ -133,3 +135,35 @@ def test_the_node_refuses_a_source_whose_bytes_do_not_match(cluster: Path, cli: 
         "node", "recover", root, "--request", json.dumps({"op": "committed", "after": [0, None], "until": "x"})
     )
     assert answer.exit_code == 1 and "takes after and until as [g, phase]" in answer.output
+
+
+def test_an_attempt_the_others_committed_without_it_is_rolled_back_on_it_alone(cluster: Path, cli: Invoke) -> None:
+    """A member killed mid-phase: the coordinator aborted the attempt on the others and committed the
+    transition with them alone. Its own attempt is rolled back on it (not a human's decision), and
+    rejoin then catches it up with what the others committed."""
+    roots = {n: cluster / "nodes" / n for n in ("node-1", "node-2", "node-3")}
+    everyone = list(roots)
+    for n in ("node-1", "node-2"):
+        assert run_phase(roots[n], 2, "ANALYZE", [], participants=everyone, trace_id="first").outcome == "prepared"
+        Node(roots[n]).resume(2, "ANALYZE").abort("participant(s) node-3 did not prepare")
+    Node(roots["node-3"]).begin(2, "ANALYZE", participants=everyone, trace_id="first").close()  # then it died
+    for n in ("node-1", "node-2"):
+        with Node(roots[n]).begin(2, "ANALYZE", participants=["node-1", "node-2"], trace_id="second") as tx:
+            tx.intent("analyze/extra.conf", b"committed without node-3\n")
+            tx.prepare()
+            tx.commit()
+
+    result = cli("--repo", cluster, "-o", "json", "reconcile")
+    assert result.exit_code == 0, result.output
+    (trace,) = json.loads(result.stdout)["traces"]
+    assert (trace["verdict"], trace["after"]) == ("rollback", "CLEAN_EXIT")
+    journal = yaml.safe_load((cluster / "status/recoveries" / f"{trace['trace_id']}.yaml").read_text())
+    assert journal["reason"] == (
+        "(g=2, ANALYZE) was committed without node-3 by node-1, node-2: the attempt it began was aborted by the others"
+    )
+    assert positions(cluster)["node-3"] == (1, "IDLE") and Node(roots["node-3"]).open_phase() is None
+
+    rejoined = cli("--repo", cluster, "node", "rejoin", "node-3")
+    assert rejoined.exit_code == 0, rejoined.output
+    assert positions(cluster) == {n: (2, "ANALYZE") for n in everyone}
+    assert (roots["node-3"] / "data/analyze/extra.conf").read_bytes() == b"committed without node-3\n"
