@@ -158,6 +158,7 @@ class Thresholds:
     eviction_grace: float = 900.0
     lease_ttl: float = 300.0
     max_auto_attempts: int = 2
+    parallel_traces: int = 4  # traces of independent transitions a reconcile recovers at once
     t_blocked: float = 3600.0
     sel_max_attempts: int = 5
     sel_backoff_base: float = 2.0
@@ -446,6 +447,7 @@ def build_thresholds(v: dict[str, Any]) -> Thresholds:
         eviction_grace=_dur(pa, "eviction_grace", d.eviction_grace),
         lease_ttl=_dur(rc, "lease_ttl", d.lease_ttl),
         max_auto_attempts=rc.get("max_auto_attempts", d.max_auto_attempts),
+        parallel_traces=rc.get("parallel_traces", d.parallel_traces),
         t_blocked=_dur(rc, "t_blocked", d.t_blocked),
         sel_max_attempts=sel.get("max_attempts", d.sel_max_attempts),
         sel_backoff_base=_dur(sel, "backoff_base", d.sel_backoff_base),

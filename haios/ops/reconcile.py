@@ -1,13 +1,18 @@
 """``haios reconcile``: plan, refuse a stale plan, run every trace in transition order through the
-trace runner (:mod:`haios.recovery.trace`) behind the PHASE_ORDER_BARRIER, then finish the run
+trace runner (:mod:`haios.recovery.trace`) behind the PHASE_ORDER_BARRIER — traces of independent
+transitions at once (:func:`independent`, ``recovery.parallel_traces``) — then finish the run
 (:mod:`.finish`: barrier, membership, placement, alerts, the audit commit and push)."""
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
+from typing import Any, cast
 
 from ..audit import Recorder
 from ..clock import wall_clock
@@ -143,10 +148,45 @@ def _execute(
         )
         result.outcomes = [_untouched(tp, EXIT_PENDING if tp.actionable else 0) for tp in plan.traces]
         return result
-    runner = TraceRunner(ctx, holder, clock, progress, plan.desired_commit, emit)
+    # the traces that run at once share the event stream, the progress bars and the backend (one
+    # call at a time: a lease is a compare-and-swap of one ref or key, quickly done)
+    lock = threading.Lock()
+    emit = _serialized(emit, lock)
+    shared = replace(ctx, backend=cast(Backend, _OneAtATime(ctx.backend)))
+    runner = TraceRunner(shared, holder, clock, _serialized(progress, lock), plan.desired_commit, emit)
     result.holder = runner.holder
-    _run_in_order(runner, plan, result, emit)
+    _run_in_order(runner, plan, result, emit, ctx.config.thresholds.parallel_traces)
     return result
+
+
+class _OneAtATime:
+    """A backend whose methods run one at a time, whichever thread calls them."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._backend, name)
+        if not callable(found):
+            return found
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return found(*args, **kwargs)
+
+        return call
+
+
+def _serialized(sink: Callable[[dict[str, Any]], None] | None, lock: threading.Lock) -> Any:
+    if sink is None:
+        return None
+
+    def tell(event: dict[str, Any]) -> None:
+        with lock:
+            sink(event)
+
+    return tell
 
 
 def _untouched(trace: TracePlan, code: int, note: str = "") -> TraceOutcome:
@@ -155,17 +195,31 @@ def _untouched(trace: TracePlan, code: int, note: str = "") -> TraceOutcome:
     )
 
 
-def _run_in_order(runner: TraceRunner, plan: Plan, result: RunResult, emit: Sink) -> None:
-    """Every trace in transition order; nothing after an unfinished transition moves (PHASE_ORDER_BARRIER)."""
-    blocked_at: tuple[int, int] | None = None
-    for trace in sorted(plan.traces, key=lambda t: order(t.g, t.phase)):
-        if blocked_at is not None and order(trace.g, trace.phase) > blocked_at and trace.actionable:
-            result.outcomes.append(
-                _untouched(trace, EXIT_PENDING, "waits for an earlier transition (PHASE_ORDER_BARRIER)")
-            )
-            continue
+def independent(a: TracePlan, b: TracePlan) -> bool:
+    """Whether either transition can be recovered without waiting for the other: they are of
+    different shards (each runs under its own lease) and have no participant in common (neither
+    writes to a node the other does, and no node orders one after the other)."""
+    return a.shard != b.shard and not set(a.participants) & set(b.participants)
+
+
+def _run_in_order(runner: TraceRunner, plan: Plan, result: RunResult, emit: Sink, parallel: int) -> None:
+    """Every trace in transition order: a trace waits for each earlier one it is not independent of,
+    and nothing moves after one of those that did not finish (PHASE_ORDER_BARRIER). Independent
+    traces run at once, at most ``parallel``; the outcomes are listed in transition order. A run
+    found stale (a fencing token refused) starts nothing more."""
+    traces = sorted(plan.traces, key=lambda t: order(t.g, t.phase))
+    futures: list[Future[TraceOutcome | None]] = []
+    stale = threading.Event()
+
+    def one(i: int) -> TraceOutcome | None:
+        trace = traces[i]
+        before = [f.result() for j, f in enumerate(futures[:i]) if not independent(traces[j], trace)]
+        if stale.is_set():
+            return None  # we are stale: stop touching anything
+        blocked = any(o is not None and State(o.after) not in TERMINAL for o in before)
+        if blocked and trace.actionable:
+            return _untouched(trace, EXIT_PENDING, "waits for an earlier transition (PHASE_ORDER_BARRIER)")
         outcome = runner.run(trace)
-        result.outcomes.append(outcome)
         emit(
             make(
                 "trace",
@@ -181,7 +235,14 @@ def _run_in_order(runner: TraceRunner, plan: Plan, result: RunResult, emit: Sink
                 override=outcome.override,
             )
         )
-        if State(outcome.after) not in TERMINAL and blocked_at is None:
-            blocked_at = order(trace.g, trace.phase)
         if outcome.code == EXIT_LOCKED and "fencing token" in outcome.note:
-            break  # we are stale: stop touching anything
+            stale.set()
+        return outcome
+
+    # tasks start in the order they are handed in, and each waits only for earlier ones: the
+    # earliest unfinished task is always running, so a full pool never waits on itself
+    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="haios-trace") as pool:
+        for i in range(len(traces)):
+            futures.append(pool.submit(one, i))
+        done = [f.result() for f in futures]
+    result.outcomes.extend(o for o in done if o is not None)
