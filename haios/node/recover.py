@@ -36,7 +36,7 @@ from . import clocks, manifest, replicas
 from .catchup import CATCH_UP_STEP, committed_transitions, decoded, source_step, verify_transition
 from .fence import POLICY_SHARD, check_fence
 from .root import CONTROL_FILES
-from .runner import resume_phase
+from .runner import command_running, resume_phase
 from .timing import STEPS, collecting
 from .transaction import Node, crash_window, scan_phases
 
@@ -374,6 +374,11 @@ def rollback(
             f"{root}: (g={g}, {phase}) is committed on {node.name}; its snapshot is gone, it cannot be rolled back"
         )
     assert log is not None
+    if command_running(node.root, g, phase):
+        raise BarrierError(
+            f"{root}: the command of (g={g}, {phase}) is still running on {node.name}; it is rolled back once it ends",
+            hint="run 'haios reconcile' again later",
+        )
     missing = [k for k in log.side_effects if k not in log.compensated and k not in (abandon or [])]
     if missing:
         raise BarrierError(
@@ -411,8 +416,9 @@ def catchup(
         return {"node": node.name, "outcome": "already committed"}
     problem = verify_transition(source, g, phase)
     if problem is not None:
+        peer = str(source.get("node") if isinstance(source, dict) else "?")[:64]
         raise VerificationError(
-            f"{root}: the catch-up source of g={g} {phase} from {str(source.get('node'))[:64]} fails its check: {problem}",
+            f"{root}: the catch-up source of g={g} {phase} from {peer} fails its check: {problem}",
             hint="run 'haios node rejoin' again: it takes the transition from a peer whose copy verifies",
         )
     if node.open_phase() is not None:

@@ -19,6 +19,7 @@ coordinator's channel); the last lines of a failed command are in the abort reas
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..errors import BarrierError, HaiosError, StorageError, UsageError
 from ..vclock import VClock
@@ -177,12 +178,21 @@ def _tail(root: Path, start: int) -> str:
 
 
 def _run_command(
-    command: list[str], *, cwd: Path, env: dict[str, str], log: Any, timeout: float | None
+    command: list[str], *, cwd: Path, env: dict[str, str], log: Any, timeout: float | None, hold: int | None = None
 ) -> tuple[int | None, str]:
-    """Run the command in its own process group; returns (exit code or None, why it did not exit 0)."""
+    """Run the command in its own process group; returns (exit code or None, why it did not exit 0).
+    ``hold``: a locked descriptor the command inherits, so the lock lasts as long as the command
+    does, even when this process is killed."""
     try:
         proc = subprocess.Popen(
-            command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            pass_fds=(hold,) if hold is not None else (),
         )
     except OSError as exc:
         return None, f"could not start {command[0]!r}: {os.strerror(exc.errno or 0) if exc.errno else exc}"
@@ -253,7 +263,8 @@ def run_phase(
                 tx.commit()
                 outcome.outcome = "committed"
             return outcome
-        tx.step(COMMAND_STEP, {"argv": command, "timeout": timeout, "resumable": resumable})
+        # not synced on its own: lost in a crash, the phase is only rolled back rather than resumed
+        tx.step(COMMAND_STEP, {"argv": command, "timeout": timeout, "resumable": resumable}, durable=False)
         tx.close()  # the WAL is the command's to log side effects and steps in, while it runs
         shutil.rmtree(stage, ignore_errors=True)
         stage.parent.mkdir(exist_ok=True)
@@ -276,7 +287,15 @@ def run_phase(
         tx.close()
         outcome.seconds = time.monotonic() - started
         outcome.vc = tx.vc.to_json()
-        shutil.rmtree(stage, ignore_errors=True)
+        _drop_stage(node.root, g, phase)
+
+
+def _drop_stage(root: Path, g: int, phase: str) -> None:
+    """The stage of (g, phase) and its lock, once the phase is prepared or aborted (a killed run
+    leaves them, for a resume)."""
+    shutil.rmtree(root / STAGE_DIR / f"{g}-{phase}", ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(root / STAGE_DIR / f".{g}-{phase}.lock")
 
 
 def _in_stage(
@@ -312,14 +331,47 @@ def _in_stage(
         header = f"--- g={tx.g} {tx.phase} trace {tx.log.trace_id}{again}: {' '.join(command)}\n"
         log.write(header.encode())
         log.flush()
-        with _signals_stop():
-            outcome.exit_code, why = _run_command(command, cwd=stage, env=child_env, log=log, timeout=timeout)
+        with _signals_stop(), _stage_lock(node.root, tx.g, tx.phase) as held:
+            if held is None:
+                raise BarrierError(
+                    f"{node.root}: the command of (g={tx.g}, {tx.phase}) is still running on {node.name}",
+                    hint="wait until it ends (its stage is locked while it runs)",
+                )
+            outcome.exit_code, why = _run_command(
+                command, cwd=stage, env=child_env, log=log, timeout=timeout, hold=held
+            )
     finally:
         log.close()
     if outcome.exit_code == 0:
         return ""
     tail = _tail(node.root, start + len(header))
     return f"{why}: {tail}" if tail else why
+
+
+@contextlib.contextmanager
+def _stage_lock(root: Path, g: int, phase: str) -> Iterator[int | None]:
+    """An exclusive lock on (g, phase)'s stage for as long as its command runs (the command inherits
+    it: a runner killed while its command goes on leaves the stage locked); None when another
+    process holds it."""
+    (root / STAGE_DIR).mkdir(exist_ok=True)
+    fd = os.open(root / STAGE_DIR / f".{g}-{phase}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+            return
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def command_running(root: Path, g: int, phase: str) -> bool:
+    """Whether the command of (g, phase) — a first run, or a resume — is running on the node now."""
+    if not (root / STAGE_DIR / f".{g}-{phase}.lock").exists():
+        return False
+    with _stage_lock(root, g, phase) as held:
+        return held is None
 
 
 def _prepare_from_stage(node: Node, tx: PhaseTx, stage: Path, outcome: RunOutcome, commit: bool) -> bool:
@@ -351,7 +403,9 @@ def resume_phase(root: Path | str, g: int, phase: str) -> RunOutcome:
     Only a phase whose command declared itself resumable, and whose stage is still there, is run
     again. When it cannot be — no stage, the command fails again, or what it leaves cannot be taken
     — the phase stays open and its ``haios.command`` STEP is logged again, not resumable, with why:
-    recovery then rolls it back. ``outcome`` is ``prepared``, ``not resumable`` or ``failed``."""
+    recovery then rolls it back. ``outcome`` is ``prepared``, ``not resumable``, ``failed``, or
+    ``running`` when its command still runs (a runner killed while its command went on, or a resume
+    asked for twice): nothing is started then."""
     node = Node(Path(root).absolute())
     log = node.open_phase()
     if log is None or (log.g, log.phase) != (g, phase):
@@ -365,10 +419,12 @@ def resume_phase(root: Path | str, g: int, phase: str) -> RunOutcome:
     if not isinstance(declared, dict) or not declared.get("resumable") or not _is_argv(argv):
         outcome.reason = "its command did not declare itself resumable"
         return outcome
-    assert isinstance(argv, list)  # (checked above)
     limit = declared.get("timeout")
     timeout = float(limit) if isinstance(limit, int | float) and not isinstance(limit, bool) and limit > 0 else None
     stage = node.root / STAGE_DIR / f"{g}-{phase}"
+    if command_running(node.root, g, phase):
+        outcome.outcome, outcome.reason = "running", "its command is still running (a run or a resume)"
+        return outcome
     started = time.monotonic()
     tx = node.resume(g, phase)
     try:
@@ -390,7 +446,7 @@ def resume_phase(root: Path | str, g: int, phase: str) -> RunOutcome:
             )
             tx = node.resume(g, phase)
             if outcome.exit_code == 0 and _prepare_from_stage(node, tx, stage, outcome, False):
-                shutil.rmtree(stage, ignore_errors=True)
+                _drop_stage(node.root, g, phase)
                 return outcome
             outcome.outcome, outcome.reason = "failed", why or outcome.reason
         tx.step(COMMAND_STEP, {**declared, "resumable": False, "why": outcome.reason})
@@ -401,7 +457,7 @@ def resume_phase(root: Path | str, g: int, phase: str) -> RunOutcome:
         outcome.vc = tx.vc.to_json()
 
 
-def _is_argv(value: Any) -> bool:
+def _is_argv(value: Any) -> TypeGuard[list[str]]:
     return isinstance(value, list) and bool(value) and all(isinstance(w, str) for w in value)
 
 

@@ -561,10 +561,11 @@ class PhaseTx:
         self._append(RecordType.SIDE_EFFECT_DONE, {"key": key, "result": result})
         self.log.done[key] = result
 
-    def step(self, name: str, outcome: Any) -> None:
-        """Record a completed sub-step, so that a restarted executor can skip it."""
+    def step(self, name: str, outcome: Any, *, durable: bool = True) -> None:
+        """Record a completed sub-step, so that a restarted executor can skip it (``durable`` False:
+        synced with the next record that is, for a step whose loss costs nothing but a resume)."""
         self._check_open()
-        self._append(RecordType.STEP, {"name": name, "outcome": outcome})
+        self._append(RecordType.STEP, {"name": name, "outcome": outcome}, durable=durable)
         self.log.steps[name] = outcome
 
     def prepare(self) -> str:

@@ -36,6 +36,7 @@ class TraceRun:
     outcome: TraceOutcome
     # the participants this run committed or aborted the transition on: node -> (outcome, vector clock)
     ended: dict[str, tuple[str, dict[str, int]]] = field(default_factory=dict)
+    running: list[str] = field(default_factory=list)  # where a resumed phase command is still at work
 
 
 def abort(runner: TraceRunner, r: TraceRun) -> None:

@@ -278,7 +278,7 @@ class TraceRunner:
             return endings.hard_fail(self, r)
         if r.trace.verdict is Verdict.RESUME:
             journals.advance(j, Event.RESUME, self.clock, work={Action.RUN_RESUME_HOOK: lambda: self._resume(r)})
-            self._after_resume(r.trace, r.outcome)
+            self._after_resume(r.trace, r.outcome, r.running)
         trace = r.trace
         event = Event.ROLL_FORWARD if trace.verdict is Verdict.FORWARD else Event.ROLL_BACK
         journals.advance(j, event, self.clock, decision=trace.verdict, reason=trace.reason, work=self._work(r, trace))
@@ -286,9 +286,11 @@ class TraceRunner:
         return None
 
     @staticmethod
-    def _after_resume(trace: TracePlan, outcome: TraceOutcome) -> None:
+    def _after_resume(trace: TracePlan, outcome: TraceOutcome, running: list[str]) -> None:
         """The transition as assessed again after its resume hook: rolled now, or stopped here."""
         outcome.verdict = trace.verdict
+        if running:
+            raise TraceStop(EXIT_PENDING, f"its phase command is still running on {', '.join(running)}")
         if trace.verdict is Verdict.RESUME:
             raise TraceStop(EXIT_PENDING, "the resume hook ran; the executor has not PREPAREd yet")
         if not trace.actionable:
@@ -372,6 +374,8 @@ class TraceRunner:
                 detail = {"skipped": s.get("skip") or [], "reason": answer.get("reason") or None}
                 j.add_step(self.clock(), s["node"], "resume", "ok" if outcome == "prepared" else outcome, result=detail)
                 r.outcome.steps += 1
+                if outcome == "running":
+                    r.running.append(s["node"])
                 continue
             pb = self.ctx.config.playbooks.get(s.get("playbook") or "")
             if pb is None:
@@ -382,7 +386,8 @@ class TraceRunner:
             ops.checkpoint(s["node"], step="resume", outcome="ok" if ok else "failed")
             j.add_step(self.clock(), s["node"], "resume", "ok" if ok else "failed", result=result)
             r.outcome.steps += 1
-        j.resume_attempts += 1
+        if not r.running:  # a command still at work is not an attempt that failed
+            j.resume_attempts += 1
         j.dirty = True
         r.trace = assess(self.ctx, trace.g, trace.phase, trace.participants, resume_attempts=j.resume_attempts)
 

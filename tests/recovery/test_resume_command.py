@@ -4,14 +4,17 @@ skipped; a command that cannot be resumed (its stage gone) is rolled back instea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from helpers import Invoke, subprocs
 from helpers.cluster import git, positions
 
@@ -48,7 +51,7 @@ with open(count / f"build-{node}", "a") as fh:
 """
 
 
-def _construct_killed_on_node_3(cluster: Path, tmp_path: Path) -> Path:
+def _construct_killed_on_node_3(cluster: Path, tmp_path: Path, *, command_lives: list[int] | None = None) -> Path:
     """g=2: ANALYZE and BLUEPRINT committed everywhere; CONSTRUCT prepared on node-1 and node-2,
     and on node-3 killed (runner and command, SIGKILL) after its first STEP. Returns the count dir."""
     thresholds = cluster / "policies/thresholds.yaml"
@@ -93,7 +96,10 @@ def _construct_killed_on_node_3(cluster: Path, tmp_path: Path) -> Path:
     while not hang.exists():
         assert proc.poll() is None and time.monotonic() < deadline, "the command never reached its first STEP"
         time.sleep(0.05)
-    subprocs.kill_descendants(proc.pid)  # the host dies: the command and the runner, mid-phase
+    if command_lives is not None:  # only the runner dies: its command goes on (it has a session of its own)
+        command_lives += subprocs.descendants(proc.pid)
+    else:
+        subprocs.kill_descendants(proc.pid)  # the host dies: the command and the runner, mid-phase
     subprocs.kill_group(proc.pid)
     proc.wait(30)
     return count
@@ -137,6 +143,33 @@ def test_a_killed_resumable_construct_is_resumed_after_its_last_step(
     journal = next((cluster / "status/recoveries").glob(f"{outcome['trace_id']}.yaml")).read_text()
     assert "resume" in journal and "fetch" in journal
     assert not (cluster / "nodes/node-3/stage/2-CONSTRUCT").exists()
+
+
+def test_a_command_still_running_is_waited_for_not_run_twice_nor_rolled_back(
+    cluster: Path, cli: Invoke, tmp_path: Path
+) -> None:
+    alive: list[int] = []
+    count = _construct_killed_on_node_3(cluster, tmp_path, command_lives=alive)
+    assert alive
+    assert _plan(cli, cluster)["traces"][0]["verdict"] == "resume"
+    waiting = cli("--repo", cluster, "-o", "json", "reconcile")
+    assert waiting.exit_code == 2, waiting.output
+    (outcome,) = json.loads(waiting.stdout)["traces"]
+    assert "its phase command is still running on node-3" in outcome["note"]
+    assert outcome["after"] == "INTERRUPTED" and not (count / "build-node-3").exists()  # not started twice
+    journal = yaml.safe_load((cluster / "status/recoveries" / f"{outcome['trace_id']}.yaml").read_text())
+    assert journal["resume_attempts"] == 0  # a command at work is not a failed attempt
+    for pid in alive:  # now the host dies after all
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while any(subprocs.alive(pid) for pid in alive) and time.monotonic() < deadline:
+        subprocs.reap_zombies()
+        time.sleep(0.05)
+    done = cli("--repo", cluster, "-o", "json", "reconcile")
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["traces"][0]["after"] == "CLEAN_EXIT"
+    assert (count / "fetch-node-3").read_text() == "0" and (count / "build-node-3").read_text() == "1"
 
 
 def test_a_resumable_command_whose_stage_is_gone_is_rolled_back(cluster: Path, cli: Invoke, tmp_path: Path) -> None:
