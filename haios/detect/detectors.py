@@ -8,6 +8,7 @@ detector               mechanism                                                
 ``heartbeat_loss``     heartbeat older than ``unhealthy_after`` intervals          silent node or agent death
 ``partial_commit``     one participant finished (g, phase), others not within Φ    partial commit across nodes
 ``partition``          a majority of peers silent past the window (gossip)         network split
+``left_out``           the others committed (g, phase) in an attempt without it     a member left behind
 =====================  ==========================================================  ============================
 
 The local-pause rule (Cassandra's), narrowly: when the previous pass is older than the heartbeat
@@ -186,6 +187,31 @@ def _fix_for_open(node: str, s: PhaseSummary, others_committed: bool) -> str:
     return f"haios --repo <repo> reconcile   # rolls g={s.g} {s.phase} back on {node} ('haios plan' shows it first)"
 
 
+def _left_out(
+    g: int, phase: str, left: list[str], summaries: Mapping[str, PhaseSummary], committed: list[str]
+) -> Finding:
+    still_open = [p for p in left if summaries[p].ended is None]
+    fix = f"haios --repo <repo> node rejoin {' / '.join(left)}   # catches it up with what the others committed"
+    if still_open:
+        fix = (
+            f"haios --repo <repo> reconcile   # rolls its own attempt back on {', '.join(still_open)} alone; then {fix}"
+        )
+    return Finding(
+        "left_out",
+        "warning",
+        tuple(left),
+        g,
+        phase,
+        f"{', '.join(committed)} committed g={g} {phase} without {', '.join(left)} (left out after "
+        f"{'they' if len(left) > 1 else 'it'} failed to prepare)",
+        {
+            "committed": committed,
+            "attempt": {p: "open" if summaries[p].ended is None else "aborted" for p in left},
+        },
+        fix,
+    )
+
+
 def wal_gap(obs: Mapping[str, NodeObservation], estimators: Estimators, now: float) -> list[Finding]:
     findings = []
     for node, o in obs.items():
@@ -315,7 +341,16 @@ def partial_commit(
             for p in participants
             if p not in summaries and (p not in obs or not obs[p].reachable or (g, phase) in forgot.get(p, ()))
         }
-        lagging = [p for p in participants if p not in finished and p not in unknown]
+        # a member the coordinator left out: the commit's own attempt did not include it, and its
+        # attempt is another one (it failed to prepare): behind, not half done
+        included = {p for s in finished.values() for p in s.participants}
+        attempts = {s.trace_id for s in finished.values()}
+        left = sorted(
+            p for p, s in summaries.items() if p not in finished and p not in included and s.trace_id not in attempts
+        )
+        if left:
+            findings.append(_left_out(g, phase, left, summaries, sorted(finished)))
+        lagging = [p for p in participants if p not in finished and p not in unknown and p not in left]
         if not lagging or now - first_end <= timeout:
             continue
         missing = {}

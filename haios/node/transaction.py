@@ -641,8 +641,11 @@ class PhaseTx:
 
     def _exec_status(self, status: str) -> None:
         path = self.node.root / f"exec_status_{self.g}.txt"
-        body, version = controlfile.read_mapping(path)
-        body.update(status=status, updated_at=utc(self.node.clock()))
+        now = utc(self.node.clock())
+        body, version = controlfile.read_mapping(path) if path.exists() else ({}, controlfile.current_version(path))
+        if body.get("phase") != self.phase:  # killed between BEGIN_PHASE and the file's write: written whole now
+            body = {"g": self.g, "phase": self.phase, "started_at": utc(self.log.begin_ts or self.node.clock())}
+        body.update(status=status, updated_at=now)
         controlfile.write_mapping(path, body, expected_version=version)
 
     def close(self) -> None:

@@ -669,6 +669,7 @@ def _health(obs: NodeObservation, findings: list[Finding]) -> str:
         ("partition", "PARTITIONED"),
         ("partial_commit", "HALF-DONE"),
         ("wal_gap", "HALF-DONE"),
+        ("left_out", "BEHIND"),
         ("wal_torn_tail", "TORN-TAIL"),
         ("heartbeat_loss", "UNHEALTHY"),
         ("exec_sla", "SLOW"),

@@ -184,13 +184,17 @@ def assess(
         behind = _committed_without(ctx, g, phase, participants)
         if behind:
             # the coordinator aborted their attempt and committed the transition with the others: only
-            # their own attempt is left, and it is rolled back on them alone (rejoin catches them up)
-            stale, committed_by = behind
+            # their own attempt is left — rolled back on them alone while it is open, its side effects
+            # compensated if it was aborted owing some, else nothing to do (rejoin catches them up)
+            left, committed_by = behind
             why = (
-                f"(g={g}, {phase}) was committed without {', '.join(stale)} by {', '.join(committed_by)}: "
-                f"the attempt {'they' if len(stale) > 1 else 'it'} began was aborted by the others"
+                f"(g={g}, {phase}) was committed without {', '.join(left)} by {', '.join(committed_by)}: "
+                f"the attempt {'they' if len(left) > 1 else 'it'} began was aborted by the others"
             )
-            return assess(ctx, g, phase, stale, resume_attempts=resume_attempts, force_rollback=why)
+            summaries = {n: ctx.observations[n].phases[(g, phase)] for n in left}
+            if any(s.ended is None for s in summaries.values()):
+                return assess(ctx, g, phase, left, resume_attempts=resume_attempts, force_rollback=why)
+            return assess(ctx, g, phase, left, resume_attempts=resume_attempts)
     views, infos = _views(ctx, g, phase, participants)
     trace_id, journal, rollbacks = _trace_identity(ctx, g, phase, infos)
     state = State(journal.state) if journal is not None else _state_from_records(infos, trace_id)
@@ -248,22 +252,22 @@ def assess(
 
 
 def _committed_without(ctx: Context, g: int, phase: str, participants: list[str]) -> tuple[list[str], list[str]] | None:
-    """The participants whose attempt at (g, phase) is still open while every other participant
-    committed an attempt that did not include them (a coordinator that left them out after they
-    failed to prepare); and those others. None when that is not the case."""
+    """The participants left out of (g, phase): every other participant committed an attempt that
+    did not include them (a coordinator that went on without a member that failed to prepare),
+    and theirs is another attempt, still open or aborted. Returns them and those others; None when
+    that is not the case."""
     summaries = {
         n: s for n in participants if (o := ctx.observations.get(n)) is not None and (s := o.phases.get((g, phase)))
     }
     committed = {n: s for n, s in summaries.items() if s.ended == "COMMIT_PHASE"}
-    open_ = [n for n, s in summaries.items() if s.ended is None]
-    if not committed or not open_ or len(committed) + len(open_) != len(participants):
+    left = [n for n, s in summaries.items() if s.ended != "COMMIT_PHASE"]
+    if not committed or not left or len(summaries) != len(participants):
         return None
-    without = [n for n in open_ if all(n not in s.participants for s in committed.values())]
-    if without != open_:
+    if any(n in s.participants for n in left for s in committed.values()):
+        return None  # one of the committed attempts included them: a commit they must follow
+    if any(summaries[n].trace_id in {s.trace_id for s in committed.values()} for n in left):
         return None
-    if any(summaries[n].trace_id in {s.trace_id for s in committed.values()} for n in open_):
-        return None  # the same attempt: a commit they must follow (roll forward or a human)
-    return open_, sorted(committed)
+    return left, sorted(committed)
 
 
 def _last_activity(ctx: Context, g: int, phase: str, participants: list[str]) -> float | None:

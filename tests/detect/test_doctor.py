@@ -210,3 +210,33 @@ def test_doctor_invalid_repo_is_a_config_finding(cli: Invoke, healthy: Path, tmp
     )
     result = cli("--repo", directory, "doctor")
     assert result.exit_code == 2 and "config" in result.stdout and "phi.k: must be at most 2.0" in result.stdout
+
+
+def test_the_report_schema_names_every_finding_kind_and_health_doctor_can_emit() -> None:
+    """A report that validates today must validate whatever doctor finds: every kind haios builds a
+    Finding with, and every health label, is in the schema's enums."""
+    import ast
+    import json
+
+    package = Path(__file__).resolve().parents[2] / "haios"
+    schema = json.loads((package.parent / "schemas/doctor-report.schema.json").read_text())
+    kinds = set(schema["properties"]["findings"]["items"]["properties"]["kind"]["enum"])
+    healths = set(schema["properties"]["nodes"]["items"]["properties"]["health"]["enum"])
+    emitted: set[str] = set()
+    labels: set[str] = set()
+    for path in [*package.glob("ops/*.py"), *package.glob("detect/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Finding" and node.args:
+                first = node.args[0]
+                if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                    emitted.add(first.value)
+                elif isinstance(first, ast.IfExp):  # "wal_torn_tail" if torn else "wal_corrupt"
+                    emitted |= {c.value for c in (first.body, first.orelse) if isinstance(c, ast.Constant)}
+            if isinstance(node, ast.FunctionDef) and node.name == "_health":
+                labels |= {
+                    c.value
+                    for c in ast.walk(node)
+                    if isinstance(c, ast.Constant) and isinstance(c.value, str) and c.value.isupper()
+                }
+    assert len(emitted) > 30 and emitted <= kinds, sorted(emitted - kinds)
+    assert labels and labels <= healths, sorted(labels - healths)

@@ -73,6 +73,29 @@ def test_transaction_commit_updates_state_data_and_exec_status(node_root: Path) 
     assert payload["node"] == "n1" and payload["vc"] == {"n1": 1} and payload["participants"] == ["n1"]
 
 
+@pytest.mark.parametrize("earlier", [False, True])
+def test_an_end_writes_exec_status_a_kill_after_begin_never_wrote(node_root: Path, earlier: bool) -> None:
+    """Killed between BEGIN_PHASE and the exec status file's write: the abort (or commit) that ends
+    the phase writes the file whole, for this phase — not one of an earlier phase of the iteration."""
+    node = Node(node_root, clock=lambda: 1_790_000_000.5)
+    if earlier:
+        _run(node, 1, "ANALYZE", {})
+    phase = "BLUEPRINT" if earlier else "ANALYZE"
+    node.begin(1, phase, participants=["n1"]).close()
+    if earlier:  # the file is still ANALYZE's: as if the kill came before BLUEPRINT's write
+        controlfile.write_mapping(
+            node_root / "exec_status_1.txt",
+            {"g": 1, "phase": "ANALYZE", "status": "DONE", "started_at": "x", "updated_at": "x"},
+            expected_version=controlfile.current_version(node_root / "exec_status_1.txt"),
+        )
+    else:
+        (node_root / "exec_status_1.txt").unlink()
+    node.resume(1, phase).abort("its executor was killed")
+    status, _ = controlfile.read_mapping(node_root / "exec_status_1.txt")
+    assert (status["phase"], status["status"]) == (phase, "FAILED")
+    assert node.open_phase() is None
+
+
 def test_transaction_phase_order_through_iterations(node_root: Path) -> None:
     node = Node(node_root)
     assert next_transition(0, None) == (1, "ANALYZE")

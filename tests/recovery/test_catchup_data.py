@@ -167,3 +167,23 @@ def test_an_attempt_the_others_committed_without_it_is_rolled_back_on_it_alone(c
     assert rejoined.exit_code == 0, rejoined.output
     assert positions(cluster) == {n: (2, "ANALYZE") for n in everyone}
     assert (roots["node-3"] / "data/analyze/extra.conf").read_bytes() == b"committed without node-3\n"
+
+
+def test_a_left_out_attempt_already_aborted_needs_no_trace_only_a_rejoin(cluster: Path, cli: Invoke) -> None:
+    roots = {n: cluster / "nodes" / n for n in ("node-1", "node-2", "node-3")}
+    everyone = list(roots)
+    for n in everyone:
+        Node(roots[n]).begin(2, "ANALYZE", participants=everyone, trace_id="first").close()
+        Node(roots[n]).resume(2, "ANALYZE").abort("participant(s) node-3 did not prepare")  # node-3's own, on restart
+    for n in ("node-1", "node-2"):
+        assert run_phase(roots[n], 2, "ANALYZE", [], participants=["node-1", "node-2"], commit=True).outcome
+    plan = json.loads(cli("--repo", cluster, "-o", "json", "plan").stdout)
+    assert plan["traces"] == [] and plan["exit_code"] == 0  # nothing for reconcile: node-3 is just behind
+    doctor = json.loads(cli("--repo", cluster, "-o", "json", "doctor").stdout)
+    (left,) = [f for f in doctor["findings"] if f["kind"] == "left_out"]
+    assert left["nodes"] == ["node-3"] and left["severity"] == "warning"
+    assert left["fix"].startswith(f"haios --repo {cluster} node rejoin node-3")
+    assert not [f for f in doctor["findings"] if f["kind"] == "partial_commit"]  # behind, not half done
+    assert {n["node"]: n["health"] for n in doctor["nodes"]}["node-3"] == "BEHIND"
+    assert cli("--repo", cluster, "node", "rejoin", "node-3").exit_code == 0
+    assert positions(cluster) == {n: (2, "ANALYZE") for n in everyone}
