@@ -95,3 +95,13 @@ def test_benchmarks_run_bench_quick_run_prints_its_table(tmp_path: Path) -> None
     assert lines[0].split()[:3] == ["measure", "median", "ms"]
     assert any(line.startswith("node run: haios node run -- true") for line in lines)
     assert list(work.iterdir()) == []
+
+
+def test_benchmarks_startup_bench_quick_run_prints_its_table(tmp_path: Path) -> None:
+    work, proc = _quick(tmp_path, "startup_bench", timeout=300)
+    assert proc.returncode in (0, 1), proc.stderr  # 1: a target missed, not a failure here
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:2] == ["measure", "median"]
+    for row in ("python3 -c pass", "haios --version", "haios --help", "haios node step", "haios node intent"):
+        assert any(line.startswith(row) for line in lines), row
+    assert list(work.iterdir()) == []

@@ -1,20 +1,93 @@
-"""The ``haios`` command: global options and the command groups."""
+"""The ``haios`` command: global options and the command groups.
+
+The commands are imported when they are asked for, not all at start: ``haios node step`` loads
+the node's commands, not the reconciler, GitPython, jsonschema or paramiko. ``COMMANDS`` names
+each top-level command and group, in the order help lists them, with the module that defines it.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
+from difflib import get_close_matches
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+import typer.main
+from typer._click.exceptions import UsageError
+from typer.models import CommandInfo, TyperInfo
+
+if TYPE_CHECKING:
+    from typer._click import Command
 
 from .. import __version__
 from ._errors import HaiosGroup
 from ._options import GlobalOptions, Output, color_wanted, current
 
+# name -> (module under haios.cli, the command function; None: the module's ``app`` is a group)
+COMMANDS: dict[str, tuple[str, str | None]] = {
+    "init": ("init", "init"),
+    "validate": ("validate", "validate"),
+    "plan": ("recover", "plan"),
+    "reconcile": ("recover", "reconcile"),
+    "doctor": ("doctor", "doctor"),
+    "status": ("doctor", "status"),
+    "audit": ("recover", "audit"),
+    "report": ("report", "report"),
+    "agent": ("agent", "agent"),
+    "run": ("run", "run"),
+    "budget": ("budget", None),
+    "metrics": ("metrics", None),
+    "node": ("node", None),
+    "override": ("override", None),
+    "sim": ("sim", None),
+    "wal": ("wal", None),
+}
+
+
+class LazyGroup(HaiosGroup):
+    """The root group: a command is imported and built the first time it is asked for."""
+
+    def list_commands(self, ctx: typer.Context | None) -> list[str]:  # type: ignore[override]
+        return list(COMMANDS)
+
+    def get_command(self, ctx: typer.Context | None, cmd_name: str) -> Command | None:  # type: ignore[override]
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            self.commands[cmd_name] = _build(cmd_name)
+        return super().get_command(ctx, cmd_name)  # type: ignore[arg-type]
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except UsageError as exc:  # a typo: suggest from every command, not only those built so far
+            matches = get_close_matches(args[0], list(COMMANDS)) if args else []
+            if matches and "Did you mean" not in exc.message:
+                exc.message = f"{exc.message.rstrip('.')}. Did you mean {', '.join(repr(m) for m in matches)}?"
+            raise
+
+
+def _build(name: str) -> Command:
+    """What ``app.command(name=...)`` or ``app.add_typer(module.app, name=...)`` would have made."""
+    module_name, function = COMMANDS[name]
+    module: Any = importlib.import_module(f"{__package__}.{module_name}")
+    if function is None:
+        return typer.main.get_group_from_info(
+            TyperInfo(module.app, name=name),
+            pretty_exceptions_short=app.pretty_exceptions_short,
+            rich_markup_mode=app.rich_markup_mode,
+            suggest_commands=app.suggest_commands,
+        )
+    return typer.main.get_command_from_info(
+        CommandInfo(name=name, callback=getattr(module, function)),
+        pretty_exceptions_short=app.pretty_exceptions_short,
+        rich_markup_mode=app.rich_markup_mode,
+    )
+
+
 app = typer.Typer(
     name="haios",
-    cls=HaiosGroup,
+    cls=LazyGroup,
     help=(
         "Keep a HAiOS cluster's phase transitions atomic and recoverable: detect half-done "
         "transitions and drive them back to a known-good state, auditable in git."
@@ -62,30 +135,6 @@ def main_options(
     # library warnings (a torn WAL tail repaired on the way) reach stderr as one 'haios:' line
     level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
     logging.basicConfig(level=level, format="haios: %(message)s")
-
-
-def _register() -> None:
-    from . import agent, budget, doctor, init, metrics, node, override, recover, report, run, sim, validate, wal
-
-    app.command(name="init")(init.init)
-    app.command(name="validate")(validate.validate)
-    app.command(name="plan")(recover.plan)
-    app.command(name="reconcile")(recover.reconcile)
-    app.command(name="doctor")(doctor.doctor)
-    app.command(name="status")(doctor.status)
-    app.command(name="audit")(recover.audit)
-    app.command(name="report")(report.report)
-    app.command(name="agent")(agent.agent)
-    app.command(name="run")(run.run)
-    app.add_typer(budget.app, name="budget")
-    app.add_typer(metrics.app, name="metrics")
-    app.add_typer(node.app, name="node")
-    app.add_typer(override.app, name="override")
-    app.add_typer(sim.app, name="sim")
-    app.add_typer(wal.app, name="wal")
-
-
-_register()
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ def walk(command: object, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[st
     yield path, command
     if isinstance(command, TyperGroup):
         for name in command.list_commands(None):  # type: ignore[arg-type]
-            yield from walk(command.commands[name], (*path, name))
+            yield from walk(command.get_command(None, name), (*path, name))  # type: ignore[arg-type]
 
 
 def _param_rows(command: object) -> list[str]:

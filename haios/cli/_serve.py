@@ -8,23 +8,20 @@ The words are exactly those the transport sends; anything else goes through the 
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
 
-from .. import replication  # noqa: F401 - plugs WAL replication into the nodes written here
 from ..errors import HaiosError, UsageError
-from ..node.gossip import serve as gossip_serve
-from ..node.recover import dispatch
-from ..node.runner import participate
-from ..replication.links import handle as replica_handle
-from ..transport.base import Handler, serve_lines
 
-SERVERS: dict[str, Handler] = {
-    "gossip-serve": gossip_serve,
-    "participate": participate,
-    "replica-serve": replica_handle,
-    "recover": dispatch,  # one request on stdin, not a conversation
+# name -> (module, function) of its handler: imported only when that server starts, so that every
+# other command pays nothing for the check in haios.cli.main
+SERVERS: dict[str, tuple[str, str]] = {
+    "gossip-serve": ("haios.node.gossip", "serve"),
+    "participate": ("haios.node.runner", "participate"),
+    "replica-serve": ("haios.replication.links", "handle"),
+    "recover": ("haios.node.recover", "dispatch"),  # one request on stdin, not a conversation
 }
 
 
@@ -38,7 +35,11 @@ def fast_server(argv: list[str]) -> str | None:
 
 def serve(name: str, root: str) -> int:
     """Answer requests on stdin for ROOT with the server ``name``; errors as the command line's JSON."""
-    handler = SERVERS[name]
+    importlib.import_module("haios.replication")  # plugs WAL replication into the nodes written here
+    from ..transport.base import serve_lines
+
+    module, function = SERVERS[name]
+    handler = getattr(importlib.import_module(module), function)
 
     def write(line: str) -> None:
         sys.stdout.write(line)

@@ -6,30 +6,26 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .. import replication as _replication  # noqa: F401 - plugs WAL replication into the nodes run here
-from ..audit import desired_commit
-from ..config import load_repo, parse_duration
+from ..config import parse_duration
 from ..config.model import NAME_RE
 from ..errors import HaiosError, UsageError
 from ..node import Node
-from ..node.gossip import serve as gossip_serve_one
-from ..node.gossip import view as gossip_view
-from ..node.recover import dispatch
 from ..node.root import init_node_root
 from ..node.runner import participate as participate_one
 from ..node.runner import run_phase
-from ..ops.agent import SERVE as GOSSIP_SERVE
-from ..ops.agent import Agent
-from ..ops.rejoin import rejoin as do_rejoin
-from ..replication.links import handle as replica_handle
-from ..transport import open_transport
-from ..transport.base import Exchange, Handler, serve_lines
 from . import _render
 from ._options import Output, OutputOpt, RepoOpt, resolve
+
+if TYPE_CHECKING:
+    from ..transport.base import Exchange, Handler
+
+# What a phase's command calls per sub-step (step, side-effect, intent) starts with the node's own
+# modules only; the commands that reach other nodes or the repo import those where they run.
 
 app = typer.Typer(
     help="Run a phase transaction on a node, step by step (for shell-based executors).", no_args_is_help=True
@@ -268,6 +264,13 @@ def heartbeat(
 
     For nodes on other hosts, their own agent beats ('haios agent ROOT' on each).
     """
+    from ..config import load_repo
+    from ..node.gossip import serve as gossip_serve_one
+    from ..node.gossip import view as gossip_view
+    from ..ops.agent import SERVE as GOSSIP_SERVE
+    from ..ops.agent import Agent
+    from ..transport import open_transport
+
     opts = resolve(ctx, repo=repo)
     config = load_repo(opts.repo)
     roots = {n.name: n.local_root(opts.repo) for n in config.cluster.nodes if n.transport == "local"}
@@ -310,6 +313,8 @@ def gossip_serve(root: RootArg) -> int:
 
     What a peer's agent runs here over SSH, one long-lived session per peer.
     """
+    from ..node.gossip import serve as gossip_serve_one
+
     return _serve(root, gossip_serve_one)
 
 
@@ -331,6 +336,8 @@ def recover(
     parsed = _json_arg(text, "the request")
     if not isinstance(parsed, dict):
         raise UsageError('the request must be a JSON object such as {"op": "inspect", "g": 1, "phase": "ANALYZE"}')
+    from ..node.recover import dispatch
+
     _render.emit_ndjson(dispatch(root, parsed))
     return 0
 
@@ -357,6 +364,8 @@ def rejoin(
     3 it needs a human, is still isolated, or no peer holds what it is missing; 5 its WAL is
     corrupt; 1 on error.
     """
+    from ..ops.rejoin import rejoin as do_rejoin
+
     opts = resolve(ctx, repo=repo, output=output)
     result = do_rejoin(opts.repo, node)
     if opts.output is not Output.text:
@@ -378,10 +387,14 @@ def replica_serve(root: RootArg) -> int:
 
     This is what an origin node runs on its ssh replica peers (one long-lived session per peer).
     """
+    from ..replication.links import handle as replica_handle
+
     return _serve(root, replica_handle)
 
 
 def _serve(root: Path, handler: Handler) -> int:
+    from ..transport.base import serve_lines
+
     def write(line: str) -> None:
         sys.stdout.write(line)
         sys.stdout.flush()
@@ -412,6 +425,9 @@ def replication(
 
     Exit 0; 1 when a node could not be reached (or replication is off in haios.yaml).
     """
+    from ..config import load_repo
+    from ..transport import open_transport
+
     opts = resolve(ctx, repo=repo, output=output)
     config = load_repo(opts.repo)
     if config.cluster.replication.mode == "off":
@@ -487,6 +503,10 @@ def provision(
     """Create the node roots of the repo's nodes that lack one — local ones here, ssh ones on the node
     through 'haios node init' — with the policy compiled from the desired state. Existing roots are
     left alone. Exit 0 when every node has a root, 1 when one could not be reached or created."""
+    from ..audit import desired_commit
+    from ..config import load_repo
+    from ..transport import open_transport
+
     opts = resolve(ctx, repo=repo, output=output)
     config = load_repo(opts.repo)
     chosen = nodes or [n.name for n in config.cluster.nodes]
