@@ -1,4 +1,7 @@
-"""Rendering: text to a terminal (rich), JSON for scripts. Commands never print any other way."""
+"""Rendering: text to a terminal (rich), JSON for scripts. Commands never print any other way.
+
+rich is imported when text is first rendered: a command whose output is JSON (a node's sub-step, a
+server) does not pay for it."""
 
 from __future__ import annotations
 
@@ -7,17 +10,20 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from ..timefmt import utc
 from ..untrusted import inert
 from ._options import GlobalOptions, Output, current
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
 
 def console(*, stderr: bool = False, opts: GlobalOptions | None = None) -> Console:
+    from rich.console import Console
+
     o = opts or current.get()
     return Console(
         file=sys.stderr if stderr else sys.stdout,
@@ -92,6 +98,8 @@ def runnable(text: str) -> str:
 
 def cell(value: object, *, style: str = "") -> Text:
     """A table cell holding ``value`` as plain text: no markup, no line breaks, no escapes."""
+    from rich.text import Text
+
     return Text(inert(words(value), newlines=False), style=style)
 
 
