@@ -8,21 +8,40 @@ The words are exactly those the transport sends; anything else goes through the 
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import HaiosError, UsageError
 
-# name -> (module, function) of its handler: imported only when that server starts, so that every
-# other command pays nothing for the check in haios.cli.main
-SERVERS: dict[str, tuple[str, str]] = {
-    "gossip-serve": ("haios.node.gossip", "serve"),
-    "participate": ("haios.node.runner", "participate"),
-    "replica-serve": ("haios.replication.links", "handle"),
-    "recover": ("haios.node.recover", "dispatch"),  # one request on stdin, not a conversation
-}
+if TYPE_CHECKING:
+    from ..transport.base import Handler
+
+# "recover" takes one request on stdin, not a conversation
+SERVERS = ("gossip-serve", "participate", "replica-serve", "recover")
+
+
+def _handler(name: str) -> Handler:
+    """The server's handler, imported only when that server starts: every other command pays nothing
+    for the check in :func:`haios.cli.main`."""
+    from .. import replication  # noqa: F401 - plugs WAL replication into the nodes written here
+
+    if name == "gossip-serve":
+        from ..node.gossip import serve as gossip
+
+        return gossip
+    if name == "participate":
+        from ..node.runner import participate
+
+        return participate
+    if name == "replica-serve":
+        from ..replication.links import handle
+
+        return handle
+    from ..node.recover import dispatch
+
+    return dispatch
 
 
 def fast_server(argv: list[str]) -> str | None:
@@ -35,11 +54,9 @@ def fast_server(argv: list[str]) -> str | None:
 
 def serve(name: str, root: str) -> int:
     """Answer requests on stdin for ROOT with the server ``name``; errors as the command line's JSON."""
-    importlib.import_module("haios.replication")  # plugs WAL replication into the nodes written here
     from ..transport.base import serve_lines
 
-    module, function = SERVERS[name]
-    handler = getattr(importlib.import_module(module), function)
+    handler = _handler(name)
 
     def write(line: str) -> None:
         sys.stdout.write(line)
