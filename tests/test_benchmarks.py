@@ -105,3 +105,13 @@ def test_benchmarks_startup_bench_quick_run_prints_its_table(tmp_path: Path) -> 
     for row in ("python3 -c pass", "haios --version", "haios --help", "haios node step", "haios node intent"):
         assert any(line.startswith(row) for line in lines), row
     assert list(work.iterdir()) == []
+
+
+def test_benchmarks_detect_bench_quick_run_prints_its_table(tmp_path: Path) -> None:
+    work, proc = _quick(tmp_path, "detect_bench", timeout=600)
+    assert proc.returncode in (0, 1), proc.stderr  # toy sizes: targets are not the point here
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:2] == ["measure", "value"]
+    (first,) = [line for line in lines if line.startswith("first pass, one node in one process")]
+    assert "records/s; read + crc32" in first and "ratio" in first
+    assert any(line.startswith("doctor pass 2") for line in lines)
