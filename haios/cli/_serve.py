@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 SERVERS = ("gossip-serve", "participate", "replica-serve", "recover")
 
 
-def _handler(name: str) -> Handler:
+def handler(name: str) -> Handler:
     """The server's handler, imported only when that server starts: every other command pays nothing
     for the check in :func:`haios.cli.main`."""
     from .. import replication  # noqa: F401 - plugs WAL replication into the nodes written here
@@ -56,7 +56,7 @@ def serve(name: str, root: str) -> int:
     """Answer requests on stdin for ROOT with the server ``name``; errors as the command line's JSON."""
     from ..transport.base import serve_lines
 
-    handler = _handler(name)
+    handle_one = handler(name)
 
     def write(line: str) -> None:
         sys.stdout.write(line)
@@ -71,9 +71,9 @@ def serve(name: str, root: str) -> int:
                 raise UsageError(f"the request is not valid JSON: {exc}") from exc
             if not isinstance(request, dict):
                 raise UsageError("the request must be a JSON object")
-            write(json.dumps(handler(Path(root), request), separators=(",", ":")) + "\n")
+            write(json.dumps(handle_one(Path(root), request), separators=(",", ":")) + "\n")
         else:
-            serve_lines(Path(root), handler, sys.stdin, write)
+            serve_lines(Path(root), handle_one, sys.stdin, write)
     except HaiosError as exc:
         sys.stdout.write(json.dumps({"error": exc.to_wire()}) + "\n")
         sys.stderr.write(f"error: {exc.one_line()}\n")

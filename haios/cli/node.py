@@ -16,10 +16,10 @@ from ..config.model import NAME_RE
 from ..errors import HaiosError, UsageError
 from ..node import Node
 from ..node.root import init_node_root
-from ..node.runner import participate as participate_one
 from ..node.runner import run_phase
 from . import _render
 from ._options import Output, OutputOpt, RepoOpt, resolve
+from ._serve import handler
 
 if TYPE_CHECKING:
     from ..transport.base import Exchange, Handler
@@ -243,7 +243,7 @@ def participate(root: RootArg) -> int:
 
     What 'haios run' starts on each member over SSH, one session per run.
     """
-    return _serve(root, participate_one)
+    return _serve(root, handler("participate"))
 
 
 @app.command()
@@ -313,9 +313,7 @@ def gossip_serve(root: RootArg) -> int:
 
     What a peer's agent runs here over SSH, one long-lived session per peer.
     """
-    from ..node.gossip import serve as gossip_serve_one
-
-    return _serve(root, gossip_serve_one)
+    return _serve(root, handler("gossip-serve"))
 
 
 @app.command()
@@ -336,9 +334,7 @@ def recover(
     parsed = _json_arg(text, "the request")
     if not isinstance(parsed, dict):
         raise UsageError('the request must be a JSON object such as {"op": "inspect", "g": 1, "phase": "ANALYZE"}')
-    from ..node.recover import dispatch
-
-    _render.emit_ndjson(dispatch(root, parsed))
+    _render.emit_ndjson(handler("recover")(root, parsed))
     return 0
 
 
@@ -387,19 +383,17 @@ def replica_serve(root: RootArg) -> int:
 
     This is what an origin node runs on its ssh replica peers (one long-lived session per peer).
     """
-    from ..replication.links import handle as replica_handle
-
-    return _serve(root, replica_handle)
+    return _serve(root, handler("replica-serve"))
 
 
-def _serve(root: Path, handler: Handler) -> int:
+def _serve(root: Path, handle: Handler) -> int:
     from ..transport.base import serve_lines
 
     def write(line: str) -> None:
         sys.stdout.write(line)
         sys.stdout.flush()
 
-    serve_lines(root, handler, sys.stdin, write)
+    serve_lines(root, handle, sys.stdin, write)
     return 0
 
 
