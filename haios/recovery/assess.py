@@ -186,13 +186,12 @@ def assess(
             # the coordinator aborted their attempt and committed the transition with the others: only
             # their own attempt is left — rolled back on them alone while it is open, its side effects
             # compensated if it was aborted owing some, else nothing to do (rejoin catches them up)
-            left, committed_by = behind
+            left, committed_by, still_open = behind
             why = (
                 f"(g={g}, {phase}) was committed without {', '.join(left)} by {', '.join(committed_by)}: "
                 f"the attempt {'they' if len(left) > 1 else 'it'} began was aborted by the others"
             )
-            summaries = {n: ctx.observations[n].phases[(g, phase)] for n in left}
-            if any(s.ended is None for s in summaries.values()):
+            if still_open:
                 return assess(ctx, g, phase, left, resume_attempts=resume_attempts, force_rollback=why)
             return assess(ctx, g, phase, left, resume_attempts=resume_attempts)
     views, infos = _views(ctx, g, phase, participants)
@@ -251,11 +250,13 @@ def assess(
     return _checked(ctx, trace, state, granted)
 
 
-def _committed_without(ctx: Context, g: int, phase: str, participants: list[str]) -> tuple[list[str], list[str]] | None:
+def _committed_without(
+    ctx: Context, g: int, phase: str, participants: list[str]
+) -> tuple[list[str], list[str], bool] | None:
     """The participants left out of (g, phase): every other participant committed an attempt that
     did not include them (a coordinator that went on without a member that failed to prepare),
-    and theirs is another attempt, still open or aborted. Returns them and those others; None when
-    that is not the case."""
+    and theirs is another attempt, still open or aborted. Returns them, those others, and whether
+    one of their attempts is still open; None when that is not the case."""
     summaries = {
         n: s for n in participants if (o := ctx.observations.get(n)) is not None and (s := o.phases.get((g, phase)))
     }
@@ -267,7 +268,7 @@ def _committed_without(ctx: Context, g: int, phase: str, participants: list[str]
         return None  # one of the committed attempts included them: a commit they must follow
     if any(summaries[n].trace_id in {s.trace_id for s in committed.values()} for n in left):
         return None
-    return left, sorted(committed)
+    return left, sorted(committed), any(summaries[n].ended is None for n in left)
 
 
 def _last_activity(ctx: Context, g: int, phase: str, participants: list[str]) -> float | None:
