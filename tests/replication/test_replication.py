@@ -15,7 +15,7 @@ import pytest
 from helpers import Invoke
 
 from haios import controlfile
-from haios.errors import EXIT_BLOCKED, QuorumError, ReplicaChunkError, WalMissingError
+from haios.errors import EXIT_BLOCKED, QuorumError, ReplicaChunkError, WalCorruptError, WalMissingError
 from haios.node import Node
 from haios.ops.doctor import run_doctor
 from haios.replication import Replicator, Settings
@@ -138,6 +138,18 @@ def test_minority_reachable_refuses_durable_appends_not_downgraded(replicated: P
     shutil.move(gone / "node-2", replicated / "nodes/node-2")
     shutil.move(gone / "node-3", replicated / "nodes/node-3")
     _tick(node, 4)
+
+    # the append returns once a majority acknowledged; the other peer's shipment goes on (closing
+    # the node would cancel one still queued): wait for it, bounded, before closing
+    def behind(peer: str) -> bool:
+        try:
+            return _records(replicated / "nodes" / peer / "replicas/node-1") != _records(wal)
+        except WalCorruptError:  # caught mid-write: a tail still arriving
+            return True
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (behind("node-2") or behind("node-3")):
+        time.sleep(0.05)
     node.close()
     for peer in ("node-2", "node-3"):
         assert _records(replicated / "nodes" / peer / "replicas/node-1") == _records(wal)
