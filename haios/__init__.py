@@ -5,8 +5,9 @@ The public library API. Nothing here imports the command line (typer, rich).
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ._lazy import exports
 
 __version__ = "0.1.0"
 
@@ -67,13 +68,7 @@ if TYPE_CHECKING:
     from .ops.init import InitResult, init_repo
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'haios' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # once imported, an ordinary attribute
-    return value
+__getattr__ = exports(__name__, _LAZY)
 
 
 __all__ = [

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
+from collections.abc import Sequence
 from difflib import get_close_matches
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -16,13 +18,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 import typer.main
 from typer._click.exceptions import UsageError
+from typer.core import TyperGroup
 from typer.models import CommandInfo, TyperInfo
 
 if TYPE_CHECKING:
     from typer._click import Command
 
 from .. import __version__
-from ._errors import HaiosGroup
+from ..errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
+from ._errors import command_path, handle, report
 from ._options import GlobalOptions, Output, color_wanted, current
 
 # name -> (module under haios.cli, the command function; None: the module's ``app`` is a group)
@@ -44,6 +48,39 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "sim": ("sim", None),
     "wal": ("wal", None),
 }
+
+
+class HaiosGroup(TyperGroup):
+    """The root command group: runs the command without click's own error handling and maps the result."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        debug = "--debug" in argv[: argv.index("--")] if "--" in argv else "--debug" in argv
+        token = current.set(current.get())
+        try:
+            rv = super().main(
+                args=argv, prog_name=prog_name or "haios", complete_var=complete_var, standalone_mode=False, **extra
+            )
+            code = rv if isinstance(rv, int) else EXIT_OK
+            if code == EXIT_INTERRUPTED:  # Ctrl-C: the command line turned it into exit 130 already
+                report("Interrupted", "interrupted", "", EXIT_INTERRUPTED)
+        except BaseException as exc:  # noqa: BLE001 - this is the central handler
+            if isinstance(exc, SystemExit):
+                code = exc.code if isinstance(exc.code, int) else EXIT_ERROR
+            else:
+                code = handle(exc, debug, command_path(self, argv))
+        finally:
+            current.reset(token)
+        if standalone_mode:
+            sys.exit(code)
+        return code
 
 
 class LazyGroup(HaiosGroup):

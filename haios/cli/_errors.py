@@ -15,14 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import typer
-from typer.core import TyperGroup
-
-from ..errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, HaiosError
+from ..errors import EXIT_ERROR, EXIT_INTERRUPTED, HaiosError
 from ..fsutil import atomic_write, makedirs_durable
 from ..untrusted import inert
 from . import _render
-from ._options import Output, current
+from ._state import Output, current
 
 
 def log_dir() -> Path:
@@ -47,7 +44,7 @@ def _write_crash_log(exc: BaseException) -> Path | None:
     return None
 
 
-def _report(
+def report(
     kind: str, message: str, hint: str, code: int, extra: dict[str, Any] | None = None, command: str = "haios"
 ) -> int:
     # a hint is runnable as printed: the command the user ran, and the --repo they passed
@@ -88,11 +85,13 @@ def handle(exc: BaseException, debug: bool, command: str = "haios") -> int:
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         wire = exc.to_wire()  # all of it: a remote caller rebuilds the error from it (errors.from_wire)
         kind, message, hint, code = wire.pop("type"), wire.pop("message"), wire.pop("hint"), wire.pop("exit_code")
-        return _report(kind, message, hint, code, wire or None, command)
+        return report(kind, message, hint, code, wire or None, command)
     if isinstance(exc, KeyboardInterrupt):
-        return _report("Interrupted", "interrupted", "", EXIT_INTERRUPTED)
+        return report("Interrupted", "interrupted", "", EXIT_INTERRUPTED)
+    import typer  # only here: the per-step fast path reports its errors without the command line
+
     if isinstance(exc, typer.Abort):
-        return _report("Aborted", "aborted", "", EXIT_ERROR)
+        return report("Aborted", "aborted", "", EXIT_ERROR)
     if isinstance(exc, typer.TyperException):  # click usage errors and the like
         ctx = getattr(exc, "ctx", None)
         where = ctx.command_path if ctx is not None else "haios"
@@ -101,45 +100,12 @@ def handle(exc: BaseException, debug: bool, command: str = "haios") -> int:
             if exc.format_message().strip():
                 _render.console(stderr=True).print(inert(exc.format_message()), markup=False)
             return EXIT_ERROR
-        return _report("UsageError", " ".join(exc.format_message().split()), f"see '{where} --help'", EXIT_ERROR)
+        return report("UsageError", " ".join(exc.format_message().split()), f"see '{where} --help'", EXIT_ERROR)
     if debug:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         return EXIT_ERROR
     log = _write_crash_log(exc)
     where = f"the traceback is in {log}" if log else "run again with --debug for the traceback"
-    return _report(
+    return report(
         "InternalError", f"internal error: {type(exc).__name__}: {exc}", f"{where}; please report this bug", EXIT_ERROR
     )
-
-
-class HaiosGroup(TyperGroup):
-    """The root command group: runs the command without click's own error handling and maps the result."""
-
-    def main(  # type: ignore[override]
-        self,
-        args: Sequence[str] | None = None,
-        prog_name: str | None = None,
-        complete_var: str | None = None,
-        standalone_mode: bool = True,
-        **extra: Any,
-    ) -> Any:
-        argv = list(sys.argv[1:] if args is None else args)
-        debug = "--debug" in argv[: argv.index("--")] if "--" in argv else "--debug" in argv
-        token = current.set(current.get())
-        try:
-            rv = super().main(
-                args=argv, prog_name=prog_name or "haios", complete_var=complete_var, standalone_mode=False, **extra
-            )
-            code = rv if isinstance(rv, int) else EXIT_OK
-            if code == EXIT_INTERRUPTED:  # Ctrl-C: the command line turned it into exit 130 already
-                _report("Interrupted", "interrupted", "", EXIT_INTERRUPTED)
-        except BaseException as exc:  # noqa: BLE001 - this is the central handler
-            if isinstance(exc, SystemExit):
-                code = exc.code if isinstance(exc.code, int) else EXIT_ERROR
-            else:
-                code = handle(exc, debug, command_path(self, argv))
-        finally:
-            current.reset(token)
-        if standalone_mode:
-            sys.exit(code)
-        return code

@@ -2,40 +2,26 @@
 
 from __future__ import annotations
 
-import contextvars
-import os
-from dataclasses import dataclass, replace
-from enum import StrEnum
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ._state import DEFAULT_OPTIONS, GlobalOptions, Output, color_wanted, current
 
-class Output(StrEnum):
-    text = "text"
-    json = "json"
-    ndjson = "ndjson"
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "GlobalOptions",
+    "MaxParallelOpt",
+    "Output",
+    "OutputOpt",
+    "RepoOpt",
+    "color_wanted",
+    "current",
+    "resolve",
+]
 
-
-@dataclass(frozen=True)
-class GlobalOptions:
-    repo: Path = Path(".")
-    output: Output = Output.text
-    color: bool = True
-    verbosity: int = 0
-    debug: bool = False
-
-    @property
-    def quiet(self) -> bool:
-        return self.verbosity < 0
-
-
-DEFAULT_OPTIONS = GlobalOptions()
-current: contextvars.ContextVar[GlobalOptions] = contextvars.ContextVar(
-    "haios_options",
-    default=DEFAULT_OPTIONS,  # noqa: B039 - frozen dataclass, never mutated
-)
 
 RepoOpt = Annotated[
     Path | None,
@@ -57,7 +43,3 @@ def resolve(ctx: typer.Context, *, repo: Path | None = None, output: Output | No
     opts = replace(base, repo=repo if repo is not None else base.repo, output=output or base.output)
     current.set(opts)
     return opts
-
-
-def color_wanted(no_color: bool) -> bool:
-    return not no_color and not os.environ.get("NO_COLOR")

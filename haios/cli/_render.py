@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..timefmt import utc
 from ..untrusted import inert
-from ._options import GlobalOptions, Output, current
+from ._state import GlobalOptions, Output, current
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from ..errors import HaiosError, UsageError
 from ..node import Node
 from ..node.root import init_node_root
 from ..node.runner import run_phase
-from . import _render
+from . import _render, _steps
 from ._options import Output, OutputOpt, RepoOpt, resolve
 from ._serve import handler
 
@@ -36,13 +35,6 @@ GOpt = Annotated[int, typer.Option("--g", help="The iteration.", min=0, show_def
 PhaseOpt = Annotated[
     str, typer.Option("--phase", help="ANALYZE, BLUEPRINT, CONSTRUCT, VALIDATE or IDLE.", show_default=False)
 ]
-
-
-def _json_arg(text: str, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise UsageError(f"{what} is not valid JSON: {exc}") from exc
 
 
 @app.command()
@@ -85,14 +77,7 @@ def intent(
     delete: Annotated[bool, typer.Option("--delete", help="The intent deletes the file.")] = False,
 ) -> int:
     """Log a change to a data/ file (applied at prepare)."""
-    if delete == (content_file is not None):
-        raise UsageError("give exactly one of --content-file and --delete")
-    content = None
-    if content_file is not None:
-        content = typer.get_binary_stream("stdin").read() if str(content_file) == "-" else content_file.read_bytes()
-    with Node(root).resume(g, phase) as tx:
-        seq = tx.intent(path, content)
-    _render.emit_ndjson({"g": g, "phase": phase, "seq": seq, "path": path, "op": "delete" if delete else "write"})
+    _render.emit_ndjson(_steps.log_intent(root, g, phase, path, content_file=content_file, delete=delete))
     return 0
 
 
@@ -105,28 +90,23 @@ def side_effect(
     kind: Annotated[
         str | None, typer.Option("--kind", help="Side-effect kind (its compensating playbook).", show_default=False)
     ] = None,
-    params: Annotated[str, typer.Option("--params", help="Parameters as a JSON object.")] = "{}",
+    params: Annotated[str, typer.Option("--params", help="Parameters as a JSON object.")] = _steps.DEFAULT_PARAMS,
     compensator: Annotated[
         str | None, typer.Option("--compensator", help="The playbook that undoes it.", show_default=False)
     ] = None,
     cost: Annotated[
         str, typer.Option("--cost", help='Cost as JSON, e.g. {"amount": 3, "currency": "EUR"}.')
-    ] = '{"amount": 0, "currency": "EUR"}',
+    ] = _steps.DEFAULT_COST,
     done: Annotated[
         str | None,
         typer.Option("--done", help="Log that the call returned, with this JSON result.", show_default=False),
     ] = None,
 ) -> int:
     """Log an external call before it is made (or, with --done, that it returned)."""
-    with Node(root).resume(g, phase) as tx:
-        if done is not None:
-            tx.side_effect_done(key, _json_arg(done, "--done"))
-        else:
-            if kind is None or compensator is None:
-                raise UsageError("--kind and --compensator are required unless --done is given")
-            tx.side_effect(key, kind, _json_arg(params, "--params"), compensator, _json_arg(cost, "--cost"))
     _render.emit_ndjson(
-        {"g": g, "phase": phase, "key": key, "logged": "SIDE_EFFECT_DONE" if done is not None else "SIDE_EFFECT"}
+        _steps.log_side_effect(
+            root, g, phase, key, kind=kind, params=params, compensator=compensator, cost=cost, done=done
+        )
     )
     return 0
 
@@ -137,13 +117,10 @@ def step(
     g: GOpt,
     phase: PhaseOpt,
     name: Annotated[str, typer.Argument(help="The sub-step's name.", show_default=False)],
-    outcome: Annotated[str, typer.Option("--outcome", help="Outcome as JSON.")] = '"ok"',
+    outcome: Annotated[str, typer.Option("--outcome", help="Outcome as JSON.")] = _steps.DEFAULT_OUTCOME,
 ) -> int:
     """Record a completed sub-step of a long phase (a restarted executor skips it)."""
-    with Node(root).resume(g, phase) as tx:
-        tx.step(name, _json_arg(outcome, "--outcome"))
-        steps = tx.completed_steps
-    _render.emit_ndjson({"g": g, "phase": phase, "steps": steps})
+    _render.emit_ndjson(_steps.log_step(root, g, phase, name, outcome))
     return 0
 
 
@@ -331,7 +308,7 @@ def recover(
     token first (exit 4 when it is stale).
     """
     text = request if request is not None else typer.get_text_stream("stdin").read()
-    parsed = _json_arg(text, "the request")
+    parsed = _steps.json_arg(text, "the request")
     if not isinstance(parsed, dict):
         raise UsageError('the request must be a JSON object such as {"op": "inspect", "g": 1, "phase": "ANALYZE"}')
     _render.emit_ndjson(handler("recover")(root, parsed))
@@ -475,7 +452,7 @@ def init_root(
     An existing root is never touched: prints {"created": false} and exits 0.
     """
     text = policy.read_text(encoding="utf-8") if policy is not None else typer.get_text_stream("stdin").read()
-    body = _json_arg(text, "the policy")
+    body = _steps.json_arg(text, "the policy")
     if not isinstance(body, dict) or "cluster" not in body:
         raise UsageError("the policy must be the JSON object 'haios node provision' sends (with a cluster)")
     if not NAME_RE.fullmatch(name):

@@ -17,7 +17,6 @@ from typing import Any
 
 from ..config.model import NodeSpec
 from ..errors import UsageError
-from ..transport import transport_for
 from ..transport.base import Exchange, serve_lines
 from . import peer
 
@@ -62,5 +61,7 @@ def open_links(node: str, peers: dict[str, dict[str, Any]], *, base: Path, timeo
         for name, spec in sorted(peers.items())
         if name != node
     ]
+    from ..transport.cluster import transport_for  # SSH only when a link needs it
+
     cluster = transport_for(specs, base=base, mirror=base / peer.REPLICAS_DIR / ".mirror", connect_timeout=timeout)
     return {s.name: cluster.exchange(s.name, command=SERVE, handler=handle) for s in specs}

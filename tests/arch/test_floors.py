@@ -46,6 +46,7 @@ FLOORS: dict[str, int] = {
     **dict.fromkeys(
         (
             "__version__",
+            "_lazy",
             "errors",
             "fsutil",
             "layout",

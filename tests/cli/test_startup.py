@@ -1,7 +1,8 @@
 """What a command imports when it starts: only what it needs. ``haios --version`` imports no
 command at all; what a phase's command calls per sub-step (``haios node step|side-effect|intent``)
-imports neither the reconciler nor GitPython, jsonschema, paramiko, prometheus-client or rich. (Times are
-the benchmark's business: ``benchmarks/startup_bench.py``.)"""
+imports neither the reconciler nor GitPython, jsonschema, paramiko, prometheus-client or rich, nor
+the command line itself (typer, pydantic) nor SSH. (Times are the benchmark's business:
+``benchmarks/startup_bench.py``.)"""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def test_a_sub_step_imports_the_node_side_only(open_phase: Path, command: list[s
     heavy = {m for m in modules if m in HEAVY or any(m.startswith(f"{h}.") for h in HEAVY)}
     assert not heavy, sorted(heavy)
     assert "rich" not in modules  # its output is JSON: no terminal rendering
+    assert not modules & {"typer", "pydantic", "haios.cli._app", "haios.transport.ssh", "haios.config.validate"}
 
 
 def test_every_command_is_still_listed_and_reachable(tmp_path: Path) -> None:
