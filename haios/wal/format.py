@@ -14,7 +14,7 @@ from enum import IntEnum
 from typing import Any
 
 from ..errors import InputError, SegmentHeaderError
-from ..untrusted import load_json
+from ..untrusted import json_object, load_json
 
 FORMAT_VERSION = 1
 MAGIC = b"HAIOSWAL"
@@ -189,6 +189,9 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     an object, nested deeper than 64 levels, an integer out of 64 bits)."""
     if not raw:
         return {}
+    plain = json_object(raw)
+    if plain is not None:
+        return plain
     try:
         value = load_json(raw, "payload")
     except InputError as exc:

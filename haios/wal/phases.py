@@ -88,8 +88,9 @@ class PhaseLog:
 
 
 def _ts(payload: dict[str, Any]) -> float | None:
-    ts = payload.get("ts")
-    return float(ts) if isinstance(ts, int | float) and not isinstance(ts, bool) else None
+    ts: Any = payload.get("ts")
+    kind = type(ts)  # JSON gives exactly int or float (a bool is neither)
+    return float(ts) if kind is float or kind is int else None
 
 
 class Phases:
@@ -143,6 +144,7 @@ class Phases:
 
     def _begin(self, record: Record) -> PhaseLog:
         p = record.payload
+        ts = _ts(p)
         log = PhaseLog(
             p["g"],
             p["phase"],
@@ -150,8 +152,8 @@ class Phases:
             p["snapshot"],
             list(p["participants"]),
             record.lamport,
-            begin_ts=_ts(p) or 0.0,
-            last_ts=_ts(p),
+            begin_ts=ts or 0.0,
+            last_ts=ts,
         )
         pinned = self.logs.get(log.key)
         if pinned is not None and pinned.begin_lamport == self._begun_at:
@@ -162,7 +164,17 @@ class Phases:
 
     def _owner(self, record: Record, key: tuple[Any, Any]) -> PhaseLog | None:
         """The attempt a record that is not a BEGIN_PHASE counts for."""
-        attempts = [a for a in (self.logs.get(key), self._later.get(key)) if a is not None]
+        only = self.logs.get(key)
+        if not self._later:  # one attempt at most: the rules below, for a list of one
+            if only is None:
+                return None
+            if record.type in _BODY:
+                return only if only.ended is None else None
+            if record.type is RecordType.COMPENSATED:
+                p = record.payload
+                return only if p["key"] in only.side_effects and only.trace_id == p.get("trace_id") else None
+            return only if record.type is RecordType.RECOVERY else None
+        attempts = [a for a in (only, self._later.get(key)) if a is not None]
         trace = record.payload.get("trace_id")
         if record.type in _BODY:
             fits = [a for a in attempts if a.ended is None]

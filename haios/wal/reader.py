@@ -19,9 +19,8 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from ..errors import Corruption, InputError, SegmentHeaderError, VerificationError, WalCorruptError
 from .format import (
@@ -49,6 +48,23 @@ caller that keeps what it reads, to gigabytes. haios's own JSON stays far from i
 BOMB_RATIO = 16
 SECTOR = 512
 _TYPES = frozenset(int(t) for t in RecordType)
+_TYPE_OF = {int(t): t for t in RecordType}
+
+
+class _Payload:
+    """A record's ``payload``: its JSON parsed on first use, then an ordinary attribute of the record
+    (what ``functools.cached_property`` does, without the lock it takes on every first use)."""
+
+    @overload
+    def __get__(self, record: None, owner: type[Record]) -> _Payload: ...
+    @overload
+    def __get__(self, record: Record, owner: type[Record]) -> dict[str, Any]: ...
+    def __get__(self, record: Record | None, owner: type[Record]) -> dict[str, Any] | _Payload:
+        if record is None:
+            return self
+        value = parse_json(record.raw)
+        record.__dict__["payload"] = value
+        return value
 
 
 @dataclass(frozen=True)
@@ -63,10 +79,12 @@ class Record:
     flags: int
     raw: bytes  # the JSON payload bytes
 
-    @cached_property
-    def payload(self) -> dict[str, Any]:
-        """The payload, parsed once (a reader that verifies payloads has parsed it already)."""
-        return parse_json(self.raw)
+    payload = _Payload()  # the payload, parsed once (a reader that verifies payloads has parsed it already)
+
+
+# the fast loop makes each Record without its frozen __init__ (which sets the fields one at a time
+# through object.__setattr__): the instance's dict filled at once, as that __init__ would
+_new_record = object.__new__
 
 
 @dataclass(frozen=True)
@@ -298,6 +316,7 @@ class WalReader:
     ) -> None:
         self.directory = Path(directory)
         self.from_lamport = from_lamport
+        self._at: tuple[int, int, int, int] | None = None  # the cursor, kept as a tuple while reading
         self.cursor = cursor
         self.decode = decode
         self.partial_ok = partial_ok
@@ -330,6 +349,15 @@ class WalReader:
 
     _header: SegmentHeader
 
+    @property
+    def cursor(self) -> Cursor | None:
+        """Where the reader got to: just past the last record it read (or yielded)."""
+        return None if self._at is None else Cursor(*self._at)
+
+    @cursor.setter
+    def cursor(self, value: Cursor | None) -> None:
+        self._at = None if value is None else (value.seq, value.offset, value.lamport, value.crc)
+
     def drain(self) -> WalReader:
         """Read to the end (or the first bad record, which raises), keeping nothing; returns self."""
         for _ in self:
@@ -350,8 +378,8 @@ class WalReader:
             self._check_header(seg, header, prev, wal_id)
             self._header = header
             self.segments_read += 1
-            if self.cursor is not None and self.cursor.seq == seg.seq:
-                pos, lamport, crc = self.cursor.offset, self.cursor.lamport, self.cursor.crc
+            if self._at is not None and self._at[0] == seg.seq:
+                _, pos, lamport, crc = self._at
             else:
                 pos, lamport, crc = SEGMENT_HEADER_SIZE, header.prev_lamport, header.prev_crc
             salt = header.salt
@@ -365,10 +393,20 @@ class WalReader:
                         self.bytes_read += consumed
                         if self.first_lamport is None:
                             self.first_lamport = first
-                        self.cursor = Cursor(seg.seq, pos, lamport, crc)
+                        self._at = (seg.seq, pos, lamport, crc)
                         continue
+                else:
+                    # the whole records of the next chunk, with the checks of _record in as few
+                    # steps as possible; the first that is not plainly good (or not whole in the
+                    # chunk) goes to _record below, which says what is wrong with it
+                    at = self._at
+                    yield from self._fast_records(f.get(pos, min(CHUNK, f.size - pos)), pos, seg, salt, lamport, crc)
+                    if self._at is not at and self._at is not None:  # it read some: go on from the last
+                        _, pos, lamport, crc = self._at
+                    if pos >= f.size:
+                        break
                 try:
-                    record = self._record(f, seg, pos, salt, lamport, crc)
+                    slow, stored = self._record(f, seg, pos, salt, lamport, crc)
                 except _Bad as bad:
                     if (
                         self.partial_ok
@@ -378,28 +416,104 @@ class WalReader:
                     ):
                         return
                     raise self._fail(seg, bad, last, salt) from None
-                pos += RECORD_HEADER_SIZE + len(record[1])
-                self.inflated += max(0, len(record[0].raw) - BOMB_RATIO * len(record[1]))
-                if self.inflated > MAX_INFLATION:
-                    raise InputError(
-                        f"{self.directory}/{seg.name}",
-                        f"compressed payloads up to offset {pos} decode to {self.inflated} bytes beyond "
-                        f"{BOMB_RATIO}x what they store, over the {MAX_INFLATION}-byte limit of one read (not "
-                        "corruption: a decompression bomb, or a WAL no haios writer makes)",
-                        hint="inspect the node; restore its WAL from a replica (haios node rejoin)",
-                    )
-                lamport, crc = record[0].lamport, record[0].crc
-                self.cursor = Cursor(seg.seq, pos, lamport, crc)
+                pos += RECORD_HEADER_SIZE + len(stored)
+                self._inflate(seg, pos, len(slow.raw), len(stored))
+                lamport, crc = slow.lamport, slow.crc
+                self._at = (seg.seq, pos, lamport, crc)
                 self.records += 1
-                self.bytes_read += RECORD_HEADER_SIZE + len(record[1])
+                self.bytes_read += RECORD_HEADER_SIZE + len(stored)
                 if self.first_lamport is None:
                     self.first_lamport = lamport
                 if self.from_lamport is None or lamport >= self.from_lamport:
-                    yield record[0]
-            if self.cursor is None or self.cursor.seq != seg.seq:
-                self.cursor = Cursor(seg.seq, pos, lamport, crc)
+                    yield slow
+            if self._at is None or self._at[0] != seg.seq:
+                self._at = (seg.seq, pos, lamport, crc)
         finally:
             f.close()
+
+    def _inflate(self, seg: Segment, pos: int, raw: int, stored: int) -> None:
+        """Count what a payload decoded to beyond BOMB_RATIO times what it stores; over the limit of
+        one read, stop (a decompression bomb)."""
+        self.inflated += max(0, raw - BOMB_RATIO * stored)
+        if self.inflated > MAX_INFLATION:
+            raise InputError(
+                f"{self.directory}/{seg.name}",
+                f"compressed payloads up to offset {pos} decode to {self.inflated} bytes beyond "
+                f"{BOMB_RATIO}x what they store, over the {MAX_INFLATION}-byte limit of one read (not "
+                "corruption: a decompression bomb, or a WAL no haios writer makes)",
+                hint="inspect the node; restore its WAL from a replica (haios node rejoin)",
+            )
+
+    def _fast_records(
+        self, view: memoryview, base: int, seg: Segment, salt: int, lamport: int, crc: int
+    ) -> Iterator[Record]:
+        """The records that start at ``base`` (``view`` holds the bytes from there; the chain state
+        before them is ``lamport`` and ``crc``), as long as each is whole in ``view`` and passes every
+        check of :meth:`_record` at once; the reader's position and counts follow each one."""
+        import lz4.block
+
+        unpack = _FAST_HEADER.unpack_from
+        crc32 = zlib.crc32
+        decompress = lz4.block.decompress
+        new = _new_record
+        valid = _VALID_TFR
+        types = _TYPE_OF
+        name = seg.name
+        seq = seg.seq
+        decode = self.decode
+        since = self.from_lamport
+        end = len(view)
+        limit = end - RECORD_HEADER_SIZE
+        pos = 0
+        while pos <= limit:
+            rcrc, length, tfr, rsalt, rlamport, rprev, raw_length = unpack(view, pos)
+            nxt = pos + RECORD_HEADER_SIZE + length
+            if nxt > end or rsalt != salt or rprev != crc or tfr not in valid:
+                return
+            if rlamport != lamport + 1 and not (tfr & (FLAG_JUMP << 8) and rlamport > lamport):
+                return
+            if crc32(view[pos + 4 : nxt]) != rcrc:
+                return
+            flags = tfr >> 8
+            if flags & FLAG_LZ4:
+                if raw_length > MAX_PAYLOAD or raw_length > 255 * length + 64:  # lz4_bound
+                    return
+                try:
+                    raw = decompress(view[pos + RECORD_HEADER_SIZE : nxt], uncompressed_size=raw_length)
+                except Exception:  # lz4's own error type; _record reports it
+                    return
+                extra = raw_length - BOMB_RATIO * length
+                if len(raw) != raw_length or (extra > 0 and self.inflated + extra > MAX_INFLATION):
+                    return
+                if extra > 0:
+                    self.inflated += extra
+            elif raw_length != length:
+                return
+            else:
+                raw = bytes(view[pos + RECORD_HEADER_SIZE : nxt])
+            record: Record = new(Record)
+            record.__dict__.update(
+                lamport=rlamport,
+                type=types[tfr & 0xFF],
+                segment=name,
+                offset=base + pos,
+                crc=rcrc,
+                flags=flags,
+                raw=raw,
+            )
+            if decode and (since is None or rlamport >= since):
+                try:
+                    record.payload  # noqa: B018 - parse now: a payload that is not JSON is corruption
+                except ValueError:
+                    return
+            self.bytes_read += nxt - pos
+            lamport, crc, pos = rlamport, rcrc, nxt
+            self._at = (seq, base + pos, lamport, crc)
+            self.records += 1
+            if self.first_lamport is None:
+                self.first_lamport = lamport
+            if since is None or lamport >= since:
+                yield record
 
     def _check_header(
         self, seg: Segment, header: SegmentHeader, prev: SegmentHeader | None, wal_id: int | None
@@ -409,8 +523,8 @@ class WalReader:
             raise WalCorruptError(self.directory, Corruption(seg.name, 0, None, problem, False))
 
     def _chain_end(self) -> tuple[int, int]:
-        assert self.cursor is not None
-        return (self.cursor.crc, self.cursor.lamport)
+        assert self._at is not None
+        return (self._at[3], self._at[2])
 
     def _record(
         self, f: _File, seg: Segment, pos: int, salt: int, lamport: int, prev_crc: int

@@ -15,7 +15,7 @@ from haios import controlfile
 from haios.config.yamlload import load_yaml
 from haios.errors import ControlFileError, InputError, YamlRejected
 from haios.node import shapes
-from haios.untrusted import LIMITS, MAX_DEPTH, inert, load_json, nesting_depth, read_regular
+from haios.untrusted import LIMITS, MAX_DEPTH, inert, json_object, load_json, nesting_depth, read_regular
 
 YAMLISH = st.one_of(
     st.binary(max_size=400),
@@ -137,3 +137,65 @@ def test_every_corpus_file_through_every_text_reader() -> None:
                 outcomes[f"{f.name}/{name}"] = "refused"
     assert outcomes["deep-flow.yaml/yaml"] == outcomes["deep.json/json"] == "refused"
     assert outcomes["bigint.yaml/yaml"] == outcomes["bigint.json/json"] == outcomes["alias-bomb.yaml/yaml"] == "refused"
+
+
+def _careful(data: bytes) -> Any:
+    try:
+        return load_json(data, "p")
+    except InputError:
+        return InputError
+
+
+OBJECTISH = st.one_of(
+    st.text(alphabet='{}[]:,"-0123456789.eE+ a\\u', max_size=300).map(lambda t: ("{" + t).encode()),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=30,
+    ).map(lambda v: __import__("json").dumps({"v": v}, separators=(",", ":")).encode()),
+)
+
+
+@settings(max_examples=800)
+@given(data=OBJECTISH)
+def test_property_the_quick_json_path_agrees_with_the_careful_one(data: bytes) -> None:
+    quick = json_object(data)
+    if quick is not None:  # it answers only what the careful path accepts, with the same value
+        assert _careful(data) == quick and isinstance(quick, dict)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"n":9223372036854775807}',  # the largest 64-bit integer: 19 digits, the careful way
+        '{"n":9223372036854775808}',  # one more: refused
+        '{"n":-9223372036854775809}',
+        '{"f":1e400}',  # overflows to infinity: refused
+        '{"f":' + "9" * 400 + ".0}",
+        '{"f":NaN}',
+        '{"f":-Infinity}',
+        '{"a":1} ',  # trailing whitespace: accepted, the careful way
+        ' {"a":1}',
+        '{"a":1}{"b":2}',  # two documents
+        '{"a":1',
+        "[1,2]",  # not an object
+        '{"a":"\\ud800"}',
+        '{"a":' + "[" * 70 + "]" * 70 + "}",  # deeper than 64
+        '{"a":"' + "[" * 70 + '"}',  # brackets in a string only: accepted, the careful way
+        '{"a":1,"a":2}',
+        '{"id":"1234567890123456789012"}',  # a long digit run in a string: the careful way, same value
+    ],
+)
+def test_the_quick_json_path_on_the_edges(text: str) -> None:
+    data = text.encode()
+    quick = json_object(data)
+    careful = _careful(data)
+    if careful is InputError or not isinstance(careful, dict):
+        assert quick is None
+    elif quick is not None:
+        assert quick == careful
+    assert json_object(b'{"g":1,"phase":"ANALYZE","ts":1796015367.25}') == {
+        "g": 1,
+        "phase": "ANALYZE",
+        "ts": 1796015367.25,
+    }
