@@ -8,7 +8,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from helpers.wal import MakeWal, flip, segments
+from helpers.wal import MakeWal, damage, flip, segments
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -318,18 +318,7 @@ def test_property_fast_verify_and_reading_agree(
     make_wal: MakeWal, action: str, where: float, size: int, mask: int
 ) -> None:
     directory, _ = make_wal(60, segment_size=2048)
-    seg = segments(directory)[min(int(where * 3), len(segments(directory)) - 1)]
-    data = bytearray(seg.read_bytes())
-    pos = int(where * (len(data) - 1))
-    if action == "flip":
-        data[pos] ^= mask
-    elif action == "truncate":
-        del data[pos:]
-    elif action == "zero":
-        data[pos : pos + size] = bytes(len(data[pos : pos + size]))
-    else:
-        data += os.urandom(size)
-    seg.write_bytes(bytes(data))
+    damage(directory, action, where, size, mask)
     report = verify(directory)
     try:
         count = sum(1 for _ in read_records(directory))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.wal import MakeWal, segments
+from helpers.wal import MakeWal, damage, segments
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -93,20 +93,7 @@ def test_property_fast_and_one_at_a_time_reading_agree(
     make_wal: MakeWal, action: str, where: float, size: int, mask: int
 ) -> None:
     directory, _ = make_wal(60, segment_size=2048)
-    seg = segments(directory)[min(int(where * 3), len(segments(directory)) - 1)]
-    data = bytearray(seg.read_bytes())
-    pos = int(where * (len(data) - 1))
-    if action == "flip":
-        data[pos] ^= mask
-    elif action == "truncate":
-        del data[pos:]
-    elif action == "zero":
-        data[pos : pos + size] = bytes(len(data[pos : pos + size]))
-    elif action == "append":
-        data += os.urandom(size)
-    if action in ("not-json", "none"):
-        data = bytearray(seg.read_bytes())
-    seg.write_bytes(bytes(data))
+    damage(directory, action, where, size, mask)
     if action == "not-json":  # a record whose framing is sound but whose payload is not a JSON object
         with Wal.open(directory) as wal:
             wal.append(RecordType.STEP, {"name": "x", "outcome": "ok"}, durable=False)
