@@ -23,7 +23,9 @@ import errno
 import json
 import math
 import os
+import re
 import stat
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +162,26 @@ def nesting_depth(text: str | bytes, limit: int = MAX_DEPTH) -> int:
     return deepest
 
 
+# The depth with most of the work in C: the strings taken out (a regular expression; a string left
+# open runs to the end, as in the byte-by-byte scan, and the possessive loop never backtracks, so the
+# expression is linear), the brackets kept (translate), their running depth summed, never below zero.
+# Only a text it puts over the limit is scanned byte by byte, for the verdict.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*+(?:"|\\?\Z)', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = tuple(1 if b in b"[{" else -1 for b in range(256))
+
+
+def nests_deeper(text: str | bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``[`` and ``{`` nest deeper than ``limit`` in ``text`` (:func:`nesting_depth`'s verdict,
+    in a fraction of its time for the text of a large JSON file)."""
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    depths = list(accumulate(map(_STEP.__getitem__, brackets), initial=0))
+    if min(depths) < 0:  # a closing bracket with none open: not JSON; the depth counts from zero again there
+        depths = list(accumulate(map(_STEP.__getitem__, brackets), lambda depth, step: max(depth + step, 0), initial=0))
+    return max(depths) > limit and nesting_depth(data, limit) > limit
+
+
 _MAX_DIGITS = {10: 19, 8: 22, 16: 16}  # significant digits of the largest 64-bit magnitude, per base
 
 
@@ -223,10 +245,8 @@ def load_json(data: bytes | str, name: str | Path, *, max_depth: int = MAX_DEPTH
     # the depth is at most the number of opening brackets: counting them (in C) spares most texts the
     # byte-by-byte scan (a WAL payload has a handful)
     opened = data.count(b"[") + data.count(b"{") if isinstance(data, bytes) else data.count("[") + data.count("{")
-    if opened > max_depth:
-        depth = nesting_depth(data, max_depth)
-        if depth > max_depth:
-            raise InputError(name, f"nests deeper than {max_depth} levels")
+    if opened > max_depth and nests_deeper(data, max_depth):
+        raise InputError(name, f"nests deeper than {max_depth} levels")
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         return _DECODER.decode(text)

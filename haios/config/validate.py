@@ -19,7 +19,7 @@ from ..errors import ConfigError, Problem, YamlRejected
 from ..layout import TOMBSTONES_FILE
 from ..resources import schema
 from ..sshkeys import parse_public_key
-from ..untrusted import MAX_DEPTH, bounded_int, nesting_depth
+from ..untrusted import MAX_DEPTH, bounded_int, nests_deeper
 from . import model
 from .dataschemas import FOLDER as DATA_SCHEMA_FOLDER
 from .dataschemas import SUFFIX as DATA_SCHEMA_SUFFIX
@@ -355,7 +355,7 @@ def strict_json(text: str) -> Any:
     def no_float(literal: str) -> Any:
         raise ValueError(f"floats are not allowed ({literal[:24]})")
 
-    if nesting_depth(text) > MAX_DEPTH:
+    if nests_deeper(text, MAX_DEPTH):
         raise ValueError(f"nests deeper than {MAX_DEPTH} levels")
     return json.loads(
         text, object_pairs_hook=pairs, parse_int=bounded_int, parse_float=no_float, parse_constant=no_float

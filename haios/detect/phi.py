@@ -69,10 +69,23 @@ class Estimator:
         """Record a completed run (aborted runs are not recorded); capped at outlier_cap × P95."""
         if aborted or not math.isfinite(duration) or duration < 0:
             return
+        # The spread is at least its floors, so P95 is at least the mean plus Z95 × the larger floor:
+        # a duration under the cap of that bound is under the cap, and the window's variance (a pass
+        # over it per sample, most of a first pass's judging) is computed only for the rest.
+        mean = self._mean()
+        if duration <= self.outlier_cap * (mean + Z95 * max(MIN_SIGMA_RATIO * abs(mean), MIN_SIGMA)):
+            self.samples.append(duration)
+            return
         self.samples.append(min(duration, self.outlier_cap * self.p95()))
 
     def weight(self) -> float:
         return min(self.n, self.blend_samples) / self.blend_samples
+
+    def _mean(self) -> float:
+        """The blended normal's mean (what :meth:`distribution` computes, to the bit)."""
+        w = self.weight()
+        m = math.fsum(self.samples) / self.n if self.n else 0.0
+        return (1 - w) * self.prior_mean + w * m
 
     def distribution(self) -> tuple[float, float]:
         """(mean, standard deviation) of the blended normal."""
@@ -83,7 +96,7 @@ class Estimator:
             var_s = math.fsum((x - m) ** 2 for x in self.samples) / self.n
         else:
             m = var_s = 0.0
-        mean = (1 - w) * self.prior_mean + w * m
+        mean = self._mean()
         sigma = math.sqrt((1 - w) * prior_sigma**2 + w * var_s)
         return mean, max(sigma, MIN_SIGMA_RATIO * abs(mean), MIN_SIGMA)
 

@@ -15,7 +15,7 @@ import json
 import os
 import re
 import struct
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict
 from pathlib import Path
@@ -415,6 +415,9 @@ reading is CPU-bound Python, which threads cannot spread over cores (a first pas
 cluster); below it, starting the processes would cost more than it saves."""
 
 
+Observed = tuple[NodeObservation, dict[str, list[float]]]
+
+
 def _observe_local(repo: Path, node: str, root: Path) -> tuple[NodeObservation, dict[str, list[float]]]:
     try:
         return observe_node(repo, node, root)
@@ -422,25 +425,85 @@ def _observe_local(repo: Path, node: str, root: Path) -> tuple[NodeObservation, 
         return NodeObservation(node, reachable=False, error=f"{node}: {exc}"), {}
 
 
-def _in_processes(
-    repo: Path, roots: dict[str, Path], timeout: float
-) -> dict[str, tuple[NodeObservation, dict[str, list[float]]]]:
+def _process_pool(jobs: int) -> ProcessPoolExecutor:
     import multiprocessing
 
-    workers = min(len(roots), os.cpu_count() or 1)
-    results = {}
-    context = multiprocessing.get_context("spawn")
     # the workers leave Ctrl-C to this process and die with it, however it ends
-    with ProcessPoolExecutor(workers, context, initializer=worker_initializer, initargs=(os.getpid(),)) as pool:
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(jobs, context, initializer=worker_initializer, initargs=(os.getpid(),))
+
+
+def _result(node: str, future: Future[Observed], timeout: float) -> Observed:
+    try:
+        return future.result(timeout=timeout)
+    except FutureTimeout:
+        return NodeObservation(node, reachable=False, error=f"{node}: not observed within {timeout:.0f} s"), {}
+
+
+def _in_processes(repo: Path, roots: dict[str, Path], timeout: float) -> dict[str, Observed]:
+    with _process_pool(min(len(roots), os.cpu_count() or 1)) as pool:
         futures = {node: pool.submit(_observe_local, repo, node, root) for node, root in sorted(roots.items())}
-        for node, future in futures.items():
-            try:
-                results[node] = future.result(timeout=timeout)
-            except FutureTimeout:
-                results[node] = (
-                    NodeObservation(node, reachable=False, error=f"{node}: not observed within {timeout:.0f} s"),
-                    {},
-                )
+        return {node: _result(node, future, timeout) for node, future in futures.items()}
+
+
+REMOTE_NODE_BYTES = 256 * 1024
+REMOTE_POOL_BYTES = 4 * 1024 * 1024
+"""Remote nodes are fetched by threads (they wait on the network); a fetched node with at least
+REMOTE_NODE_BYTES of WAL to read is read by a worker process once such nodes add up to
+REMOTE_POOL_BYTES (a cold pass: reading is CPU-bound Python, which would otherwise hold the lock the
+fetching threads need); the others are read where they were fetched."""
+
+
+def _fetch_then_read(
+    repo: Path, transport: Transport, nodes: list[str], parallelism: int, timeout: float
+) -> dict[str, Observed]:
+    """Remote nodes: fetched by threads; each read as soon as it is here, large ones in processes."""
+    results: dict[str, Observed] = {}
+    later: dict[str, Future[Observed]] = {}
+    waiting: dict[str, Path] = {}  # large ones fetched before the pool is worth starting
+    waiting_bytes = 0
+    pool: ProcessPoolExecutor | None = None
+
+    def fetch(node: str) -> Path | Observed:
+        try:
+            return transport.local_view(node)
+        except HaiosError as exc:
+            refused = exc.exit_code == EXIT_VERIFICATION
+            return NodeObservation(node, reachable=False, error=exc.message, hint=exc.hint, refused=refused), {}
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(nodes)))) as threads:
+            fetches = {node: threads.submit(fetch, node) for node in sorted(nodes)}
+            for node, future in fetches.items():
+                try:
+                    got = future.result(timeout=timeout)
+                except FutureTimeout:
+                    got = (
+                        NodeObservation(node, reachable=False, error=f"{node}: not observed within {timeout:.0f} s"),
+                        {},
+                    )
+                except (HaiosError, OSError) as exc:
+                    got = NodeObservation(node, reachable=False, error=f"{node}: {exc}"), {}
+                if not isinstance(got, Path):
+                    results[node] = got
+                    continue
+                unread = unread_bytes(repo, node, got)
+                if unread < REMOTE_NODE_BYTES:
+                    results[node] = _observe_local(repo, node, got)
+                    continue
+                waiting[node] = got
+                waiting_bytes += unread
+                if pool is None and waiting_bytes >= REMOTE_POOL_BYTES:
+                    pool = _process_pool(os.cpu_count() or 1)
+                if pool is not None:
+                    later.update({n: pool.submit(_observe_local, repo, n, r) for n, r in waiting.items()})
+                    waiting.clear()
+        for node, root in waiting.items():  # too few to be worth the processes
+            results[node] = _observe_local(repo, node, root)
+        results.update({node: _result(node, future, timeout) for node, future in later.items()})
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return results
 
 
@@ -469,6 +532,12 @@ def observe(
                 for phase, values in durs.items():
                     durations.setdefault(phase, []).extend(values)
             return observations, durations
+    if not local and (os.cpu_count() or 1) > 1 and len(nodes) > 1:
+        for node, (obs, durs) in sorted(_fetch_then_read(repo, transport, nodes, parallelism, timeout).items()):
+            observations[node] = obs
+            for phase, values in durs.items():
+                durations.setdefault(phase, []).extend(values)
+        return observations, durations
     # threads for reading local files help little (CPU-bound); for remote nodes they wait on the network
     workers = max(1, min(parallelism, len(nodes), (os.cpu_count() or 1) * 4 if local else parallelism))
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -6,7 +6,7 @@ import math
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from haios.detect.phi import Z95, Estimator, Estimators, durations_from_records, phi_of
@@ -167,3 +167,25 @@ def test_durations_from_records_skip_aborts(tmp_path: object) -> None:
         tx.commit()
     durations = durations_from_records(read_records(root / "wal"))
     assert list(durations) == ["ANALYZE"] and len(durations["ANALYZE"]) == 1
+
+
+@settings(max_examples=200)
+@given(
+    durations=st.lists(
+        st.one_of(
+            st.floats(min_value=0.0, max_value=200.0),
+            st.floats(min_value=200.0, max_value=1e6),  # outliers, capped
+            st.just(0.0),
+        ),
+        max_size=250,
+    ),
+    prior=st.floats(min_value=0.001, max_value=500.0),
+)
+def test_property_adding_keeps_exactly_the_capped_samples(durations: list[float], prior: float) -> None:
+    quick = Estimator("CONSTRUCT", prior, window=100)
+    reference = Estimator("CONSTRUCT", prior, window=100)
+    for d in durations:
+        quick.add(d)
+        reference.samples.append(min(d, reference.outlier_cap * reference.p95()))  # the rule, as written
+    assert list(quick.samples) == list(reference.samples)
+    assert quick.distribution() == reference.distribution()

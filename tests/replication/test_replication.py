@@ -31,7 +31,6 @@ from haios.wal import RecordType, read_records
 from haios.wal.format import decode_segment_header
 from haios.wal.reader import list_segments, verify
 
-
 # findings that only say how long something took on this machine: a heartbeat the simulator does not
 # send, and an ack that took longer than the 50 ms floor of write_timeout on a loaded test machine
 TIMING = {"heartbeat_loss", "replica_lagging"}

@@ -269,6 +269,26 @@ def test_a_remote_host_key_error_keeps_its_class_and_exit_code(ssh_cluster: Path
     assert "pin it" in refused.value.hint
 
 
+def test_a_cold_pass_reads_fetched_nodes_in_processes_and_sees_them_the_same(
+    ssh_cluster: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from haios.ops import observe as observe_module
+
+    plant(ssh_cluster, node_1="commit", node_2="prepare", node_3="begin", effects={"node-3": 1}, settle=False)
+    pools = []
+    start_pool = observe_module._process_pool
+    monkeypatch.setattr(observe_module, "_process_pool", lambda jobs: pools.append(jobs) or start_pool(jobs))
+    seen = {}
+    for how, node_bytes in (("threads", 1 << 40), ("processes", 1)):
+        shutil.rmtree(ssh_cluster / "status/observed", ignore_errors=True)  # cold: whole WALs fetched and read
+        monkeypatch.setattr(observe_module, "REMOTE_NODE_BYTES", node_bytes)
+        monkeypatch.setattr(observe_module, "REMOTE_POOL_BYTES", 1)
+        plan = build(ssh_cluster)[0]
+        seen[how] = (plan.observed_hash, [(t.g, t.phase, t.verdict, len(t.steps)) for t in plan.traces])
+    assert seen["processes"] == seen["threads"] and seen["threads"][1]
+    assert len(pools) == 1  # the second pass read in worker processes, the first did not
+
+
 def test_mirror_fetches_only_new_wal_bytes(ssh_cluster: Path) -> None:
     config = load_repo(ssh_cluster)
     with SshTransport(config.cluster.nodes, mirror=ssh_cluster / "m") as t:

@@ -15,7 +15,7 @@ from haios import controlfile
 from haios.config.yamlload import load_yaml
 from haios.errors import ControlFileError, InputError, YamlRejected
 from haios.node import shapes
-from haios.untrusted import LIMITS, MAX_DEPTH, inert, json_object, load_json, nesting_depth, read_regular
+from haios.untrusted import LIMITS, MAX_DEPTH, inert, json_object, load_json, nesting_depth, nests_deeper, read_regular
 
 YAMLISH = st.one_of(
     st.binary(max_size=400),
@@ -199,3 +199,22 @@ def test_the_quick_json_path_on_the_edges(text: str) -> None:
         "phase": "ANALYZE",
         "ts": 1796015367.25,
     }
+
+
+@settings(max_examples=1500)
+@given(
+    data=st.one_of(
+        st.text(alphabet='[]{}"\\ a', max_size=60).map(str.encode),
+        st.binary(max_size=60),
+    ),
+    limit=st.integers(min_value=0, max_value=4),
+)
+def test_property_the_quick_depth_verdict_is_the_byte_scan_s(data: bytes, limit: int) -> None:
+    assert nests_deeper(data, limit) == (nesting_depth(data, limit) > limit)
+
+
+def test_the_quick_depth_verdict_stays_linear_on_hostile_strings() -> None:
+    # every quote after the first escaped: a string that never ends, half a megabyte long
+    assert nests_deeper(b'"' + b'\\"' * 250_000) is False
+    assert nests_deeper(b"[" * 65 + b'"' + b"]" * 100_000) is True
+    assert nests_deeper(b'{"a":"' + b"[" * 1000 + b'"}') is False
