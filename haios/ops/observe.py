@@ -386,13 +386,25 @@ def observe_node(repo: Path, node: str, root: Path) -> tuple[NodeObservation, di
     return obs, state["durations"]
 
 
-def _observe_through(repo: Path, transport: Transport, node: str) -> tuple[NodeObservation, dict[str, list[float]]]:
+Observed = tuple[NodeObservation, dict[str, list[float]]]
+
+
+def _fetch(transport: Transport, node: str) -> Path | Observed:
+    """The node's files here (its local view), or the observation of a node that cannot be reached."""
     try:
-        root = transport.local_view(node)
+        return transport.local_view(node)
     except HaiosError as exc:
         refused = exc.exit_code == EXIT_VERIFICATION
         return NodeObservation(node, reachable=False, error=exc.message, hint=exc.hint, refused=refused), {}
-    return observe_node(repo, node, root)
+
+
+def _observe_through(repo: Path, transport: Transport, node: str) -> Observed:
+    got = _fetch(transport, node)
+    return observe_node(repo, node, got) if isinstance(got, Path) else got
+
+
+def _late(node: str, timeout: float) -> Observed:
+    return NodeObservation(node, reachable=False, error=f"{node}: not observed within {timeout:.0f} s"), {}
 
 
 def unread_bytes(repo: Path, node: str, root: Path) -> int:
@@ -415,10 +427,7 @@ reading is CPU-bound Python, which threads cannot spread over cores (a first pas
 cluster); below it, starting the processes would cost more than it saves."""
 
 
-Observed = tuple[NodeObservation, dict[str, list[float]]]
-
-
-def _observe_local(repo: Path, node: str, root: Path) -> tuple[NodeObservation, dict[str, list[float]]]:
+def _observe_local(repo: Path, node: str, root: Path) -> Observed:
     try:
         return observe_node(repo, node, root)
     except (HaiosError, OSError) as exc:
@@ -437,7 +446,7 @@ def _result(node: str, future: Future[Observed], timeout: float) -> Observed:
     try:
         return future.result(timeout=timeout)
     except FutureTimeout:
-        return NodeObservation(node, reachable=False, error=f"{node}: not observed within {timeout:.0f} s"), {}
+        return _late(node, timeout)
 
 
 def _in_processes(repo: Path, roots: dict[str, Path], timeout: float) -> dict[str, Observed]:
@@ -464,24 +473,14 @@ def _fetch_then_read(
     waiting_bytes = 0
     pool: ProcessPoolExecutor | None = None
 
-    def fetch(node: str) -> Path | Observed:
-        try:
-            return transport.local_view(node)
-        except HaiosError as exc:
-            refused = exc.exit_code == EXIT_VERIFICATION
-            return NodeObservation(node, reachable=False, error=exc.message, hint=exc.hint, refused=refused), {}
-
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(nodes)))) as threads:
-            fetches = {node: threads.submit(fetch, node) for node in sorted(nodes)}
+            fetches = {node: threads.submit(_fetch, transport, node) for node in sorted(nodes)}
             for node, future in fetches.items():
                 try:
                     got = future.result(timeout=timeout)
                 except FutureTimeout:
-                    got = (
-                        NodeObservation(node, reachable=False, error=f"{node}: not observed within {timeout:.0f} s"),
-                        {},
-                    )
+                    got = _late(node, timeout)
                 except (HaiosError, OSError) as exc:
                     got = NodeObservation(node, reachable=False, error=f"{node}: {exc}"), {}
                 if not isinstance(got, Path):
@@ -515,8 +514,6 @@ def observe(
     When the nodes have more than PROCESS_THRESHOLD unread WAL bytes in all and the machine has more
     than one CPU, the local views are read in worker processes.
     """
-    observations: dict[str, NodeObservation] = {}
-    durations: dict[str, list[float]] = {}
     local = bool(getattr(transport, "all_local", True))  # remote views are fetched, not read from disk
     if local and (os.cpu_count() or 1) > 1 and len(nodes) > 1:
         roots = {}
@@ -527,34 +524,32 @@ def observe(
                 roots = {}
                 break
         if roots and sum(unread_bytes(repo, n, r) for n, r in roots.items()) > PROCESS_THRESHOLD:
-            for node, (obs, durs) in _in_processes(repo, roots, timeout).items():
-                observations[node] = obs
-                for phase, values in durs.items():
-                    durations.setdefault(phase, []).extend(values)
-            return observations, durations
+            return _pooled(_in_processes(repo, roots, timeout))
     if not local and (os.cpu_count() or 1) > 1 and len(nodes) > 1:
-        for node, (obs, durs) in sorted(_fetch_then_read(repo, transport, nodes, parallelism, timeout).items()):
-            observations[node] = obs
-            for phase, values in durs.items():
-                durations.setdefault(phase, []).extend(values)
-        return observations, durations
+        return _pooled(_fetch_then_read(repo, transport, nodes, parallelism, timeout))
     # threads for reading local files help little (CPU-bound); for remote nodes they wait on the network
     workers = max(1, min(parallelism, len(nodes), (os.cpu_count() or 1) * 4 if local else parallelism))
+    results: dict[str, Observed] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {node: pool.submit(_observe_through, repo, transport, node) for node in sorted(nodes)}
         for node, future in futures.items():
             try:
-                obs, durs = future.result(timeout=timeout)
+                results[node] = future.result(timeout=timeout)
             except FutureTimeout:
-                obs, durs = (
-                    NodeObservation(node, reachable=False, error=f"{node}: not observed within {timeout:.0f} s"),
-                    {},
-                )
+                results[node] = _late(node, timeout)
             except (HaiosError, OSError) as exc:
-                obs, durs = NodeObservation(node, reachable=False, error=f"{node}: {exc}"), {}
-            observations[node] = obs
-            for phase, values in durs.items():
-                durations.setdefault(phase, []).extend(values)
+                results[node] = NodeObservation(node, reachable=False, error=f"{node}: {exc}"), {}
+    return _pooled(results)
+
+
+def _pooled(results: dict[str, Observed]) -> tuple[dict[str, NodeObservation], dict[str, list[float]]]:
+    """The observations by node, and the durations of all nodes pooled per phase (in node order)."""
+    observations: dict[str, NodeObservation] = {}
+    durations: dict[str, list[float]] = {}
+    for node, (obs, durs) in sorted(results.items()):
+        observations[node] = obs
+        for phase, values in durs.items():
+            durations.setdefault(phase, []).extend(values)
     return observations, durations
 
 
