@@ -38,7 +38,7 @@ from ..errors import HaiosError, QuorumError, TransportError
 from ..node.replicas import REPLICATION_FILE
 from ..transport.base import Exchange
 from ..wal.format import SEGMENT_HEADER_SIZE, SegmentHeader, decode_segment_header
-from ..wal.reader import list_segments
+from ..wal.reader import list_segments, whole_records
 from ..wal.writer import Upto
 from .links import open_links
 from .peer import Chunk
@@ -51,7 +51,7 @@ MIN_WRITE_TIMEOUT = 0.05  # seconds: scheduler noise is not a slow disk
 MIN_SAMPLES = 8  # acks seen before anyone is judged slow
 READMIT_AFTER = 8  # consecutive fast acks of a caught-up LAGGING peer before it counts again
 HISTORY_KEPT = 50
-MAX_CHUNK = 8 * 1024 * 1024  # raw bytes of one chunk
+MAX_CHUNK = 4 * 1024 * 1024  # raw bytes of one chunk (a record larger than that goes whole)
 
 
 def _why(error: BaseException) -> str:
@@ -286,11 +286,19 @@ class Replicator:
             if end <= pos.offset:
                 pos = _Position(seg.seq + 1, 0, *end_chain)
                 continue
-            with open(seg.path, "rb") as fh:
-                fh.seek(pos.offset)
-                data = fh.read(end - pos.offset)
-            if len(data) > MAX_CHUNK and pos.offset == 0:
-                log.info("%s: sending %d bytes of %s to %s", self.node, len(data), seg.name, peer)
+            if end - pos.offset > MAX_CHUNK and pos.offset == 0:
+                log.info("%s: sending %d bytes of %s to %s", self.node, end, seg.name, peer)
+            # at most MAX_CHUNK bytes a request (a peer catching up takes a whole WAL in steps of
+            # bounded memory), ending on a record boundary whose chain the peer checks
+            data = b""
+            if end - pos.offset > MAX_CHUNK:
+                data, *chain = whole_records(seg.path, pos.offset, pos.lamport, pos.crc, end=end, limit=MAX_CHUNK)
+                if data:
+                    end, end_chain = pos.offset + len(data), (chain[0], chain[1])
+            if not data:  # a span within the limit, or records that do not verify here (the peer says why)
+                with open(seg.path, "rb") as fh:
+                    fh.seek(pos.offset)
+                    data = fh.read(end - pos.offset)
             chunk = Chunk(self.node, wal_id, seg.name, pos.offset, data, pos.lamport, pos.crc, *end_chain, sync=sync)
             sent = time.monotonic()
             answer = link.request(chunk.encode())

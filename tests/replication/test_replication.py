@@ -60,6 +60,22 @@ def _tick(node: Node, i: int) -> int:
     return node.append(0, "ANALYZE", "test", RecordType.EVENT, {"name": f"test.tick.{i}"}, durable=True)
 
 
+def _wait_caught_up(cluster: Path, origin: str, peers: tuple[str, ...]) -> None:
+    """An append returns once a majority acknowledged; the other peers' shipments go on (closing the
+    node would cancel one still queued): wait for them, bounded, before closing it."""
+    wal = cluster / "nodes" / origin / "wal"
+
+    def behind(peer: str) -> bool:
+        try:
+            return _records(cluster / "nodes" / peer / "replicas" / origin) != _records(wal)
+        except WalCorruptError:  # caught mid-write: a tail still arriving
+            return True
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(behind(peer) for peer in peers):
+        time.sleep(0.05)
+
+
 def test_every_peer_holds_a_verified_byte_copy(replicated: Path) -> None:
     for origin in ("node-1", "node-2", "node-3"):
         own = replicated / "nodes" / origin / "wal"
@@ -143,17 +159,7 @@ def test_minority_reachable_refuses_durable_appends_not_downgraded(replicated: P
     shutil.move(gone / "node-3", replicated / "nodes/node-3")
     _tick(node, 4)
 
-    # the append returns once a majority acknowledged; the other peer's shipment goes on (closing
-    # the node would cancel one still queued): wait for it, bounded, before closing
-    def behind(peer: str) -> bool:
-        try:
-            return _records(replicated / "nodes" / peer / "replicas/node-1") != _records(wal)
-        except WalCorruptError:  # caught mid-write: a tail still arriving
-            return True
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (behind("node-2") or behind("node-3")):
-        time.sleep(0.05)
+    _wait_caught_up(replicated, "node-1", ("node-2", "node-3"))
     node.close()
     for peer in ("node-2", "node-3"):
         assert _records(replicated / "nodes" / peer / "replicas/node-1") == _records(wal)
@@ -320,3 +326,37 @@ def test_a_torn_tail_no_replica_holds_is_cut_as_without_replication(replicated: 
     node.open_wal().close()
     assert node.healed is None and _records(wal) == before and verify(wal).ok
     node.close()
+
+
+def test_a_peer_catching_up_a_whole_wal_takes_it_in_bounded_chunks(
+    replicated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from haios.replication import origin as origin_module
+    from haios.replication import peer as peer_module
+
+    monkeypatch.setattr(origin_module, "MAX_CHUNK", 2048)
+    sizes: list[int] = []
+    real = peer_module.receive
+
+    def counting(root: Path, request: dict[str, object], **kwargs: object) -> dict[str, object]:
+        if Chunk.decode(request).origin == "node-1":
+            sizes.append(len(Chunk.decode(request).data))
+        return real(root, request, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(peer_module, "receive", counting)
+    for peer in ("node-2", "node-3"):  # both peers lost their copy: each catches up from the top
+        shutil.rmtree(replicated / "nodes" / peer / "replicas" / "node-1")
+    node = _node(replicated, "node-1")
+    _tick(node, 1)
+    _wait_caught_up(replicated, "node-1", ("node-2", "node-3"))
+    node.close()
+    own = replicated / "nodes/node-1/wal"
+    wal_bytes = sum(s.path.stat().st_size for s in list_segments(own))
+    assert wal_bytes > 3 * 2048 and len(sizes) > 3  # several requests a peer
+    record_max = max(len(r.raw) for r in read_records(own)) + 512
+    assert max(sizes) <= 2048 + record_max  # each within the limit, but for a record larger than it
+    for peer in ("node-2", "node-3"):
+        copy = replicated / "nodes" / peer / "replicas" / "node-1"
+        assert verify(copy).ok and _records(copy) == _records(own)
+        for seg in list_segments(own):
+            assert (copy / seg.name).read_bytes() == seg.path.read_bytes()

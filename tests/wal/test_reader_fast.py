@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from haios.errors import WalCorruptError
 from haios.wal import RecordType, Wal
 from haios.wal import reader as reader_module
-from haios.wal.reader import CHUNK, WalReader
+from haios.wal.reader import CHUNK, WalReader, whole_records
 
 
 def _one_at_a_time(self: WalReader, *args: Any) -> Iterator[Any]:
@@ -128,3 +128,25 @@ def test_from_lamport_gives_the_same_records(make_wal: MakeWal, from_lamport: in
     fast = _read(directory, slow=False, from_lamport=from_lamport)
     assert fast == _read(directory, slow=True, from_lamport=from_lamport)
     assert [r[0] for r in fast["records"]] == list(range(from_lamport or 1, 61))
+
+
+def test_whole_records_ends_on_a_record_boundary_with_its_chain(tmp_path: Path) -> None:
+    directory = tmp_path / "wal"
+    with Wal.open(directory) as wal:
+        for i, size in enumerate([300, 300, 10_000, 300, 300]):
+            wal.append(RecordType.STEP, {"name": f"s{i}", "outcome": os.urandom(size // 2).hex()}, durable=False)
+    records = list(WalReader(directory))
+    seg = segments(directory)[0]
+    size = seg.stat().st_size
+    # from the top: the segment header and the records that fit in the limit, the chain after them
+    data, lamport, crc = whole_records(seg, 0, 0, 0, end=size, limit=900)
+    assert len(data) == records[2].offset and (lamport, crc) == (2, records[1].crc)
+    assert data == seg.read_bytes()[: len(data)]
+    # a record larger than the limit comes whole
+    data, lamport, crc = whole_records(seg, records[2].offset, 2, records[1].crc, end=size, limit=900)
+    assert records[2].offset + len(data) == records[3].offset and lamport == 3
+    # never past the end asked for
+    data, lamport, crc = whole_records(seg, records[3].offset, 3, records[2].crc, end=records[4].offset, limit=1 << 20)
+    assert records[3].offset + len(data) == records[4].offset and (lamport, crc) == (4, records[3].crc)
+    # a chain that does not fit (a wrong CRC to start from): nothing
+    assert whole_records(seg, records[3].offset, 3, 12345, end=size, limit=1 << 20)[0] == b""
