@@ -148,5 +148,5 @@ def test_whole_records_ends_on_a_record_boundary_with_its_chain(tmp_path: Path) 
     # never past the end asked for
     data, lamport, crc = whole_records(seg, records[3].offset, 3, records[2].crc, end=records[4].offset, limit=1 << 20)
     assert records[3].offset + len(data) == records[4].offset and (lamport, crc) == (4, records[3].crc)
-    # a chain that does not fit (a wrong CRC to start from): nothing
-    assert whole_records(seg, records[3].offset, 3, 12345, end=size, limit=1 << 20)[0] == b""
+    # a record that claims more than is there: nothing to follow
+    assert whole_records(seg, records[3].offset, 3, records[2].crc, end=records[4].offset - 1, limit=1 << 20)[0] == b""
