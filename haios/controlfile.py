@@ -25,6 +25,8 @@ import hashlib
 import io
 import os
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,23 +183,40 @@ def read_mapping(path: Path | str) -> tuple[dict[str, Any], int]:
     return load_mapping(cf), cf.version
 
 
-_PARSED: dict[str, tuple[int, bytes, dict[str, Any]]] = {}  # path -> (version, body hash, mapping)
+PARSED_BODY_BYTES = 8 * 1024 * 1024
+"""How many bytes of control-file bodies the parsed ones kept by :func:`read_mapping_cached` may
+come from, in all (the least recently read go first): a reconcile reads each node's files several
+times, and the policy and replication files of a large cluster list every member."""
+_PARSED: OrderedDict[str, tuple[int, bytes, int, dict[str, Any]]] = (
+    OrderedDict()
+)  # path -> version, hash, size, mapping
+_PARSED_LOCK = threading.Lock()
+_parsed_bytes = 0
 
 
 def read_mapping_cached(path: Path | str) -> tuple[dict[str, Any], int]:
     """:func:`read_mapping`, the body parsed again only when it changed: for a process that reads the
-    same control files every few seconds (the node agent, its gossip server), where parsing a large
-    policy would be most of the work. Verified on every call; the caller gets its own copy."""
+    same control files again and again (the node agent, its gossip server, a reconcile's steps),
+    where parsing a large policy would be most of the work. Verified on every call; the caller gets
+    its own copy."""
+    global _parsed_bytes
     cf = read(path)
     body_hash = hashlib.sha256(cf.body).digest()
     key = os.fspath(path)
-    hit = _PARSED.get(key)
-    if hit is None or hit[0] != cf.version or hit[1] != body_hash:
-        if len(_PARSED) >= 64:
-            _PARSED.clear()
-        hit = (cf.version, body_hash, load_mapping(cf))
-        _PARSED[key] = hit
-    return copy.deepcopy(hit[2]), cf.version
+    with _PARSED_LOCK:
+        hit = _PARSED.get(key)
+        if hit is not None and hit[0] == cf.version and hit[1] == body_hash:
+            _PARSED.move_to_end(key)
+            return copy.deepcopy(hit[3]), cf.version
+    mapping = load_mapping(cf)
+    with _PARSED_LOCK:
+        old = _PARSED.pop(key, None)
+        _parsed_bytes -= old[2] if old is not None else 0
+        _PARSED[key] = (cf.version, body_hash, len(cf.body), mapping)
+        _parsed_bytes += len(cf.body)
+        while _parsed_bytes > PARSED_BODY_BYTES and len(_PARSED) > 1:
+            _parsed_bytes -= _PARSED.popitem(last=False)[1][2]
+        return copy.deepcopy(mapping), cf.version
 
 
 def write_mapping(path: Path | str, mapping: dict[str, Any], *, expected_version: int | None) -> int:

@@ -253,3 +253,33 @@ def test_read_mapping_cached_parses_again_only_after_a_change(tmp_path: Path) ->
     path.write_bytes(path.read_bytes().replace(b"9", b"8"))  # damaged: verified on every call
     with pytest.raises(HaiosError):
         controlfile.read_mapping_cached(path)
+
+
+def test_read_mapping_cached_keeps_a_bounded_amount_least_recently_read_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from haios.config import yamlload
+
+    monkeypatch.setattr(controlfile, "PARSED_BODY_BYTES", 3000)
+    parsed: list[str] = []
+    real = yamlload.load_yaml
+
+    def counting(data: bytes, file: str, **kwargs: object) -> object:
+        parsed.append(Path(file).name)
+        return real(data, file, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(controlfile, "load_yaml", counting)
+    paths = []
+    for i in range(6):  # each body about 1 KB: three fit in the bound
+        path = tmp_path / f"file-{i}"
+        controlfile.write_mapping(path, {"pad": "x" * 1000, "i": i}, expected_version=None)
+        paths.append(path)
+    for path in paths:
+        assert controlfile.read_mapping_cached(path)[0]["i"] == int(path.name[-1])
+    parsed.clear()
+    for path in paths[-2:]:  # the most recently read are still parsed
+        controlfile.read_mapping_cached(path)
+    assert parsed == []
+    controlfile.read_mapping_cached(paths[0])  # the first was dropped to stay within the bound
+    assert parsed == ["file-0"]
+    assert sum(entry[2] for entry in controlfile._PARSED.values()) <= 3000

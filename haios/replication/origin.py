@@ -34,7 +34,7 @@ from typing import Any
 
 from .. import controlfile
 from ..clock import wall_time
-from ..errors import HaiosError, QuorumError, TransportError
+from ..errors import ControlFileMissing, HaiosError, QuorumError, TransportError
 from ..node.replicas import REPLICATION_FILE
 from ..transport.base import Exchange
 from ..wal.format import SEGMENT_HEADER_SIZE, SegmentHeader, decode_segment_header
@@ -124,10 +124,11 @@ class _Position:
 
 
 def read_state(root: Path) -> tuple[dict[str, Any], int | None]:
-    path = root / STATE_FILE
-    if controlfile.current_version(path) is None:
+    """The node's replication control file (it lists every peer: parsed once while it is unchanged)."""
+    try:
+        return controlfile.read_mapping_cached(root / STATE_FILE)
+    except ControlFileMissing:
         return {}, None
-    return controlfile.read_mapping(path)
 
 
 class Replicator:
