@@ -23,6 +23,7 @@ import copy
 import errno
 import hashlib
 import io
+import math
 import os
 import re
 import threading
@@ -34,7 +35,7 @@ from typing import Any
 from .config.yamlload import load_yaml
 from .errors import ControlFileError, ControlFileMissing, InputError, IntegrityError, VersionConflict, YamlRejected
 from .fsutil import locked_dir, replace_in_dir
-from .untrusted import read_file
+from .untrusted import INT_BOUND, MAX_DEPTH, read_file
 
 MAX_SIZE = 16 * 1024 * 1024
 """Largest control file haios reads; anything bigger is refused before it is read."""
@@ -187,9 +188,8 @@ PARSED_BODY_BYTES = 8 * 1024 * 1024
 """How many bytes of control-file bodies the parsed ones kept by :func:`read_mapping_cached` may
 come from, in all (the least recently read go first): a reconcile reads each node's files several
 times, and the policy and replication files of a large cluster list every member."""
-_PARSED: OrderedDict[str, tuple[int, bytes, int, dict[str, Any]]] = (
-    OrderedDict()
-)  # path -> version, hash, size, mapping
+# path -> (version, body hash, body size, mapping)
+_PARSED: OrderedDict[str, tuple[int, bytes, int, dict[str, Any]]] = OrderedDict()
 _PARSED_LOCK = threading.Lock()
 _parsed_bytes = 0
 
@@ -199,7 +199,6 @@ def read_mapping_cached(path: Path | str) -> tuple[dict[str, Any], int]:
     same control files again and again (the node agent, its gossip server, a reconcile's steps),
     where parsing a large policy would be most of the work. Verified on every call; the caller gets
     its own copy."""
-    global _parsed_bytes
     cf = read(path)
     body_hash = hashlib.sha256(cf.body).digest()
     key = os.fspath(path)
@@ -209,16 +208,53 @@ def read_mapping_cached(path: Path | str) -> tuple[dict[str, Any], int]:
             _PARSED.move_to_end(key)
             return copy.deepcopy(hit[3]), cf.version
     mapping = load_mapping(cf)
+    _keep(key, cf.version, body_hash, len(cf.body), mapping)
+    return copy.deepcopy(mapping), cf.version
+
+
+def _keep(key: str, version: int, body_hash: bytes, size: int, mapping: dict[str, Any]) -> None:
+    """Keep a parsed body, dropping the least recently read ones past :data:`PARSED_BODY_BYTES`."""
+    global _parsed_bytes
     with _PARSED_LOCK:
         old = _PARSED.pop(key, None)
         _parsed_bytes -= old[2] if old is not None else 0
-        _PARSED[key] = (cf.version, body_hash, len(cf.body), mapping)
-        _parsed_bytes += len(cf.body)
+        _PARSED[key] = (version, body_hash, size, mapping)
+        _parsed_bytes += size
         while _parsed_bytes > PARSED_BODY_BYTES and len(_PARSED) > 1:
             _parsed_bytes -= _PARSED.popitem(last=False)[1][2]
-        return copy.deepcopy(mapping), cf.version
 
 
 def write_mapping(path: Path | str, mapping: dict[str, Any], *, expected_version: int | None) -> int:
-    """Write ``mapping`` as a haios control file; see :func:`write`."""
-    return write(path, dump_mapping(mapping), expected_version=expected_version)
+    """Write ``mapping`` as a haios control file; see :func:`write`. A mapping of plain JSON values
+    is also what :func:`read_mapping_cached` will read back from the file while it stays as written
+    (the body reads back as the mapping it was dumped from): it is kept, not parsed again."""
+    body = dump_mapping(mapping)
+    version = write(path, body, expected_version=expected_version)
+    _remember(path, version, body, mapping)
+    return version
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is made of the values a body reads back as exactly: printable ASCII strings
+    (a line break or a C1 control may come back otherwise), booleans, None, 64-bit integers, finite
+    floats, lists and mappings with such keys, nested within the limit."""
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, str):
+        return value.isascii() and value.isprintable()
+    if isinstance(value, int):
+        return -INT_BOUND <= value < INT_BOUND
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if depth >= MAX_DEPTH - 1:
+        return False
+    if type(value) is list:
+        return all(_plain(v, depth + 1) for v in value)
+    if type(value) is dict:
+        return all(isinstance(k, str) and _plain(k) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _remember(path: Path | str, version: int, body: bytes, mapping: dict[str, Any]) -> None:
+    if len(body) <= PARSED_BODY_BYTES and _plain(mapping):  # anything else is parsed when read back
+        _keep(os.fspath(path), version, hashlib.sha256(body).digest(), len(body), copy.deepcopy(mapping))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from helpers.zygote import Zygote
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from haios import controlfile
@@ -283,3 +283,51 @@ def test_read_mapping_cached_keeps_a_bounded_amount_least_recently_read_first(
     controlfile.read_mapping_cached(paths[0])  # the first was dropped to stay within the bound
     assert parsed == ["file-0"]
     assert sum(entry[2] for entry in controlfile._PARSED.values()) <= 3000
+
+
+PLAIN = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30)
+    | st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    mapping=st.dictionaries(
+        st.text(max_size=12) | st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=12),
+        PLAIN,
+        max_size=6,
+    )
+)
+def test_property_a_plain_mapping_reads_back_as_written(mapping: dict[str, object]) -> None:
+    # what write_mapping relies on when it keeps the mapping it wrote instead of parsing it again
+    if not controlfile._plain(mapping):
+        return  # not kept: read back, it is parsed
+    body = controlfile.dump_mapping(mapping)
+    cf = controlfile.decode(controlfile.encode(body, 1), "state.txt")
+    assert controlfile.load_mapping(cf) == mapping
+
+
+def test_a_written_mapping_is_read_back_without_parsing_while_the_file_stays_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed: list[str] = []
+    real = controlfile.load_mapping
+    monkeypatch.setattr(controlfile, "load_mapping", lambda cf: parsed.append(str(cf.path)) or real(cf))
+    path = tmp_path / "replication"
+    version = controlfile.write_mapping(path, {"group": ["n1", "n2"], "epoch": 1}, expected_version=None)
+    assert controlfile.read_mapping_cached(path) == ({"group": ["n1", "n2"], "epoch": 1}, version)
+    assert parsed == []
+    # changed behind haios's back (same version, other bytes): verified, then parsed
+    cf = controlfile.read(path)
+    path.write_bytes(controlfile.encode(cf.body.replace(b"n2", b"n3"), cf.version))
+    assert controlfile.read_mapping_cached(path)[0]["group"] == ["n1", "n3"] and len(parsed) == 1
+    # values that may not read back as they are (a tuple): not kept, parsed when read
+    controlfile.write_mapping(path, {"group": ("n1",)}, expected_version=cf.version)
+    assert controlfile.read_mapping_cached(path)[0] == {"group": ["n1"]} and len(parsed) == 2
