@@ -22,11 +22,15 @@ if TYPE_CHECKING:
 SERVERS = ("gossip-serve", "participate", "replica-serve", "recover")
 
 
+def plug_replication() -> None:
+    """Plug WAL replication into the nodes this process writes (imported when one is written)."""
+    from .. import replication  # noqa: F401
+
+
 def handler(name: str) -> Handler:
     """The server's handler, imported only when that server starts: every other command pays nothing
     for the check in :func:`haios.cli.main`."""
-    from .. import replication  # noqa: F401 - plugs WAL replication into the nodes written here
-
+    plug_replication()
     if name == "gossip-serve":
         from ..node.gossip import serve as gossip
 

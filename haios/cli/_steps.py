@@ -18,9 +18,13 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from ._serve import plug_replication
+
+if TYPE_CHECKING:
+    from ..node.transaction import PhaseTx
 
 COMMANDS = ("step", "side-effect", "intent")
 DEFAULT_OUTCOME = '"ok"'
@@ -44,16 +48,18 @@ def json_arg(text: str, what: str) -> Any:
         raise UsageError(f"{what} is not valid JSON: {exc}") from exc
 
 
-def _plug_replication() -> None:
-    from .. import replication  # noqa: F401 - plugs WAL replication into the nodes written here
+def _open_phase(root: Path, g: int, phase: str) -> PhaseTx:
+    """The node's open (g, phase), with WAL replication plugged in (a durable record ships to the
+    node's replica peers before it counts)."""
+    from ..node import Node
+
+    plug_replication()
+    return Node(root).resume(g, phase)
 
 
 def log_step(root: Path, g: int, phase: str, name: str, outcome: str = DEFAULT_OUTCOME) -> dict[str, Any]:
     """Record a completed sub-step; the line the command prints."""
-    _plug_replication()
-    from ..node import Node
-
-    with Node(root).resume(g, phase) as tx:
+    with _open_phase(root, g, phase) as tx:
         tx.step(name, json_arg(outcome, "--outcome"))
         steps = tx.completed_steps
     return {"g": g, "phase": phase, "steps": steps}
@@ -72,10 +78,7 @@ def log_side_effect(
     done: str | None = None,
 ) -> dict[str, Any]:
     """Log an external call before it is made (or, with ``done``, that it returned)."""
-    _plug_replication()
-    from ..node import Node
-
-    with Node(root).resume(g, phase) as tx:
+    with _open_phase(root, g, phase) as tx:
         if done is not None:
             tx.side_effect_done(key, json_arg(done, "--done"))
         else:
@@ -98,10 +101,7 @@ def log_intent(
             content = sys.stdin.buffer.read() if str(content_file) == "-" else content_file.read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read --content-file {content_file}: {exc.strerror or exc}") from exc
-    _plug_replication()
-    from ..node import Node
-
-    with Node(root).resume(g, phase) as tx:
+    with _open_phase(root, g, phase) as tx:
         seq = tx.intent(path, content)
     return {"g": g, "phase": phase, "seq": seq, "path": path, "op": "delete" if delete else "write"}
 
