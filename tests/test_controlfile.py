@@ -258,17 +258,10 @@ def test_read_mapping_cached_parses_again_only_after_a_change(tmp_path: Path) ->
 def test_read_mapping_cached_keeps_a_bounded_amount_least_recently_read_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from haios.config import yamlload
-
     monkeypatch.setattr(controlfile, "PARSED_BODY_BYTES", 3000)
     parsed: list[str] = []
-    real = yamlload.load_yaml
-
-    def counting(data: bytes, file: str, **kwargs: object) -> object:
-        parsed.append(Path(file).name)
-        return real(data, file, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(controlfile, "load_yaml", counting)
+    real = controlfile.load_mapping
+    monkeypatch.setattr(controlfile, "load_mapping", lambda cf: parsed.append(cf.path.name) or real(cf))
     paths = []
     for i in range(6):  # each body about 1 KB: three fit in the bound
         path = tmp_path / f"file-{i}"
@@ -319,7 +312,7 @@ def test_a_written_mapping_is_read_back_without_parsing_while_the_file_stays_as_
 ) -> None:
     parsed: list[str] = []
     real = controlfile.load_mapping
-    monkeypatch.setattr(controlfile, "load_mapping", lambda cf: parsed.append(str(cf.path)) or real(cf))
+    monkeypatch.setattr(controlfile, "load_mapping", lambda cf: parsed.append(cf.path.name) or real(cf))
     path = tmp_path / "replication"
     version = controlfile.write_mapping(path, {"group": ["n1", "n2"], "epoch": 1}, expected_version=None)
     assert controlfile.read_mapping_cached(path) == ({"group": ["n1", "n2"], "epoch": 1}, version)

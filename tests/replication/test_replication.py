@@ -339,8 +339,9 @@ def test_a_peer_catching_up_a_whole_wal_takes_it_in_bounded_chunks(
     real = peer_module.receive
 
     def counting(root: Path, request: dict[str, object], **kwargs: object) -> dict[str, object]:
-        if Chunk.decode(request).origin == "node-1":
-            sizes.append(len(Chunk.decode(request).data))
+        chunk = Chunk.decode(request)
+        if chunk.origin == "node-1":
+            sizes.append(len(chunk.data))
         return real(root, request, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(peer_module, "receive", counting)
