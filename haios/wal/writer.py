@@ -33,6 +33,11 @@ from .repair import repair as repair_wal
 log = logging.getLogger("haios.wal")
 
 LOCK_NAME = ".writer.lock"
+# How long opening waits for a writer lock that is held: a command forked by another thread of this
+# process (or any process) shares every open lock file until it execs, so a lock just released by
+# its writer can look held for the few milliseconds a fork takes. A real second writer holds it
+# for as long as it runs and is still refused, only after this wait.
+LOCK_WAIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,27 @@ class Replicator(Protocol):
     def ensure_quorum(self) -> None: ...
 
     def replicate(self, wal: Path, wal_id: int, upto: Upto, local_fsync_s: float) -> Any: ...
+
+
+def _writer_lock(directory: Path) -> int:
+    """The WAL's writer lock, held on the returned descriptor; WalLockedError when another writer
+    still holds it after LOCK_WAIT seconds."""
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    deadline = time.monotonic() + LOCK_WAIT
+    pause = 0.002
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise WalLockedError(f"{directory}: another process is writing this WAL") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class Wal:
@@ -110,8 +136,9 @@ class Wal:
     ) -> Wal:
         """Open (creating if needed) the WAL in ``directory``.
 
-        Takes the exclusive writer lock unless ``read_only``. A torn tail left by a crash is repaired
-        (the cut bytes kept in ``<segment>.broken``); mid-log corruption raises WalCorruptError.
+        Takes the exclusive writer lock unless ``read_only`` (waiting up to LOCK_WAIT for it). A torn
+        tail left by a crash is repaired (the cut bytes kept in ``<segment>.broken``); mid-log
+        corruption raises WalCorruptError.
         """
         path = Path(directory)
         if segment_size < fmt.SEGMENT_HEADER_SIZE + fmt.RECORD_HEADER_SIZE:
@@ -119,12 +146,7 @@ class Wal:
         lock_fd = None
         if not read_only:
             makedirs_durable(path)
-            lock_fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(lock_fd)
-                raise WalLockedError(f"{path}: another process is writing this WAL") from None
+            lock_fd = _writer_lock(path)
         wal = cls(path, lock_fd=lock_fd, read_only=read_only, segment_size=segment_size, clock=clock, sync=sync)
         try:
             wal._recover(repair_torn_tail and not read_only)

@@ -36,7 +36,8 @@ def test_writer_required_fields_are_checked(tmp_path: Path) -> None:
         wal.append(RecordType.BEGIN_PHASE, {"g": 1})
 
 
-def test_writer_second_writer_is_refused(tmp_path: Path) -> None:
+def test_writer_second_writer_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer_module, "LOCK_WAIT", 0.1)
     with Wal.open(tmp_path) as wal:
         wal.append(RecordType.STEP, STEP)
         with pytest.raises(WalLockedError, match="another process is writing this WAL") as info:
@@ -46,6 +47,52 @@ def test_writer_second_writer_is_refused(tmp_path: Path) -> None:
         proc = subprocs.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
         assert proc.returncode != 0 and "WalLockedError" in proc.stderr
     Wal.open(tmp_path).close()  # released on close
+
+
+def test_writer_lock_held_by_a_forked_child_is_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child forked while a WAL is open shares its lock until it execs or exits: reopening the
+    WAL in that window waits for the lock instead of calling the child a second writer."""
+    monkeypatch.setattr(writer_module, "LOCK_WAIT", 60.0)
+    waited = threading.Event()
+    real_sleep = writer_module.time.sleep
+
+    def sleep(seconds: float) -> None:
+        waited.set()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(writer_module.time, "sleep", sleep)
+    release_r, release_w = os.pipe()
+    wal = Wal.open(tmp_path)
+    wal.append(RecordType.STEP, STEP)
+    pid = os.fork()
+    if pid == 0:  # the child: holds the inherited lock until told to go (or the parent is gone)
+        os.close(release_w)
+        os.read(release_r, 1)
+        os._exit(0)
+    os.close(release_r)
+    try:
+        wal.close()
+        outcome: list[object] = []
+        opener = threading.Thread(target=lambda: outcome.append(_open_or_error(tmp_path)))
+        opener.start()
+        for _ in range(1200):  # until the reopen waits or gives up, at most a minute
+            if waited.wait(0.05) or not opener.is_alive():
+                break
+        assert waited.is_set() and opener.is_alive(), f"the reopen did not wait for the child's lock: {outcome}"
+    finally:
+        os.close(release_w)
+        os.waitpid(pid, 0)
+    opener.join(60)
+    assert len(outcome) == 1 and isinstance(outcome[0], Wal), outcome
+    assert outcome[0].last_lamport == 1
+    outcome[0].close()
+
+
+def _open_or_error(path: Path) -> Wal | BaseException:
+    try:
+        return Wal.open(path)
+    except BaseException as exc:  # the test looks at it
+        return exc
 
 
 def test_writer_read_only_refuses_every_append(tmp_path: Path) -> None:
