@@ -30,7 +30,8 @@ def handle(root: Path, request: dict[str, Any], *, sync: Callable[[int], None] =
     if op == "replica_append":
         return peer.receive(root, request, sync=sync)
     if op == "replica_status":
-        return peer.status(root, str(request.get("origin")), check=bool(request.get("verify", True)))
+        origin = str(request.get("origin"))
+        return peer.status(root, origin, check=bool(request.get("verify", True)), prefix=bool(request.get("prefix")))
     if op == "replica_fetch":
         try:
             args = (str(request["origin"]), str(request["segment"]), int(request["offset"]), int(request["limit"]))

@@ -22,6 +22,7 @@ after which the replicator clears it (another reconfiguration).
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import threading
 import time
@@ -121,6 +122,29 @@ class _Position:
     offset: int
     lamport: int
     crc: int
+
+
+def _resume_at(segment: Path, size: object, sha256: object) -> tuple[int, int, int] | None:
+    """(offset, Lamport index, CRC) at ``size`` bytes into our ``segment`` when those bytes end on a
+    record boundary and hash to ``sha256``; None otherwise (ship from the segment's top)."""
+    if not isinstance(size, int) or not isinstance(sha256, str) or size <= SEGMENT_HEADER_SIZE:
+        return None
+    try:
+        if segment.stat().st_size < size:
+            return None
+        digest = hashlib.sha256()
+        offset, lamport, crc = 0, 0, 0
+        while offset < size:  # whole records, a bounded window at a time
+            data, lamport, crc = whole_records(segment, offset, lamport, crc, end=size, limit=MAX_CHUNK)
+            if not data:
+                return None
+            digest.update(data)
+            offset += len(data)
+    except (OSError, ValueError):
+        return None
+    if offset != size or digest.hexdigest() != sha256:
+        return None
+    return offset, lamport, crc
 
 
 def read_state(root: Path) -> tuple[dict[str, Any], int | None]:
@@ -253,16 +277,26 @@ class Replicator:
         return link
 
     def _start(self, peer: str, wal: Path) -> _Position:
-        """Where to start shipping to a peer met for the first time: its last segment, from the top
-        (the peer skips the bytes it already holds)."""
-        answer = self._link(peer).request({"op": "replica_status", "origin": self.node, "verify": False})
+        """Where to start shipping to a peer met for the first time: where its copy of its last
+        segment ends when its bytes hash the same as ours there, else that segment's top (the peer
+        compares what it holds with what it is sent, keeping aside bytes that disagree)."""
+        answer = self._link(peer).request(
+            {"op": "replica_status", "origin": self.node, "verify": False, "prefix": True}
+        )
         held = {name for name, _size in answer.get("segments") or []}
         segments = list_segments(wal)
         start = segments[0] if segments else None
         for seg in segments:
             if seg.name in held:
                 start = seg
-        return _Position(start.seq if start else 0, 0, 0, 0)
+        if start is None:
+            return _Position(0, 0, 0, 0)
+        prefix = answer.get("prefix")
+        if isinstance(prefix, dict) and prefix.get("segment") == start.name:
+            resumed = _resume_at(start.path, prefix.get("size"), prefix.get("sha256"))
+            if resumed is not None:
+                return _Position(start.seq, *resumed)
+        return _Position(start.seq, 0, 0, 0)
 
     def _ship(self, peer: str, wal: Path, wal_id: int, upto: Upto, sync: bool) -> float:
         """Bring ``peer`` up to ``upto``; return how long its last ack took."""

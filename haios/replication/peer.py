@@ -15,6 +15,7 @@ never silently overwritten.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
 import time
@@ -32,6 +33,7 @@ from ..wal.reader import Cursor, WalReader, list_segments, verify
 
 REPLICAS_DIR = "replicas"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+HASH_BLOCK = 1 << 20  # bytes read at a time when hashing a replica segment
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,22 @@ def _drop_later(directory: Path, seq: int) -> list[str]:
     return moved
 
 
+def common_prefix(a: bytes, b: bytes) -> int:
+    """How many leading bytes ``a`` and ``b`` have in common, comparing slices in halves (each
+    comparison in C) rather than byte by byte: a resent 4 MiB chunk costs microseconds, not seconds."""
+    low, high = 0, min(len(a), len(b))  # a[:low] == b[:low]; the answer is in [low, high]
+    left, right = memoryview(a), memoryview(b)
+    if left[:high] == right[:high]:
+        return high
+    while high - low > 1:  # a[:high] != b[:high]
+        middle = (low + high) // 2
+        if left[low:middle] == right[low:middle]:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
 def receive(root: Path, request: dict[str, Any], *, sync: Callable[[int], None] = os.fdatasync) -> dict[str, Any]:
     """Store one chunk under ``replicas/<origin>/``; answer the ack (or where the replica stands).
 
@@ -145,8 +163,8 @@ def receive(root: Path, request: dict[str, Any], *, sync: Callable[[int], None] 
             with open(path, "rb") as fh:
                 fh.seek(offset)
                 held = fh.read(len(data))
-            same = os.path.commonprefix([held, data])
-            if len(same) < len(held) and len(same) < len(data):
+            same = common_prefix(held, data)
+            if same < len(held) and same < len(data):
                 diverged.append(_keep_aside(path, offset))  # the origin's history changed here: keep the old one
                 have = offset
             elif have >= offset + len(data):
@@ -219,15 +237,20 @@ def _verify_chunk(directory: Path, chunk: Chunk) -> None:
         )
 
 
-def status(root: Path, origin: str, *, check: bool = True) -> dict[str, Any]:
+def status(root: Path, origin: str, *, check: bool = True, prefix: bool = False) -> dict[str, Any]:
     """Where the replica of ``origin`` stands: its segments (name, size) and, with ``check``, whether
-    it verifies and the Lamport index of its last good record."""
+    it verifies and the Lamport index of its last good record. With ``prefix``, also the SHA-256 of
+    its last segment's bytes (``{"segment", "size", "sha256"}``): an origin whose own bytes hash the
+    same resumes shipping at that size instead of sending the segment again from its top."""
     directory = replica_dir(root, origin)
     segments = list_segments(directory)
     if not segments:
         return {"origin": origin, "segments": [], "lamport": 0, "ok": True, "wal_id": None}
     if not check:
-        return {"origin": origin, "segments": [[s.name, s.path.stat().st_size] for s in segments]}
+        listed: dict[str, Any] = {"origin": origin, "segments": [[s.name, s.path.stat().st_size] for s in segments]}
+        if prefix:
+            listed["prefix"] = _prefix(segments[-1].path)
+        return listed
     report = verify(directory, jobs=1)
     with open(segments[0].path, "rb") as fh:
         wal_id = decode_segment_header(fh.read(SEGMENT_HEADER_SIZE)).wal_id
@@ -241,6 +264,16 @@ def status(root: Path, origin: str, *, check: bool = True) -> dict[str, Any]:
     if not report.ok and report.corruption is not None:
         answer["problem"] = report.corruption.describe()
     return answer
+
+
+def _prefix(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(HASH_BLOCK):
+            digest.update(block)
+            size += len(block)
+    return {"segment": path.name, "size": size, "sha256": digest.hexdigest()}
 
 
 def fetch(root: Path, origin: str, segment: str, offset: int, limit: int) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from helpers import Invoke
+from hypothesis import given
+from hypothesis import strategies as st
 
 from haios import controlfile
 from haios.errors import EXIT_BLOCKED, QuorumError, ReplicaChunkError, WalCorruptError, WalMissingError
@@ -21,7 +23,7 @@ from haios.ops.doctor import run_doctor
 from haios.replication import Replicator, Settings
 from haios.replication.links import handle, serve
 from haios.replication.origin import MIN_SAMPLES, STATE_FILE
-from haios.replication.peer import Chunk, receive
+from haios.replication.peer import Chunk, common_prefix, receive
 from haios.replication.restore import restore_wal
 from haios.sim.check import sim_check
 from haios.sim.simulator import sim_init, sim_run
@@ -361,3 +363,55 @@ def test_a_peer_catching_up_a_whole_wal_takes_it_in_bounded_chunks(
         assert verify(copy).ok and _records(copy) == _records(own)
         for seg in list_segments(own):
             assert (copy / seg.name).read_bytes() == seg.path.read_bytes()
+
+
+def test_a_new_origin_process_ships_only_what_its_peers_lack(replicated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each node process meets its peers afresh: a peer whose copy hashes the same as the origin's
+    bytes is sent only the new records; one whose copy differs (a flipped byte) is sent the segment
+    from its top, keeps the copy that disagrees aside and ends with the origin's bytes."""
+    from haios.replication import peer as peer_module
+
+    sent: list[tuple[str, int, int]] = []
+    real = peer_module.receive
+
+    def counting(root: Path, request: dict[str, object], **kwargs: object) -> dict[str, object]:
+        chunk = Chunk.decode(request)
+        if chunk.origin == "node-1":
+            sent.append((root.name, chunk.offset, len(chunk.data)))
+        return real(root, request, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(peer_module, "receive", counting)
+    own = replicated / "nodes/node-1/wal"
+    last = list_segments(own)[-1]
+    held = last.path.stat().st_size
+    damaged = replicated / "nodes/node-3/replicas/node-1" / last.name
+    body = bytearray(damaged.read_bytes())
+    body[held // 2] ^= 0x10
+    damaged.write_bytes(bytes(body))
+    node = _node(replicated, "node-1")
+    _tick(node, 1)
+    _wait_caught_up(replicated, "node-1", ("node-2", "node-3"))
+    node.close()
+    grown = last.path.stat().st_size
+    assert [(offset, size) for peer, offset, size in sent if peer == "node-2"] == [(held, grown - held)]
+    assert [offset for peer, offset, _ in sent if peer == "node-3"] == [0]
+    assert (damaged.parent / f"{last.name}.diverged.0").read_bytes() == bytes(body)
+    for peer in ("node-2", "node-3"):
+        copy = replicated / "nodes" / peer / "replicas" / "node-1"
+        assert verify(copy).ok and (copy / last.name).read_bytes() == last.path.read_bytes()
+
+
+@given(st.binary(max_size=64), st.binary(max_size=64), st.binary(max_size=64))
+def test_common_prefix_is_the_length_of_the_shared_start(shared: bytes, a: bytes, b: bytes) -> None:
+    left, right = shared + a, shared + b
+    assert common_prefix(left, right) == len(os.path.commonprefix([left, right]))
+
+
+def test_common_prefix_of_large_chunks() -> None:
+    chunk = os.urandom(4 << 20)
+    assert common_prefix(chunk, chunk) == len(chunk)
+    assert common_prefix(chunk, chunk[:1000]) == 1000
+    changed = bytearray(chunk)
+    changed[3_000_001] ^= 0x40
+    assert common_prefix(chunk, bytes(changed)) == 3_000_001
+    assert common_prefix(b"", chunk) == 0
