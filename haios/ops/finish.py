@@ -199,7 +199,8 @@ def finish(
     if MEMBERSHIP_FILE not in ctx.unreadable and (
         ctx.config.cluster.replication.mode != "off" or (path / PLACEMENT_FILE).exists()
     ):
-        placed = placement.sync(path, ctx.config, members.participants(path, ctx.config), ctx.transport, clock())
+        participants = members.participants(path, ctx.config)
+        placed = placement.sync(path, ctx.config, participants, ctx.transport, clock(), parallelism=ctx.parallelism)
         result.placement = placed.lines()  # an origin still not told is said on every run...
         if placed.saved:  # ...but committed only when the placement file changes
             paths.append(PLACEMENT_FILE)

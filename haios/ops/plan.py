@@ -147,7 +147,7 @@ def _observed(opened: OpsContext, at: float, parallelism: int) -> Context:
             read()
         except ConfigError as exc:
             unreadable[rel] = in_repo(path, exc.one_line())
-    ctx = Context(path, config, tr, opened.backend, observations, estimators, at, membership)
+    ctx = Context(path, config, tr, opened.backend, observations, estimators, at, membership, parallelism=parallelism)
     ctx.unreadable = unreadable
     return ctx
 

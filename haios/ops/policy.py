@@ -26,6 +26,7 @@ from ..node.fence import POLICY_SHARD
 from ..recovery.model import Context, Plan, RunResult
 from ..recovery.nodeops import push_policy
 from ..timefmt import utc
+from ..transport.base import fan_out
 
 
 def members(ctx: Context) -> list[str]:
@@ -64,19 +65,21 @@ def push(
         for entry in out:
             emit(make("policy", **entry))
         return out
-    out = []
+    nodes = [item["node"] for item in plan.policy]
+    done: dict[str, dict[str, Any]] = {}
     try:
-        for item in plan.policy:
-            node = item["node"]
-            try:
-                answer = push_policy(ctx.transport, node, token=lease.token, policy=policy)
+        push = lambda n: push_policy(ctx.transport, n, token=lease.token, policy=policy)  # noqa: E731
+        pushes = fan_out(ctx.transport, nodes, push, parallelism=ctx.parallelism)
+        for node, answer in pushes:  # as each member answers (remote members several at once)
+            if isinstance(answer, HaiosError):  # unreachable, fenced, refused: it gets it on a later run
+                entry = {"node": node, "outcome": "failed", "error": answer.message}
+            else:
                 entry = {"node": node, "outcome": str(answer.get("outcome")), "digest": policy["digest"]}
-            except HaiosError as exc:  # unreachable, fenced, refused: this member gets it on a later run
-                entry = {"node": node, "outcome": "failed", "error": exc.message}
-            out.append(entry)
+            done[node] = entry
             emit(make("policy", node=node, **{k: v for k, v in entry.items() if k != "node"}))
     finally:
         ctx.backend.release(lease, clock())
+    out = [done[node] for node in nodes]
     _remember(ctx, policy, out, clock())
     return out
 

@@ -270,6 +270,7 @@ class Context:
     # trace -> why the override that names it cannot be judged now (the supervisors or the record of
     # applied overrides cannot be read): it waits
     unjudged: dict[str, str] = field(default_factory=dict)
+    parallelism: int = 32  # remote nodes worked on at once (--max-parallel): observed, told, pushed to
 
 
 @dataclass

@@ -29,20 +29,25 @@ def replication(
     ``group`` (the origin first), the placement reconcile decided; with ``permit_async``, let that
     peer acknowledge before its fsync for a while (SPEC §6.1)."""
     node = Node(root)
+    told = None  # settings that differ from what the node keeps: written with the placement, once
     if settings is not None:
         if not isinstance(settings, dict) or settings.get("mode") not in ("off", "sync-majority"):
             raise UsageError(f"replication settings for {node.name} must say mode off or sync-majority: {settings}")
         if read_state(root)[0].get("settings") != settings:
-            Replicator(node.name, root, Settings.from_policy({}), links={}).configure(settings)
-    current = Settings.for_node(root, node.policy)
-    if not current.on:
-        return {"node": node.name, "mode": current.mode}
+            told = settings
+    current = Settings.for_node(root, node.policy, told)
     replicator = Replicator(node.name, root, current, links={})
-    if group is not None:
+    placing = False
+    if current.on and group is not None:
         if not group or group[0] != node.name or len(set(group)) != len(group):
             raise UsageError(f"a replica group for {node.name} must start with it and name each peer once: {group}")
-        if list(group[1:]) != replicator.peers() or read_state(root)[0].get("group") is None:
-            replicator.place(list(group[1:]))
+        placing = list(group[1:]) != replicator.peers() or read_state(root)[0].get("group") is None
+    if placing and group is not None:
+        replicator.place(list(group[1:]), settings=told)
+    elif told is not None:
+        replicator.configure(told)
+    if not current.on:
+        return {"node": node.name, "mode": current.mode}
     if permit_async is not None:
         if permit_async not in replicator.peers():
             raise UsageError(f"{permit_async} is not a replica peer of {node.name} ({', '.join(replicator.peers())})")

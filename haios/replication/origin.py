@@ -62,9 +62,13 @@ def _why(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)
+def _ring(members: tuple[str, ...]) -> Ring:
+    return Ring(members)  # building the ring is the expensive part: once per membership, not per origin
+
+
 def _ring_peers(members: tuple[str, ...], origin: str, replicas: int) -> tuple[str, ...]:
-    return Ring(members).peers(origin, replicas)  # building the ring is the expensive part: once per membership
+    return _ring(members).peers(origin, replicas)
 
 
 def quorum(size: int) -> int:
@@ -89,10 +93,11 @@ class Settings:
         return self.mode == "sync-majority"
 
     @classmethod
-    def for_node(cls, root: Path, policy: dict[str, Any]) -> Settings:
-        """The node's settings: what reconcile last told it (``replication`` control file), else what
-        its policy said when it was provisioned."""
-        told = read_state(root)[0].get("settings")
+    def for_node(cls, root: Path, policy: dict[str, Any], told: dict[str, Any] | None = None) -> Settings:
+        """The node's settings: ``told`` (settings reconcile sends, not yet kept), else what reconcile
+        last told it (``replication`` control file), else what its policy said when it was provisioned."""
+        if told is None:
+            told = read_state(root)[0].get("settings")
         if not told:
             return cls.from_policy(policy)
         return cls.from_policy(
@@ -496,18 +501,18 @@ class Replicator:
         """Take the replication settings reconcile sends (on or off, R, the peers' addresses, timings)."""
         self._reconfigure(f"settings: mode {settings.get('mode')}", level=logging.INFO, settings=settings)
 
-    def place(self, peers: list[str]) -> None:
-        """Take the peers reconcile's placement gives this node (LAGGING marks of dropped peers go)."""
+    def place(self, peers: list[str], settings: dict[str, Any] | None = None) -> None:
+        """Take the peers reconcile's placement gives this node (LAGGING marks of dropped peers go),
+        and with ``settings`` the replication settings sent with them, in one reconfiguration."""
         lagging = {k: v for k, v in (self.state().get("lagging") or {}).items() if k in peers}
         grant = self.state().get("permit_async")
         if grant and grant["peer"] not in peers:
             grant = None
-        self._reconfigure(
-            f"placement: peers {', '.join(peers) or 'none'}",
-            group=[self.node, *peers],
-            lagging=lagging,
-            permit_async=grant,
-        )
+        why = f"placement: peers {', '.join(peers) or 'none'}"
+        told: dict[str, Any] = {}
+        if settings is not None:
+            why, told = f"settings: mode {settings.get('mode')}; {why}", {"settings": settings}
+        self._reconfigure(why, group=[self.node, *peers], lagging=lagging, permit_async=grant, **told)
 
     def permit_async(self, peer: str) -> dict[str, Any]:
         """Let ``peer`` acknowledge before its fsync for ``permit_async_for`` seconds."""

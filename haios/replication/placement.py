@@ -22,6 +22,7 @@ from ..controlfile import dump_mapping
 from ..errors import ConfigError, HaiosError
 from ..fsutil import atomic_write, makedirs_durable
 from ..layout import PLACEMENT_FILE
+from ..transport.base import fan_out
 from .ring import Placement, advance
 
 
@@ -92,10 +93,12 @@ def save(repo: Path, stored: Stored) -> None:
     atomic_write(repo / PLACEMENT_FILE, dump_mapping(body))
 
 
-def sync(repo: Path, config: RepoConfig, members: list[str], transport: Any, now: float) -> PlacementRun:
+def sync(
+    repo: Path, config: RepoConfig, members: list[str], transport: Any, now: float, *, parallelism: int = 1
+) -> PlacementRun:
     """Carry the placement forward to ``now`` and tell the origins whose peers (or whose replication
-    settings: turned on or off, R, peers' addresses, timings) changed. With replication off, nodes
-    that were told to replicate are told to stop."""
+    settings: turned on or off, R, peers' addresses, timings) changed, up to ``parallelism`` remote
+    origins at once. With replication off, nodes that were told to replicate are told to stop."""
     run = PlacementRun()
     old = load(repo)
     settings = settings_for(config)
@@ -126,12 +129,13 @@ def sync(repo: Path, config: RepoConfig, members: list[str], transport: Any, now
         requests = {
             o: {"op": "replication", "group": [o, *placement.streams[o]], "settings": settings} for o in pending
         }
-    for origin, request in requests.items():
-        try:
-            transport.call(origin, request)
+    told = fan_out(transport, sorted(requests), lambda o: transport.call(o, requests[o]), parallelism=parallelism)
+    for origin, answer in told:
+        if isinstance(answer, HaiosError):
+            run.unpushed[origin] = answer.one_line()
+        else:
             run.told.append(origin)
-        except HaiosError as exc:
-            run.unpushed[origin] = exc.one_line()
+    run.told.sort()
     new = Stored(placement, sorted(run.unpushed), digest)
     if old is None or new != old:
         save(repo, new)

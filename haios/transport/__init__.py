@@ -12,8 +12,8 @@ from .._lazy import exports
 
 if TYPE_CHECKING:
     from ..layout import MIRROR_DIR
-    from .base import Completed, Exchange, Handler, Transport
-    from .cluster import DEFAULT_PARALLEL, KNOWN_HOSTS, ClusterTransport, open_transport, transport_for
+    from .base import DEFAULT_PARALLEL, Completed, Exchange, Handler, Transport
+    from .cluster import KNOWN_HOSTS, ClusterTransport, open_transport, transport_for
     from .local import LocalTransport
     from .ssh import SshTransport
 
@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 _WHERE = {
-    "DEFAULT_PARALLEL": "haios.transport.cluster",
+    "DEFAULT_PARALLEL": "haios.transport.base",
     "KNOWN_HOSTS": "haios.transport.cluster",
     "ClusterTransport": "haios.transport.cluster",
     "open_transport": "haios.transport.cluster",

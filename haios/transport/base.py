@@ -3,14 +3,41 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..errors import HaiosError, UsageError
+
+T = TypeVar("T")
+DEFAULT_PARALLEL = 32  # remote nodes observed at once (--max-parallel)
+
+
+def fan_out(
+    transport: Any, nodes: Sequence[str], work: Callable[[str], T], *, parallelism: int = DEFAULT_PARALLEL
+) -> Iterator[tuple[str, T | HaiosError]]:
+    """``work(node)`` for each node, yielding the node with what it returned or the HaiosError it
+    raised (unreachable, refused: one node's failure is its own), as each finishes. When a node is
+    reached over the network, up to ``parallelism`` run at once (the time is spent waiting on the
+    nodes); when every node is local, one after another (the work is this process's CPU)."""
+    if getattr(transport, "all_local", True) or parallelism <= 1 or len(nodes) <= 1:
+        for node in nodes:
+            try:
+                yield node, work(node)
+            except HaiosError as exc:
+                yield node, exc
+        return
+    with ThreadPoolExecutor(max_workers=min(parallelism, len(nodes)), thread_name_prefix="haios-fan-out") as pool:
+        futures = {pool.submit(work, node): node for node in nodes}
+        for future in as_completed(futures):
+            try:
+                yield futures[future], future.result()
+            except HaiosError as exc:
+                yield futures[future], exc
+
 
 Handler = Callable[[Path, dict[str, Any]], dict[str, Any]]
 """A node-side server run in this process: (node root, request) -> answer."""

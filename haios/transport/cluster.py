@@ -17,7 +17,6 @@ from .local import LocalTransport
 from .ssh import SshTransport
 
 KNOWN_HOSTS = "known_hosts"  # in the desired-state repo: pinned host keys of nodes without host_key
-DEFAULT_PARALLEL = 32  # remote nodes observed at once (--max-parallel)
 
 
 class ClusterTransport:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,34 @@ class Recorder:
             raise TransportError(f"{node}: cannot connect")
         self.told[node] = request["group"]
         return {}
+
+
+class RemoteRecorder(Recorder):
+    """Origins on other machines: each call waits until ``together`` calls are in flight at once."""
+
+    all_local = False
+
+    def __init__(self, together: int, down: set[str] | None = None) -> None:
+        super().__init__(down)
+        self.barrier = threading.Barrier(together, timeout=60)
+        self._lock = threading.Lock()
+
+    def call(self, node: str, request: dict[str, Any]) -> dict[str, Any]:
+        if node not in self.down:
+            self.barrier.wait()
+        with self._lock:
+            return super().call(node, request)
+
+
+def test_remote_origins_are_told_at_once(tmp_path: Path) -> None:
+    directory = sim_init(tmp_path / "c", 5, replication=True)
+    config = load_repo(directory)
+    members = [f"node-{i}" for i in range(1, 6)]
+    recorder = RemoteRecorder(together=4, down={"node-3"})
+    run = placement.sync(directory, config, members, recorder, T0, parallelism=8)
+    assert run.told == ["node-1", "node-2", "node-4", "node-5"]
+    assert list(run.unpushed) == ["node-3"] and "cannot connect" in run.unpushed["node-3"]
+    assert set(recorder.told) == set(run.told)
 
 
 def test_reconcile_places_every_stream_and_tells_the_nodes(tmp_path: Path, cli: Invoke) -> None:
