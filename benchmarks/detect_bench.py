@@ -52,29 +52,20 @@ def _doctor_child(repo: Path) -> dict[str, float]:
     return run_child(DOCTOR_CHILD, repo)
 
 
-def build_cluster(root: Path, nodes: int, records: int) -> Path:
-    """A repo of NODES local nodes whose WALs hold RECORDS records of whole phases each."""
-    repo = init_repo(root / "repo", cluster="bench", nodes=nodes).path
-    config = load_repo(repo)
-    roots = [n.local_root(repo) for n in config.cluster.nodes]
-    template = roots[0]
+def write_history(root: Path, node: str, records: int) -> None:
+    """Append whole phases (4 records each: BEGIN, INTENT, PREPARE, COMMIT) to the WAL of the node
+    root ``root`` until it holds ``records`` records; its state.txt then says where they end."""
     g = lamport = 0
     now = time.time() - 86400
-    with Wal.open(template / "wal") as wal:
-        while lamport < records:  # whole phases, 4 records each: BEGIN, INTENT, PREPARE, COMMIT
+    with Wal.open(root / "wal") as wal:
+        while lamport < records:
             g += 1
             for phase in ("ANALYZE", "BLUEPRINT", "CONSTRUCT", "VALIDATE", "IDLE"):
-                common = {
-                    "node": "node-1",
-                    "g": g,
-                    "phase": phase,
-                    "trace_id": f"t-{g}-{phase}",
-                    "vc": {"node-1": lamport + 1},
-                }
+                common = {"node": node, "g": g, "phase": phase, "trace_id": f"t-{g}-{phase}", "vc": {node: lamport + 1}}
                 now += 1
                 wal.append(
                     RecordType.BEGIN_PHASE,
-                    {**common, "ts": now, "snapshot": f"{g}-{phase}", "participants": ["node-1"]},
+                    {**common, "ts": now, "snapshot": f"{g}-{phase}", "participants": [node]},
                 )
                 wal.append(
                     RecordType.INTENT,
@@ -93,11 +84,18 @@ def build_cluster(root: Path, nodes: int, records: int) -> Path:
                 wal.append(RecordType.PREPARE, {**common, "ts": now, "intent_count": 1, "digest": "d"})
                 lamport = wal.append(RecordType.COMMIT_PHASE, {**common, "ts": now + 0.5, "digest": "d"})
         position = wal.position()
-    state, version = controlfile.read_mapping(template / "state.txt")
-    marks = {"wal_cursor": asdict(position), "vc": {"node-1": lamport}}
-    controlfile.write_mapping(
-        template / "state.txt", {**state, "g": g, "ph": "IDLE", **marks}, expected_version=version
-    )
+    state, version = controlfile.read_mapping(root / "state.txt")
+    marks = {"wal_cursor": asdict(position), "vc": {node: lamport}}
+    controlfile.write_mapping(root / "state.txt", {**state, "g": g, "ph": "IDLE", **marks}, expected_version=version)
+
+
+def build_cluster(root: Path, nodes: int, records: int) -> Path:
+    """A repo of NODES local nodes whose WALs hold RECORDS records of whole phases each."""
+    repo = init_repo(root / "repo", cluster="bench", nodes=nodes).path
+    config = load_repo(repo)
+    roots = [n.local_root(repo) for n in config.cluster.nodes]
+    template = roots[0]
+    write_history(template, "node-1", records)
     for other in roots[1:]:
         shutil.rmtree(other)
         subprocess.run(["cp", "-a", str(template), str(other)], check=True)

@@ -102,7 +102,8 @@ def test_benchmarks_startup_bench_quick_run_prints_its_table(tmp_path: Path) -> 
     assert proc.returncode in (0, 1), proc.stderr  # 1: a target missed, not a failure here
     lines = proc.stdout.splitlines()
     assert lines[0].split()[:2] == ["measure", "median"]
-    for row in ("python3 -c pass", "haios --version", "haios --help", "haios node step", "haios node intent"):
+    rows = ("python3 -c pass", "haios --version", "haios --help", "haios node step", "haios node intent")
+    for row in (*rows, "haios node step, long WAL (2,000 records)"):
         assert any(line.startswith(row) for line in lines), row
     assert list(work.iterdir()) == []
 

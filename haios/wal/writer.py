@@ -10,6 +10,7 @@ reopening repairs the torn tail (nothing acknowledged is lost).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -17,6 +18,7 @@ import os
 import secrets
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from ..clock import wall_time
 from ..errors import WalCorruptError, WalFailedError, WalLockedError, WalReadOnlyError
 from ..fsutil import TEMP_SUFFIX, fsync_dir, makedirs_durable, temp_name, write_all
 from . import format as fmt
-from .reader import Cursor, WalReader, list_segments
+from .reader import Cursor, Segment, WalReader, cursor_holds, list_segments
 from .repair import repair as repair_wal
 
 log = logging.getLogger("haios.wal")
@@ -38,6 +40,12 @@ LOCK_NAME = ".writer.lock"
 # its writer can look held for the few milliseconds a fork takes. A real second writer holds it
 # for as long as it runs and is still refused, only after this wait.
 LOCK_WAIT = 1.0
+# Where the last writer left the WAL (segment, offset, chain state, CRC-32 of the segment's bytes up
+# to there), written when it closes: the next open reads those bytes at checksum speed and verifies
+# record by record only what came after. A hint: anything that does not check out is ignored and the
+# whole last segment verified, as without it.
+MARK_NAME = ".writer.verified"
+MARK_MAGIC = "haios-wal-verified 1"
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,55 @@ class Replicator(Protocol):
     def ensure_quorum(self) -> None: ...
 
     def replicate(self, wal: Path, wal_id: int, upto: Upto, local_fsync_s: float) -> Any: ...
+
+
+@dataclass(frozen=True)
+class _Mark:
+    segment: str
+    offset: int
+    last_start: int  # where the record that ends at ``offset`` begins
+    lamport: int
+    crc: int
+    prefix_crc32: int  # zlib.crc32 of the segment's bytes [0, offset)
+
+    def encode(self) -> bytes:
+        text = (
+            f"{MARK_MAGIC} {self.segment} {self.offset} {self.last_start} {self.lamport} {self.crc} {self.prefix_crc32}"
+        )
+        return f"{text} {zlib.crc32(text.encode())}\n".encode()
+
+    @classmethod
+    def read(cls, directory: Path) -> _Mark | None:
+        """The mark in ``directory``, or None when there is none or it does not check out."""
+        try:
+            with open(directory / MARK_NAME, "rb") as fh:
+                raw = fh.read(512)
+            text, _, check = raw.decode("ascii").strip().rpartition(" ")
+            fields = text.removeprefix(MARK_MAGIC + " ").split(" ")
+            if not text.startswith(MARK_MAGIC + " ") or len(fields) != 6 or zlib.crc32(text.encode()) != int(check):
+                return None
+            mark = cls(fields[0], *(int(f) for f in fields[1:]))
+        except (OSError, UnicodeDecodeError, ValueError, TypeError):
+            return None
+        if not fmt.SEGMENT_NAME.fullmatch(mark.segment) or mark.last_start < fmt.SEGMENT_HEADER_SIZE:
+            return None
+        return mark if mark.last_start + fmt.RECORD_HEADER_SIZE <= mark.offset else None
+
+
+def _crc32_of(path: Path, end: int, known: tuple[int, int] | None = None) -> int:
+    """zlib.crc32 of the first ``end`` bytes of ``path`` (``known``: the CRC-32 of a shorter prefix,
+    (length, crc32), from which to go on). OSError when the file is shorter."""
+    start, crc32 = known if known is not None and known[0] <= end else (0, 0)
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        left = end - start
+        while left > 0:
+            block = fh.read(min(left, 1 << 20))
+            if not block:
+                raise OSError(errno.EIO, f"{path}: shorter than {end} bytes")
+            crc32 = zlib.crc32(block, crc32)
+            left -= len(block)
+    return crc32
 
 
 def _writer_lock(directory: Path) -> int:
@@ -114,6 +171,8 @@ class Wal:
         self._wal_id = 0
         self._lamport = 0
         self._crc = 0
+        self._segment_crc32 = 0  # zlib.crc32 of the current segment's bytes so far (for the mark)
+        self._mark_prefix: tuple[int, int] | None = None  # (offset, crc32) a mark vouched for at open
         self.syncs = 0  # fdatasync calls made (group commit shares them)
         self.bytes_written = 0
         self._segment_name = ""
@@ -165,27 +224,48 @@ class Wal:
         if not segments:
             self._wal_id = secrets.randbits(63)
             return
-        reader = WalReader(self.directory, from_lamport=segments[-1].first_lamport, decode=False, verify_only=True)
-        try:
-            reader.drain()
-        except WalCorruptError as exc:
-            if not (repair and exc.corruption.torn_tail):
-                raise
-            report = repair_wal(self.directory)
-            log.warning("repaired torn WAL tail: %s", report.summary())
-            reader = WalReader(
-                self.directory, from_lamport=segments[-1].first_lamport, decode=False, verify_only=True
-            ).drain()
         last = segments[-1]
+        reader = self._from_mark(last)
+        if reader is None:
+            reader = WalReader(self.directory, from_lamport=last.first_lamport, decode=False, verify_only=True)
+            try:
+                reader.drain()
+            except WalCorruptError as exc:
+                if not (repair and exc.corruption.torn_tail):
+                    raise
+                report = repair_wal(self.directory)
+                log.warning("repaired torn WAL tail: %s", report.summary())
+                reader = WalReader(self.directory, from_lamport=last.first_lamport, decode=False, verify_only=True)
+                reader.drain()
         header = reader._header
         cursor = reader.cursor or Cursor(last.seq, fmt.SEGMENT_HEADER_SIZE, header.prev_lamport, header.prev_crc)
         self._wal_id = header.wal_id
         self._seq, self._offset, self._salt = last.seq, cursor.offset, header.salt
         self._segment_name = last.name
         self._lamport, self._crc = cursor.lamport, cursor.crc
+        self._segment_crc32 = _crc32_of(last.path, cursor.offset, self._mark_prefix)
+        self._mark_prefix = None
         if not self.read_only:
             self._fd = os.open(last.path, os.O_WRONLY | os.O_CLOEXEC)
             os.lseek(self._fd, self._offset, os.SEEK_SET)
+
+    def _from_mark(self, last: Segment) -> WalReader | None:
+        """A reader drained from where the last writer's mark says the verified bytes end, when the
+        mark names this segment and those bytes still have its CRC-32; else None."""
+        mark = _Mark.read(self.directory)
+        if mark is None or mark.segment != last.name:
+            return None
+        cursor = Cursor(last.seq, mark.offset, mark.lamport, mark.crc)
+        try:
+            crc32 = _crc32_of(last.path, mark.offset)
+            if crc32 != mark.prefix_crc32 or not cursor_holds(self.directory, cursor, mark.last_start):
+                return None
+            reader = WalReader(self.directory, segments=[last], cursor=cursor, decode=False, verify_only=True)
+            reader.drain()
+        except (OSError, WalCorruptError):
+            return None  # a tail that does not verify: the whole segment is read, and repaired if torn
+        self._mark_prefix = (mark.offset, crc32)
+        return reader
 
     # -- appending -------------------------------------------------------------------------------
 
@@ -246,6 +326,7 @@ class Wal:
                 raise self._fatal(exc, "write") from exc
             self._last_start = self._offset
             self._offset += len(data)
+            self._segment_crc32 = zlib.crc32(data, self._segment_crc32)
             self._lamport, self._crc = lamport, crc
             self.bytes_written += len(data)
             with self._cond:
@@ -336,8 +417,9 @@ class Wal:
             tmp = self.directory / temp_name(name)
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                encoded = header.encode()
                 try:
-                    write_all(fd, header.encode())
+                    write_all(fd, encoded)
                     self._sync(fd)
                 except BaseException:
                     os.close(fd)
@@ -349,6 +431,7 @@ class Wal:
             self._fd = fd
             self._seq, self._offset, self._salt = seq, fmt.SEGMENT_HEADER_SIZE, salt
             self._segment_name = name
+            self._segment_crc32 = zlib.crc32(encoded)
             self.bytes_written += fmt.SEGMENT_HEADER_SIZE
         finally:
             with self._cond:
@@ -358,10 +441,13 @@ class Wal:
     # -- closing ---------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Sync what was appended and release the writer lock. Safe to call twice."""
+        """Sync what was appended, leave the mark of where the verified bytes end (when this writer
+        appended to the segment) and release the writer lock. Safe to call twice."""
         try:
             if self._fd is not None and self._failed is None:
                 self.sync()
+                if self._last_start is not None and self._failed is None:
+                    self._leave_mark()
         finally:
             if self._fd is not None:
                 os.close(self._fd)
@@ -369,6 +455,20 @@ class Wal:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+
+    def _leave_mark(self) -> None:
+        mark = _Mark(
+            self._segment_name, self._offset, self._last_start or 0, self._lamport, self._crc, self._segment_crc32
+        )
+        tmp = self.directory / (MARK_NAME + TEMP_SUFFIX)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(mark.encode())
+            os.replace(tmp, self.directory / MARK_NAME)
+        except OSError as exc:  # only a hint: the next open verifies the whole last segment instead
+            log.debug("%s: could not leave the WAL mark: %s", self.directory, exc)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     def __enter__(self) -> Wal:
         return self
