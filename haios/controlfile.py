@@ -23,6 +23,7 @@ import copy
 import errno
 import hashlib
 import io
+import json
 import math
 import os
 import re
@@ -35,7 +36,7 @@ from typing import Any
 from .config.yamlload import load_yaml
 from .errors import ControlFileError, ControlFileMissing, InputError, IntegrityError, VersionConflict, YamlRejected
 from .fsutil import locked_dir, replace_in_dir
-from .untrusted import INT_BOUND, MAX_DEPTH, read_file
+from .untrusted import INT_BOUND, MAX_DEPTH, nests_deeper, read_file
 
 MAX_SIZE = 16 * 1024 * 1024
 """Largest control file haios reads; anything bigger is refused before it is read."""
@@ -163,11 +164,47 @@ def dump_mapping(mapping: dict[str, Any]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
+JSON_BODY_FROM = 2048
+"""A mapping of plain values (see :func:`_plain`) whose body would be at least this many bytes is
+written in YAML's JSON style (flow mappings and sequences, double-quoted strings: YAML all the
+same), which is read back by the JSON parser in C — a policy or replication file listing hundreds
+of members parses in a fraction of a millisecond instead of tens."""
+
+
+def _json_body(mapping: dict[str, Any], minimum: int = JSON_BODY_FROM) -> bytes | None:
+    """The body of ``mapping`` in JSON style (one item a line), when it is plain and at least
+    ``minimum`` bytes long."""
+    if not _plain(mapping):
+        return None
+    text = json.dumps(mapping, ensure_ascii=True, indent=0, allow_nan=False) + "\n"
+    return text.encode("ascii") if len(text) >= minimum else None
+
+
+def _from_json_body(body: bytes) -> dict[str, Any] | None:
+    """The mapping of a body :func:`_json_body` wrote: exactly its JSON-style dump of plain values
+    (so no duplicate key, escape or number the YAML reading would take otherwise); None for any
+    other body, which is read as YAML."""
+    if nests_deeper(body, MAX_DEPTH):
+        return None
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):  # not JSON (a 4,300-digit integer is a ValueError too)
+        return None
+    if type(value) is not dict or not _plain(value) or _json_body(value) != body:
+        return None
+    return value
+
+
 def load_mapping(cf: ControlFile) -> dict[str, Any]:
     """Parse a verified control file's body as a YAML mapping, by the same strict, bounded rules as
-    the desired-state files (no tags or aliases, integers of 64 bits, nesting at most 64 deep)."""
+    the desired-state files (no tags or aliases, integers of 64 bits, nesting at most 64 deep); a
+    body haios wrote in JSON style is read by the JSON parser (the same mapping, faster)."""
     if not cf.body:
         return {}
+    if cf.body[:1] == b"{":
+        quick = _from_json_body(cf.body)
+        if quick is not None:
+            return quick
     try:
         value = load_yaml(cf.body, str(cf.path), limit=MAX_SIZE).value
     except YamlRejected as exc:
@@ -228,7 +265,7 @@ def write_mapping(path: Path | str, mapping: dict[str, Any], *, expected_version
     """Write ``mapping`` as a haios control file; see :func:`write`. A mapping of plain JSON values
     is also what :func:`read_mapping_cached` will read back from the file while it stays as written
     (the body reads back as the mapping it was dumped from): it is kept, not parsed again."""
-    body = dump_mapping(mapping)
+    body = _json_body(mapping) or dump_mapping(mapping)
     version = write(path, body, expected_version=expected_version)
     _remember(path, version, body, mapping)
     return version

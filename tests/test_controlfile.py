@@ -17,7 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from haios import controlfile
+from haios.config.yamlload import load_yaml
 from haios.errors import (
+    ControlFileError,
     ControlFileMissing,
     HaiosError,
     IntegrityError,
@@ -288,16 +290,15 @@ PLAIN = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
     max_leaves=25,
 )
+PLAIN_MAPPINGS = st.dictionaries(
+    st.text(max_size=12) | st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=12),
+    PLAIN,
+    max_size=6,
+)
 
 
 @settings(max_examples=600, deadline=None)
-@given(
-    mapping=st.dictionaries(
-        st.text(max_size=12) | st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=12),
-        PLAIN,
-        max_size=6,
-    )
-)
+@given(mapping=PLAIN_MAPPINGS)
 def test_property_a_plain_mapping_reads_back_as_written(mapping: dict[str, object]) -> None:
     # what write_mapping relies on when it keeps the mapping it wrote instead of parsing it again
     if not controlfile._plain(mapping):
@@ -305,6 +306,57 @@ def test_property_a_plain_mapping_reads_back_as_written(mapping: dict[str, objec
     body = controlfile.dump_mapping(mapping)
     cf = controlfile.decode(controlfile.encode(body, 1), "state.txt")
     assert controlfile.load_mapping(cf) == mapping
+
+
+@settings(max_examples=600, deadline=None)
+@given(mapping=PLAIN_MAPPINGS)
+def test_property_a_json_style_body_reads_back_the_same_both_ways(mapping: dict[str, object]) -> None:
+    # a large plain mapping is written in JSON style: the JSON reading and the YAML reading of that
+    # body give the mapping back exactly (what lets load_mapping take the quick way)
+    if not controlfile._plain(mapping):
+        return
+    body = controlfile._json_body(mapping, minimum=0)
+    assert body is not None
+    quick = controlfile._from_json_body(body)
+    assert quick == mapping if len(body) >= controlfile.JSON_BODY_FROM else quick is None  # small: block style
+    assert load_yaml(body, "policy").value == mapping
+
+
+def _members(count: int) -> dict[str, object]:
+    return {"cluster": "c", "membership": {f"node-{i}": "active" for i in range(count)}, "max_g": None, "f": 0.25}
+
+
+def test_a_large_plain_mapping_is_written_in_json_style_and_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "policy"
+    big, small = _members(200), _members(2)
+    controlfile.write_mapping(path, big, expected_version=None)
+    body = controlfile.read(path).body
+    assert body.startswith(b"{\n") and load_yaml(body, "policy").value == big  # YAML all the same
+    assert controlfile.read_mapping(path)[0] == big
+    controlfile.write_mapping(path, small, expected_version=1)
+    assert controlfile.read(path).body.startswith(b"cluster: c\n")  # a small one stays in block style
+    assert controlfile.read_mapping(path) == (small, 2)
+
+
+@pytest.mark.parametrize(
+    ("body", "outcome"),
+    [
+        # a key twice: the YAML reading refuses it (the JSON parser would keep the last)
+        (b'{\n"a": 1,\n"a": 2\n}\n', "refused"),
+        # not haios's own layout: read as YAML, the same mapping
+        (b'{"a": [1, 2], "b": "x"}\n', {"a": [1, 2], "b": "x"}),
+        (b'{\n"a": "\\u00e9"\n}\n', {"a": "\u00e9"}),
+        (b'{\n"a": 9223372036854775808\n}\n', "refused"),  # beyond 64 bits
+        (b'{\n"a": NaN\n}\n', {"a": "NaN"}),  # not JSON; in YAML a plain string
+    ],
+)
+def test_a_json_looking_body_that_is_not_haios_own_is_read_as_yaml(body: bytes, outcome: object) -> None:
+    cf = controlfile.decode(controlfile.encode(body, 1), "policy")
+    if outcome == "refused":
+        with pytest.raises(ControlFileError):
+            controlfile.load_mapping(cf)
+    else:
+        assert controlfile.load_mapping(cf) == outcome
 
 
 def test_a_written_mapping_is_read_back_without_parsing_while_the_file_stays_as_written(

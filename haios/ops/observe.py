@@ -54,14 +54,16 @@ KEEP_COMPLETED = 20  # completed phase summaries kept per node (open ones are al
 STATE_VERSION = 6  # 6: the phases kept are the WAL projection's own (lean) attempts
 
 
-_DIGEST_LINE = re.compile(rb"""^digest: ['"]?([0-9a-f]{64})['"]?$""")
+# the first key of a policy, in block style or in the JSON style of a large body
+_DIGEST_LINE = re.compile(rb"""digest: ['"]?([0-9a-f]{64})['"]?(?:\n|$)|\{\n"digest": "([0-9a-f]{64})",?\n""")
 
 
 def policy_digest_line(body: bytes) -> str | None:
-    """The digest a verified ``policy`` body names on its first line (compile_policy puts it there),
-    without parsing the rest; None for a policy without one (pushed by an older haios)."""
-    match = _DIGEST_LINE.match(body.split(b"\n", 1)[0])
-    return match.group(1).decode() if match else None
+    """The digest a verified ``policy`` body names first (compile_policy puts it there: the first
+    line, or the first item of a body in JSON style), without parsing the rest; None for a policy
+    without one (pushed by an older haios)."""
+    match = _DIGEST_LINE.match(body)
+    return (match.group(1) or match.group(2)).decode() if match else None
 
 
 def _cache_path(repo: Path, node: str) -> Path:

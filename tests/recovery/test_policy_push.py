@@ -129,3 +129,6 @@ def test_the_digest_line_is_found_without_parsing_the_policy() -> None:
     assert policy_digest_line(f"digest: '{digest}'\ncluster: c\n".encode()) == digest
     assert policy_digest_line(f"digest: {digest}\n".encode()) == digest
     assert policy_digest_line(b"cluster: c\ndigest: x\n") is None  # an older haios's policy: no digest first
+    assert policy_digest_line(f'{{\n"digest": "{digest}",\n"cluster": "c"\n}}\n'.encode()) == digest  # JSON style
+    assert policy_digest_line(f'{{\n"cluster": "c",\n"digest": "{digest}"\n}}\n'.encode()) is None
+    assert policy_digest_line(f"digest: {digest}x\n".encode()) is None
