@@ -30,6 +30,7 @@ import base64
 import contextlib
 import json
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,6 +51,12 @@ def _b64(text: str) -> str:
 
 def _unb64(text: str) -> str:
     return base64.b64decode(text).decode()
+
+
+# what a member answers while the cluster elects a leader (etcd's default election timeout is 1 s)
+ELECTING = ("leader changed", "no leader", '"code":14')
+ELECTION_WAIT = 5.0  # s a call waits for an election to end before calling etcd unreachable
+ELECTION_PAUSE = 0.1
 
 
 def _why(exc: Exception) -> str:
@@ -105,19 +112,29 @@ class EtcdBackend:
         """Run ``fn(client)`` on the first endpoint that answers, starting from the last good one."""
         from etcd3gw.exceptions import ConnectionFailedError, ConnectionTimeoutError, Etcd3Exception
 
-        errors = []
-        for i in range(len(self.clients)):
-            index = (self._current + i) % len(self.clients)
-            try:
-                result = fn(self.clients[index])
-            except (ConnectionFailedError, ConnectionTimeoutError) as exc:
-                errors.append(f"{self.endpoints[index]}: {_why(exc)}")
-                continue
-            except Etcd3Exception as exc:
-                raise CoordinationError(f"etcd {self.endpoints[index]}: {what} failed: {_why(exc)}") from exc
-            self._current = index
-            return result
-        raise CoordinationError(f"etcd unreachable ({what}): " + "; ".join(errors))
+        deadline: float | None = None
+        while True:
+            errors, electing = [], False
+            for i in range(len(self.clients)):
+                index = (self._current + i) % len(self.clients)
+                try:
+                    result = fn(self.clients[index])
+                except (ConnectionFailedError, ConnectionTimeoutError) as exc:
+                    why = _why(exc)
+                    errors.append(f"{self.endpoints[index]}: {why}")
+                    electing |= any(sign in why for sign in ELECTING)
+                    continue
+                except Etcd3Exception as exc:
+                    raise CoordinationError(f"etcd {self.endpoints[index]}: {what} failed: {_why(exc)}") from exc
+                self._current = index
+                return result
+            # members that answer but have no leader are electing one: wait that out, bounded; when
+            # none answers at all, say so at once
+            now = time.monotonic()
+            deadline = now + ELECTION_WAIT if deadline is None else deadline
+            if not electing or now >= deadline:
+                raise CoordinationError(f"etcd unreachable ({what}): " + "; ".join(errors))
+            time.sleep(ELECTION_PAUSE)
 
     def _post(self, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
         def go(client: Any) -> dict[str, Any]:

@@ -177,3 +177,48 @@ def test_faulty_simulated_cluster_converges_on_etcd_with_a_member_killed(etcd: E
     assert sim_check(directory) == []
     barrier = open_backend(load_repo(directory)).barrier()
     assert (barrier.g, barrier.phase) == min(positions(directory).values())
+
+
+def test_a_call_waits_out_an_election_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from etcd3gw.exceptions import ConnectionFailedError
+
+    from haios.coord import etcd as etcd_module
+
+    slept: list[float] = []
+    monkeypatch.setattr(etcd_module.time, "sleep", slept.append)
+    backend = EtcdBackend(["http://127.0.0.1:1", "http://127.0.0.1:2"], cluster="c")
+    electing = '{"error":"etcdserver: leader changed","message":"etcdserver: leader changed","code":14}'
+    # each round asks the first endpoint first: its answer starts the next scripted round
+    script = iter([["Connection refused", electing], ["Connection refused", electing], [None, None]])
+    answers: list[str | None] = []
+
+    def call(client: object) -> str:
+        if client is backend.clients[0]:
+            answers[:] = next(script)
+        failure = answers[backend.clients.index(client)]
+        if failure is not None:
+            raise ConnectionFailedError(failure)
+        return "answered"
+
+    assert backend._call("reading k", call) == "answered"
+    assert len(slept) == 2  # two rounds found the members electing a leader: waited, then answered
+
+    # members that keep electing: the wait is bounded
+    clock = iter(range(1000))
+    monkeypatch.setattr(etcd_module.time, "monotonic", lambda: float(next(clock)))
+
+    def electing_forever(client: object) -> str:
+        raise ConnectionFailedError(electing)
+
+    with pytest.raises(CoordinationError, match="leader changed"):
+        backend._call("reading k", electing_forever)
+
+    # none answers at all: said at once, no wait
+    slept.clear()
+
+    def refused(client: object) -> str:
+        raise ConnectionFailedError("[Errno 111] Connection refused")
+
+    with pytest.raises(CoordinationError, match="connection refused"):
+        backend._call("reading k", refused)
+    assert slept == []
