@@ -243,9 +243,8 @@ class Wal:
         self._seq, self._offset, self._salt = last.seq, cursor.offset, header.salt
         self._segment_name = last.name
         self._lamport, self._crc = cursor.lamport, cursor.crc
-        self._segment_crc32 = _crc32_of(last.path, cursor.offset, self._mark_prefix)
-        self._mark_prefix = None
-        if not self.read_only:
+        if not self.read_only:  # the running CRC-32 of the segment, for the mark this writer leaves
+            self._segment_crc32 = _crc32_of(last.path, cursor.offset, self._mark_prefix)
             self._fd = os.open(last.path, os.O_WRONLY | os.O_CLOEXEC)
             os.lseek(self._fd, self._offset, os.SEEK_SET)
 
@@ -264,7 +263,7 @@ class Wal:
             reader.drain()
         except (OSError, WalCorruptError):
             return None  # a tail that does not verify: the whole segment is read, and repaired if torn
-        self._mark_prefix = (mark.offset, crc32)
+        self._mark_prefix = (mark.offset, crc32)  # only what follows is read again for the running CRC-32
         return reader
 
     # -- appending -------------------------------------------------------------------------------
