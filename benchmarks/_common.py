@@ -12,6 +12,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+PEAK_RSS = """
+def peak_rss_kib():
+    # this process's peak resident set: VmHWM, not getrusage's ru_maxrss, which Linux carries over
+    # exec from the parent at the fork that started this process (a benchmark that built its data
+    # in memory would be charged for it)
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+"""
+"""Prepended to a measured child's script: ``peak_rss_kib()``, its own peak RSS in KiB."""
+
 
 def run_child(script: str, repo: Path) -> dict[str, Any]:
     """Run ``python -c SCRIPT REPO`` after a ``sync`` (no writeback of the setup pending); its last

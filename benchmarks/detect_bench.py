@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from _common import print_table, run_child
+from _common import PEAK_RSS, print_table, run_child
 
 from haios import controlfile
 from haios.config import load_repo
@@ -39,13 +39,16 @@ from haios.wal import RecordType, Wal
 
 POLL = 0.1
 
-DOCTOR_CHILD = """
-import json, resource, sys, time
+DOCTOR_CHILD = (
+    PEAK_RSS
+    + """
+import json, sys, time
 from haios.ops.doctor import run_doctor
 t = time.perf_counter(); report = run_doctor(sys.argv[1]); elapsed = time.perf_counter() - t
 print(json.dumps({"seconds": elapsed, "bytes": report.bytes_read, "healthy": report.healthy,
-                  "findings": len(report.findings), "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+                  "findings": len(report.findings), "rss_kib": peak_rss_kib()}))
 """
+)
 
 
 def _doctor_child(repo: Path) -> dict[str, float]:

@@ -31,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 
+from _common import PEAK_RSS
+
 from haios.wal import RecordType, Wal
 from haios.wal import format as fmt
 
@@ -152,7 +154,9 @@ def bench_concurrent(root: Path, threads: int, per_thread: int, rounds: int) -> 
 
 # Peak RSS of verify counts the process itself plus every worker process it started (each worker is
 # charged the largest worker's peak, since getrusage reports only the largest child).
-VERIFY_CHILD = """
+VERIFY_CHILD = (
+    PEAK_RSS
+    + """
 import os, resource, sys, time
 from haios.wal import verify
 from haios.wal.reader import PARALLEL_MIN_BYTES, list_segments
@@ -160,12 +164,15 @@ t = time.perf_counter(); report = verify(sys.argv[1]); elapsed = time.perf_count
 assert report.ok, report.corruption
 segments = list_segments(__import__("pathlib").Path(sys.argv[1]))
 workers = min(os.cpu_count() or 1, len(segments)) if report.bytes >= PARALLEL_MIN_BYTES else 0
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + workers * resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+rss = peak_rss_kib() + workers * resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print(elapsed, report.records, report.bytes, rss)
 """
+)
 
-FLOOR_CHILD = """
-import os, resource, sys, time, zlib
+FLOOR_CHILD = (
+    PEAK_RSS
+    + """
+import os, sys, time, zlib
 paths = sorted(os.path.join(sys.argv[1], n) for n in os.listdir(sys.argv[1]) if n.endswith(".wal"))
 t = time.perf_counter(); total = 0
 for path in paths:
@@ -174,8 +181,9 @@ for path in paths:
         while chunk := fh.read(4 << 20):
             crc = zlib.crc32(chunk, crc); total += len(chunk)
 elapsed = time.perf_counter() - t
-print(elapsed, 0, total, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(elapsed, 0, total, peak_rss_kib())
 """
+)
 
 
 def _child(code: str, directory: Path) -> tuple[float, int, int, int]:
