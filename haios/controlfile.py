@@ -171,17 +171,13 @@ same), which is read back by the JSON parser in C — a policy or replication fi
 of members parses in a fraction of a millisecond instead of tens."""
 
 
-def _json_body(mapping: dict[str, Any], minimum: int = JSON_BODY_FROM) -> bytes | None:
-    """The body of ``mapping`` in JSON style (one item a line), when it is plain and at least
-    ``minimum`` bytes long."""
-    if not _plain(mapping):
-        return None
-    text = json.dumps(mapping, ensure_ascii=True, indent=0, allow_nan=False) + "\n"
-    return text.encode("ascii") if len(text) >= minimum else None
+def _json_text(mapping: dict[str, Any]) -> bytes:
+    """A mapping of plain values as a body in JSON style, one item a line."""
+    return (json.dumps(mapping, ensure_ascii=True, indent=0, allow_nan=False) + "\n").encode("ascii")
 
 
 def _from_json_body(body: bytes) -> dict[str, Any] | None:
-    """The mapping of a body :func:`_json_body` wrote: exactly its JSON-style dump of plain values
+    """The mapping of a body :func:`write_mapping` wrote in JSON style: exactly the dump of plain values
     (so no duplicate key, escape or number the YAML reading would take otherwise); None for any
     other body, which is read as YAML."""
     if nests_deeper(body, MAX_DEPTH):
@@ -190,7 +186,7 @@ def _from_json_body(body: bytes) -> dict[str, Any] | None:
         value = json.loads(body)
     except (ValueError, RecursionError):  # not JSON (a 4,300-digit integer is a ValueError too)
         return None
-    if type(value) is not dict or not _plain(value) or _json_body(value) != body:
+    if type(value) is not dict or len(body) < JSON_BODY_FROM or not _plain(value) or _json_text(value) != body:
         return None
     return value
 
@@ -265,9 +261,13 @@ def write_mapping(path: Path | str, mapping: dict[str, Any], *, expected_version
     """Write ``mapping`` as a haios control file; see :func:`write`. A mapping of plain JSON values
     is also what :func:`read_mapping_cached` will read back from the file while it stays as written
     (the body reads back as the mapping it was dumped from): it is kept, not parsed again."""
-    body = _json_body(mapping) or dump_mapping(mapping)
+    plain = _plain(mapping)
+    body = _json_text(mapping) if plain else b""
+    if len(body) < JSON_BODY_FROM:
+        body = dump_mapping(mapping)
     version = write(path, body, expected_version=expected_version)
-    _remember(path, version, body, mapping)
+    if plain and len(body) <= PARSED_BODY_BYTES:  # anything else is parsed when read back
+        _keep(os.fspath(path), version, hashlib.sha256(body).digest(), len(body), copy.deepcopy(mapping))
     return version
 
 
@@ -290,8 +290,3 @@ def _plain(value: Any, depth: int = 0) -> bool:
     if type(value) is dict:
         return all(isinstance(k, str) and _plain(k) and _plain(v, depth + 1) for k, v in value.items())
     return False
-
-
-def _remember(path: Path | str, version: int, body: bytes, mapping: dict[str, Any]) -> None:
-    if len(body) <= PARSED_BODY_BYTES and _plain(mapping):  # anything else is parsed when read back
-        _keep(os.fspath(path), version, hashlib.sha256(body).digest(), len(body), copy.deepcopy(mapping))
