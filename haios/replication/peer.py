@@ -15,7 +15,6 @@ never silently overwritten.
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import re
 import time
@@ -28,12 +27,12 @@ import lz4.block
 
 from ..errors import ReplicaChunkError, UsageError, WalCorruptError
 from ..fsutil import fsync_dir, locked_dir, makedirs_durable, write_all
+from ..node.manifest import file_sha256
 from ..wal.format import SEGMENT_HEADER_SIZE, SEGMENT_NAME, decode_segment_header, lz4_decode
 from ..wal.reader import Cursor, WalReader, list_segments, verify
 
 REPLICAS_DIR = "replicas"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-HASH_BLOCK = 1 << 20  # bytes read at a time when hashing a replica segment
 
 
 @dataclass(frozen=True)
@@ -249,7 +248,11 @@ def status(root: Path, origin: str, *, check: bool = True, prefix: bool = False)
     if not check:
         listed: dict[str, Any] = {"origin": origin, "segments": [[s.name, s.path.stat().st_size] for s in segments]}
         if prefix:
-            listed["prefix"] = _prefix(segments[-1].path)
+            last = segments[-1].path
+            size = last.stat().st_size  # before hashing: a chunk landing meanwhile only makes the hashes differ
+            digest = file_sha256(last)
+            if digest is not None:
+                listed["prefix"] = {"segment": last.name, "size": size, "sha256": digest}
         return listed
     report = verify(directory, jobs=1)
     with open(segments[0].path, "rb") as fh:
@@ -264,16 +267,6 @@ def status(root: Path, origin: str, *, check: bool = True, prefix: bool = False)
     if not report.ok and report.corruption is not None:
         answer["problem"] = report.corruption.describe()
     return answer
-
-
-def _prefix(path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while block := fh.read(HASH_BLOCK):
-            digest.update(block)
-            size += len(block)
-    return {"segment": path.name, "size": size, "sha256": digest.hexdigest()}
 
 
 def fetch(root: Path, origin: str, segment: str, offset: int, limit: int) -> dict[str, Any]:
