@@ -22,7 +22,7 @@ from haios.node import Node
 from haios.ops.doctor import run_doctor
 from haios.replication import Replicator, Settings
 from haios.replication.links import handle, serve
-from haios.replication.origin import MIN_SAMPLES, STATE_FILE
+from haios.replication.origin import MIN_SAMPLES, STATE_FILE, read_state
 from haios.replication.peer import Chunk, common_prefix, receive
 from haios.replication.restore import restore_wal
 from haios.sim.check import sim_check
@@ -183,6 +183,8 @@ def test_slow_peer_is_demoted_to_lagging_and_writes_still_reach_a_majority(repli
         "node-3": LocalExchange("node-3", nodes / "node-3", partial(handle, sync=slow_sync)),
     }
     node = Node(nodes / "node-1")
+    # the fixture's own iterations may have judged a peer already (a 50 ms floor on a loaded machine)
+    before = len(read_state(node.root)[0].get("history") or [])
     settings = dataclasses.replace(Settings.from_policy(node.policy), min_write_timeout=1.0)
     node._replicator = Replicator("node-1", node.root, settings, links=dict(links))
     try:
@@ -195,7 +197,7 @@ def test_slow_peer_is_demoted_to_lagging_and_writes_still_reach_a_majority(repli
             i += 1
         assert i >= MIN_SAMPLES // 2  # nobody is judged before enough acks were seen
         state, _ = controlfile.read_mapping(node.root / STATE_FILE)
-        assert [h["why"].split(":")[0] for h in state["history"]] == ["node-3 is LAGGING"], state["history"]
+        assert [h["why"].split(":")[0] for h in state["history"][before:]] == ["node-3 is LAGGING"], state["history"]
         assert state["lagging"]["node-3"]["ack_s"] > state["lagging"]["node-3"]["timeout_s"] >= 1.0
         # judged by its backlog, not only after the shipments sent before anyone could be judged (4 x 3 s)
         assert state["lagging"]["node-3"]["ack_s"] < 3 * slow_disk["delay"]
