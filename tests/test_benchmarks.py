@@ -43,7 +43,8 @@ def test_benchmarks_reconcile_bench_quick_run_prints_its_table(tmp_path: Path) -
     assert proc.returncode in (0, 1), proc.stderr  # toy sizes: the no-op ratio target may be missed
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["measure", "value", "target", "ok"]
-    assert lines[1].startswith("reconcile 1 (12 nodes x 400 records, 3 to roll forward)") and lines[1].endswith("yes")
+    assert lines[1].startswith("reconcile 1 (12 nodes x 400 records, 3 to roll forward; from the nodes' WAL")
+    assert lines[1].endswith("yes")
     assert lines[2].startswith("reconcile 2 (nothing to do)") and lines[2].endswith("yes")
     assert any(line.startswith("sim trials (4, every fault kind)") and " 0 violating;" in line for line in lines)
     assert list(work.iterdir()) == []  # cleaned up
@@ -116,3 +117,5 @@ def test_benchmarks_detect_bench_quick_run_prints_its_table(tmp_path: Path) -> N
     (first,) = [line for line in lines if line.startswith("first pass, one node in one process")]
     assert "records/s; read + crc32" in first and "ratio" in first
     assert any(line.startswith("doctor pass 2") for line in lines)
+    (own,) = [line for line in lines if line.startswith("doctor pass 1 from the nodes' own WAL summaries")]
+    assert " 0.00 MB read" in own  # every node's summary adopted: no record folded again

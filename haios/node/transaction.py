@@ -94,10 +94,6 @@ def crash_window(state: dict[str, Any], missed: int) -> bool:
     return missed == 1 and state.get("status") == "IN_PHASE"
 
 
-OVERRIDE_STEP = "override"  # RECOVERY step: a signed override applied (its nonce is spent on this node for good)
-CATCH_UP_PREFIX = "rejoin-"  # trace ids of the transitions a rejoining node commits to catch up
-
-
 def scan_phases(
     root: Path, *, records: Iterable[Record] | None = None, begun_at: int | None = None
 ) -> dict[tuple[int, str], PhaseLog]:

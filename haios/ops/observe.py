@@ -4,7 +4,8 @@ Per node, the pass reads ``state.txt``, every ``exec_status_<g>.txt``, ``heartbe
 ``fence`` (each verified), and the WAL **from where the previous pass stopped** — the cursor and the
 summaries it built are kept in ``status/observed/<node>.json`` — so a second pass reads only new
 bytes. If the WAL no longer continues from the saved cursor (it was repaired or replaced), the node is
-read again from the start. Nodes are observed in parallel (bounded), each within a timeout; a node
+read again from the start. A first pass starts from the summary the node's WAL writer keeps of its
+own WAL (:func:`haios.wal.summary.adopt`) when the bytes it speaks of still have the CRC-32s it names. Nodes are observed in parallel (bounded), each within a timeout; a node
 that cannot be read is an observation (``reachable: False``), never a crash.
 """
 
@@ -14,45 +15,27 @@ import fcntl
 import json
 import os
 import re
-import struct
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .. import controlfile
 from ..config.model import RepoConfig
 from ..detect.detectors import NodeObservation, PhaseSummary
-from ..errors import EXIT_VERIFICATION, HaiosError, SegmentHeaderError, WalCorruptError
+from ..errors import EXIT_VERIFICATION, HaiosError
 from ..fsutil import atomic_write, makedirs_durable
 from ..layout import OBSERVED_DIR
 from ..node import shapes
-from ..node.transaction import CATCH_UP_PREFIX, OVERRIDE_STEP
 from ..procutil import worker_initializer
 from ..transport import Transport, open_transport
 from ..untrusted import read_json
-from ..wal import Cursor, Record, RecordType, WalReader
-from ..wal.format import SEGMENT_HEADER_SIZE, decode_segment_header
-from ..wal.phases import PhaseLog, Phases
-from ..wal.reader import cursor_holds, list_segments
+from ..wal import Cursor, summary
+from ..wal.phases import PhaseLog
+from ..wal.reader import list_segments
 from ..wal.writer import LOCK_NAME
 
 CACHE_DIR = OBSERVED_DIR
-_SUMMARISED = frozenset(
-    {
-        RecordType.BEGIN_PHASE,
-        RecordType.SIDE_EFFECT,
-        RecordType.PREPARE,
-        RecordType.COMMIT_PHASE,
-        RecordType.ABORT_PHASE,
-        RecordType.COMPENSATED,
-        RecordType.RECOVERY,  # rare; only the abandon step of a HARD_FAILED trace matters here
-    }
-)
-KEEP_COMPLETED = 20  # completed phase summaries kept per node (open ones are always kept)
-STATE_VERSION = 6  # 6: the phases kept are the WAL projection's own (lean) attempts
-
 
 # the first key of a policy, in block style or in the JSON style of a large body
 _DIGEST_LINE = re.compile(rb"""digest: ['"]?([0-9a-f]{64})['"]?(?:\n|$)|\{\n"digest": "([0-9a-f]{64})",?\n""")
@@ -77,49 +60,7 @@ def _load_cache(repo: Path, node: str) -> dict[str, Any] | None:
         data = read_json(_cache_path(repo, node), "status", within=repo / CACHE_DIR)
     except HaiosError:
         return None
-    if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-        return None
-    try:
-        if data["cursor"] is not None and not all(
-            isinstance(v, int) for v in asdict(Cursor(**data["cursor"])).values()
-        ):
-            return None
-        _summaries_from(data["phases"])
-        durations = data["durations"]
-        numbers = (data["last_lamport"], data["records"], *dict(data.get("io") or {}).values())
-        if not all(isinstance(v, list) for v in durations.values()) or not all(isinstance(v, int) for v in numbers):
-            return None
-        segments, last_record = data.get("segments") or {}, data.get("last_record")
-        if not isinstance(segments, dict) or not all(
-            isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v) for v in segments.values()
-        ):
-            return None
-        if last_record is not None and not isinstance(last_record, int):
-            return None
-        spent = data.get("override_nonces") or []
-        if not isinstance(spent, list) or not all(isinstance(n, str) for n in spent):
-            return None
-        mark = data.get("verified_to")
-        if mark is not None and not (
-            isinstance(mark, list) and len(mark) == 2 and all(isinstance(x, int) for x in mark)
-        ):
-            return None
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return None
-    return data
-
-
-def _logs_from(data: list[dict[str, Any]]) -> list[PhaseLog]:
-    """The attempts a cache kept (lean: keys, not payloads); ValueError/TypeError when malformed."""
-    out = []
-    for item in data:
-        if not isinstance(item, dict) or not isinstance(item.get("g"), int) or not isinstance(item.get("phase"), str):
-            raise ValueError("a phase without its g and phase")
-        log = PhaseLog(**item)
-        if not all(isinstance(k, str) for k in (*log.side_effects, *log.compensated, *log.abandoned)):
-            raise ValueError("a side-effect key that is not a string")
-        out.append(log)
-    return out
+    return summary.check(data)
 
 
 def _summary(log: PhaseLog) -> PhaseSummary:
@@ -142,7 +83,7 @@ def _summary(log: PhaseLog) -> PhaseSummary:
 
 
 def _summaries_from(data: list[dict[str, Any]]) -> dict[tuple[int, str], PhaseSummary]:
-    return {log.key: _summary(log) for log in _logs_from(data)}
+    return {log.key: _summary(log) for log in summary.logs_from(data)}
 
 
 def cached_override_nonces(repo: Path, node: str) -> list[str]:
@@ -166,128 +107,13 @@ def writer_active(wal: Path) -> bool:
     return False
 
 
-def _still_as_read(wal: Path, cursor: Cursor, state: dict[str, Any]) -> bool:
-    """Whether what an earlier pass read is still there as it was, by what is cheap to check on
-    every pass: every segment up to the cursor's still has a valid header; those before it have the
-    size and modification time they had when they were read; the cursor's segment still reaches
-    the cursor, and the record just before it still carries the chain's last CRC. Anything else (a
-    zeroed sector, a rewritten segment, a bit flip in the last record) sends the pass back to the
-    start of the WAL, where the full read says what is wrong."""
-    seen: dict[str, list[int]] = state.get("segments") or {}
-    last_record = state.get("last_record")
-    found = False
-    for seg in list_segments(wal):
-        if seg.seq > cursor.seq:
-            break
-        try:
-            info = seg.path.stat()
-            with open(seg.path, "rb") as fh:
-                head = fh.read(SEGMENT_HEADER_SIZE)
-                decode_segment_header(head)
-                if seg.seq < cursor.seq:
-                    if seen.get(seg.name, [info.st_size, info.st_mtime_ns]) != [info.st_size, info.st_mtime_ns]:
-                        return False
-                    continue
-                was = seen.get(seg.name)
-                if was is not None and was[0] == info.st_size and was[1] != info.st_mtime_ns:
-                    return False  # rewritten in place, nothing appended: what was read may have changed
-                found = info.st_size >= cursor.offset
-                if found and isinstance(last_record, int) and SEGMENT_HEADER_SIZE <= last_record < cursor.offset:
-                    found = cursor_holds(wal, cursor, last_record)
-        except (OSError, SegmentHeaderError, struct.error):
-            return False
-    return found
-
-
-def _segments_read(wal: Path, cursor: Cursor | None) -> dict[str, list[int]]:
-    """Size and modification time of each segment read, up to the cursor's."""
-    out = {}
-    for seg in list_segments(wal):
-        if cursor is None or seg.seq > cursor.seq:
-            break
-        info = seg.path.stat()
-        out[seg.name] = [info.st_size, info.st_mtime_ns]
-    return out
-
-
-def _fold(
-    record: Record, phases: Phases, io: dict[str, int], durations: dict[str, list[float]], spent: list[str]
-) -> None:
-    """One WAL record into the phase projection, and into what only a watcher counts: the I/O
-    counters, the phase durations and the override nonces spent on the node."""
-    log = phases.fold(record)
-    p = record.payload
-    if record.type is RecordType.BEGIN_PHASE:
-        io["snapshot_bytes"] += int(p.get("snapshot_bytes") or 0)
-    elif record.type is RecordType.PREPARE and log is not None:
-        io["data_bytes"] += int(p.get("data_bytes") or 0)
-    elif record.type is RecordType.RECOVERY:
-        nonce = (p.get("outcome") or {}).get("nonce") if p.get("step") == OVERRIDE_STEP else None
-        if isinstance(nonce, str) and nonce not in spent:
-            spent.append(nonce)  # an override applied here: spent for good, whatever status/ says
-    elif (
-        record.type is RecordType.COMMIT_PHASE
-        and log is not None
-        and log.end_ts is not None
-        and not log.trace_id.startswith(CATCH_UP_PREFIX)  # a rejoining node's catch-up commits take no time
-    ):
-        window = durations.setdefault(log.phase, [])
-        window.append(log.end_ts - log.begin_ts)
-        del window[:-100]
-
-
 def _read_wal(root: Path, cache: dict[str, Any] | None) -> tuple[dict[str, Any], int, dict[str, Any] | None]:
-    """Fold the WAL's new records into the cached summary; returns (cache, bytes read, corruption)."""
-    state: dict[str, Any] = cache or {
-        "version": STATE_VERSION,
-        "cursor": None,
-        "phases": [],
-        "durations": {},
-        "last_lamport": 0,
-        "records": 0,
-        "io": {"wal_bytes": 0, "snapshot_bytes": 0, "data_bytes": 0},
-    }
-    cursor = Cursor(**state["cursor"]) if state["cursor"] else None
-    if cursor is not None and not _still_as_read(root / "wal", cursor, state):
-        # the WAL the cache summarised is gone, was cut below it (deleted, restored, repaired) or
-        # changed where it was read before: summarise what is there now from the start
-        return _read_wal(root, None)
+    """Fold the WAL's new records into the cached summary — without one, into the node's own summary
+    of its WAL when that still checks out, else every record; returns (cache, bytes read, corruption)."""
+    wal = root / "wal"
     # A short record at the very end is an append in progress only while a writer holds the lock;
     # otherwise it is a torn tail and must be reported.
-    reader = WalReader(root / "wal", cursor=cursor, partial_ok=writer_active(root / "wal"), decode=False)
-    phases = Phases(_logs_from(state["phases"]))
-    io = state.setdefault("io", {"wal_bytes": 0, "snapshot_bytes": 0, "data_bytes": 0})
-    durations: dict[str, list[float]] = {k: list(v) for k, v in state["durations"].items()}
-    corruption = None
-    last_record = state.get("last_record")
-    spent: list[str] = state.setdefault("override_nonces", [])
-    try:
-        for record in reader:
-            last_record = record.offset
-            if record.type not in _SUMMARISED:
-                continue  # framing and CRC are verified; only these types need their payload read
-            _fold(record, phases, io, durations, spent)
-    except WalCorruptError as exc:
-        corruption = exc.corruption.as_dict()
-    completed = sorted((s for s in phases.logs.values() if s.ended), key=lambda s: s.end_lamport or 0)
-    recent = completed[-KEEP_COMPLETED:]
-    # open phases, and aborted ones whose side effects still need compensating, are always kept
-    kept = [s for s in phases.logs.values() if not s.ended]
-    kept += [s for s in completed[:-KEEP_COMPLETED] if s.ended == "ABORT_PHASE" and s.uncompensated] + recent
-    state.update(
-        segments=_segments_read(root / "wal", reader.cursor or cursor),
-        last_record=last_record,  # where the record before the cursor starts (checked on the next pass)
-        cursor=asdict(reader.cursor) if reader.cursor else state["cursor"],
-        phases=[asdict(s.lean()) for s in kept],
-        durations=durations,
-        last_lamport=reader.cursor.lamport if reader.cursor else state["last_lamport"],
-        records=state["records"] + reader.records,
-    )
-    # every byte of the WAL is read once: what was written (the reader counts records; add the header
-    # of each segment begun in this pass — the one a cursor resumes in was counted before)
-    fresh = reader.segments_read - (1 if cursor is not None and reader.segments_read else 0)
-    io["wal_bytes"] += reader.bytes_read + SEGMENT_HEADER_SIZE * fresh
-    return state, reader.bytes_read, corruption
+    return summary.fold_wal(wal, cache or summary.adopt(wal), partial_ok=writer_active(wal))
 
 
 def _not_torn_if_read_before(corruption: dict[str, Any] | None, cache: dict[str, Any] | None) -> dict[str, Any] | None:

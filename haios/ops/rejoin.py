@@ -34,7 +34,7 @@ from ..detect.detectors import forgotten
 from ..errors import EXIT_BLOCKED, EXIT_PENDING, BlockedError, HaiosError, UsageError, VerificationError
 from ..layout import JOURNAL_DIR, MEMBERSHIP_FILE, SEL_DIR, STATUS_FILE, TOMBSTONES_FILE
 from ..node.catchup import verify_transition
-from ..node.transaction import CATCH_UP_PREFIX, next_transition
+from ..node.transaction import next_transition
 from ..recovery import membership as members
 from ..recovery.assess import assess
 from ..recovery.clockgc import revive
@@ -43,6 +43,7 @@ from ..recovery.model import Context, TraceOutcome, Verdict
 from ..recovery.nodeops import NodeOps, committed, node_state, restore_wal
 from ..recovery.trace import TraceRunner
 from ..vclock import Event, VClock
+from ..wal.phases import CATCH_UP_PREFIX
 from .archive import check_tombstone
 from .context import close_transport
 from .finish import write_status

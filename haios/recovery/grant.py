@@ -17,11 +17,11 @@ from typing import Any
 
 from ..errors import EXIT_BLOCKED, ConfigError
 from ..layout import JOURNAL_DIR
-from ..node.transaction import OVERRIDE_STEP
 from ..overrides import apply as overrides
 from ..overrides.apply import Offer
 from ..overrides.verify import applied
 from ..timefmt import utc
+from ..wal.phases import OVERRIDE_STEP
 from . import journal as journals
 from .machine import Event, State
 from .model import Context, Plan, StepAction, TracePlan, TraceStop, Verdict

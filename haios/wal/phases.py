@@ -25,6 +25,8 @@ from .reader import Record
 INTERNAL_STEP = "haios."  # the STEPs haios itself logs in a phase (not its command's)
 COMMAND_STEP = "haios.command"  # the phase's command, and whether it may be run again after its last STEP
 ABANDON_STEP = "abandon"  # RECOVERY step: side effects of an already aborted phase left uncompensated
+OVERRIDE_STEP = "override"  # RECOVERY step: a signed override applied (its nonce is spent on this node for good)
+CATCH_UP_PREFIX = "rejoin-"  # trace ids of the transitions a rejoining node commits to catch up
 
 _BODY = frozenset(
     {

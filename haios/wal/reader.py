@@ -14,6 +14,7 @@ lz4 decoded length. The first failure stops the scan and is classified:
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import zlib
@@ -129,6 +130,22 @@ def cursor_holds(wal: Path, cursor: Cursor, start: int) -> bool:
         ends = start + RECORD_HEADER.size + length
         return (crc, lamport, ends) == (cursor.crc, cursor.lamport, cursor.offset) and zlib.crc32(record[4:]) == crc
     return False
+
+
+def crc32_of(path: Path, end: int, known: tuple[int, int] | None = None) -> int:
+    """zlib.crc32 of the first ``end`` bytes of ``path`` (``known``: the CRC-32 of a shorter prefix,
+    (length, crc32), from which to go on). OSError when the file is shorter."""
+    start, crc32 = known if known is not None and known[0] <= end else (0, 0)
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        left = end - start
+        while left > 0:
+            block = fh.read(min(left, 1 << 20))
+            if not block:
+                raise OSError(errno.EIO, f"{path}: shorter than {end} bytes")
+            crc32 = zlib.crc32(block, crc32)
+            left -= len(block)
+    return crc32
 
 
 def wal_dir(path: Path | str) -> Path:

@@ -29,7 +29,8 @@ from ..clock import wall_time
 from ..errors import WalCorruptError, WalFailedError, WalLockedError, WalReadOnlyError
 from ..fsutil import TEMP_SUFFIX, fsync_dir, makedirs_durable, temp_name, write_all
 from . import format as fmt
-from .reader import Cursor, Segment, WalReader, cursor_holds, list_segments
+from . import summary
+from .reader import Cursor, Segment, WalReader, crc32_of, cursor_holds, list_segments
 from .repair import repair as repair_wal
 
 log = logging.getLogger("haios.wal")
@@ -99,22 +100,6 @@ class _Mark:
         if not fmt.SEGMENT_NAME.fullmatch(mark.segment) or mark.last_start < fmt.SEGMENT_HEADER_SIZE:
             return None
         return mark if mark.last_start + fmt.RECORD_HEADER_SIZE <= mark.offset else None
-
-
-def _crc32_of(path: Path, end: int, known: tuple[int, int] | None = None) -> int:
-    """zlib.crc32 of the first ``end`` bytes of ``path`` (``known``: the CRC-32 of a shorter prefix,
-    (length, crc32), from which to go on). OSError when the file is shorter."""
-    start, crc32 = known if known is not None and known[0] <= end else (0, 0)
-    with open(path, "rb") as fh:
-        fh.seek(start)
-        left = end - start
-        while left > 0:
-            block = fh.read(min(left, 1 << 20))
-            if not block:
-                raise OSError(errno.EIO, f"{path}: shorter than {end} bytes")
-            crc32 = zlib.crc32(block, crc32)
-            left -= len(block)
-    return crc32
 
 
 def _writer_lock(directory: Path) -> int:
@@ -244,7 +229,7 @@ class Wal:
         self._segment_name = last.name
         self._lamport, self._crc = cursor.lamport, cursor.crc
         if not self.read_only:  # the running CRC-32 of the segment, for the mark this writer leaves
-            self._segment_crc32 = _crc32_of(last.path, cursor.offset, self._mark_prefix)
+            self._segment_crc32 = crc32_of(last.path, cursor.offset, self._mark_prefix)
             self._fd = os.open(last.path, os.O_WRONLY | os.O_CLOEXEC)
             os.lseek(self._fd, self._offset, os.SEEK_SET)
 
@@ -256,7 +241,7 @@ class Wal:
             return None
         cursor = Cursor(last.seq, mark.offset, mark.lamport, mark.crc)
         try:
-            crc32 = _crc32_of(last.path, mark.offset)
+            crc32 = crc32_of(last.path, mark.offset)
             if crc32 != mark.prefix_crc32 or not cursor_holds(self.directory, cursor, mark.last_start):
                 return None
             reader = WalReader(self.directory, segments=[last], cursor=cursor, decode=False, verify_only=True)
@@ -440,13 +425,15 @@ class Wal:
     # -- closing ---------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Sync what was appended, leave the mark of where the verified bytes end (when this writer
-        appended to the segment) and release the writer lock. Safe to call twice."""
+        """Sync what was appended, leave the mark of where the verified bytes end and bring the WAL's
+        summary up to date (when this writer appended), and release the writer lock. Safe to call
+        twice."""
         try:
             if self._fd is not None and self._failed is None:
                 self.sync()
                 if self._last_start is not None and self._failed is None:
                     self._leave_mark()
+                    summary.refresh(self.directory)  # what it appended, into the WAL's own summary
         finally:
             if self._fd is not None:
                 os.close(self._fd)

@@ -6,6 +6,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import helpers
 import pytest
@@ -193,6 +194,8 @@ def test_doctor_second_pass_reads_only_new_bytes(tmp_path: Path) -> None:
     directory = tmp_path / "sim"
     sim_init(directory, 3)
     sim_run(directory, iterations=2, seed=1, faults={})
+    for own in (directory / "nodes").glob("*/wal/.summary.json"):
+        own.unlink()  # without the nodes' own summaries, the first pass reads every record
     first = run_doctor(directory)
     wal_bytes = sum(p.stat().st_size - 64 for p in (directory / "nodes").glob("*/wal/*.wal"))
     assert first.bytes_read == wal_bytes
@@ -201,6 +204,36 @@ def test_doctor_second_pass_reads_only_new_bytes(tmp_path: Path) -> None:
     grown = sum(p.stat().st_size - 64 for p in (directory / "nodes").glob("*/wal/*.wal"))
     third = run_doctor(directory)
     assert third.bytes_read == grown - wal_bytes and third.healthy
+
+
+def _verdicts(report: Any) -> tuple[Any, ...]:
+    nodes = sorted((r.node, r.health, r.wal, r.records, r.last_lamport) for r in report.nodes)
+    return (report.healthy, nodes, sorted((f.key, f.severity, f.summary) for f in report.findings))
+
+
+def test_doctor_first_pass_starts_from_each_nodes_own_wal_summary(healthy: Path, tmp_path: Path) -> None:
+    directory = _fresh_copy(healthy, tmp_path / "s")
+    shutil.rmtree(directory / "status" / "observed", ignore_errors=True)
+    now = time.time() + 10
+    own = run_doctor(directory, now=now)
+    assert own.bytes_read == 0  # every node's writer left its summary, and every byte still matches it
+    shutil.rmtree(directory / "status" / "observed")
+    for summary in (directory / "nodes").glob("*/wal/.summary.json"):
+        summary.unlink()
+    full = run_doctor(directory, now=now)
+    assert full.bytes_read > 0 and _verdicts(full) == _verdicts(own)
+    assert all(row.records > 0 for row in own.nodes)
+
+
+def test_doctor_finds_a_flipped_byte_below_a_nodes_own_summary(healthy: Path, tmp_path: Path) -> None:
+    directory = _fresh_copy(healthy, tmp_path / "f")
+    shutil.rmtree(directory / "status" / "observed", ignore_errors=True)
+    first = sorted((directory / "nodes/node-2/wal").glob("*.wal"))[0]
+    data = bytearray(first.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    first.write_bytes(bytes(data))
+    report = run_doctor(directory, now=time.time() + 10)
+    assert [f.nodes for f in report.findings if f.kind == "wal_corrupt"] == [("node-2",)]
 
 
 def test_doctor_invalid_repo_is_a_config_finding(cli: Invoke, healthy: Path, tmp_path: Path) -> None:
