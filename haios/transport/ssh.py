@@ -38,6 +38,7 @@ from ..config.model import NAME_RE, NodeSpec, ssh_root_ok
 from ..errors import HaiosError, HostKeyError, IntegrityError, TransportError, UsageError, from_wire
 from ..fsutil import atomic_write, makedirs_durable
 from ..untrusted import LIMITS
+from ..wal.summary import SUMMARY_NAME
 from .base import ALIVE, Completed, Handler
 
 SAFE_WORD = re.compile(r"^[A-Za-z0-9._:/@+=,%-]*$")  # argv words that need no quoting at all
@@ -297,11 +298,12 @@ class SshTransport:
                     self.bytes_read += len(data)
                     if not target.exists() or target.read_bytes() != data:
                         atomic_write(target, data, durable=False)
+                listed = sftp.listdir_attr(f"{root}/wal")
                 segments = {
-                    a.filename: a
-                    for a in sftp.listdir_attr(f"{root}/wal")
-                    if a.filename.endswith(".wal") and stat.S_ISREG(a.st_mode or 0)
+                    a.filename: a for a in listed if a.filename.endswith(".wal") and stat.S_ISREG(a.st_mode or 0)
                 }
+                if not any((local / "wal").glob("*.wal")):  # a cold mirror: the WAL's own summary too
+                    self._fetch_summary(sftp, node, f"{root}/wal", local / "wal", listed)
         except FileNotFoundError:
             raise TransportError(f"{node}: no node root at {root}") from None
         for stale in (local / "wal").glob("*.wal"):
@@ -310,6 +312,25 @@ class SshTransport:
         for name, attr in sorted(segments.items()):
             self._fetch_segment(sftp, node, f"{root}/wal/{name}", local / "wal" / name, attr.st_size or 0)
         return local
+
+    def _fetch_summary(self, sftp: Any, node: str, remote: str, local: Path, listed: list[Any]) -> None:
+        """Mirror the summary the node's WAL writer keeps, so that a first pass over the mirror can
+        start from it (it is adopted only if the mirrored segments match it byte for byte). Not a
+        regular file, or over the limit for JSON documents: not fetched, and the pass reads the WAL
+        whole."""
+        target = local / SUMMARY_NAME
+        target.unlink(missing_ok=True)
+        found = next((a for a in listed if a.filename == SUMMARY_NAME), None)
+        if found is None or not stat.S_ISREG(found.st_mode or 0) or (found.st_size or 0) > LIMITS["json"]:
+            return
+        try:
+            with sftp.open(f"{remote}/{SUMMARY_NAME}", "rb") as fh:
+                data = fh.read(LIMITS["json"] + 1)
+        except FileNotFoundError:
+            return  # replaced between the listing and the read: a hint missed, nothing more
+        self.bytes_read += len(data)
+        if len(data) <= LIMITS["json"]:
+            atomic_write(target, data, durable=False)
 
     def _fetch_segment(self, sftp: Any, node: str, remote: str, local: Path, size: int) -> None:
         """Append what the remote segment gained; fetch it whole when the local copy is not its prefix

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import Invoke, subprocs
@@ -300,6 +301,46 @@ def test_mirror_fetches_only_new_wal_bytes(ssh_cluster: Path) -> None:
         second = t.bytes_read - first
     wal_bytes = sum(p.stat().st_size for p in wal)
     assert first > wal_bytes and second < 0.05 * wal_bytes + 4096  # control files and a 512-byte probe per segment
+
+
+def test_a_cold_pass_over_ssh_starts_from_each_nodes_own_wal_summary(ssh_cluster: Path) -> None:
+    from haios.ops.doctor import run_doctor
+
+    def verdicts(report: Any) -> Any:
+        rows = sorted((r.node, r.health, r.wal, r.records, r.last_lamport) for r in report.nodes)
+        return report.healthy, rows, sorted(f.key for f in report.findings)
+
+    now = time.time() + 10
+    own = run_doctor(ssh_cluster, now=now)
+    mirrored = sorted(p.parent.parent.name for p in (ssh_cluster / "status/observed").rglob("wal/.summary.json"))
+    assert own.bytes_read == 0 and mirrored == ["node-1", "node-2", "node-3"]
+    shutil.rmtree(ssh_cluster / "status/observed")
+    for summary in (ssh_cluster / "nodes").glob("*/wal/.summary.json"):
+        summary.unlink()
+    full = run_doctor(ssh_cluster, now=now)
+    assert full.bytes_read > 0 and verdicts(full) == verdicts(own)
+
+
+def test_a_remote_summary_that_is_no_regular_file_is_not_fetched(ssh_cluster: Path) -> None:
+    from haios.ops.doctor import run_doctor
+
+    summary = ssh_cluster / "nodes/node-1/wal/.summary.json"
+    summary.unlink()
+    os.mkfifo(summary)  # reading it would wait for a writer that never comes
+    report = run_doctor(ssh_cluster, now=time.time() + 10)
+    wal = sum(p.stat().st_size - 64 for p in (ssh_cluster / "nodes/node-1/wal").glob("*.wal"))
+    assert report.bytes_read == wal and not [f for f in report.findings if f.kind.startswith("wal")]
+
+
+def test_a_flipped_byte_below_a_remote_nodes_summary_is_found(ssh_cluster: Path) -> None:
+    from haios.ops.doctor import run_doctor
+
+    first = sorted((ssh_cluster / "nodes/node-2/wal").glob("*.wal"))[0]
+    data = bytearray(first.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    first.write_bytes(bytes(data))
+    report = run_doctor(ssh_cluster, now=time.time() + 10)
+    assert [f.nodes for f in report.findings if f.kind == "wal_corrupt"] == [("node-2",)]
 
 
 @pytest.mark.service  # starts an sshd of its own (it kills it)
