@@ -11,6 +11,7 @@ from typing import Any
 import helpers
 import pytest
 from helpers import Invoke
+from helpers.wal import flip
 from jsonschema import Draft202012Validator
 
 from haios import controlfile
@@ -229,9 +230,7 @@ def test_doctor_finds_a_flipped_byte_below_a_nodes_own_summary(healthy: Path, tm
     directory = _fresh_copy(healthy, tmp_path / "f")
     shutil.rmtree(directory / "status" / "observed", ignore_errors=True)
     first = sorted((directory / "nodes/node-2/wal").glob("*.wal"))[0]
-    data = bytearray(first.read_bytes())
-    data[len(data) // 2] ^= 0x10
-    first.write_bytes(bytes(data))
+    flip(first, first.stat().st_size // 2, 0x10)
     report = run_doctor(directory, now=time.time() + 10)
     assert [f.nodes for f in report.findings if f.kind == "wal_corrupt"] == [("node-2",)]
 

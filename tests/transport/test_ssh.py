@@ -15,6 +15,7 @@ import pytest
 from helpers import Invoke, subprocs
 from helpers.cluster import git, head, plant
 from helpers.sshd import Sshd
+from helpers.wal import flip
 
 from haios.config import load_repo
 from haios.config.model import NodeSpec
@@ -336,9 +337,7 @@ def test_a_flipped_byte_below_a_remote_nodes_summary_is_found(ssh_cluster: Path)
     from haios.ops.doctor import run_doctor
 
     first = sorted((ssh_cluster / "nodes/node-2/wal").glob("*.wal"))[0]
-    data = bytearray(first.read_bytes())
-    data[len(data) // 2] ^= 0x10
-    first.write_bytes(bytes(data))
+    flip(first, first.stat().st_size // 2, 0x10)
     report = run_doctor(ssh_cluster, now=time.time() + 10)
     assert [f.nodes for f in report.findings if f.kind == "wal_corrupt"] == [("node-2",)]
 
