@@ -232,7 +232,10 @@ def _checksums(wal: Path, cursor: Cursor | None, known: dict[str, list[int]]) ->
             break
         end = cursor.offset if seg.seq == cursor.seq else seg.path.stat().st_size
         was = known.get(seg.name)
-        prefix = (was[0], was[1]) if was is not None and was[0] <= end else None
+        if was is not None and was[0] == end:
+            out[seg.name] = was  # a sealed segment, summed before: no need to open it
+            continue
+        prefix = (was[0], was[1]) if was is not None and was[0] < end else None
         out[seg.name] = [end, crc32_of(seg.path, end, prefix)]
     return out
 
