@@ -367,11 +367,19 @@ def test_a_peer_catching_up_a_whole_wal_takes_it_in_bounded_chunks(
             assert (copy / seg.name).read_bytes() == seg.path.read_bytes()
 
 
-def test_a_new_origin_process_ships_only_what_its_peers_lack(replicated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("window", [None, 512])
+def test_a_new_origin_process_ships_only_what_its_peers_lack(
+    replicated: Path, monkeypatch: pytest.MonkeyPatch, window: int | None
+) -> None:
     """Each node process meets its peers afresh: a peer whose copy hashes the same as the origin's
     bytes is sent only the new records; one whose copy differs (a flipped byte) is sent the segment
-    from its top, keeps the copy that disagrees aside and ends with the origin's bytes."""
+    from its top, keeps the copy that disagrees aside and ends with the origin's bytes. (With a
+    512-byte window, the search for where the copy ends crosses many windows.)"""
+    from haios.replication import origin as origin_module
     from haios.replication import peer as peer_module
+
+    if window is not None:
+        monkeypatch.setattr(origin_module, "RESUME_WINDOW", window)
 
     sent: list[tuple[str, int, int]] = []
     real = peer_module.receive
