@@ -142,8 +142,14 @@ def _verified_to(wal: Path, cache: dict[str, Any] | None, state: dict[str, Any])
     return max(inside) if inside else None
 
 
-def observe_node(repo: Path, node: str, root: Path) -> tuple[NodeObservation, dict[str, list[float]]]:
-    """One node, incrementally; returns the observation and its completed durations per phase."""
+_LOAD: Any = object()  # observe_node's ``cache``: load it there
+
+
+def observe_node(
+    repo: Path, node: str, root: Path, cache: dict[str, Any] | None = _LOAD
+) -> tuple[NodeObservation, dict[str, list[float]]]:
+    """One node, incrementally; returns the observation and its completed durations per phase.
+    ``cache``: the node's cache as the caller loaded it (:func:`_load_cache`), when it did."""
     obs = NodeObservation(node)
     if not (root / "state.txt").exists():
         obs.reachable = False
@@ -195,7 +201,8 @@ def observe_node(repo: Path, node: str, root: Path) -> tuple[NodeObservation, di
             obs.control_errors.append(f"{path}: {wrong}: not an exec_status file haios wrote")
             continue
         obs.exec_status[body["g"]] = body
-    cache = _load_cache(repo, node)
+    if cache is _LOAD:
+        cache = _load_cache(repo, node)
     state, read, corruption = _read_wal(root, cache)
     if corruption is not None and cache is not None and not corruption["torn_tail"]:
         # the WAL may have been repaired or replaced since the cursor was saved: read it whole
@@ -226,18 +233,18 @@ def _fetch(transport: Transport, node: str) -> Path | Observed:
         return NodeObservation(node, reachable=False, error=exc.message, hint=exc.hint, refused=refused), {}
 
 
-def _observe_through(repo: Path, transport: Transport, node: str) -> Observed:
+def _observe_through(repo: Path, transport: Transport, node: str, cache: dict[str, Any] | None = _LOAD) -> Observed:
     got = _fetch(transport, node)
-    return observe_node(repo, node, got) if isinstance(got, Path) else got
+    return observe_node(repo, node, got, cache) if isinstance(got, Path) else got
 
 
 def _late(node: str, timeout: float) -> Observed:
     return NodeObservation(node, reachable=False, error=f"{node}: not observed within {timeout:.0f} s"), {}
 
 
-def unread_bytes(repo: Path, node: str, root: Path) -> int:
-    """How many WAL bytes of ``node`` the next pass has to read (from its cached cursor)."""
-    cache = _load_cache(repo, node)
+def unread_bytes(root: Path, cache: dict[str, Any] | None) -> int:
+    """How many WAL bytes of the node at ``root`` the next pass has to read (from the cursor of its
+    cache, as :func:`_load_cache` gives it)."""
     cursor = Cursor(**cache["cursor"]) if cache and cache.get("cursor") else None
     total = 0
     for seg in list_segments(root / "wal"):
@@ -255,9 +262,9 @@ reading is CPU-bound Python, which threads cannot spread over cores (a first pas
 cluster); below it, starting the processes would cost more than it saves."""
 
 
-def _observe_local(repo: Path, node: str, root: Path) -> Observed:
+def _observe_local(repo: Path, node: str, root: Path, cache: dict[str, Any] | None = _LOAD) -> Observed:
     try:
-        return observe_node(repo, node, root)
+        return observe_node(repo, node, root, cache)
     except (HaiosError, OSError) as exc:
         return NodeObservation(node, reachable=False, error=f"{node}: {exc}"), {}
 
@@ -314,9 +321,10 @@ def _fetch_then_read(
                 if not isinstance(got, Path):
                     results[node] = got
                     continue
-                unread = unread_bytes(repo, node, got)
+                cache = _load_cache(repo, node)
+                unread = unread_bytes(got, cache)
                 if unread < REMOTE_NODE_BYTES:
-                    results[node] = _observe_local(repo, node, got)
+                    results[node] = _observe_local(repo, node, got, cache)
                     continue
                 waiting[node] = got
                 waiting_bytes += unread
@@ -343,6 +351,7 @@ def observe(
     than one CPU, the local views are read in worker processes.
     """
     local = bool(getattr(transport, "all_local", True))  # remote views are fetched, not read from disk
+    caches: dict[str, dict[str, Any] | None] = {}  # loaded once: to size the pass, then to go on from
     if local and (os.cpu_count() or 1) > 1 and len(nodes) > 1:
         roots = {}
         for node in nodes:
@@ -351,7 +360,8 @@ def observe(
             except HaiosError:
                 roots = {}
                 break
-        if roots and sum(unread_bytes(repo, n, r) for n, r in roots.items()) > PROCESS_THRESHOLD:
+        caches = {n: _load_cache(repo, n) for n in roots}
+        if roots and sum(unread_bytes(r, caches[n]) for n, r in roots.items()) > PROCESS_THRESHOLD:
             return _pooled(_in_processes(repo, roots, timeout))
     if not local and (os.cpu_count() or 1) > 1 and len(nodes) > 1:
         return _pooled(_fetch_then_read(repo, transport, nodes, parallelism, timeout))
@@ -359,7 +369,10 @@ def observe(
     workers = max(1, min(parallelism, len(nodes), (os.cpu_count() or 1) * 4 if local else parallelism))
     results: dict[str, Observed] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {node: pool.submit(_observe_through, repo, transport, node) for node in sorted(nodes)}
+        futures = {
+            node: pool.submit(_observe_through, repo, transport, node, caches.get(node, _LOAD))
+            for node in sorted(nodes)
+        }
         for node, future in futures.items():
             try:
                 results[node] = future.result(timeout=timeout)

@@ -41,7 +41,8 @@ def test_observe_in_processes_equals_in_process(tmp_path: Path, monkeypatch: pyt
         in_processes = run(twin)
     assert calls == [1]
     assert in_processes == in_process
-    assert observe_mod.unread_bytes(twin, "node-1", twin / "nodes/node-1") == 0  # the cursor was saved
+    cache = observe_mod._load_cache(twin, "node-1")
+    assert observe_mod.unread_bytes(twin / "nodes/node-1", cache) == 0  # the cursor was saved
 
 
 def test_catch_up_commits_are_not_duration_samples(tmp_path: Path) -> None:
