@@ -72,9 +72,12 @@ class Estimator:
         # The spread is at least its floors, so P95 is at least the mean plus Z95 × the larger floor:
         # a duration under the cap of that bound is under the cap, and the window's variance (a pass
         # over it per sample, most of a first pass's judging) is computed only for the rest.
-        mean = self._mean()
+        samples = self.samples
+        n = len(samples)  # _mean() inline (a first pass adds every duration of every node): the same bits
+        w = min(n, self.blend_samples) / self.blend_samples
+        mean = (1 - w) * self.prior_mean + w * (math.fsum(samples) / n if n else 0.0)
         if duration <= self.outlier_cap * (mean + Z95 * max(MIN_SIGMA_RATIO * abs(mean), MIN_SIGMA)):
-            self.samples.append(duration)
+            samples.append(duration)
             return
         self.samples.append(min(duration, self.outlier_cap * self.p95()))
 
