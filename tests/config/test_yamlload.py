@@ -31,6 +31,11 @@ def test_load_scalars_follow_yaml_core_schema() -> None:
     }
 
 
+def test_load_block_scalars_read_as_yaml_says() -> None:
+    doc = load_yaml(b"a: >\n  folded\n  lines\n\n  kept\nb: |\n  literal\n  lines\n# c\nc: x # d\n", "f.yaml")
+    assert doc.value == {"a": "folded lines\nkept\n", "b": "literal\nlines\n", "c": "x"}
+
+
 def test_load_positions_of_keys_and_values_are_one_based() -> None:
     doc = load_yaml(b"# comment\nnodes:\n  - name: n1\n    port: 22\n", "f.yaml")
     assert doc.key_pos[("nodes",)] == (2, 1)
