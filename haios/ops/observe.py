@@ -5,8 +5,9 @@ Per node, the pass reads ``state.txt``, every ``exec_status_<g>.txt``, ``heartbe
 summaries it built are kept in ``status/observed/<node>.json`` — so a second pass reads only new
 bytes. If the WAL no longer continues from the saved cursor (it was repaired or replaced), the node is
 read again from the start. A first pass starts from the summary the node's WAL writer keeps of its
-own WAL (:func:`haios.wal.summary.adopt`) when the bytes it speaks of still have the CRC-32s it names. Nodes are observed in parallel (bounded), each within a timeout; a node
-that cannot be read is an observation (``reachable: False``), never a crash.
+own WAL (:func:`haios.wal.summary.adopt`) when the bytes it speaks of still have the CRC-32s it
+names. Nodes are observed in parallel (bounded), each within a timeout; a node that cannot be read
+is an observation (``reachable: False``), never a crash.
 """
 
 from __future__ import annotations

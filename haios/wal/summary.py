@@ -19,7 +19,6 @@ finding.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -335,16 +334,15 @@ def _read_own(wal: Path) -> dict[str, Any] | None:
 def refresh(wal: Path) -> None:
     """Bring the WAL's own summary up to date (its writer calls it when it closes, holding the lock):
     fold the records appended since it was written, or every record when there is none that still
-    fits the WAL. A summary that cannot be written is left out: only a hint, the next writer tries
-    again."""
+    fits the WAL. A summary that cannot be brought up to date is left as it was (it still speaks
+    truly of the bytes it names, which is all a reader takes from it): only a hint, the next writer
+    tries again."""
     try:
         state, _read, _corruption = fold_wal(wal, _read_own(wal), partial_ok=False, checksums=True)
         state.pop("verified_to", None)
         atomic_write(wal / SUMMARY_NAME, json.dumps(state, sort_keys=True).encode(), durable=False)
     except Exception as exc:  # noqa: BLE001 - a hint: whatever goes wrong, the writer's close goes on
         log.debug("%s: could not bring the WAL summary up to date: %s", wal, exc)
-        with contextlib.suppress(OSError):
-            (wal / SUMMARY_NAME).unlink()
 
 
 def adopt(wal: Path) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from helpers.wal import flip, segments
 
+from haios.errors import StorageError
 from haios.wal import RecordType, Wal
 from haios.wal import summary as summaries
 from haios.wal.summary import SUMMARY_NAME, adopt, fold_wal
@@ -196,6 +197,22 @@ def test_a_summary_that_cannot_be_written_does_not_fail_the_writer(tmp_path: Pat
     _write(tmp_path, 6, 1)  # the next writer folds the whole WAL again
     own = adopt(tmp_path)
     assert own is not None and _meaning(own) == _meaning(_full(tmp_path))
+
+
+def test_a_summary_that_cannot_be_rewritten_stays_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(tmp_path, 1, 4)
+    before = (tmp_path / SUMMARY_NAME).read_bytes()
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise StorageError(f"{tmp_path / SUMMARY_NAME}: No space left on device")
+
+    monkeypatch.setattr(summaries, "atomic_write", full)
+    _write(tmp_path, 5, 2)
+    assert (tmp_path / SUMMARY_NAME).read_bytes() == before  # still true of the bytes it names
+    own = adopt(tmp_path)
+    assert own is not None
+    state, read, _corruption = fold_wal(tmp_path, own, partial_ok=False)
+    assert read > 0 and _meaning(state) == _meaning(_full(tmp_path))
 
 
 def test_a_summary_stops_at_mid_log_corruption_and_the_reader_finds_it(tmp_path: Path) -> None:
