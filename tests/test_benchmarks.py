@@ -119,3 +119,4 @@ def test_benchmarks_detect_bench_quick_run_prints_its_table(tmp_path: Path) -> N
     assert any(line.startswith("doctor pass 2") for line in lines)
     (own,) = [line for line in lines if line.startswith("doctor pass 1 from the nodes' own WAL summaries")]
     assert " 0.00 MB read" in own  # every node's summary adopted: no record folded again
+    assert any(line.startswith("same node, from its own WAL summary") and "ratio" in line for line in lines)
