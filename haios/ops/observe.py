@@ -84,7 +84,7 @@ def _summary(log: PhaseLog) -> PhaseSummary:
 
 
 def _summaries_from(data: list[dict[str, Any]]) -> dict[tuple[int, str], PhaseSummary]:
-    return {log.key: _summary(log) for log in summary.logs_from(data)}
+    return {log.key: _summary(log) for log in summary.kept_logs(data)}  # built by this pass
 
 
 def cached_override_nonces(repo: Path, node: str) -> list[str]:

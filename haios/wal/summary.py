@@ -32,7 +32,7 @@ from ..fsutil import atomic_write
 from ..untrusted import load_json, read_regular
 from .format import SEGMENT_HEADER_SIZE, RecordType, decode_segment_header
 from .phases import CATCH_UP_PREFIX, OVERRIDE_STEP, PhaseLog, Phases
-from .reader import Cursor, Record, WalReader, crc32_of, cursor_holds, list_segments
+from .reader import Cursor, Record, Segment, WalReader, crc32_of, cursor_holds, list_segments
 
 log = logging.getLogger("haios.wal")
 
@@ -117,6 +117,11 @@ _LOG_CHECKS: dict[str, Any] = {
 }
 
 
+def kept_logs(data: list[dict[str, Any]]) -> list[PhaseLog]:
+    """The attempts of a summary this process built or already checked (:func:`check`), unchecked."""
+    return [PhaseLog(**item) for item in data]
+
+
 def logs_from(data: object) -> list[PhaseLog]:
     """The attempts a summary kept (lean: keys, not payloads); ValueError when any is not exactly a
     lean attempt as :func:`fold_wal` writes it."""
@@ -178,7 +183,7 @@ def check(data: object) -> dict[str, Any] | None:
 # -- reading on from a summary ----------------------------------------------------------------------
 
 
-def still_as_read(wal: Path, cursor: Cursor, state: dict[str, Any]) -> bool:
+def still_as_read(wal: Path, cursor: Cursor, state: dict[str, Any], listing: list[Segment] | None = None) -> bool:
     """Whether what an earlier pass read is still there as it was, by what is cheap to check on
     every pass: every segment up to the cursor's still has a valid header; those before it have the
     size and modification time they had when they were read; the cursor's segment still reaches
@@ -188,7 +193,7 @@ def still_as_read(wal: Path, cursor: Cursor, state: dict[str, Any]) -> bool:
     seen: dict[str, list[int]] = state.get("segments") or {}
     last_record = state.get("last_record")
     found = False
-    for seg in list_segments(wal):
+    for seg in list_segments(wal) if listing is None else listing:
         if seg.seq > cursor.seq:
             break
         try:
@@ -211,10 +216,10 @@ def still_as_read(wal: Path, cursor: Cursor, state: dict[str, Any]) -> bool:
     return found
 
 
-def _segments_read(wal: Path, cursor: Cursor | None) -> dict[str, list[int]]:
+def _segments_read(listing: list[Segment], cursor: Cursor | None) -> dict[str, list[int]]:
     """Size and modification time of each segment read, up to the cursor's."""
     out = {}
-    for seg in list_segments(wal):
+    for seg in listing:
         if cursor is None or seg.seq > cursor.seq:
             break
         info = seg.path.stat()
@@ -275,12 +280,13 @@ def fold_wal(
     the CRC-32 of each segment read (what :func:`adopt` checks)."""
     state: dict[str, Any] = summary or empty()
     cursor = Cursor(**state["cursor"]) if state["cursor"] else None
-    if cursor is not None and not still_as_read(wal, cursor, state):
+    listing = list_segments(wal)
+    if cursor is not None and not still_as_read(wal, cursor, state, listing):
         # the WAL the summary spoke of is gone, was cut below it (deleted, restored, repaired) or
         # changed where it was read before: summarise what is there now from the start
         return fold_wal(wal, None, partial_ok=partial_ok, checksums=checksums)
     reader = WalReader(wal, cursor=cursor, partial_ok=partial_ok, decode=False)
-    phases = Phases(logs_from(state["phases"]))
+    phases: Phases | None = None  # the projection, built at the first record that counts for it
     io = state["io"]
     durations: dict[str, list[float]] = {k: list(v) for k, v in state["durations"].items()}
     corruption = None
@@ -291,20 +297,27 @@ def fold_wal(
             last_record = record.offset
             if record.type not in SUMMARISED:
                 continue  # framing and CRC are verified; only these types need their payload read
+            if phases is None:
+                phases = Phases(kept_logs(state["phases"]))
             fold_record(record, phases, io, durations, spent)
     except WalCorruptError as exc:
         corruption = exc.corruption.as_dict()
-    completed = sorted((s for s in phases.logs.values() if s.ended), key=lambda s: s.end_lamport or 0)
-    recent = completed[-KEEP_COMPLETED:]
-    # open phases, and aborted ones whose side effects still need compensating, are always kept
-    kept = [s for s in phases.logs.values() if not s.ended]
-    kept += [s for s in completed[:-KEEP_COMPLETED] if s.ended == "ABORT_PHASE" and s.uncompensated] + recent
+    if phases is not None:  # else what is kept stays as it was (a pass with nothing new, most of them)
+        completed = sorted((s for s in phases.logs.values() if s.ended), key=lambda s: s.end_lamport or 0)
+        recent = completed[-KEEP_COMPLETED:]
+        # open phases, and aborted ones whose side effects still need compensating, are always kept
+        kept = [s for s in phases.logs.values() if not s.ended]
+        kept += [s for s in completed[:-KEEP_COMPLETED] if s.ended == "ABORT_PHASE" and s.uncompensated] + recent
+        state["phases"] = [asdict(s.lean()) for s in kept]
     now = reader.cursor or cursor
+    # the segments begun in this pass (the one a cursor resumes in was counted before)
+    fresh = reader.segments_read - (1 if cursor is not None and reader.segments_read else 0)
+    if fresh:
+        listing = list_segments(wal)  # the reader went on into segments the listing may not have held
     state.update(
-        segments=_segments_read(wal, now),
+        segments=_segments_read(listing, now),
         last_record=last_record,  # where the record before the cursor starts (checked on the next pass)
         cursor=asdict(now) if now else None,
-        phases=[asdict(s.lean()) for s in kept],
         durations=durations,
         last_lamport=reader.cursor.lamport if reader.cursor else state["last_lamport"],
         records=state["records"] + reader.records,
@@ -314,8 +327,7 @@ def fold_wal(
     else:
         state.pop("crc32", None)
     # every byte of the WAL is read once: what was written (the reader counts records; add the header
-    # of each segment begun in this pass — the one a cursor resumes in was counted before)
-    fresh = reader.segments_read - (1 if cursor is not None and reader.segments_read else 0)
+    # of each segment begun in this pass)
     io["wal_bytes"] += reader.bytes_read + SEGMENT_HEADER_SIZE * fresh
     return state, reader.bytes_read, corruption
 
