@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-PHASES: tuple[str, ...] = ("ANALYZE", "BLUEPRINT", "CONSTRUCT", "VALIDATE", "IDLE")
+from ..wal.format import PHASES as PHASES  # the five phases: part of the model, fixed by the WAL format
+
 NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 """Cluster, node, region and supervisor names (use ``fullmatch``)."""
 _SSH_ROOT = re.compile(r"/[A-Za-z0-9._+/-]{0,4095}")

@@ -63,6 +63,9 @@ DURABLE_TYPES = frozenset(
 )
 """Types that are always synced before ``append`` returns, whatever the caller asks (SPEC §2.3)."""
 
+PHASES: tuple[str, ...] = ("ANALYZE", "BLUEPRINT", "CONSTRUCT", "VALIDATE", "IDLE")
+"""The five phases of the loop, in order: the only ones a record's ``phase`` can name."""
+
 REQUIRED_FIELDS: dict[RecordType, tuple[str, ...]] = {
     RecordType.BEGIN_PHASE: ("snapshot", "participants"),
     RecordType.INTENT: ("seq", "op", "path", "expected_version", "sha256"),

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .format import RecordType
+from .format import PHASES, RecordType
 from .reader import Record
 
 INTERNAL_STEP = "haios."  # the STEPs haios itself logs in a phase (not its command's)
@@ -89,6 +89,35 @@ class PhaseLog:
         )
 
 
+_STRING_FIELDS = {
+    RecordType.SIDE_EFFECT: "key",
+    RecordType.SIDE_EFFECT_DONE: "key",
+    RecordType.STEP: "name",
+    RecordType.PREPARE: "digest",
+    RecordType.COMPENSATED: "key",
+}
+
+
+def _strings(value: Any) -> bool:
+    return type(value) is list and all(type(v) is str for v in value)
+
+
+def well_formed(kind: RecordType, p: dict[str, Any]) -> bool:
+    """Whether what the projection reads of a record has the types haios writes: its g a count, its
+    phase one of the five, its trace id, keys, names and digests strings, its participants and the
+    keys it abandons lists of strings. Any other record (written by
+    hand or by another program into a WAL that still verifies) speaks of no attempt."""
+    g, phase = p.get("g"), p.get("phase")
+    if type(g) is not int or g < 0 or phase not in PHASES or type(p.get("trace_id", "")) is not str:
+        return False
+    if kind is RecordType.BEGIN_PHASE:
+        return type(p.get("snapshot")) is str and _strings(p.get("participants"))
+    if kind in _ENDS:
+        return p.get("abandoned") is None or _strings(p["abandoned"])
+    field_name = _STRING_FIELDS.get(kind)
+    return field_name is None or type(p.get(field_name)) is str
+
+
 def _ts(payload: dict[str, Any]) -> float | None:
     ts: Any = payload.get("ts")
     kind = type(ts)  # JSON gives exactly int or float (a bool is neither)
@@ -113,9 +142,11 @@ class Phases:
         """Apply one record; returns the attempt it counted for (None: it speaks of no attempt known
         here, or came where it does not belong)."""
         p = record.payload
+        if not well_formed(record.type, p):
+            return None
         if record.type is RecordType.BEGIN_PHASE:
             return self._begin(record)
-        owner = self._owner(record, (p.get("g"), p.get("phase")))
+        owner = self._owner(record, (p["g"], p["phase"]))
         if owner is None:
             return None
         kind = record.type
@@ -140,7 +171,9 @@ class Phases:
         elif kind is RecordType.RECOVERY:
             owner.recovery.append(p)
             if p.get("step") == ABANDON_STEP:  # a HARD_FAILED trace gave up on an aborted attempt's debts
-                more = (p.get("outcome") or {}).get("abandoned") or []
+                outcome = p.get("outcome")
+                more = outcome.get("abandoned") if type(outcome) is dict else None
+                more = more if type(more) is list else []
                 owner.abandoned += [k for k in more if isinstance(k, str) and k not in owner.abandoned]
         return owner
 

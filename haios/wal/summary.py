@@ -244,6 +244,11 @@ def _checksums(wal: Path, cursor: Cursor | None, known: dict[str, list[int]]) ->
     return out
 
 
+def _count(value: object) -> int:
+    """A byte count a record names: a non-negative integer, anything else none."""
+    return value if type(value) is int and value >= 0 else 0
+
+
 def fold_record(
     record: Record, phases: Phases, io: dict[str, int], durations: dict[str, list[float]], spent: list[str]
 ) -> None:
@@ -251,12 +256,13 @@ def fold_record(
     counters, the phase durations and the override nonces spent on the node."""
     log = phases.fold(record)
     p = record.payload
-    if record.type is RecordType.BEGIN_PHASE:
-        io["snapshot_bytes"] += int(p.get("snapshot_bytes") or 0)
+    if record.type is RecordType.BEGIN_PHASE and log is not None:
+        io["snapshot_bytes"] += _count(p.get("snapshot_bytes"))
     elif record.type is RecordType.PREPARE and log is not None:
-        io["data_bytes"] += int(p.get("data_bytes") or 0)
+        io["data_bytes"] += _count(p.get("data_bytes"))
     elif record.type is RecordType.RECOVERY:
-        nonce = (p.get("outcome") or {}).get("nonce") if p.get("step") == OVERRIDE_STEP else None
+        outcome = p.get("outcome")
+        nonce = outcome.get("nonce") if p.get("step") == OVERRIDE_STEP and type(outcome) is dict else None
         if isinstance(nonce, str) and nonce not in spent:
             spent.append(nonce)  # an override applied here: spent for good, whatever status/ says
     elif (

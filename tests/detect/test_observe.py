@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from haios.config import load_repo
 from haios.ops import observe as observe_mod
 from haios.sim.simulator import sim_init, sim_run
 from haios.transport import LocalTransport
+from haios.wal import RecordType, Wal
+from haios.wal.phases import well_formed
 
 
 def test_observe_in_processes_equals_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,3 +65,54 @@ def test_catch_up_commits_are_not_duration_samples(tmp_path: Path) -> None:
     obs, durations = observe_mod.observe_node(tmp_path, "n1", root)
     assert obs.state is not None and (obs.state["g"], obs.state["ph"]) == (1, "BLUEPRINT")
     assert durations.get("ANALYZE") == [60.0] and "BLUEPRINT" not in durations
+
+
+NODE_1 = {"node": "node-1", "vc": {"node-1": 1}}
+BEGIN = {"snapshot": "s", "participants": ["node-1"]}
+EFFECT = {"key": "k", "kind": "call", "params": {}, "compensator": "undo", "cost": 1}
+# records that verify (framing, CRC, required fields) but name what haios never writes: none of
+# them speaks of an attempt
+FORGED = [
+    (RecordType.BEGIN_PHASE, {"g": 90, "phase": "EVIL", "trace_id": "f1", **BEGIN}),
+    (RecordType.COMMIT_PHASE, {"g": 90, "phase": "EVIL", "trace_id": "f1", "digest": "d"}),
+    (RecordType.BEGIN_PHASE, {"g": "91", "phase": "ANALYZE", "trace_id": "f2", **BEGIN}),
+    (RecordType.BEGIN_PHASE, {"g": [92], "phase": "ANALYZE", "trace_id": "f3", **BEGIN}),
+    (RecordType.BEGIN_PHASE, {"g": 93, "phase": "ANALYZE", "trace_id": 93, **BEGIN}),
+    (RecordType.BEGIN_PHASE, {"g": 94, "phase": "ANALYZE", "trace_id": "f5", "snapshot": 1, "participants": 5}),
+    (RecordType.SIDE_EFFECT, {"g": 95, "phase": "ANALYZE", "trace_id": "f6", **EFFECT, "key": ["unhashable"]}),
+    (RecordType.ABORT_PHASE, {"g": 95, "phase": "ANALYZE", "trace_id": "f6", "reason": "x", "abandoned": 7}),
+]
+# checkpoints of an attempt the node has (the sim committed (1, ANALYZE)) whose outcomes are not the
+# mappings an abandon or an override step writes: the projection takes them as naming nothing
+ODD = [
+    (RecordType.RECOVERY, {"g": 1, "phase": "ANALYZE", "trace_id": "r", "token": 1, "shard": "s", "step": "abandon", "outcome": [1]}),
+    (RecordType.RECOVERY, {"g": 1, "phase": "ANALYZE", "trace_id": "r", "token": 1, "shard": "s", "step": "override", "outcome": "n"}),
+]  # fmt: skip
+
+
+def test_records_of_shapes_haios_never_writes_count_for_nothing_and_stop_nothing(tmp_path: Path) -> None:
+    from haios.ops.doctor import run_doctor
+    from haios.wal.summary import SUMMARY_NAME
+
+    directory = tmp_path / "sim"
+    sim_init(directory, 3)
+    sim_run(directory, iterations=1, seed=1, faults={})
+    wal = directory / "nodes/node-1/wal"
+    now = time.time() + 5
+    before = run_doctor(directory, now=now)
+    with Wal.open(wal) as forged:
+        for kind, payload in FORGED + ODD:
+            forged.append(kind, {**NODE_1, "ts": 1.0, **payload})
+    for reader in ("the nodes' summaries", "a full read"):
+        if reader == "a full read":
+            shutil.rmtree(directory / "status" / "observed")
+            (wal / SUMMARY_NAME).unlink()
+        after = run_doctor(directory, now=now)
+        assert after.healthy == before.healthy and [f.key for f in after.findings] == [f.key for f in before.findings]
+        row = next(r for r in after.nodes if r.node == "node-1")
+        assert row.records == next(r for r in before.nodes if r.node == "node-1").records + len(FORGED + ODD)
+
+
+@pytest.mark.parametrize(("kind", "payload"), FORGED)
+def test_a_forged_record_speaks_of_no_attempt(kind: RecordType, payload: dict[str, object]) -> None:
+    assert not well_formed(kind, payload)
