@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import HaiosError, SegmentHeaderError, WalCorruptError
 from ..fsutil import atomic_write
 from ..untrusted import load_json, read_regular
-from .format import SEGMENT_HEADER_SIZE, RecordType, decode_segment_header
+from .format import PHASES, SEGMENT_HEADER_SIZE, RecordType, decode_segment_header
 from .phases import CATCH_UP_PREFIX, OVERRIDE_STEP, PhaseLog, Phases
 from .reader import Cursor, Record, Segment, WalReader, crc32_of, cursor_holds, list_segments
 
@@ -95,8 +95,8 @@ def _optional(value: object, test: Any) -> bool:
 
 _LOG_FIELDS = frozenset(f.name for f in fields(PhaseLog))
 _LOG_CHECKS: dict[str, Any] = {
-    "g": _is_int,
-    "phase": lambda v: isinstance(v, str),
+    "g": lambda v: _is_int(v) and v >= 0,
+    "phase": lambda v: v in PHASES,  # as the projection takes them (wal.phases.well_formed)
     "trace_id": lambda v: isinstance(v, str),
     "snapshot": lambda v: isinstance(v, str),
     "participants": _strings,

@@ -148,6 +148,8 @@ def _phase0(change: Any) -> Any:
         lambda d: d.update(crc32={"x": [1]}),
         lambda d: d.update(last_record="64"),
         lambda d: d.update(phases={"g": 1}),
+        _phase0(lambda p: p.update(phase="EVIL")),
+        _phase0(lambda p: p.update(g=-1)),
         _phase0(lambda p: p.update(begin_ts="soon")),
         _phase0(lambda p: p.update(participants="node-1")),
         _phase0(lambda p: p.update(ended="MAYBE")),
