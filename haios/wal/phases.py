@@ -105,8 +105,8 @@ def _strings(value: Any) -> bool:
 def well_formed(kind: RecordType, p: dict[str, Any]) -> bool:
     """Whether what the projection reads of a record has the types haios writes: its g a count, its
     phase one of the five, its trace id, keys, names and digests strings, its participants and the
-    keys it abandons lists of strings. Any other record (written by
-    hand or by another program into a WAL that still verifies) speaks of no attempt."""
+    keys it abandons lists of strings. Any other record (written by hand or by another program into
+    a WAL that still verifies) speaks of no attempt."""
     g, phase = p.get("g"), p.get("phase")
     if type(g) is not int or g < 0 or phase not in PHASES or type(p.get("trace_id", "")) is not str:
         return False

@@ -52,6 +52,10 @@ SUMMARISED = frozenset(
     }
 )
 IO_KEYS = ("wal_bytes", "snapshot_bytes", "data_bytes")
+BACKLOG_PER_CLOSE = 1024 * 1024
+"""How many bytes of records its writer did not append itself a close folds into the WAL's summary,
+at most: a WAL written before there were summaries (or whose summary was lost) is summarised a
+megabyte more at each close — a few milliseconds of the node's — not all at once."""
 
 
 def empty() -> dict[str, Any]:
@@ -277,20 +281,21 @@ def fold_record(
 
 
 def fold_wal(
-    wal: Path, summary: dict[str, Any] | None, *, partial_ok: bool, checksums: bool = False
+    wal: Path, summary: dict[str, Any] | None, *, partial_ok: bool, checksums: bool = False, budget: int | None = None
 ) -> tuple[dict[str, Any], int, dict[str, Any] | None]:
     """Fold the WAL's records after ``summary``'s cursor into it (every record when None, or when
     the WAL no longer continues from the cursor); returns (summary, bytes read, corruption: where
     the first bad record is, as :meth:`Corruption.as_dict`). ``partial_ok``: a short record at the
     very end is an append in progress (a writer holds the lock), not a torn tail. ``checksums``: keep
-    the CRC-32 of each segment read (what :func:`adopt` checks)."""
+    the CRC-32 of each segment read (what :func:`adopt` checks). ``budget``: stop after the record
+    that reaches that many bytes read (the summary then ends there, where the next fold goes on)."""
     state: dict[str, Any] = summary or empty()
     cursor = Cursor(**state["cursor"]) if state["cursor"] else None
     listing = list_segments(wal)
     if cursor is not None and not still_as_read(wal, cursor, state, listing):
         # the WAL the summary spoke of is gone, was cut below it (deleted, restored, repaired) or
         # changed where it was read before: summarise what is there now from the start
-        return fold_wal(wal, None, partial_ok=partial_ok, checksums=checksums)
+        return fold_wal(wal, None, partial_ok=partial_ok, checksums=checksums, budget=budget)
     reader = WalReader(wal, cursor=cursor, partial_ok=partial_ok, decode=False)
     phases: Phases | None = None  # the projection, built at the first record that counts for it
     io = state["io"]
@@ -306,6 +311,8 @@ def fold_wal(
             if phases is None:
                 phases = Phases(kept_logs(state["phases"]))
             fold_record(record, phases, io, durations, spent)
+            if budget is not None and reader.bytes_read >= budget:
+                break
     except WalCorruptError as exc:
         corruption = exc.corruption.as_dict()
     if phases is not None:  # else what is kept stays as it was (a pass with nothing new, most of them)
@@ -349,14 +356,16 @@ def _read_own(wal: Path) -> dict[str, Any] | None:
         return None
 
 
-def refresh(wal: Path) -> None:
-    """Bring the WAL's own summary up to date (its writer calls it when it closes, holding the lock):
-    fold the records appended since it was written, or every record when there is none that still
-    fits the WAL. A summary that cannot be brought up to date is left as it was (it still speaks
+def refresh(wal: Path, appended: int) -> None:
+    """Bring the WAL's own summary up to date (its writer calls it when it closes, holding the lock,
+    having ``appended`` bytes): fold the records appended since it was written — from the start when
+    there is none that still fits the WAL — at most ``appended`` + :data:`BACKLOG_PER_CLOSE` bytes of
+    them (a summary that ends before the WAL does is one a reader goes on from). A summary that cannot be brought up to date is left as it was (it still speaks
     truly of the bytes it names, which is all a reader takes from it): only a hint, the next writer
     tries again."""
     try:
-        state, _read, _corruption = fold_wal(wal, _read_own(wal), partial_ok=False, checksums=True)
+        budget = appended + BACKLOG_PER_CLOSE
+        state, _read, _corruption = fold_wal(wal, _read_own(wal), partial_ok=False, checksums=True, budget=budget)
         state.pop("verified_to", None)
         atomic_write(wal / SUMMARY_NAME, json.dumps(state, sort_keys=True).encode(), durable=False)
     except Exception as exc:  # noqa: BLE001 - a hint: whatever goes wrong, the writer's close goes on

@@ -433,7 +433,7 @@ class Wal:
                 self.sync()
                 if self._last_start is not None and self._failed is None:
                     self._leave_mark()
-                    summary.refresh(self.directory)  # what it appended, into the WAL's own summary
+                    summary.refresh(self.directory, self.bytes_written)  # into the WAL's own summary
         finally:
             if self._fd is not None:
                 os.close(self._fd)

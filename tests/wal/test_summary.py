@@ -217,6 +217,26 @@ def test_a_summary_that_cannot_be_rewritten_stays_as_it_was(tmp_path: Path, monk
     assert read > 0 and _meaning(state) == _meaning(_full(tmp_path))
 
 
+def test_a_wal_without_a_summary_is_summarised_a_backlog_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write(tmp_path, 1, 12)  # as an older haios left it: no summary
+    (tmp_path / SUMMARY_NAME).unlink()
+    size = sum(p.stat().st_size for p in segments(tmp_path))
+    monkeypatch.setattr(summaries, "BACKLOG_PER_CLOSE", size // 4)
+    ends = []
+    for g in range(13, 19):
+        _write(tmp_path, g, 1)  # each writer folds what it appended and a quarter more of the rest
+        own = adopt(tmp_path)
+        assert own is not None
+        ends.append((own["cursor"]["seq"], own["cursor"]["offset"]))
+        state, _read, corruption = fold_wal(tmp_path, own, partial_ok=False)  # a reader goes on from it
+        assert corruption is None and _meaning(state) == _meaning(_full(tmp_path))
+    last = segments(tmp_path)[-1]
+    assert ends == sorted(ends) and ends[0] < ends[-1]
+    assert ends[-1] == (int(last.name[:16], 16), last.stat().st_size)  # caught up with the WAL
+
+
 def test_a_summary_stops_at_mid_log_corruption_and_the_reader_finds_it(tmp_path: Path) -> None:
     _write(tmp_path, 1, 12)
     first = segments(tmp_path)[0]
