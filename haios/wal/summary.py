@@ -52,10 +52,12 @@ SUMMARISED = frozenset(
     }
 )
 IO_KEYS = ("wal_bytes", "snapshot_bytes", "data_bytes")
-BACKLOG_PER_CLOSE = 1024 * 1024
+BACKLOG_PER_CLOSE = 256 * 1024
 """How many bytes of records its writer did not append itself a close folds into the WAL's summary,
-at most: a WAL written before there were summaries (or whose summary was lost) is summarised a
-megabyte more at each close — a few milliseconds of the node's — not all at once."""
+at most: a WAL written before there were summaries (or whose summary was lost) is summarised
+256 KiB more at each close — under 10 ms of the node's — not all at once (a reconcile that rolls
+forward nodes whose WALs have none pays it in the nodes' closes: 1 MiB cost 4 s of a 20 s run at
+200 nodes, this ~1 s)."""
 
 
 def empty() -> dict[str, Any]:
