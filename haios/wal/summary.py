@@ -56,8 +56,8 @@ BACKLOG_PER_CLOSE = 256 * 1024
 """How many bytes of records its writer did not append itself a close folds into the WAL's summary,
 at most: a WAL written before there were summaries (or whose summary was lost) is summarised
 256 KiB more at each close — under 10 ms of the node's — not all at once (a reconcile that rolls
-forward nodes whose WALs have none pays it in the nodes' closes: 1 MiB cost 4 s of a 20 s run at
-200 nodes, this ~1 s)."""
+forward nodes whose WALs have none pays it in their closes: 1 MiB added 3.4 s to a 16.5 s run at
+200 nodes, this 0.8 s)."""
 
 
 def empty() -> dict[str, Any]:
