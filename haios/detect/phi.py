@@ -45,6 +45,9 @@ def phi_of(elapsed: float, mean: float, sigma: float) -> float:
     return -ln_q / math.log(10.0)
 
 
+_EPS = 2.0**-52  # the relative spacing of doubles: each rounding is off by at most half of it
+
+
 @dataclass
 class Estimator:
     """The duration estimator of one phase type."""
@@ -73,21 +76,42 @@ class Estimator:
     def add_all(self, durations: Iterable[float]) -> None:
         """:meth:`add` each completed run in turn (a pass feeds every node's durations: 100,000 at 200
         nodes; one loop here, not a call per duration)."""
-        samples, blend, prior, cap = self.samples, self.blend_samples, self.prior_mean, self.outlier_cap
+        samples, blend, prior, cap, window = (
+            self.samples,
+            self.blend_samples,
+            self.prior_mean,
+            self.outlier_cap,
+            self.window,
+        )
+        # The spread is at least its floors, so P95 is at least the mean plus Z95 × the larger floor:
+        # a duration under the cap of that bound is under the cap, and the window's variance (a pass
+        # over it per sample) is computed only for the rest. That bound grows with the mean, so a
+        # mean no larger than the exact one (_mean(), an fsum of the window) can only accept less:
+        # the bound is first tried with a running sum less its largest rounding error (each of the
+        # ``ops`` additions since the last exact sum is off by at most EPS/2 of the largest sum it
+        # made, ``peak``), and the window is summed exactly only when that does not accept.
+        total = math.fsum(samples)
+        ops, peak = 0, abs(total)
         for duration in durations:
             if not math.isfinite(duration) or duration < 0:
                 continue
-            # The spread is at least its floors, so P95 is at least the mean plus Z95 × the larger
-            # floor: a duration under the cap of that bound is under the cap, and the window's variance
-            # (a pass over it per sample) is computed only for the rest. The mean is _mean(), inline:
-            # the same bits.
             n = len(samples)
             w = min(n, blend) / blend
-            mean = (1 - w) * prior + w * (math.fsum(samples) / n if n else 0.0)
-            if duration <= cap * (mean + Z95 * max(MIN_SIGMA_RATIO * abs(mean), MIN_SIGMA)):
-                samples.append(duration)
-            else:
-                samples.append(min(duration, cap * self.p95()))
+            low = max(0.0, (total - 2 * (ops + 1) * _EPS * peak) / n) if n else 0.0
+            low = (1 - w) * prior + w * low
+            if duration > cap * (low + Z95 * max(MIN_SIGMA_RATIO * abs(low), MIN_SIGMA)):
+                mean = (1 - w) * prior + w * (math.fsum(samples) / n if n else 0.0)  # _mean(), the same bits
+                if duration > cap * (mean + Z95 * max(MIN_SIGMA_RATIO * abs(mean), MIN_SIGMA)):
+                    duration = min(duration, cap * self.p95())
+            if n == window:
+                total -= samples[0]  # the deque drops it on append
+            samples.append(duration)
+            total += duration
+            ops += 2
+            peak = max(peak, abs(total))
+            if ops >= 2 * window:
+                total = math.fsum(samples)
+                ops, peak = 0, abs(total)
 
     def weight(self) -> float:
         return min(self.n, self.blend_samples) / self.blend_samples

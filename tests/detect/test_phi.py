@@ -189,3 +189,32 @@ def test_property_adding_keeps_exactly_the_capped_samples(durations: list[float]
         reference.samples.append(min(d, reference.outlier_cap * reference.p95()))  # the rule, as written
     assert list(quick.samples) == list(reference.samples)
     assert quick.distribution() == reference.distribution()
+
+
+@settings(max_examples=300)
+@given(
+    durations=st.lists(
+        st.one_of(
+            st.floats(min_value=0.0, max_value=1e-3),
+            st.floats(min_value=0.0, max_value=1e3),
+            st.floats(min_value=1e6, max_value=1e12),  # huge ones leave the window: the running sum cancels
+            st.sampled_from([0.0, -1.0, float("inf"), float("nan")]),  # skipped
+            st.lists(st.floats(min_value=0.9, max_value=1.1), min_size=12, max_size=12),  # a settled window ...
+            st.floats(min_value=3.0, max_value=5.0),  # ... and runs about 3x its mean: the cap decides
+        ),
+        max_size=400,
+    ),
+    prior=st.floats(min_value=1e-6, max_value=1e6),
+    window=st.integers(min_value=1, max_value=12),
+)
+def test_property_the_running_sum_never_accepts_what_the_exact_mean_caps(
+    durations: list[float | list[float]], prior: float, window: int
+) -> None:
+    flat = [x for d in durations for x in (d if isinstance(d, list) else [d])]
+    quick = Estimator("VALIDATE", prior, window=window, blend_samples=min(window, 10))
+    reference = Estimator("VALIDATE", prior, window=window, blend_samples=min(window, 10))
+    quick.add_all(flat)
+    for d in flat:
+        if math.isfinite(d) and d >= 0:
+            reference.samples.append(min(d, reference.outlier_cap * reference.p95()))
+    assert list(quick.samples) == list(reference.samples)
