@@ -37,14 +37,13 @@ def replication(
             told = settings
     current = Settings.for_node(root, node.policy, told)
     replicator = Replicator(node.name, root, current, links={})
-    placing = False
     if current.on and group is not None:
         if not group or group[0] != node.name or len(set(group)) != len(group):
             raise UsageError(f"a replica group for {node.name} must start with it and name each peer once: {group}")
-        placing = list(group[1:]) != replicator.peers() or read_state(root)[0].get("group") is None
-    if placing and group is not None:
-        replicator.place(list(group[1:]), settings=told)
-    elif told is not None:
+        if list(group[1:]) != replicator.peers() or read_state(root)[0].get("group") is None:
+            replicator.place(list(group[1:]), settings=told)
+            told = None  # written with the placement
+    if told is not None:
         replicator.configure(told)
     if not current.on:
         return {"node": node.name, "mode": current.mode}
