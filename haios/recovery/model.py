@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_LOCKED, EXIT_OK, EXIT_PENDING, EXIT_VERIFICATION, HaiosError
+from ..transport.base import DEFAULT_PARALLEL
 from . import membership as members
 from .machine import NEEDS_A_HUMAN, State
 
@@ -270,7 +271,7 @@ class Context:
     # trace -> why the override that names it cannot be judged now (the supervisors or the record of
     # applied overrides cannot be read): it waits
     unjudged: dict[str, str] = field(default_factory=dict)
-    parallelism: int = 32  # remote nodes worked on at once (--max-parallel): observed, told, pushed to
+    parallelism: int = DEFAULT_PARALLEL  # remote nodes worked on at once (--max-parallel): observed, told, pushed to
 
 
 @dataclass
