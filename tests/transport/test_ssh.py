@@ -545,3 +545,20 @@ def test_disk_full_on_a_node_is_a_clean_error_and_nothing_half_written(
         assert sim_check(ssh_cluster) == []
     finally:
         subprocs.run(["umount", "-l", str(root)], capture_output=True)
+
+
+def test_connections_prefer_aes_gcm_and_send_without_delay(ssh_cluster: Path) -> None:
+    import socket
+
+    import paramiko
+
+    config = load_repo(ssh_cluster)
+    with SshTransport(config.cluster.nodes, mirror=ssh_cluster / "m") as t:
+        t.local_view("node-1")
+        transport = t._conn("node-1").client.get_transport()
+        assert transport.local_cipher == transport.remote_cipher == "aes128-gcm@openssh.com"
+        assert transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        offered = transport.get_security_options().ciphers
+        assert offered[:2] == ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+        with socket.socket() as sock:
+            assert sorted(offered) == sorted(paramiko.Transport(sock).get_security_options().ciphers)
