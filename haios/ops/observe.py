@@ -204,6 +204,7 @@ def observe_node(
         obs.exec_status[body["g"]] = body
     if cache is _LOAD:
         cache = _load_cache(repo, node)
+    before = json.dumps(cache, sort_keys=True) if cache is not None else None  # the fold changes it in place
     state, read, corruption = _read_wal(root, cache)
     if corruption is not None and cache is not None and not corruption["torn_tail"]:
         # the WAL may have been repaired or replaced since the cursor was saved: read it whole
@@ -216,9 +217,11 @@ def observe_node(
     obs.override_nonces = tuple(state.get("override_nonces") or ())
     obs.records = state["records"]
     obs.bytes_read = read
-    makedirs_durable(repo / CACHE_DIR)
-    # a cache: if a crash loses it, the next pass reads the WAL from the start
-    atomic_write(_cache_path(repo, node), json.dumps(state, sort_keys=True).encode(), durable=False)
+    text = json.dumps(state, sort_keys=True)
+    if text != before:  # most passes over a quiet node: the cache as it was, not written again
+        makedirs_durable(repo / CACHE_DIR)
+        # a cache: if a crash loses it, the next pass reads the WAL from the start
+        atomic_write(_cache_path(repo, node), text.encode(), durable=False)
     return obs, state["durations"]
 
 

@@ -116,3 +116,30 @@ def test_records_of_shapes_haios_never_writes_count_for_nothing_and_stop_nothing
 @pytest.mark.parametrize(("kind", "payload"), FORGED)
 def test_a_forged_record_speaks_of_no_attempt(kind: RecordType, payload: dict[str, object]) -> None:
     assert not well_formed(kind, payload)
+
+
+def test_a_pass_that_reads_nothing_new_leaves_the_cache_file_as_it_was(tmp_path: Path) -> None:
+    directory = tmp_path / "sim"
+    sim_init(directory, 2)
+    sim_run(directory, iterations=1, seed=3, faults={})
+    config = load_repo(directory)
+    roots = {n.name: n.local_root(directory) for n in config.cluster.nodes}
+
+    def observed() -> dict[str, tuple[object, ...]]:
+        obs, _ = observe_mod.observe(directory, LocalTransport(roots), sorted(roots))
+        return {n: (o.phases, o.last_lamport, o.records, o.state) for n, o in obs.items()}
+
+    def stamps() -> dict[str, tuple[int, int]]:
+        files = {n: observe_mod._cache_path(directory, n).stat() for n in roots}
+        return {n: (st.st_ino, st.st_mtime_ns) for n, st in files.items()}
+
+    first = observed()
+    written = stamps()
+    assert observed() == first and stamps() == written  # nothing new: not written again
+    with Wal.open(roots["node-1"] / "wal") as wal:
+        wal.append(RecordType.EVENT, {"name": "phase_transition.started", "vc": {}})
+    observed()
+    after = stamps()
+    assert after["node-1"] != written["node-1"] and after["node-2"] == written["node-2"]
+    cache = observe_mod._load_cache(directory, "node-1")
+    assert observe_mod.unread_bytes(roots["node-1"], cache) == 0  # the new cursor was saved
