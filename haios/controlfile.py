@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config.yamlload import load_yaml
+from .config.yamlload import load_yaml, resolve_plain
 from .errors import ControlFileError, ControlFileMissing, InputError, IntegrityError, VersionConflict, YamlRejected
 from .fsutil import locked_dir, replace_in_dir
 from .untrusted import INT_BOUND, MAX_DEPTH, nests_deeper, read_file
@@ -191,16 +191,93 @@ def _from_json_body(body: bytes) -> dict[str, Any] | None:
     return value
 
 
+# A line of a block mapping whose every line is one of these, in the shapes haios's dump gives them:
+# "key: value" or "key:" (null, or a mapping on the lines below, two spaces further in)
+_BLOCK_LINE = re.compile(r"((?:  )*)([A-Za-z0-9_][A-Za-z0-9_.-]*):(?: (.+))?")
+_BLOCK_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a word: a number, a boolean, null or a string
+_BLOCK_QUOTED = re.compile(r"'((?:[!-&(-~](?:[ -&(-~]*[!-&(-~])?)?)'")  # no quote inside, no space at an end
+_NOT_SIMPLE: Any = object()
+
+
+def _block_scalar(text: str) -> Any:
+    """The value of one of the simple scalars (see :func:`_from_block_body`), _NOT_SIMPLE for others."""
+    if text == "{}":
+        return {}
+    if text == "[]":
+        return []
+    quoted = _BLOCK_QUOTED.fullmatch(text)
+    if quoted is not None:
+        return quoted.group(1)
+    if _BLOCK_PLAIN.fullmatch(text):
+        try:
+            return resolve_plain(text)  # the desired-state reading of a plain scalar, the same function
+        except ValueError:  # an integer over 64 bits: the YAML reading says so, with its position
+            return _NOT_SIMPLE
+    return _NOT_SIMPLE
+
+
+def _from_block_body(body: bytes) -> dict[str, Any] | None:
+    """The mapping of a body in the simplest block style, read line by line; None for any other body,
+    which the YAML parser reads. Every line is ``key: value`` or ``key:``, nested two spaces a level;
+    keys are words (letters, digits, ``_ . -``); a value is a word (resolved as the YAML reading
+    resolves plain scalars), a single-quoted string of printable ASCII with no quote inside and no
+    space at either end, ``{}`` or ``[]``. That is what haios writes for the small control files
+    (``state.txt``, ``heartbeat``, ``exec_status_*``, ``fence``): read a hundred times faster than by
+    the YAML parser, with the same result (a property test holds both readings together). A
+    duplicate key, a comment, a sequence, a flow collection, an escape or a number out of range is
+    left to the YAML reading, which accepts it as YAML does or refuses it."""
+    try:
+        text = body.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if not text.endswith("\n"):
+        return None
+    root: dict[str, Any] = {}
+    stack: list[tuple[int, dict[str, Any]]] = [(0, root)]
+    opened: tuple[int, dict[str, Any], str] | None = None  # a "key:" line: its indent, mapping and key
+    for line in text[:-1].split("\n"):
+        match = _BLOCK_LINE.fullmatch(line)
+        if match is None:
+            return None
+        indent, key, value = len(match.group(1)), match.group(2), match.group(3)
+        if opened is not None and indent == opened[0] + 2:
+            if len(stack) >= MAX_DEPTH:
+                return None
+            child: dict[str, Any] = {}
+            opened[1][opened[2]] = child
+            stack.append((indent, child))
+        opened = None
+        while stack[-1][0] > indent:
+            stack.pop()
+        depth, mapping = stack[-1]
+        if depth != indent or key in mapping:
+            return None
+        if value is None:
+            mapping[key] = None  # null, unless the lines below hold its mapping
+            opened = (indent, mapping, key)
+            continue
+        scalar = _block_scalar(value)
+        if scalar is _NOT_SIMPLE:
+            return None
+        mapping[key] = scalar
+    return root
+
+
 def load_mapping(cf: ControlFile) -> dict[str, Any]:
     """Parse a verified control file's body as a YAML mapping, by the same strict, bounded rules as
     the desired-state files (no tags or aliases, integers of 64 bits, nesting at most 64 deep); a
-    body haios wrote in JSON style is read by the JSON parser (the same mapping, faster)."""
+    body haios wrote in JSON style is read by the JSON parser, and one in the simplest block style
+    line by line (the same mapping, faster)."""
     if not cf.body:
         return {}
     if cf.body[:1] == b"{":
         quick = _from_json_body(cf.body)
         if quick is not None:
             return quick
+    elif len(cf.body) < JSON_BODY_FROM:
+        simple = _from_block_body(cf.body)
+        if simple is not None:
+            return simple
     try:
         value = load_yaml(cf.body, str(cf.path), limit=MAX_SIZE).value
     except YamlRejected as exc:

@@ -25,6 +25,7 @@ from haios.errors import (
     IntegrityError,
     StorageError,
     VersionConflict,
+    YamlRejected,
 )
 from haios.fsutil import temp_name
 
@@ -375,3 +376,108 @@ def test_a_written_mapping_is_read_back_without_parsing_while_the_file_stays_as_
     # values that may not read back as they are (a tuple): not kept, parsed when read
     controlfile.write_mapping(path, {"group": ("n1",)}, expected_version=cf.version)
     assert controlfile.read_mapping_cached(path)[0] == {"group": ["n1"]} and len(parsed) == 2
+
+
+def _yaml_reading(body: bytes) -> object:
+    """What the YAML reading makes of ``body``: the value, or "refused"."""
+    try:
+        return load_yaml(body, "state.txt").value
+    except YamlRejected:
+        return "refused"
+
+
+@settings(max_examples=800, deadline=None)
+@given(mapping=PLAIN_MAPPINGS)
+def test_property_a_block_body_read_line_by_line_is_what_yaml_reads(mapping: dict[str, object]) -> None:
+    body = controlfile.dump_mapping(mapping)
+    simple = controlfile._from_block_body(body)
+    assert simple is None or simple == _yaml_reading(body)
+
+
+_VALUES = [
+    "1",
+    "-1",
+    "0x1f",
+    "0o17",
+    "1e5",
+    "1e999",
+    "1.5",
+    "9223372036854775808",
+    "null",
+    "~",
+    "True",
+    "yes",
+    "IDLE",
+    "0.1.0",
+    "a b",
+    "a: b",
+    "a #c",
+    "#c",
+    "{}",
+    "[]",
+    "{a: 1}",
+    "[1]",
+    "'x'",
+    "''",
+    "' x'",
+    "'a''b'",
+    "'a",
+    '"x"',
+    "&a x",
+    "*a",
+    "!!str 1",
+    ".inf",
+    "-.inf",
+    ".nan",
+    "- 1",
+    "|",
+    ">",
+    "'#'",
+    "'a: b'",
+    "'1'",
+    "'null'",
+    "'\\'",
+    "'a\tb'",
+    "a\tb",
+    "'caf\u00e9'",
+]
+_INDENTS = ["", "", "", "  ", "  ", "    ", " ", "\t"]
+_KEYS = ["a", "b", "c", "node-1", "x.y", "0", "true", "-a", "a b", "'a'", "a#"]
+_ENDS = [":", ":", ":", ":  1", " : 1", "", *(": " + v for v in _VALUES)]
+
+
+def test_every_one_line_body_the_line_reading_takes_reads_the_same_as_yaml() -> None:
+    for key in _KEYS:
+        for end in _ENDS:
+            body = f"{key}{end}\n".encode()
+            simple = controlfile._from_block_body(body)
+            assert simple is None or simple == _yaml_reading(body), body
+
+
+_LINE = st.tuples(
+    st.sampled_from(_INDENTS),
+    st.sampled_from(_KEYS),
+    st.sampled_from(_ENDS),
+).map(lambda t: "".join(t))  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(lines=st.lists(_LINE, min_size=1, max_size=6))
+def test_property_any_body_the_line_reading_takes_reads_the_same_as_yaml(lines: list[str]) -> None:
+    # bodies near the simple shape, most of them not it: whatever the line reading accepts, the YAML
+    # reading reads the same (the rest it leaves to YAML)
+    body = ("\n".join(lines) + "\n").encode()
+    simple = controlfile._from_block_body(body)
+    assert simple is None or simple == _yaml_reading(body)
+
+
+def test_haios_own_small_control_files_are_read_line_by_line() -> None:
+    bodies = [
+        {"node": "node-1", "g": 100, "ph": "IDLE", "status": "READY", "vc": {"node-1": 2000}},
+        {"node": "node-1", "seq": 1, "wall_time": "2026-12-01T13:49:02.918Z", "haios_version": "0.1.0"},
+        {"g": 1, "phase": "IDLE", "status": "DONE", "started_at": "2026-12-01T14:05:39.211Z", "error": None},
+        {"shards": {}, "members": [], "cursor": {"seq": 0, "offset": 366050, "lamport": 2000, "crc": 490030886}},
+    ]
+    for mapping in bodies:
+        body = controlfile.dump_mapping(mapping)
+        assert controlfile._from_block_body(body) == mapping == load_yaml(body, "state.txt").value

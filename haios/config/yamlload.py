@@ -74,7 +74,7 @@ class YamlDoc:
         return cur
 
 
-def _resolve_plain(text: str) -> Any:
+def resolve_plain(text: str) -> Any:
     """A plain scalar by the YAML 1.2 core schema; ValueError for an integer out of range."""
     if _NULL.fullmatch(text):
         return None
@@ -127,7 +127,7 @@ class _Builder:
                 if _NONFINITE.fullmatch(event.value):
                     raise self._reject(event, path, f"non-finite numbers are not allowed (found {event.value})")
                 try:
-                    return _resolve_plain(event.value)
+                    return resolve_plain(event.value)
                 except ValueError as exc:
                     raise self._reject(event, path, str(exc)) from None
             return event.value
