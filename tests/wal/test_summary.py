@@ -143,6 +143,8 @@ def _phase0(change: Any) -> Any:
         lambda d: d.update(records=True),
         lambda d: d.update(io={"wal_bytes": 1}),
         lambda d: d.update(durations={"ANALYZE": ["1"]}),
+        lambda d: d.update(durations={"ANALYZE": [1.0, True]}),
+        lambda d: d.update(durations={"ANALYZE": [2.0, None, 1.0]}),
         lambda d: d.update(durations={"ANALYZE": [1.0] * 101}),
         lambda d: d.update(override_nonces=[1]),
         lambda d: d.update(crc32={"x": [1]}),
