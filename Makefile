@@ -9,7 +9,7 @@ LINTED := haios tests benchmarks
 .PHONY: demo test soak lint typecheck unit docs venv clean
 
 # haios and what it needs at run time: all the demo installs
-$(RUNTIME): pyproject.toml
+$(RUNTIME): pyproject.toml setup.py haios/wal/_scan.c
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 		|| { echo "haios needs Python 3.11 or newer (PYTHON=$(PYTHON))"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,10 @@ venv: $(STAMP)
 demo: $(RUNTIME)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
 
-test: $(STAMP)
+# the Debian packages first: the install builds haios's C loop with the compiler they bring
+test:
 	bash tests/system-deps.sh
-	$(MAKE) --no-print-directory lint typecheck unit
+	$(MAKE) --no-print-directory venv lint typecheck unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)

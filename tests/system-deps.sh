@@ -15,6 +15,7 @@ declare -A needs=(
   [etcd]=etcd-server   # the etcd coordination backend is tested against a real 3-member cluster
   [etcdctl]=etcd-client
   [systemd-analyze]=systemd   # the shipped systemd units must pass systemd-analyze verify
+  [cc]=gcc   # builds haios's optional C loop of a WAL verify (haios/wal/_scan.c) when haios is installed
 )
 
 missing=()
@@ -22,6 +23,7 @@ export PATH="$PATH:/usr/sbin:/sbin"   # sshd lives in /usr/sbin
 for cmd in "${!needs[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${needs[$cmd]}")
 done
+[[ -f /usr/include/zlib.h ]] || missing+=(zlib1g-dev)   # the C loop's CRC-32 is zlib's
 ((${#missing[@]} == 0)) && exit 0
 
 if [[ $(id -u) -ne 0 ]]; then

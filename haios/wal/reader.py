@@ -18,7 +18,7 @@ import errno
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
@@ -265,6 +265,34 @@ def valid_record_after(path: Path, start: int, salt: int) -> bool:
 
 _FAST_HEADER = struct.Struct("<IIIIQII")  # RECORD_HEADER with type, flags and reserved read as one u32
 _VALID_TFR = frozenset(t | (f << 8) for t in _TYPES for f in range(KNOWN_FLAGS + 1))
+_TYPE_BITS = sum(1 << t for t in _TYPES)
+
+
+def _native() -> Callable[..., tuple[int, int, int, int, int]] | None:
+    """The checks of _fast_scan in C for a run of plain records, when the install could build them;
+    None without (no C compiler where haios was installed: the Python loop does it all)."""
+    try:
+        from ._scan import scan
+    except ImportError:
+        return None
+    return scan
+
+
+_native_scan = _native()
+
+
+def _scan(view: memoryview, salt: int, lamport: int, crc: int) -> tuple[int, int, int, int, int]:
+    """:func:`_fast_scan`'s answer for ``view``: the C loop walks the plain records, the Python loop
+    goes on from where it stops (an lz4 record, or one that fails a check: it finds the same)."""
+    if _native_scan is None:
+        return _fast_scan(view, salt, lamport, crc)
+    pos, lamport, crc, count, first = _native_scan(
+        view, salt, lamport, crc, _TYPE_BITS, KNOWN_FLAGS, FLAG_LZ4, FLAG_JUMP
+    )
+    if len(view) - pos < RECORD_HEADER_SIZE:
+        return pos, lamport, crc, count, first
+    more, lamport, crc, extra, then = _fast_scan(view[pos:], salt, lamport, crc)
+    return pos + more, lamport, crc, count + extra, first if count else then
 
 
 def _fast_scan(view: memoryview, salt: int, lamport: int, crc: int) -> tuple[int, int, int, int, int]:
@@ -434,7 +462,7 @@ class WalReader:
             salt = header.salt
             while pos < f.size:
                 if self.verify_only:
-                    fast = _fast_scan(f.get(pos, min(CHUNK, f.size - pos)), salt, lamport, crc)
+                    fast = _scan(f.get(pos, min(CHUNK, f.size - pos)), salt, lamport, crc)
                     if fast[3]:
                         consumed, lamport, crc, count, first = fast
                         pos += consumed
