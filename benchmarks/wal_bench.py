@@ -9,9 +9,10 @@
 3. Throughput of 8 threads appending durable records (group commit) vs SQLite in WAL mode with
    synchronous=FULL, 8 threads inserting the same payloads one transaction each (target >= 1.0).
 4. `verify` throughput on a 1 GiB WAL vs reading the same bytes and computing zlib.crc32 over them
-   (target >= 0.5), and the peak RSS of verify with its worker processes (target < 100 MiB). Both run
-   in child processes over a warm page cache, alternately, three times each. A WAL this size is
-   verified by one worker process per CPU, each over a run of segments.
+   in one process (target >= 0.5), the same with verify in one process (target >= 0.7), and the peak
+   RSS of verify with its worker processes (target < 100 MiB). All run in child processes over a
+   warm page cache, alternately, three times each. A WAL this size is verified by one worker process
+   per CPU, each over a run of segments, unless told to use one.
 
 Rounds alternate haios and baseline so that machine noise hits both; medians are reported.
 """
@@ -160,10 +161,12 @@ VERIFY_CHILD = (
 import os, resource, sys, time
 from haios.wal import verify
 from haios.wal.reader import PARALLEL_MIN_BYTES, list_segments
-t = time.perf_counter(); report = verify(sys.argv[1]); elapsed = time.perf_counter() - t
+jobs = int(sys.argv[2]) or None
+t = time.perf_counter(); report = verify(sys.argv[1], jobs=jobs); elapsed = time.perf_counter() - t
 assert report.ok, report.corruption
 segments = list_segments(__import__("pathlib").Path(sys.argv[1]))
-workers = min(os.cpu_count() or 1, len(segments)) if report.bytes >= PARALLEL_MIN_BYTES else 0
+workers = min(jobs or os.cpu_count() or 1, len(segments)) if report.bytes >= PARALLEL_MIN_BYTES else 0
+workers = 0 if workers == 1 else workers
 rss = peak_rss_kib() + workers * resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print(elapsed, report.records, report.bytes, rss)
 """
@@ -186,8 +189,9 @@ print(elapsed, 0, total, peak_rss_kib())
 )
 
 
-def _child(code: str, directory: Path) -> tuple[float, int, int, int]:
-    out = subprocess.run([sys.executable, "-c", code, str(directory)], capture_output=True, text=True, check=True)
+def _child(code: str, directory: Path, jobs: int = 0) -> tuple[float, int, int, int]:
+    argv = [sys.executable, "-c", code, str(directory), str(jobs)]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True)
     elapsed, records, size, rss_kib = out.stdout.split()
     return float(elapsed), int(records), int(size), int(rss_kib)
 
@@ -204,16 +208,19 @@ def bench_verify(root: Path, gib: float, rounds: int) -> dict[str, float]:
             i += 1
     build = time.perf_counter() - build
     _child(FLOOR_CHILD, directory)  # warm the page cache
-    v_times, f_times, rss = [], [], []
+    v_times, one_times, f_times, rss = [], [], [], []
     records = size = 0
     for _ in range(rounds):
         f_elapsed, _, size, _ = _child(FLOOR_CHILD, directory)
         v_elapsed, records, _, v_rss = _child(VERIFY_CHILD, directory)
+        one_elapsed, _, _, _ = _child(VERIFY_CHILD, directory, jobs=1)
         f_times.append(f_elapsed)
         v_times.append(v_elapsed)
+        one_times.append(one_elapsed)
         rss.append(v_rss)
     return {
         "verify_s": statistics.median(v_times),
+        "one_s": statistics.median(one_times),
         "floor_s": statistics.median(f_times),
         "bytes": size,
         "records": records,
@@ -275,6 +282,14 @@ def main() -> int:
             f"{verify_ratio:.2f}",
             ">= 0.5",
             verify_ratio >= 0.5,
+        ),
+        (
+            "verify, one process",
+            f"{v['bytes'] / v['one_s'] / 1e6:.0f} MB/s",
+            f"{v['bytes'] / v['floor_s'] / 1e6:.0f} MB/s (read+crc32)",
+            f"{v['floor_s'] / v['one_s']:.2f}",
+            ">= 0.7",
+            v["floor_s"] / v["one_s"] >= 0.7,
         ),
         ("verify peak RSS (with workers)", f"{v['rss_mib']:.0f} MiB", "", "", "< 100 MiB", v["rss_mib"] < 100),
     ]
