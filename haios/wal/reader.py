@@ -19,6 +19,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
@@ -197,24 +198,49 @@ class _Bad(Exception):
 
 
 class _File:
-    """Buffered random-ish access to a segment file in bounded memory."""
+    """Buffered random-ish access to a segment file in bounded memory. ``ahead``: read the next chunk
+    in a thread of its own while the caller works on this one (a verify, whose checks run in C without
+    the interpreter lock: the reading and the checking overlap)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, ahead: bool = False) -> None:
         self.fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the reader
         self.size = os.fstat(self.fh.fileno()).st_size
         self.base = 0
         self.buf = b""
+        self._pool = ThreadPoolExecutor(1) if ahead else None
+        self._ahead: tuple[int, Future[bytes]] | None = None  # the next chunk being read: its offset
 
     def get(self, offset: int, length: int) -> memoryview:
         end = offset + length
         if offset < self.base or end > self.base + len(self.buf):
-            self.fh.seek(offset)
-            self.buf = self.fh.read(max(length, CHUNK))
-            self.base = offset
+            self._fill(offset, max(length, CHUNK))
         start = offset - self.base
         return memoryview(self.buf)[start : start + length]
 
+    def _fill(self, offset: int, want: int) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and self.base <= offset <= ahead[0] == self.base + len(self.buf):
+            nxt = ahead[1].result()
+            buf = self.buf[offset - self.base :] + nxt  # what is left of this chunk, then the next
+            if len(buf) >= want or len(nxt) < CHUNK:
+                self.buf, self.base = buf, offset
+                self._read_ahead()
+                return
+        elif ahead is not None:
+            ahead[1].result()  # not the chunk wanted: let its read end before another starts
+        self.fh.seek(offset)
+        self.buf = self.fh.read(want)
+        self.base = offset
+        self._read_ahead()
+
+    def _read_ahead(self) -> None:
+        at = self.base + len(self.buf)
+        if self._pool is not None and at < self.size:
+            self._ahead = (at, self._pool.submit(os.pread, self.fh.fileno(), CHUNK, at))
+
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)  # no read left running on the descriptor closed below
         self.fh.close()
 
 
@@ -446,7 +472,7 @@ class WalReader:
         return WalCorruptError(self.directory, Corruption(seg.name, bad.offset, bad.lamport, bad.reason, torn))
 
     def _segment(self, seg: Segment, last: bool, prev: SegmentHeader | None, wal_id: int | None) -> Iterator[Record]:
-        f = _File(seg.path)
+        f = _File(seg.path, ahead=self.verify_only)
         try:
             try:
                 header = decode_segment_header(bytes(f.get(0, SEGMENT_HEADER_SIZE)))
@@ -818,12 +844,15 @@ def verify(directory: Path | str, *, jobs: int | None = None) -> VerifyReport:
 
     Checks the framing of every record (length, CRC, salt, Lamport index, ``prev_crc`` link, lz4
     decoded length) and of every segment; payloads are parsed as JSON by the readers that use them.
-    A large WAL is split into ``jobs`` runs of segments (default: one per CPU) verified by worker
-    processes and stitched together through the segment headers; the verdict is the same.
+    A large WAL is split into ``jobs`` runs of segments (default: one per CPU, one per two CPUs when
+    the checks run in C) verified by worker processes and stitched together through the segment
+    headers; the verdict is the same.
     """
     path = wal_dir(directory)
     segments = list_segments(path)
-    workers = min(jobs or os.cpu_count() or 1, len(segments))
+    # with the C loop, one process keeps two CPUs busy (the checks, and the reads ahead of them)
+    default = (os.cpu_count() or 1) // (2 if _native_scan is not None else 1)
+    workers = min(jobs or default or 1, len(segments))
     if workers > 1 and sum(s.path.stat().st_size for s in segments) >= PARALLEL_MIN_BYTES:
         return _verify_parallel(path, segments, workers)
     return verify_segments(path, segments, ends_wal=True)

@@ -97,3 +97,38 @@ def test_a_wal_of_plain_and_lz4_records_verifies_the_same_with_and_without_the_c
     without_c = verify(tmp_path, jobs=1)
     monkeypatch.undo()
     assert verify(tmp_path, jobs=1) == without_c and not without_c.ok  # the same first bad record, named alike
+
+
+def _first_bad(directory: Path) -> object:
+    """The corruption a plain reader (no verify: no reads ahead, no C loop) meets first."""
+    from haios.errors import WalCorruptError
+    from haios.wal.reader import WalReader
+
+    try:
+        count = sum(1 for _ in WalReader(directory, decode=False))
+    except WalCorruptError as exc:
+        return exc.corruption
+    return count
+
+
+@pytest.mark.parametrize("flip_at", [None, 0.3, 0.77])
+def test_reads_ahead_across_chunks_find_what_a_plain_reader_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flip_at: float | None
+) -> None:
+    monkeypatch.setattr(wal_reader, "CHUNK", 4096)  # records cross chunk ends all the time
+    rng = __import__("random").Random(5)
+    with Wal.open(tmp_path) as wal:
+        for i in range(400):
+            size = 20_000 if i == 200 else rng.randrange(10, 3000)  # one record larger than a chunk
+            wal.append(RecordType.STEP, {"name": f"s{i}", "outcome": os.urandom(size // 2).hex()}, durable=False)
+    if flip_at is not None:
+        seg = list_segments(tmp_path)[0].path
+        data = bytearray(seg.read_bytes())
+        data[int(len(data) * flip_at)] ^= 0x04
+        seg.write_bytes(bytes(data))
+    report = verify(tmp_path, jobs=1)
+    expected = _first_bad(tmp_path)
+    if flip_at is None:
+        assert report.ok and report.records == expected == 400
+    else:
+        assert report.corruption == expected and report.corruption is not None
