@@ -250,3 +250,29 @@ def test_a_summary_stops_at_mid_log_corruption_and_the_reader_finds_it(tmp_path:
     _state, _read, corruption = fold_wal(tmp_path, own, partial_ok=False)
     assert corruption is not None and not corruption["torn_tail"]
     assert (corruption["segment"], corruption["offset"]) == (first.name, own["cursor"]["offset"])
+
+
+def test_a_fold_pauses_the_cycle_collector_and_leaves_it_as_it_found_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    from haios.wal import summary as summary_mod
+
+    _write(tmp_path, 1, 3)
+    seen: list[bool] = []
+    real = summary_mod.fold_record
+
+    def watched(*args: Any) -> None:
+        seen.append(gc.isenabled())
+        real(*args)
+
+    monkeypatch.setattr(summary_mod, "fold_record", watched)
+    summary_mod.fold_wal(tmp_path, None, partial_ok=False)
+    assert seen and not any(seen) and gc.isenabled()
+    gc.disable()
+    try:
+        summary_mod.fold_wal(tmp_path, None, partial_ok=False)
+        assert not gc.isenabled()  # it was off: it stays off
+    finally:
+        gc.enable()
