@@ -191,7 +191,7 @@ class Sftp:
                 self.channel.sendall(bytes(out))
             waiting = dict(zip(ids, requests, strict=True))
             answers: dict[int, Answer] = {}
-            while waiting or (self._pending and not requests):
+            while waiting:
                 kind, data = self._packet()
                 if len(data) < 5:
                     raise ProtocolError(errno.EPROTO, "an SFTP answer without a request id")
@@ -207,7 +207,10 @@ class Sftp:
 
     def _answer(self, kind: int, reader: _Reader, request: _Request) -> Answer:
         if kind == _STATUS:
-            return _status_error(reader, request.path)
+            error = _status_error(reader, request.path)
+            if error is None and request.kind not in (_READ, _READDIR):  # only these can come to an end
+                raise ProtocolError(errno.EPROTO, f"{request.path}: an SFTP answer with no error and nothing else")
+            return error
         if kind != request.want:
             raise ProtocolError(errno.EPROTO, f"an SFTP answer of type {kind} where {request.want} was due")
         if kind == _HANDLE:

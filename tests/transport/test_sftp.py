@@ -164,6 +164,7 @@ def _broken(answer: bytes) -> bytes:
         (_broken(bytes([102]) + struct.pack(">II", 1, 5) + b"abc"), "ends inside a string"),
         (_broken(bytes([104]) + struct.pack(">II", 1, 5)), "of type 104"),
         (_broken(bytes([102])), "without a request id"),
+        (_broken(bytes([101]) + struct.pack(">III", 1, 0, 0)), "no error and nothing else"),  # OPEN: "OK"
     ],
 )
 def test_a_server_that_breaks_the_protocol_ends_the_session(reply: bytes, words: str) -> None:
