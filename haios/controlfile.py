@@ -222,7 +222,7 @@ def _from_block_body(body: bytes) -> dict[str, Any] | None:
     keys are words (letters, digits, ``_ . -``); a value is a word (resolved as the YAML reading
     resolves plain scalars), a single-quoted string of printable ASCII with no quote inside and no
     space at either end, ``{}`` or ``[]``. That is what haios writes for the small control files
-    (``state.txt``, ``heartbeat``, ``exec_status_*``, ``fence``): read a hundred times faster than by
+    (``state.txt``, ``heartbeat``, ``exec_status_*``, ``fence``): read thirty times faster than by
     the YAML parser, with the same result (a property test holds both readings together). A
     duplicate key, a comment, a sequence, a flow collection, an escape or a number out of range is
     left to the YAML reading, which accepts it as YAML does or refuses it."""

@@ -296,8 +296,8 @@ def fold_record(
 def _collector_paused() -> Iterator[None]:
     """Python's cycle collector off while a WAL is folded, back on after (when it was on): the fold
     makes a container or more per record (the payload's dict, the attempt), none of them in a
-    cycle, and the collections they would set off walk every object still held, again and again (a
-    seventh of a fold of 100,000 records). Nested or in several threads at once: only whoever
+    cycle, and the collections they would set off walk every object still held, again and again (an
+    eighth of a fold of 100,000 records). Nested or in several threads at once: only whoever
     turned it off turns it on again."""
     was_on = gc.isenabled()
     gc.disable()
