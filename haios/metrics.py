@@ -21,7 +21,7 @@ import logging
 import math
 import socket
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -344,19 +344,22 @@ class NodeIo:
         return (self.wal + self.replica + self.snapshot) / self.data if self.data else None
 
 
-def node_io(repo: Path) -> list[NodeIo]:
+def node_io(repo: Path, known: Mapping[str, Mapping[str, int]] | None = None) -> list[NodeIo]:
     """Bytes per node from the observation cache (status/observed/<node>.json), which reads every
     WAL byte once: the WAL itself, the snapshots BEGIN_PHASE reports, the data PREPARE reports; with
     WAL replication, the copies of the WAL its peers write (status/replication.yaml says how many:
-    replicas are byte-for-byte copies). A cache that cannot be read is left out."""
+    replicas are byte-for-byte copies). A cache that cannot be read is left out. ``known``: the
+    counters of the nodes a pass just observed (what their caches hold), not read again."""
     copies = _replica_copies(repo)
     out = []
     for path in sorted((repo / CACHE_DIR).glob("*.json")):
-        try:
-            cache = read_json(path, "status", within=path.parent)
-        except HaiosError:
-            continue
-        io = cache.get("io") if isinstance(cache, dict) else None
+        io: object = (known or {}).get(path.stem)
+        if io is None:
+            try:
+                cache = read_json(path, "status", within=path.parent)
+            except HaiosError:
+                continue
+            io = cache.get("io") if isinstance(cache, dict) else None
         if not isinstance(io, dict) or not all(
             is_number(io.get(k) or 0) for k in ("wal_bytes", "snapshot_bytes", "data_bytes")
         ):

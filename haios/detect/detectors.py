@@ -76,6 +76,7 @@ class NodeObservation:
     last_lamport: int = 0
     records: int = 0
     bytes_read: int = 0
+    io: dict[str, int] | None = None  # the byte counters its WAL adds up to (what its cache says)
 
 
 def unrecorded_ends(obs: NodeObservation) -> list[PhaseSummary]:

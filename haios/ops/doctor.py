@@ -553,11 +553,11 @@ def _versions(
 IO_JUDGED_FROM = 1 << 20  # data bytes: below, a node's fixed per-record costs say more than its writes
 
 
-def _io_overhead(repo: Path, budget: float) -> list[Finding]:
+def _io_overhead(repo: Path, budget: float, seen: dict[str, NodeObservation]) -> list[Finding]:
     """A node that writes more locally (WAL + snapshots) per byte of data than the budget allows, once
     it wrote enough data to judge; its replicated total is said beside it, not held against it."""
     out = []
-    for n in node_io(repo):
+    for n in node_io(repo, {node: o.io for node, o in seen.items() if o.io is not None}):
         ratio = n.local_ratio
         if ratio is None or n.data < IO_JUDGED_FROM or ratio <= budget:
             continue
@@ -805,7 +805,7 @@ def _judge(path: Path, seen: _Gathered, report: DoctorReport, at: float, full: b
     findings += _coordination(config)
     findings += _stale_leases(config, at)
     findings += _membership(path)
-    findings += _io_overhead(path, t.max_io_overhead_ratio)
+    findings += _io_overhead(path, t.max_io_overhead_ratio, seen.observations)
     return findings
 
 

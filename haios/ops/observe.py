@@ -217,6 +217,7 @@ def observe_node(
     obs.override_nonces = tuple(state.get("override_nonces") or ())
     obs.records = state["records"]
     obs.bytes_read = read
+    obs.io = dict(state["io"])
     text = json.dumps(state, sort_keys=True)
     if text != before:  # most passes over a quiet node: the cache as it was, not written again
         makedirs_durable(repo / CACHE_DIR)
