@@ -34,10 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, controlfile
 from ..config.model import NAME_RE, NodeSpec, ssh_root_ok
 from ..errors import HaiosError, HostKeyError, IntegrityError, TransportError, UsageError, from_wire
 from ..fsutil import atomic_write, makedirs_durable
+from ..node import shapes
 from ..untrusted import LIMITS
 from ..wal.summary import SUMMARY_NAME
 from .base import ALIVE, Completed, Handler
@@ -305,30 +306,20 @@ class SshTransport:
             if isinstance(listed, OSError):
                 raise listed
             names = {a.filename: a for a in top}
-            files = [
-                n for n in (*MIRROR_FILES, *sorted(n for n in names if n.startswith("exec_status_"))) if n in names
-            ]
-            for name in files:
-                _check_remote(node, f"{root}/{name}", names[name])
-            for name in {*MIRROR_FILES} - set(files):
+            for name in {*MIRROR_FILES} - set(names):
                 (local / name).unlink(missing_ok=True)
+            # the exec_status files of the iteration state.txt is at and of the next (all the pass reads):
+            # guessed from the copy here, then made sure of once the new state.txt is here
+            files = [n for n in MIRROR_FILES if n in names] + _status_names(_observed_g(local, node) or None, names)
             segments = {a.filename: a for a in listed if a.filename.endswith(".wal") and a.is_regular()}
-            wanted = [(f"{root}/{n}", names[n].st_size or 0, LIMITS["control"]) for n in files]
             summary = self._summary_wanted(local / "wal", listed)
-            if summary is not None:
-                wanted.append((f"{root}/wal/{SUMMARY_NAME}", summary.st_size or 0, LIMITS["json"]))
-            got = sftp.read_files(wanted)
-            for name, data in zip(files, got, strict=False):
-                if isinstance(data, FileNotFoundError):  # gone since the listing: as if not listed
-                    (local / name).unlink(missing_ok=True)
-                    continue
-                if isinstance(data, OSError):
-                    raise data
-                if len(data) > LIMITS["control"]:
-                    raise IntegrityError(f"{node}:{root}/{name}", f"is over the {LIMITS['control']}-byte limit")
-                target = local / name
-                if not target.exists() or target.read_bytes() != data:
-                    atomic_write(target, data, durable=False)
+            got = self._mirror(sftp, node, root, local, names, files, summary)
+            g = _observed_g(local, node)
+            needed = [n for n in (f"exec_status_{g}.txt", f"exec_status_{g + 1}.txt") if n in names]
+            self._mirror(sftp, node, root, local, names, [n for n in needed if n not in files], None)
+            for stale in local.glob("exec_status_*"):
+                if stale.name not in needed:
+                    stale.unlink()
             if summary is not None:
                 self._keep_summary(local / "wal", got[-1])
             for stale in (local / "wal").glob("*.wal"):
@@ -336,6 +327,39 @@ class SshTransport:
                     stale.unlink()
             self._fetch_segments(sftp, f"{root}/wal", local / "wal", segments)
         return local
+
+    def _mirror(
+        self,
+        sftp: Sftp,
+        node: str,
+        root: str,
+        local: Path,
+        names: dict[str, Entry],
+        files: list[str],
+        summary: Entry | None,
+    ) -> list[bytes | OSError]:
+        """Copy the control ``files`` (as listed in ``names``) here, and read the WAL's ``summary`` with
+        them, in one step; what was read, in that order."""
+        for name in files:
+            _check_remote(node, f"{root}/{name}", names[name])
+        wanted = [(f"{root}/{n}", names[n].st_size or 0, LIMITS["control"]) for n in files]
+        if summary is not None:
+            wanted.append((f"{root}/wal/{SUMMARY_NAME}", summary.st_size or 0, LIMITS["json"]))
+        if not wanted:
+            return []
+        got = sftp.read_files(wanted)
+        for name, data in zip(files, got, strict=False):
+            if isinstance(data, FileNotFoundError):  # gone since the listing: as if not listed
+                (local / name).unlink(missing_ok=True)
+                continue
+            if isinstance(data, OSError):
+                raise data
+            if len(data) > LIMITS["control"]:
+                raise IntegrityError(f"{node}:{root}/{name}", f"is over the {LIMITS['control']}-byte limit")
+            target = local / name
+            if not target.exists() or target.read_bytes() != data:
+                atomic_write(target, data, durable=False)
+        return got
 
     def _summary_wanted(self, local: Path, listed: list[Entry]) -> Entry | None:
         """The summary the node's WAL writer keeps, to mirror into a cold mirror (no segment yet), so
@@ -536,6 +560,30 @@ def _check_remote(node: str, path: str, attrs: Any) -> None:
         raise IntegrityError(f"{node}:{path}", f"is {size} bytes, over the {LIMITS['control']}-byte limit")
 
 
+def _observed_g(local: Path, node: str) -> int:
+    """The iteration the observation takes the node to be at from its ``state.txt`` here (as
+    :func:`haios.ops.observe.observe_node` takes it: 0 for one it cannot read, of the wrong shape or
+    another node's), whose ``exec_status`` file and the next one's it reads."""
+    try:
+        body, _ = controlfile.read_mapping(local / "state.txt")
+    except HaiosError:
+        return 0
+    if shapes.problem("state.txt", body) is not None or body.get("node", node) != node:
+        return 0
+    return int(body.get("g") or 0)
+
+
+def _status_names(g: int | None, names: dict[str, Entry]) -> list[str]:
+    """The listed ``exec_status`` files of iterations g, g + 1 and g + 2 (the last in case the node
+    moved on since its state.txt was copied here); without g (a mirror with no state.txt yet), of the
+    two latest iterations listed."""
+    if g is None:
+        listed = sorted(int(m.group(1)) for n in names if (m := _EXEC_STATUS.fullmatch(n)))
+        return [f"exec_status_{i}.txt" for i in listed[-2:]]
+    return [n for n in (f"exec_status_{i}.txt" for i in (g, g + 1, g + 2)) if n in names]
+
+
+_EXEC_STATUS = re.compile(r"exec_status_(0|[1-9][0-9]{0,18})\.txt")
 _TRANSPORT: Any = None
 
 

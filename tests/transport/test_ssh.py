@@ -562,3 +562,33 @@ def test_connections_prefer_aes_gcm_and_send_without_delay(ssh_cluster: Path) ->
         assert offered[:2] == ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
         with socket.socket() as sock:
             assert sorted(offered) == sorted(paramiko.Transport(sock).get_security_options().ciphers)
+
+
+def test_the_mirror_holds_the_exec_status_files_a_pass_reads_and_no_others(ssh_cluster: Path) -> None:
+    from haios import controlfile
+    from haios.ops.observe import observe_node
+
+    root = ssh_cluster / "nodes/node-1"
+    state, version = controlfile.read_mapping(root / "state.txt")
+    g = state["g"]
+    done = controlfile.read_mapping(root / f"exec_status_{g}.txt")[0]
+    for i in range(g + 1, g + 60):  # the files of a long-lived node: one per iteration, never pruned
+        controlfile.write_mapping(root / f"exec_status_{i}.txt", {**done, "g": i}, expected_version=None)
+    config = load_repo(ssh_cluster)
+    mirror = ssh_cluster / "m"
+
+    def mirrored() -> list[str]:
+        return sorted(p.name for p in (mirror / "node-1").glob("exec_status_*"))
+
+    def seen(where: Path) -> dict[int, dict[str, Any]]:
+        return observe_node(ssh_cluster, "node-1", where, cache=None)[0].exec_status
+
+    with SshTransport(config.cluster.nodes, mirror=mirror) as t:
+        t.local_view("node-1")
+        assert mirrored() == sorted([f"exec_status_{g}.txt", f"exec_status_{g + 1}.txt"])
+        assert seen(mirror / "node-1") == seen(root) and len(seen(root)) == 2
+        moved = {**state, "g": g + 30}  # the node went on: its state.txt names a later iteration
+        controlfile.write_mapping(root / "state.txt", moved, expected_version=version)
+        t.local_view("node-1")
+        assert mirrored() == [f"exec_status_{g + 30}.txt", f"exec_status_{g + 31}.txt"]
+        assert seen(mirror / "node-1") == seen(root)
