@@ -78,8 +78,7 @@ def empty() -> dict[str, Any]:
 
 # -- checking a summary read back --------------------------------------------------------------------
 
-_NUMBER = (int, float)
-_NUMBER_TYPES = frozenset(_NUMBER)
+_NUMBER = frozenset((int, float))
 
 
 def _is_int(value: object) -> bool:
@@ -93,7 +92,7 @@ def _is_number(value: object) -> bool:
 def _numbers(values: list[Any]) -> bool:
     """Every item a finite int or float (not a bool): :func:`_is_number` over a window of thousands of
     durations, in C."""
-    return set(map(type, values)) <= _NUMBER_TYPES and all(map(math.isfinite, values))
+    return set(map(type, values)) <= _NUMBER and all(map(math.isfinite, values))
 
 
 def _strings(value: object) -> bool:
@@ -243,11 +242,11 @@ def _segments_read(listing: list[Segment], cursor: Cursor | None) -> dict[str, l
     return out
 
 
-def _checksums(wal: Path, cursor: Cursor | None, known: dict[str, list[int]]) -> dict[str, list[int]]:
+def _checksums(listing: list[Segment], cursor: Cursor | None, known: dict[str, list[int]]) -> dict[str, list[int]]:
     """[length, CRC-32] of each segment up to the cursor's (that one up to the cursor), going on
     from the prefix ``known`` of a segment where there is one."""
     out: dict[str, list[int]] = {}
-    for seg in list_segments(wal):
+    for seg in listing:
         if cursor is None or seg.seq > cursor.seq:
             break
         end = cursor.offset if seg.seq == cursor.seq else seg.path.stat().st_size
@@ -365,7 +364,7 @@ def fold_wal(
         records=state["records"] + reader.records,
     )
     if checksums:
-        state["crc32"] = _checksums(wal, now, state.get("crc32") or {})
+        state["crc32"] = _checksums(listing, now, state.get("crc32") or {})
     else:
         state.pop("crc32", None)
     # every byte of the WAL is read once: what was written (the reader counts records; add the header
@@ -389,9 +388,9 @@ def refresh(wal: Path, appended: int) -> None:
     """Bring the WAL's own summary up to date (its writer calls it when it closes, holding the lock,
     having ``appended`` bytes): fold the records appended since it was written — from the start when
     there is none that still fits the WAL — at most ``appended`` + :data:`BACKLOG_PER_CLOSE` bytes of
-    them (a summary that ends before the WAL does is one a reader goes on from). A summary that cannot be brought up to date is left as it was (it still speaks
-    truly of the bytes it names, which is all a reader takes from it): only a hint, the next writer
-    tries again."""
+    them (a summary that ends before the WAL does is one a reader goes on from). A summary that
+    cannot be brought up to date is left as it was (it still speaks truly of the bytes it names,
+    which is all a reader takes from it): only a hint, the next writer tries again."""
     try:
         budget = appended + BACKLOG_PER_CLOSE
         state, _read, _corruption = fold_wal(wal, _read_own(wal), partial_ok=False, checksums=True, budget=budget)
