@@ -71,19 +71,18 @@ class _Reader:
     def __init__(self, data: bytes, pos: int) -> None:
         self.data, self.pos = data, pos
 
-    def u32(self) -> int:
-        if self.pos + 4 > len(self.data):
+    def number(self, form: struct.Struct) -> int:
+        if self.pos + form.size > len(self.data):
             raise ProtocolError(errno.EPROTO, "an SFTP answer ends inside a number")
-        (value,) = _U32.unpack_from(self.data, self.pos)
-        self.pos += 4
+        (value,) = form.unpack_from(self.data, self.pos)
+        self.pos += form.size
         return int(value)
 
+    def u32(self) -> int:
+        return self.number(_U32)
+
     def u64(self) -> int:
-        if self.pos + 8 > len(self.data):
-            raise ProtocolError(errno.EPROTO, "an SFTP answer ends inside a number")
-        (value,) = _U64.unpack_from(self.data, self.pos)
-        self.pos += 8
-        return int(value)
+        return self.number(_U64)
 
     def string(self) -> bytes:
         length = self.u32()
