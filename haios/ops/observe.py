@@ -3,10 +3,10 @@
 Per node, the pass reads ``state.txt``, the ``exec_status_<g>.txt`` of the iteration it is at and of
 the next (what the SSH transport mirrors of them), ``heartbeat``, ``gossip`` and ``fence`` (each
 verified), and the WAL **from where the previous pass stopped** — the cursor and the summaries it
-built are kept in ``status/observed/<node>.json`` — so a second pass reads only new bytes. If the WAL no longer continues from the saved cursor (it was repaired or replaced), the node is
-read again from the start. A first pass starts from the summary the node's WAL writer keeps of its
-own WAL (:func:`haios.wal.summary.adopt`) when the bytes it speaks of still have the CRC-32s it
-names. Nodes are observed in parallel (bounded), each within a timeout; a node that cannot be read
+built are kept in ``status/observed/<node>.json`` — so a second pass reads only new bytes. If the
+WAL no longer continues from the saved cursor (it was repaired or replaced), the node is read again
+from the start. A first pass starts from the summary the node's WAL writer keeps of its own WAL
+(:func:`haios.wal.summary.adopt`) when the bytes it speaks of still have the CRC-32s it names. Nodes are observed in parallel (bounded), each within a timeout; a node that cannot be read
 is an observation (``reachable: False``), never a crash.
 """
 
