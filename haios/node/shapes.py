@@ -89,3 +89,12 @@ def problem(kind: str, body: dict[str, Any]) -> str | None:
         if not check(body[key]):
             return f"{key} is not {what}"
     return None
+
+
+def problem_for(kind: str, body: dict[str, Any], node: str) -> str | None:
+    """:func:`problem`, and for the files that name their node (``state.txt``, ``heartbeat``) one that
+    names another: what an observation pass will not take as ``node``'s."""
+    wrong = problem(kind, body)
+    if wrong is None and kind in ("state.txt", "heartbeat") and body.get("node", node) != node:
+        wrong = f"belongs to node {str(body['node'])[:64]!r}, not {node} (copied from another node root?)"
+    return wrong

@@ -170,9 +170,7 @@ def observe_node(
         except HaiosError as exc:
             obs.control_errors.append(exc.message)
             continue
-        wrong = shapes.problem(name, body)
-        if wrong is None and name in ("state.txt", "heartbeat") and body.get("node", node) != node:
-            wrong = f"belongs to node {str(body['node'])[:64]!r}, not {node} (copied from another node root?)"
+        wrong = shapes.problem_for(name, body, node)
         if wrong is not None:
             obs.control_errors.append(f"{path}: {wrong}: not a {name} haios wrote")
             continue

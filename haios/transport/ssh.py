@@ -568,7 +568,7 @@ def _observed_g(local: Path, node: str) -> int:
         body, _ = controlfile.read_mapping(local / "state.txt")
     except HaiosError:
         return 0
-    if shapes.problem("state.txt", body) is not None or body.get("node", node) != node:
+    if shapes.problem_for("state.txt", body, node) is not None:
         return 0
     return int(body.get("g") or 0)
 
