@@ -157,9 +157,6 @@ class Sftp:
         if kind != _VERSION or len(data) < 5 or _U32.unpack_from(data, 1)[0] != VERSION:
             raise ProtocolError(errno.EPROTO, "the server does not speak SFTP version 3")
 
-    def close(self) -> None:
-        self.channel.close()
-
     # -- the wire ---------------------------------------------------------------------------------
 
     def _packet(self) -> tuple[int, bytes]:
