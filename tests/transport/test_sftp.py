@@ -129,9 +129,6 @@ class FakeServer:
         chunk, self.out = bytes(self.out[:size]), self.out[size:]
         return chunk
 
-    def close(self) -> None:
-        pass
-
 
 def test_answers_out_of_order_and_short_reads_still_give_every_byte() -> None:
     files = {"/a": os.urandom(3 * CHUNK + 1), "/b": b"small\n", "/c": b""}
